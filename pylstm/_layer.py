@@ -1,0 +1,388 @@
+"""The LSTM layer: shapes, dtypes, lengths, parameters and the BPTT cache.
+
+This module owns the one place where the public (PyTorch) parameter layout
+meets the kernels of :mod:`pylstm._lstm`: every call sorts the batch by
+length, lays it out time-major and calls one kernel per layer and direction.
+"""
+
+import numpy as np
+from sklearn.utils import check_random_state
+
+from . import _lstm
+from ._validation import (
+    BLAS_INT_MAX,
+    as_float_array,
+    check_dtype,
+    check_finite,
+    check_lengths,
+    check_positive_int,
+)
+
+__all__ = ["LSTM"]
+
+#: Steps whose input projection the inference kernel computes per GEMM.
+_INFER_CHUNK = 32
+
+
+def _param_names(num_layers, bidirectional):
+    """Names of the parameters in PyTorch's order, as (layer, direction, names)."""
+    out = []
+    for layer in range(num_layers):
+        for direction in range(2 if bidirectional else 1):
+            sfx = f"_l{layer}" + ("_reverse" if direction else "")
+            out.append((layer, direction, tuple(
+                f"{kind}{sfx}" for kind in ("weight_ih", "weight_hh", "bias_ih", "bias_hh")
+            )))
+    return out
+
+
+class LSTM:
+    """A multi-layer, optionally bidirectional LSTM on compiled kernels.
+
+    Computes, for each step ``t`` and gate order (i, f, g, o),
+    ``i = sigmoid(W_ii x + b_ii + W_hi h + b_hi)``,
+    ``f = sigmoid(W_if x + b_if + W_hf h + b_hf)``,
+    ``g = tanh(W_ig x + b_ig + W_hg h + b_hg)``,
+    ``o = sigmoid(W_io x + b_io + W_ho h + b_ho)``,
+    ``c_t = f * c_{t-1} + i * g`` and ``h_t = o * tanh(c_t)``, exactly as
+    ``torch.nn.LSTM(batch_first=True)``, whose parameter names, shapes and
+    gate order :meth:`state_dict` uses.
+
+    Parameters
+    ----------
+    input_size : int
+        Number of features of each input step.
+    hidden_size : int
+        Number of units ``H`` of each direction of each layer.
+    num_layers : int, default=1
+        Number of stacked layers; layer ``k > 0`` reads layer ``k - 1``'s output.
+    bidirectional : bool, default=False
+        Add a direction that reads each sequence backwards from its last valid
+        step; outputs of both directions are concatenated (forward first).
+    dtype : {np.float32, np.float64}, default=np.float32
+        Floating type of parameters, computations and outputs. Inputs of
+        another type are converted to it.
+    random_state : int, RandomState instance or None, default=None
+        Seeds the initial weights, drawn uniformly from
+        ``[-1/sqrt(H), 1/sqrt(H)]`` as in PyTorch.
+    unit_forget_bias : bool, default=False
+        Start with a total forget-gate bias of 1 (``bias_ih`` forget block set
+        to 1, ``bias_hh`` forget block to 0), which helps long-range memory
+        early in training (Jozefowicz et al., 2015).
+
+    Attributes
+    ----------
+    num_directions : int
+        1, or 2 when bidirectional.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from pylstm import LSTM
+    >>> layer = LSTM(3, 5, num_layers=2, bidirectional=True, random_state=0)
+    >>> X = np.random.default_rng(0).normal(size=(4, 7, 3))
+    >>> out, (h_n, c_n) = layer.forward(X, lengths=[7, 5, 2, 1])
+    >>> out.shape, h_n.shape
+    ((4, 7, 10), (4, 4, 5))
+    >>> dX, grads = layer.backward(np.ones_like(out))
+    >>> dX.shape, grads['weight_hh_l1_reverse'].shape
+    ((4, 7, 3), (20, 5))
+    """
+
+    def __init__(self, input_size, hidden_size, num_layers=1, bidirectional=False,
+                 dtype=np.float32, random_state=None, unit_forget_bias=False):
+        self.input_size = check_positive_int(input_size, "input_size")
+        self.hidden_size = check_positive_int(hidden_size, "hidden_size")
+        if 4 * self.hidden_size > BLAS_INT_MAX:
+            raise ValueError("hidden_size is too large for 32-bit BLAS integers")
+        self.num_layers = check_positive_int(num_layers, "num_layers")
+        self.bidirectional = bool(bidirectional)
+        self.dtype = check_dtype(dtype)
+        self.unit_forget_bias = bool(unit_forget_bias)
+        self._cache = None
+        rng = check_random_state(random_state)
+        H = self.hidden_size
+        bound = 1.0 / np.sqrt(H)
+        self._params = {}
+        for layer, _, names in _param_names(self.num_layers, self.bidirectional):
+            in_size = self.input_size if layer == 0 else H * self.num_directions
+            shapes = ((4 * H, in_size), (4 * H, H), (4 * H,), (4 * H,))
+            for name, shape in zip(names, shapes, strict=True):
+                self._params[name] = rng.uniform(-bound, bound, size=shape).astype(self.dtype)
+            if self.unit_forget_bias:
+                self._params[names[2]][H:2 * H] = 1.0
+                self._params[names[3]][H:2 * H] = 0.0
+
+    @property
+    def num_directions(self):
+        return 2 if self.bidirectional else 1
+
+    # ------------------------------------------------------------------ parameters
+    def state_dict(self):
+        """Return copies of the parameters under PyTorch's names.
+
+        Returns
+        -------
+        dict of str to ndarray
+            ``weight_ih_l{k}`` (4H, in), ``weight_hh_l{k}`` (4H, H),
+            ``bias_ih_l{k}`` and ``bias_hh_l{k}`` (4H,), with ``_reverse``
+            suffixes for the backward direction; gate order (i, f, g, o).
+
+        Examples
+        --------
+        >>> from pylstm import LSTM
+        >>> sorted(LSTM(2, 3).state_dict())
+        ['bias_hh_l0', 'bias_ih_l0', 'weight_hh_l0', 'weight_ih_l0']
+        """
+        return {name: arr.copy() for name, arr in self._params.items()}
+
+    def load_state_dict(self, state_dict):
+        """Copy parameters in from a dict shaped like :meth:`state_dict`.
+
+        A ``torch.nn.LSTM(batch_first=True)`` state dict converted with
+        ``{k: v.numpy() for k, v in module.state_dict().items()}`` loads as is.
+
+        Parameters
+        ----------
+        state_dict : dict of str to array-like
+            Exactly the keys of :meth:`state_dict`, same shapes, finite values.
+
+        Raises
+        ------
+        KeyError
+            If a key is missing or unexpected.
+        ValueError
+            If a shape differs or a value is NaN or infinite.
+
+        Examples
+        --------
+        >>> from pylstm import LSTM
+        >>> a, b = LSTM(2, 3, random_state=0), LSTM(2, 3, random_state=1)
+        >>> b.load_state_dict(a.state_dict())
+        >>> bool((b.state_dict()['weight_ih_l0'] == a.state_dict()['weight_ih_l0']).all())
+        True
+        """
+        missing = sorted(set(self._params) - set(state_dict))
+        extra = sorted(set(state_dict) - set(self._params))
+        if missing or extra:
+            raise KeyError(f"state_dict keys do not match: missing {missing}, unexpected {extra}")
+        new = {}
+        for name, ref in self._params.items():
+            arr = np.asarray(state_dict[name])
+            if arr.shape != ref.shape:
+                raise ValueError(f"{name} must have shape {ref.shape}, got {arr.shape}")
+            if arr.dtype.kind not in "biuf":
+                raise TypeError(f"{name} must hold real numbers, got dtype {arr.dtype}")
+            arr = arr.astype(self.dtype)
+            check_finite(arr, name)
+            new[name] = arr
+        for name, arr in new.items():
+            self._params[name][...] = arr  # in place: optimizers hold these arrays
+        self._cache = None
+
+    def parameters(self):
+        """Return the live parameter arrays, in :meth:`state_dict` order.
+
+        The arrays are the layer's own (not copies): an optimizer may update
+        them in place.
+
+        Examples
+        --------
+        >>> from pylstm import LSTM
+        >>> [p.shape for p in LSTM(2, 3).parameters()]
+        [(12, 2), (12, 3), (12,), (12,)]
+        """
+        return list(self._params.values())
+
+    # ------------------------------------------------------------------ forward
+    def _check_state(self, state, name, batch):
+        shape = (self.num_layers * self.num_directions, batch, self.hidden_size)
+        if state is None:
+            return np.zeros(shape, dtype=self.dtype)
+        arr = np.asarray(state)
+        if arr.dtype.kind not in "biuf":
+            raise TypeError(f"{name} must hold real numbers, got dtype {arr.dtype}")
+        if arr.shape != shape:
+            raise ValueError(f"{name} must have shape {shape}, got {arr.shape}")
+        arr = np.ascontiguousarray(arr, dtype=self.dtype)
+        check_finite(arr, name)
+        return arr
+
+    def forward(self, X, lengths=None, h0=None, c0=None, training=True):
+        """Run the layer over a batch of sequences.
+
+        Parameters
+        ----------
+        X : array-like of shape (B, T, input_size)
+            Batch-first input. Integer, non-contiguous, Fortran-ordered and
+            read-only arrays are converted to the layer's dtype.
+        lengths : array-like of shape (B,), default=None
+            Valid steps of each sequence (``1 <= lengths[b] <= T``); steps past
+            a length are ignored (PyTorch's packed-sequence semantics).
+        h0, c0 : array-like of shape (num_layers * D, B, hidden_size), default=None
+            Initial states (zeros when None); D = 2 when bidirectional.
+        training : bool, default=True
+            Keep the cache that :meth:`backward` needs. With False, the
+            inference kernel runs and keeps no per-step state.
+
+        Returns
+        -------
+        out : ndarray of shape (B, T, D * hidden_size)
+            Last layer's h_t, zero past each sequence's length.
+        (h_n, c_n) : tuple of ndarrays of shape (num_layers * D, B, hidden_size)
+            States at each sequence's last valid step (for the reverse
+            direction, after reading the sequence's first step).
+
+        Raises
+        ------
+        ValueError
+            Wrong ndim or sizes, lengths out of range, NaN or infinity.
+        TypeError
+            Non-numeric input.
+        """
+        X = as_float_array(X, "X", self.dtype, 3)
+        B, T, I = X.shape
+        if I != self.input_size:
+            raise ValueError(f"X has {I} features per step, but input_size is {self.input_size}")
+        if B == 0 or T == 0:
+            raise ValueError(f"X must have at least one sequence and one step, got shape {X.shape}")
+        D, H = self.num_directions, self.hidden_size
+        if B * T > BLAS_INT_MAX or D * H * B * T > np.iinfo(np.int64).max // 8:
+            raise ValueError("X is too large for 32-bit BLAS integers (B * T must be < 2**31)")
+        lens = check_lengths(lengths, B, T)
+        h0 = self._check_state(h0, "h0", B)
+        c0 = self._check_state(c0, "c0", B)
+
+        order = np.argsort(-lens, kind="stable")
+        lens_sorted = np.ascontiguousarray(lens[order], dtype=np.intc)
+        T_eff = int(lens_sorted[0])
+        x = np.ascontiguousarray(X[order, :T_eff].transpose(1, 0, 2))
+        if lengths is not None:
+            x[np.arange(T_eff)[:, None] >= lens_sorted[None, :]] = 0
+        check_finite(x, "X")
+        self._cache = None
+
+        h_n = np.empty_like(h0)
+        c_n = np.empty_like(c0)
+        caches = []
+        layer_in = x
+        for layer in range(self.num_layers):
+            out = np.zeros((T_eff, B, D * H), dtype=self.dtype)
+            layer_cache = []
+            for d in range(D):
+                k = layer * D + d
+                sfx = f"_l{layer}" + ("_reverse" if d else "")
+                w_ih = self._params["weight_ih" + sfx]
+                w_hh = self._params["weight_hh" + sfx]
+                bias = self._params["bias_ih" + sfx] + self._params["bias_hh" + sfx]
+                h = np.ascontiguousarray(h0[k][order])
+                c = np.ascontiguousarray(c0[k][order])
+                if training:
+                    c_start = c.copy()
+                    gates = np.empty((T_eff, B, 4 * H), dtype=self.dtype)
+                    c_cache = np.zeros((T_eff, B, H), dtype=self.dtype)
+                    h_prev = np.zeros((T_eff, B, H), dtype=self.dtype)
+                    scratch = np.empty((B, 4 * H), dtype=self.dtype)
+                    _lstm.forward_train(layer_in, lens_sorted, w_ih, w_hh, bias, h, c, out,
+                                        d * H, bool(d), gates, c_cache, h_prev, scratch)
+                    layer_cache.append((c_start, gates, c_cache, h_prev))
+                else:
+                    K = min(_INFER_CHUNK, T_eff)
+                    xbuf = np.empty(K * B * layer_in.shape[2], dtype=self.dtype)
+                    gbuf = np.empty(K * B * 4 * H, dtype=self.dtype)
+                    _lstm.forward_infer(layer_in, lens_sorted, w_ih, w_hh, bias, h, c, out,
+                                        d * H, bool(d), xbuf, gbuf)
+                h_n[k, order] = h
+                c_n[k, order] = c
+            if training:
+                caches.append((layer_in, layer_cache))
+            layer_in = out
+
+        result = np.zeros((B, T, D * H), dtype=self.dtype)
+        result[order, :T_eff] = layer_in.transpose(1, 0, 2)
+        if training:
+            self._cache = {"order": order, "lengths": lens_sorted, "shape": (B, T),
+                           "T_eff": T_eff, "layers": caches}
+        return result, (h_n, c_n)
+
+    # ------------------------------------------------------------------ backward
+    def backward(self, d_out, d_h_n=None, d_c_n=None):
+        """Backpropagate through time for the most recent ``forward(training=True)``.
+
+        Parameters
+        ----------
+        d_out : array-like of shape (B, T, D * hidden_size)
+            Gradient of the loss with respect to ``out`` (entries past a
+            sequence's length are ignored).
+        d_h_n, d_c_n : array-like of shape (num_layers * D, B, hidden_size), default=None
+            Gradients with respect to ``h_n`` and ``c_n`` (zeros when None).
+
+        Returns
+        -------
+        dX : ndarray of shape (B, T, input_size)
+            Gradient with respect to X (zero past each length).
+        grads : dict of str to ndarray
+            Gradients under the :meth:`state_dict` keys, plus ``'h0'`` and
+            ``'c0'`` for the initial states.
+
+        Raises
+        ------
+        RuntimeError
+            If there was no ``forward(training=True)`` since the last backward.
+        ValueError
+            If a gradient has the wrong shape or is not finite.
+        """
+        cache = self._cache
+        if cache is None:
+            raise RuntimeError(
+                "backward() needs a preceding forward(..., training=True); the cache is "
+                "used up by each backward and not kept by training=False"
+            )
+        B, T = cache["shape"]
+        D, H, L = self.num_directions, self.hidden_size, self.num_layers
+        d_out = np.asarray(d_out)
+        if d_out.shape != (B, T, D * H):
+            raise ValueError(f"d_out must have shape {(B, T, D * H)}, got {d_out.shape}")
+        d_out = as_float_array(d_out, "d_out", self.dtype, 3)
+        check_finite(d_out, "d_out")
+        d_h_n = self._check_state(d_h_n, "d_h_n", B)
+        d_c_n = self._check_state(d_c_n, "d_c_n", B)
+        self._cache = None
+
+        order, lens, T_eff = cache["order"], cache["lengths"], cache["T_eff"]
+        grad_out = np.ascontiguousarray(d_out[order, :T_eff].transpose(1, 0, 2))
+        grads = {}
+        g_h0 = np.empty((L * D, B, H), dtype=self.dtype)
+        g_c0 = np.empty((L * D, B, H), dtype=self.dtype)
+        for layer in range(L - 1, -1, -1):
+            layer_in, layer_cache = cache["layers"][layer]
+            dx = np.empty_like(layer_in)
+            for d in range(D):
+                k = layer * D + d
+                sfx = f"_l{layer}" + ("_reverse" if d else "")
+                w_ih = self._params["weight_ih" + sfx]
+                w_hh = self._params["weight_hh" + sfx]
+                c_start, gates, c_cache, h_prev = layer_cache[d]
+                dh = np.ascontiguousarray(d_h_n[k][order])
+                dc = np.ascontiguousarray(d_c_n[k][order])
+                dw_ih = np.empty_like(w_ih)
+                dw_hh = np.empty_like(w_hh)
+                db = np.empty(4 * H, dtype=self.dtype)
+                scratch = np.empty((B, 4 * H), dtype=self.dtype)
+                _lstm.backward(layer_in, lens, w_ih, w_hh, c_start, gates, c_cache, h_prev,
+                               grad_out, d * H, bool(d), dh, dc, dx, float(d > 0),
+                               dw_ih, dw_hh, db, scratch)
+                grads["weight_ih" + sfx] = dw_ih
+                grads["weight_hh" + sfx] = dw_hh
+                grads["bias_ih" + sfx] = db
+                grads["bias_hh" + sfx] = db.copy()
+                g_h0[k, order] = dh
+                g_c0[k, order] = dc
+            grad_out = dx
+
+        dX = np.zeros((B, T, self.input_size), dtype=self.dtype)
+        dX[order, :T_eff] = grad_out.transpose(1, 0, 2)
+        grads = {name: grads[name] for name in self._params}
+        grads["h0"] = g_h0
+        grads["c0"] = g_c0
+        return dX, grads

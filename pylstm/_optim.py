@@ -1,0 +1,583 @@
+"""Stochastic optimizers and gradient clipping in plain NumPy.
+
+The optimizers own a list of parameter arrays and update them **in place**
+from a list of gradient arrays aligned with them. Every update is an in-place
+operation on the parameter, so a float32 parameter stays float32; the state
+buffers (momentum, moment estimates) have the dtype of their parameter.
+
+The update rules follow ``torch.optim`` (default options), so that the same
+hyperparameters give the same trajectory:
+
+* SGD: ``v = momentum * v + g``; ``p -= lr * v``, or with Nesterov momentum
+  ``p -= lr * (g + momentum * v)``.
+* Adam (Kingma and Ba, 2015): ``m = beta_1 * m + (1 - beta_1) * g``;
+  ``v = beta_2 * v + (1 - beta_2) * g**2``;
+  ``p -= lr * m_hat / (sqrt(v_hat) + epsilon)`` with the bias-corrected
+  ``m_hat = m / (1 - beta_1**t)`` and ``v_hat = v / (1 - beta_2**t)``.
+* RMSprop (Hinton): ``v = rho * v + (1 - rho) * g**2``;
+  ``p -= lr * g / (sqrt(v) + epsilon)``.
+
+``state_dict`` and ``load_state_dict`` save and restore the iteration counter,
+the current learning rate and the buffers, so that a run can be continued
+(warm start, ``partial_fit``) with an identical trajectory.
+"""
+
+import math
+import numbers
+
+import numpy as np
+
+__all__ = [
+    "AdamOptimizer",
+    "RMSpropOptimizer",
+    "SGDOptimizer",
+    "clip_grad_norm",
+    "clip_grad_value",
+    "make_optimizer",
+]
+
+_OPTIMIZER_NAMES = ("adam", "rmsprop", "sgd")
+
+
+def _check_real(value, name, low, high, *, low_closed=True, high_closed=True):
+    """Return ``value`` as a Python float, checking it lies in the given interval."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise TypeError(f"{name} must be a real number, got {type(value).__name__}")
+    value = float(value)
+    low_ok = value >= low if low_closed else value > low
+    high_ok = value <= high if high_closed else value < high
+    if not (low_ok and high_ok):  # also rejects NaN
+        left = "[" if low_closed else "("
+        right = "]" if high_closed else ")"
+        raise ValueError(f"{name} must be in {left}{low}, {high}{right}, got {value}")
+    return value
+
+
+def _check_params(params):
+    """Return ``params`` as a list of writeable floating NumPy arrays."""
+    params = list(params)
+    for i, p in enumerate(params):
+        if not isinstance(p, np.ndarray):
+            raise TypeError(f"params[{i}] must be a numpy.ndarray, got {type(p).__name__}")
+        if not np.issubdtype(p.dtype, np.floating):
+            raise TypeError(f"params[{i}] must have a floating dtype, got {p.dtype}")
+        if not p.flags.writeable:
+            raise ValueError(f"params[{i}] is read-only; the optimizer updates it in place")
+    return params
+
+
+class _BaseOptimizer:
+    """Shared machinery: parameter list, counter, learning rate and state.
+
+    Subclasses set ``_name`` and ``_buffer_names`` and implement
+    ``_update(p, g, buffers)`` where ``buffers`` is the tuple of the state
+    arrays of that parameter, in the order of ``_buffer_names``.
+    """
+
+    _name = ""
+    _buffer_names = ()
+
+    def __init__(self, params, learning_rate_init):
+        self.params = _check_params(params)
+        self.learning_rate_init = _check_real(
+            learning_rate_init, "learning_rate_init", 0.0, math.inf, low_closed=False
+        )
+        self.learning_rate = self.learning_rate_init
+        self.t = 0
+        self._buffers = {
+            name: [np.zeros_like(p) for p in self.params] for name in self._buffer_names
+        }
+
+    def update_params(self, grads):
+        """Apply one update step to the parameters, in place.
+
+        Parameters
+        ----------
+        grads : list of numpy.ndarray
+            Gradients of the loss with respect to ``params``, one per parameter
+            and of the same shape.
+
+        Raises
+        ------
+        ValueError
+            If the number of gradients or one of their shapes does not match
+            the parameters.
+        """
+        grads = list(grads)
+        if len(grads) != len(self.params):
+            raise ValueError(
+                f"expected {len(self.params)} gradient arrays (one per parameter), got {len(grads)}"
+            )
+        grads = [np.asarray(g) for g in grads]
+        for i, (p, g) in enumerate(zip(self.params, grads, strict=True)):
+            if g.shape != p.shape:
+                raise ValueError(
+                    f"grads[{i}] has shape {g.shape}, expected {p.shape} like params[{i}]"
+                )
+        self.t += 1
+        for i, (p, g) in enumerate(zip(self.params, grads, strict=True)):
+            self._update(p, g, tuple(self._buffers[name][i] for name in self._buffer_names))
+
+    def _update(self, p, g, buffers):  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def state_dict(self):
+        """Return the optimizer state as a dict of copies.
+
+        Returns
+        -------
+        dict
+            ``'optimizer'`` (the name, a str), ``'t'`` (int, number of updates
+            done), ``'learning_rate'`` (float, current learning rate) and, for
+            each state buffer, a list of arrays (copies, one per parameter).
+        """
+        state = {
+            "optimizer": self._name,
+            "t": int(self.t),
+            "learning_rate": float(self.learning_rate),
+        }
+        for name in self._buffer_names:
+            state[name] = [b.copy() for b in self._buffers[name]]
+        return state
+
+    def load_state_dict(self, state):
+        """Restore a state returned by :meth:`state_dict`.
+
+        The buffers are copied into the existing ones, so they keep the dtype
+        of their parameter.
+
+        Parameters
+        ----------
+        state : dict
+            A dict returned by ``state_dict()`` of an optimizer of the same
+            class over parameters of the same shapes.
+
+        Raises
+        ------
+        ValueError
+            If ``state`` comes from another optimizer class, misses a key or
+            holds buffers that do not match the parameters.
+        """
+        name = state.get("optimizer", self._name)
+        if name != self._name:
+            raise ValueError(
+                f"state_dict is from a {name!r} optimizer, cannot load it into {self._name!r}"
+            )
+        missing = [k for k in ("t", "learning_rate", *self._buffer_names) if k not in state]
+        if missing:
+            raise ValueError(f"state_dict misses the keys {missing}")
+        new_buffers = {}
+        for key in self._buffer_names:
+            arrays = list(state[key])
+            if len(arrays) != len(self.params):
+                raise ValueError(
+                    f"state_dict[{key!r}] holds {len(arrays)} arrays, expected {len(self.params)}"
+                )
+            arrays = [np.asarray(a) for a in arrays]
+            for i, (a, p) in enumerate(zip(arrays, self.params, strict=True)):
+                if a.shape != p.shape:
+                    raise ValueError(
+                        f"state_dict[{key!r}][{i}] has shape {a.shape}, expected {p.shape}"
+                    )
+            new_buffers[key] = arrays
+        t = int(state["t"])
+        if t < 0:
+            raise ValueError(f"state_dict['t'] must be >= 0, got {t}")
+        learning_rate = _check_real(
+            state["learning_rate"],
+            "state_dict['learning_rate']",
+            0.0,
+            math.inf,
+            low_closed=False,
+        )
+        # All checks passed: now mutate.
+        for key, arrays in new_buffers.items():
+            for buf, a in zip(self._buffers[key], arrays, strict=True):
+                np.copyto(buf, a, casting="same_kind")
+        self.t = t
+        self.learning_rate = learning_rate
+
+
+class SGDOptimizer(_BaseOptimizer):
+    """Stochastic gradient descent with (Nesterov) momentum.
+
+    With ``v`` the momentum buffer (zero at start) and ``g`` the gradient::
+
+        v = momentum * v + g
+        p -= learning_rate * v                      # nesterov=False
+        p -= learning_rate * (g + momentum * v)     # nesterov=True
+
+    the update of ``torch.optim.SGD`` with ``dampening=0``. With a constant
+    learning rate it is the same as the formulation ``v = momentum * v - lr * g;
+    p += v`` of scikit-learn's ``SGDOptimizer``. With ``momentum=0`` it is
+    plain gradient descent ``p -= learning_rate * g``.
+
+    Parameters
+    ----------
+    params : list of numpy.ndarray
+        Floating parameter arrays, updated in place.
+    learning_rate_init : float, default=0.01
+        Initial learning rate, > 0. The attribute ``learning_rate`` holds the
+        current one and may be changed between updates (schedules).
+    momentum : float, default=0.9
+        Momentum, in [0, 1].
+    nesterov : bool, default=False
+        Whether to use Nesterov's momentum.
+
+    Attributes
+    ----------
+    params : list of numpy.ndarray
+        The parameters (the arrays passed in, not copies).
+    learning_rate : float
+        Current learning rate.
+    t : int
+        Number of updates done.
+    velocities : list of numpy.ndarray
+        Momentum buffers, one per parameter, of the parameter's dtype.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from pylstm._optim import SGDOptimizer
+    >>> w = np.array([1.0, 2.0])
+    >>> opt = SGDOptimizer([w], learning_rate_init=0.1, momentum=0.0)
+    >>> opt.update_params([np.array([1.0, -1.0])])
+    >>> w
+    array([0.9, 2.1])
+    >>> opt.t
+    1
+    """
+
+    _name = "sgd"
+    _buffer_names = ("velocities",)
+
+    def __init__(self, params, learning_rate_init=0.01, momentum=0.9, nesterov=False):
+        super().__init__(params, learning_rate_init)
+        self.momentum = _check_real(momentum, "momentum", 0.0, 1.0)
+        self.nesterov = bool(nesterov)
+
+    @property
+    def velocities(self):
+        return self._buffers["velocities"]
+
+    def _update(self, p, g, buffers):
+        (v,) = buffers
+        lr = float(self.learning_rate)
+        mu = self.momentum
+        if mu == 0.0:
+            p -= lr * g
+            return
+        v *= mu
+        v += g
+        if self.nesterov:
+            step = mu * v
+            step += g
+            step *= lr
+        else:
+            step = lr * v
+        p -= step
+
+
+class AdamOptimizer(_BaseOptimizer):
+    """Adam: adaptive moment estimation (Kingma and Ba, 2015).
+
+    With ``t`` the update counter (1 at the first update)::
+
+        m = beta_1 * m + (1 - beta_1) * g
+        v = beta_2 * v + (1 - beta_2) * g**2
+        p -= lr * (m / (1 - beta_1**t)) / (sqrt(v / (1 - beta_2**t)) + epsilon)
+
+    the update of the paper and of ``torch.optim.Adam``.
+
+    Parameters
+    ----------
+    params : list of numpy.ndarray
+        Floating parameter arrays, updated in place.
+    learning_rate_init : float, default=0.001
+        Initial learning rate, > 0. The attribute ``learning_rate`` holds the
+        current one and may be changed between updates.
+    beta_1 : float, default=0.9
+        Decay rate of the first moment estimate, in [0, 1).
+    beta_2 : float, default=0.999
+        Decay rate of the second moment estimate, in [0, 1).
+    epsilon : float, default=1e-8
+        Added to the denominator for numerical stability, > 0.
+
+    Attributes
+    ----------
+    params : list of numpy.ndarray
+        The parameters (the arrays passed in, not copies).
+    learning_rate : float
+        Current learning rate.
+    t : int
+        Number of updates done.
+    ms, vs : list of numpy.ndarray
+        First and second moment estimates, one per parameter, of the
+        parameter's dtype.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from pylstm._optim import AdamOptimizer
+    >>> w = np.array([1.0, -1.0], dtype=np.float32)
+    >>> opt = AdamOptimizer([w], learning_rate_init=0.1)
+    >>> opt.update_params([np.array([3.0, -0.5], dtype=np.float32)])
+    >>> np.round(w, 4)  # the first Adam step moves each entry by about lr
+    array([ 0.9, -0.9], dtype=float32)
+    """
+
+    _name = "adam"
+    _buffer_names = ("ms", "vs")
+
+    def __init__(self, params, learning_rate_init=0.001, beta_1=0.9, beta_2=0.999, epsilon=1e-8):
+        super().__init__(params, learning_rate_init)
+        self.beta_1 = _check_real(beta_1, "beta_1", 0.0, 1.0, high_closed=False)
+        self.beta_2 = _check_real(beta_2, "beta_2", 0.0, 1.0, high_closed=False)
+        self.epsilon = _check_real(epsilon, "epsilon", 0.0, math.inf, low_closed=False)
+
+    @property
+    def ms(self):
+        return self._buffers["ms"]
+
+    @property
+    def vs(self):
+        return self._buffers["vs"]
+
+    def _update(self, p, g, buffers):
+        m, v = buffers
+        b1, b2 = self.beta_1, self.beta_2
+        m *= b1
+        m += (1.0 - b1) * g
+        v *= b2
+        v += (1.0 - b2) * np.square(g)
+        bias_1 = 1.0 - b1**self.t
+        bias_2 = 1.0 - b2**self.t
+        step_size = float(self.learning_rate) / bias_1
+        # denom = sqrt(v_hat) + eps, then step = step_size * m / denom, one buffer
+        denom = np.sqrt(v)
+        denom /= math.sqrt(bias_2)
+        denom += self.epsilon
+        np.divide(m, denom, out=denom)
+        denom *= step_size
+        p -= denom
+
+
+class RMSpropOptimizer(_BaseOptimizer):
+    """RMSprop: scale the gradient by a running RMS of its past values.
+
+    ::
+
+        v = rho * v + (1 - rho) * g**2
+        p -= learning_rate * g / (sqrt(v) + epsilon)
+
+    the update of ``torch.optim.RMSprop`` with its defaults (``alpha=rho``,
+    no momentum, not centered; ``epsilon`` is added outside the square root).
+
+    Parameters
+    ----------
+    params : list of numpy.ndarray
+        Floating parameter arrays, updated in place.
+    learning_rate_init : float, default=0.001
+        Initial learning rate, > 0. The attribute ``learning_rate`` holds the
+        current one and may be changed between updates.
+    rho : float, default=0.9
+        Decay rate of the running mean of squared gradients, in [0, 1).
+    epsilon : float, default=1e-8
+        Added to the denominator for numerical stability, > 0.
+
+    Attributes
+    ----------
+    params : list of numpy.ndarray
+        The parameters (the arrays passed in, not copies).
+    learning_rate : float
+        Current learning rate.
+    t : int
+        Number of updates done.
+    square_avg : list of numpy.ndarray
+        Running means of the squared gradients, one per parameter, of the
+        parameter's dtype.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from pylstm._optim import RMSpropOptimizer
+    >>> w = np.array([0.0, 0.0])
+    >>> opt = RMSpropOptimizer([w], learning_rate_init=0.01, rho=0.99)
+    >>> opt.update_params([np.array([1.0, -4.0])])
+    >>> np.round(w, 4)  # first step: lr * g / |0.1 * g| = 0.1 * sign(g)
+    array([-0.1,  0.1])
+    """
+
+    _name = "rmsprop"
+    _buffer_names = ("square_avg",)
+
+    def __init__(self, params, learning_rate_init=0.001, rho=0.9, epsilon=1e-8):
+        super().__init__(params, learning_rate_init)
+        self.rho = _check_real(rho, "rho", 0.0, 1.0, high_closed=False)
+        self.epsilon = _check_real(epsilon, "epsilon", 0.0, math.inf, low_closed=False)
+
+    @property
+    def square_avg(self):
+        return self._buffers["square_avg"]
+
+    def _update(self, p, g, buffers):
+        (v,) = buffers
+        rho = self.rho
+        v *= rho
+        v += (1.0 - rho) * np.square(g)
+        denom = np.sqrt(v)
+        denom += self.epsilon
+        np.divide(g, denom, out=denom, casting="same_kind")
+        denom *= float(self.learning_rate)
+        p -= denom
+
+
+def make_optimizer(name, params, learning_rate_init, momentum=0.9, nesterovs_momentum=True):
+    """Build an optimizer from its name, as the estimators' ``solver`` option.
+
+    Parameters
+    ----------
+    name : {'adam', 'sgd', 'rmsprop'}
+        Which optimizer.
+    params : list of numpy.ndarray
+        Floating parameter arrays, updated in place.
+    learning_rate_init : float
+        Initial learning rate.
+    momentum : float, default=0.9
+        Momentum of ``'sgd'``; ignored by the others.
+    nesterovs_momentum : bool, default=True
+        Whether ``'sgd'`` uses Nesterov's momentum; ignored by the others.
+
+    Returns
+    -------
+    SGDOptimizer, AdamOptimizer or RMSpropOptimizer
+        The others' hyperparameters take their defaults.
+
+    Raises
+    ------
+    ValueError
+        If ``name`` is not one of the allowed names.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from pylstm._optim import make_optimizer
+    >>> opt = make_optimizer('sgd', [np.zeros(3)], 0.1, momentum=0.5)
+    >>> type(opt).__name__, opt.momentum, opt.nesterov
+    ('SGDOptimizer', 0.5, True)
+    >>> make_optimizer('lbfgs', [np.zeros(3)], 0.1)
+    Traceback (most recent call last):
+    ...
+    ValueError: optimizer name must be one of 'adam', 'rmsprop', 'sgd'; got 'lbfgs'
+    """
+    if name == "adam":
+        return AdamOptimizer(params, learning_rate_init=learning_rate_init)
+    if name == "sgd":
+        return SGDOptimizer(
+            params,
+            learning_rate_init=learning_rate_init,
+            momentum=momentum,
+            nesterov=nesterovs_momentum,
+        )
+    if name == "rmsprop":
+        return RMSpropOptimizer(params, learning_rate_init=learning_rate_init)
+    allowed = ", ".join(repr(n) for n in _OPTIMIZER_NAMES)
+    raise ValueError(f"optimizer name must be one of {allowed}; got {name!r}")
+
+
+def _global_norm_parts(grads):
+    """Return ``(scale, root)`` with the global L2 norm of ``grads`` = ``scale * root``.
+
+    The sum of squares is accumulated in float64. If it overflows while every
+    entry is finite (float64 gradients above ~1e154), the entries are divided
+    by the largest magnitude first, so that ``root`` is always finite for
+    finite gradients. For non-finite gradients ``root`` is inf or nan.
+    """
+    sum_sq = 0.0
+    for g in grads:
+        sum_sq += float(np.square(g, dtype=np.float64).sum())
+    if math.isfinite(sum_sq):
+        return 1.0, math.sqrt(sum_sq)
+    scale = max((float(np.max(np.abs(g))) for g in grads if g.size), default=0.0)
+    if not math.isfinite(scale):  # an inf (sum_sq is inf) or nan (sum_sq is nan) entry
+        return 1.0, math.sqrt(sum_sq)
+    sum_sq = 0.0
+    for g in grads:
+        sum_sq += float(np.square(np.asarray(g, dtype=np.float64) / scale).sum())
+    return scale, math.sqrt(sum_sq)
+
+
+def clip_grad_norm(grads, max_norm):
+    """Scale the gradients in place so that their global L2 norm is <= ``max_norm``.
+
+    The global norm is that of all arrays concatenated. It is computed in
+    float64, so float32 gradients whose squares overflow float32 are handled.
+    If it exceeds ``max_norm``, every array is multiplied by the same factor,
+    which preserves the direction of the overall gradient; the factor is
+    shrunk by a few units in the last place of the gradients' dtype so that
+    rounding cannot leave the new norm above ``max_norm``. Otherwise the
+    gradients are left untouched.
+
+    If the norm is not finite (the gradients contain inf or NaN), the
+    gradients are left unchanged and the non-finite norm is returned, so the
+    caller can skip the step.
+
+    Parameters
+    ----------
+    grads : list of numpy.ndarray
+        Floating gradient arrays, modified in place.
+    max_norm : float
+        Largest allowed global norm, >= 0.
+
+    Returns
+    -------
+    float
+        The global norm before clipping.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from pylstm._optim import clip_grad_norm
+    >>> grads = [np.array([3.0]), np.array([[4.0]])]
+    >>> clip_grad_norm(grads, max_norm=1.0)
+    5.0
+    >>> print(np.round(grads[0], 6), np.round(grads[1], 6))
+    [0.6] [[0.8]]
+    >>> clip_grad_norm(grads, max_norm=10.0) <= 1.0  # small gradients: unchanged
+    True
+    """
+    max_norm = _check_real(max_norm, "max_norm", 0.0, math.inf)
+    grads = list(grads)
+    scale, root = _global_norm_parts(grads)
+    total_norm = scale * root
+    if not math.isfinite(root) or total_norm <= max_norm:
+        return float(total_norm)
+    eps = max((float(np.finfo(g.dtype).eps) for g in grads), default=0.0)
+    coef = (max_norm / scale) / root * (1.0 - 4.0 * eps)
+    for g in grads:
+        g *= coef
+    return float(total_norm)
+
+
+def clip_grad_value(grads, clip_value):
+    """Clip every gradient entry in place to ``[-clip_value, clip_value]``.
+
+    Parameters
+    ----------
+    grads : list of numpy.ndarray
+        Floating gradient arrays, modified in place.
+    clip_value : float
+        Largest allowed magnitude, >= 0.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from pylstm._optim import clip_grad_value
+    >>> grads = [np.array([-3.0, 0.5, 2.0])]
+    >>> clip_grad_value(grads, 1.0)
+    >>> grads[0]
+    array([-1. ,  0.5,  1. ])
+    """
+    clip_value = _check_real(clip_value, "clip_value", 0.0, math.inf)
+    for g in grads:
+        np.clip(g, -clip_value, clip_value, out=g)

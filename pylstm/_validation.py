@@ -1,0 +1,148 @@
+"""Input checks shared by the layer and the estimators.
+
+Every check runs before any kernel call and raises ``ValueError`` or
+``TypeError`` with a message naming the argument and what was expected.
+"""
+
+import numbers
+
+import numpy as np
+
+#: Largest dimension a 32-bit BLAS integer can hold.
+BLAS_INT_MAX = np.iinfo(np.int32).max
+
+#: The floating dtypes the kernels are compiled for.
+SUPPORTED_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
+
+
+def check_dtype(dtype):
+    """Return ``dtype`` as a NumPy dtype, float32 or float64.
+
+    Parameters
+    ----------
+    dtype : str, type or numpy.dtype
+        ``'float32'``, ``'float64'``, ``np.float32`` or ``np.float64``.
+
+    Returns
+    -------
+    numpy.dtype
+
+    Raises
+    ------
+    TypeError
+        For any other dtype.
+
+    Examples
+    --------
+    >>> from pylstm._validation import check_dtype
+    >>> check_dtype('float64')
+    dtype('float64')
+    """
+    try:
+        dt = np.dtype(dtype)
+    except TypeError as exc:
+        raise TypeError(f"dtype must be float32 or float64, got {dtype!r}") from exc
+    if dt not in SUPPORTED_DTYPES:
+        raise TypeError(f"dtype must be float32 or float64, got {dt}")
+    return dt
+
+
+def check_positive_int(value, name, minimum=1):
+    """Return ``value`` as an int, checking that it is an integer >= ``minimum``.
+
+    Examples
+    --------
+    >>> from pylstm._validation import check_positive_int
+    >>> check_positive_int(3, 'hidden_size')
+    3
+    """
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        raise TypeError(f"{name} must be an integer, got {type(value).__name__}")
+    if value < minimum:
+        raise ValueError(f"{name} must be >= {minimum}, got {value}")
+    if value > BLAS_INT_MAX:
+        raise ValueError(f"{name}={value} is too large for 32-bit BLAS integers")
+    return int(value)
+
+
+def as_float_array(a, name, dtype, ndim):
+    """Convert ``a`` to a C-contiguous array of ``dtype`` with ``ndim`` dimensions.
+
+    Integer, non-contiguous, Fortran-ordered and read-only inputs are converted
+    (copied when needed). Strings, objects and complex numbers are rejected.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from pylstm._validation import as_float_array
+    >>> as_float_array([[1, 2]], 'X', np.float32, 2)
+    array([[1., 2.]], dtype=float32)
+    """
+    arr = np.asarray(a)
+    if arr.dtype.kind not in "biuf":
+        raise TypeError(
+            f"{name} must hold real numbers, got an array of dtype {arr.dtype}"
+        )
+    if arr.ndim != ndim:
+        raise ValueError(f"{name} must be a {ndim}-D array, got shape {arr.shape}")
+    return np.ascontiguousarray(arr, dtype=dtype)
+
+
+def check_finite(arr, name):
+    """Raise ``ValueError`` if ``arr`` holds NaN or infinity.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from pylstm._validation import check_finite
+    >>> check_finite(np.array([np.nan]), 'X')
+    Traceback (most recent call last):
+    ...
+    ValueError: X contains NaN
+    """
+    if not np.isfinite(arr).all():
+        what = "NaN" if np.isnan(arr).any() else "infinity"
+        raise ValueError(f"{name} contains {what}")
+
+
+def check_lengths(lengths, n_samples, n_timesteps):
+    """Validate per-sequence lengths and return them as an int64 array.
+
+    Parameters
+    ----------
+    lengths : array-like of shape (n_samples,) or None
+        Valid steps of each sequence, each in ``1 .. n_timesteps``. None means
+        every sequence is ``n_timesteps`` long.
+    n_samples, n_timesteps : int
+        The batch's size and padded length.
+
+    Returns
+    -------
+    ndarray of shape (n_samples,), int64
+
+    Examples
+    --------
+    >>> from pylstm._validation import check_lengths
+    >>> check_lengths([3, 1], 2, 3)
+    array([3, 1])
+    """
+    if lengths is None:
+        return np.full(n_samples, n_timesteps, dtype=np.int64)
+    arr = np.asarray(lengths)
+    if arr.ndim != 1 or arr.shape[0] != n_samples:
+        raise ValueError(
+            f"lengths must have shape ({n_samples},) to match X, got {arr.shape}"
+        )
+    if arr.dtype.kind == "f":
+        if not np.all(np.isfinite(arr)) or not np.all(arr == np.round(arr)):
+            raise ValueError("lengths must be whole numbers")
+    elif arr.dtype.kind not in "iu":
+        raise TypeError(f"lengths must be integers, got dtype {arr.dtype}")
+    arr = arr.astype(np.int64)
+    if n_samples and arr.min() < 1:
+        raise ValueError(f"lengths must be >= 1, got a length of {arr.min()}")
+    if n_samples and arr.max() > n_timesteps:
+        raise ValueError(
+            f"lengths must be <= n_timesteps={n_timesteps}, got a length of {arr.max()}"
+        )
+    return arr
