@@ -20,8 +20,8 @@ from ._validation import (
 
 __all__ = ["LSTM"]
 
-#: Steps whose input projection the inference kernel computes per GEMM.
-_INFER_CHUNK = 32
+#: Steps whose input projection the kernels compute with one GEMM.
+_CHUNK_STEPS = 32
 
 
 def _param_names(num_layers, bidirectional):
@@ -240,6 +240,9 @@ class LSTM:
         TypeError
             Non-numeric input.
         """
+        shape = np.shape(X)
+        if len(shape) == 3 and shape[0] * shape[1] > BLAS_INT_MAX:
+            raise ValueError("X is too large for 32-bit BLAS integers (B * T must be < 2**31)")
         X = as_float_array(X, "X", self.dtype, 3)
         B, T, I = X.shape
         if I != self.input_size:
@@ -247,8 +250,6 @@ class LSTM:
         if B == 0 or T == 0:
             raise ValueError(f"X must have at least one sequence and one step, got shape {X.shape}")
         D, H = self.num_directions, self.hidden_size
-        if B * T > BLAS_INT_MAX or D * H * B * T > np.iinfo(np.int64).max // 8:
-            raise ValueError("X is too large for 32-bit BLAS integers (B * T must be < 2**31)")
         lens = check_lengths(lengths, B, T)
         h0 = self._check_state(h0, "h0", B)
         c0 = self._check_state(c0, "c0", B)
@@ -277,19 +278,18 @@ class LSTM:
                 bias = self._params["bias_ih" + sfx] + self._params["bias_hh" + sfx]
                 h = np.ascontiguousarray(h0[k][order])
                 c = np.ascontiguousarray(c0[k][order])
+                K = min(_CHUNK_STEPS, T_eff)
+                xbuf = np.empty(K * B * layer_in.shape[2], dtype=self.dtype)
+                gbuf = np.empty(K * B * 4 * H, dtype=self.dtype)
                 if training:
                     c_start = c.copy()
-                    gates = np.empty((T_eff, B, 4 * H), dtype=self.dtype)
+                    gates = np.zeros((T_eff, B, 4 * H), dtype=self.dtype)
                     c_cache = np.zeros((T_eff, B, H), dtype=self.dtype)
                     h_prev = np.zeros((T_eff, B, H), dtype=self.dtype)
-                    scratch = np.empty((B, 4 * H), dtype=self.dtype)
                     _lstm.forward_train(layer_in, lens_sorted, w_ih, w_hh, bias, h, c, out,
-                                        d * H, bool(d), gates, c_cache, h_prev, scratch)
+                                        d * H, bool(d), xbuf, gbuf, gates, c_cache, h_prev)
                     layer_cache.append((c_start, gates, c_cache, h_prev))
                 else:
-                    K = min(_INFER_CHUNK, T_eff)
-                    xbuf = np.empty(K * B * layer_in.shape[2], dtype=self.dtype)
-                    gbuf = np.empty(K * B * 4 * H, dtype=self.dtype)
                     _lstm.forward_infer(layer_in, lens_sorted, w_ih, w_hh, bias, h, c, out,
                                         d * H, bool(d), xbuf, gbuf)
                 h_n[k, order] = h

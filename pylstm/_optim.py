@@ -494,8 +494,9 @@ def _global_norm_parts(grads):
     finite gradients. For non-finite gradients ``root`` is inf or nan.
     """
     sum_sq = 0.0
-    for g in grads:
-        sum_sq += float(np.square(g, dtype=np.float64).sum())
+    with np.errstate(over="ignore"):  # handled below
+        for g in grads:
+            sum_sq += float(np.square(g, dtype=np.float64).sum())
     if math.isfinite(sum_sq):
         return 1.0, math.sqrt(sum_sq)
     scale = max((float(np.max(np.abs(g))) for g in grads if g.size), default=0.0)

@@ -15,6 +15,9 @@ Gate order (i, f, g, o) in blocks of ``H`` along the ``4H`` axis, as in
 ``torch.nn.LSTM``. The caller (``pylstm._layer``) validates every shape and
 allocates every buffer once per call; the kernels allocate nothing and run
 their whole time loop without the GIL.
+
+The forward kernels share one time loop (``_forward``), so training and
+inference round identically.
 """
 from cython cimport floating
 from libc.string cimport memcpy, memset
@@ -23,15 +26,15 @@ from _blas cimport gemm, gemv
 from _activations cimport sigmoid, tanh_
 
 
-cdef inline void _cell_forward(floating* gp, const floating* bias,
-                               floating* h, floating* c,
-                               floating* c_keep, floating* h_prev_keep,
-                               floating* out, Py_ssize_t H) noexcept nogil:
+cdef inline void _cell_forward(const floating* gp, const floating* bias,
+                               floating* h, floating* c, floating* out,
+                               floating* gates_keep, floating* c_keep,
+                               floating* h_prev_keep, Py_ssize_t H) noexcept nogil:
     """One row of one step: activate the gates, update c and h in place.
 
-    ``gp`` holds the 4H pre-activations without bias on entry and the
-    activated gates on exit. ``c_keep``/``h_prev_keep`` (may be NULL) receive
-    c_t and h_{t-1} for BPTT; ``out`` receives h_t.
+    ``gp`` holds the 4H pre-activations without bias; ``out`` receives h_t.
+    When ``gates_keep`` is not NULL it receives the activated gates, and
+    ``c_keep``/``h_prev_keep`` receive c_t and h_{t-1}, for BPTT.
     """
     cdef Py_ssize_t j
     cdef floating ig, fg, gg, og, cn, hn
@@ -42,26 +45,107 @@ cdef inline void _cell_forward(floating* gp, const floating* bias,
         og = sigmoid(gp[3 * H + j] + bias[3 * H + j])
         cn = fg * c[j] + ig * gg
         hn = og * tanh_(cn)
-        if h_prev_keep != NULL:
-            h_prev_keep[j] = h[j]
+        if gates_keep != NULL:
+            gates_keep[j] = ig
+            gates_keep[H + j] = fg
+            gates_keep[2 * H + j] = gg
+            gates_keep[3 * H + j] = og
             c_keep[j] = cn
-            gp[j] = ig
-            gp[H + j] = fg
-            gp[2 * H + j] = gg
-            gp[3 * H + j] = og
+            h_prev_keep[j] = h[j]
         c[j] = cn
         h[j] = hn
         out[j] = hn
 
 
-cdef inline void _recurrent(int n, int G, int H, const floating* w_hh,
-                            const floating* h, floating beta,
-                            floating* dst) noexcept nogil:
-    """dst[:n] = h[:n] @ w_hh^T + beta * dst[:n] (gemv for a single row)."""
-    if n == 1:
-        gemv(False, G, H, <floating> 1.0, w_hh, H, h, beta, dst)
-    else:
-        gemm(False, True, n, G, H, <floating> 1.0, h, H, w_hh, H, beta, dst, G)
+cdef void _forward(const floating* x, int T, int B, int I,
+                   const int* lengths, const floating* w_ih,
+                   const floating* w_hh, const floating* bias, int H,
+                   floating* h, floating* c, floating* out, int out_width,
+                   Py_ssize_t offset, bint reverse, int K,
+                   floating* xbuf, floating* gbuf, floating* gates,
+                   floating* c_cache, floating* h_prev) noexcept nogil:
+    """The forward time loop shared by training and inference.
+
+    Steps are taken in chunks of ``K``: the chunk's active input rows are
+    gathered into ``xbuf`` (a reversed row by index arithmetic) and
+    projected by one GEMM into ``gbuf``; then each step adds the recurrent
+    GEMM of the active prefix and runs the fused gate pass. With ``gates``
+    NULL nothing per step is kept (inference); otherwise the caches, laid out
+    (T, B, ...) in time order, receive what BPTT needs. Both modes therefore
+    round identically.
+    """
+    cdef int G = 4 * H
+    cdef int n = B
+    cdef int n_chunk, s0, k, kk, s, b, t
+    cdef Py_ssize_t tb
+    cdef floating* gp
+    cdef floating one = 1.0
+    cdef floating zero = 0.0
+    s0 = 0
+    while s0 < T:
+        while n > 0 and lengths[n - 1] <= s0:
+            n -= 1
+        if n == 0:
+            break
+        n_chunk = n
+        kk = K if s0 + K <= T else T - s0
+        # Gather the chunk's input rows: (kk, n_chunk, I), step order.
+        for k in range(kk):
+            s = s0 + k
+            if not reverse:
+                memcpy(xbuf + <Py_ssize_t> k * n_chunk * I,
+                       x + <Py_ssize_t> s * B * I,
+                       <size_t> n_chunk * I * sizeof(floating))
+            else:
+                for b in range(n_chunk):
+                    tb = (<Py_ssize_t> k * n_chunk + b) * I
+                    if lengths[b] > s:
+                        t = lengths[b] - 1 - s
+                        memcpy(xbuf + tb, x + (<Py_ssize_t> t * B + b) * I,
+                               I * sizeof(floating))
+                    else:
+                        memset(xbuf + tb, 0, I * sizeof(floating))
+        gemm(False, True, kk * n_chunk, G, I, one, xbuf, I, w_ih, I, zero,
+             gbuf, G)
+        for k in range(kk):
+            s = s0 + k
+            while n > 0 and lengths[n - 1] <= s:
+                n -= 1
+            if n == 0:
+                break
+            gp = gbuf + <Py_ssize_t> k * n_chunk * G
+            # Recurrent term for the active prefix: gp[:n] += h[:n] @ w_hh^T.
+            if n == 1:
+                gemv(False, G, H, one, w_hh, H, h, one, gp)
+            else:
+                gemm(False, True, n, G, H, one, h, H, w_hh, H, one, gp, G)
+            for b in range(n):
+                t = lengths[b] - 1 - s if reverse else s
+                tb = <Py_ssize_t> t * B + b
+                if gates != NULL:
+                    _cell_forward(gp + <Py_ssize_t> b * G, bias,
+                                  h + <Py_ssize_t> b * H, c + <Py_ssize_t> b * H,
+                                  out + tb * out_width + offset,
+                                  gates + tb * G, c_cache + tb * H,
+                                  h_prev + tb * H, H)
+                else:
+                    _cell_forward(gp + <Py_ssize_t> b * G, bias,
+                                  h + <Py_ssize_t> b * H, c + <Py_ssize_t> b * H,
+                                  out + tb * out_width + offset,
+                                  <floating*> NULL, <floating*> NULL,
+                                  <floating*> NULL, H)
+        s0 += kk
+
+
+cdef int _chunk_steps(Py_ssize_t xbuf_size, Py_ssize_t gbuf_size, int B, int I,
+                      int G) except -1:
+    """Steps per chunk that the work buffers hold (checked, at least 1)."""
+    cdef Py_ssize_t K = gbuf_size // (<Py_ssize_t> B * G)
+    if K < 1 or xbuf_size < K * B * I:
+        raise ValueError("work buffers too small for one step")
+    if K * B > 2147483647:
+        K = 2147483647 // B
+    return <int> K
 
 
 def forward_train(const floating[:, :, ::1] x,
@@ -74,10 +158,11 @@ def forward_train(const floating[:, :, ::1] x,
                   floating[:, :, ::1] out,
                   Py_ssize_t offset,
                   bint reverse,
+                  floating[::1] xbuf,
+                  floating[::1] gbuf,
                   floating[:, :, ::1] gates,
                   floating[:, :, ::1] c_cache,
-                  floating[:, :, ::1] h_prev_cache,
-                  floating[:, ::1] scratch):
+                  floating[:, :, ::1] h_prev_cache):
     """Forward pass of one direction, keeping what BPTT needs.
 
     Parameters
@@ -96,47 +181,23 @@ def forward_train(const floating[:, :, ::1] x,
         Column offset of this direction in ``out``.
     reverse : bool
         Run from each row's last valid step back to its first.
+    xbuf, gbuf : 1-D arrays
+        Work space for a chunk of K steps: ``K * B * I`` and ``K * B * 4H``
+        elements.
     gates, c_cache, h_prev_cache : (T, B, 4H), (T, B, H), (T, B, H) arrays
-        Receive the activated gates, c_t and h_{t-1} (time order). Entries at
-        padded positions of ``c_cache``/``h_prev_cache`` are left untouched.
-    scratch : (B, 4H) array
-        Work space.
+        Receive the activated gates, c_t and h_{t-1} in time order; padded
+        positions are left untouched.
     """
     cdef int T = <int> x.shape[0]
     cdef int B = <int> x.shape[1]
     cdef int I = <int> x.shape[2]
-    cdef int G = <int> w_ih.shape[0]
-    cdef int H = G // 4
-    cdef int n = B
-    cdef int s, b, t
-    cdef floating* gp
-    cdef floating* rp
-    cdef Py_ssize_t j
+    cdef int H = <int> w_hh.shape[1]
+    cdef int K = _chunk_steps(xbuf.shape[0], gbuf.shape[0], B, I, 4 * H)
     with nogil:
-        # Input projection of every step at once: gates = x @ w_ih^T.
-        gemm(False, True, T * B, G, I, <floating> 1.0, &x[0, 0, 0], I,
-             &w_ih[0, 0], I, <floating> 0.0, &gates[0, 0, 0], G)
-        for s in range(T):
-            while n > 0 and lengths[n - 1] <= s:
-                n -= 1
-            if n == 0:
-                break
-            if not reverse:
-                _recurrent(n, G, H, &w_hh[0, 0], &h[0, 0], <floating> 1.0,
-                           &gates[s, 0, 0])
-            else:
-                _recurrent(n, G, H, &w_hh[0, 0], &h[0, 0], <floating> 0.0,
-                           &scratch[0, 0])
-            for b in range(n):
-                t = lengths[b] - 1 - s if reverse else s
-                gp = &gates[t, b, 0]
-                if reverse:
-                    rp = &scratch[b, 0]
-                    for j in range(G):
-                        gp[j] += rp[j]
-                _cell_forward(gp, &bias[0], &h[b, 0], &c[b, 0],
-                              &c_cache[t, b, 0], &h_prev_cache[t, b, 0],
-                              &out[t, b, offset], H)
+        _forward(&x[0, 0, 0], T, B, I, &lengths[0], &w_ih[0, 0], &w_hh[0, 0],
+                 &bias[0], H, &h[0, 0], &c[0, 0], &out[0, 0, 0],
+                 <int> out.shape[2], offset, reverse, K, &xbuf[0], &gbuf[0],
+                 &gates[0, 0, 0], &c_cache[0, 0, 0], &h_prev_cache[0, 0, 0])
 
 
 def forward_infer(const floating[:, :, ::1] x,
@@ -153,63 +214,20 @@ def forward_infer(const floating[:, :, ::1] x,
                   floating[::1] gbuf):
     """Forward pass of one direction keeping no per-step state.
 
-    Same arguments as :func:`forward_train` but instead of caches two work
-    buffers for a chunk of ``K`` steps: ``xbuf`` of ``K * B * I`` and ``gbuf``
-    of ``K * B * 4H`` elements, so that extra memory does not grow with T.
-    The input rows of a chunk are gathered (reversed rows by index
-    arithmetic) and projected by one GEMM.
+    Same arguments as :func:`forward_train` without the caches: extra memory
+    is the two chunk buffers, independent of T. Results are bit-identical to
+    :func:`forward_train`'s.
     """
     cdef int T = <int> x.shape[0]
     cdef int B = <int> x.shape[1]
     cdef int I = <int> x.shape[2]
-    cdef int G = <int> w_ih.shape[0]
-    cdef int H = G // 4
-    cdef int K = <int> (gbuf.shape[0] // (B * G))
-    cdef int n = B
-    cdef int n_chunk, s0, k, kk, s, b, t
-    cdef floating* gp
-    if K < 1 or xbuf.shape[0] < <Py_ssize_t> K * B * I:
-        raise ValueError("forward_infer: work buffers too small")
+    cdef int H = <int> w_hh.shape[1]
+    cdef int K = _chunk_steps(xbuf.shape[0], gbuf.shape[0], B, I, 4 * H)
     with nogil:
-        s0 = 0
-        while s0 < T:
-            while n > 0 and lengths[n - 1] <= s0:
-                n -= 1
-            if n == 0:
-                break
-            n_chunk = n
-            kk = K if s0 + K <= T else T - s0
-            # Gather the chunk's active input rows, (kk, n_chunk, I).
-            for k in range(kk):
-                s = s0 + k
-                if not reverse:
-                    memcpy(&xbuf[k * n_chunk * I], &x[s, 0, 0],
-                           n_chunk * I * sizeof(floating))
-                else:
-                    for b in range(n_chunk):
-                        if lengths[b] > s:
-                            t = lengths[b] - 1 - s
-                            memcpy(&xbuf[(k * n_chunk + b) * I], &x[t, b, 0],
-                                   I * sizeof(floating))
-                        else:
-                            memset(&xbuf[(k * n_chunk + b) * I], 0,
-                                   I * sizeof(floating))
-            gemm(False, True, kk * n_chunk, G, I, <floating> 1.0, &xbuf[0], I,
-                 &w_ih[0, 0], I, <floating> 0.0, &gbuf[0], G)
-            for k in range(kk):
-                s = s0 + k
-                while n > 0 and lengths[n - 1] <= s:
-                    n -= 1
-                if n == 0:
-                    break
-                gp = &gbuf[k * n_chunk * G]
-                _recurrent(n, G, H, &w_hh[0, 0], &h[0, 0], <floating> 1.0, gp)
-                for b in range(n):
-                    t = lengths[b] - 1 - s if reverse else s
-                    _cell_forward(gp + b * G, &bias[0], &h[b, 0], &c[b, 0],
-                                  <floating*> NULL, <floating*> NULL,
-                                  &out[t, b, offset], H)
-            s0 += kk
+        _forward(&x[0, 0, 0], T, B, I, &lengths[0], &w_ih[0, 0], &w_hh[0, 0],
+                 &bias[0], H, &h[0, 0], &c[0, 0], &out[0, 0, 0],
+                 <int> out.shape[2], offset, reverse, K, &xbuf[0], &gbuf[0],
+                 <floating*> NULL, <floating*> NULL, <floating*> NULL)
 
 
 def backward(const floating[:, :, ::1] x,

@@ -1,0 +1,869 @@
+"""scikit-learn estimators: LSTMClassifier and LSTMRegressor.
+
+They validate input once, encode targets, cut batches, run epochs, stop early
+and keep the fitted state; the model's mathematics is
+:class:`pylstm._network.SequenceNetwork`'s and the updates are
+:mod:`pylstm._optim`'s.
+"""
+
+import numbers
+import warnings
+
+import numpy as np
+from sklearn.base import BaseEstimator, ClassifierMixin, RegressorMixin
+from sklearn.exceptions import ConvergenceWarning
+from sklearn.metrics import accuracy_score, r2_score
+from sklearn.model_selection import train_test_split
+from sklearn.preprocessing import LabelEncoder
+from sklearn.utils import TransformerTags, check_random_state
+from sklearn.utils.multiclass import check_classification_targets
+from sklearn.utils.validation import check_is_fitted, column_or_1d, validate_data
+
+from ._network import SequenceNetwork, log_softmax, softmax_cross_entropy, squared_error
+from ._optim import clip_grad_norm, clip_grad_value, make_optimizer
+from ._progress import EpochProgress
+from ._sequences import as_sequence_array, is_ragged, pad_sequences
+from ._validation import check_dtype
+
+__all__ = ["LSTMClassifier", "LSTMRegressor"]
+
+#: Sequences per inference batch in predict/transform.
+_PREDICT_BATCH = 256
+
+_SHARED_PARAMS_DOC = """
+    hidden_size : int, default=64
+        Units of each LSTM direction in each layer.
+    num_layers : int, default=1
+        Stacked LSTM layers.
+    bidirectional : bool, default=False
+        Read each sequence forwards and backwards; the output layer sees both
+        directions' final states (or both outputs at each step).
+    dropout : float in [0, 1), default=0.0
+        Dropout on the outputs of every LSTM layer but the last (training
+        only; deterministic given ``random_state``).
+    solver : {'adam', 'sgd', 'rmsprop'}, default='adam'
+        Optimizer.
+    learning_rate_init : float, default=0.005
+        Step size.
+    momentum : float, default=0.9
+        Momentum of 'sgd'.
+    nesterovs_momentum : bool, default=True
+        Nesterov momentum for 'sgd'.
+    batch_size : int, default=32
+        Sequences per mini-batch (capped at the number of samples).
+    max_iter : int, default=100
+        Epochs of ``fit`` (``partial_fit`` runs one per call).
+    alpha : float, default=1e-4
+        L2 penalty on the weight matrices.
+    clip_norm : float or None, default=5.0
+        Rescale the gradients whenever their global L2 norm exceeds this;
+        None disables.
+    clip_value : float or None, default=None
+        Clip every gradient entry to ``[-clip_value, clip_value]``.
+    shuffle : bool, default=True
+        Shuffle the mini-batches every epoch.
+    early_stopping : bool, default=False
+        Hold out ``validation_fraction`` of the data (stratified for the
+        classifier), stop when its score has not improved by ``tol`` for
+        ``n_iter_no_change`` epochs and restore the best weights.
+    validation_fraction : float in (0, 1), default=0.1
+        Share of the data held out with ``early_stopping``.
+    n_iter_no_change : int, default=10
+        Epochs without improvement before stopping.
+    tol : float, default=1e-4
+        Least improvement of the training loss (or validation score) that counts.
+    warm_start : bool, default=False
+        Continue from the previous fit's weights and optimizer state.
+    random_state : int, RandomState instance or None, default=None
+        Seeds the weights, the shuffling, dropout and the validation split.
+        Same seed, same data and same BLAS thread count give bit-identical
+        models.
+    verbose : int, default=0
+        1 prints a progress line per epoch (loss, validation score, time).
+    dtype : {'float32', 'float64'}, default='float64'
+        Precision of the weights and computations; 'float32' is about twice
+        as fast.
+    return_sequences : bool, default=False
+        False: one prediction per sequence, from its last valid step.
+        True: a prediction at every valid step (sequence tagging); y then
+        holds per-step targets.
+"""
+
+_INPUT_DOC = """
+    The input X can be a 3-D array (n_samples, n_timesteps, n_features), a
+    2-D array (n_samples, n_timesteps) of univariate sequences, or a list of
+    2-D arrays (T_i, n_features) of different lengths (1-D arrays are
+    univariate sequences). ``n_features_in_`` is the number of features per
+    step for 3-D and list input, and, following scikit-learn, the number of
+    columns (time steps) for 2-D input, which must then be the same at
+    predict time. pandas DataFrames work like 2-D arrays.
+"""
+
+
+def _ndim(X):
+    """Number of dimensions of array-like ``X`` (-1 when it is not array-like)."""
+    try:
+        return np.asarray(X).ndim
+    except (ValueError, TypeError):
+        return -1
+
+
+def _real_array(y):
+    """``y`` as a float64 array, converting numeric object arrays."""
+    arr = np.asarray(y)
+    try:
+        if arr.dtype.kind not in "biuf":
+            if arr.dtype.kind != "O":
+                raise TypeError
+            arr = arr.astype(np.float64)
+    except (TypeError, ValueError):
+        raise ValueError(f"y must hold real numbers, got dtype {arr.dtype}") from None
+    return arr.astype(np.float64)
+
+
+class _BaseLSTMEstimator(BaseEstimator):
+    """Shared training loop of LSTMClassifier and LSTMRegressor."""
+
+    def __init__(self, hidden_size=64, num_layers=1, bidirectional=False, dropout=0.0,
+                 solver="adam", learning_rate_init=0.005, momentum=0.9,
+                 nesterovs_momentum=True, batch_size=32, max_iter=100, alpha=1e-4,
+                 clip_norm=5.0, clip_value=None, shuffle=True, early_stopping=False,
+                 validation_fraction=0.1, n_iter_no_change=10, tol=1e-4,
+                 warm_start=False, random_state=None, verbose=0, dtype="float64",
+                 return_sequences=False):
+        self.hidden_size = hidden_size
+        self.num_layers = num_layers
+        self.bidirectional = bidirectional
+        self.dropout = dropout
+        self.solver = solver
+        self.learning_rate_init = learning_rate_init
+        self.momentum = momentum
+        self.nesterovs_momentum = nesterovs_momentum
+        self.batch_size = batch_size
+        self.max_iter = max_iter
+        self.alpha = alpha
+        self.clip_norm = clip_norm
+        self.clip_value = clip_value
+        self.shuffle = shuffle
+        self.early_stopping = early_stopping
+        self.validation_fraction = validation_fraction
+        self.n_iter_no_change = n_iter_no_change
+        self.tol = tol
+        self.warm_start = warm_start
+        self.random_state = random_state
+        self.verbose = verbose
+        self.dtype = dtype
+        self.return_sequences = return_sequences
+
+    def __sklearn_tags__(self):
+        tags = super().__sklearn_tags__()
+        tags.input_tags.three_d_array = True
+        tags.non_deterministic = False
+        # transform() gives the final hidden states as features.
+        tags.transformer_tags = TransformerTags(preserves_dtype=[self.dtype])
+        return tags
+
+    # ------------------------------------------------------------------ checks
+    def _check_params(self):
+        def integer(name, low):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, numbers.Integral) or v < low:
+                raise ValueError(f"{name} must be an integer >= {low}, got {v!r}")
+
+        def real(name, low, high, low_open=False, high_open=False, none=False):
+            v = getattr(self, name)
+            if none and v is None:
+                return
+            ok = isinstance(v, numbers.Real) and not isinstance(v, bool) and np.isfinite(v)
+            if ok:
+                ok = (v > low if low_open else v >= low) and (v < high if high_open else v <= high)
+            if not ok:
+                raise ValueError(f"{name} must be a number in {'(' if low_open else '['}{low}, "
+                                 f"{high}{')' if high_open else ']'}, got {v!r}")
+
+        for name in ("hidden_size", "num_layers", "batch_size", "max_iter", "n_iter_no_change"):
+            integer(name, 1)
+        real("dropout", 0, 1, high_open=True)
+        real("learning_rate_init", 0, np.inf, low_open=True, high_open=True)
+        real("momentum", 0, 1)
+        real("alpha", 0, np.inf, high_open=True)
+        real("clip_norm", 0, np.inf, low_open=True, high_open=True, none=True)
+        real("clip_value", 0, np.inf, low_open=True, high_open=True, none=True)
+        real("validation_fraction", 0, 1, low_open=True, high_open=True)
+        real("tol", 0, np.inf, high_open=True)
+        if self.solver not in ("adam", "sgd", "rmsprop"):
+            raise ValueError(f"solver must be 'adam', 'sgd' or 'rmsprop', got {self.solver!r}")
+        try:
+            return check_dtype(self.dtype)
+        except TypeError as exc:
+            raise ValueError(f"dtype must be 'float32' or 'float64', got {self.dtype!r}") from exc
+
+    def _validate_X(self, X, reset):
+        """Return (padded X, lengths); on reset record the input's feature count."""
+        dtype = check_dtype(self.dtype) if reset else self._dtype
+        if is_ragged(X):
+            Xp, lengths = pad_sequences(X, dtype)
+            layout = "seq"
+        else:
+            if hasattr(X, "iloc") or _ndim(X) == 2:
+                fitted_2d = not reset and self._input_layout == "2d"
+                if reset or fitted_2d:
+                    Xp = validate_data(self, X, reset=reset, dtype=dtype,
+                                       ensure_all_finite=True)
+                else:
+                    Xp = validate_data(self, X, reset=False, skip_check_array=True)
+                    Xp = as_sequence_array(np.asarray(Xp)[:, :, None], dtype)[:, :, 0]
+                Xp = np.ascontiguousarray(Xp[:, :, None])
+                layout = "2d"
+            else:
+                Xp = as_sequence_array(X, dtype)
+                layout = "3d"
+            lengths = np.full(Xp.shape[0], Xp.shape[1], dtype=np.int64)
+            if Xp.shape[1] == 0:
+                raise ValueError("X has sequences of length 0; every sequence needs a step")
+        n_step = Xp.shape[2]
+        if reset:
+            self._input_layout = layout
+            self._n_step_features = n_step
+            if layout != "2d":
+                self.n_features_in_ = n_step
+                if hasattr(self, "feature_names_in_"):
+                    del self.feature_names_in_
+        elif n_step != self._n_step_features:
+            raise ValueError(
+                f"X has {n_step} features per step, but {type(self).__name__} is expecting "
+                f"{self._n_step_features} features per step as input"
+            )
+        return Xp, lengths
+
+    def _validate_seq_targets(self, y, lengths, name="y"):
+        """Per-step targets -> (n, T, ...) padded array aligned with X's lengths."""
+        n, T = len(lengths), int(lengths.max())
+        if is_ragged(y) or (isinstance(y, (list, tuple)) and len(y) and np.ndim(y[0]) >= 1):
+            seqs = [np.asarray(s) for s in y]
+        else:
+            arr = np.asarray(y)
+            if arr.ndim < 2:
+                raise ValueError(
+                    f"with return_sequences=True, {name} must hold one target per step: "
+                    f"shape (n_samples, n_timesteps[, n_outputs]) or a list of arrays, got "
+                    f"shape {arr.shape}"
+                )
+            seqs = list(arr)
+        if len(seqs) != n:
+            raise ValueError(f"{name} has {len(seqs)} sequences but X has {n}")
+        trail = None
+        for i, s in enumerate(seqs):
+            if s.ndim not in (1, 2) or s.shape[0] != lengths[i]:
+                raise ValueError(
+                    f"{name}[{i}] must have one target per step of X[{i}] "
+                    f"({lengths[i]} steps), got shape {s.shape}"
+                )
+            if trail is None:
+                trail = s.shape[1:]
+            elif s.shape[1:] != trail:
+                raise ValueError(f"all per-step targets must have the same shape: {name}[{i}]")
+        out = np.zeros((n, T) + trail, dtype=seqs[0].dtype if seqs[0].dtype.kind != "U"
+                       else object)
+        out = out.astype(np.result_type(*[s.dtype for s in seqs]))
+        for i, s in enumerate(seqs):
+            out[i, : s.shape[0]] = s
+        return out
+
+    # ------------------------------------------------------------------ training
+    def fit(self, X, y):
+        """Train on sequences X with targets y for up to ``max_iter`` epochs.
+
+        Parameters
+        ----------
+        X : array-like of shape (n_samples, n_timesteps[, n_features]) or list
+            Sequences (see the class docstring for the layouts).
+        y : array-like
+            Targets: one per sequence, or per step with ``return_sequences``.
+
+        Returns
+        -------
+        self : object
+            The fitted estimator.
+        """
+        return self._fit(X, y, incremental=False)
+
+    def _initialize(self, n_outputs, rng):
+        self.network_ = SequenceNetwork(
+            self._n_step_features, n_outputs, self.hidden_size, self.num_layers,
+            self.bidirectional, self.dropout, self.return_sequences, self._dtype, rng)
+        self._optimizer = make_optimizer(
+            self.solver, self.network_.parameters(), self.learning_rate_init,
+            momentum=self.momentum, nesterovs_momentum=self.nesterovs_momentum)
+        self._seed = int(rng.randint(np.iinfo(np.int32).max))
+        self.loss_curve_ = []
+        self.best_loss_ = np.inf
+        self.n_iter_ = 0
+        self.t_ = 0
+        self._no_improvement_count = 0
+        if self.early_stopping:
+            self.validation_scores_ = []
+            self.best_validation_score_ = -np.inf
+        else:
+            self.validation_scores_ = None
+            self.best_validation_score_ = None
+
+    def _fit(self, X, y, incremental, classes=None):
+        dtype = self._check_params()
+        fitted = hasattr(self, "network_")
+        reset = not (fitted and (incremental or self.warm_start))
+        if reset:
+            self._dtype = dtype
+        if y is None:
+            raise ValueError(
+                f"{type(self).__name__} requires y to be passed, but the target y is None"
+            )
+        Xp, lengths = self._validate_X(X, reset=reset)
+        Y = self._encode_targets(y, lengths, reset=reset, classes=classes,
+                                 incremental=incremental)
+        if len(Y) != len(Xp):
+            raise ValueError(
+                f"X and y have inconsistent numbers of samples: {len(Xp)} and {len(Y)}"
+            )
+        if reset:
+            self._initialize(self._n_outputs(), check_random_state(self.random_state))
+
+        X_val = None
+        if self.early_stopping and not incremental:
+            Xp, X_val, lengths, len_val, Y, Y_val = self._split_validation(Xp, lengths, Y)
+        n_epochs = 1 if incremental else self.max_iter
+        bar = EpochProgress(n_epochs) if self.verbose else None
+        net = self.network_
+        try:
+            for i in range(n_epochs):
+                epoch = self.n_iter_ + 1
+                rng = np.random.RandomState([self._seed, self.n_iter_])
+                total = 0.0
+                for idx in self._batches(lengths, rng):
+                    total += self._train_batch(Xp, lengths, Y, idx, rng, epoch) * len(idx)
+                self.n_iter_ = epoch
+                loss = total / len(Xp)
+                self.loss_curve_.append(loss)
+                val_score = None
+                if X_val is not None:
+                    val_score = self._score_padded(X_val, len_val, Y_val)
+                    self.validation_scores_.append(val_score)
+                stop = self._update_no_improvement(loss, val_score)
+                if bar is not None:
+                    bar.update(i + 1, loss=loss,
+                               validation_score=val_score)
+                if stop and not incremental:
+                    if self.verbose:
+                        print(f"No improvement for {self.n_iter_no_change} epochs: stopping.")
+                    break
+            else:
+                if not incremental:
+                    warnings.warn(
+                        f"Stochastic optimizer: maximum iterations ({self.max_iter}) reached "
+                        "and the optimization hasn't converged yet.",
+                        ConvergenceWarning, stacklevel=3)
+        finally:
+            for layer in net.layers:
+                layer._cache = None
+            net._cache = None
+        if X_val is not None and getattr(self, "_best_state", None) is not None:
+            net.set_state(self._best_state)
+        self._best_state = None
+        return self
+
+    def _split_validation(self, Xp, lengths, Y):
+        stratify = None
+        if isinstance(self, ClassifierMixin) and not self.return_sequences:
+            stratify = Y
+        n_val = max(1, int(round(self.validation_fraction * len(Xp))))
+        if len(Xp) - n_val < 1:
+            raise ValueError("too few samples to hold out a validation set for early_stopping")
+        rs = np.random.RandomState([self._seed, 2**20])
+        try:
+            parts = train_test_split(Xp, lengths, Y, test_size=n_val, random_state=rs,
+                                     stratify=stratify)
+        except ValueError:
+            parts = train_test_split(Xp, lengths, Y, test_size=n_val, random_state=rs)
+        X_tr, X_val, l_tr, l_val, Y_tr, Y_val = parts
+        return X_tr, X_val, l_tr, l_val, Y_tr, Y_val
+
+    def _batches(self, lengths, rng):
+        """Index arrays of mini-batches; ragged data is bucketed by length."""
+        n = len(lengths)
+        size = min(self.batch_size, n)
+        if lengths.min() != lengths.max():
+            order = np.lexsort((rng.random_sample(n) if self.shuffle else np.arange(n),
+                               lengths))
+        else:
+            order = rng.permutation(n) if self.shuffle else np.arange(n)
+        batches = [order[i:i + size] for i in range(0, n, size)]
+        if self.shuffle and lengths.min() != lengths.max():
+            batches = [batches[i] for i in rng.permutation(len(batches))]
+        return batches
+
+    def _train_batch(self, Xp, lengths, Y, idx, rng, epoch):
+        net = self.network_
+        lb = lengths[idx]
+        T = int(lb.max())
+        out = net.forward(Xp[idx, :T], lb, training=True, rng=rng)
+        loss, d_out = self._loss(out, Y[idx][:, :T] if self.return_sequences else Y[idx], lb)
+        grads = net.backward(d_out.astype(self._dtype, copy=False))
+        if self.alpha:
+            scale = self.alpha / len(idx)
+            for p, g, pen in zip(net.parameters(), grads, net.penalised(), strict=True):
+                if pen:
+                    loss += 0.5 * scale * float(np.dot(p.ravel(), p.ravel()))
+                    g += scale * p
+        norm = clip_grad_norm(grads, self.clip_norm if self.clip_norm else np.inf)
+        if not (np.isfinite(loss) and np.isfinite(norm)):
+            raise FloatingPointError(
+                f"the training loss became {'non-finite' if not np.isfinite(loss) else 'finite'}"
+                f" with non-finite gradients in epoch {epoch}: lower learning_rate_init, or "
+                "set clip_norm / clip_value; the estimator keeps its last finite weights"
+                if np.isfinite(loss) else
+                f"the training loss became non-finite ({loss}) in epoch {epoch}: lower "
+                "learning_rate_init, or set clip_norm / clip_value; the estimator keeps "
+                "its last finite weights"
+            )
+        if self.clip_value is not None:
+            clip_grad_value(grads, self.clip_value)
+        self._optimizer.update_params(grads)
+        self.t_ += len(idx)
+        return float(loss)
+
+    def _update_no_improvement(self, loss, val_score):
+        """MLP-style patience on the validation score, or else on the training loss."""
+        if val_score is not None:
+            if val_score < self.best_validation_score_ + self.tol:
+                self._no_improvement_count += 1
+            else:
+                self._no_improvement_count = 0
+            if val_score > self.best_validation_score_:
+                self.best_validation_score_ = val_score
+                self._best_state = self.network_.get_state()
+        else:
+            if loss > self.best_loss_ - self.tol:
+                self._no_improvement_count += 1
+            else:
+                self._no_improvement_count = 0
+        self.best_loss_ = min(self.best_loss_, loss)
+        return self._no_improvement_count > self.n_iter_no_change
+
+    # ------------------------------------------------------------------ inference
+    def _forward_padded(self, Xp, lengths, sequences=False):
+        """Raw outputs for padded X in batches of similar length (input order kept)."""
+        net = self.network_
+        order = np.argsort(-lengths, kind="stable")
+        pieces = []
+        for i in range(0, len(order), _PREDICT_BATCH):
+            idx = order[i:i + _PREDICT_BATCH]
+            lb = lengths[idx]
+            T = int(lb.max())
+            if sequences == "features":
+                res = net.features(Xp[idx, :T], lb, training=False, final_states=True)
+            else:
+                res = net.forward(Xp[idx, :T], lb, training=False)
+            if res.ndim == 3 and res.shape[1] < Xp.shape[1]:
+                res = np.concatenate(
+                    [res, np.zeros((res.shape[0], Xp.shape[1] - T, res.shape[2]), res.dtype)],
+                    axis=1)
+            pieces.append(res)
+        out = np.concatenate(pieces)
+        result = np.empty_like(out)
+        result[order] = out
+        return result
+
+    def _raw_output(self, X):
+        check_is_fitted(self, "network_")
+        Xp, lengths = self._validate_X(X, reset=False)
+        return self._forward_padded(Xp, lengths), lengths, is_ragged(X)
+
+    @staticmethod
+    def _unpad(arr, lengths, ragged):
+        """Per-step results: a list of arrays for ragged input, else the array."""
+        if ragged:
+            return [arr[i, :n] for i, n in enumerate(lengths)]
+        return arr
+
+    def fit_transform(self, X, y):
+        """Fit, then return :meth:`transform` of X.
+
+        Parameters
+        ----------
+        X : array-like or list of sequences
+        y : array-like
+
+        Returns
+        -------
+        ndarray of shape (n_samples, hidden_size * D)
+        """
+        return self.fit(X, y).transform(X)
+
+    def transform(self, X):
+        """Final hidden-state features of each sequence.
+
+        Parameters
+        ----------
+        X : array-like or list of sequences
+            As in :meth:`fit`.
+
+        Returns
+        -------
+        ndarray of shape (n_samples, hidden_size * D)
+            The last layer's states at each sequence's last valid step (the
+            forward direction's, then the reverse direction's after reading
+            the first step).
+        """
+        check_is_fitted(self, "network_")
+        Xp, lengths = self._validate_X(X, reset=False)
+        return self._forward_padded(Xp, lengths, sequences="features")
+
+
+class LSTMClassifier(ClassifierMixin, _BaseLSTMEstimator):
+    __doc__ = """Sequence classifier: LSTM layers, then a softmax output layer.
+
+    Trained with the cross-entropy loss by mini-batch BPTT on compiled
+    kernels.
+""" + _INPUT_DOC + """
+    Parameters
+    ----------""" + _SHARED_PARAMS_DOC + """
+    Attributes
+    ----------
+    classes_ : ndarray of shape (n_classes,)
+        Class labels.
+    n_features_in_ : int
+        Features per step (3-D or list input) or columns (2-D input).
+    feature_names_in_ : ndarray of str
+        Column names, when fitted on a DataFrame.
+    loss_curve_ : list of float
+        Mean training loss of each epoch.
+    best_loss_ : float
+        Smallest value in ``loss_curve_``.
+    validation_scores_ : list of float or None
+        Held-out accuracy after each epoch (``early_stopping`` only).
+    best_validation_score_ : float or None
+        Best of ``validation_scores_``.
+    n_iter_ : int
+        Epochs run.
+    t_ : int
+        Training sequences seen by the optimizer.
+    network_ : SequenceNetwork
+        The trained LSTM layers and output layer.
+
+    See Also
+    --------
+    LSTMRegressor : The regression counterpart.
+
+    Examples
+    --------
+    >>> from pylstm import LSTMClassifier
+    >>> from pylstm.datasets import load_digits_sequences
+    >>> X, y = load_digits_sequences(return_X_y=True)
+    >>> clf = LSTMClassifier(hidden_size=32, max_iter=5, random_state=0).fit(X[:500], y[:500])
+    >>> clf.predict(X[:3]).shape
+    (3,)
+    """
+
+    def __sklearn_tags__(self):
+        tags = super().__sklearn_tags__()
+        tags.classifier_tags.multi_label = False
+        return tags
+
+    def partial_fit(self, X, y, classes=None):
+        """Run one epoch over (X, y), continuing from the current state.
+
+        Parameters
+        ----------
+        X : array-like or list of sequences
+            As in :meth:`fit`.
+        y : array-like
+            Targets.
+        classes : array-like of shape (n_classes,), default=None
+            Every class of the whole data; required on the first call.
+
+        Returns
+        -------
+        self : object
+        """
+        if not hasattr(self, "network_") and classes is None:
+            raise ValueError("classes must be passed on the first call to partial_fit")
+        return self._fit(X, y, incremental=True, classes=classes)
+
+    def _encode_targets(self, y, lengths, reset, classes, incremental):
+        if self.return_sequences:
+            Y = self._validate_seq_targets(y, lengths)
+            mask = np.arange(Y.shape[1])[None, :] < lengths[:, None]
+            flat = Y[mask]
+        else:
+            if isinstance(y, (list, tuple)) and len(y) and np.ndim(y[0]) >= 1:
+                raise ValueError("y must have one label per sequence (1-D); for per-step "
+                                 "labels set return_sequences=True")
+            flat = column_or_1d(y, warn=True)
+        if flat.dtype.kind == "f" and not np.isfinite(flat).all():
+            raise ValueError("Input y contains NaN or infinity.")
+        check_classification_targets(flat)
+        if reset:
+            encoder = LabelEncoder()
+            encoder.fit(classes if classes is not None else flat)
+            self.classes_ = encoder.classes_
+            if len(self.classes_) < 2:
+                raise ValueError(
+                    f"{type(self).__name__} needs samples of at least 2 classes in the data,"
+                    f" but the data contain only one class: {self.classes_[0]!r}"
+                )
+        unseen = np.setdiff1d(flat, self.classes_)
+        if len(unseen):
+            raise ValueError(
+                f"y contains labels not seen in classes_ {list(self.classes_)}: "
+                f"{list(unseen[:5])}"
+            )
+        codes = np.searchsorted(self.classes_, flat)
+        if self.return_sequences:
+            out = np.zeros(mask.shape, dtype=np.int64)
+            out[mask] = codes
+            return out
+        return codes
+
+    def _n_outputs(self):
+        return len(self.classes_)
+
+    def _loss(self, out, Y, lengths):
+        if self.return_sequences:
+            mask = np.arange(out.shape[1])[None, :] < lengths[:, None]
+            weight = (mask / mask.sum()).ravel()
+            flat = out.reshape(-1, out.shape[2])
+            loss, dz = softmax_cross_entropy(flat, Y.ravel(), weight)
+            return loss, dz.reshape(out.shape)
+        return softmax_cross_entropy(out, Y, np.full(len(Y), 1.0 / len(Y)))
+
+    def _score_padded(self, Xp, lengths, Y):
+        pred = self._forward_padded(Xp, lengths).argmax(axis=-1)
+        if self.return_sequences:
+            mask = np.arange(Y.shape[1])[None, :] < lengths[:, None]
+            return float(np.mean(pred[mask] == Y[mask]))
+        return float(np.mean(pred == Y))
+
+    def predict_log_proba(self, X):
+        """Log-probabilities of the classes.
+
+        Parameters
+        ----------
+        X : array-like or list of sequences
+            As in :meth:`fit`.
+
+        Returns
+        -------
+        ndarray of shape (n_samples, n_classes)
+            With ``return_sequences``: (n_samples, n_timesteps, n_classes), or a
+            list of (T_i, n_classes) arrays for list input.
+        """
+        out, lengths, ragged = self._raw_output(X)
+        logp = log_softmax(out.astype(np.float64))
+        return self._unpad(logp, lengths, ragged) if self.return_sequences else logp
+
+    def predict_proba(self, X):
+        """Class probabilities (same shapes as :meth:`predict_log_proba`).
+
+        Parameters
+        ----------
+        X : array-like or list of sequences
+            As in :meth:`fit`.
+
+        Returns
+        -------
+        ndarray or list of ndarrays
+        """
+        out, lengths, ragged = self._raw_output(X)
+        proba = np.exp(log_softmax(out.astype(np.float64)))
+        return self._unpad(proba, lengths, ragged) if self.return_sequences else proba
+
+    def predict(self, X):
+        """Predicted class of each sequence (or of each valid step).
+
+        Parameters
+        ----------
+        X : array-like or list of sequences
+            As in :meth:`fit`.
+
+        Returns
+        -------
+        ndarray of shape (n_samples,)
+            With ``return_sequences``: (n_samples, n_timesteps) or a list of
+            (T_i,) arrays.
+        """
+        out, lengths, ragged = self._raw_output(X)
+        labels = self.classes_[out.argmax(axis=-1)]
+        return self._unpad(labels, lengths, ragged) if self.return_sequences else labels
+
+    def score(self, X, y, sample_weight=None):
+        """Mean accuracy (over all valid steps with ``return_sequences``).
+
+        Parameters
+        ----------
+        X : array-like or list of sequences
+        y : array-like
+        sample_weight : array-like of shape (n_samples,), default=None
+            Only without ``return_sequences``.
+
+        Returns
+        -------
+        float
+        """
+        if not self.return_sequences:
+            return accuracy_score(y, self.predict(X), sample_weight=sample_weight)
+        check_is_fitted(self, "network_")
+        Xp, lengths = self._validate_X(X, reset=False)
+        Y = self._encode_targets(y, lengths, reset=False, classes=None, incremental=False)
+        return self._score_padded(Xp, lengths, Y)
+
+
+class LSTMRegressor(RegressorMixin, _BaseLSTMEstimator):
+    __doc__ = """Sequence regressor: LSTM layers, then a linear output layer.
+
+    Trained with the squared error by mini-batch BPTT on compiled kernels; y
+    of shape (n_samples,) or (n_samples, n_outputs), or per-step targets with
+    ``return_sequences``.
+""" + _INPUT_DOC + """
+    Parameters
+    ----------""" + _SHARED_PARAMS_DOC + """
+    Attributes
+    ----------
+    n_features_in_ : int
+        Features per step (3-D or list input) or columns (2-D input).
+    feature_names_in_ : ndarray of str
+        Column names, when fitted on a DataFrame.
+    n_outputs_ : int
+        Number of regression targets.
+    loss_curve_ : list of float
+        Mean training loss (half the squared error) of each epoch.
+    best_loss_ : float
+        Smallest value in ``loss_curve_``.
+    validation_scores_ : list of float or None
+        Held-out R^2 after each epoch (``early_stopping`` only).
+    best_validation_score_ : float or None
+        Best of ``validation_scores_``.
+    n_iter_ : int
+        Epochs run.
+    t_ : int
+        Training sequences seen by the optimizer.
+    network_ : SequenceNetwork
+        The trained LSTM layers and output layer.
+
+    See Also
+    --------
+    LSTMClassifier : The classification counterpart.
+
+    Examples
+    --------
+    >>> from pylstm import LSTMRegressor
+    >>> from pylstm.datasets import make_adding_problem
+    >>> X, y = make_adding_problem(200, 10, random_state=0)
+    >>> reg = LSTMRegressor(hidden_size=16, max_iter=3, random_state=0).fit(X, y)
+    >>> reg.predict(X[:4]).shape
+    (4,)
+    """
+
+    def __sklearn_tags__(self):
+        tags = super().__sklearn_tags__()
+        tags.target_tags.multi_output = True
+        return tags
+
+    def partial_fit(self, X, y):
+        """Run one epoch over (X, y), continuing from the current state.
+
+        Parameters
+        ----------
+        X : array-like or list of sequences
+            As in :meth:`fit`.
+        y : array-like
+            Targets.
+
+        Returns
+        -------
+        self : object
+        """
+        return self._fit(X, y, incremental=True)
+
+    def _encode_targets(self, y, lengths, reset, classes, incremental):
+        if self.return_sequences:
+            Y = self._validate_seq_targets(y, lengths)
+            Y = _real_array(Y)
+            squeeze = Y.ndim == 2
+            if squeeze:
+                Y = Y[:, :, None]
+        else:
+            Y = _real_array(y)
+            if Y.ndim not in (1, 2):
+                raise ValueError(f"y must have shape (n_samples,) or (n_samples, n_outputs), "
+                                 f"got {Y.shape}")
+            squeeze = Y.ndim == 1
+            if squeeze:
+                Y = Y[:, None]
+        if not np.isfinite(Y).all():
+            raise ValueError("Input y contains NaN or infinity.")
+        if reset:
+            self._y_squeeze = squeeze
+            self.n_outputs_ = Y.shape[-1]
+        elif Y.shape[-1] != self.n_outputs_:
+            raise ValueError(f"y has {Y.shape[-1]} outputs but the model was fitted with "
+                             f"{self.n_outputs_}")
+        return Y
+
+    def _n_outputs(self):
+        return self.n_outputs_
+
+    def _loss(self, out, Y, lengths):
+        if self.return_sequences:
+            mask = np.arange(out.shape[1])[None, :] < lengths[:, None]
+            weight = (mask / mask.sum()).ravel()
+            loss, dz = squared_error(out.reshape(-1, out.shape[2]),
+                                     Y.reshape(-1, Y.shape[2]), weight)
+            return loss, dz.reshape(out.shape)
+        return squared_error(out, Y, np.full(len(Y), 1.0 / len(Y)))
+
+    def _score_padded(self, Xp, lengths, Y):
+        pred = self._forward_padded(Xp, lengths)
+        if self.return_sequences:
+            mask = np.arange(Y.shape[1])[None, :] < lengths[:, None]
+            return float(r2_score(Y[mask], pred[mask]))
+        return float(r2_score(Y, pred))
+
+    def predict(self, X):
+        """Predicted targets.
+
+        Parameters
+        ----------
+        X : array-like or list of sequences
+            As in :meth:`fit`.
+
+        Returns
+        -------
+        ndarray of shape (n_samples,) or (n_samples, n_outputs)
+            With ``return_sequences``: (n_samples, n_timesteps[, n_outputs]) or a
+            list of per-sequence arrays.
+        """
+        out, lengths, ragged = self._raw_output(X)
+        if self._y_squeeze:
+            out = out[..., 0]
+        return self._unpad(out, lengths, ragged) if self.return_sequences else out
+
+    def score(self, X, y, sample_weight=None):
+        """Coefficient of determination R^2 (over all valid steps with ``return_sequences``).
+
+        Parameters
+        ----------
+        X : array-like or list of sequences
+        y : array-like
+        sample_weight : array-like of shape (n_samples,), default=None
+            Only without ``return_sequences``.
+
+        Returns
+        -------
+        float
+        """
+        if not self.return_sequences:
+            return r2_score(y, self.predict(X), sample_weight=sample_weight)
+        check_is_fitted(self, "network_")
+        Xp, lengths = self._validate_X(X, reset=False)
+        return self._score_padded(Xp, lengths, self._encode_targets(y, lengths, False, None,
+                                                                    False))

@@ -1,0 +1,155 @@
+"""Memory use of the forward pass, measured with tracemalloc.
+
+NumPy reports its data allocations to tracemalloc (its own allocator domain), so
+the peak traced memory of a call bounds the arrays it allocated. The first test
+checks that this holds here; the others skip if it does not.
+"""
+
+import tracemalloc
+
+import numpy as np
+import pytest
+
+from pylstm import LSTM
+
+MIB = 2**20
+
+
+def _numpy_is_traced():
+    tracemalloc.start()
+    try:
+        before = tracemalloc.get_traced_memory()[0]
+        arr = np.empty(2 * MIB, dtype=np.uint8)
+        arr[:] = 1
+        grown = tracemalloc.get_traced_memory()[0] - before
+        del arr
+        return grown >= 2 * MIB
+    finally:
+        tracemalloc.stop()
+
+
+NUMPY_TRACED = _numpy_is_traced()
+needs_tracing = pytest.mark.skipif(not NUMPY_TRACED,
+                                   reason="NumPy allocations are not traced by tracemalloc")
+
+
+def _peak(fn):
+    """Run fn() under tracemalloc; return (result, peak bytes above the start)."""
+    tracemalloc.start()
+    try:
+        start = tracemalloc.get_traced_memory()[0]
+        result = fn()
+        peak = tracemalloc.get_traced_memory()[1] - start
+    finally:
+        tracemalloc.stop()
+    return result, peak
+
+
+def _sizes(B, T, n_in, H, num_layers, D, itemsize):
+    """Bytes of the input copy, of one layer's output and of all training caches."""
+    x = B * T * n_in * itemsize
+    out = B * T * D * H * itemsize
+    # Per layer and direction: gates (T, B, 4H), c (T, B, H) and h_prev (T, B, H).
+    cache = num_layers * D * T * B * (4 * H + H + H) * itemsize
+    return x, out, cache
+
+
+def test_tracemalloc_sees_numpy_allocations():
+    assert NUMPY_TRACED
+    (_, peak) = _peak(lambda: np.ones((1000, 1000)).sum())
+    assert 8_000_000 <= peak < 8_000_000 + MIB
+
+
+@needs_tracing
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+def test_inference_keeps_no_per_step_state(dtype):
+    B, T, n_in, H = 2, 20000, 4, 32
+    itemsize = np.dtype(dtype).itemsize
+    layer = LSTM(n_in, H, dtype=dtype, random_state=0)
+    X = np.random.default_rng(0).normal(size=(B, T, n_in)).astype(dtype)
+    x_bytes, out_bytes, cache_bytes = _sizes(B, T, n_in, H, 1, 1, itemsize)
+
+    (out_inf, _), peak_inf = _peak(lambda: layer.forward(X, training=False))
+    assert layer._cache is None
+    (out_train, _), peak_train = _peak(lambda: layer.forward(X, training=True))
+    assert layer._cache is not None
+
+    # Inference: the time-major input copy, the layer output and the returned
+    # batch-first output, plus O(chunk) work space; nothing of size T * 4H.
+    assert peak_inf <= x_bytes + 2 * out_bytes + MIB, (peak_inf, x_bytes, out_bytes)
+    assert peak_inf < 0.5 * cache_bytes
+    assert peak_inf < 0.4 * peak_train
+    # Training really keeps the cache (so the bound above is not vacuous).
+    assert peak_train >= cache_bytes + 2 * out_bytes
+    np.testing.assert_allclose(out_inf, out_train, rtol=0,
+                               atol=1e-5 if dtype == np.float32 else 1e-12)
+
+
+@needs_tracing
+def test_inference_extra_memory_does_not_grow_with_length():
+    B, n_in, H = 3, 2, 16
+    layer = LSTM(n_in, H, num_layers=2, bidirectional=True, dtype=np.float64, random_state=1)
+    overheads = []
+    for T in (2000, 16000):
+        X = np.random.default_rng(T).normal(size=(B, T, n_in))
+        x_bytes, out_bytes, _ = _sizes(B, T, n_in, H, 2, 2, 8)
+        lengths = [T, T // 2, 7]
+        _, peak = _peak(lambda X=X, lengths=lengths: layer.forward(X, lengths=lengths,
+                                                                    training=False))
+        # Two consecutive layers' outputs (or the last one and the result) are alive.
+        overheads.append(peak - (x_bytes + 2 * out_bytes))
+    assert layer._cache is None
+    assert max(overheads) < MIB, overheads
+    assert overheads[1] - overheads[0] < 256 * 1024, overheads
+
+
+@needs_tracing
+@pytest.mark.parametrize(("num_layers", "bidirectional"), [(1, False), (2, True)])
+def test_training_peak_is_the_cache(num_layers, bidirectional):
+    B, T, n_in, H = 2, 8000, 4, 32
+    D = 2 if bidirectional else 1
+    layer = LSTM(n_in, H, num_layers=num_layers, bidirectional=bidirectional, dtype=np.float64,
+                 random_state=0)
+    X = np.random.default_rng(1).normal(size=(B, T, n_in))
+    x_bytes, out_bytes, cache_bytes = _sizes(B, T, n_in, H, num_layers, D, 8)
+    # Caches, every layer's output (kept as the next layer's input), the result
+    # and the time-major copy of X.
+    theory = cache_bytes + (num_layers + 1) * out_bytes + x_bytes
+
+    def run():
+        out, _ = layer.forward(X, training=True)
+        held = tracemalloc.get_traced_memory()[0]
+        return out, held
+
+    (out, held), peak = _peak(run)
+    assert peak >= cache_bytes
+    assert peak <= 1.5 * theory, (peak, theory)
+    assert peak <= 1.5 * (cache_bytes + 2 * out_bytes * num_layers + x_bytes)
+    # What stays allocated after forward is essentially the cache (plus the output).
+    assert held >= cache_bytes
+
+    dX, _ = layer.backward(np.ones_like(out))
+    assert layer._cache is None
+    assert dX.shape == X.shape
+
+
+@needs_tracing
+def test_backward_releases_the_cache():
+    B, T, n_in, H = 2, 5000, 3, 32
+    layer = LSTM(n_in, H, dtype=np.float64, random_state=0)
+    X = np.random.default_rng(2).normal(size=(B, T, n_in))
+    _, _, cache_bytes = _sizes(B, T, n_in, H, 1, 1, 8)
+    tracemalloc.start()
+    try:
+        start = tracemalloc.get_traced_memory()[0]
+        out, _ = layer.forward(X, training=True)
+        after_forward = tracemalloc.get_traced_memory()[0] - start
+        d_out = np.ones_like(out)
+        del out
+        dX, grads = layer.backward(d_out)
+        del dX, grads, d_out
+        after_backward = tracemalloc.get_traced_memory()[0] - start
+    finally:
+        tracemalloc.stop()
+    assert after_forward >= cache_bytes
+    assert after_backward < 0.05 * cache_bytes, (after_forward, after_backward)

@@ -1,0 +1,590 @@
+"""Tests for pylstm._optim: optimizers and gradient clipping."""
+
+import doctest
+import math
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from hypothesis.extra import numpy as hnp
+
+import pylstm._optim as optim_module
+from pylstm._optim import (
+    AdamOptimizer,
+    RMSpropOptimizer,
+    SGDOptimizer,
+    clip_grad_norm,
+    clip_grad_value,
+    make_optimizer,
+)
+
+SHAPES = [(3, 4), (4,), (2, 3, 2)]
+N_STEPS = 7
+
+
+def _random_params(rng, dtype=np.float64):
+    return [rng.standard_normal(s).astype(dtype) for s in SHAPES]
+
+
+def _random_grad_sequence(rng, n_steps=N_STEPS, dtype=np.float64):
+    return [[rng.standard_normal(s).astype(dtype) for s in SHAPES] for _ in range(n_steps)]
+
+
+def _global_norm(arrays):
+    return math.sqrt(sum(float(np.sum(np.asarray(a, dtype=np.float64) ** 2)) for a in arrays))
+
+
+def _build(name, params, **kwargs):
+    classes = {"sgd": SGDOptimizer, "adam": AdamOptimizer, "rmsprop": RMSpropOptimizer}
+    return classes[name](params, **kwargs)
+
+
+ALL_CONFIGS = [
+    ("sgd", {"learning_rate_init": 0.05, "momentum": 0.0}),
+    ("sgd", {"learning_rate_init": 0.05, "momentum": 0.9}),
+    ("sgd", {"learning_rate_init": 0.05, "momentum": 0.9, "nesterov": True}),
+    ("adam", {"learning_rate_init": 0.01}),
+    ("rmsprop", {"learning_rate_init": 0.01, "rho": 0.95}),
+]
+CONFIG_IDS = ["sgd", "sgd-momentum", "sgd-nesterov", "adam", "rmsprop"]
+
+
+# ---------------------------------------------------------------------------
+# Hand-written references
+# ---------------------------------------------------------------------------
+
+
+def test_sgd_without_momentum_is_plain_gradient_descent():
+    rng = np.random.default_rng(0)
+    params = _random_params(rng)
+    expected = [p.copy() for p in params]
+    lr = 0.03
+    opt = SGDOptimizer(params, learning_rate_init=lr, momentum=0.0)
+    for grads in _random_grad_sequence(rng):
+        opt.update_params(grads)
+        for e, g in zip(expected, grads, strict=True):
+            e -= lr * g
+        for p, e in zip(params, expected, strict=True):
+            np.testing.assert_array_equal(p, e)
+    assert opt.t == N_STEPS
+
+
+@pytest.mark.parametrize("nesterov", [False, True])
+@pytest.mark.parametrize("momentum", [0.5, 0.9])
+def test_sgd_momentum_matches_reference(momentum, nesterov):
+    # Reference in the other common formulation (scikit-learn, Sutskever et al.):
+    # v = mu * v - lr * g; p += v  (Nesterov: p += mu * v - lr * g).
+    rng = np.random.default_rng(1)
+    params = _random_params(rng)
+    ref = [p.copy() for p in params]
+    vel = [np.zeros_like(p) for p in params]
+    lr = 0.1
+    opt = SGDOptimizer(params, learning_rate_init=lr, momentum=momentum, nesterov=nesterov)
+    for grads in _random_grad_sequence(rng):
+        opt.update_params(grads)
+        for i, g in enumerate(grads):
+            vel[i] = momentum * vel[i] - lr * g
+            if nesterov:
+                ref[i] = ref[i] + momentum * vel[i] - lr * g
+            else:
+                ref[i] = ref[i] + vel[i]
+        for p, r in zip(params, ref, strict=True):
+            np.testing.assert_allclose(p, r, rtol=1e-12, atol=1e-14)
+
+
+def test_nesterov_differs_from_plain_momentum():
+    rng = np.random.default_rng(2)
+    p1 = _random_params(rng)
+    p2 = [p.copy() for p in p1]
+    o1 = SGDOptimizer(p1, learning_rate_init=0.1, momentum=0.9, nesterov=False)
+    o2 = SGDOptimizer(p2, learning_rate_init=0.1, momentum=0.9, nesterov=True)
+    for grads in _random_grad_sequence(rng, 3):
+        o1.update_params(grads)
+        o2.update_params(grads)
+    assert not np.allclose(p1[0], p2[0])
+
+
+@pytest.mark.parametrize(
+    ("lr", "beta_1", "beta_2", "epsilon"),
+    [(0.001, 0.9, 0.999, 1e-8), (0.05, 0.8, 0.99, 1e-6), (0.1, 0.0, 0.5, 1e-3)],
+)
+def test_adam_matches_paper_reference(lr, beta_1, beta_2, epsilon):
+    # Algorithm 1 of Kingma and Ba (2015), written out directly.
+    rng = np.random.default_rng(3)
+    params = _random_params(rng)
+    ref = [p.copy() for p in params]
+    m = [np.zeros_like(p) for p in params]
+    v = [np.zeros_like(p) for p in params]
+    opt = AdamOptimizer(
+        params, learning_rate_init=lr, beta_1=beta_1, beta_2=beta_2, epsilon=epsilon
+    )
+    for t, grads in enumerate(_random_grad_sequence(rng, 10), start=1):
+        opt.update_params(grads)
+        for i, g in enumerate(grads):
+            m[i] = beta_1 * m[i] + (1 - beta_1) * g
+            v[i] = beta_2 * v[i] + (1 - beta_2) * g * g
+            m_hat = m[i] / (1 - beta_1**t)
+            v_hat = v[i] / (1 - beta_2**t)
+            ref[i] = ref[i] - lr * m_hat / (np.sqrt(v_hat) + epsilon)
+        assert opt.t == t
+        for p, r in zip(params, ref, strict=True):
+            np.testing.assert_allclose(p, r, rtol=1e-12, atol=1e-14)
+
+
+def test_adam_first_step_has_size_lr():
+    # With bias correction the first step is lr * g / (|g| + eps), whatever the betas.
+    w = np.array([1.0, 2.0, -3.0])
+    g = np.array([10.0, -0.01, 1e3])
+    AdamOptimizer([w], learning_rate_init=0.1, beta_1=0.5, beta_2=0.9).update_params([g])
+    np.testing.assert_allclose(w, [0.9, 2.1, -3.1], rtol=1e-6)
+
+
+def test_rmsprop_matches_reference():
+    rng = np.random.default_rng(4)
+    params = _random_params(rng)
+    ref = [p.copy() for p in params]
+    sq = [np.zeros_like(p) for p in params]
+    lr, rho, eps = 0.01, 0.8, 1e-6
+    opt = RMSpropOptimizer(params, learning_rate_init=lr, rho=rho, epsilon=eps)
+    for grads in _random_grad_sequence(rng):
+        opt.update_params(grads)
+        for i, g in enumerate(grads):
+            sq[i] = rho * sq[i] + (1 - rho) * g**2
+            ref[i] = ref[i] - lr * g / (np.sqrt(sq[i]) + eps)
+        for p, r in zip(params, ref, strict=True):
+            np.testing.assert_allclose(p, r, rtol=1e-12, atol=1e-14)
+
+
+def test_learning_rate_attribute_is_used():
+    # Schedules change opt.learning_rate between updates.
+    w = np.array([1.0])
+    opt = SGDOptimizer([w], learning_rate_init=0.1, momentum=0.0)
+    opt.learning_rate = 0.5
+    opt.update_params([np.array([1.0])])
+    np.testing.assert_allclose(w, [0.5])
+    assert opt.learning_rate_init == 0.1
+
+
+# ---------------------------------------------------------------------------
+# Comparison with torch.optim
+# ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("name", "ours_kwargs", "torch_cls", "torch_kwargs"),
+    [
+        (
+            "adam",
+            {"learning_rate_init": 0.01, "beta_1": 0.85, "beta_2": 0.995, "epsilon": 1e-7},
+            "Adam",
+            {"lr": 0.01, "betas": (0.85, 0.995), "eps": 1e-7},
+        ),
+        (
+            "sgd",
+            {"learning_rate_init": 0.05, "momentum": 0.9, "nesterov": True},
+            "SGD",
+            {"lr": 0.05, "momentum": 0.9, "nesterov": True},
+        ),
+        (
+            "sgd",
+            {"learning_rate_init": 0.05, "momentum": 0.7, "nesterov": False},
+            "SGD",
+            {"lr": 0.05, "momentum": 0.7},
+        ),
+        (
+            "rmsprop",
+            {"learning_rate_init": 0.01, "rho": 0.9, "epsilon": 1e-6},
+            "RMSprop",
+            {"lr": 0.01, "alpha": 0.9, "eps": 1e-6},
+        ),
+    ],
+    ids=["adam", "sgd-nesterov", "sgd-momentum", "rmsprop"],
+)
+def test_matches_torch_optim(name, ours_kwargs, torch_cls, torch_kwargs):
+    torch = pytest.importorskip("torch")
+    rng = np.random.default_rng(5)
+    params = _random_params(rng)
+    t_params = [torch.nn.Parameter(torch.from_numpy(p.copy())) for p in params]
+    ours = _build(name, params, **ours_kwargs)
+    theirs = getattr(torch.optim, torch_cls)(t_params, **torch_kwargs)
+    for grads in _random_grad_sequence(rng, 12):
+        ours.update_params(grads)
+        for tp, g in zip(t_params, grads, strict=True):
+            tp.grad = torch.from_numpy(g.copy())
+        theirs.step()
+    for p, tp in zip(params, t_params, strict=True):
+        np.testing.assert_allclose(p, tp.detach().numpy(), rtol=1e-10, atol=1e-12)
+
+
+# ---------------------------------------------------------------------------
+# dtype, in-place behaviour, validation
+# ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("name", "kwargs"), ALL_CONFIGS, ids=CONFIG_IDS)
+@pytest.mark.parametrize("grad_dtype", [np.float32, np.float64])
+def test_float32_params_stay_float32(name, kwargs, grad_dtype):
+    rng = np.random.default_rng(6)
+    params = _random_params(rng, np.float32)
+    ids = [id(p) for p in params]
+    ref = [p.astype(np.float64) for p in params]
+    ref_opt = _build(name, ref, **kwargs)
+    opt = _build(name, params, **kwargs)
+    for grads in _random_grad_sequence(rng, 5, np.float32):
+        opt.update_params([g.astype(grad_dtype) for g in grads])
+        ref_opt.update_params([g.astype(np.float64) for g in grads])
+    assert [id(p) for p in opt.params] == ids
+    assert all(p.dtype == np.float32 for p in params)
+    state = opt.state_dict()
+    for key, value in state.items():
+        if isinstance(value, list):
+            assert all(a.dtype == np.float32 for a in value), key
+    # Same trajectory as in float64, up to float32 rounding.
+    for p, r in zip(params, ref, strict=True):
+        np.testing.assert_allclose(p, r, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize(("name", "kwargs"), ALL_CONFIGS, ids=CONFIG_IDS)
+def test_params_updated_in_place(name, kwargs):
+    # A view of a bigger buffer (the layer keeps its weights in one flat array).
+    flat = np.zeros(12)
+    views = [flat[:8].reshape(2, 4), flat[8:]]
+    opt = _build(name, views, **kwargs)
+    opt.update_params([np.ones((2, 4)), -np.ones(4)])
+    assert np.all(flat[:8] < 0)
+    assert np.all(flat[8:] > 0)
+
+
+def test_update_params_checks_grads():
+    opt = AdamOptimizer([np.zeros(3), np.zeros((2, 2))])
+    with pytest.raises(ValueError, match="expected 2 gradient arrays"):
+        opt.update_params([np.zeros(3)])
+    with pytest.raises(ValueError, match="shape"):
+        opt.update_params([np.zeros(3), np.zeros(4)])
+    assert opt.t == 0
+
+
+def test_constructor_validation():
+    with pytest.raises(TypeError, match="floating"):
+        SGDOptimizer([np.zeros(3, dtype=np.int64)])
+    with pytest.raises(TypeError, match="ndarray"):
+        SGDOptimizer([[0.0, 1.0]])
+    with pytest.raises(ValueError, match="learning_rate_init"):
+        AdamOptimizer([np.zeros(3)], learning_rate_init=0.0)
+    with pytest.raises(ValueError, match="beta_2"):
+        AdamOptimizer([np.zeros(3)], beta_2=1.0)
+    with pytest.raises(ValueError, match="momentum"):
+        SGDOptimizer([np.zeros(3)], momentum=-0.1)
+    with pytest.raises(ValueError, match="rho"):
+        RMSpropOptimizer([np.zeros(3)], rho=float("nan"))
+    ro = np.zeros(3)
+    ro.flags.writeable = False
+    with pytest.raises(ValueError, match="read-only"):
+        RMSpropOptimizer([ro])
+
+
+# ---------------------------------------------------------------------------
+# state_dict / load_state_dict
+# ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize(("name", "kwargs"), ALL_CONFIGS, ids=CONFIG_IDS)
+def test_state_dict_round_trip_continues_identically(name, kwargs, dtype):
+    rng = np.random.default_rng(7)
+    params = _random_params(rng, dtype)
+    grad_seq = _random_grad_sequence(rng, 8, dtype)
+    opt = _build(name, params, **kwargs)
+    for grads in grad_seq[:4]:
+        opt.update_params(grads)
+    opt.learning_rate *= 0.5  # as a schedule would
+    state = opt.state_dict()
+    saved_params = [p.copy() for p in params]
+
+    # Continue the original run.
+    for grads in grad_seq[4:]:
+        opt.update_params(grads)
+
+    # The saved state is a copy: later updates did not change it.
+    assert state["t"] == 4
+    # A fresh optimizer over copies of the saved params, with the saved state.
+    resumed_params = [p.copy() for p in saved_params]
+    resumed = _build(name, resumed_params, **kwargs)
+    resumed.load_state_dict(state)
+    assert resumed.t == 4
+    assert resumed.learning_rate == opt.learning_rate
+    for grads in grad_seq[4:]:
+        resumed.update_params(grads)
+    assert resumed.t == opt.t == 8
+    for p, q in zip(params, resumed_params, strict=True):
+        assert q.dtype == dtype
+        np.testing.assert_array_equal(p, q)
+
+    # Without the state (fresh buffers, t=0) the trajectory differs, except
+    # for momentum-free SGD which has no state to lose.
+    fresh_params = [p.copy() for p in saved_params]
+    fresh = _build(
+        name,
+        fresh_params,
+        learning_rate_init=opt.learning_rate,
+        **{k: v for k, v in kwargs.items() if k != "learning_rate_init"},
+    )
+    for grads in grad_seq[4:]:
+        fresh.update_params(grads)
+    same = all(np.array_equal(p, q) for p, q in zip(params, fresh_params, strict=True))
+    assert same == (name == "sgd" and kwargs["momentum"] == 0.0)
+
+
+def test_state_dict_is_a_copy_of_plain_values():
+    w = np.zeros(3)
+    opt = AdamOptimizer([w], learning_rate_init=0.1)
+    opt.update_params([np.ones(3)])
+    state = opt.state_dict()
+    assert set(state) == {"optimizer", "t", "learning_rate", "ms", "vs"}
+    assert isinstance(state["t"], int)
+    assert isinstance(state["learning_rate"], float)
+    before = state["ms"][0].copy()
+    opt.update_params([np.ones(3)])
+    np.testing.assert_array_equal(state["ms"][0], before)
+    assert state["ms"][0] is not opt.ms[0]
+
+
+def test_load_state_dict_validation():
+    opt = AdamOptimizer([np.zeros(3)])
+    good = AdamOptimizer([np.zeros(3)]).state_dict()
+    with pytest.raises(ValueError, match="'sgd' optimizer"):
+        opt.load_state_dict(SGDOptimizer([np.zeros(3)]).state_dict())
+    bad = dict(good, ms=[np.zeros(4)])
+    with pytest.raises(ValueError, match="shape"):
+        opt.load_state_dict(bad)
+    bad = dict(good, vs=[])
+    with pytest.raises(ValueError, match="holds 0 arrays"):
+        opt.load_state_dict(bad)
+    bad = {k: v for k, v in good.items() if k != "t"}
+    with pytest.raises(ValueError, match="misses"):
+        opt.load_state_dict(bad)
+
+
+def test_load_state_dict_keeps_buffer_dtype():
+    opt64 = RMSpropOptimizer([np.zeros(3)])
+    opt64.update_params([np.ones(3)])
+    w32 = np.zeros(3, dtype=np.float32)
+    opt32 = RMSpropOptimizer([w32])
+    opt32.load_state_dict(opt64.state_dict())
+    assert opt32.square_avg[0].dtype == np.float32
+    np.testing.assert_allclose(opt32.square_avg[0], opt64.square_avg[0], rtol=1e-6)
+
+
+# ---------------------------------------------------------------------------
+# make_optimizer
+# ---------------------------------------------------------------------------
+
+
+def test_make_optimizer():
+    params = [np.zeros(3)]
+    sgd = make_optimizer("sgd", params, 0.2, momentum=0.3, nesterovs_momentum=False)
+    assert isinstance(sgd, SGDOptimizer)
+    assert (sgd.learning_rate_init, sgd.momentum, sgd.nesterov) == (0.2, 0.3, False)
+    assert sgd.params[0] is params[0]
+    assert make_optimizer("sgd", params, 0.2).nesterov is True
+    adam = make_optimizer("adam", params, 0.01)
+    assert isinstance(adam, AdamOptimizer)
+    assert adam.learning_rate_init == 0.01
+    rms = make_optimizer("rmsprop", params, 0.02)
+    assert isinstance(rms, RMSpropOptimizer)
+    assert rms.learning_rate == 0.02
+
+
+@pytest.mark.parametrize("name", ["lbfgs", "Adam", "", None])
+def test_make_optimizer_unknown_name(name):
+    with pytest.raises(ValueError, match="'adam', 'rmsprop', 'sgd'"):
+        make_optimizer(name, [np.zeros(3)], 0.01)
+
+
+# ---------------------------------------------------------------------------
+# Gradient clipping
+# ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_clip_grad_norm_clips_large_grads(dtype):
+    rng = np.random.default_rng(8)
+    grads = [10 * g for g in _random_params(rng, dtype)]
+    original = [g.copy() for g in grads]
+    norm = clip_grad_norm(grads, 1.0)
+    assert isinstance(norm, float)
+    assert norm == pytest.approx(_global_norm(original), rel=1e-12)
+    assert norm > 1.0
+    new_norm = _global_norm(grads)
+    assert new_norm <= 1.0
+    assert new_norm == pytest.approx(1.0, rel=1e-5)
+    for g, o in zip(grads, original, strict=True):
+        assert g.dtype == dtype
+        np.testing.assert_allclose(g, o / norm, rtol=1e-5)
+
+
+def test_clip_grad_norm_leaves_small_grads_unchanged():
+    rng = np.random.default_rng(9)
+    grads = [0.01 * g for g in _random_params(rng)]
+    original = [g.copy() for g in grads]
+    norm = clip_grad_norm(grads, 5.0)
+    assert norm == pytest.approx(_global_norm(original), rel=1e-12)
+    for g, o in zip(grads, original, strict=True):
+        np.testing.assert_array_equal(g, o)
+    # Exactly at the threshold: unchanged too.
+    grads = [np.array([3.0, 4.0])]
+    assert clip_grad_norm(grads, 5.0) == 5.0
+    np.testing.assert_array_equal(grads[0], [3.0, 4.0])
+
+
+def test_clip_grad_norm_float32_no_overflow():
+    # The squares overflow float32 (max ~3.4e38) but not float64.
+    grads = [np.full(4, 1e30, dtype=np.float32), np.full((2, 2), -1e30, dtype=np.float32)]
+    norm = clip_grad_norm(grads, 2.0)
+    assert math.isfinite(norm)
+    assert norm == pytest.approx(math.sqrt(8) * 1e30, rel=1e-6)
+    assert all(g.dtype == np.float32 for g in grads)
+    assert _global_norm(grads) <= 2.0
+    np.testing.assert_allclose(grads[0], 2.0 / math.sqrt(8), rtol=1e-5)
+
+
+def test_clip_grad_norm_huge_float64():
+    # Squares overflow float64; every entry is finite.
+    grads = [np.array([3e200, -4e200])]
+    norm = clip_grad_norm(grads, 1.0)
+    assert norm == pytest.approx(5e200, rel=1e-12)
+    np.testing.assert_allclose(grads[0], [0.6, -0.8], rtol=1e-12)
+
+
+def test_clip_grad_norm_non_finite_left_unchanged():
+    grads = [np.array([1.0, np.inf]), np.array([2.0])]
+    assert clip_grad_norm(grads, 1.0) == math.inf
+    np.testing.assert_array_equal(grads[0], [1.0, np.inf])
+    grads = [np.array([1.0, np.nan])]
+    assert math.isnan(clip_grad_norm(grads, 1.0))
+    assert grads[0][0] == 1.0
+
+
+def test_clip_grad_norm_edge_cases():
+    assert clip_grad_norm([], 1.0) == 0.0
+    grads = [np.zeros(3)]
+    assert clip_grad_norm(grads, 0.0) == 0.0
+    grads = [np.array([1.0, -2.0])]
+    clip_grad_norm(grads, 0.0)
+    np.testing.assert_array_equal(grads[0], [0.0, 0.0])
+    with pytest.raises(ValueError, match="max_norm"):
+        clip_grad_norm([np.ones(2)], -1.0)
+
+
+def test_clip_grad_value():
+    grads = [np.array([-5.0, -0.5, 0.0, 0.5, 5.0]), np.array([[2.0, -2.0]], dtype=np.float32)]
+    g0 = grads[0]
+    assert clip_grad_value(grads, 1.0) is None
+    assert grads[0] is g0
+    np.testing.assert_array_equal(grads[0], [-1.0, -0.5, 0.0, 0.5, 1.0])
+    np.testing.assert_array_equal(grads[1], [[1.0, -1.0]])
+    assert grads[1].dtype == np.float32
+    with pytest.raises(ValueError, match="clip_value"):
+        clip_grad_value(grads, -1.0)
+
+
+# ---------------------------------------------------------------------------
+# Property tests
+# ---------------------------------------------------------------------------
+
+
+def _grad_array(dtype):
+    return hnp.arrays(
+        dtype=dtype,
+        shape=hnp.array_shapes(min_dims=1, max_dims=3, min_side=1, max_side=5),
+        elements=st.floats(
+            -1e6, 1e6, allow_nan=False, allow_infinity=False, width=np.finfo(dtype).bits
+        ),
+    )
+
+
+_grad_arrays = st.lists(
+    st.sampled_from([np.float32, np.float64]).flatmap(_grad_array), min_size=1, max_size=4
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(grads=_grad_arrays, max_norm=st.floats(1e-3, 1e4))
+def test_clip_grad_norm_property(grads, max_norm):
+    original = [g.copy() for g in grads]
+    old_norm = _global_norm(original)
+    returned = clip_grad_norm(grads, max_norm)
+    new_norm = _global_norm(grads)
+    assert returned == pytest.approx(old_norm, rel=1e-12, abs=1e-300)
+    # Never increases the norm, never exceeds max_norm, keeps dtypes and shapes.
+    assert new_norm <= old_norm
+    for g, o in zip(grads, original, strict=True):
+        assert g.dtype == o.dtype
+        assert g.shape == o.shape
+    if returned <= max_norm:
+        for g, o in zip(grads, original, strict=True):
+            np.testing.assert_array_equal(g, o)
+    else:
+        assert new_norm <= max_norm
+        assert new_norm == pytest.approx(max_norm, rel=1e-5)
+        # Same direction: every array scaled by one common positive factor.
+        factor = new_norm / old_norm
+        for g, o in zip(grads, original, strict=True):
+            np.testing.assert_allclose(g, o * factor, rtol=1e-5, atol=1e-6 * max_norm)
+            assert np.all(np.sign(g[np.abs(g) > 0]) == np.sign(o[np.abs(g) > 0]))
+
+
+@settings(max_examples=200, deadline=None)
+@given(grads=_grad_arrays, clip_value=st.floats(0.0, 1e3))
+def test_clip_grad_value_property(grads, clip_value):
+    original = [g.copy() for g in grads]
+    clip_grad_value(grads, clip_value)
+    for g, o in zip(grads, original, strict=True):
+        assert g.dtype == o.dtype
+        assert np.all(np.abs(g) <= np.asarray(clip_value, dtype=g.dtype))
+        inside = np.abs(o) <= clip_value
+        np.testing.assert_array_equal(g[inside], o[inside])
+        bound = np.asarray(clip_value, dtype=g.dtype)
+        np.testing.assert_array_equal(g[~inside], np.sign(o[~inside]) * bound)
+
+
+@settings(max_examples=50, deadline=None)
+@given(
+    seed=st.integers(0, 2**32 - 1),
+    split=st.integers(0, 6),
+    config=st.sampled_from(ALL_CONFIGS),
+)
+def test_state_dict_resume_property(seed, split, config):
+    # Resuming from a state saved after any number of steps gives the same result.
+    name, kwargs = config
+    rng = np.random.default_rng(seed)
+    params = _random_params(rng)
+    start = [p.copy() for p in params]
+    grad_seq = _random_grad_sequence(rng, 6)
+    opt = _build(name, params, **kwargs)
+    for grads in grad_seq:
+        opt.update_params(grads)
+
+    first = [p.copy() for p in start]
+    opt_a = _build(name, first, **kwargs)
+    for grads in grad_seq[:split]:
+        opt_a.update_params(grads)
+    second = [p.copy() for p in first]
+    opt_b = _build(name, second, **kwargs)
+    opt_b.load_state_dict(opt_a.state_dict())
+    for grads in grad_seq[split:]:
+        opt_b.update_params(grads)
+    for p, q in zip(params, second, strict=True):
+        np.testing.assert_array_equal(p, q)
+
+
+# ---------------------------------------------------------------------------
+# Docstrings
+# ---------------------------------------------------------------------------
+
+
+def test_doctests():
+    result = doctest.testmod(optim_module, optionflags=doctest.NORMALIZE_WHITESPACE)
+    assert result.attempted > 0
+    assert result.failed == 0
