@@ -201,6 +201,8 @@ class _BaseLSTMEstimator(BaseEstimator):
     def _validate_X(self, X, reset):
         """Return (padded X, lengths); on reset record the input's feature count."""
         dtype = check_dtype(self.dtype) if reset else self._dtype
+        if isinstance(X, (list, tuple)) and len(X) == 0:
+            raise ValueError("X is empty: found 0 sequences")
         if is_ragged(X):
             Xp, lengths = pad_sequences(X, dtype)
             layout = "seq"
@@ -325,8 +327,19 @@ class _BaseLSTMEstimator(BaseEstimator):
             raise ValueError(
                 f"X and y have inconsistent numbers of samples: {len(Xp)} and {len(Y)}"
             )
+        arch = (self.hidden_size, self.num_layers, bool(self.bidirectional),
+                bool(self.return_sequences), dtype.name)
         if reset:
             self._initialize(self._n_outputs(), check_random_state(self.random_state))
+            self._architecture = arch
+        elif arch != self._architecture:
+            raise ValueError(
+                "warm_start and partial_fit continue the fitted network, whose (hidden_size, "
+                f"num_layers, bidirectional, return_sequences, dtype) are {self._architecture};"
+                f" the parameters now ask for {arch}: refit from scratch instead"
+            )
+        # Re-bind after unpickling by joblib, which copies arrays separately.
+        self._optimizer.params = self.network_.parameters()
 
         X_val = None
         if self.early_stopping and not incremental:
@@ -407,7 +420,14 @@ class _BaseLSTMEstimator(BaseEstimator):
         T = int(lb.max())
         out = net.forward(Xp[idx, :T], lb, training=True, rng=rng)
         loss, d_out = self._loss(out, Y[idx][:, :T] if self.return_sequences else Y[idx], lb)
-        grads = net.backward(d_out.astype(self._dtype, copy=False))
+        if not (np.isfinite(loss) and np.isfinite(d_out).all()):
+            raise self._non_finite_error(epoch, loss)
+        try:
+            grads = net.backward(d_out.astype(self._dtype, copy=False))
+        except ValueError as exc:  # a gradient overflowed on its way down
+            if "NaN" in str(exc) or "infinity" in str(exc):
+                raise self._non_finite_error(epoch, loss) from exc
+            raise
         if self.alpha:
             scale = self.alpha / len(idx)
             for p, g, pen in zip(net.parameters(), grads, net.penalised(), strict=True):
@@ -416,20 +436,21 @@ class _BaseLSTMEstimator(BaseEstimator):
                     g += scale * p
         norm = clip_grad_norm(grads, self.clip_norm if self.clip_norm else np.inf)
         if not (np.isfinite(loss) and np.isfinite(norm)):
-            raise FloatingPointError(
-                f"the training loss became {'non-finite' if not np.isfinite(loss) else 'finite'}"
-                f" with non-finite gradients in epoch {epoch}: lower learning_rate_init, or "
-                "set clip_norm / clip_value; the estimator keeps its last finite weights"
-                if np.isfinite(loss) else
-                f"the training loss became non-finite ({loss}) in epoch {epoch}: lower "
-                "learning_rate_init, or set clip_norm / clip_value; the estimator keeps "
-                "its last finite weights"
-            )
+            raise self._non_finite_error(epoch, loss)
         if self.clip_value is not None:
             clip_grad_value(grads, self.clip_value)
         self._optimizer.update_params(grads)
         self.t_ += len(idx)
         return float(loss)
+
+    @staticmethod
+    def _non_finite_error(epoch, loss):
+        what = f"loss became non-finite ({loss})" if not np.isfinite(loss) else (
+            "gradients became non-finite")
+        return FloatingPointError(
+            f"the training {what} in epoch {epoch}: lower learning_rate_init, or set "
+            "clip_norm / clip_value; the estimator keeps its last finite weights"
+        )
 
     def _update_no_improvement(self, loss, val_score):
         """MLP-style patience on the validation score, or else on the training loss."""

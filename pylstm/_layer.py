@@ -9,6 +9,7 @@ import numpy as np
 from sklearn.utils import check_random_state
 
 from . import _lstm
+from ._threads import single_threaded_blas, wants_single_thread
 from ._validation import (
     BLAS_INT_MAX,
     as_float_array,
@@ -265,6 +266,20 @@ class LSTM:
 
         h_n = np.empty_like(h0)
         c_n = np.empty_like(c0)
+        with single_threaded_blas(wants_single_thread(B, H)):
+            caches, layer_in = self._forward_layers(x, lens_sorted, order, h0, c0, h_n, c_n,
+                                                    training)
+        result = np.zeros((B, T, D * H), dtype=self.dtype)
+        result[order, :T_eff] = layer_in.transpose(1, 0, 2)
+        if training:
+            self._cache = {"order": order, "lengths": lens_sorted, "shape": (B, T),
+                           "T_eff": T_eff, "layers": caches}
+        return result, (h_n, c_n)
+
+    def _forward_layers(self, x, lens_sorted, order, h0, c0, h_n, c_n, training):
+        """Kernel calls of :meth:`forward`, layer by layer and direction by direction."""
+        T_eff, B, _ = x.shape
+        D, H = self.num_directions, self.hidden_size
         caches = []
         layer_in = x
         for layer in range(self.num_layers):
@@ -297,13 +312,7 @@ class LSTM:
             if training:
                 caches.append((layer_in, layer_cache))
             layer_in = out
-
-        result = np.zeros((B, T, D * H), dtype=self.dtype)
-        result[order, :T_eff] = layer_in.transpose(1, 0, 2)
-        if training:
-            self._cache = {"order": order, "lengths": lens_sorted, "shape": (B, T),
-                           "T_eff": T_eff, "layers": caches}
-        return result, (h_n, c_n)
+        return caches, layer_in
 
     # ------------------------------------------------------------------ backward
     def backward(self, d_out, d_h_n=None, d_c_n=None):
@@ -339,7 +348,7 @@ class LSTM:
                 "used up by each backward and not kept by training=False"
             )
         B, T = cache["shape"]
-        D, H, L = self.num_directions, self.hidden_size, self.num_layers
+        D, H = self.num_directions, self.hidden_size
         d_out = np.asarray(d_out)
         if d_out.shape != (B, T, D * H):
             raise ValueError(f"d_out must have shape {(B, T, D * H)}, got {d_out.shape}")
@@ -349,8 +358,22 @@ class LSTM:
         d_c_n = self._check_state(d_c_n, "d_c_n", B)
         self._cache = None
 
-        order, lens, T_eff = cache["order"], cache["lengths"], cache["T_eff"]
+        order, T_eff = cache["order"], cache["T_eff"]
         grad_out = np.ascontiguousarray(d_out[order, :T_eff].transpose(1, 0, 2))
+        with single_threaded_blas(wants_single_thread(B, H)):
+            grads, g_h0, g_c0, grad_out = self._backward_layers(cache, grad_out, d_h_n, d_c_n)
+        dX = np.zeros((B, T, self.input_size), dtype=self.dtype)
+        dX[order, :T_eff] = grad_out.transpose(1, 0, 2)
+        grads = {name: grads[name] for name in self._params}
+        grads["h0"] = g_h0
+        grads["c0"] = g_c0
+        return dX, grads
+
+    def _backward_layers(self, cache, grad_out, d_h_n, d_c_n):
+        """Kernel calls of :meth:`backward`, from the top layer down."""
+        B = cache["shape"][0]
+        D, H, L = self.num_directions, self.hidden_size, self.num_layers
+        order, lens = cache["order"], cache["lengths"]
         grads = {}
         g_h0 = np.empty((L * D, B, H), dtype=self.dtype)
         g_c0 = np.empty((L * D, B, H), dtype=self.dtype)
@@ -379,10 +402,4 @@ class LSTM:
                 g_h0[k, order] = dh
                 g_c0[k, order] = dc
             grad_out = dx
-
-        dX = np.zeros((B, T, self.input_size), dtype=self.dtype)
-        dX[order, :T_eff] = grad_out.transpose(1, 0, 2)
-        grads = {name: grads[name] for name in self._params}
-        grads["h0"] = g_h0
-        grads["c0"] = g_c0
-        return dX, grads
+        return grads, g_h0, g_c0, grad_out

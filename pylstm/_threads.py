@@ -1,0 +1,78 @@
+"""BLAS thread policy for the kernels.
+
+The recurrent GEMMs of an LSTM are small (batch x hidden x 4 hidden) and
+there are T of them per call. Waking BLAS worker threads for each costs more
+than it saves below a size, and on a busy machine it costs many times the
+work itself. The kernels therefore run single-threaded BLAS when the
+per-step product is small, and leave BLAS's own setting alone otherwise.
+
+The switch is reference-counted under a lock, so concurrent calls from
+several Python threads restore the caller's setting exactly once, when the
+last of them leaves.
+"""
+
+import contextlib
+import threading
+
+#: Per-step recurrent GEMM size (B * 4H * H multiply-adds) below which one
+#: BLAS thread is used.
+SINGLE_THREAD_BELOW = 4_000_000
+
+_lock = threading.Lock()
+_state = {"controller": None, "depth": 0, "restore": None}
+
+
+def _controller():
+    if _state["controller"] is None:
+        try:
+            from threadpoolctl import ThreadpoolController
+        except ImportError:  # pragma: no cover - threadpoolctl comes with scikit-learn
+            _state["controller"] = False
+        else:
+            _state["controller"] = ThreadpoolController().select(user_api="blas")
+    return _state["controller"]
+
+
+@contextlib.contextmanager
+def single_threaded_blas(active=True):
+    """Run the block with one BLAS thread when ``active`` (nested and thread safe).
+
+    Examples
+    --------
+    >>> from pylstm._threads import single_threaded_blas
+    >>> with single_threaded_blas():
+    ...     pass
+    """
+    if not active:
+        yield
+        return
+    with _lock:
+        ctl = _controller()
+        if ctl and _state["depth"] == 0:
+            _state["restore"] = [(lib, lib.num_threads) for lib in ctl.lib_controllers]
+            for lib, n in _state["restore"]:
+                if n != 1:
+                    lib.set_num_threads(1)
+        _state["depth"] += 1
+    try:
+        yield
+    finally:
+        with _lock:
+            _state["depth"] -= 1
+            if _state["depth"] == 0 and _state["restore"]:
+                for lib, n in _state["restore"]:
+                    if n != 1:
+                        lib.set_num_threads(n)
+                _state["restore"] = None
+
+
+def wants_single_thread(batch, hidden):
+    """True when the per-step recurrent GEMM is small enough for one thread.
+
+    Examples
+    --------
+    >>> from pylstm._threads import wants_single_thread
+    >>> wants_single_thread(32, 64), wants_single_thread(256, 512)
+    (True, False)
+    """
+    return batch * 4 * hidden * hidden < SINGLE_THREAD_BELOW
