@@ -26,6 +26,7 @@ def gemm_rm(bint trans_a, bint trans_b, double alpha,
              <int> a.shape[1], &b[0, 0], <int> b.shape[1], <floating> beta,
              &c[0, 0], n)
 
+
 def gemv_rm(bint trans_a, double alpha, const floating[:, ::1] a,
             const floating[::1] x, double beta, floating[::1] y):
     """Compute ``y = alpha * op(a) @ x + beta * y`` in place."""
