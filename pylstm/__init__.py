@@ -37,10 +37,21 @@ def _locate_compiled_package():
 
 _locate_compiled_package()
 
-from . import datasets  # noqa: E402
+from . import datasets, interop  # noqa: E402
 from ._estimators import LSTMClassifier, LSTMRegressor  # noqa: E402
+from ._language_model import LSTMLanguageModel  # noqa: E402
 from ._layer import LSTM  # noqa: E402
+from ._onnx import export_onnx  # noqa: E402
 
 __version__ = "0.1.0"
 
-__all__ = ["LSTM", "LSTMClassifier", "LSTMRegressor", "datasets", "__version__"]
+__all__ = [
+    "LSTM",
+    "LSTMClassifier",
+    "LSTMLanguageModel",
+    "LSTMRegressor",
+    "datasets",
+    "export_onnx",
+    "interop",
+    "__version__",
+]

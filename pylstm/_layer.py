@@ -314,6 +314,72 @@ class LSTM:
             layer_in = out
         return caches, layer_in
 
+    def step(self, x, h=None, c=None):
+        """Advance a unidirectional layer by one time step (for generation).
+
+        A lean path for token-by-token decoding: no sorting or padding, one
+        kernel call per layer on the (B, input_size) input, state in and out.
+
+        Parameters
+        ----------
+        x : array-like of shape (B, input_size)
+            The input of this step.
+        h, c : arrays of shape (num_layers, B, hidden_size), default=None
+            The state after the previous step (zeros when None).
+
+        Returns
+        -------
+        out : ndarray of shape (B, hidden_size)
+            The last layer's h_t.
+        (h, c) : tuple of ndarrays of shape (num_layers, B, hidden_size)
+            The new state (new arrays; the inputs are not modified).
+
+        Raises
+        ------
+        ValueError
+            For a bidirectional layer (whose reverse direction needs the whole
+            sequence), wrong shapes, NaN or infinity.
+
+        Examples
+        --------
+        >>> import numpy as np
+        >>> from pylstm import LSTM
+        >>> layer = LSTM(3, 4, random_state=0)
+        >>> X = np.random.default_rng(0).normal(size=(2, 5, 3))
+        >>> out, _ = layer.forward(X, training=False)
+        >>> h = c = None
+        >>> for t in range(5):
+        ...     o, (h, c) = layer.step(X[:, t], h, c)
+        >>> bool(np.allclose(o, out[:, -1]))
+        True
+        """
+        if self.bidirectional:
+            raise ValueError("step() needs a unidirectional layer")
+        x = as_float_array(x, "x", self.dtype, 2)
+        B, I = x.shape
+        if I != self.input_size:
+            raise ValueError(f"x has {I} features, but input_size is {self.input_size}")
+        if B == 0:
+            raise ValueError("x must hold at least one row")
+        check_finite(x, "x")
+        H = self.hidden_size
+        h = self._check_state(h, "h", B).copy()
+        c = self._check_state(c, "c", B).copy()
+        lengths = np.ones(B, dtype=np.intc)
+        layer_in = x[None]
+        with single_threaded_blas(wants_single_thread(B, H)):
+            for layer in range(self.num_layers):
+                sfx = f"_l{layer}"
+                bias = self._params["bias_ih" + sfx] + self._params["bias_hh" + sfx]
+                out = np.empty((1, B, H), dtype=self.dtype)
+                xbuf = np.empty(B * layer_in.shape[2], dtype=self.dtype)
+                gbuf = np.empty(B * 4 * H, dtype=self.dtype)
+                _lstm.forward_infer(layer_in, lengths, self._params["weight_ih" + sfx],
+                                    self._params["weight_hh" + sfx], bias, h[layer],
+                                    c[layer], out, 0, False, xbuf, gbuf)
+                layer_in = out
+        return layer_in[0], (h, c)
+
     # ------------------------------------------------------------------ backward
     def backward(self, d_out, d_h_n=None, d_c_n=None):
         """Backpropagate through time for the most recent ``forward(training=True)``.

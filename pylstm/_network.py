@@ -194,3 +194,144 @@ class SequenceNetwork:
         grads = [g for layer_grads in reversed(grads_per_layer) for g in layer_grads]
         return grads + [d_coef.astype(self.dtype, copy=False),
                         d_intercept.astype(self.dtype, copy=False)]
+
+
+class LanguageNetwork:
+    """Embedding, unidirectional LSTM layers (dropout between) and a softmax head.
+
+    The forward and backward pass of a next-token model on a batch of token
+    windows, with the LSTM state carried in and out (stateful truncated
+    BPTT). The head's products run through :func:`pylstm._blas.gemm_rm`
+    (scipy's cython_blas); the embedding's gradient touches only the rows
+    used by the batch.
+
+    Parameters
+    ----------
+    vocab_size, embedding_dim, hidden_size, num_layers : int
+        Sizes.
+    dropout : float
+        Dropout on the outputs of every LSTM layer but the last.
+    dtype : numpy.dtype
+        float32 or float64.
+    rng : numpy.random.RandomState
+        Source of the initial weights.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from pylstm._network import LanguageNetwork
+    >>> net = LanguageNetwork(10, 4, 8, 1, 0.0, np.float64, np.random.RandomState(0))
+    >>> logits, state = net.forward(np.zeros((2, 5), dtype=np.int64), None)
+    >>> logits.shape
+    (2, 5, 10)
+    """
+
+    def __init__(self, vocab_size, embedding_dim, hidden_size, num_layers, dropout, dtype,
+                 rng):
+        self.dtype = np.dtype(dtype)
+        self.dropout = float(dropout)
+        self.embedding = rng.normal(0.0, 0.1, size=(vocab_size, embedding_dim)).astype(
+            self.dtype)
+        self.layers = []
+        in_size = embedding_dim
+        for _ in range(num_layers):
+            self.layers.append(LSTM(in_size, hidden_size, 1, False, self.dtype,
+                                    random_state=rng, unit_forget_bias=True))
+            in_size = hidden_size
+        bound = np.sqrt(6.0 / (hidden_size + vocab_size))
+        self.coef = rng.uniform(-bound, bound, size=(hidden_size, vocab_size)).astype(self.dtype)
+        self.intercept = np.zeros(vocab_size, dtype=self.dtype)
+        self._cache = None
+
+    def parameters(self):
+        """Live parameter arrays: embedding, each layer's, then the head."""
+        params = [self.embedding]
+        params += [p for layer in self.layers for p in layer.parameters()]
+        return params + [self.coef, self.intercept]
+
+    def get_state(self):
+        """Copies of all parameters."""
+        return [p.copy() for p in self.parameters()]
+
+    def set_state(self, state):
+        """Copy parameters in place from :meth:`get_state`'s list."""
+        for p, s in zip(self.parameters(), state, strict=True):
+            p[...] = s
+
+    def _head(self, hidden):
+        from ._blas import gemm_rm
+
+        flat = np.ascontiguousarray(hidden.reshape(-1, hidden.shape[-1]))
+        logits = np.empty((flat.shape[0], self.coef.shape[1]), dtype=self.dtype)
+        logits[...] = self.intercept
+        gemm_rm(False, False, 1.0, flat, self.coef, 1.0, logits)
+        return flat, logits
+
+    def forward(self, tokens, state, training=False, rng=None):
+        """Logits (B, T, V) for token windows (B, T) and the state after them.
+
+        ``state`` is None (zeros) or a list of (h, c) pairs, one per layer,
+        each of shape (1, B, hidden_size).
+        """
+        h = self.embedding[tokens]
+        new_state, masks = [], []
+        top = len(self.layers) - 1
+        for k, layer in enumerate(self.layers):
+            h0, c0 = (None, None) if state is None else state[k]
+            out, (h_n, c_n) = layer.forward(h, h0=h0, c0=c0, training=training)
+            new_state.append((h_n, c_n))
+            if k < top and training and self.dropout > 0:
+                keep = 1.0 - self.dropout
+                mask = (rng.random_sample(out.shape) < keep).astype(self.dtype) / keep
+                out *= mask
+                masks.append(mask)
+            elif k < top:
+                masks.append(None)
+            h = out
+        flat, logits = self._head(h)
+        if training:
+            self._cache = {"tokens": tokens, "flat": flat, "masks": masks, "shape": h.shape}
+        return logits.reshape(h.shape[0], h.shape[1], -1), new_state
+
+    def backward(self, d_logits):
+        """Gradients aligned with :meth:`parameters` for the last training forward."""
+        from ._blas import gemm_rm
+
+        cache, self._cache = self._cache, None
+        flat = cache["flat"]
+        d_flat = np.ascontiguousarray(d_logits.reshape(flat.shape[0], -1), dtype=self.dtype)
+        d_coef = np.empty_like(self.coef)
+        gemm_rm(True, False, 1.0, flat, d_flat, 0.0, d_coef)
+        d_intercept = d_flat.sum(axis=0)
+        d_hidden = np.empty_like(flat)
+        gemm_rm(False, True, 1.0, d_flat, self.coef, 0.0, d_hidden)
+        d_out = d_hidden.reshape(cache["shape"])
+        layer_grads = []
+        for k in range(len(self.layers) - 1, -1, -1):
+            layer = self.layers[k]
+            d_in, grads = layer.backward(d_out)
+            layer_grads.append([grads[name] for name in layer._params])
+            if k > 0:
+                mask = cache["masks"][k - 1]
+                d_out = d_in if mask is None else d_in * mask
+        # Embedding gradient: only the rows of the tokens used.
+        tokens = cache["tokens"].ravel()
+        rows, inverse = np.unique(tokens, return_inverse=True)
+        d_rows = np.zeros((len(rows), self.embedding.shape[1]), dtype=self.dtype)
+        np.add.at(d_rows, inverse, d_in.reshape(-1, d_in.shape[-1]))
+        d_embedding = np.zeros_like(self.embedding)
+        d_embedding[rows] = d_rows
+        grads = [d_embedding]
+        grads += [g for gs in reversed(layer_grads) for g in gs]
+        return grads + [d_coef, d_intercept.astype(self.dtype, copy=False)]
+
+    def step(self, token_ids, state):
+        """Logits (B, V) after one more token per row, and the new state."""
+        h = self.embedding[token_ids]
+        new_state = []
+        for k, layer in enumerate(self.layers):
+            h0, c0 = (None, None) if state is None else state[k]
+            h, (h_n, c_n) = layer.step(h, h0, c0)
+            new_state.append((h_n, c_n))
+        _, logits = self._head(h)
+        return logits, new_state

@@ -1,0 +1,467 @@
+"""LSTMLanguageModel: next-token prediction and text generation.
+
+Character- or word-level. Training is stateful truncated BPTT: the token
+streams are laid side by side in ``batch_size`` lanes and cut into windows of
+``seq_len`` tokens; the LSTM state is carried from one window to the next of
+the same lane. Generation runs one single-step kernel call per token.
+"""
+
+import numbers
+import re
+import warnings
+from collections import Counter
+
+import numpy as np
+from sklearn.base import BaseEstimator
+from sklearn.exceptions import ConvergenceWarning
+from sklearn.utils import check_random_state
+from sklearn.utils.validation import check_is_fitted
+
+from ._network import LanguageNetwork, log_softmax, softmax_cross_entropy
+from ._optim import clip_grad_norm, make_optimizer
+from ._progress import EpochProgress
+from ._validation import check_dtype
+
+__all__ = ["LSTMLanguageModel"]
+
+UNK = "<unk>"
+BOS = "<bos>"
+_WORD_RE = re.compile(r"\w+|[^\w\s]")
+
+
+class LSTMLanguageModel(BaseEstimator):
+    """An LSTM language model over characters or words.
+
+    Parameters
+    ----------
+    level : {'char', 'word'}, default='char'
+        Tokens are characters, or words and punctuation marks.
+    embedding_dim : int, default=32
+        Size of the token embedding.
+    hidden_size : int, default=128
+        Units of each LSTM layer.
+    num_layers : int, default=1
+        Stacked LSTM layers.
+    dropout : float in [0, 1), default=0.0
+        Dropout between LSTM layers (training only).
+    seq_len : int, default=64
+        Tokens per training window (the truncation of BPTT).
+    batch_size : int, default=32
+        Parallel token streams (lanes) per batch.
+    max_iter : int, default=10
+        Epochs of ``fit``.
+    solver : {'adam', 'sgd', 'rmsprop'}, default='adam'
+        Optimizer.
+    learning_rate_init : float, default=0.003
+        Step size.
+    clip_norm : float or None, default=5.0
+        Clip the gradients' global norm; None disables.
+    min_frequency : int, default=1
+        Tokens seen fewer times in ``fit`` map to the unknown token.
+    lowercase : bool, default=False
+        Lowercase the text before tokenizing.
+    validation_fraction : float in [0, 1), default=0.0
+        Share of each text's tail held out to report validation perplexity
+        after every epoch (0 disables; required > 0 by ``early_stopping``).
+    early_stopping : bool, default=False
+        Stop when validation perplexity has not improved for
+        ``n_iter_no_change`` epochs, and restore the best weights.
+    n_iter_no_change : int, default=3
+        Patience of ``early_stopping``.
+    random_state : int, RandomState instance or None, default=None
+        Seeds weights, stream order and dropout.
+    verbose : int, default=0
+        1 prints a progress line per epoch with the validation perplexity.
+    dtype : {'float32', 'float64'}, default='float32'
+        Precision.
+
+    Attributes
+    ----------
+    vocabulary_ : list of str
+        The tokens; index 0 is the unknown token ``'<unk>'`` and index 1 the
+        beginning-of-text token ``'<bos>'``. Distributions are aligned with it.
+    loss_curve_ : list of float
+        Mean training cross-entropy (nats per token) of each epoch.
+    validation_perplexities_ : list of float
+        Held-out perplexity after each epoch (when validating).
+    n_iter_ : int
+        Epochs run.
+    network_ : LanguageNetwork
+        Embedding, LSTM layers and output layer.
+
+    Examples
+    --------
+    >>> from pylstm import LSTMLanguageModel
+    >>> lm = LSTMLanguageModel(hidden_size=16, seq_len=8, max_iter=2, random_state=0)
+    >>> lm = lm.fit("abcabcabcabcabcabcabcabc" * 4)
+    >>> len(lm.generate("ab", n_tokens=5, random_state=0))
+    5
+    """
+
+    def __init__(self, level="char", embedding_dim=32, hidden_size=128, num_layers=1,
+                 dropout=0.0, seq_len=64, batch_size=32, max_iter=10, solver="adam",
+                 learning_rate_init=0.003, clip_norm=5.0, min_frequency=1, lowercase=False,
+                 validation_fraction=0.0, early_stopping=False, n_iter_no_change=3,
+                 random_state=None, verbose=0, dtype="float32"):
+        self.level = level
+        self.embedding_dim = embedding_dim
+        self.hidden_size = hidden_size
+        self.num_layers = num_layers
+        self.dropout = dropout
+        self.seq_len = seq_len
+        self.batch_size = batch_size
+        self.max_iter = max_iter
+        self.solver = solver
+        self.learning_rate_init = learning_rate_init
+        self.clip_norm = clip_norm
+        self.min_frequency = min_frequency
+        self.lowercase = lowercase
+        self.validation_fraction = validation_fraction
+        self.early_stopping = early_stopping
+        self.n_iter_no_change = n_iter_no_change
+        self.random_state = random_state
+        self.verbose = verbose
+        self.dtype = dtype
+
+    # ------------------------------------------------------------------ text
+    def _check_params(self):
+        if self.level not in ("char", "word"):
+            raise ValueError(f"level must be 'char' or 'word', got {self.level!r}")
+        for name in ("embedding_dim", "hidden_size", "num_layers", "seq_len", "batch_size",
+                     "max_iter", "min_frequency", "n_iter_no_change"):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, numbers.Integral) or v < 1:
+                raise ValueError(f"{name} must be an integer >= 1, got {v!r}")
+        for name, low, high in (("dropout", 0, 1), ("validation_fraction", 0, 1)):
+            v = getattr(self, name)
+            if not isinstance(v, numbers.Real) or not low <= v < high:
+                raise ValueError(f"{name} must be in [{low}, {high}), got {v!r}")
+        if not isinstance(self.learning_rate_init, numbers.Real) or not (
+                self.learning_rate_init > 0):
+            raise ValueError(f"learning_rate_init must be > 0, got {self.learning_rate_init!r}")
+        if self.clip_norm is not None and not self.clip_norm > 0:
+            raise ValueError(f"clip_norm must be > 0 or None, got {self.clip_norm!r}")
+        if self.solver not in ("adam", "sgd", "rmsprop"):
+            raise ValueError(f"solver must be 'adam', 'sgd' or 'rmsprop', got {self.solver!r}")
+        if self.early_stopping and self.validation_fraction <= 0:
+            raise ValueError("early_stopping needs validation_fraction > 0")
+        try:
+            return check_dtype(self.dtype)
+        except TypeError as exc:
+            raise ValueError(f"dtype must be 'float32' or 'float64', got {self.dtype!r}") from exc
+
+    @staticmethod
+    def _as_texts(texts, name="texts"):
+        if isinstance(texts, str):
+            texts = [texts]
+        try:
+            texts = list(texts)
+        except TypeError:
+            raise TypeError(f"{name} must be a string or an iterable of strings, got "
+                            f"{type(texts).__name__}") from None
+        for i, t in enumerate(texts):
+            if not isinstance(t, str):
+                raise TypeError(f"{name}[{i}] must be a string, got {type(t).__name__}")
+        if not any(texts):
+            raise ValueError(f"{name} is empty: no characters to learn from")
+        return texts
+
+    def _tokenize(self, text):
+        if self.lowercase:
+            text = text.lower()
+        return list(text) if self.level == "char" else _WORD_RE.findall(text)
+
+    def _encode(self, tokens):
+        index = self._index
+        return np.fromiter((index.get(tok, 0) for tok in tokens), dtype=np.int64,
+                           count=len(tokens))
+
+    def _detokenize(self, tokens):
+        if self.level == "char":
+            return "".join(tokens)
+        out = ""
+        for tok in tokens:
+            if out and (tok[0].isalnum() or tok[0] == "_"):
+                out += " "
+            out += tok
+        return out
+
+    # ------------------------------------------------------------------ training
+    def fit(self, texts):
+        """Build the vocabulary and train for ``max_iter`` epochs.
+
+        Parameters
+        ----------
+        texts : str or iterable of str
+            The training text(s); each string is one stream.
+
+        Returns
+        -------
+        self : object
+        """
+        return self._fit(texts, incremental=False)
+
+    def partial_fit(self, texts):
+        """Train one more epoch on ``texts``, keeping the vocabulary.
+
+        Unknown tokens map to ``'<unk>'``. On an unfitted model, builds the
+        vocabulary from ``texts`` first.
+
+        Parameters
+        ----------
+        texts : str or iterable of str
+
+        Returns
+        -------
+        self : object
+        """
+        return self._fit(texts, incremental=True)
+
+    def _build(self, token_lists, dtype):
+        counts = Counter(tok for toks in token_lists for tok in toks)
+        vocab = [UNK, BOS] + sorted(t for t, n in counts.items()
+                                   if n >= self.min_frequency and t not in (UNK, BOS))
+        self.vocabulary_ = vocab
+        self._index = {tok: i for i, tok in enumerate(vocab)}
+        rng = check_random_state(self.random_state)
+        self._dtype = dtype
+        self.network_ = LanguageNetwork(len(vocab), self.embedding_dim, self.hidden_size,
+                                        self.num_layers, self.dropout, dtype, rng)
+        self._optimizer = make_optimizer(self.solver, self.network_.parameters(),
+                                         self.learning_rate_init)
+        self._seed = int(rng.randint(np.iinfo(np.int32).max))
+        self.loss_curve_ = []
+        self.validation_perplexities_ = []
+        self.n_iter_ = 0
+
+    def _fit(self, texts, incremental):
+        dtype = self._check_params()
+        texts = self._as_texts(texts)
+        token_lists = [self._tokenize(t) for t in texts]
+        fitted = hasattr(self, "network_")
+        frac = self.validation_fraction
+        train, val = [], []
+        for toks in token_lists:
+            n_val = int(len(toks) * frac) if frac > 0 else 0
+            train.append(toks[: len(toks) - n_val])
+            if n_val:
+                val.append(toks[len(toks) - n_val:])
+        if not (incremental and fitted):
+            self._build(train, dtype)
+        streams = [np.concatenate([[1], self._encode(t)]) for t in train if t]
+        n_tokens = sum(len(s) - 1 for s in streams)
+        if n_tokens < self.seq_len:
+            raise ValueError(
+                f"the training text has {n_tokens} tokens, fewer than one window of "
+                f"seq_len={self.seq_len}: give more text or a smaller seq_len"
+            )
+        val_streams = [np.concatenate([[1], self._encode(t)]) for t in val if t]
+        self._optimizer.params = self.network_.parameters()
+        n_epochs = 1 if incremental else self.max_iter
+        bar = EpochProgress(n_epochs) if self.verbose else None
+        best, best_state, no_improve = np.inf, None, 0
+        stopped = False
+        try:
+            for i in range(n_epochs):
+                rng = np.random.RandomState([self._seed, self.n_iter_])
+                loss = self._epoch(streams, rng, self.n_iter_ + 1)
+                self.n_iter_ += 1
+                self.loss_curve_.append(loss)
+                ppl = None
+                if val_streams:
+                    ppl = float(np.exp(-self._mean_log_likelihood(val_streams)))
+                    self.validation_perplexities_.append(ppl)
+                    if ppl < best:
+                        best, no_improve = ppl, 0
+                        if self.early_stopping:
+                            best_state = self.network_.get_state()
+                    else:
+                        no_improve += 1
+                if bar is not None:
+                    bar.update(i + 1, loss=loss, perplexity=float(np.exp(loss)),
+                               validation_perplexity=ppl)
+                if self.early_stopping and no_improve >= self.n_iter_no_change:
+                    stopped = True
+                    break
+        finally:
+            for layer in self.network_.layers:
+                layer._cache = None
+            self.network_._cache = None
+        if best_state is not None:
+            self.network_.set_state(best_state)
+        if not incremental and self.early_stopping and not stopped:
+            warnings.warn(f"max_iter ({self.max_iter}) reached before early stopping",
+                          ConvergenceWarning, stacklevel=3)
+        return self
+
+    def _lanes(self, streams, rng):
+        """Streams in a random order, concatenated and cut into batch_size lanes."""
+        order = rng.permutation(len(streams))
+        data = np.concatenate([streams[i] for i in order])
+        B = max(1, min(self.batch_size, (len(data) - 1) // self.seq_len))
+        width = (len(data) - 1) // B
+        inputs = data[: B * width].reshape(B, width)
+        targets = data[1: B * width + 1].reshape(B, width)
+        return inputs, targets
+
+    def _epoch(self, streams, rng, epoch):
+        net = self.network_
+        inputs, targets = self._lanes(streams, rng)
+        B, width = inputs.shape
+        state, total, count = None, 0.0, 0
+        for start in range(0, width, self.seq_len):
+            x = inputs[:, start:start + self.seq_len]
+            y = targets[:, start:start + self.seq_len]
+            logits, state = net.forward(x, state, training=True, rng=rng)
+            V = logits.shape[-1]
+            n = y.size
+            loss, dz = softmax_cross_entropy(logits.reshape(n, V), y.ravel(), np.full(n, 1.0 / n))
+            if not np.isfinite(loss):
+                raise FloatingPointError(
+                    f"the training loss became non-finite in epoch {epoch}: lower "
+                    "learning_rate_init or set clip_norm")
+            grads = net.backward(dz.reshape(logits.shape))
+            norm = clip_grad_norm(grads, self.clip_norm if self.clip_norm else np.inf)
+            if not np.isfinite(norm):
+                raise FloatingPointError(
+                    f"the gradients became non-finite in epoch {epoch}: lower "
+                    "learning_rate_init or set clip_norm")
+            self._optimizer.update_params(grads)
+            total += float(loss) * n
+            count += n
+        return total / count
+
+    # ------------------------------------------------------------------ inference
+    def _mean_log_likelihood(self, streams):
+        """Mean log-probability per predicted token over encoded streams."""
+        total, count = 0.0, 0
+        for s in streams:
+            if len(s) < 2:
+                continue
+            state = None
+            inputs, targets = s[:-1], s[1:]
+            for start in range(0, len(inputs), 4096):
+                x = inputs[None, start:start + 4096]
+                y = targets[start:start + 4096]
+                logits, state = self.network_.forward(x, state, training=False)
+                logp = log_softmax(logits[0].astype(np.float64))
+                total += float(logp[np.arange(len(y)), y].sum())
+                count += len(y)
+        if count == 0:
+            raise ValueError("texts hold no token to score")
+        return total / count
+
+    def score(self, texts):
+        """Mean log-likelihood per token (nats; greater is better).
+
+        Parameters
+        ----------
+        texts : str or iterable of str
+
+        Returns
+        -------
+        float
+        """
+        check_is_fitted(self, "network_")
+        texts = self._as_texts(texts)
+        streams = [np.concatenate([[1], self._encode(self._tokenize(t))]) for t in texts]
+        return self._mean_log_likelihood(streams)
+
+    def perplexity(self, texts):
+        """Perplexity per token, ``exp(-score(texts))``.
+
+        Parameters
+        ----------
+        texts : str or iterable of str
+
+        Returns
+        -------
+        float
+        """
+        return float(np.exp(-self.score(texts)))
+
+    def _prime(self, prefix):
+        tokens = np.concatenate([[1], self._encode(self._tokenize(prefix))])
+        logits, state = self.network_.forward(tokens[None], None, training=False)
+        return logits[0, -1], state
+
+    def predict_proba(self, prefix, as_dict=False):
+        """Distribution of the next token after ``prefix``.
+
+        Parameters
+        ----------
+        prefix : str
+            The text so far (may be empty; unknown tokens map to ``'<unk>'``).
+        as_dict : bool, default=False
+            Return a dict token -> probability instead of an array.
+
+        Returns
+        -------
+        ndarray of shape (len(vocabulary_),) or dict
+            Aligned with ``vocabulary_``.
+        """
+        check_is_fitted(self, "network_")
+        if not isinstance(prefix, str):
+            raise TypeError(f"prefix must be a string, got {type(prefix).__name__}")
+        logits, _ = self._prime(prefix)
+        proba = np.exp(log_softmax(logits.astype(np.float64)))
+        if as_dict:
+            return dict(zip(self.vocabulary_, proba.tolist(), strict=True))
+        return proba
+
+    def generate(self, prompt="", n_tokens=200, temperature=1.0, top_k=None,
+                 random_state=None):
+        """Sample a continuation of ``prompt``.
+
+        The prompt is read once; then each new token costs one single-step
+        kernel call per layer, carrying the state.
+
+        Parameters
+        ----------
+        prompt : str, default=''
+            Text to continue (unknown tokens map to ``'<unk>'``).
+        n_tokens : int, default=200
+            Tokens to generate.
+        temperature : float >= 0, default=1.0
+            Divides the logits; 0 means greedy decoding (the most likely token).
+        top_k : int or None, default=None
+            Sample only among the k most likely tokens.
+        random_state : int, RandomState instance or None, default=None
+            Seed of the sampling.
+
+        Returns
+        -------
+        str
+            The generated continuation (without the prompt).
+        """
+        check_is_fitted(self, "network_")
+        if not isinstance(prompt, str):
+            raise TypeError(f"prompt must be a string, got {type(prompt).__name__}")
+        if isinstance(n_tokens, bool) or not isinstance(n_tokens, numbers.Integral) or (
+                n_tokens < 0):
+            raise ValueError(f"n_tokens must be an integer >= 0, got {n_tokens!r}")
+        if not isinstance(temperature, numbers.Real) or not temperature >= 0:
+            raise ValueError(f"temperature must be >= 0, got {temperature!r}")
+        if top_k is not None and (not isinstance(top_k, numbers.Integral) or top_k < 1):
+            raise ValueError(f"top_k must be None or an integer >= 1, got {top_k!r}")
+        rng = check_random_state(random_state)
+        logits, state = self._prime(prompt)
+        out = []
+        special = np.array([0, 1])
+        for _ in range(n_tokens):
+            z = logits.astype(np.float64)
+            z[special] = -np.inf  # never emit <unk> or <bos>
+            if temperature == 0:
+                token = int(np.argmax(z))
+            else:
+                z = z / temperature
+                if top_k is not None and top_k < len(z):
+                    cut = np.partition(z, -top_k)[-top_k]
+                    z[z < cut] = -np.inf
+                p = np.exp(z - z.max())
+                p /= p.sum()
+                token = int(rng.choice(len(p), p=p))
+            out.append(self.vocabulary_[token])
+            step_logits, state = self.network_.step(np.array([token]), state)
+            logits = step_logits[0]
+        return self._detokenize(out)
