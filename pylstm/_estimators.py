@@ -87,11 +87,18 @@ _SHARED_PARAMS_DOC = """
         False: one prediction per sequence, from its last valid step.
         True: a prediction at every valid step (sequence tagging); y then
         holds per-step targets.
+    n_features : int or None, default=None
+        Features per step of 2-D input: each row of a 2-D X then holds
+        ``n_timesteps * n_features`` values, step after step (row ``i`` is
+        ``X3d[i].ravel()``). None means 1 (univariate sequences). This is the
+        layout for tools that only pass 2-D blocks, such as
+        ``dask_ml.wrappers.Incremental``.
 """
 
 _INPUT_DOC = """
     The input X can be a 3-D array (n_samples, n_timesteps, n_features), a
-    2-D array (n_samples, n_timesteps) of univariate sequences, or a list of
+    2-D array (n_samples, n_timesteps) of univariate sequences (or of
+    flattened multivariate ones, see ``n_features``), or a list of
     2-D arrays (T_i, n_features) of different lengths (1-D arrays are
     univariate sequences). ``n_features_in_`` is the number of features per
     step for 3-D and list input, and, following scikit-learn, the number of
@@ -130,7 +137,7 @@ class _BaseLSTMEstimator(BaseEstimator):
                  clip_norm=5.0, clip_value=None, shuffle=True, early_stopping=False,
                  validation_fraction=0.1, n_iter_no_change=10, tol=1e-4,
                  warm_start=False, random_state=None, verbose=0, dtype="float64",
-                 return_sequences=False):
+                 return_sequences=False, n_features=None):
         self.hidden_size = hidden_size
         self.num_layers = num_layers
         self.bidirectional = bidirectional
@@ -154,6 +161,7 @@ class _BaseLSTMEstimator(BaseEstimator):
         self.verbose = verbose
         self.dtype = dtype
         self.return_sequences = return_sequences
+        self.n_features = n_features
 
     def __sklearn_tags__(self):
         tags = super().__sklearn_tags__()
@@ -193,6 +201,8 @@ class _BaseLSTMEstimator(BaseEstimator):
         real("tol", 0, np.inf, high_open=True)
         if self.solver not in ("adam", "sgd", "rmsprop"):
             raise ValueError(f"solver must be 'adam', 'sgd' or 'rmsprop', got {self.solver!r}")
+        if self.n_features is not None:
+            integer("n_features", 1)
         try:
             return check_dtype(self.dtype)
         except TypeError as exc:
@@ -215,7 +225,15 @@ class _BaseLSTMEstimator(BaseEstimator):
                 else:
                     Xp = validate_data(self, X, reset=False, skip_check_array=True)
                     Xp = as_sequence_array(np.asarray(Xp)[:, :, None], dtype)[:, :, 0]
-                Xp = np.ascontiguousarray(Xp[:, :, None])
+                if Xp.shape[1] == 0:
+                    raise ValueError("X has 0 columns: sequences need at least one step")
+                F = 1 if self.n_features is None else self.n_features
+                if Xp.shape[1] % F:
+                    raise ValueError(
+                        f"2-D X has {Xp.shape[1]} columns, not a multiple of n_features={F}: "
+                        "each row must hold n_timesteps * n_features values, step by step"
+                    )
+                Xp = np.ascontiguousarray(Xp.reshape(Xp.shape[0], Xp.shape[1] // F, F))
                 layout = "2d"
             else:
                 Xp = as_sequence_array(X, dtype)
