@@ -143,7 +143,7 @@ def export_onnx(estimator, path=None, *, dtype="float32", sequence_lens=True,
     >>> X, y = load_digits_sequences(return_X_y=True)
     >>> clf = LSTMClassifier(hidden_size=16, max_iter=2, dtype='float32',
     ...                      random_state=0).fit(X[:200], y[:200])
-    >>> export_onnx(clf, 'digits.onnx')  # doctest: +SKIP
+    >>> model = export_onnx(clf, 'digits.onnx')  # doctest: +SKIP
     >>> session = ort.InferenceSession('digits.onnx')  # doctest: +SKIP
     >>> Xb = np.asarray(X[:5], dtype=np.float32)
     >>> lens = np.full(5, Xb.shape[1], dtype=np.int32)
