@@ -524,6 +524,47 @@ class _BaseLSTMEstimator(BaseEstimator):
             return [arr[i, :n] for i, n in enumerate(lengths)]
         return arr
 
+    def gate_activations(self, X):
+        """Per-step gate activations and cell states of the fitted LSTM layers.
+
+        For looking inside the model: what the forget, input and output gates
+        do over time on given sequences.
+
+        Parameters
+        ----------
+        X : array-like or list of sequences
+            As in :meth:`fit`.
+
+        Returns
+        -------
+        gates : dict of str to dict of str to ndarray
+            Keys ``'l0'``, ``'l0_reverse'`` (bidirectional), ``'l1'``, ... for
+            each stacked layer and direction; each value holds the arrays
+            ``'input'``, ``'forget'``, ``'cell'`` (candidate), ``'output'``,
+            ``'c'`` and ``'h'`` of shape (n_samples, n_timesteps, hidden_size),
+            zero past each sequence's length (list input is padded to the
+            longest sequence).
+
+        Examples
+        --------
+        >>> from pylstm import LSTMClassifier
+        >>> from pylstm.datasets import load_digits_sequences
+        >>> X, y = load_digits_sequences(return_X_y=True)
+        >>> clf = LSTMClassifier(hidden_size=8, max_iter=1, random_state=0).fit(X[:100], y[:100])
+        >>> clf.gate_activations(X[:2])['l0']['forget'].shape
+        (2, 8, 8)
+        """
+        check_is_fitted(self, "network_")
+        Xp, lengths = self._validate_X(X, reset=False)
+        result = {}
+        h = Xp
+        for k, layer in enumerate(self.network_.layers):
+            gates = layer.gate_activations(h, lengths=lengths)
+            for name, entry in gates.items():
+                result[name.replace("l0", f"l{k}", 1)] = entry
+            h = np.concatenate([gates[name]["h"] for name in gates], axis=2)
+        return result
+
     def fit_transform(self, X, y):
         """Fit, then return :meth:`transform` of X.
 

@@ -314,6 +314,60 @@ class LSTM:
             layer_in = out
         return caches, layer_in
 
+    def gate_activations(self, X, lengths=None, h0=None, c0=None):
+        """Per-step gate activations and states, for looking inside the cell.
+
+        Parameters
+        ----------
+        X, lengths, h0, c0
+            As in :meth:`forward`.
+
+        Returns
+        -------
+        dict of str to dict of str to ndarray
+            One entry per layer and direction, named like the parameters'
+            suffixes (``'l0'``, ``'l0_reverse'``, ...), each a dict with the
+            arrays ``'input'``, ``'forget'``, ``'cell'`` (the candidate g),
+            ``'output'``, ``'c'`` and ``'h'`` of shape (B, T, hidden_size), in
+            the input's time order and zero past each sequence's length.
+
+        Examples
+        --------
+        >>> import numpy as np
+        >>> from pylstm import LSTM
+        >>> layer = LSTM(2, 3, random_state=0)
+        >>> gates = layer.gate_activations(np.ones((1, 4, 2)))
+        >>> sorted(gates['l0']), gates['l0']['forget'].shape
+        (['c', 'cell', 'forget', 'h', 'input', 'output'], (1, 4, 3))
+        """
+        out, _ = self.forward(X, lengths=lengths, h0=h0, c0=c0, training=True)
+        cache, self._cache = self._cache, None
+        B, T = cache["shape"]
+        order, T_eff = cache["order"], cache["T_eff"]
+        H = self.hidden_size
+        result = {}
+
+        def batch_first(arr):
+            full = np.zeros((B, T) + arr.shape[2:], dtype=self.dtype)
+            full[order, :T_eff] = arr.transpose(1, 0, *range(2, arr.ndim))
+            return full
+
+        for layer, (_, layer_cache) in enumerate(cache["layers"]):
+            outputs = (cache["layers"][layer + 1][0] if layer + 1 < self.num_layers
+                       else None)
+            for d, (_, gates, c_cache, _) in enumerate(layer_cache):
+                name = f"l{layer}" + ("_reverse" if d else "")
+                g = gates.reshape(T_eff, B, 4, H)
+                entry = {kind: batch_first(g[:, :, j]) for j, kind in
+                         enumerate(("input", "forget", "cell", "output"))}
+                entry["c"] = batch_first(c_cache)
+                if outputs is None:
+                    entry["h"] = out[:, :, d * H:(d + 1) * H].copy()
+                else:
+                    entry["h"] = batch_first(outputs[:, :, d * H:(d + 1) * H])
+                result[name] = entry
+        return result
+
     def step(self, x, h=None, c=None):
         """Advance a unidirectional layer by one time step (for generation).
 
