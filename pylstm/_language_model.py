@@ -139,7 +139,9 @@ class LSTMLanguageModel(BaseEstimator):
         if not isinstance(self.learning_rate_init, numbers.Real) or not (
                 self.learning_rate_init > 0):
             raise ValueError(f"learning_rate_init must be > 0, got {self.learning_rate_init!r}")
-        if self.clip_norm is not None and not self.clip_norm > 0:
+        if self.clip_norm is not None and (
+                isinstance(self.clip_norm, bool) or not isinstance(self.clip_norm, numbers.Real)
+                or not self.clip_norm > 0):
             raise ValueError(f"clip_norm must be > 0 or None, got {self.clip_norm!r}")
         if self.solver not in ("adam", "sgd", "rmsprop"):
             raise ValueError(f"solver must be 'adam', 'sgd' or 'rmsprop', got {self.solver!r}")

@@ -298,7 +298,8 @@ class LSTM:
                 gbuf = np.empty(K * B * 4 * H, dtype=self.dtype)
                 if training:
                     c_start = c.copy()
-                    gates = np.zeros((T_eff, B, 4 * H), dtype=self.dtype)
+                    # Every valid position is written; backward zeroes the padding.
+                    gates = np.empty((T_eff, B, 4 * H), dtype=self.dtype)
                     c_cache = np.zeros((T_eff, B, H), dtype=self.dtype)
                     h_prev = np.zeros((T_eff, B, H), dtype=self.dtype)
                     _lstm.forward_train(layer_in, lens_sorted, w_ih, w_hh, bias, h, c, out,
@@ -347,9 +348,14 @@ class LSTM:
         H = self.hidden_size
         result = {}
 
+        lengths = np.empty(B, dtype=np.int64)
+        lengths[order] = cache["lengths"]
+        padded = np.arange(T)[None, :] >= lengths[:, None]
+
         def batch_first(arr):
             full = np.zeros((B, T) + arr.shape[2:], dtype=self.dtype)
             full[order, :T_eff] = arr.transpose(1, 0, *range(2, arr.ndim))
+            full[padded] = 0  # the gate cache is not cleared at padded steps
             return full
 
         for layer, (_, layer_cache) in enumerate(cache["layers"]):

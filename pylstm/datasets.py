@@ -10,6 +10,10 @@ recurrent networks:
   digits, read row by row as sequences of 8 time steps (no download).
 - :func:`make_variable_length_sequences` -- a binary classification toy
   whose sequences have different lengths.
+- :func:`load_python_docs` -- the English text behind Python's ``help()``,
+  shipped with CPython (no download), a corpus for language models.
+- :func:`make_agreement` -- generated sentences whose main verb must agree in
+  number with a subject several words back, across attractor nouns.
 
 All generators take a ``random_state`` argument that is passed through
 :func:`sklearn.utils.check_random_state`, so results are reproducible when
@@ -24,7 +28,9 @@ from sklearn.utils import Bunch, check_random_state
 
 __all__ = [
     "load_digits_sequences",
+    "load_python_docs",
     "make_adding_problem",
+    "make_agreement",
     "make_variable_length_sequences",
 ]
 
@@ -282,3 +288,167 @@ def make_variable_length_sequences(
     X = [rng.standard_normal(size=(int(length), n_features)) for length in lengths]
     y = np.array([seq[:, 0].sum() > 0 for seq in X], dtype=np.int64)
     return X, y
+
+
+def load_python_docs():
+    """Load the English text behind Python's ``help()`` as one string.
+
+    CPython ships the documentation topics of :func:`help` (the language
+    reference sections on statements, operators, types, ...) in the module
+    ``pydoc_data.topics``. This function returns the values of its ``topics``
+    dict joined in sorted key order, separated by blank lines: about half a
+    million characters of technical English with code, a corpus for
+    character-level language models that needs no download. Its exact content
+    depends on the Python version.
+
+    Returns
+    -------
+    text : str
+        The concatenated topics.
+
+    Raises
+    ------
+    ImportError
+        If this Python installation lacks ``pydoc_data`` (some minimal
+        distributions strip it).
+
+    Examples
+    --------
+    >>> from pylstm.datasets import load_python_docs
+    >>> text = load_python_docs()
+    >>> len(text) > 100_000
+    True
+    >>> "while" in text and "exception" in text
+    True
+    """
+    try:
+        from pydoc_data.topics import topics
+    except ImportError as exc:  # pragma: no cover - stripped Python builds
+        raise ImportError(
+            "load_python_docs needs CPython's bundled pydoc_data package, which this "
+            "Python installation does not have"
+        ) from exc
+    return "\n\n".join(topics[key] for key in sorted(topics))
+
+
+# (singular, plural) pairs. The main verb of make_agreement is was / were.
+_AGREEMENT_NOUNS = (
+    ("cat", "cats"), ("dog", "dogs"), ("boy", "boys"), ("girl", "girls"),
+    ("teacher", "teachers"), ("farmer", "farmers"), ("horse", "horses"),
+    ("bird", "birds"), ("doctor", "doctors"), ("friend", "friends"),
+    ("student", "students"), ("king", "kings"),
+)
+_AGREEMENT_VERBS = (
+    ("chases", "chase"), ("sees", "see"), ("likes", "like"), ("feeds", "feed"),
+    ("follows", "follow"), ("helps", "help"), ("knows", "know"), ("loves", "love"),
+)
+_AGREEMENT_ADJECTIVES = (
+    "full", "happy", "tired", "hungry", "old", "young", "angry", "calm", "sick", "quiet",
+)
+#: Probability that the noun of an intervening clause has the other number.
+_ATTRACTOR_PROBABILITY = 0.8
+
+
+def make_agreement(n_samples=1000, max_attractors=3, random_state=None):
+    """Generate sentences whose main verb agrees with a distant subject.
+
+    Each sentence is ``the SUBJECT``, then ``k`` relative clauses
+    ``that the NOUN VERB`` that all modify the subject, then the main verb
+    ``was`` (singular subject) or ``were`` (plural subject) and an adjective::
+
+        the cat was full
+        the cat that the dogs chase was full
+        the cats that the dog chases that the boys see were happy
+
+    ``k`` is drawn uniformly from ``0, ..., max_attractors``; the subject is
+    singular or plural with probability 1/2. The noun of each clause has the
+    subject's other number with probability 0.8 (an *attractor*, which pulls
+    a model relying on the nearest noun towards the wrong verb) and the same
+    number otherwise, so that the nearest noun does not give the answer. The
+    verb of every clause agrees with its own noun. Predicting ``was`` or
+    ``were`` needs the subject's number kept across all clauses, the test of
+    long-range memory of Linzen, Dupoux and Goldberg (2016).
+
+    Parameters
+    ----------
+    n_samples : int, default=1000
+        Number of sentences. Must be ``>= 1``.
+    max_attractors : int, default=3
+        Largest number of intervening relative clauses. Must be ``>= 0``.
+    random_state : int, RandomState instance or None, default=None
+        Seed or random number generator, passed to
+        :func:`sklearn.utils.check_random_state`. Pass an int for
+        reproducible output.
+
+    Returns
+    -------
+    sentences : list of str
+        Lowercase words separated by single spaces, with no punctuation.
+    info : :class:`~sklearn.utils.Bunch`
+        Per-sentence metadata, arrays of shape (n_samples,):
+
+        n_attractors : ndarray of int
+            Intervening nouns whose number differs from the subject's.
+        n_clauses : ndarray of int
+            Intervening relative clauses (``>= n_attractors``).
+        plural : ndarray of bool
+            Whether the subject is plural.
+        verb_index : ndarray of int
+            Word position of the main verb (``2 + 4 * n_clauses``), so that
+            ``sentence.split()[:verb_index]`` is the prefix before it.
+        verb : ndarray of str
+            The correct main verb, ``'was'`` or ``'were'``.
+
+    Raises
+    ------
+    ValueError
+        If ``n_samples`` is not an integer ``>= 1`` or ``max_attractors`` is
+        not an integer ``>= 0``.
+
+    References
+    ----------
+    .. [1] T. Linzen, E. Dupoux and Y. Goldberg, "Assessing the ability of
+       LSTMs to learn syntax-sensitive dependencies", Transactions of the
+       ACL, 4, pp. 521-535, 2016.
+
+    Examples
+    --------
+    >>> from pylstm.datasets import make_agreement
+    >>> sentences, info = make_agreement(n_samples=3, max_attractors=2, random_state=0)
+    >>> len(sentences), info.verb_index.shape
+    (3, (3,))
+    >>> words = sentences[0].split()
+    >>> words[info.verb_index[0]] == info.verb[0]
+    True
+    >>> all(v in ("was", "were") for v in info.verb)
+    True
+    """
+    n_samples = _check_int(n_samples, "n_samples", 1)
+    max_attractors = _check_int(max_attractors, "max_attractors", 0)
+    rng = check_random_state(random_state)
+
+    n_clauses = rng.randint(0, max_attractors + 1, size=n_samples)
+    plural = rng.random_sample(n_samples) < 0.5
+    n_attractors = np.zeros(n_samples, dtype=np.int64)
+    sentences = []
+    for i in range(n_samples):
+        number = int(plural[i])
+        words = ["the", _AGREEMENT_NOUNS[rng.randint(len(_AGREEMENT_NOUNS))][number]]
+        for _ in range(n_clauses[i]):
+            other = rng.random_sample() < _ATTRACTOR_PROBABILITY
+            clause_number = 1 - number if other else number
+            n_attractors[i] += other
+            noun = _AGREEMENT_NOUNS[rng.randint(len(_AGREEMENT_NOUNS))][clause_number]
+            verb = _AGREEMENT_VERBS[rng.randint(len(_AGREEMENT_VERBS))][clause_number]
+            words += ["that", "the", noun, verb]
+        words.append("were" if number else "was")
+        words.append(_AGREEMENT_ADJECTIVES[rng.randint(len(_AGREEMENT_ADJECTIVES))])
+        sentences.append(" ".join(words))
+    info = Bunch(
+        n_attractors=n_attractors,
+        n_clauses=n_clauses.astype(np.int64),
+        plural=plural,
+        verb_index=2 + 4 * n_clauses.astype(np.int64),
+        verb=np.where(plural, "were", "was"),
+    )
+    return sentences, info

@@ -297,6 +297,8 @@ def test_all_lists_public_functions():
         "make_adding_problem",
         "load_digits_sequences",
         "make_variable_length_sequences",
+        "load_python_docs",
+        "make_agreement",
     }
     for name in datasets_module.__all__:
         assert callable(getattr(datasets_module, name))

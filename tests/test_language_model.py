@@ -1,0 +1,520 @@
+"""LSTMLanguageModel: gradients, perplexity on real text, generation and input checks."""
+
+import math
+import time
+from collections import Counter
+
+import numpy as np
+import pytest
+from sklearn.base import clone
+from sklearn.exceptions import ConvergenceWarning, NotFittedError
+from sklearn.model_selection import GridSearchCV
+
+from pylstm import LSTM, LSTMLanguageModel
+from pylstm._network import LanguageNetwork, softmax_cross_entropy
+from pylstm.datasets import load_python_docs
+
+UNK, BOS = 0, 1
+
+
+@pytest.fixture(scope="module")
+def docs():
+    return load_python_docs()
+
+
+@pytest.fixture(scope="module")
+def char_model(docs):
+    """A small float64 character model, shared by the tests that only read it."""
+    lm = LSTMLanguageModel(hidden_size=32, embedding_dim=8, num_layers=2, seq_len=32,
+                           batch_size=16, max_iter=1, learning_rate_init=0.01,
+                           dtype="float64", random_state=0)
+    return lm.fit(docs[:20_000])
+
+
+def _fresh(**params):
+    base = dict(hidden_size=8, embedding_dim=4, seq_len=8, batch_size=4, max_iter=1,
+                random_state=0)
+    base.update(params)
+    return LSTMLanguageModel(**base)
+
+
+# ---------------------------------------------------------------------------
+# (a) gradient check of the whole model
+# ---------------------------------------------------------------------------
+
+
+def _rel_err(a, b):
+    scale = max(np.abs(a).max(), np.abs(b).max(), 1e-12)
+    return np.abs(a - b).max() / scale
+
+
+@pytest.mark.parametrize("dropout", [0.0, 0.4])
+def test_full_model_gradients_match_finite_differences(dropout):
+    """Embedding + 2 LSTM layers + softmax head, with a given initial state."""
+    V, E, H, B, T = 9, 3, 4, 3, 5
+    rng = np.random.RandomState(0)
+    net = LanguageNetwork(V, E, H, 2, dropout, np.float64, rng)
+    for p in net.parameters():  # move off the initial values (e.g. zero intercept)
+        p += rng.normal(scale=0.1, size=p.shape)
+    tokens = rng.randint(2, V - 2, size=(B, T))  # rows 0, 1, V-2 and V-1 stay unused
+    targets = rng.randint(0, V, size=(B, T))
+    state = [(rng.normal(size=(1, B, H)), rng.normal(size=(1, B, H))) for _ in range(2)]
+    n = B * T
+    weight = np.full(n, 1.0 / n)
+
+    def loss_and_grad(with_grad):
+        # Same dropout masks on every call; training=True also for the loss-only calls.
+        logits, _ = net.forward(tokens, state, training=True, rng=np.random.RandomState(7))
+        loss, dz = softmax_cross_entropy(logits.reshape(n, V), targets.ravel(), weight)
+        if not with_grad:
+            net._cache = None
+            return loss
+        return loss, net.backward(dz.reshape(logits.shape))
+
+    _, grads = loss_and_grad(True)
+    params = net.parameters()
+    assert len(grads) == len(params)
+    eps = 1e-5  # measured worst relative error: 3e-8 (1e-6 gives 2e-7, rounding-bound)
+    for k, (p, g) in enumerate(zip(params, grads, strict=True)):
+        assert g.shape == p.shape and g.dtype == np.float64
+        numeric = np.zeros_like(p)
+        flat, nflat = p.reshape(-1), numeric.reshape(-1)
+        for i in range(flat.size):
+            old = flat[i]
+            flat[i] = old + eps
+            up = loss_and_grad(False)
+            flat[i] = old - eps
+            down = loss_and_grad(False)
+            flat[i] = old
+            nflat[i] = (up - down) / (2 * eps)
+        assert _rel_err(g, numeric) < 1e-6, (k, _rel_err(g, numeric))
+    # The embedding gradient is sparse: exactly zero on the rows not used.
+    unused = np.setdiff1d(np.arange(V), tokens)
+    assert len(unused) == 4
+    assert not grads[0][unused].any()
+    assert np.abs(grads[0][np.unique(tokens)]).sum(axis=1).min() > 0
+
+
+def test_state_carried_between_windows_equals_one_long_forward():
+    rng = np.random.RandomState(1)
+    net = LanguageNetwork(11, 4, 6, 2, 0.0, np.float64, rng)
+    tokens = rng.randint(0, 11, size=(3, 12))
+    whole, _ = net.forward(tokens, None)
+    first, state = net.forward(tokens[:, :5], None)
+    second, _ = net.forward(tokens[:, 5:], state)
+    np.testing.assert_allclose(np.concatenate([first, second], axis=1), whole, rtol=1e-12,
+                               atol=1e-12)
+
+
+# ---------------------------------------------------------------------------
+# (b) held-out perplexity on real text
+# ---------------------------------------------------------------------------
+
+
+def _unigram_perplexity(train, test, vocabulary):
+    """Add-one unigram model over the model's vocabulary (unknown chars -> <unk>)."""
+    index = {tok: i for i, tok in enumerate(vocabulary)}
+    counts = Counter(index.get(ch, UNK) for ch in train)
+    freq = np.array([counts.get(i, 0) for i in range(len(vocabulary))], float) + 1.0
+    logp = np.log(freq / freq.sum())
+    ids = np.array([index.get(ch, UNK) for ch in test])
+    return float(np.exp(-logp[ids].mean()))
+
+
+def test_char_perplexity_on_python_docs_beats_unigram(docs):
+    train, test = docs[:100_000], docs[300_000:320_000]
+    start = time.perf_counter()
+    # Measured: perplexity 8.3 against a unigram 27.2 (ratio 0.31) in about 4 s.
+    lm = LSTMLanguageModel(hidden_size=64, embedding_dim=16, seq_len=64, batch_size=16,
+                           max_iter=3, learning_rate_init=0.01, random_state=0)
+    lm.fit(train)
+    ppl = lm.perplexity(test)
+    elapsed = time.perf_counter() - start
+    unigram = _unigram_perplexity(train, test, lm.vocabulary_)
+    assert 20 < unigram < 40, unigram
+    assert ppl < 0.6 * unigram, (ppl, unigram)
+    assert lm.loss_curve_[-1] < lm.loss_curve_[0]
+    assert elapsed < 40, elapsed
+    # The model writes mostly characters it saw, never the special tokens.
+    sample = lm.generate("The ", n_tokens=200, temperature=0.8, random_state=0)
+    assert len(sample) == 200
+    assert "<unk>" not in sample and "<bos>" not in sample
+
+
+# ---------------------------------------------------------------------------
+# (c) generation
+# ---------------------------------------------------------------------------
+
+
+def _greedy_by_predict_proba(lm, prompt, n_tokens):
+    text = ""
+    for _ in range(n_tokens):
+        proba = lm.predict_proba(prompt + text)
+        proba[[UNK, BOS]] = -1.0  # generate never emits the special tokens
+        text += lm.vocabulary_[int(np.argmax(proba))]
+    return text
+
+
+def test_generate_is_deterministic_given_random_state(char_model):
+    a = char_model.generate("def ", n_tokens=60, random_state=3)
+    b = char_model.generate("def ", n_tokens=60, random_state=3)
+    c = char_model.generate("def ", n_tokens=60, random_state=4)
+    assert a == b
+    assert a != c
+    rs1, rs2 = np.random.RandomState(5), np.random.RandomState(5)
+    assert (char_model.generate("x", 30, random_state=rs1)
+            == char_model.generate("x", 30, random_state=rs2))
+    assert len(a) == 60 and set(a) <= set(char_model.vocabulary_[2:])
+
+
+@pytest.mark.parametrize("prompt", ["The ", "", "for x in"])
+def test_temperature_zero_is_greedy_decoding(char_model, prompt):
+    expected = _greedy_by_predict_proba(char_model, prompt, 25)
+    assert char_model.generate(prompt, n_tokens=25, temperature=0) == expected
+    # Temperatures tending to 0 converge to greedy decoding.
+    assert char_model.generate(prompt, n_tokens=25, temperature=1e-6,
+                               random_state=0) == expected
+    # top_k=1 is greedy at any temperature.
+    assert char_model.generate(prompt, n_tokens=25, temperature=1.5, top_k=1,
+                               random_state=0) == expected
+
+
+def test_empty_prompt_and_zero_tokens(char_model):
+    assert len(char_model.generate("", n_tokens=40, random_state=0)) == 40
+    assert char_model.generate("abc", n_tokens=0) == ""
+
+
+def test_unknown_characters_in_prompt_map_to_unk(char_model):
+    assert "\u20ac" not in char_model.vocabulary_ and "\u00a7" not in char_model.vocabulary_
+    out = char_model.generate("price: \u20ac\u20ac ", n_tokens=20, random_state=0)
+    assert len(out) == 20
+    # Two different unknown characters are the same token.
+    np.testing.assert_array_equal(char_model.predict_proba("a\u20acb"),
+                                  char_model.predict_proba("a\u00a7b"))
+    assert not np.array_equal(char_model.predict_proba("a\u20acb"),
+                              char_model.predict_proba("a b"))
+
+
+def test_top_k_restricts_the_sampled_tokens(char_model):
+    prompt = "the "
+    proba = char_model.predict_proba(prompt)
+    proba[[UNK, BOS]] = 0
+    allowed = {char_model.vocabulary_[i] for i in np.argsort(proba)[-3:]}
+    firsts = {char_model.generate(prompt, n_tokens=1, top_k=3, random_state=s)
+              for s in range(40)}
+    assert firsts <= allowed
+    assert len(firsts) >= 2
+
+
+# ---------------------------------------------------------------------------
+# (d) distributions, scores, partial_fit, word level
+# ---------------------------------------------------------------------------
+
+
+def test_predict_proba_is_a_distribution_aligned_with_vocabulary(char_model):
+    for prefix in ["", "x", "The while statement"]:
+        proba = char_model.predict_proba(prefix)
+        assert proba.shape == (len(char_model.vocabulary_),)
+        assert np.all(proba >= 0)
+        assert proba.sum() == pytest.approx(1.0, abs=1e-12)
+        as_dict = char_model.predict_proba(prefix, as_dict=True)
+        assert list(as_dict) == char_model.vocabulary_
+        np.testing.assert_allclose(list(as_dict.values()), proba)
+    assert char_model.vocabulary_[:2] == ["<unk>", "<bos>"]
+
+
+def test_score_is_mean_log_likelihood_and_perplexity_its_exp(char_model):
+    text = "if x:\n    pass"
+    expected = np.mean([np.log(char_model.predict_proba(text[:i])[
+        char_model.vocabulary_.index(text[i])]) for i in range(len(text))])
+    assert char_model.score(text) == pytest.approx(expected, rel=1e-10)
+    assert char_model.perplexity(text) == pytest.approx(math.exp(-char_model.score(text)),
+                                                        rel=1e-12)
+    texts = ["for i in range(3):", "return None"]
+    assert char_model.perplexity(texts) == pytest.approx(
+        math.exp(-char_model.score(texts)), rel=1e-12)
+    # Several texts: the mean over all their tokens.
+    n = [len(t) for t in texts]
+    mixed = (char_model.score(texts[0]) * n[0] + char_model.score(texts[1]) * n[1]) / sum(n)
+    assert char_model.score(texts) == pytest.approx(mixed, rel=1e-10)
+
+
+def test_partial_fit_continues_with_the_same_vocabulary(docs):
+    lm = _fresh(hidden_size=16).fit(docs[:3000])
+    vocab = list(lm.vocabulary_)
+    n_iter, n_losses = lm.n_iter_, len(lm.loss_curve_)
+    before = [p.copy() for p in lm.network_.parameters()]
+    lm.partial_fit("\u4e2d\u6587 unknown characters \u00e9\u00e8 " * 10)
+    assert lm.vocabulary_ == vocab
+    assert lm.n_iter_ == n_iter + 1
+    assert len(lm.loss_curve_) == n_losses + 1
+    assert any(not np.array_equal(a, b) for a, b in zip(before, lm.network_.parameters(),
+                                                         strict=True))
+    lm.partial_fit([docs[3000:4000], docs[5000:6000]])
+    assert lm.n_iter_ == n_iter + 2 and lm.vocabulary_ == vocab
+
+
+def test_partial_fit_on_an_unfitted_model_builds_the_vocabulary():
+    lm = _fresh().partial_fit("abcd" * 20)
+    assert lm.vocabulary_ == ["<unk>", "<bos>", "a", "b", "c", "d"]
+    assert lm.n_iter_ == 1
+
+
+def test_refit_starts_over(docs):
+    lm = _fresh(max_iter=2).fit(docs[:2000])
+    lm.fit("xyz" * 30)
+    assert lm.vocabulary_ == ["<unk>", "<bos>", "x", "y", "z"]
+    assert lm.n_iter_ == 2 and len(lm.loss_curve_) == 2
+
+
+def test_word_level_min_frequency_and_lowercase():
+    text = ("The cat sat on the mat. The dog sat on the rug. A zebra ran. " * 4
+            + "Unique words once.")
+    lm = _fresh(level="word", min_frequency=2, lowercase=True, max_iter=3).fit(text)
+    vocab = lm.vocabulary_
+    assert {"the", "cat", "sat", ".", "zebra"} <= set(vocab)
+    assert "The" not in vocab  # lowercased
+    assert not {"unique", "words", "once"} & set(vocab)  # rare -> <unk>
+    proba = lm.predict_proba("the cat", as_dict=True)
+    assert set(proba) == set(vocab)
+    # A rare word and an unseen word are both <unk>.
+    np.testing.assert_array_equal(lm.predict_proba("the unique"),
+                                  lm.predict_proba("the xylophone"))
+    out = lm.generate("the", n_tokens=12, random_state=0)
+    assert 1 <= len(out.split()) <= 12
+    assert all(w in vocab for w in out.replace(".", " . ").split())
+    assert lm.score("the cat sat on the rug.") < 0
+
+
+def test_word_level_without_lowercase_keeps_case():
+    lm = _fresh(level="word").fit("The cat and the Cat and THE CAT went home " * 3)
+    assert {"The", "the", "THE", "cat", "Cat", "CAT"} <= set(lm.vocabulary_)
+
+
+def test_works_in_grid_search_and_clone(docs):
+    texts = [docs[i:i + 600] for i in range(0, 2400, 600)]
+    search = GridSearchCV(_fresh(), {"hidden_size": [4, 8]}, cv=2).fit(texts)
+    assert search.best_params_["hidden_size"] in (4, 8)
+    assert np.isfinite(search.best_score_) and search.best_score_ < 0
+    twin = clone(_fresh(level="word", min_frequency=3))
+    assert twin.get_params()["min_frequency"] == 3 and not hasattr(twin, "vocabulary_")
+
+
+def test_float32_and_float64(docs):
+    for dtype in ("float32", "float64"):
+        lm = _fresh(dtype=dtype).fit(docs[:1000])
+        assert lm.network_.embedding.dtype == np.dtype(dtype)
+        assert lm.predict_proba("a").dtype == np.float64
+
+
+# ---------------------------------------------------------------------------
+# (e) bad input
+# ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("texts", "error", "match"),
+    [
+        ("", ValueError, "empty"),
+        ([], ValueError, "empty"),
+        (["", ""], ValueError, "empty"),
+        ("short text", ValueError, "fewer than one window"),
+        (["a long enough text for one window", 3], TypeError, r"texts\[1\] must be a string"),
+        ([b"bytes are not text, even long ones"], TypeError, r"texts\[0\] must be a string"),
+        (42, TypeError, "must be a string or an iterable of strings"),
+        (None, TypeError, "must be a string or an iterable of strings"),
+    ],
+)
+def test_bad_texts(texts, error, match):
+    with pytest.raises(error, match=match):
+        _fresh(seq_len=16).fit(texts)
+
+
+def test_text_of_exactly_one_window_is_enough():
+    _fresh(seq_len=16).fit("x" * 16)
+    with pytest.raises(ValueError, match="15 tokens, fewer than one window of seq_len=16"):
+        _fresh(seq_len=16).fit("x" * 15)
+    with pytest.raises(ValueError, match="fewer than one window"):
+        _fresh(level="word", seq_len=5).fit("just four words here")
+
+
+@pytest.mark.parametrize(
+    ("params", "match"),
+    [
+        ({"level": "byte"}, "level must be 'char' or 'word'"),
+        ({"hidden_size": 0}, "hidden_size must be an integer >= 1"),
+        ({"embedding_dim": 2.5}, "embedding_dim must be an integer >= 1"),
+        ({"num_layers": True}, "num_layers must be an integer >= 1"),
+        ({"seq_len": -1}, "seq_len must be an integer >= 1"),
+        ({"batch_size": "32"}, "batch_size must be an integer >= 1"),
+        ({"max_iter": 0}, "max_iter must be an integer >= 1"),
+        ({"min_frequency": 0}, "min_frequency must be an integer >= 1"),
+        ({"n_iter_no_change": 0}, "n_iter_no_change must be an integer >= 1"),
+        ({"dropout": 1.0}, r"dropout must be in \[0, 1\)"),
+        ({"validation_fraction": -0.1}, r"validation_fraction must be in \[0, 1\)"),
+        ({"learning_rate_init": 0.0}, "learning_rate_init must be > 0"),
+        ({"learning_rate_init": float("nan")}, "learning_rate_init must be > 0"),
+        ({"clip_norm": -1.0}, "clip_norm must be > 0 or None"),
+        ({"clip_norm": "big"}, "clip_norm must be > 0 or None"),
+        ({"solver": "lbfgs"}, "solver must be"),
+        ({"early_stopping": True}, "early_stopping needs validation_fraction > 0"),
+        ({"dtype": "float16"}, "dtype must be 'float32' or 'float64'"),
+    ],
+)
+def test_invalid_hyperparameters(params, match):
+    with pytest.raises(ValueError, match=match):
+        _fresh(**params).fit("some text that is long enough " * 3)
+
+
+@pytest.mark.parametrize("method", ["predict_proba", "generate", "score", "perplexity"])
+def test_use_before_fit_raises_not_fitted(method):
+    with pytest.raises(NotFittedError):
+        getattr(_fresh(), method)("abc")
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "error", "match"),
+    [
+        ({"prompt": 3}, TypeError, "prompt must be a string"),
+        ({"n_tokens": -1}, ValueError, "n_tokens must be an integer >= 0"),
+        ({"n_tokens": 2.0}, ValueError, "n_tokens must be an integer >= 0"),
+        ({"temperature": -0.5}, ValueError, "temperature must be >= 0"),
+        ({"temperature": float("nan")}, ValueError, "temperature must be >= 0"),
+        ({"top_k": 0}, ValueError, "top_k must be None or an integer >= 1"),
+        ({"top_k": 1.5}, ValueError, "top_k must be None or an integer >= 1"),
+    ],
+)
+def test_bad_generate_arguments(char_model, kwargs, error, match):
+    with pytest.raises(error, match=match):
+        char_model.generate(**kwargs)
+
+
+def test_bad_prefix_and_score_input(char_model):
+    with pytest.raises(TypeError, match="prefix must be a string"):
+        char_model.predict_proba(["abc"])
+    with pytest.raises(ValueError, match="empty"):
+        char_model.score("")
+    with pytest.raises(TypeError, match=r"texts\[0\] must be a string"):
+        char_model.perplexity([1.5])
+
+
+# ---------------------------------------------------------------------------
+# (f) single-step inference
+# ---------------------------------------------------------------------------
+
+
+def test_lstm_step_equals_forward_step_by_step():
+    layer = LSTM(3, 5, num_layers=2, dtype=np.float64, random_state=0)
+    X = np.random.default_rng(0).normal(size=(4, 7, 3))
+    h0 = np.random.default_rng(1).normal(size=(2, 4, 5))
+    c0 = np.random.default_rng(2).normal(size=(2, 4, 5))
+    out, (h_n, c_n) = layer.forward(X, h0=h0, c0=c0, training=False)
+    h, c = h0, c0
+    for t in range(7):
+        o, (h, c) = layer.step(X[:, t], h, c)
+        np.testing.assert_allclose(o, out[:, t], rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(h, h_n, rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(c, c_n, rtol=1e-12, atol=1e-12)
+
+
+def test_network_step_equals_forward_step_by_step():
+    rng = np.random.RandomState(0)
+    net = LanguageNetwork(13, 4, 6, 2, 0.0, np.float64, rng)
+    tokens = rng.randint(0, 13, size=(3, 9))
+    logits, final = net.forward(tokens, None)
+    state = None
+    for t in range(9):
+        step_logits, state = net.step(tokens[:, t], state)
+        np.testing.assert_allclose(step_logits, logits[:, t], rtol=1e-10, atol=1e-12)
+    for (h, c), (h_f, c_f) in zip(state, final, strict=True):
+        np.testing.assert_allclose(h, h_f, rtol=1e-10, atol=1e-12)
+        np.testing.assert_allclose(c, c_f, rtol=1e-10, atol=1e-12)
+
+
+def test_generation_is_one_step_call_per_token(char_model, monkeypatch):
+    net = char_model.network_
+    step_inputs, forward_shapes = [], []
+    real_step, real_forward = net.step, net.forward
+
+    def counting_step(token_ids, state):
+        step_inputs.append(np.array(token_ids))
+        return real_step(token_ids, state)
+
+    def counting_forward(tokens, state, *args, **kwargs):
+        forward_shapes.append(np.shape(tokens))
+        return real_forward(tokens, state, *args, **kwargs)
+
+    monkeypatch.setattr(net, "step", counting_step)
+    monkeypatch.setattr(net, "forward", counting_forward)
+    prompt = "while True:"
+    for n_tokens in (1, 30, 120):
+        step_inputs.clear()
+        forward_shapes.clear()
+        out = char_model.generate(prompt, n_tokens=n_tokens, random_state=0)
+        # The prompt (with <bos>) is read once; then one single-token step per token:
+        # O(n_tokens) work, never re-running the prefix.
+        assert forward_shapes == [(1, len(prompt) + 1)]
+        assert len(step_inputs) == n_tokens
+        assert all(ids.shape == (1,) for ids in step_inputs)
+        # Each step is fed the token just emitted.
+        fed = "".join(char_model.vocabulary_[int(ids[0])] for ids in step_inputs)
+        assert fed == out
+
+
+# ---------------------------------------------------------------------------
+# (g) validation, early stopping, verbose
+# ---------------------------------------------------------------------------
+
+
+def test_validation_fraction_records_validation_perplexities(docs):
+    lm = _fresh(validation_fraction=0.2, max_iter=3).fit(docs[:4000])
+    assert len(lm.validation_perplexities_) == 3 == lm.n_iter_
+    assert all(np.isfinite(p) and p > 1 for p in lm.validation_perplexities_)
+    # The held-out part is each text's tail; its perplexity is the last one recorded.
+    tail = docs[:4000][-800:]
+    assert lm.perplexity(tail) == pytest.approx(lm.validation_perplexities_[-1], rel=1e-6)
+    # Without validation the list stays empty.
+    assert _fresh(max_iter=2).fit(docs[:1000]).validation_perplexities_ == []
+
+
+def test_early_stopping_restores_the_best_epoch(docs):
+    text = docs[:1500]
+    # A high learning rate on little text makes the held-out perplexity turn up.
+    lm = _fresh(validation_fraction=0.3, early_stopping=True, n_iter_no_change=2,
+                max_iter=40, hidden_size=32, learning_rate_init=0.05)
+    lm.fit(text)
+    assert lm.n_iter_ < 40
+    assert len(lm.validation_perplexities_) == lm.n_iter_
+    best = min(lm.validation_perplexities_)
+    assert lm.validation_perplexities_.index(best) == lm.n_iter_ - 3
+    tail = text[-int(len(text) * 0.3):]
+    assert lm.perplexity(tail) == pytest.approx(best, rel=1e-5)
+
+
+def test_early_stopping_warns_when_max_iter_is_reached(docs):
+    lm = _fresh(validation_fraction=0.2, early_stopping=True, n_iter_no_change=5, max_iter=2)
+    with pytest.warns(ConvergenceWarning, match="max_iter"):
+        lm.fit(docs[:2000])
+    assert lm.n_iter_ == 2
+
+
+def test_verbose_prints_one_line_per_epoch_with_perplexities(docs, capsys):
+    _fresh(verbose=1, validation_fraction=0.1, max_iter=2).fit(docs[:2000])
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert len(lines) == 2
+    for epoch, line in enumerate(lines, start=1):
+        assert line.startswith(f"Epoch {epoch}/2")
+        assert " perplexity " in line and "validation_perplexity" in line
+    _fresh(verbose=0, max_iter=1).fit(docs[:2000])
+    assert capsys.readouterr().out == ""
+
+
+def test_docstring_examples():
+    import doctest
+
+    import pylstm._language_model as lm_module
+    import pylstm._network as network_module
+
+    for module in (lm_module, network_module):
+        result = doctest.testmod(module)
+        assert result.attempted > 0 and result.failed == 0, module.__name__
