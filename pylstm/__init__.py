@@ -39,6 +39,7 @@ _locate_compiled_package()
 
 from . import datasets, interop  # noqa: E402
 from ._estimators import LSTMClassifier, LSTMRegressor  # noqa: E402
+from ._io import ModelFileError, load, save  # noqa: E402
 from ._language_model import LSTMLanguageModel  # noqa: E402
 from ._layer import LSTM  # noqa: E402
 from ._onnx import export_onnx  # noqa: E402
@@ -50,8 +51,11 @@ __all__ = [
     "LSTMClassifier",
     "LSTMLanguageModel",
     "LSTMRegressor",
+    "ModelFileError",
     "datasets",
     "export_onnx",
     "interop",
+    "load",
+    "save",
     "__version__",
 ]

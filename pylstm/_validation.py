@@ -40,7 +40,7 @@ def check_dtype(dtype):
     """
     try:
         dt = np.dtype(dtype)
-    except TypeError as exc:
+    except (TypeError, ValueError, SyntaxError) as exc:  # np.dtype(",f8") -> SyntaxError
         raise TypeError(f"dtype must be float32 or float64, got {dtype!r}") from exc
     if dt not in SUPPORTED_DTYPES:
         raise TypeError(f"dtype must be float32 or float64, got {dt}")

@@ -1,0 +1,938 @@
+"""Safe persistence: pylstm.save / pylstm.load, and pickle, joblib and skops.io."""
+
+import ast
+import builtins
+import contextlib
+import doctest
+import hashlib
+import importlib
+import json
+import os
+import pickle
+import struct
+import sys
+import warnings
+
+import joblib
+import numpy as np
+import pytest
+from sklearn.exceptions import NotFittedError
+
+import pylstm
+from pylstm import LSTM, LSTMClassifier, LSTMRegressor, ModelFileError, load, save
+from pylstm import _io as io_module
+
+pytestmark = pytest.mark.filterwarnings("ignore::sklearn.exceptions.ConvergenceWarning")
+
+
+# ---------------------------------------------------------------------- data and models
+def seq_data(n=40, T=6, F=3, seed=0):
+    rng = np.random.default_rng(seed)
+    X = rng.normal(size=(n, T, F))
+    lengths = rng.integers(2, T + 1, size=n)
+    ragged = [X[i, :lengths[i]] for i in range(n)]
+    score = X[:, :, 0].sum(axis=1)
+    return X, ragged, score
+
+
+def fit_classifier(dtype="float64", layers=1, bidirectional=False, input_kind="3d",
+                   labels=None, seed=0, **params):
+    X, ragged, score = seq_data(seed=seed)
+    y = (score > 0).astype(int) if labels is None else np.asarray(labels)[(score > 0) * 1]
+    Xf = {"3d": X, "list": ragged, "2d": X[:, :, 0]}[input_kind]
+    params = {"hidden_size": 5, "max_iter": 2, "random_state": seed, **params}
+    clf = LSTMClassifier(num_layers=layers, bidirectional=bidirectional, dtype=dtype, **params)
+    return clf.fit(Xf, y), Xf, y
+
+
+def fit_regressor(dtype="float64", layers=1, bidirectional=False, input_kind="3d",
+                  n_outputs=None, seed=0, **params):
+    X, ragged, score = seq_data(seed=seed)
+    y = score if n_outputs is None else np.stack([score * (k + 1) for k in range(n_outputs)], 1)
+    Xf = {"3d": X, "list": ragged, "2d": X[:, :, 0]}[input_kind]
+    params = {"hidden_size": 5, "max_iter": 2, "random_state": seed, **params}
+    reg = LSTMRegressor(num_layers=layers, bidirectional=bidirectional, dtype=dtype, **params)
+    return reg.fit(Xf, y), Xf, y
+
+
+def roundtrip(obj, folder, name="model.pylstm"):
+    path = os.path.join(folder, name)
+    save(obj, path)
+    return load(path)
+
+
+def network_arrays(est):
+    return est.network_.parameters()
+
+
+def assert_same_optimizer(a, b):
+    assert type(a) is type(b)
+    sa, sb = a.state_dict(), b.state_dict()
+    assert sa.keys() == sb.keys()
+    for key in sa:
+        if isinstance(sa[key], list):
+            for x, y in zip(sa[key], sb[key], strict=True):
+                assert x.dtype == y.dtype and np.array_equal(x, y)
+        else:
+            assert sa[key] == sb[key]
+    for key in ("learning_rate_init", "momentum", "nesterov", "beta_1", "beta_2", "epsilon",
+                "rho"):
+        assert getattr(a, key, None) == getattr(b, key, None)
+
+
+def assert_same_estimator(a, b):
+    """Same type, hyperparameters, fitted attributes (names, types, values) and arrays."""
+    assert type(a) is type(b)
+    assert a.get_params() == b.get_params()
+    assert set(vars(a)) == set(vars(b))
+    for key, va in vars(a).items():
+        vb = getattr(b, key)
+        if key == "network_":
+            for x, y in zip(network_arrays(a), network_arrays(b), strict=True):
+                assert x.dtype == y.dtype and x.shape == y.shape and np.array_equal(x, y)
+            assert va.dropout == vb.dropout and va.return_sequences == vb.return_sequences
+            assert [layer.hidden_size for layer in va.layers] == [
+                layer.hidden_size for layer in vb.layers]
+        elif key == "_optimizer":
+            assert_same_optimizer(va, vb)
+        elif isinstance(va, np.ndarray):
+            assert va.dtype == vb.dtype and np.array_equal(va, vb), key
+        else:
+            assert type(va) is type(vb), key
+            assert va == vb, key
+
+
+# ---------------------------------------------------------------------- round trips
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+@pytest.mark.parametrize("num_layers,bidirectional", [(1, False), (1, True), (3, True),
+                                                       (2, False)])
+def test_layer_roundtrip_is_bit_identical(tmp_path, dtype, num_layers, bidirectional):
+    layer = LSTM(3, 4, num_layers=num_layers, bidirectional=bidirectional, dtype=dtype,
+                 random_state=0, unit_forget_bias=True)
+    loaded = roundtrip(layer, tmp_path)
+    assert type(loaded) is LSTM
+    for attr in ("input_size", "hidden_size", "num_layers", "bidirectional", "dtype",
+                 "unit_forget_bias"):
+        assert getattr(loaded, attr) == getattr(layer, attr)
+    sd, sd2 = layer.state_dict(), loaded.state_dict()
+    assert list(sd) == list(sd2)
+    for name in sd:
+        assert sd[name].dtype == sd2[name].dtype and np.array_equal(sd[name], sd2[name])
+    X = np.random.default_rng(1).normal(size=(5, 7, 3))
+    lengths = [7, 3, 1, 5, 6]
+    for training in (False, True):
+        out, (h, c) = layer.forward(X, lengths=lengths, training=training)
+        out2, (h2, c2) = loaded.forward(X, lengths=lengths, training=training)
+        assert np.array_equal(out, out2) and np.array_equal(h, h2) and np.array_equal(c, c2)
+    dX, grads = layer.backward(np.ones_like(out))
+    dX2, grads2 = loaded.backward(np.ones_like(out2))
+    assert np.array_equal(dX, dX2)
+    assert all(np.array_equal(grads[k], grads2[k]) for k in grads)
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+@pytest.mark.parametrize("input_kind", ["3d", "list", "2d"])
+@pytest.mark.parametrize("layers,bidirectional", [(1, False), (2, True)])
+def test_classifier_roundtrip_predicts_bit_for_bit(tmp_path, dtype, input_kind, layers,
+                                                   bidirectional):
+    clf, X, y = fit_classifier(dtype, layers, bidirectional, input_kind, dropout=0.1)
+    loaded = roundtrip(clf, tmp_path)
+    assert_same_estimator(clf, loaded)
+    for method in ("predict", "predict_proba", "predict_log_proba", "transform"):
+        a, b = getattr(clf, method)(X), getattr(loaded, method)(X)
+        assert a.dtype == b.dtype and np.array_equal(a, b), method
+    assert clf.score(X, y) == loaded.score(X, y)
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+@pytest.mark.parametrize("input_kind", ["3d", "list"])
+@pytest.mark.parametrize("n_outputs", [None, 2])
+def test_regressor_roundtrip_predicts_bit_for_bit(tmp_path, dtype, input_kind, n_outputs):
+    reg, X, y = fit_regressor(dtype, 2, True, input_kind, n_outputs=n_outputs)
+    loaded = roundtrip(reg, tmp_path)
+    assert_same_estimator(reg, loaded)
+    for method in ("predict", "transform"):
+        a, b = getattr(reg, method)(X), getattr(loaded, method)(X)
+        assert a.dtype == b.dtype and a.shape == b.shape and np.array_equal(a, b), method
+
+
+def test_return_sequences_roundtrip(tmp_path):
+    X, ragged, _ = seq_data()
+    y_steps = [(seq[:, 0] > 0).astype(int) for seq in ragged]
+    clf = LSTMClassifier(hidden_size=4, max_iter=2, return_sequences=True, random_state=0)
+    clf.fit(ragged, y_steps)
+    loaded = roundtrip(clf, tmp_path)
+    assert_same_estimator(clf, loaded)
+    for a, b in zip(clf.predict_proba(ragged), loaded.predict_proba(ragged), strict=True):
+        assert np.array_equal(a, b)
+    reg = LSTMRegressor(hidden_size=4, max_iter=2, return_sequences=True, random_state=0)
+    reg.fit(ragged, [seq[:, 1] for seq in ragged])
+    loaded = roundtrip(reg, tmp_path)
+    for a, b in zip(reg.predict(ragged), loaded.predict(ragged), strict=True):
+        assert np.array_equal(a, b)
+
+
+@pytest.mark.parametrize("make", [fit_classifier, fit_regressor])
+@pytest.mark.parametrize("solver", ["adam", "sgd", "rmsprop"])
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_partial_fit_after_load_continues_identically(tmp_path, make, solver, dtype):
+    est, X, y = make(dtype, 2, True, dropout=0.2, solver=solver)
+    loaded = roundtrip(est, tmp_path)
+    est.partial_fit(X, y)
+    loaded.partial_fit(X, y)
+    assert_same_estimator(est, loaded)
+    assert np.array_equal(est.predict(X), loaded.predict(X))
+
+
+def test_warm_start_after_load_continues_identically(tmp_path):
+    clf, X, y = fit_classifier(solver="sgd")
+    loaded = roundtrip(clf, tmp_path)
+    for est in (clf, loaded):
+        est.set_params(warm_start=True, max_iter=2)
+        est.fit(X, y)
+    assert_same_estimator(clf, loaded)
+
+
+def test_early_stopping_state_roundtrip(tmp_path):
+    clf, X, y = fit_classifier(early_stopping=True, n_iter_no_change=1, max_iter=5)
+    assert clf.validation_scores_
+    loaded = roundtrip(clf, tmp_path)
+    assert_same_estimator(clf, loaded)
+    reg, X, y = fit_regressor(early_stopping=True)
+    loaded = roundtrip(reg, tmp_path)
+    assert_same_estimator(reg, loaded)
+    reg.partial_fit(X, y)
+    loaded.partial_fit(X, y)
+    assert_same_estimator(reg, loaded)
+
+
+def test_interrupted_state_roundtrip(tmp_path):
+    """Fitted values that are not finite (best_loss_ before any epoch) survive."""
+    reg, X, y = fit_regressor()
+    reg.best_loss_ = np.inf
+    reg.loss_curve_ = [float("nan"), 1.0]
+    loaded = roundtrip(reg, tmp_path)
+    assert loaded.best_loss_ == np.inf and np.isnan(loaded.loss_curve_[0])
+
+
+@pytest.mark.parametrize("labels", [
+    np.array([3, 7], dtype=np.int64),
+    np.array([-5, 100], dtype=np.int32),
+    np.array([0, 255], dtype=np.uint8),
+    np.array([-1, 1], dtype=np.int8),
+    np.array([-2.0, 3.0], dtype=np.float32),
+    np.array([-1e15, 2.0**60], dtype=np.float64),
+    np.array([False, True]),
+    np.array(["cat", "dog"]),
+    np.array(["ü", "日本"], dtype="<U7"),
+    np.array(["no", "yes"], dtype=object),
+], ids=lambda a: str(a.dtype) + ("-" + type(a[0]).__name__ if a.dtype == object else ""))
+def test_class_labels_keep_their_dtype(tmp_path, labels):
+    clf, X, y = fit_classifier(labels=labels)
+    loaded = roundtrip(clf, tmp_path)
+    assert loaded.classes_.dtype == clf.classes_.dtype
+    assert list(loaded.classes_) == list(clf.classes_)
+    assert [type(v) for v in loaded.classes_] == [type(v) for v in clf.classes_] or (
+        clf.classes_.dtype != object)
+    pred, pred_loaded = clf.predict(X), loaded.predict(X)
+    assert pred.dtype == pred_loaded.dtype and np.array_equal(pred, pred_loaded)
+
+
+def test_dataframe_feature_names_roundtrip(tmp_path):
+    pd = pytest.importorskip("pandas")
+    X, _, score = seq_data()
+    df = pd.DataFrame(X[:, :, 0], columns=[f"t{i}" for i in range(X.shape[1])])
+    reg = LSTMRegressor(hidden_size=4, max_iter=2, random_state=0).fit(df, score)
+    loaded = roundtrip(reg, tmp_path)
+    assert_same_estimator(reg, loaded)
+    assert loaded.feature_names_in_.dtype == object
+    assert np.array_equal(reg.predict(df), loaded.predict(df))
+    renamed = df.rename(columns={"t0": "other"})
+    with pytest.raises(ValueError, match="feature names"):
+        loaded.predict(renamed)
+
+
+def test_numpy_hyperparameters_are_converted(tmp_path):
+    clf, X, y = fit_classifier()
+    clf.set_params(dtype=np.float64, hidden_size=np.int64(5), alpha=np.float64(1e-4),
+                   random_state=np.int64(0))
+    loaded = roundtrip(clf, tmp_path)
+    params = loaded.get_params()
+    assert params["dtype"] == "float64" and type(params["hidden_size"]) is int
+    assert roundtrip(clf.set_params(dtype="f4"), tmp_path).dtype == "float32"
+    assert type(params["alpha"]) is float and params["random_state"] == 0
+    assert np.array_equal(clf.predict_proba(X), loaded.predict_proba(X))
+
+
+def test_random_state_instance_is_saved_as_none_with_a_warning(tmp_path):
+    clf, X, y = fit_classifier()
+    clf.set_params(random_state=np.random.RandomState(0))
+    with pytest.warns(UserWarning, match="RandomState instance"):
+        save(clf, tmp_path / "m.pylstm")
+    loaded = load(tmp_path / "m.pylstm")
+    assert loaded.random_state is None
+    assert np.array_equal(clf.predict_proba(X), loaded.predict_proba(X))
+
+
+def test_hyperparameters_changed_after_fit_are_saved_as_they_are(tmp_path):
+    """The network keeps its fitted architecture; the parameters keep their new values."""
+    clf, X, y = fit_classifier(solver="sgd")
+    clf.set_params(hidden_size=9, dropout=0.5, momentum=0.1, solver="adam")
+    loaded = roundtrip(clf, tmp_path)
+    assert_same_estimator(clf, loaded)
+    assert loaded.network_.layers[0].hidden_size == 5
+    with pytest.raises(ValueError, match="refit from scratch"):
+        loaded.partial_fit(X, y)
+
+
+# ---------------------------------------------------------------------- save behaviour
+def test_save_accepts_path_objects_and_replaces_files(tmp_path):
+    clf, X, y = fit_classifier()
+    reg, _, _ = fit_regressor()
+    path = tmp_path / "m.pylstm"
+    save(reg, path)
+    save(clf, str(path))  # replaces
+    assert type(load(path)) is LSTMClassifier
+    assert sorted(os.listdir(tmp_path)) == ["m.pylstm"]
+
+
+@pytest.mark.skipif(os.name != "posix", reason="POSIX permissions")
+def test_saved_file_permissions_follow_the_umask(tmp_path):
+    old = os.umask(0o022)
+    try:
+        save(LSTM(2, 3), tmp_path / "m.pylstm")
+    finally:
+        os.umask(old)
+    assert os.stat(tmp_path / "m.pylstm").st_mode & 0o777 == 0o644
+
+
+@pytest.mark.parametrize("failure", ["replace", "fsync", "write"])
+def test_interrupted_save_leaves_the_old_file_intact(tmp_path, monkeypatch, failure):
+    path = tmp_path / "m.pylstm"
+    save(LSTM(2, 3, random_state=0), path)
+    before = path.read_bytes()
+
+    def boom(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    if failure == "write":
+        real_encode = io_module._encode
+
+        def encode_then_fail_midway(*args):
+            header, table, chunks = real_encode(*args)
+
+            def first_chunk_then_interrupt():
+                yield chunks[0]
+                raise KeyboardInterrupt
+
+            return header, table, first_chunk_then_interrupt()
+
+        monkeypatch.setattr(io_module, "_encode", encode_then_fail_midway)
+    else:
+        monkeypatch.setattr(os, failure, boom)
+    with pytest.raises(KeyboardInterrupt):
+        save(LSTM(2, 3, random_state=1), path)
+    monkeypatch.undo()
+    assert path.read_bytes() == before
+    assert sorted(os.listdir(tmp_path)) == ["m.pylstm"]  # no temporary file left
+    assert type(load(path)) is LSTM
+
+
+def test_interrupted_first_save_leaves_nothing(tmp_path, monkeypatch):
+    monkeypatch.setattr(os, "replace", lambda *a: (_ for _ in ()).throw(OSError("disk")))
+    with pytest.raises(OSError, match="disk"):
+        save(LSTM(2, 3), tmp_path / "m.pylstm")
+    assert os.listdir(tmp_path) == []
+
+
+def test_save_refuses_what_it_cannot_save(tmp_path):
+    path = tmp_path / "m.pylstm"
+    with pytest.raises(TypeError, match="cannot save an object of type dict"):
+        save({"a": 1}, path)
+
+    class MyClassifier(LSTMClassifier):
+        pass
+
+    with pytest.raises(TypeError, match="MyClassifier"):
+        save(MyClassifier(), path)
+    with pytest.raises(NotFittedError):
+        save(LSTMClassifier(), path)
+    clf, X, y = fit_classifier()
+    with pytest.raises(TypeError, match="hyperparameter verbose"):
+        save(roundtrip(clf, tmp_path, "ok.pylstm").set_params(verbose=[1]), path)
+    bad = roundtrip(clf, tmp_path, "ok.pylstm").set_params(batch_size=0)
+    with pytest.raises(ValueError, match="batch_size"):
+        save(bad, path)
+    nan = roundtrip(clf, tmp_path, "ok.pylstm")
+    nan.network_.coef[0, 0] = np.nan
+    with pytest.raises(ValueError, match="network.coef holds NaN"):
+        save(nan, path)
+    layer = LSTM(2, 3)
+    layer._params["bias_hh_l0"][0] = np.inf
+    with pytest.raises(ValueError, match="bias_hh_l0 holds NaN or infinity"):
+        save(layer, path)
+    assert not path.exists()
+
+
+# ---------------------------------------------------------------------- the file format
+def read_parts(path):
+    data = open(path, "rb").read()
+    (n,) = struct.unpack("<Q", data[:8])
+    header = json.loads(data[8:8 + n])
+    return n, header, data[8 + n:]
+
+
+def test_file_layout(tmp_path):
+    clf, X, y = fit_classifier(layers=2, bidirectional=True, dtype="float32",
+                               labels=np.array(["a", "b"]))
+    save(clf, tmp_path / "m.pylstm")
+    n, header, data = read_parts(tmp_path / "m.pylstm")
+    assert (8 + n) % 8 == 0
+    meta = header.pop("__metadata__")
+    assert set(meta) == {"format", "format_version", "type", "model", "sha256"}
+    assert all(isinstance(v, str) for v in meta.values())  # safetensors: str -> str
+    assert meta["format"] == "pylstm" and meta["format_version"] == "1"
+    assert meta["type"] == "LSTMClassifier"
+    model = json.loads(meta["model"])
+    assert model["params"] == clf.get_params()
+    assert model["fitted"]["classes_"] == {"dtype": "<U1", "values": ["a", "b"]}
+    assert model["fitted"]["loss_curve_"] == clf.loss_curve_
+    assert model["optimizer"]["name"] == "adam" and model["optimizer"]["t"] == clf._optimizer.t
+    names = [f"network.layers.{k}.{p}" for k in range(2) for p in LSTM(
+        1, 1, bidirectional=True).state_dict()] + ["network.coef", "network.intercept"]
+    assert set(header) == set(names) | {f"optimizer.{b}.{n}" for b in ("ms", "vs")
+                                        for n in names}
+    end = 0
+    for _name, info in sorted(header.items(), key=lambda kv: kv[1]["data_offsets"]):
+        assert info["dtype"] == "F32" and info["data_offsets"][0] == end
+        end = info["data_offsets"][1]
+    assert end == len(data)
+    params = dict(zip(names, clf.network_.parameters(), strict=True))
+    for name, p in params.items():
+        b, e = header[name]["data_offsets"]
+        arr = np.frombuffer(data[b:e], dtype="<f4").reshape(header[name]["shape"])
+        assert np.array_equal(arr, p)
+    canonical = json.dumps({"metadata": {k: v for k, v in meta.items() if k != "sha256"},
+                            "tensors": header}, sort_keys=True, separators=(",", ":"))
+    assert meta["sha256"] == hashlib.sha256(canonical.encode() + b"\0" + data).hexdigest()
+
+
+def test_file_is_deterministic(tmp_path):
+    clf, X, y = fit_classifier()
+    save(clf, tmp_path / "a.pylstm")
+    save(load(tmp_path / "a.pylstm"), tmp_path / "b.pylstm")
+    assert (tmp_path / "a.pylstm").read_bytes() == (tmp_path / "b.pylstm").read_bytes()
+
+
+def test_safetensors_can_read_the_arrays(tmp_path):
+    st = pytest.importorskip("safetensors.numpy")
+    layer = LSTM(3, 4, num_layers=2, bidirectional=True, random_state=0)
+    save(layer, tmp_path / "m.safetensors")
+    arrays = st.load_file(str(tmp_path / "m.safetensors"))
+    sd = layer.state_dict()
+    assert arrays.keys() == sd.keys()
+    assert all(np.array_equal(arrays[k], sd[k]) for k in sd)
+
+
+def test_registry_is_a_fixed_table_of_pylstm_types():
+    assert {"LSTM", "LSTMClassifier", "LSTMRegressor"} <= set(io_module._REGISTRY)
+    for name, codec in io_module._REGISTRY.items():
+        assert codec.cls.__name__ == name and codec.cls.__module__.startswith("pylstm.")
+
+
+def test_io_module_imports_nothing_that_runs_code_from_data():
+    tree = ast.parse(open(io_module.__file__).read())
+    imported = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            imported |= {alias.name for alias in node.names}
+        elif isinstance(node, ast.ImportFrom):
+            imported.add(("." * node.level) + (node.module or ""))
+    assert not imported & {"pickle", "joblib", "importlib", "marshal", "shelve", "dill",
+                           "cloudpickle", "zipfile"}
+    source = open(io_module.__file__).read()
+    for word in ("np.load(", "getattr(sys.modules", "eval(", "exec(", "__import__",
+                 "allow_pickle=True"):
+        assert word not in source
+
+
+def test_schema_covers_every_fitted_attribute():
+    """Every attribute fit sets is saved; a new one must be added to pylstm/_io.py."""
+    pd = pytest.importorskip("pandas")
+    X, ragged, score = seq_data()
+    df = pd.DataFrame(X[:, :, 0])
+    df.columns = [f"c{i}" for i in range(df.shape[1])]
+    unsaved = {"network_", "_optimizer", "_best_state"}
+    fitted = [fit_classifier(early_stopping=True)[0], fit_classifier(input_kind="list")[0],
+              fit_regressor()[0], fit_regressor(early_stopping=True)[0],
+              LSTMRegressor(hidden_size=3, max_iter=1).fit(df, score)]
+    for est in fitted:
+        codec = io_module._REGISTRY[type(est).__name__]
+        known = set(est.get_params()) | set(codec.spec.fitted) | unsaved
+        assert set(vars(est)) <= known, set(vars(est)) - known
+
+
+# ---------------------------------------------------------------------- refusing bad files
+def rewrite(path, *, model=None, meta=None, table=None, data=None, checksum=True):
+    """Edit a saved file's parts and write it back (with a recomputed checksum)."""
+    metadata, tbl, buf = io_module._split(open(path, "rb").read())
+    if model is not None:
+        m = json.loads(metadata["model"])
+        model(m)
+        metadata["model"] = json.dumps(m)
+    if meta is not None:
+        meta(metadata)
+    if table is not None:
+        table(tbl)
+    if data is not None:
+        buf = data(buf, tbl)
+    if checksum and "sha256" in metadata:
+        metadata["sha256"] = io_module._digest(metadata, tbl, [buf])
+    with open(path, "wb") as f:
+        f.write(io_module._pack_header(metadata, tbl) + buf)
+
+
+def set_nan(name, index=0, value=np.nan):
+    def edit(buf, tbl):
+        b, e = tbl[name]["data_offsets"]
+        dtype = io_module._DTYPES[tbl[name]["dtype"]]
+        arr = np.frombuffer(buf, dtype=dtype, count=(e - b) // dtype.itemsize, offset=b).copy()
+        arr[index] = value
+        return buf[:b] + arr.tobytes() + buf[e:]
+    return edit
+
+
+def add_array(tbl_name="evil", dtype="F32", payload=b"\0\0\0\0", shape=(1,)):
+    state = {}
+
+    def table(tbl):
+        end = max(info["data_offsets"][1] for info in tbl.values())
+        tbl[tbl_name] = {"dtype": dtype, "shape": list(shape),
+                         "data_offsets": [end, end + len(payload)]}
+
+    def data(buf, tbl):
+        return buf + payload
+
+    state["table"], state["data"] = table, data
+    return state
+
+
+def drop_array(name):
+    def table(tbl):
+        b, e = tbl.pop(name)["data_offsets"]
+        for info in tbl.values():
+            if info["data_offsets"][0] >= e:
+                info["data_offsets"] = [o - (e - b) for o in info["data_offsets"]]
+        table.cut = (b, e)
+
+    def data(buf, tbl):
+        b, e = table.cut
+        return buf[:b] + buf[e:]
+
+    return {"table": table, "data": data}
+
+
+def set_in(keys, value):
+    def edit(m):
+        target = m
+        for k in keys[:-1]:
+            target = target[k]
+        if value is KeyError:
+            del target[keys[-1]]
+        else:
+            target[keys[-1]] = value
+    return edit
+
+
+def set_meta(key, value):
+    def edit(meta):
+        if value is KeyError:
+            del meta[key]
+        else:
+            meta[key] = value
+    return edit
+
+
+def set_table(name, key, value):
+    def edit(tbl):
+        tbl[name][key] = value
+    return edit
+
+
+W = "network.layers.0.weight_ih_l0"
+EDITS = {
+    # metadata
+    "format": (dict(meta=set_meta("format", "pickle")), "not a pylstm model file"),
+    "no-metadata": (dict(meta=lambda m: m.clear()), "not a pylstm model file"),
+    "newer-version": (dict(meta=set_meta("format_version", "7")),
+                      r"format version 7.*format version 1\)"),
+    "version-zero": (dict(meta=set_meta("format_version", "0")), ">= 1"),
+    "version-text": (dict(meta=set_meta("format_version", "one")), "format_version"),
+    "version-number": (dict(meta=set_meta("format_version", 1)), "must be a string"),
+    "extra-metadata": (dict(meta=set_meta("code", "import os")), "unexpected keys"),
+    "no-checksum": (dict(meta=set_meta("sha256", KeyError)), "missing keys"),
+    "bad-checksum-syntax": (dict(meta=set_meta("sha256", "xyz"), checksum=False), "sha256"),
+    "unknown-type": (dict(meta=set_meta("type", "os.system")), "unknown model type"),
+    "other-type": (dict(meta=set_meta("type", "LSTMRegressor")), "missing keys"),
+    "layer-type": (dict(meta=set_meta("type", "LSTM")), "model has unexpected keys"),
+    "model-not-json": (dict(meta=set_meta("model", "{'a': 1}")), "model description is not"),
+    "model-nan": (dict(meta=set_meta("model", '{"a": NaN}')), "non-standard JSON constant"),
+    "model-list": (dict(meta=set_meta("model", "[]")), "must be a JSON object"),
+    # arrays
+    "missing-array": (drop_array("network.intercept"), "misses the arrays"),
+    "missing-buffer": (drop_array("optimizer.ms.network.coef"), "misses the arrays"),
+    "extra-array": (add_array(), "unexpected arrays"),
+    "object-array": (add_array(dtype="O", payload=pickle.dumps(print)),
+                     "unsupported dtype 'O'"),
+    "numpy-dtype": (dict(table=set_table(W, "dtype", "<f8")), "unsupported dtype"),
+    "wrong-dtype": (dict(table=set_table(W, "dtype", "F32")), "dtype F32, expected F64"),
+    "int-dtype": (dict(table=set_table(W, "dtype", "I64")), "dtype I64, expected F64"),
+    "wrong-shape": (dict(table=set_table(W, "shape", [3, 20])), r"shape \(3, 20\), expected"),
+    "huge-shape": (dict(table=set_table(W, "shape", [2**62, 2**62])), "shape"),
+    "shape-float": (dict(table=set_table(W, "shape", [20.0, 3])), "must be an integer"),
+    "negative-offset": (dict(table=set_table(W, "data_offsets", [-1, 479])), "data_offsets"),
+    "reversed-offsets": (dict(table=set_table(W, "data_offsets", [480, 0])), "data_offsets"),
+    "gap": (dict(table=set_table(W, "data_offsets", [8, 488])), "back to back|data_offsets"),
+    "tensor-keys": (dict(table=set_table(W, "code", "x")), "unexpected keys"),
+    "nan-weight": (dict(data=set_nan(W)), f"{W} contains NaN"),
+    "inf-bias": (dict(data=set_nan("network.intercept", 1, np.inf)), "contains infinity"),
+    "nan-buffer": (dict(data=set_nan("optimizer.ms.network.coef")), "contains NaN"),
+    "negative-second-moment": (dict(data=set_nan("optimizer.vs.network.coef", 0, -1.0)),
+                               "negative entries"),
+    "data-bit-flip": (dict(data=lambda b, t: bytes([b[0] ^ 1]) + b[1:], checksum=False),
+                      "checksum mismatch"),
+    "model-edit-without-checksum": (
+        dict(model=set_in(["fitted", "n_iter_"], 3), checksum=False), "checksum mismatch"),
+    "swapped-offsets-without-checksum": (
+        dict(table=lambda t: t.update({
+            "network.layers.0.bias_ih_l0": t["network.layers.0.bias_hh_l0"],
+            "network.layers.0.bias_hh_l0": t["network.layers.0.bias_ih_l0"]}), checksum=False),
+        "checksum mismatch"),
+    # hyperparameters
+    "hidden-size-zero": (dict(model=set_in(["params", "hidden_size"], 0)),
+                         "invalid hyperparameters.*hidden_size"),
+    "solver": (dict(model=set_in(["params", "solver"], "lbfgs")), "invalid hyperparameters"),
+    "param-missing": (dict(model=set_in(["params", "alpha"], KeyError)), "missing keys"),
+    "param-extra": (dict(model=set_in(["params", "__class__"], "x")), "unexpected keys"),
+    "param-list": (dict(model=set_in(["params", "alpha"], [1])), "JSON scalar"),
+    "param-huge-float": (dict(meta=lambda m: m.update(model=m["model"].replace(
+        '"alpha":0.0001', '"alpha":1e999'))), "finite"),
+    "random-state": (dict(model=set_in(["params", "random_state"], -1)), "random_state"),
+    "param-dtype": (dict(model=set_in(["params", "dtype"], ",f8")), "model.params.dtype"),
+    "param-dtype-alias": (dict(model=set_in(["params", "dtype"], "f8")), "model.params.dtype"),
+    # fitted values
+    "n-iter-negative": (dict(model=set_in(["fitted", "n_iter_"], -1)), "n_iter_"),
+    "n-iter-bool": (dict(model=set_in(["fitted", "n_iter_"], True)), "n_iter_"),
+    "seed-big": (dict(model=set_in(["fitted", "_seed"], 2**40)), "_seed"),
+    "layout": (dict(model=set_in(["fitted", "_input_layout"], "4d")), "_input_layout"),
+    "dtype-mismatch": (dict(model=set_in(["fitted", "_dtype"], "float32")),
+                       "_architecture has dtype float64"),
+    "dtype-name": (dict(model=set_in(["fitted", "_dtype"], "object")), "_dtype"),
+    "architecture": (dict(model=set_in(["fitted", "_architecture"], [5, 1, False])),
+                     "_architecture"),
+    "hidden-mismatch": (dict(model=set_in(["fitted", "_architecture", 0], 6)),
+                        r"weight_ih_l0 has shape \(20, 3\), expected \(24, 3\)"),
+    "layers-mismatch": (dict(model=set_in(["fitted", "_architecture", 1], 2)),
+                        "misses the arrays"),
+    "layers-huge": (dict(model=set_in(["fitted", "_architecture", 1], 10**15)),
+                    "_architecture"),
+    "features-mismatch": (dict(model=set_in(["fitted", "n_features_in_"], 4)), "differs"),
+    "step-features": (dict(model=set_in(["fitted", "_n_step_features"], 4),),
+                      "differs|shape"),
+    "loss-curve": (dict(model=set_in(["fitted", "loss_curve_"], ["x"])), "loss_curve_"),
+    "validation": (dict(model=set_in(["fitted", "validation_scores_"], [0.5])), "both"),
+    "feature-names": (dict(model=set_in(["fitted", "feature_names_in_"], ["a", "b", "c"])),
+                      "feature_names_in_"),
+    "fitted-missing": (dict(model=set_in(["fitted", "t_"], KeyError)), "missing keys"),
+    "classes-unsorted": (dict(model=set_in(["fitted", "classes_", "values"], [1, 0])),
+                         "sorted"),
+    "classes-dup": (dict(model=set_in(["fitted", "classes_", "values"], [1, 1])), "sorted"),
+    "classes-one": (dict(model=set_in(["fitted", "classes_", "values"], [1])), "at least 2"),
+    "classes-dtype": (dict(model=set_in(["fitted", "classes_", "dtype"], "<M8[s]")),
+                      "not a supported label dtype"),
+    "classes-object-dtype": (dict(model=set_in(["fitted", "classes_", "dtype"], "|O8")),
+                             "not a supported label dtype"),
+    "classes-overflow": (dict(model=set_in(["fitted", "classes_", "values"], [0, 2**63])),
+                         "classes_"),
+    "classes-huge-str": (dict(model=set_in(["fitted", "classes_"], {
+        "dtype": "<U9999999", "values": [str(i) for i in range(100)]})), "too large"),
+    "classes-count": (dict(model=set_in(["fitted", "classes_", "values"], [0, 1, 2])),
+                      r"network.coef has shape \(5, 2\), expected \(5, 3\)"),
+    "dropout": (dict(model=set_in(["network", "dropout"], 1.0)), "dropout"),
+    "optimizer-name": (dict(model=set_in(["optimizer", "name"], "lbfgs")), "optimizer.name"),
+    "optimizer-t": (dict(model=set_in(["optimizer", "t"], -1)), "optimizer.t"),
+    "optimizer-lr": (dict(model=set_in(["optimizer", "learning_rate"], 0)), "learning_rate"),
+    "optimizer-beta": (dict(model=set_in(["optimizer", "beta_1"], 1.5)), "beta_1"),
+    "optimizer-keys": (dict(model=set_in(["optimizer", "momentum"], 0.9)), "unexpected keys"),
+}
+
+
+@pytest.fixture(scope="module")
+def saved_files(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("saved")
+    clf, _, _ = fit_classifier()
+    reg, _, _ = fit_regressor(dtype="float32", n_outputs=2)
+    layer = LSTM(3, 4, num_layers=2, bidirectional=True, random_state=0)
+    files = {}
+    for name, obj in (("classifier", clf), ("regressor", reg), ("layer", layer)):
+        files[name] = folder / f"{name}.pylstm"
+        save(obj, files[name])
+    return files
+
+
+@pytest.mark.parametrize("case", list(EDITS))
+def test_refuses_edited_files(tmp_path, saved_files, case):
+    edit, message = EDITS[case]
+    path = tmp_path / "edited.pylstm"
+    path.write_bytes(saved_files["classifier"].read_bytes())
+    rewrite(path, **edit)
+    with pytest.raises(ModelFileError, match=message):
+        load(path)
+
+
+LAYER_EDITS = {
+    "num-layers-huge": (dict(model=set_in(["params", "num_layers"], 10**12)), "num_layers"),
+    "hidden-text": (dict(model=set_in(["params", "hidden_size"], "4")), "hidden_size"),
+    "hidden-mismatch": (dict(model=set_in(["params", "hidden_size"], 5)), "shape"),
+    "bidirectional": (dict(model=set_in(["params", "bidirectional"], False)),
+                      "unexpected arrays"),
+    "dtype": (dict(model=set_in(["params", "dtype"], "float16")), "dtype"),
+    "param-extra": (dict(model=set_in(["params", "random_state"], 0)), "unexpected keys"),
+    "nan": (dict(data=set_nan("weight_hh_l1_reverse", 3)), "weight_hh_l1_reverse contains NaN"),
+}
+
+
+@pytest.mark.parametrize("case", list(LAYER_EDITS))
+def test_refuses_edited_layer_files(tmp_path, saved_files, case):
+    edit, message = LAYER_EDITS[case]
+    path = tmp_path / "edited.pylstm"
+    path.write_bytes(saved_files["layer"].read_bytes())
+    rewrite(path, **edit)
+    with pytest.raises(ModelFileError, match=message):
+        load(path)
+
+
+class MakesAFile:
+    """Unpickling this creates a file: proof that code ran."""
+
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (open, (self.marker, "w"))
+
+
+def foreign_files(tmp_path, saved):
+    """name -> (bytes, expected message) of files that are not valid model files."""
+    valid = saved["classifier"].read_bytes()
+    (n,) = struct.unpack("<Q", valid[:8])
+    marker = str(tmp_path / "pwned")
+    clf, _, _ = fit_classifier()
+    joblib.dump(clf, tmp_path / "clf.joblib")
+    joblib.dump(clf, tmp_path / "clf.joblib.gz", compress=3)
+    np.save(tmp_path / "obj.npy", np.array([MakesAFile(marker)], dtype=object))
+    np.savez(tmp_path / "obj.npz", a=np.array([MakesAFile(marker)], dtype=object))
+    header = b'{"__metadata__":{"format":"pylstm"}}'
+    return {
+        "empty": (b"", "only 0 bytes"),
+        "short": (b"{}", "only 2 bytes"),
+        "pickle": (pickle.dumps(clf), "pickle"),
+        "malicious-pickle": (pickle.dumps(MakesAFile(marker)), "pickle"),
+        "pickle-protocol-0": (pickle.dumps([1, 2], protocol=0), "exceeds the limit"),
+        "joblib": ((tmp_path / "clf.joblib").read_bytes(), "pickle"),
+        "joblib-compressed": ((tmp_path / "clf.joblib.gz").read_bytes(),
+                              "pylstm model file|truncated"),
+        "npy-object": ((tmp_path / "obj.npy").read_bytes(), "NumPy .npy"),
+        "npz-object": ((tmp_path / "obj.npz").read_bytes(), "zip archive"),
+        "text": (b"hello world, this is not a model", "exceeds the limit"),
+        "oversized-header": (struct.pack("<Q", io_module.MAX_HEADER_BYTES + 1) + b"{",
+                             r"header length 16777217 exceeds the limit of 16777216"),
+        "tiny-header": (struct.pack("<Q", 1) + b"{", "too small"),
+        "truncated-header": (valid[:8 + n // 2], "truncated: its header needs"),
+        "truncated-data": (valid[:-1], "truncated: the arrays need"),
+        "truncated-to-header": (valid[:8 + n], "truncated: the arrays need"),
+        "trailing-bytes": (valid + b"\0", "bytes after its last array"),
+        "header-list": (struct.pack("<Q", 2) + b"[]", "not a JSON object"),
+        "header-json-list": (struct.pack("<Q", 3) + b"{}]", "not valid JSON"),
+        "header-not-json": (struct.pack("<Q", 6) + b"{nope}", "not valid JSON"),
+        "header-utf8": (struct.pack("<Q", 4) + b'{"\xff"', "UTF-8"),
+        "header-duplicate": (struct.pack("<Q", 13) + b'{"a":1,"a":2}', "duplicate key"),
+        "header-nan": (struct.pack("<Q", 9) + b'{"a":NaN}', "non-standard JSON constant"),
+        "header-deep": (struct.pack("<Q", 100006) + b'{"a":' + b"[" * 100000 + b"0}",
+                        "not valid JSON"),
+        "other-safetensors": (struct.pack("<Q", 2) + b"{}", "not a pylstm model file"),
+        "no-version": (struct.pack("<Q", len(header)) + header, "format_version"),
+    }
+
+
+def test_refuses_foreign_and_damaged_files(tmp_path, saved_files):
+    for name, (content, message) in foreign_files(tmp_path, saved_files).items():
+        path = tmp_path / f"{name}.bin"
+        path.write_bytes(content)
+        with pytest.raises(ModelFileError, match=message):
+            load(path)
+    assert not (tmp_path / "pwned").exists()
+
+
+def test_model_file_error_is_a_value_error():
+    assert issubclass(ModelFileError, ValueError)
+    assert pylstm.ModelFileError is io_module.ModelFileError
+
+
+def test_missing_file_is_an_os_error(tmp_path):
+    with pytest.raises(FileNotFoundError):
+        load(tmp_path / "nothing.pylstm")
+
+
+# ---------------------------------------------------------------------- nothing executes
+@contextlib.contextmanager
+def nothing_may_execute():
+    """Make unpickling, importing new modules and pickle-enabled np.load fail loudly."""
+    calls = []
+    real_import = builtins.__import__
+    real_import_module = importlib.import_module
+    real_np_load = np.load
+
+    def forbidden(name):
+        def fail(*args, **kwargs):
+            calls.append(name)
+            raise AssertionError(f"{name} was called while loading")
+        return fail
+
+    def guarded_import(name, globals=None, locals=None, fromlist=(), level=0):
+        if level == 0 and name not in sys.modules:
+            calls.append(f"import {name}")
+            raise ImportError(f"import of {name} during load")
+        return real_import(name, globals, locals, fromlist, level)
+
+    def guarded_import_module(name, package=None):
+        if name not in sys.modules:
+            calls.append(f"import_module {name}")
+            raise ImportError(f"import_module({name}) during load")
+        return real_import_module(name, package)
+
+    def guarded_np_load(*args, allow_pickle=False, **kwargs):
+        if allow_pickle:
+            calls.append("np.load(allow_pickle=True)")
+            raise AssertionError("np.load with allow_pickle=True")
+        return real_np_load(*args, allow_pickle=False, **kwargs)
+
+    patches = [(pickle, "loads", forbidden("pickle.loads")),
+               (pickle, "load", forbidden("pickle.load")),
+               (pickle, "Unpickler", forbidden("pickle.Unpickler")),
+               (builtins, "eval", forbidden("eval")),
+               (builtins, "exec", forbidden("exec")),
+               (builtins, "__import__", guarded_import),
+               (importlib, "import_module", guarded_import_module),
+               (np, "load", guarded_np_load)]
+    saved = [(obj, attr, getattr(obj, attr)) for obj, attr, _ in patches]
+    try:
+        for obj, attr, new in patches:
+            setattr(obj, attr, new)
+        yield calls
+    finally:
+        for obj, attr, old in saved:
+            setattr(obj, attr, old)
+
+
+def test_loading_executes_nothing(tmp_path, saved_files):
+    bad = foreign_files(tmp_path, saved_files)
+    for name, (content, _) in bad.items():
+        (tmp_path / f"{name}.bin").write_bytes(content)
+    edited = tmp_path / "object-array.pylstm"
+    edited.write_bytes(saved_files["classifier"].read_bytes())
+    rewrite(edited, **EDITS["object-array"][0])
+    models = {}
+    with nothing_may_execute() as calls:
+        for name, path in saved_files.items():
+            models[name] = load(path)
+        for name in bad:
+            with pytest.raises(ModelFileError):
+                load(tmp_path / f"{name}.bin")
+        with pytest.raises(ModelFileError, match="unsupported dtype"):
+            load(edited)
+    assert calls == []
+    assert not (tmp_path / "pwned").exists()
+    X, _, _ = seq_data()
+    assert models["classifier"].predict(X).shape == (len(X),)
+    assert models["regressor"].predict(X).shape == (len(X), 2)
+
+
+def test_guard_really_catches_unpickling(tmp_path):
+    """The guard of the test above is effective: joblib.load trips it."""
+    clf, _, _ = fit_classifier()
+    joblib.dump(clf, tmp_path / "clf.joblib")
+    with nothing_may_execute() as calls, pytest.raises((AssertionError, ImportError)):
+        pickle.loads(pickle.dumps(clf))
+    assert calls == ["pickle.loads"]
+
+
+# ---------------------------------------------------------------------- pickle, joblib, skops
+def fitted_models():
+    clf, X, y = fit_classifier(layers=2, bidirectional=True, labels=np.array(["a", "b"]))
+    reg, _, yr = fit_regressor(dtype="float32", n_outputs=2)
+    return [(clf, X, y), (reg, X, yr)]
+
+
+def assert_same_predictions(a, b, X):
+    assert np.array_equal(a.predict(X), b.predict(X))
+    assert np.array_equal(a.transform(X), b.transform(X))
+    if hasattr(a, "predict_proba"):
+        assert np.array_equal(a.predict_proba(X), b.predict_proba(X))
+
+
+@pytest.mark.parametrize("how", ["pickle", "joblib"])
+def test_pickle_and_joblib_keep_working(tmp_path, how):
+    for est, X, y in fitted_models():
+        if how == "pickle":
+            copy = pickle.loads(pickle.dumps(est))
+        else:
+            joblib.dump(est, tmp_path / "m.joblib")
+            copy = joblib.load(tmp_path / "m.joblib")
+        assert_same_predictions(est, copy, X)
+        est.partial_fit(X, y)
+        copy.partial_fit(X, y)
+        assert_same_estimator(est, copy)
+    layer = LSTM(3, 4, num_layers=2, bidirectional=True, random_state=0)
+    copy = pickle.loads(pickle.dumps(layer))
+    X = np.random.default_rng(0).normal(size=(2, 5, 3))
+    assert np.array_equal(layer.forward(X)[0], copy.forward(X)[0])
+
+
+def test_skops_roundtrip(tmp_path):
+    sio = pytest.importorskip("skops.io")
+    for est, X, y in fitted_models():
+        path = tmp_path / "m.skops"
+        sio.dump(est, path)
+        untrusted = sio.get_untrusted_types(file=path)
+        assert all(t.startswith("pylstm.") or t == "numpy.dtype" for t in untrusted), untrusted
+        with pytest.raises(Exception, match="[Uu]ntrusted"):
+            sio.load(path)
+        copy = sio.load(path, trusted=untrusted)
+        assert_same_predictions(est, copy, X)
+        est.partial_fit(X, y)
+        copy.partial_fit(X, y)
+        assert_same_estimator(est, copy)
+        assert not isinstance(load_or_error(path), type(est))
+    layer = LSTM(3, 4, random_state=0)
+    sio.dump(layer, tmp_path / "l.skops")
+    copy = sio.load(tmp_path / "l.skops", trusted=sio.get_untrusted_types(
+        file=tmp_path / "l.skops"))
+    X = np.random.default_rng(0).normal(size=(2, 5, 3))
+    assert np.array_equal(layer.forward(X)[0], copy.forward(X)[0])
+
+
+def load_or_error(path):
+    try:
+        return load(path)
+    except ModelFileError as exc:
+        return exc
+
+
+# ---------------------------------------------------------------------- docs
+def test_doctests():
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        result = doctest.testmod(io_module, optionflags=doctest.NORMALIZE_WHITESPACE)
+    assert result.attempted >= 10
+    assert result.failed == 0
