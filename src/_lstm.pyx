@@ -23,38 +23,54 @@ from cython cimport floating
 from libc.string cimport memcpy, memset
 
 from _blas cimport gemm, gemv
-from _activations cimport sigmoid, tanh_
+
+
+cdef extern from "_cell.h" nogil:
+    void pylstm_cell_forward_f(const float* gp, const float* bias, float* h,
+                               float* c, float* out, float* gates_keep,
+                               float* c_keep, float* h_prev_keep, int keep,
+                               int H)
+    void pylstm_cell_forward_d(const double* gp, const double* bias, double* h,
+                               double* c, double* out, double* gates_keep,
+                               double* c_keep, double* h_prev_keep, int keep,
+                               int H)
+    void pylstm_cell_backward_f(float* gp, const float* cn, const float* cp,
+                                const float* dh, float* dc, const float* dout,
+                                int H)
+    void pylstm_cell_backward_d(double* gp, const double* cn, const double* cp,
+                                const double* dh, double* dc,
+                                const double* dout, int H)
 
 
 cdef inline void _cell_forward(const floating* gp, const floating* bias,
                                floating* h, floating* c, floating* out,
                                floating* gates_keep, floating* c_keep,
-                               floating* h_prev_keep, Py_ssize_t H) noexcept nogil:
+                               floating* h_prev_keep, int H) noexcept nogil:
     """One row of one step: activate the gates, update c and h in place.
 
     ``gp`` holds the 4H pre-activations without bias; ``out`` receives h_t.
     When ``gates_keep`` is not NULL it receives the activated gates, and
-    ``c_keep``/``h_prev_keep`` receive c_t and h_{t-1}, for BPTT.
+    ``c_keep``/``h_prev_keep`` receive c_t and h_{t-1}, for BPTT. The
+    element-wise work is the vectorized C of ``_cell.h``.
     """
-    cdef Py_ssize_t j
-    cdef floating ig, fg, gg, og, cn, hn
-    for j in range(H):
-        ig = sigmoid(gp[j] + bias[j])
-        fg = sigmoid(gp[H + j] + bias[H + j])
-        gg = tanh_(gp[2 * H + j] + bias[2 * H + j])
-        og = sigmoid(gp[3 * H + j] + bias[3 * H + j])
-        cn = fg * c[j] + ig * gg
-        hn = og * tanh_(cn)
-        if gates_keep != NULL:
-            gates_keep[j] = ig
-            gates_keep[H + j] = fg
-            gates_keep[2 * H + j] = gg
-            gates_keep[3 * H + j] = og
-            c_keep[j] = cn
-            h_prev_keep[j] = h[j]
-        c[j] = cn
-        h[j] = hn
-        out[j] = hn
+    cdef int keep = gates_keep != NULL
+    if floating is float:
+        pylstm_cell_forward_f(gp, bias, h, c, out, gates_keep, c_keep,
+                              h_prev_keep, keep, H)
+    else:
+        pylstm_cell_forward_d(gp, bias, h, c, out, gates_keep, c_keep,
+                              h_prev_keep, keep, H)
+
+
+cdef inline void _cell_backward(floating* gp, const floating* cn,
+                                const floating* cp, const floating* dh,
+                                floating* dc, const floating* dout,
+                                int H) noexcept nogil:
+    """One row of one BPTT step (see ``_cell.h``)."""
+    if floating is float:
+        pylstm_cell_backward_f(gp, cn, cp, dh, dc, dout, H)
+    else:
+        pylstm_cell_backward_d(gp, cn, cp, dh, dc, dout, H)
 
 
 cdef void _forward(const floating* x, int T, int B, int I,
@@ -282,7 +298,6 @@ def backward(const floating[:, :, ::1] x,
     cdef int n = 0
     cdef int s, b, t, tp
     cdef Py_ssize_t j, r
-    cdef floating ig, fg, gg, og, cn, cp, tc, dht, dct
     cdef floating* gp
     cdef const floating* src
     with nogil:
@@ -304,21 +319,9 @@ def backward(const floating[:, :, ::1] x,
                     t = s
                     tp = t - 1
                 gp = &gates[t, b, 0]
-                for j in range(H):
-                    ig = gp[j]
-                    fg = gp[H + j]
-                    gg = gp[2 * H + j]
-                    og = gp[3 * H + j]
-                    cn = c_cache[t, b, j]
-                    cp = c0[b, j] if s == 0 else c_cache[tp, b, j]
-                    tc = tanh_(cn)
-                    dht = dh[b, j] + d_out[t, b, offset + j]
-                    dct = dc[b, j] + dht * og * (1 - tc * tc)
-                    gp[j] = dct * gg * ig * (1 - ig)
-                    gp[H + j] = dct * cp * fg * (1 - fg)
-                    gp[2 * H + j] = dct * ig * (1 - gg * gg)
-                    gp[3 * H + j] = dht * tc * og * (1 - og)
-                    dc[b, j] = dct * fg
+                _cell_backward(gp, &c_cache[t, b, 0],
+                               &c0[b, 0] if s == 0 else &c_cache[tp, b, 0],
+                               &dh[b, 0], &dc[b, 0], &d_out[t, b, offset], H)
                 if reverse:
                     memcpy(&scratch[b, 0], gp, G * sizeof(floating))
             src = &scratch[0, 0] if reverse else &gates[s, 0, 0]
