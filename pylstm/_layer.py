@@ -9,7 +9,7 @@ import numpy as np
 from sklearn.utils import check_random_state
 
 from . import _lstm
-from ._threads import single_threaded_blas, wants_single_thread
+from ._threads import run_directions, single_threaded_blas, wants_single_thread
 from ._validation import (
     BLAS_INT_MAX,
     as_float_array,
@@ -277,15 +277,15 @@ class LSTM:
         return result, (h_n, c_n)
 
     def _forward_layers(self, x, lens_sorted, order, h0, c0, h_n, c_n, training):
-        """Kernel calls of :meth:`forward`, layer by layer and direction by direction."""
+        """Kernel calls of :meth:`forward`, layer by layer; directions may run concurrently."""
         T_eff, B, _ = x.shape
         D, H = self.num_directions, self.hidden_size
         caches = []
         layer_in = x
         for layer in range(self.num_layers):
             out = np.zeros((T_eff, B, D * H), dtype=self.dtype)
-            layer_cache = []
-            for d in range(D):
+
+            def run(d, layer=layer, layer_in=layer_in, out=out):
                 k = layer * D + d
                 sfx = f"_l{layer}" + ("_reverse" if d else "")
                 w_ih = self._params["weight_ih" + sfx]
@@ -296,6 +296,7 @@ class LSTM:
                 K = min(_CHUNK_STEPS, T_eff)
                 xbuf = np.empty(K * B * layer_in.shape[2], dtype=self.dtype)
                 gbuf = np.empty(K * B * 4 * H, dtype=self.dtype)
+                kept = None
                 if training:
                     c_start = c.copy()
                     # Every valid position is written; backward zeroes the padding.
@@ -304,12 +305,15 @@ class LSTM:
                     h_prev = np.zeros((T_eff, B, H), dtype=self.dtype)
                     _lstm.forward_train(layer_in, lens_sorted, w_ih, w_hh, bias, h, c, out,
                                         d * H, bool(d), xbuf, gbuf, gates, c_cache, h_prev)
-                    layer_cache.append((c_start, gates, c_cache, h_prev))
+                    kept = (c_start, gates, c_cache, h_prev)
                 else:
                     _lstm.forward_infer(layer_in, lens_sorted, w_ih, w_hh, bias, h, c, out,
                                         d * H, bool(d), xbuf, gbuf)
                 h_n[k, order] = h
                 c_n[k, order] = c
+                return kept
+
+            layer_cache = run_directions(run, D, parallel=wants_single_thread(B, H))
             if training:
                 caches.append((layer_in, layer_cache))
             layer_in = out
@@ -505,8 +509,9 @@ class LSTM:
         g_c0 = np.empty((L * D, B, H), dtype=self.dtype)
         for layer in range(L - 1, -1, -1):
             layer_in, layer_cache = cache["layers"][layer]
-            dx = np.empty_like(layer_in)
-            for d in range(D):
+
+            def run(d, layer=layer, layer_in=layer_in, layer_cache=layer_cache,
+                    grad_out=grad_out):
                 k = layer * D + d
                 sfx = f"_l{layer}" + ("_reverse" if d else "")
                 w_ih = self._params["weight_ih" + sfx]
@@ -514,12 +519,13 @@ class LSTM:
                 c_start, gates, c_cache, h_prev = layer_cache[d]
                 dh = np.ascontiguousarray(d_h_n[k][order])
                 dc = np.ascontiguousarray(d_c_n[k][order])
+                dx = np.empty_like(layer_in)
                 dw_ih = np.empty_like(w_ih)
                 dw_hh = np.empty_like(w_hh)
                 db = np.empty(4 * H, dtype=self.dtype)
                 scratch = np.empty((B, 4 * H), dtype=self.dtype)
                 _lstm.backward(layer_in, lens, w_ih, w_hh, c_start, gates, c_cache, h_prev,
-                               grad_out, d * H, bool(d), dh, dc, dx, float(d > 0),
+                               grad_out, d * H, bool(d), dh, dc, dx, 0.0,
                                dw_ih, dw_hh, db, scratch)
                 grads["weight_ih" + sfx] = dw_ih
                 grads["weight_hh" + sfx] = dw_hh
@@ -527,5 +533,8 @@ class LSTM:
                 grads["bias_hh" + sfx] = db.copy()
                 g_h0[k, order] = dh
                 g_c0[k, order] = dc
-            grad_out = dx
+                return dx
+
+            dxs = run_directions(run, D, parallel=wants_single_thread(B, H))
+            grad_out = dxs[0] if D == 1 else np.add(dxs[0], dxs[1], out=dxs[0])
         return grads, g_h0, g_c0, grad_out
