@@ -48,28 +48,11 @@ def _demo(args):
 def _save_model(model, path):
     """Write ``model`` to ``path``: the one place that knows the model file format.
 
-    Uses the library's safe format (:func:`pylstm.save`). Until that format
-    knows :class:`~pylstm.LSTMLanguageModel`, falls back to joblib; the
-    fallback lives here and in :func:`_load_model` only.
+    Uses the library's safe format (:func:`pylstm.save`): no pickle.
     """
-    import pylstm
+    from ._io import save
 
-    save = getattr(pylstm, "save", None)
-    if save is not None:
-        try:
-            save(model, path)
-            return
-        except TypeError as exc:
-            if not str(exc).startswith("cannot save an object of type"):
-                raise
-    import joblib  # fallback: pylstm.save cannot store this model type yet
-
-    joblib.dump(model, path)
-
-
-def _looks_like_pickle(path):
-    with open(path, "rb") as f:
-        return f.read(1) == b"\x80"  # pickle protocol >= 2, as joblib.dump writes
+    save(model, path)
 
 
 def _not_a_model(path, exc):
@@ -80,26 +63,17 @@ def _not_a_model(path, exc):
 
 
 def _load_model(path):
-    """Read a language model written by :func:`_save_model`; CommandError if it is not one."""
-    import pylstm
+    """Read a language model written by :func:`_save_model`; CommandError if it is not one.
 
+    Uses :func:`pylstm.load` only, which never unpickles anything.
+    """
+    from ._io import ModelFileError, load
     from ._language_model import LSTMLanguageModel
 
-    load = getattr(pylstm, "load", None)
-    file_error = getattr(pylstm, "ModelFileError", ValueError)
     try:
-        if load is None:
-            raise file_error("pylstm.load is not available")
         model = load(path)
-    except file_error as exc:
-        if not _looks_like_pickle(path):
-            raise CommandError(_not_a_model(path, exc)) from None
-        import joblib  # fallback of _save_model
-
-        try:
-            model = joblib.load(path)
-        except Exception as exc:  # any failure means "not a model file"
-            raise CommandError(_not_a_model(path, exc)) from None
+    except ModelFileError as exc:
+        raise CommandError(_not_a_model(path, exc)) from None
     except IsADirectoryError:
         raise CommandError(f"{path} is a folder, not a model file") from None
     except OSError as exc:

@@ -1,4 +1,4 @@
-"""Safe persistence of layers and fitted estimators: :func:`save` and :func:`load`.
+"""Safe persistence of layers, estimators and language models: :func:`save`, :func:`load`.
 
 A model file never holds pickled objects and loading never imports or calls
 anything named in the file: the file's type name is looked up in a fixed
@@ -23,8 +23,8 @@ file, written and read by this module alone (no dependency):
        ...}
 
   ``model`` is itself JSON: the hyperparameters (``params``) and, for
-  estimators, the fitted values (``fitted``: ``classes_`` with their dtype,
-  ``n_features_in_``, ``loss_curve_`` ...; non-finite floats as the strings
+  estimators and language models, the fitted values (``fitted``: ``classes_``,
+  ``vocabulary_``, ``loss_curve_`` ...; non-finite floats as the strings
   ``"inf"``, ``"-inf"`` and ``"nan"``), the network's dropout and the
   optimizer's settings, counter and learning rate;
 * the rest: the arrays' bytes (``F32``/``F64``/``I64``, little-endian, C order),
@@ -39,6 +39,14 @@ Estimator files hold the network's arrays (``network.layers.{k}.weight_ih_l0``
 (``optimizer.{buffer}.{array name}``), so that ``partial_fit`` continues after
 loading exactly as it would have without saving; layer files hold the arrays of
 :meth:`pylstm.LSTM.state_dict` under their own names.
+
+:class:`~pylstm.LSTMLanguageModel` files hold the vocabulary in the JSON
+(``fitted.vocabulary_``, a list of distinct strings starting with ``'<unk>'``
+and ``'<bos>'``; the token index is rebuilt from it), the network's sizes
+(``network``: ``embedding_dim``, ``hidden_size``, ``num_layers``, ``dropout``)
+and the arrays ``network.embedding`` (V, E), ``network.layers.{k}.*`` (one
+unidirectional layer each), ``network.coef`` (H, V), ``network.intercept``
+(V,) with the optimizer's buffers, V being the vocabulary's size.
 """
 
 import contextlib
@@ -49,6 +57,7 @@ import math
 import os
 import re
 import secrets
+import stat
 import struct
 import warnings
 from typing import NamedTuple
@@ -58,8 +67,9 @@ from sklearn.utils.validation import check_is_fitted
 
 from . import _optim
 from ._estimators import LSTMClassifier, LSTMRegressor
+from ._language_model import BOS, UNK, LSTMLanguageModel
 from ._layer import LSTM, _param_names
-from ._network import SequenceNetwork
+from ._network import LanguageNetwork, SequenceNetwork
 from ._validation import BLAS_INT_MAX, check_dtype
 
 __all__ = ["ModelFileError", "load", "save"]
@@ -500,7 +510,20 @@ def _estimator_to_arrays(est, fitted_schema):
     if len(params) != len(names):
         raise ValueError("the network's parameters do not match its layers")
     arrays = dict(zip(names, params, strict=True))
-    opt = est._optimizer
+    optimizer = _encode_optimizer(est._optimizer, names, arrays)
+    model = {"params": _encode_params(est.get_params(deep=False), type(est).__name__),
+             "fitted": fitted, "network": {"dropout": float(net.dropout)},
+             "optimizer": optimizer}
+    return model, arrays
+
+
+def _encode_optimizer(opt, names, arrays):
+    """The optimizer's JSON description; adds its buffers to ``arrays`` (in place).
+
+    ``names`` are the names of the network's arrays, aligned with the
+    optimizer's parameters; buffer ``b`` of array ``n`` is saved as
+    ``optimizer.{b}.{n}``.
+    """
     entry = _OPTIMIZERS.get(getattr(opt, "_name", None))
     if entry is None or type(opt) is not entry[0]:
         raise TypeError(f"cannot save an optimizer of type {type(opt).__name__}")
@@ -516,10 +539,7 @@ def _estimator_to_arrays(est, fitted_schema):
     for key in entry[1]:
         value = getattr(opt, key)
         optimizer[key] = bool(value) if isinstance(value, (bool, np.bool_)) else float(value)
-    model = {"params": _encode_params(est.get_params(deep=False), type(est).__name__),
-             "fitted": fitted, "network": {"dropout": float(net.dropout)},
-             "optimizer": optimizer}
-    return model, arrays
+    return optimizer
 
 
 def _decode_optimizer(v):
@@ -631,16 +651,153 @@ def _estimator_from_arrays(parsed, arrays):
                                _param_names(1, bidirectional) for n in group})
     net.coef[...] = arrays["network.coef"]
     net.intercept[...] = arrays["network.intercept"]
-    opt = parsed["optimizer"]
-    optimizer = opt["cls"](net.parameters(), opt["learning_rate_init"], **opt["kwargs"])
-    state = {"optimizer": opt["name"], "t": opt["t"], "learning_rate": opt["learning_rate"]}
-    for buf in opt["cls"]._buffer_names:
-        state[buf] = [arrays[f"optimizer.{buf}.{name}"] for name in parsed["names"]]
-    optimizer.load_state_dict(state)
     est.network_ = net
-    est._optimizer = optimizer
+    est._optimizer = _build_optimizer(parsed["optimizer"], net.parameters(), arrays,
+                                      parsed["names"])
     est._best_state = None
     return est
+
+
+def _build_optimizer(opt, params, arrays, names):
+    """An optimizer over ``params`` (aligned with ``names``) in the saved state."""
+    optimizer = opt["cls"](params, opt["learning_rate_init"], **opt["kwargs"])
+    state = {"optimizer": opt["name"], "t": opt["t"], "learning_rate": opt["learning_rate"]}
+    for buf in opt["cls"]._buffer_names:
+        state[buf] = [arrays[f"optimizer.{buf}.{name}"] for name in names]
+    optimizer.load_state_dict(state)
+    return optimizer
+
+
+# -- language model
+def _decode_vocabulary(v, where):
+    """The tokens of a language model: distinct non-empty strings, '<unk>' and '<bos>' first."""
+    if not isinstance(v, list) or len(v) < 2:
+        raise ModelFileError(f"{where} must be a list of at least 2 tokens, got {_short(v)}")
+    for i, token in enumerate(v):
+        if not isinstance(token, str) or not token:
+            raise ModelFileError(f"{where}[{i}] must be a non-empty string, got {_short(token)}")
+        try:
+            token.encode("utf-8")
+        except UnicodeEncodeError:
+            raise ModelFileError(f"{where}[{i}] is not valid Unicode text (it holds a lone "
+                                 f"surrogate): {_short(token)}") from None
+    if v[0] != UNK or v[1] != BOS:
+        raise ModelFileError(f"{where} must start with {UNK!r} and {BOS!r} (indices 0 and 1), "
+                             f"got {_short(v[:2])}")
+    seen = set()
+    for i, token in enumerate(v):
+        if token in seen:
+            raise ModelFileError(f"{where} has the token {_short(token)} twice (again at index "
+                                 f"{i}): tokens must be distinct")
+        seen.add(token)
+    return list(v)
+
+
+_VOCABULARY_FIELD = _Field(list, _decode_vocabulary)
+
+#: Fitted attributes of LSTMLanguageModel: name -> how it is stored. Besides these and
+#: the hyperparameters, fit sets network_ and _optimizer (saved as arrays and
+#: model.network / model.optimizer) and _index (rebuilt from vocabulary_ on load);
+#: tests/test_io.py checks that fit sets no others.
+_LM_FITTED = {
+    "vocabulary_": _VOCABULARY_FIELD,
+    "_dtype": _DTYPE_FIELD,
+    "_seed": _int_field(0, _UINT32_MAX),
+    "n_iter_": _int_field(0, _UINT32_MAX),
+    "loss_curve_": _FLOAT_LIST_FIELD,
+    "validation_perplexities_": _FLOAT_LIST_FIELD,
+}
+_LM_REBUILT = frozenset({"network_", "_optimizer", "_index"})
+_LM_NETWORK_KEYS = ("dropout", "embedding_dim", "hidden_size", "num_layers")
+
+
+def _lm_shapes(vocab_size, embedding_dim, hidden_size, num_layers):
+    """(name, shape) of a LanguageNetwork's arrays, aligned with ``parameters()``."""
+    shapes = [("network.embedding", (vocab_size, embedding_dim))]
+    in_size = embedding_dim
+    for k in range(num_layers):
+        shapes.extend(_lstm_shapes(in_size, hidden_size, 1, False, f"network.layers.{k}."))
+        in_size = hidden_size
+    return shapes + [("network.coef", (hidden_size, vocab_size)),
+                     ("network.intercept", (vocab_size,))]
+
+
+def _lm_to_arrays(lm):
+    check_is_fitted(lm, "network_")
+    fitted = {attr: field.encode(getattr(lm, attr)) for attr, field in _LM_FITTED.items()}
+    vocabulary = fitted["vocabulary_"]
+    if getattr(lm, "_index", None) != {token: i for i, token in enumerate(vocabulary)}:
+        raise ValueError("cannot save this LSTMLanguageModel: its token index does not match "
+                         "vocabulary_")
+    net = lm.network_
+    if net.dtype != np.dtype(lm._dtype):
+        raise ValueError(f"cannot save this LSTMLanguageModel: its network is {net.dtype} "
+                         f"but _dtype is {np.dtype(lm._dtype)}")
+    if not net.layers:
+        raise ValueError("cannot save this LSTMLanguageModel: its network has no layer")
+    network = {"dropout": float(net.dropout), "embedding_dim": int(net.embedding.shape[1]),
+               "hidden_size": int(net.layers[0].hidden_size),
+               "num_layers": len(net.layers)}
+    names = [name for name, _ in _lm_shapes(len(vocabulary), network["embedding_dim"],
+                                            network["hidden_size"], network["num_layers"])]
+    params = net.parameters()
+    if len(params) != len(names):
+        raise ValueError("the network's parameters do not match its layers")
+    arrays = dict(zip(names, params, strict=True))
+    optimizer = _encode_optimizer(lm._optimizer, names, arrays)
+    model = {"params": _encode_params(lm.get_params(deep=False), type(lm).__name__),
+             "fitted": fitted, "network": network, "optimizer": optimizer}
+    return model, arrays
+
+
+def _lm_spec(model, n_arrays):
+    model = _dict(model, "model", {"params", "fitted", "network", "optimizer"})
+    lm = _decode_estimator_params(LSTMLanguageModel, model["params"], "model.params")
+    raw = _dict(model["fitted"], "model.fitted", _LM_FITTED)
+    fitted = {attr: field.decode(raw[attr], f"model.fitted.{attr}")
+              for attr, field in _LM_FITTED.items()}
+    network = _dict(model["network"], "model.network", _LM_NETWORK_KEYS)
+    where = "model.network."
+    dropout = _float(network["dropout"], where + "dropout", lo=0.0)
+    if dropout >= 1:
+        raise ModelFileError(f"model.network.dropout must be < 1, got {dropout}")
+    E = _int(network["embedding_dim"], where + "embedding_dim", 1, BLAS_INT_MAX)
+    H = _int(network["hidden_size"], where + "hidden_size", 1, BLAS_INT_MAX // 4)
+    L = _int(network["num_layers"], where + "num_layers", 1, max(1, n_arrays))
+    V = len(fitted["vocabulary_"])
+    if V > BLAS_INT_MAX:  # pragma: no cover - the header's size limit comes first
+        raise ModelFileError(f"model.fitted.vocabulary_ has {V} tokens, too many")
+    optimizer = _decode_optimizer(model["optimizer"])
+    code = _DTYPE_CODES[fitted["_dtype"].name]
+    shapes = _lm_shapes(V, E, H, L)
+    expected = {name: (shape, code) for name, shape in shapes}
+    for buf in optimizer["cls"]._buffer_names:
+        expected.update((f"optimizer.{buf}.{name}", (shape, code)) for name, shape in shapes)
+    parsed = {"estimator": lm, "fitted": fitted, "dropout": dropout, "sizes": (V, E, H, L),
+              "optimizer": optimizer, "names": [name for name, _ in shapes]}
+    return parsed, expected
+
+
+def _lm_from_arrays(parsed, arrays):
+    lm = parsed["estimator"]
+    fitted = parsed["fitted"]
+    for attr, value in fitted.items():
+        setattr(lm, attr, value)
+    lm._index = {token: i for i, token in enumerate(lm.vocabulary_)}
+    V, E, H, L = parsed["sizes"]
+    net = LanguageNetwork(V, E, H, L, parsed["dropout"], fitted["_dtype"],
+                          np.random.RandomState(0))
+    net.embedding[...] = arrays["network.embedding"]
+    for k, layer in enumerate(net.layers):
+        prefix = f"network.layers.{k}."
+        layer.load_state_dict({n: arrays[prefix + n] for _, _, group in
+                               _param_names(1, False) for n in group})
+    net.coef[...] = arrays["network.coef"]
+    net.intercept[...] = arrays["network.intercept"]
+    lm.network_ = net
+    lm._optimizer = _build_optimizer(parsed["optimizer"], net.parameters(), arrays,
+                                     parsed["names"])
+    return lm
 
 
 #: The savable types: the type name written in a file -> its codec. load() resolves a
@@ -658,6 +815,7 @@ _REGISTRY = {
                                               fitted_schema=_REGRESSOR_FITTED),
                             _EstimatorSpec(LSTMRegressor, _REGRESSOR_FITTED),
                             _estimator_from_arrays),
+    "LSTMLanguageModel": _Codec(LSTMLanguageModel, _lm_to_arrays, _lm_spec, _lm_from_arrays),
 }
 
 
@@ -806,7 +964,7 @@ def _check_table(table, expected):
                                  "(the model's dtype)")
         if tuple(info["shape"]) != tuple(shape):
             raise ModelFileError(f"array {name} has shape {tuple(info['shape'])}, expected "
-                                 f"{tuple(shape)} from the hyperparameters")
+                                 f"{tuple(shape)} from the model description")
         begin, end = info["data_offsets"]
         nbytes = math.prod(shape) * _DTYPES[code].itemsize
         if end - begin != nbytes:
@@ -843,6 +1001,17 @@ def _read_arrays(table, data):
 
 
 # ---------------------------------------------------------------------- public API
+def _bytes_left(f):
+    """Bytes after the current position of a regular file; None if unknown (a pipe)."""
+    try:
+        info = os.fstat(f.fileno())
+        if not stat.S_ISREG(info.st_mode):
+            return None
+        return max(0, info.st_size - f.tell())
+    except (OSError, AttributeError, ValueError):  # pragma: no cover - unusual file objects
+        return None
+
+
 def _codec_for(obj):
     for type_name, codec in _REGISTRY.items():
         if type(obj) is codec.cls:
@@ -884,14 +1053,15 @@ def _atomic_write(path, header, chunks):
 
 
 def save(obj, path):
-    """Save a layer or a fitted estimator to a model file, without pickle.
+    """Save a layer, a fitted estimator or language model to a model file, without pickle.
 
-    The file holds the hyperparameters and fitted values as JSON and the
-    arrays (weights, and for estimators the optimizer's state) as raw
+    The file holds the hyperparameters and fitted values (for a language
+    model, its vocabulary too) as JSON and the arrays (weights, and for
+    estimators and language models the optimizer's state) as raw
     little-endian bytes, with a SHA-256 checksum; see :mod:`pylstm._io` for
     the layout. :func:`load` reads it back into a model that predicts bit for
-    bit like ``obj`` and, for estimators, continues ``partial_fit`` exactly as
-    ``obj`` would.
+    bit like ``obj`` and, for estimators and language models, continues
+    ``partial_fit`` exactly as ``obj`` would.
 
     The file is written under a temporary name in the same folder, flushed to
     disk and then renamed to ``path``, so an interrupted save never leaves a
@@ -900,11 +1070,11 @@ def save(obj, path):
 
     Parameters
     ----------
-    obj : LSTM, LSTMClassifier or LSTMRegressor
-        A layer, or a fitted estimator. Hyperparameters must be None, bool,
-        int, float or str (NumPy scalars and dtypes are converted); a
-        ``random_state`` that is a RandomState instance is saved as None with a
-        warning.
+    obj : LSTM, LSTMClassifier, LSTMRegressor or LSTMLanguageModel
+        A layer, or a fitted estimator or language model. Hyperparameters
+        must be None, bool, int, float or str (NumPy scalars and dtypes are
+        converted); a ``random_state`` that is a RandomState instance is
+        saved as None with a warning.
     path : str or path-like
         Where to write; an existing file is replaced.
 
@@ -976,10 +1146,10 @@ def load(path):
 
     Returns
     -------
-    LSTM, LSTMClassifier or LSTMRegressor
-        The saved object. Estimators are fitted, predict bit for bit like the
-        saved one and continue training (``partial_fit``, ``warm_start``)
-        from the saved optimizer state.
+    LSTM, LSTMClassifier, LSTMRegressor or LSTMLanguageModel
+        The saved object. Estimators and language models are fitted, predict
+        (and generate) bit for bit like the saved one and continue training
+        (``partial_fit``, ``warm_start``) from the saved optimizer state.
 
     Raises
     ------
@@ -1023,6 +1193,12 @@ def load(path):
         metadata, codec, model, table = _parse_header(raw)
         parsed, expected = codec.spec(model, len(table))
         total = _check_table(table, expected)
+        available = _bytes_left(f)
+        if available is not None and available < total:
+            # Checked before reading, so that a header declaring huge arrays that the file
+            # does not hold is refused without trying to allocate them.
+            raise ModelFileError(f"the file is truncated: the arrays need {total} bytes, only "
+                                 f"{available} are present")
         data = f.read(total + 1)
     if len(data) < total:
         raise ModelFileError(f"the file is truncated: the arrays need {total} bytes, only "

@@ -399,8 +399,10 @@ class LSTMLanguageModel(BaseEstimator):
 
         Returns
         -------
-        ndarray of shape (len(vocabulary_),) or dict
-            Aligned with ``vocabulary_``.
+        ndarray of shape (n_tokens,) or dict
+            Probabilities aligned with ``vocabulary_`` (``n_tokens`` is
+            ``len(vocabulary_)``), or a dict token -> probability with
+            ``as_dict=True``.
         """
         check_is_fitted(self, "network_")
         if not isinstance(prefix, str):

@@ -109,16 +109,56 @@ def test_bad_model_file_exits_2_without_traceback(tmp_path, capsys, content):
     assert "Traceback" not in captured.err
 
 
+def test_model_file_is_a_safe_pylstm_file(trained):
+    """`charnn train` writes pylstm's own format: pylstm.load reads it, no pickle inside."""
+    model_path, _ = trained
+    assert not model_path.read_bytes().startswith(b"\x80")
+    model = pylstm.load(model_path)
+    assert isinstance(model, pylstm.LSTMLanguageModel)
+    same = pylstm._cli._load_model(str(model_path))
+    assert model.generate("The", 30, random_state=2) == same.generate("The", 30, random_state=2)
+
+
+class _MakesAFile:
+    """Unpickling this creates a file: proof that code ran."""
+
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (open, (self.marker, "w"))
+
+
+def test_pickled_model_files_are_never_unpickled(trained, tmp_path, capsys):
+    """Files of the old joblib fallback, or any pickle, are refused with exit status 2."""
+    import pickle
+
+    joblib = pytest.importorskip("joblib")
+    model = pylstm.load(trained[0])
+    marker = tmp_path / "pwned"
+    for name, write in [
+            ("model.joblib", lambda p: joblib.dump(model, p)),
+            ("model.pkl", lambda p: p.write_bytes(pickle.dumps(model))),
+            ("evil.pkl", lambda p: p.write_bytes(pickle.dumps(_MakesAFile(str(marker))))),
+            ("evil.joblib", lambda p: joblib.dump(_MakesAFile(str(marker)), p))]:
+        path = tmp_path / name
+        write(path)
+        assert main(["charnn", "sample", str(path), "--length", "5"]) == 2
+        captured = capsys.readouterr()
+        assert captured.out == "" and "Traceback" not in captured.err
+        assert "not a pylstm model file" in captured.err and "pickle" in captured.err
+    assert not marker.exists()
+
+
 def test_missing_or_wrong_kind_of_model_file(tmp_path, capsys):
     assert main(["charnn", "sample", str(tmp_path / "missing.pylstm")]) == 2
     assert "cannot read the model file" in capsys.readouterr().err
     assert main(["charnn", "sample", str(tmp_path)]) == 2
     assert "not a model file" in capsys.readouterr().err
-    if hasattr(pylstm, "save"):  # a valid pylstm file holding another model type
-        path = tmp_path / "layer.pylstm"
-        pylstm.save(pylstm.LSTM(2, 3, random_state=0), path)
-        assert main(["charnn", "sample", str(path)]) == 2
-        assert "holds a LSTM, not a language model" in capsys.readouterr().err
+    path = tmp_path / "layer.pylstm"  # a valid pylstm file holding another model type
+    pylstm.save(pylstm.LSTM(2, 3, random_state=0), path)
+    assert main(["charnn", "sample", str(path)]) == 2
+    assert "holds a LSTM, not a language model" in capsys.readouterr().err
 
 
 def test_bad_training_input_exits_2(tmp_path, capsys):

@@ -7,6 +7,7 @@ import doctest
 import hashlib
 import importlib
 import json
+import math
 import os
 import pickle
 import struct
@@ -19,7 +20,15 @@ import pytest
 from sklearn.exceptions import NotFittedError
 
 import pylstm
-from pylstm import LSTM, LSTMClassifier, LSTMRegressor, ModelFileError, load, save
+from pylstm import (
+    LSTM,
+    LSTMClassifier,
+    LSTMLanguageModel,
+    LSTMRegressor,
+    ModelFileError,
+    load,
+    save,
+)
 from pylstm import _io as io_module
 
 pytestmark = pytest.mark.filterwarnings("ignore::sklearn.exceptions.ConvergenceWarning")
@@ -53,6 +62,57 @@ def fit_regressor(dtype="float64", layers=1, bidirectional=False, input_kind="3d
     params = {"hidden_size": 5, "max_iter": 2, "random_state": seed, **params}
     reg = LSTMRegressor(num_layers=layers, bidirectional=bidirectional, dtype=dtype, **params)
     return reg.fit(Xf, y), Xf, y
+
+
+LM_TEXTS = ["The cat sat on the mat. The dog sat on the log!",
+            "A bird, a cat and a dog; 42 birds flew over 7 dogs.",
+            "the end of the story is near, said the cat to the dog."] * 3
+
+
+def fit_lm(level="char", dtype="float64", **params):
+    params = {"embedding_dim": 4, "hidden_size": 6, "num_layers": 2, "dropout": 0.2,
+              "seq_len": 8 if level == "char" else 4, "batch_size": 3, "max_iter": 2,
+              "validation_fraction": 0.1, "random_state": 0, **params}
+    return LSTMLanguageModel(level=level, dtype=dtype, **params).fit(LM_TEXTS)
+
+
+def assert_same_lm(a, b):
+    """Same type, hyperparameters, fitted attributes, arrays and optimizer state."""
+    assert type(a) is type(b) is LSTMLanguageModel
+    assert a.get_params() == b.get_params()
+    assert set(vars(a)) == set(vars(b))
+    for key, va in vars(a).items():
+        vb = getattr(b, key)
+        if key == "network_":
+            assert type(va) is type(vb) and va.dtype == vb.dtype and va.dropout == vb.dropout
+            for x, y in zip(va.parameters(), vb.parameters(), strict=True):
+                assert x.dtype == y.dtype and x.shape == y.shape and np.array_equal(x, y)
+            assert [(layer.input_size, layer.hidden_size, layer.num_layers,
+                     layer.bidirectional, layer.unit_forget_bias) for layer in va.layers] == [
+                (layer.input_size, layer.hidden_size, layer.num_layers, layer.bidirectional,
+                 layer.unit_forget_bias) for layer in vb.layers]
+        elif key == "_optimizer":
+            assert_same_optimizer(va, vb)
+            for model, opt in ((a, va), (b, vb)):  # the optimizer updates the live arrays
+                assert all(p is q for p, q in zip(opt.params, model.network_.parameters(),
+                                                  strict=True))
+        else:
+            assert type(va) is type(vb), key
+            if key in ("loss_curve_", "validation_perplexities_"):
+                assert [type(x) for x in va] == [type(x) for x in vb], key
+            assert va == vb, key
+
+
+def assert_same_lm_outputs(a, b, text=LM_TEXTS[1]):
+    for prefix in ("", "The c", "zzz unknown \u20ac", text):
+        pa, pb = a.predict_proba(prefix), b.predict_proba(prefix)
+        assert pa.dtype == pb.dtype and np.array_equal(pa, pb)
+    assert a.predict_proba("The", as_dict=True) == b.predict_proba("The", as_dict=True)
+    assert a.score(LM_TEXTS) == b.score(LM_TEXTS)
+    assert a.perplexity(text) == b.perplexity(text)
+    for kwargs in ({}, {"temperature": 0.7, "top_k": 3}, {"temperature": 0}):
+        assert a.generate("The", 25, random_state=7, **kwargs) == b.generate(
+            "The", 25, random_state=7, **kwargs)
 
 
 def roundtrip(obj, folder, name="model.pylstm"):
@@ -285,6 +345,146 @@ def test_hyperparameters_changed_after_fit_are_saved_as_they_are(tmp_path):
         loaded.partial_fit(X, y)
 
 
+# ---------------------------------------------------------------------- language models
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+@pytest.mark.parametrize("level", ["char", "word"])
+def test_language_model_roundtrip_is_bit_identical(tmp_path, level, dtype):
+    lm = fit_lm(level, dtype)
+    assert lm.validation_perplexities_ and lm.n_iter_ == 2
+    loaded = roundtrip(lm, tmp_path)
+    assert_same_lm(lm, loaded)
+    assert loaded.vocabulary_[:2] == ["<unk>", "<bos>"]
+    assert loaded._index == {tok: i for i, tok in enumerate(lm.vocabulary_)}
+    assert loaded.network_.embedding.dtype == np.dtype(dtype)
+    assert_same_lm_outputs(lm, loaded)
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+@pytest.mark.parametrize("solver", ["adam", "sgd", "rmsprop"])
+@pytest.mark.parametrize("level", ["char", "word"])
+def test_language_model_partial_fit_after_load_continues_identically(tmp_path, level, solver,
+                                                                      dtype):
+    lm = fit_lm(level, dtype, solver=solver)
+    loaded = roundtrip(lm, tmp_path)
+    more = ["The cat and the bird sat on the dog, near the log.", "Unseen words: qux!"] * 3
+    for model in (lm, loaded):
+        model.partial_fit(more)
+        model.partial_fit(LM_TEXTS)
+    assert_same_lm(lm, loaded)
+    assert lm.n_iter_ == 4
+    assert_same_lm_outputs(lm, loaded)
+    # A second round trip after training continues identically too.
+    again = roundtrip(loaded, tmp_path, "again.pylstm")
+    for model in (lm, again):
+        model.partial_fit(LM_TEXTS)
+    assert_same_lm(lm, again)
+
+
+def test_language_model_refit_after_load_matches(tmp_path):
+    """fit on a loaded model starts over exactly as on the saved one (same random_state)."""
+    lm = fit_lm(early_stopping=True, n_iter_no_change=1, max_iter=4)
+    loaded = roundtrip(lm, tmp_path)
+    assert_same_lm(lm, loaded)
+    for model in (lm, loaded):
+        model.set_params(max_iter=1, early_stopping=False).fit(LM_TEXTS[:2])
+    assert_same_lm(lm, loaded)
+
+
+def test_language_model_interrupted_state_roundtrip(tmp_path):
+    lm = fit_lm(validation_fraction=0.0, max_iter=1)
+    assert lm.validation_perplexities_ == []
+    lm.loss_curve_ = [float("nan")]
+    loaded = roundtrip(lm, tmp_path)
+    assert np.isnan(loaded.loss_curve_[0]) and loaded.validation_perplexities_ == []
+
+
+def test_language_model_hyperparameters_changed_after_fit(tmp_path):
+    """The network keeps its fitted sizes; the hyperparameters keep their new values."""
+    lm = fit_lm()
+    lm.set_params(hidden_size=9, embedding_dim=3, num_layers=1, dropout=0.5, dtype="float32",
+                  solver="sgd", level="word", lowercase=True)
+    loaded = roundtrip(lm, tmp_path)
+    assert_same_lm(lm, loaded)
+    assert loaded.network_.layers[0].hidden_size == 6 and len(loaded.network_.layers) == 2
+    assert loaded.network_.embedding.shape[1] == 4 and loaded.network_.dropout == 0.2
+    assert loaded.network_.embedding.dtype == np.float64 and loaded.dtype == "float32"
+    assert_same_lm_outputs(lm, loaded)
+
+
+def test_language_model_unicode_vocabulary(tmp_path):
+    text = "h\u00e9llo w\u00f6rld \u65e5\u672c\u8a9e \U0001f600 \"quote\" \\ tab\t\x00 " * 6
+    lm = LSTMLanguageModel(hidden_size=4, embedding_dim=3, seq_len=8, max_iter=1,
+                           random_state=0).fit(text)
+    assert "\U0001f600" in lm.vocabulary_ and "\x00" in lm.vocabulary_
+    loaded = roundtrip(lm, tmp_path)
+    assert_same_lm(lm, loaded)
+    assert_same_lm_outputs(lm, loaded, text)
+
+
+def test_language_model_file_layout(tmp_path):
+    lm = fit_lm("word", "float32", solver="sgd")
+    save(lm, tmp_path / "m.pylstm")
+    n, header, data = read_parts(tmp_path / "m.pylstm")
+    meta = header.pop("__metadata__")
+    assert meta["type"] == "LSTMLanguageModel"
+    model = json.loads(meta["model"])
+    assert set(model) == {"params", "fitted", "network", "optimizer"}
+    assert model["params"] == lm.get_params()
+    assert model["fitted"]["vocabulary_"] == lm.vocabulary_
+    assert "_index" not in model["fitted"]
+    assert model["network"] == {"dropout": 0.2, "embedding_dim": 4, "hidden_size": 6,
+                                "num_layers": 2}
+    assert model["optimizer"]["name"] == "sgd"
+    V = len(lm.vocabulary_)
+    names = (["network.embedding"]
+             + [f"network.layers.{k}.{p}" for k in range(2) for p in LSTM(1, 1).state_dict()]
+             + ["network.coef", "network.intercept"])
+    assert set(header) == set(names) | {f"optimizer.velocities.{n}" for n in names}
+    assert header["network.embedding"]["shape"] == [V, 4]
+    assert header["network.coef"]["shape"] == [6, V]
+    assert header["network.intercept"]["shape"] == [V]
+    assert header["network.layers.1.weight_ih_l0"]["shape"] == [24, 6]
+    assert all(info["dtype"] == "F32" for info in header.values())
+    b, e = header["network.embedding"]["data_offsets"]
+    assert np.array_equal(np.frombuffer(data[b:e], "<f4").reshape(V, 4), lm.network_.embedding)
+    # Deterministic: saving the loaded model writes the same bytes.
+    save(load(tmp_path / "m.pylstm"), tmp_path / "b.pylstm")
+    assert (tmp_path / "m.pylstm").read_bytes() == (tmp_path / "b.pylstm").read_bytes()
+
+
+def test_language_model_save_refuses_what_it_cannot_save(tmp_path):
+    path = tmp_path / "m.pylstm"
+    with pytest.raises(NotFittedError):
+        save(LSTMLanguageModel(), path)
+    lm = fit_lm()
+    bad = roundtrip(lm, tmp_path, "ok.pylstm")
+    bad.network_.embedding[2, 0] = np.nan
+    with pytest.raises(ValueError, match="network.embedding holds NaN"):
+        save(bad, path)
+    bad = roundtrip(lm, tmp_path, "ok.pylstm")
+    bad.vocabulary_[3] = bad.vocabulary_[2]
+    bad._index = {tok: i for i, tok in enumerate(bad.vocabulary_)}
+    with pytest.raises(ValueError, match="twice"):
+        save(bad, path)
+    bad = roundtrip(lm, tmp_path, "ok.pylstm")
+    bad._index["zzz"] = 0
+    with pytest.raises(ValueError, match="token index"):
+        save(bad, path)
+    bad = roundtrip(lm, tmp_path, "ok.pylstm")
+    bad.vocabulary_.append("extra")
+    bad._index["extra"] = len(bad.vocabulary_) - 1
+    with pytest.raises(ValueError, match="network.embedding has shape"):
+        save(bad, path)
+    bad = roundtrip(lm, tmp_path, "ok.pylstm").set_params(seq_len=0)
+    with pytest.raises(ValueError, match="seq_len"):
+        save(bad, path)
+    bad = roundtrip(lm, tmp_path, "ok.pylstm")
+    bad._dtype = np.dtype("float32")
+    with pytest.raises(ValueError, match="_dtype"):
+        save(bad, path)
+    assert not path.exists()
+
+
 # ---------------------------------------------------------------------- save behaviour
 def test_save_accepts_path_objects_and_replaces_files(tmp_path):
     clf, X, y = fit_classifier()
@@ -435,7 +635,8 @@ def test_safetensors_can_read_the_arrays(tmp_path):
 
 
 def test_registry_is_a_fixed_table_of_pylstm_types():
-    assert {"LSTM", "LSTMClassifier", "LSTMRegressor"} <= set(io_module._REGISTRY)
+    assert {"LSTM", "LSTMClassifier", "LSTMRegressor", "LSTMLanguageModel"} <= set(
+        io_module._REGISTRY)
     for name, codec in io_module._REGISTRY.items():
         assert codec.cls.__name__ == name and codec.cls.__module__.startswith("pylstm.")
 
@@ -470,6 +671,20 @@ def test_schema_covers_every_fitted_attribute():
         codec = io_module._REGISTRY[type(est).__name__]
         known = set(est.get_params()) | set(codec.spec.fitted) | unsaved
         assert set(vars(est)) <= known, set(vars(est)) - known
+
+
+def test_language_model_schema_covers_every_fitted_attribute():
+    """Every attribute fit sets is saved or rebuilt; a new one must be added to pylstm/_io.py."""
+    saved = set(io_module._LM_FITTED)
+    rebuilt = set(io_module._LM_REBUILT)
+    assert rebuilt == {"network_", "_optimizer", "_index"} and not saved & rebuilt
+    fitted = [fit_lm(), fit_lm("word", early_stopping=True, n_iter_no_change=1),
+              fit_lm(validation_fraction=0.0),
+              LSTMLanguageModel(hidden_size=3, seq_len=4, random_state=0).partial_fit(
+                  LM_TEXTS)]
+    for lm in fitted:
+        attrs = set(vars(lm)) - set(lm.get_params())
+        assert attrs == saved | rebuilt, attrs ^ (saved | rebuilt)
 
 
 # ---------------------------------------------------------------------- refusing bad files
@@ -673,8 +888,9 @@ def saved_files(tmp_path_factory):
     clf, _, _ = fit_classifier()
     reg, _, _ = fit_regressor(dtype="float32", n_outputs=2)
     layer = LSTM(3, 4, num_layers=2, bidirectional=True, random_state=0)
+    lm = fit_lm("char", "float64")
     files = {}
-    for name, obj in (("classifier", clf), ("regressor", reg), ("layer", layer)):
+    for name, obj in (("classifier", clf), ("regressor", reg), ("layer", layer), ("lm", lm)):
         files[name] = folder / f"{name}.pylstm"
         save(obj, files[name])
     return files
@@ -709,6 +925,158 @@ def test_refuses_edited_layer_files(tmp_path, saved_files, case):
     path.write_bytes(saved_files["layer"].read_bytes())
     rewrite(path, **edit)
     with pytest.raises(ModelFileError, match=message):
+        load(path)
+
+
+def vocabulary_edit(change):
+    def edit(m):
+        change(m["fitted"]["vocabulary_"])
+    return edit
+
+
+def swap_first_tokens(vocab):
+    vocab[0], vocab[1] = vocab[1], vocab[0]
+
+
+LM_EDITS = {
+    # vocabulary
+    "vocab-extra-token": (dict(model=vocabulary_edit(lambda v: v.append("zebra"))),
+                          r"network.embedding has shape \(\d+, 4\), expected"),
+    "vocab-missing-token": (dict(model=vocabulary_edit(lambda v: v.pop())),
+                            r"network.embedding has shape"),
+    "vocab-duplicate": (dict(model=vocabulary_edit(lambda v: v.__setitem__(5, v[4]))),
+                        "twice"),
+    "vocab-duplicate-special": (dict(model=vocabulary_edit(lambda v: v.__setitem__(
+        3, "<unk>"))), "twice"),
+    "vocab-unk-not-first": (dict(model=vocabulary_edit(swap_first_tokens)), "'<unk>'"),
+    "vocab-no-bos": (dict(model=vocabulary_edit(lambda v: v.__setitem__(1, "b0s"))),
+                     "'<bos>'"),
+    "vocab-empty-token": (dict(model=vocabulary_edit(lambda v: v.__setitem__(4, ""))),
+                          "non-empty string"),
+    "vocab-number": (dict(model=vocabulary_edit(lambda v: v.__setitem__(4, 7))),
+                     "non-empty string"),
+    "vocab-surrogate": (dict(model=vocabulary_edit(lambda v: v.__setitem__(4, "\ud800"))),
+                        "surrogate"),
+    "vocab-string": (dict(model=set_in(["fitted", "vocabulary_"], "<unk><bos>abc")),
+                     "list of at least 2"),
+    "vocab-one": (dict(model=set_in(["fitted", "vocabulary_"], ["<unk>"])),
+                  "list of at least 2"),
+    "vocab-missing": (dict(model=set_in(["fitted", "vocabulary_"], KeyError)), "missing keys"),
+    "index-stored": (dict(model=set_in(["fitted", "_index"], {"<unk>": 0})),
+                     "unexpected keys"),
+    "vocab-edit-without-checksum": (
+        dict(model=vocabulary_edit(lambda v: v.__setitem__(4, "Q")), checksum=False),
+        "checksum mismatch"),
+    # arrays
+    "missing-embedding": (drop_array("network.embedding"), "misses the arrays"),
+    "missing-embedding-buffer": (drop_array("optimizer.vs.network.embedding"),
+                                 "misses the arrays"),
+    "missing-layer": (drop_array("network.layers.1.bias_hh_l0"), "misses the arrays"),
+    "extra-array": (add_array("network.layers.2.weight_ih_l0"), "unexpected arrays"),
+    "coef-dtype": (dict(table=set_table("network.coef", "dtype", "F32")),
+                   "dtype F32, expected F64"),
+    "nan-embedding": (dict(data=set_nan("network.embedding", 5)),
+                      "network.embedding contains NaN"),
+    "inf-buffer": (dict(data=set_nan("optimizer.ms.network.intercept", 0, np.inf)),
+                   "contains infinity"),
+    "negative-second-moment": (dict(data=set_nan("optimizer.vs.network.embedding", 0, -1.0)),
+                               "negative entries"),
+    # network sizes
+    "embedding-dim": (dict(model=set_in(["network", "embedding_dim"], 5)),
+                      r"network.embedding has shape \(\d+, 4\), expected \(\d+, 5\)"),
+    "hidden-size": (dict(model=set_in(["network", "hidden_size"], 7)), "shape"),
+    "hidden-size-zero": (dict(model=set_in(["network", "hidden_size"], 0)), "hidden_size"),
+    "num-layers-fewer": (dict(model=set_in(["network", "num_layers"], 1)), "unexpected arrays"),
+    "num-layers-more": (dict(model=set_in(["network", "num_layers"], 3)), "misses the arrays"),
+    "num-layers-huge": (dict(model=set_in(["network", "num_layers"], 10**12)), "num_layers"),
+    "num-layers-text": (dict(model=set_in(["network", "num_layers"], "2")), "num_layers"),
+    "network-dropout": (dict(model=set_in(["network", "dropout"], 1.0)), "dropout"),
+    "network-missing": (dict(model=set_in(["network", "embedding_dim"], KeyError)),
+                        "missing keys"),
+    "network-extra": (dict(model=set_in(["network", "bidirectional"], True)),
+                      "unexpected keys"),
+    # hyperparameters
+    "level": (dict(model=set_in(["params", "level"], "byte")), "invalid hyperparameters.*level"),
+    "seq-len-zero": (dict(model=set_in(["params", "seq_len"], 0)),
+                     "invalid hyperparameters.*seq_len"),
+    "early-stopping": (dict(model=lambda m: m["params"].update(early_stopping=True,
+                                                               validation_fraction=0.0)),
+                       "invalid hyperparameters.*early_stopping"),
+    "param-missing": (dict(model=set_in(["params", "min_frequency"], KeyError)),
+                      "missing keys"),
+    "param-extra": (dict(model=set_in(["params", "alpha"], 0.1)), "unexpected keys"),
+    "param-list": (dict(model=set_in(["params", "level"], ["char"])), "JSON scalar"),
+    "param-dtype": (dict(model=set_in(["params", "dtype"], "f8")), "model.params.dtype"),
+    "random-state": (dict(model=set_in(["params", "random_state"], 2**40)), "random_state"),
+    # fitted values
+    "dtype-mismatch": (dict(model=set_in(["fitted", "_dtype"], "float32")),
+                       "dtype F64, expected F32"),
+    "dtype-name": (dict(model=set_in(["fitted", "_dtype"], "object")), "_dtype"),
+    "n-iter-negative": (dict(model=set_in(["fitted", "n_iter_"], -1)), "n_iter_"),
+    "seed-big": (dict(model=set_in(["fitted", "_seed"], 2**40)), "_seed"),
+    "loss-curve": (dict(model=set_in(["fitted", "loss_curve_"], [1.0, None])), "loss_curve_"),
+    "perplexities": (dict(model=set_in(["fitted", "validation_perplexities_"], "1.5")),
+                     "validation_perplexities_"),
+    "fitted-missing": (dict(model=set_in(["fitted", "n_iter_"], KeyError)), "missing keys"),
+    # optimizer
+    "optimizer-name": (dict(model=set_in(["optimizer", "name"], "sgd")), "keys|misses"),
+    "optimizer-t": (dict(model=set_in(["optimizer", "t"], -1)), "optimizer.t"),
+    "optimizer-beta": (dict(model=set_in(["optimizer", "beta_2"], 1.5)), "beta_2"),
+    # type
+    "classifier-type": (dict(meta=set_meta("type", "LSTMClassifier")), "keys"),
+    "layer-type": (dict(meta=set_meta("type", "LSTM")), "model has unexpected keys"),
+}
+
+
+def transpose_embedding(tbl):
+    tbl["network.embedding"]["shape"] = tbl["network.embedding"]["shape"][::-1]
+
+
+LM_EDITS["embedding-transposed"] = (dict(table=transpose_embedding),
+                                    r"network.embedding has shape \(4, \d+\), expected")
+
+
+@pytest.mark.parametrize("case", list(LM_EDITS))
+def test_refuses_edited_language_model_files(tmp_path, saved_files, case):
+    edit, message = LM_EDITS[case]
+    path = tmp_path / "edited.pylstm"
+    path.write_bytes(saved_files["lm"].read_bytes())
+    rewrite(path, **edit)
+    with pytest.raises(ModelFileError, match=message):
+        load(path)
+
+
+def test_language_model_type_on_other_files_is_refused(tmp_path, saved_files):
+    for name in ("classifier", "regressor", "layer"):
+        path = tmp_path / f"{name}.pylstm"
+        path.write_bytes(saved_files[name].read_bytes())
+        rewrite(path, meta=set_meta("type", "LSTMLanguageModel"))
+        with pytest.raises(ModelFileError, match="keys"):
+            load(path)
+
+
+def test_huge_declared_arrays_are_refused_before_reading(tmp_path, saved_files):
+    """A header consistent with itself, declaring terabytes of arrays the file lacks, is
+    refused as truncated before any read (not a MemoryError from reading that much)."""
+    path = tmp_path / "huge.pylstm"
+    path.write_bytes(saved_files["lm"].read_bytes())
+    metadata, _, _ = io_module._split(path.read_bytes())
+    model = json.loads(metadata["model"])
+    model["network"].update(embedding_dim=2**30, hidden_size=2**20)
+
+    def relayout(tbl):
+        _, expected = io_module._lm_spec(model, len(tbl))
+        tbl.clear()
+        offset = 0
+        for name, (shape, code) in expected.items():
+            size = math.prod(shape) * 8
+            tbl[name] = {"dtype": code, "shape": list(shape),
+                         "data_offsets": [offset, offset + size]}
+            offset += size
+        assert offset > 2**40
+
+    rewrite(path, model=lambda m: m.update(model), table=relayout)
+    with pytest.raises(ModelFileError, match="truncated: the arrays need"):
         load(path)
 
 
@@ -856,6 +1224,7 @@ def test_loading_executes_nothing(tmp_path, saved_files):
     X, _, _ = seq_data()
     assert models["classifier"].predict(X).shape == (len(X),)
     assert models["regressor"].predict(X).shape == (len(X), 2)
+    assert len(models["lm"].generate("The", 10, random_state=0)) == 10
 
 
 def test_guard_really_catches_unpickling(tmp_path):

@@ -1,8 +1,9 @@
 """Fuzzing pylstm.load with mutated valid model files.
 
-Each case takes a valid file (a classifier, a regressor or a layer), mutates it
-and loads it. ``load`` must either raise :class:`pylstm.ModelFileError` or
-return a model; any other exception, or a crash, fails the test.
+Each case takes a valid file (a classifier, a regressor, a layer or a
+character- or word-level language model), mutates it and loads it. ``load``
+must either raise :class:`pylstm.ModelFileError` or return a model; any other
+exception, or a crash, fails the test.
 
 * Blind mutations (bit flips, byte insertion, deletion, overwriting,
   truncation, a changed length prefix, header edits without a new checksum)
@@ -10,9 +11,10 @@ return a model; any other exception, or a crash, fails the test.
   exactly the saved one (it re-encodes to the same bytes).
 * Aware mutations edit the header or the arrays (shapes, dtypes, offsets,
   versions, types, extra or missing arrays, hyperparameters, fitted values,
-  NaN/inf weights) and usually recompute the checksum, so that they reach the
-  checks behind it. A model that loads must work: ``predict``/``transform``
-  (or ``forward``) return finite values of the right shape or raise
+  NaN/inf weights, vocabularies) and usually recompute the checksum, so that
+  they reach the checks behind it. A model that loads must work:
+  ``predict``/``transform`` (or ``forward``, or ``predict_proba``/``score``/
+  ``generate``) return finite values of the right shape or raise
   ``ValueError`` (an odd but valid combination of hyperparameters).
 
 The seed is fixed; the number of cases is fixed too, with a time cap as a
@@ -32,7 +34,15 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from pylstm import LSTM, LSTMClassifier, LSTMRegressor, ModelFileError, load, save
+from pylstm import (
+    LSTM,
+    LSTMClassifier,
+    LSTMLanguageModel,
+    LSTMRegressor,
+    ModelFileError,
+    load,
+    save,
+)
 from pylstm import _io as io_module
 
 pytestmark = [pytest.mark.slow,
@@ -57,7 +67,15 @@ def _base_models():
     clf2d = LSTMClassifier(hidden_size=2, max_iter=1, solver="rmsprop",
                            random_state=0).fit(X[:, :, 0], (X[:, 0, 0] > 0).astype(int))
     layer = LSTM(3, 2, num_layers=2, bidirectional=True, dtype=np.float64, random_state=0)
-    return {"classifier": clf, "regressor": reg, "classifier-2d": clf2d, "layer": layer}
+    texts = ["the cat sat on the mat, the dog sat on the log.", "A bird; 42 birds!"] * 2
+    lm_char = LSTMLanguageModel(embedding_dim=3, hidden_size=3, num_layers=2, dropout=0.1,
+                                seq_len=8, batch_size=2, max_iter=2, validation_fraction=0.1,
+                                random_state=0).fit(texts)
+    lm_word = LSTMLanguageModel(level="word", embedding_dim=2, hidden_size=3, seq_len=4,
+                                batch_size=2, max_iter=1, solver="sgd", dtype="float64",
+                                lowercase=True, random_state=0).fit(texts)
+    return {"classifier": clf, "regressor": reg, "classifier-2d": clf2d, "layer": layer,
+            "lm-char": lm_char, "lm-word": lm_word}
 
 
 @pytest.fixture(scope="module")
@@ -105,6 +123,15 @@ def _exercise(model):
     """Use a loaded model that differs from its base; only ValueError may come out."""
     rng = np.random.default_rng(1)
     try:
+        if isinstance(model, LSTMLanguageModel):
+            V = len(model.vocabulary_)
+            proba = model.predict_proba("the c")
+            assert proba.shape == (V,) and np.isfinite(proba).all()
+            assert abs(proba.sum() - 1) < 1e-6
+            assert np.isfinite(model.score("the dog sat"))
+            text = model.generate("the", n_tokens=4, random_state=0)
+            assert isinstance(text, str)
+            return
         if isinstance(model, LSTM):
             X = rng.normal(size=(3, 4, model.input_size))
             out, (h, c) = model.forward(X, lengths=[4, 2, 1], training=False)
@@ -377,11 +404,12 @@ def test_fuzz_aware_mutations(bases, tmp_path):
 
 
 _HYPOTHESIS_STATS = Stats()
+BASE_NAMES = ["classifier", "classifier-2d", "layer", "lm-char", "lm-word", "regressor"]
 
 
 @settings(max_examples=200, deadline=None, derandomize=True, database=None,
           suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
-@given(base=st.sampled_from(["classifier", "classifier-2d", "layer", "regressor"]),
+@given(base=st.sampled_from(BASE_NAMES),
        edits=st.lists(st.tuples(st.sampled_from(["flip", "set", "insert", "delete"]),
                                 st.floats(0, 1, exclude_max=True), st.integers(0, 255)),
                       min_size=1, max_size=4),
@@ -419,7 +447,7 @@ json_values = st.recursive(
 
 @settings(max_examples=200, deadline=None, derandomize=True, database=None,
           suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
-@given(base=st.sampled_from(["classifier", "classifier-2d", "layer", "regressor"]),
+@given(base=st.sampled_from(BASE_NAMES),
        pick=st.floats(0, 1, exclude_max=True), value=json_values,
        in_table=st.booleans())
 def test_fuzz_hypothesis_header_values(bases, tmp_path, base, pick, value, in_table):
