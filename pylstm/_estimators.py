@@ -7,6 +7,7 @@ and keep the fitted state; the model's mathematics is
 """
 
 import numbers
+import os
 import warnings
 
 import numpy as np
@@ -105,6 +106,14 @@ _INPUT_DOC = """
     columns (time steps) for 2-D input, which must then be the same at
     predict time. pandas DataFrames work like 2-D arrays.
 """
+
+
+def _available_memory():
+    """Bytes of physical memory available now, or None where unknown."""
+    try:
+        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError, AttributeError):
+        return None
 
 
 def _ndim(X):
@@ -363,10 +372,14 @@ class _BaseLSTMEstimator(BaseEstimator):
         if self.early_stopping and not incremental:
             Xp, X_val, lengths, len_val, Y, Y_val = self._split_validation(Xp, lengths, Y)
         n_epochs = 1 if incremental else self.max_iter
+        self._check_memory(Xp, lengths)
         bar = EpochProgress(n_epochs) if self.verbose else None
         net = self.network_
+        snapshot = None
         try:
             for i in range(n_epochs):
+                # What an interruption during this epoch falls back to.
+                snapshot = (net.get_state(), self._optimizer.state_dict(), self.t_)
                 epoch = self.n_iter_ + 1
                 rng = np.random.RandomState([self._seed, self.n_iter_])
                 total = 0.0
@@ -393,6 +406,15 @@ class _BaseLSTMEstimator(BaseEstimator):
                         f"Stochastic optimizer: maximum iterations ({self.max_iter}) reached "
                         "and the optimization hasn't converged yet.",
                         ConvergenceWarning, stacklevel=3)
+        except KeyboardInterrupt:
+            if snapshot is not None:
+                net.set_state(snapshot[0])
+                self._optimizer.load_state_dict(snapshot[1])
+                self.t_ = snapshot[2]
+            warnings.warn(
+                f"training interrupted during epoch {self.n_iter_ + 1}; the estimator keeps "
+                f"the weights of the last completed epoch ({self.n_iter_}) and stays usable",
+                UserWarning, stacklevel=3)
         finally:
             for layer in net.layers:
                 layer._cache = None
@@ -401,6 +423,24 @@ class _BaseLSTMEstimator(BaseEstimator):
             net.set_state(self._best_state)
         self._best_state = None
         return self
+
+    def _check_memory(self, Xp, lengths):
+        """Fail early if one batch's BPTT cache cannot fit in the available memory."""
+        B = min(self.batch_size, len(Xp))
+        T = int(np.sort(lengths)[-B:].max())
+        D = 2 if self.bidirectional else 1
+        H = self.hidden_size
+        # Per layer and direction: gates (4H), c_t and h_{t-1} (2H), output (H).
+        per_step = self.num_layers * D * 7 * H + Xp.shape[2]
+        need = self._dtype.itemsize * B * T * per_step
+        available = _available_memory()
+        if available is not None and need > 0.8 * available:
+            raise MemoryError(
+                f"one training batch needs about {need / 2**30:.1f} GiB for backpropagation "
+                f"through time, more than the {available / 2**30:.1f} GiB available: use a "
+                "smaller batch_size, shorter sequences or fewer units, or stream the data "
+                "with partial_fit"
+            )
 
     def _split_validation(self, Xp, lengths, Y):
         stratify = None
