@@ -18,7 +18,12 @@ settings, a plain PyTorch loop that a user would write:
   ``loss.item()`` (as pylstm's ``loss_curve_``);
 * variable-length data: the list is padded once with ``pad_sequence`` and each
   batch goes through ``pack_padded_sequence(..., enforce_sorted=False)``;
-  pylstm gets the list as is (it pads once and buckets batches by length);
+  pylstm gets the list as is (it pads once and buckets batches by length, so
+  a batch holds sequences of similar lengths and takes fewer sequential
+  steps). The torch loop draws plain random batches, as a user would write
+  it; ``--torch-bucketing`` gives it pylstm's bucketing instead (sort by
+  length with random tie-breaks, cut, shuffle the batch order), which
+  separates the kernels' speed from the batching strategy;
 * the timed region includes turning the NumPy data into tensors, encoding the
   labels and building the model and optimizer, as ``fit`` does all of that.
 
@@ -55,14 +60,17 @@ kernels show up inside the self time of ``pylstm/_layer.py`` forward/backward).
 
 Threads: without ``--threads`` every library uses its default pool size.
 ``--threads N`` caps every BLAS/OpenMP pool with threadpoolctl and calls
-``torch.set_num_threads(N)``.
+``torch.set_num_threads(N)``. When other processes keep the cores busy, pools
+of several threads (torch's OpenMP pool, multi-threaded OpenBLAS calls) can
+slow down ten- to a hundredfold and a run takes much longer: the last column
+of the table (other processes' CPU share, ``*`` above 15%) flags such figures.
 
 Usage (from the repository root; the installed package is imported)::
 
-    python benchmarks/bench_fit.py                           # all cases, < 4 min on 2 cores
+    python benchmarks/bench_fit.py                           # all cases, 2-4 min on 2 cores
     python benchmarks/bench_fit.py --threads 1 --json benchmarks/results/fit_t1.json
     python benchmarks/bench_fit.py --cases digits --dtypes float32 --profile 15
-    python benchmarks/bench_fit.py --n-synthetic 4000 --n-varlen 2000   # larger (~10 min)
+    python benchmarks/bench_fit.py --n-synthetic 4000 --n-varlen 2000   # larger (~6 min)
 
 Headline figures are run with OpenBLAS left to pick its own kernel and cache
 sizes for the CPU, i.e. with the OpenBLAS overrides of some environments removed::
@@ -219,7 +227,15 @@ def _torch_inputs(torch, X, ragged, tdtype):
     return torch.as_tensor(np.asarray(X), dtype=tdtype), None
 
 
-def torch_fit(torch, data, hidden, batch, dtype, epochs, lr, seed):
+def _bucketed_batches(torch, lengths, size):
+    """pylstm's batching of ragged data: similar lengths together, batches shuffled."""
+    n = len(lengths)
+    order = np.lexsort((torch.rand(n).numpy(), lengths.numpy()))
+    batches = [torch.from_numpy(order[i:i + size]) for i in range(0, n, size)]
+    return [batches[i] for i in torch.randperm(len(batches)).tolist()]
+
+
+def torch_fit(torch, data, hidden, batch, dtype, epochs, lr, seed, bucketing=False):
     """Time the equivalent torch training loop; return (seconds, (model, classes))."""
     F = torch.nn.functional
     model_class = _torch_model_class(torch)
@@ -237,10 +253,13 @@ def torch_fit(torch, data, hidden, batch, dtype, epochs, lr, seed):
     size = min(batch, n)
     model.train()
     for _ in range(epochs):
-        perm = torch.randperm(n)
+        if bucketing and lengths is not None:
+            batches = _bucketed_batches(torch, lengths, size)
+        else:
+            perm = torch.randperm(n)
+            batches = [perm[i:i + size] for i in range(0, n, size)]
         total = 0.0
-        for i in range(0, n, size):
-            idx = perm[i:i + size]
+        for idx in batches:
             logits = model(X[idx], None if lengths is None else lengths[idx])
             loss = F.cross_entropy(logits, y[idx])
             optimizer.zero_grad(set_to_none=True)
@@ -428,16 +447,13 @@ def progress(msg):
 
 
 def timed(fn):
-    """Run ``fn`` with the garbage collector off; return (result, foreign CPU share)."""
+    """Run ``fn`` after a full collection; return (result, foreign CPU share).
+
+    The garbage collector stays on during the fit, as it is for a user.
+    """
     gc.collect()
-    enabled = gc.isenabled()
-    gc.disable()
     meter = ForeignCPU().start()
-    try:
-        result = fn()
-    finally:
-        if enabled:
-            gc.enable()
+    result = fn()
     return result, meter.stop()
 
 
@@ -484,7 +500,7 @@ def run_config(torch, data, hidden, batch, dtype, args):
             else:
                 def fn():
                     return torch_fit(torch, data, hidden, batch, dtype, args.epochs,
-                                     args.lr, args.seed)
+                                     args.lr, args.seed, args.torch_bucketing)
             (elapsed, model), share = timed(fn)
             samples[impl].append(elapsed)
             foreign[impl].append(share)
@@ -576,6 +592,9 @@ def build_parser():
     p.add_argument("--threads", type=int, default=None,
                    help="limit BLAS/OpenMP threads (threadpoolctl) and torch.set_num_threads")
     p.add_argument("--no-torch", action="store_true", help="time pylstm only")
+    p.add_argument("--torch-bucketing", action="store_true",
+                   help="varlen: give the torch loop pylstm's length-bucketed batches instead "
+                        "of plain random ones")
     p.add_argument("--profile", type=int, default=0, metavar="N",
                    help="also print the top N functions of one cProfile'd pylstm fit per "
                         "configuration")
@@ -629,8 +648,9 @@ def main(argv=None):
     print()
     elapsed = time.perf_counter() - t_start
     print_table(rows)
-    print(f"{args.epochs} epochs per fit, {args.repeats} fits per figure; "
-          f"total benchmark time {elapsed:.1f} s")
+    batching = "pylstm's length buckets" if args.torch_bucketing else "random batches"
+    print(f"{args.epochs} epochs per fit, {args.repeats} fits per figure; torch varlen loop: "
+          f"{batching}; total benchmark time {elapsed:.1f} s")
     env["foreign_cpu_end"] = idle_share()
     shares = [r["foreign_cpu_max"] for r in rows if r["foreign_cpu_max"] is not None]
     if shares:
