@@ -49,7 +49,8 @@ static inline float pylstm_expf(float x)
 static inline double pylstm_exp(double x)
 {
     x = x < -708.0 ? -708.0 : (x > 708.0 ? 708.0 : x);
-    int64_t n = (int64_t)(x * 1.4426950408889634074 + 1024.5) - 1024;
+    /* int32 (not int64) conversion: vectorizable without AVX-512DQ */
+    int32_t n = (int32_t)(x * 1.4426950408889634074 + 1024.5) - 1024;
     double fn = (double)n;
     double r = x - fn * 0.6931471803691238164901733 - fn * 1.9082149292705877e-10;
     double p = 1.0 / 6227020800.0;
@@ -66,7 +67,7 @@ static inline double pylstm_exp(double x)
     p = p * r + 0.5;
     p = p * r + 1.0;
     p = p * r + 1.0;
-    int64_t bits = (n + 1023) << 52;
+    int64_t bits = (int64_t)(n + 1023) << 52;
     double scale;
     memcpy(&scale, &bits, sizeof scale);
     return p * scale;
