@@ -29,6 +29,11 @@ shorter than ``--min-time`` is looped within a sample. Ratios are
 Before timing, outputs, final states and gradients are compared (max relative
 error ``max|a - b| / max|b|``).
 
+The machine should be idle: on Linux, samples taken while other processes use
+more than 15% of the CPUs (from ``/proc/stat``) are set aside and replaced
+after waiting for them (``--busy-wait``, ``--busy-budget``); figures left with
+fewer than half quiet samples are marked ``*``.
+
 Threads: pylstm and the NumPy LSTM use OpenBLAS's own thread pools; torch is
 set to the same count (``torch.set_num_threads``). ``--threads N`` caps every
 BLAS/OpenMP pool with threadpoolctl and sets torch to ``N``.
@@ -296,8 +301,11 @@ class NumpyLSTM:
                 if d == 1:
                     g = g[::-1] if rev is None else g[rev, cols]
                 dx, dw_ih, dw_hh, db = self._dir_backward(
-                    caches[layer][d], g, mask,
-                    self.params["weight_ih" + sfx], self.params["weight_hh" + sfx],
+                    caches[layer][d],
+                    g,
+                    mask,
+                    self.params["weight_ih" + sfx],
+                    self.params["weight_hh" + sfx],
                 )
                 if d == 1:
                     dx = dx[::-1] if rev is None else dx[rev, cols]
@@ -322,40 +330,6 @@ def rel_err(actual, expected):
 
 def max_rel_err(pairs):
     return max(rel_err(a, b) for a, b in pairs)
-
-
-def measure(fn, repeats, warmup, min_time):
-    """Median and quartiles (seconds per call) of ``repeats`` samples of ``fn``."""
-    last = 0.0
-    for _ in range(max(1, warmup)):
-        t0 = time.perf_counter()
-        fn()
-        last = time.perf_counter() - t0
-    number = max(1, int(np.ceil(min_time / max(last, 1e-9))))
-    times = []
-    meter = ForeignCPU().start()
-    gc_enabled = gc.isenabled()
-    gc.disable()
-    try:
-        for _ in range(repeats):
-            t0 = time.perf_counter()
-            for _ in range(number):
-                fn()
-            times.append((time.perf_counter() - t0) / number)
-    finally:
-        if gc_enabled:
-            gc.enable()
-    foreign = meter.stop()
-    q1, med, q3 = np.percentile(times, [25, 50, 75])
-    return {
-        "median_ms": 1e3 * med,
-        "q1_ms": 1e3 * q1,
-        "q3_ms": 1e3 * q3,
-        "iqr_ms": 1e3 * (q3 - q1),
-        "loops_per_sample": number,
-        "samples_ms": [1e3 * s for s in times],
-        "foreign_cpu": foreign,
-    }
 
 
 def progress(msg):
@@ -441,12 +415,27 @@ class ForeignCPU:
         return self
 
     def stop(self):
+        """Share of the CPUs (0 to 1) that other processes used, or None."""
         busy = self._busy_seconds()
         if busy is None or self._busy0 is None:
             return None
         wall = time.perf_counter() - self._t0
         foreign = (busy - self._busy0) - (self._self_seconds() - self._self0)
         return max(0.0, foreign) / (wall * (os.cpu_count() or 1)) if wall > 0 else None
+
+    def wall(self):
+        return time.perf_counter() - self._t0
+
+
+def is_busy(share, wall):
+    """True when other processes took more than BUSY of the CPUs over ``wall`` seconds.
+
+    Allows two clock ticks of slack, as /proc/stat counts in ticks (10 ms).
+    """
+    if share is None or wall <= 0:
+        return False
+    slack = 2.0 / os.sysconf("SC_CLK_TCK") / (wall * (os.cpu_count() or 1))
+    return share > BUSY + slack
 
 
 def idle_share(seconds=0.5):
@@ -466,33 +455,68 @@ def wait_for_idle(timeout):
     return False
 
 
-#: Seconds spent so far on re-measuring figures taken on a busy machine.
-_retry_seconds = [0.0]
-#: At most this many seconds per run go to such retries.
-RETRY_BUDGET = 120.0
+#: Seconds spent so far waiting for other processes; capped by ``--busy-budget``.
+_waited = [0.0]
 
 
-def measure_quiet(fn, args):
-    """:func:`measure`, repeated (``--busy-retries`` times at most) while the machine is busy.
+def measure(fn, args):
+    """Time ``fn``: median and quartiles (ms per call) over ``args.repeats`` samples.
 
-    Retries stop for the rest of the run once they have cost RETRY_BUDGET seconds.
+    ``args.warmup`` untimed calls come first; the last of them sets how many
+    calls a sample loops over to last ``args.min_time``. A sample during which
+    other processes used more than BUSY of the CPUs is set aside, and after
+    waiting (``--busy-wait`` s at most, ``--busy-budget`` s per run in all) for
+    them to finish, sampling goes on: up to ``3 * repeats`` samples are taken
+    to collect ``repeats`` quiet ones. Figures with fewer than half of their
+    samples quiet are computed from all samples and flagged ``busy``.
     """
-    attempt = 0
-    while True:
+    last = 0.0
+    for _ in range(max(1, args.warmup)):
         t0 = time.perf_counter()
-        t = measure(fn, args.repeats, args.warmup, args.min_time)
-        t["attempts"] = attempt + 1
-        if attempt:
-            _retry_seconds[0] += time.perf_counter() - t0
-        if (t["foreign_cpu"] is None or t["foreign_cpu"] <= BUSY
-                or attempt >= args.busy_retries or _retry_seconds[0] >= RETRY_BUDGET):
-            return t
-        progress(f"    other processes used {100 * t['foreign_cpu']:.0f}% of the CPUs: "
-                 "waiting for them and measuring again")
-        t0 = time.perf_counter()
-        wait_for_idle(args.busy_wait)
-        _retry_seconds[0] += time.perf_counter() - t0
-        attempt += 1
+        fn()
+        last = time.perf_counter() - t0
+    number = max(1, int(np.ceil(args.min_time / max(last, 1e-9))))
+    quiet, busy, shares = [], [], []
+    gc_enabled = gc.isenabled()
+    gc.disable()
+    try:
+        while len(quiet) < args.repeats and len(quiet) + len(busy) < 3 * args.repeats:
+            meter = ForeignCPU().start()
+            t0 = time.perf_counter()
+            for _ in range(number):
+                fn()
+            elapsed = time.perf_counter() - t0
+            share = meter.stop()
+            if share is not None:
+                shares.append(share)
+            if not is_busy(share, meter.wall()):
+                quiet.append(elapsed / number)
+                continue
+            busy.append(elapsed / number)
+            if _waited[0] >= args.busy_budget:
+                continue
+            progress(f"    other processes used {100 * share:.0f}% of the CPUs: waiting")
+            t1 = time.perf_counter()
+            wait_for_idle(min(args.busy_wait, args.busy_budget - _waited[0]))
+            _waited[0] += time.perf_counter() - t1
+            fn()  # wake the thread pools up again
+    finally:
+        if gc_enabled:
+            gc.enable()
+    flagged = 2 * len(quiet) < args.repeats
+    times = quiet + busy if flagged else quiet
+    q1, med, q3 = np.percentile(times, [25, 50, 75])
+    return {
+        "median_ms": 1e3 * med,
+        "q1_ms": 1e3 * q1,
+        "q3_ms": 1e3 * q3,
+        "iqr_ms": 1e3 * (q3 - q1),
+        "loops_per_sample": number,
+        "samples_ms": [1e3 * t for t in times],
+        "busy_samples_ms": [1e3 * t for t in busy],
+        "foreign_cpu": float(np.median(shares)) if shares else None,
+        "busy": flagged,
+    }
 
 
 def build_fingerprint(package):
@@ -526,8 +550,9 @@ def torch_details(torch):
         info["cpu_capability"] = torch.backends.cpu.get_cpu_capability()
     except Exception:
         info["cpu_capability"] = "?"
-    info["mkldnn_enabled"] = bool(torch.backends.mkldnn.is_available()
-                                  and torch.backends.mkldnn.enabled)
+    info["mkldnn_enabled"] = bool(
+        torch.backends.mkldnn.is_available() and torch.backends.mkldnn.enabled
+    )
     config = torch.__config__.show()
     m = re.search(r"BLAS_INFO=(\w+)", config)
     info["blas"] = m.group(1) if m else "?"
@@ -555,9 +580,16 @@ def environment(pylstm, torch, torch_error, roles, n_threads):
         "torch_error": torch_error,
         "threads": n_threads,
         "foreign_cpu_start": idle_share(),
-        "env": {k: os.environ.get(k, "unset") for k in (
-            "OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE", "OPENBLAS_NUM_THREADS",
-            "OMP_NUM_THREADS", "MKL_NUM_THREADS")},
+        "env": {
+            k: os.environ.get(k, "unset")
+            for k in (
+                "OPENBLAS_CORETYPE",
+                "OPENBLAS_L2_SIZE",
+                "OPENBLAS_NUM_THREADS",
+                "OMP_NUM_THREADS",
+                "MKL_NUM_THREADS",
+            )
+        },
         "libraries": [],
     }
     for info in threadpoolctl.threadpool_info():
@@ -575,21 +607,27 @@ def print_header(env):
     print(f"cpu: {env['cpu']}  ({env['cpu_count']} logical cpus)")
     t = env["torch"]
     tv = t["version"] if t else f"not available ({env['torch_error'] or 'disabled'})"
-    print(f"numpy {env['numpy']}  |  scipy {env['scipy']}  |  pylstm {env['pylstm']} "
-          f"({env['pylstm_path']})  |  torch {tv}")
+    print(
+        f"numpy {env['numpy']}  |  scipy {env['scipy']}  |  pylstm {env['pylstm']} "
+        f"({env['pylstm_path']})  |  torch {tv}"
+    )
     if env["pylstm_build"]:
         print("pylstm build: " + ", ".join(f"{k} {v}" for k, v in env["pylstm_build"].items()))
     if t:
-        print(f"torch: BLAS {t['blas']}, cpu capability {t['cpu_capability']}, "
-              f"mkldnn {'on' if t['mkldnn_enabled'] else 'off'}, "
-              f"num_threads {t['num_threads']}")
+        print(
+            f"torch: BLAS {t['blas']}, cpu capability {t['cpu_capability']}, "
+            f"mkldnn {'on' if t['mkldnn_enabled'] else 'off'}, "
+            f"num_threads {t['num_threads']}"
+        )
     print("environment: " + ", ".join(f"{k}={v}" for k, v in env["env"].items()))
     print("threadpoolctl libraries:")
     for lib in env["libraries"]:
-        print(f"  - {lib.get('internal_api')} {lib.get('version')} "
-              f"[{lib.get('user_api')}] architecture={lib.get('architecture', '-')} "
-              f"threads={lib.get('num_threads')} "
-              f"threading={lib.get('threading_layer', '-')} used by {', '.join(lib['used_by'])}")
+        print(
+            f"  - {lib.get('internal_api')} {lib.get('version')} "
+            f"[{lib.get('user_api')}] architecture={lib.get('architecture', '-')} "
+            f"threads={lib.get('num_threads')} "
+            f"threading={lib.get('threading_layer', '-')} used by {', '.join(lib['used_by'])}"
+        )
         print(f"      {lib.get('filepath')}")
     print(f"threads for the run: {env['threads']} (BLAS pools; torch.set_num_threads)")
     share = env["foreign_cpu_start"]
@@ -611,10 +649,17 @@ def torch_runner(torch, case, dtype, state_dict, X, lengths):
     from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
     tdtype = {np.dtype(np.float32): torch.float32, np.dtype(np.float64): torch.float64}[dtype]
-    module = torch.nn.LSTM(case.I, case.H, num_layers=case.num_layers,
-                           bidirectional=case.bidirectional, batch_first=True, dtype=tdtype)
-    module.load_state_dict({k: torch.from_numpy(np.ascontiguousarray(v))
-                            for k, v in state_dict.items()})
+    module = torch.nn.LSTM(
+        case.I,
+        case.H,
+        num_layers=case.num_layers,
+        bidirectional=case.bidirectional,
+        batch_first=True,
+        dtype=tdtype,
+    )
+    module.load_state_dict(
+        {k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in state_dict.items()}
+    )
     xt = torch.from_numpy(X)
     lt = None if lengths is None else torch.as_tensor(lengths, dtype=torch.int64)
 
@@ -650,9 +695,14 @@ def run_case(case, dtype, args, pylstm, torch):
     dtype = np.dtype(dtype)
     rng = np.random.default_rng(args.seed)
     X, lengths = make_inputs(case, dtype, rng)
-    layer = pylstm.LSTM(case.I, case.H, num_layers=case.num_layers,
-                        bidirectional=case.bidirectional, dtype=dtype.type,
-                        random_state=args.seed)
+    layer = pylstm.LSTM(
+        case.I,
+        case.H,
+        num_layers=case.num_layers,
+        bidirectional=case.bidirectional,
+        dtype=dtype.type,
+        random_state=args.seed,
+    )
     state = layer.state_dict()
     ref = NumpyLSTM(state, case.I, case.H, case.num_layers, case.bidirectional, dtype)
     names = list(state)
@@ -692,11 +742,13 @@ def run_case(case, dtype, args, pylstm, torch):
         module, t_infer, t_train = torch_runner(torch, case, dtype, state, X, lengths)
         t_out, t_h, t_c, xg = t_train()
         t_out = t_out.detach().numpy()
-        checks["torch_out"] = max_rel_err([(out, t_out), (h_n, t_h.detach().numpy()),
-                                           (c_n, t_c.detach().numpy())])
+        checks["torch_out"] = max_rel_err(
+            [(out, t_out), (h_n, t_h.detach().numpy()), (c_n, t_c.detach().numpy())]
+        )
         t_grads = {k: p.grad.numpy() for k, p in module.named_parameters()}
-        checks["torch_grad"] = max_rel_err([(dX, xg.grad.numpy())]
-                                           + [(grads[k], t_grads[k]) for k in names])
+        checks["torch_grad"] = max_rel_err(
+            [(dX, xg.grad.numpy())] + [(grads[k], t_grads[k]) for k in names]
+        )
         checks["torch_infer_out"] = rel_err(out_i, t_infer()[0].numpy())
         impls["torch"] = {"infer": t_infer, "train": t_train}
 
@@ -708,7 +760,7 @@ def run_case(case, dtype, args, pylstm, torch):
             if impl not in impls:
                 continue
             progress(f"  {case.label:<24} {dtype.name:<8} {mode:<6} {impl:<7} ...")
-            timings[(mode, impl)] = measure_quiet(impls[impl][mode], args)
+            timings[(mode, impl)] = measure(impls[impl][mode], args)
     return checks, timings
 
 
@@ -716,7 +768,7 @@ def run_case(case, dtype, args, pylstm, torch):
 def fmt_ms(t):
     if t is None:
         return "-"
-    mark = "*" if (t["foreign_cpu"] or 0) > BUSY else " "
+    mark = "*" if t["busy"] else " "
     if t["median_ms"] < 10:
         return f"{t['median_ms']:.3f} ({t['iqr_ms']:.3f}){mark}"
     return f"{t['median_ms']:.2f} ({t['iqr_ms']:.2f}){mark}"
@@ -734,32 +786,45 @@ def fmt_ratio(r):
 
 def print_tables(rows, check_rows):
     print("Timings: median ms per call (IQR); ratios > 1 mean pylstm is faster")
-    head = (f"{'case (BxTxIxH)':<24} {'dtype':<8} {'mode':<6} {'pylstm':>19} {'numpy':>19} "
-            f"{'torch':>19} {'numpy/pl':>9} {'torch/pl':>9}")
+    head = (
+        f"{'case (BxTxIxH)':<24} {'dtype':<8} {'mode':<6} {'pylstm':>19} {'numpy':>19} "
+        f"{'torch':>19} {'numpy/pl':>9} {'torch/pl':>9}"
+    )
     print(head)
     print("-" * len(head))
     for r in rows:
-        print(f"{r['case']:<24} {r['dtype']:<8} {r['mode']:<6} "
-              f"{fmt_ms(r['pylstm']):>19} {fmt_ms(r['numpy']):>19} {fmt_ms(r['torch']):>19} "
-              f"{fmt_ratio(r['numpy_over_pylstm']):>9} {fmt_ratio(r['torch_over_pylstm']):>9}")
+        print(
+            f"{r['case']:<24} {r['dtype']:<8} {r['mode']:<6} "
+            f"{fmt_ms(r['pylstm']):>19} {fmt_ms(r['numpy']):>19} {fmt_ms(r['torch']):>19} "
+            f"{fmt_ratio(r['numpy_over_pylstm']):>9} {fmt_ratio(r['torch_over_pylstm']):>9}"
+        )
     print()
-    for key, title in (("torch_over_pylstm", "torch/pylstm"), ("numpy_over_pylstm",
-                                                               "numpy/pylstm")):
+    for key, title in (
+        ("torch_over_pylstm", "torch/pylstm"),
+        ("numpy_over_pylstm", "numpy/pylstm"),
+    ):
         parts = []
         for dt in sorted({r["dtype"] for r in rows}):
             for mode in MODES:
-                vals = [r[key] for r in rows if r["mode"] == mode and r["dtype"] == dt
-                        and r[key] is not None]
+                vals = [
+                    r[key]
+                    for r in rows
+                    if r["mode"] == mode and r["dtype"] == dt and r[key] is not None
+                ]
                 if vals:
                     gm = float(np.exp(np.mean(np.log(vals))))
                     parts.append(f"{dt} {mode} {gm:.2f}")
         if parts:
             print(f"geometric mean {title}: " + ", ".join(parts))
     print()
-    print("Agreement: max relative error max|a-b|/max|b| (out = output, h_n, c_n; "
-          "grad = dX and all weight grads)")
-    head = (f"{'case (BxTxIxH)':<24} {'dtype':<8} {'out vs torch':>13} {'grad vs torch':>14} "
-            f"{'out vs numpy':>13} {'grad vs numpy':>14} {'infer vs train':>15}  status")
+    print(
+        "Agreement: max relative error max|a-b|/max|b| (out = output, h_n, c_n; "
+        "grad = dX and all weight grads)"
+    )
+    head = (
+        f"{'case (BxTxIxH)':<24} {'dtype':<8} {'out vs torch':>13} {'grad vs torch':>14} "
+        f"{'out vs numpy':>13} {'grad vs numpy':>14} {'infer vs train':>15}  status"
+    )
     print(head)
     print("-" * len(head))
 
@@ -767,10 +832,12 @@ def print_tables(rows, check_rows):
         return "-" if v is None else f"{v:.2e}"
 
     for c in check_rows:
-        print(f"{c['case']:<24} {c['dtype']:<8} {e(c.get('torch_out')):>13} "
-              f"{e(c.get('torch_grad')):>14} {e(c.get('numpy_out')):>13} "
-              f"{e(c.get('numpy_grad')):>14} {e(c.get('pylstm_infer_vs_train')):>15}  "
-              f"{c['status']}")
+        print(
+            f"{c['case']:<24} {c['dtype']:<8} {e(c.get('torch_out')):>13} "
+            f"{e(c.get('torch_grad')):>14} {e(c.get('numpy_out')):>13} "
+            f"{e(c.get('numpy_grad')):>14} {e(c.get('pylstm_infer_vs_train')):>15}  "
+            f"{c['status']}"
+        )
     print()
 
 
@@ -778,30 +845,54 @@ def build_parser():
     p = argparse.ArgumentParser(
         description="Benchmark pylstm.LSTM against a NumPy LSTM and torch.nn.LSTM.",
         epilog="Headline figures: env -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE "
-               "python benchmarks/bench_lstm.py",
+        "python benchmarks/bench_lstm.py",
     )
-    p.add_argument("--cases", nargs="+", type=parse_case, metavar="B,T,I,H[,L][,bi][,var]",
-                   help="cases to run instead of the default four")
-    p.add_argument("--large", action="store_true",
-                   help="add 256x50x128x512 and 1x1000x64x256")
-    p.add_argument("--bidi", action=argparse.BooleanOptionalAction, default=True,
-                   help="add a 2-layer bidirectional case with variable lengths "
-                        "(64x100x64x128, lengths uniform in [T/2, T]; default on)")
-    p.add_argument("--dtypes", nargs="+", choices=("float32", "float64"),
-                   default=["float32", "float64"])
+    p.add_argument(
+        "--cases",
+        nargs="+",
+        type=parse_case,
+        metavar="B,T,I,H[,L][,bi][,var]",
+        help="cases to run instead of the default four",
+    )
+    p.add_argument("--large", action="store_true", help="add 256x50x128x512 and 1x1000x64x256")
+    p.add_argument(
+        "--bidi",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="add a 2-layer bidirectional case with variable lengths "
+        "(64x100x64x128, lengths uniform in [T/2, T]; default on)",
+    )
+    p.add_argument(
+        "--dtypes", nargs="+", choices=("float32", "float64"), default=["float32", "float64"]
+    )
     p.add_argument("--repeats", type=int, default=7, help="timed samples (default 7)")
     p.add_argument("--warmup", type=int, default=2, help="untimed calls first (default 2)")
-    p.add_argument("--min-time", type=float, default=0.05,
-                   help="loop calls within a sample until it lasts this many seconds "
-                        "(default 0.05)")
-    p.add_argument("--threads", type=int, default=None,
-                   help="limit BLAS/OpenMP threads (threadpoolctl) and torch.set_num_threads")
-    p.add_argument("--busy-retries", type=int, default=2,
-                   help="measure a figure again (up to this many times) when other processes "
-                        "used more than 15%% of the CPUs meanwhile (default 2; Linux only)")
-    p.add_argument("--busy-wait", type=float, default=15.0,
-                   help="seconds to wait at most for the machine to quieten before such a "
-                        "retry (default 15; retries stop after 120 s in all)")
+    p.add_argument(
+        "--min-time",
+        type=float,
+        default=0.05,
+        help="loop calls within a sample until it lasts this many seconds (default 0.05)",
+    )
+    p.add_argument(
+        "--threads",
+        type=int,
+        default=None,
+        help="limit BLAS/OpenMP threads (threadpoolctl) and torch.set_num_threads",
+    )
+    p.add_argument(
+        "--busy-wait",
+        type=float,
+        default=15.0,
+        help="a sample taken while other processes used more than 15%% of the "
+        "CPUs is set aside; wait at most this long for them before the next "
+        "(default 15; Linux only)",
+    )
+    p.add_argument(
+        "--busy-budget",
+        type=float,
+        default=120.0,
+        help="seconds per run spent at most on such waits (default 120)",
+    )
     p.add_argument("--no-torch", action="store_true", help="skip torch even if installed")
     p.add_argument("--no-numpy", action="store_true", help="skip timing the NumPy LSTM")
     p.add_argument("--seed", type=int, default=0)
@@ -842,39 +933,60 @@ def main(argv=None):
             checks, timings = run_case(case, dt, args, pylstm, torch)
             tol = TOLERANCE[dt]
             bad = [k for k, v in checks.items() if v > tol]
-            check_rows.append({"case": case.label, "dtype": dt, **checks,
-                               "tolerance": tol,
-                               "status": "ok" if not bad else "CHECK " + ",".join(bad)})
+            check_rows.append(
+                {
+                    "case": case.label,
+                    "dtype": dt,
+                    **checks,
+                    "tolerance": tol,
+                    "status": "ok" if not bad else "CHECK " + ",".join(bad),
+                }
+            )
             for mode in MODES:
                 t = {impl: timings.get((mode, impl)) for impl in IMPLS}
-                rows.append({
-                    "case": case.label, "B": case.B, "T": case.T, "I": case.I, "H": case.H,
-                    "num_layers": case.num_layers, "bidirectional": case.bidirectional,
-                    "variable_lengths": case.variable_lengths, "dtype": dt, "mode": mode,
-                    **t,
-                    "numpy_over_pylstm": ratio(t["numpy"], t["pylstm"]),
-                    "torch_over_pylstm": ratio(t["torch"], t["pylstm"]),
-                })
+                rows.append(
+                    {
+                        "case": case.label,
+                        "B": case.B,
+                        "T": case.T,
+                        "I": case.I,
+                        "H": case.H,
+                        "num_layers": case.num_layers,
+                        "bidirectional": case.bidirectional,
+                        "variable_lengths": case.variable_lengths,
+                        "dtype": dt,
+                        "mode": mode,
+                        **t,
+                        "numpy_over_pylstm": ratio(t["numpy"], t["pylstm"]),
+                        "torch_over_pylstm": ratio(t["torch"], t["pylstm"]),
+                    }
+                )
     elapsed = time.perf_counter() - t_start
     print_tables(rows, check_rows)
     print(f"total benchmark time {elapsed:.1f} s")
     env["foreign_cpu_end"] = idle_share()
-    shares = [t["foreign_cpu"] for r in rows for t in (r[i] for i in IMPLS)
-              if t is not None and t["foreign_cpu"] is not None]
-    if shares:
-        print(f"CPU used by other processes during timings: median {100 * np.median(shares):.0f}%,"
-              f" max {100 * max(shares):.0f}%; after the run: "
-              f"{100 * (env['foreign_cpu_end'] or 0):.0f}%")
-        if max(shares) > BUSY:
-            print(f"WARNING: figures marked * were measured while other processes used more "
-                  f"than {100 * BUSY:.0f}% of the CPUs; re-run on an idle machine")
+    figures = [t for r in rows for t in (r[i] for i in IMPLS) if t is not None]
+    n_busy = sum(len(t["busy_samples_ms"]) for t in figures)
+    n_all = n_busy + sum(len(t["samples_ms"]) for t in figures if not t["busy"])
+    if env["foreign_cpu_end"] is not None:
+        print(
+            f"samples set aside as other processes used > {100 * BUSY:.0f}% of the CPUs: "
+            f"{n_busy} of {n_all}; waited {_waited[0]:.0f} s for them; their CPU share "
+            f"after the run: {100 * env['foreign_cpu_end']:.0f}%"
+        )
+    if any(t["busy"] for t in figures):
+        print(
+            "WARNING: figures marked * had fewer than half of their samples quiet (all "
+            "samples used); re-run on an idle machine"
+        )
 
     if args.json:
         directory = os.path.dirname(os.path.abspath(args.json))
         os.makedirs(directory, exist_ok=True)
         payload = {
-            "args": {k: (v if k != "cases" else [c.label for c in cases])
-                     for k, v in vars(args).items()},
+            "args": {
+                k: (v if k != "cases" else [c.label for c in cases]) for k, v in vars(args).items()
+            },
             "environment": env,
             "timings": rows,
             "agreement": check_rows,
