@@ -35,6 +35,22 @@ def _controller():
     return _state["controller"]
 
 
+def _set_num_threads(lib, n):
+    """``lib.set_num_threads(n)`` from any thread (the caller holds ``_lock``).
+
+    threadpoolctl (>= 3.8) lets only one "controlling" thread resize a
+    process-wide OpenBLAS pool and silently ignores the others; pylstm
+    serializes its own changes under ``_lock``, so it takes control for the
+    call and gives it back.
+    """
+    clear = getattr(lib, "clear_controlling_thread", None)
+    if clear is not None:
+        clear(force=True)
+    lib.set_num_threads(n)
+    if clear is not None:
+        clear()
+
+
 @contextlib.contextmanager
 def single_threaded_blas(active=True):
     """Run the block with one BLAS thread when ``active`` (nested and thread safe).
@@ -54,7 +70,7 @@ def single_threaded_blas(active=True):
             _state["restore"] = [(lib, lib.num_threads) for lib in ctl.lib_controllers]
             for lib, n in _state["restore"]:
                 if n != 1:
-                    lib.set_num_threads(1)
+                    _set_num_threads(lib, 1)
         _state["depth"] += 1
     try:
         yield
@@ -64,7 +80,7 @@ def single_threaded_blas(active=True):
             if _state["depth"] == 0 and _state["restore"]:
                 for lib, n in _state["restore"]:
                     if n != 1:
-                        lib.set_num_threads(n)
+                        _set_num_threads(lib, n)
                 _state["restore"] = None
 
 
