@@ -6,7 +6,7 @@ hyperparameter search under joblib's Dask backend, ``dask_ml``'s
 (2-D rows of ``n_timesteps * n_features`` values, see ``n_features``), and
 parallel prediction over a Dask array of sequences. Plus what makes these
 work well: estimators that pickle cheaply and keep to the worker's BLAS
-thread limit.
+thread limit. Last, the snippets of docs/scaling.rst run as written.
 """
 
 import os
