@@ -707,6 +707,12 @@ class LSTMClassifier(ClassifierMixin, _BaseLSTMEstimator):
         """
         if not hasattr(self, "network_") and classes is None:
             raise ValueError("classes must be passed on the first call to partial_fit")
+        if hasattr(self, "network_") and classes is not None and not np.array_equal(
+                np.unique(classes), self.classes_):
+            raise ValueError(
+                f"classes={list(np.unique(classes))} differs from the classes of the first "
+                f"call to partial_fit, {list(self.classes_)}"
+            )
         return self._fit(X, y, incremental=True, classes=classes)
 
     def _encode_targets(self, y, lengths, reset, classes, incremental):

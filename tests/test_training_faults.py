@@ -65,3 +65,11 @@ def test_non_finite_loss_names_epoch_and_keeps_finite_weights():
                                                   match=r"epoch \d+.*learning_rate_init"):
         reg.fit(X, y)
     assert all(np.isfinite(p).all() for p in reg.network_.parameters())
+
+
+def test_partial_fit_rejects_changed_classes():
+    X, y = _data()
+    clf = LSTMClassifier(hidden_size=4, random_state=0).partial_fit(X, y, classes=[0, 1])
+    clf.partial_fit(X, y, classes=[0, 1])  # the same classes again are fine
+    with pytest.raises(ValueError, match="differs from the classes"):
+        clf.partial_fit(X, y, classes=[0, 1, 2])
