@@ -116,6 +116,11 @@ def _available_memory():
         return None
 
 
+def _valid_steps(lengths, n_timesteps):
+    """Boolean mask (n_samples, n_timesteps): True at each sequence's valid steps."""
+    return np.arange(n_timesteps)[None, :] < lengths[:, None]
+
+
 def _ndim(X):
     """Number of dimensions of array-like ``X`` (-1 when it is not array-like)."""
     try:
@@ -557,6 +562,13 @@ class _BaseLSTMEstimator(BaseEstimator):
         Xp, lengths = self._validate_X(X, reset=False)
         return self._forward_padded(Xp, lengths), lengths, is_ragged(X)
 
+    def _score_sequences(self, X, y):
+        """The subclass's score over all valid steps (``return_sequences=True``)."""
+        check_is_fitted(self, "network_")
+        Xp, lengths = self._validate_X(X, reset=False)
+        Y = self._encode_targets(y, lengths, reset=False, classes=None, incremental=False)
+        return self._score_padded(Xp, lengths, Y)
+
     @staticmethod
     def _unpad(arr, lengths, ragged):
         """Per-step results: a list of arrays for ragged input, else the array."""
@@ -718,7 +730,7 @@ class LSTMClassifier(ClassifierMixin, _BaseLSTMEstimator):
     def _encode_targets(self, y, lengths, reset, classes, incremental):
         if self.return_sequences:
             Y = self._validate_seq_targets(y, lengths)
-            mask = np.arange(Y.shape[1])[None, :] < lengths[:, None]
+            mask = _valid_steps(lengths, Y.shape[1])
             flat = Y[mask]
         else:
             if isinstance(y, (list, tuple)) and len(y) and np.ndim(y[0]) >= 1:
@@ -755,7 +767,7 @@ class LSTMClassifier(ClassifierMixin, _BaseLSTMEstimator):
 
     def _loss(self, out, Y, lengths):
         if self.return_sequences:
-            mask = np.arange(out.shape[1])[None, :] < lengths[:, None]
+            mask = _valid_steps(lengths, out.shape[1])
             weight = (mask / mask.sum()).ravel()
             flat = out.reshape(-1, out.shape[2])
             loss, dz = softmax_cross_entropy(flat, Y.ravel(), weight)
@@ -765,7 +777,7 @@ class LSTMClassifier(ClassifierMixin, _BaseLSTMEstimator):
     def _score_padded(self, Xp, lengths, Y):
         pred = self._forward_padded(Xp, lengths).argmax(axis=-1)
         if self.return_sequences:
-            mask = np.arange(Y.shape[1])[None, :] < lengths[:, None]
+            mask = _valid_steps(lengths, Y.shape[1])
             return float(np.mean(pred[mask] == Y[mask]))
         return float(np.mean(pred == Y))
 
@@ -837,10 +849,7 @@ class LSTMClassifier(ClassifierMixin, _BaseLSTMEstimator):
         """
         if not self.return_sequences:
             return accuracy_score(y, self.predict(X), sample_weight=sample_weight)
-        check_is_fitted(self, "network_")
-        Xp, lengths = self._validate_X(X, reset=False)
-        Y = self._encode_targets(y, lengths, reset=False, classes=None, incremental=False)
-        return self._score_padded(Xp, lengths, Y)
+        return self._score_sequences(X, y)
 
 
 class LSTMRegressor(RegressorMixin, _BaseLSTMEstimator):
@@ -940,7 +949,7 @@ class LSTMRegressor(RegressorMixin, _BaseLSTMEstimator):
 
     def _loss(self, out, Y, lengths):
         if self.return_sequences:
-            mask = np.arange(out.shape[1])[None, :] < lengths[:, None]
+            mask = _valid_steps(lengths, out.shape[1])
             weight = (mask / mask.sum()).ravel()
             loss, dz = squared_error(out.reshape(-1, out.shape[2]),
                                      Y.reshape(-1, Y.shape[2]), weight)
@@ -950,7 +959,7 @@ class LSTMRegressor(RegressorMixin, _BaseLSTMEstimator):
     def _score_padded(self, Xp, lengths, Y):
         pred = self._forward_padded(Xp, lengths)
         if self.return_sequences:
-            mask = np.arange(Y.shape[1])[None, :] < lengths[:, None]
+            mask = _valid_steps(lengths, Y.shape[1])
             return float(r2_score(Y[mask], pred[mask]))
         return float(r2_score(Y, pred))
 
@@ -989,7 +998,4 @@ class LSTMRegressor(RegressorMixin, _BaseLSTMEstimator):
         """
         if not self.return_sequences:
             return r2_score(y, self.predict(X), sample_weight=sample_weight)
-        check_is_fitted(self, "network_")
-        Xp, lengths = self._validate_X(X, reset=False)
-        return self._score_padded(Xp, lengths, self._encode_targets(y, lengths, False, None,
-                                                                    False))
+        return self._score_sequences(X, y)
