@@ -422,7 +422,7 @@ class _BaseLSTMEstimator(BaseEstimator):
                 UserWarning, stacklevel=3)
         finally:
             for layer in net.layers:
-                layer._cache = None
+                layer.free_workspace()
             net._cache = None
         if X_val is not None and getattr(self, "_best_state", None) is not None:
             net.set_state(self._best_state)

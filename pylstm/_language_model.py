@@ -287,7 +287,7 @@ class LSTMLanguageModel(BaseEstimator):
                     break
         finally:
             for layer in self.network_.layers:
-                layer._cache = None
+                layer.free_workspace()
             self.network_._cache = None
         if best_state is not None:
             self.network_.set_state(best_state)

@@ -18,6 +18,7 @@ from ._validation import (
     check_lengths,
     check_positive_int,
 )
+from ._workspace import Workspace
 
 __all__ = ["LSTM"]
 
@@ -101,6 +102,7 @@ class LSTM:
         self.dtype = check_dtype(dtype)
         self.unit_forget_bias = bool(unit_forget_bias)
         self._cache = None
+        self._workspace = Workspace()
         rng = check_random_state(random_state)
         H = self.hidden_size
         bound = 1.0 / np.sqrt(H)
@@ -113,6 +115,45 @@ class LSTM:
             if self.unit_forget_bias:
                 self._params[names[2]][H:2 * H] = 1.0
                 self._params[names[3]][H:2 * H] = 0.0
+
+    def __getstate__(self):
+        state = self.__dict__.copy()
+        state["_cache"] = None
+        state["_workspace"] = None  # scratch arrays, not state
+        return state
+
+    def __setstate__(self, state):
+        self.__dict__.update(state)
+        self._workspace = Workspace()
+
+    def free_workspace(self):
+        """Release the work arrays kept from the last call.
+
+        :meth:`forward` and :meth:`backward` keep their work arrays (the BPTT
+        cache among them) for the next call, so that a training loop over
+        batches of one shape allocates nothing after its first step. This
+        drops them, and the cache of a pending :meth:`backward`; the
+        estimators call it at the end of ``fit``.
+
+        Examples
+        --------
+        >>> import numpy as np
+        >>> from pylstm import LSTM
+        >>> layer = LSTM(2, 3)
+        >>> out, _ = layer.forward(np.ones((4, 5, 2)))
+        >>> layer.workspace_nbytes > 0
+        True
+        >>> layer.free_workspace()
+        >>> layer.workspace_nbytes
+        0
+        """
+        self._cache = None
+        self._workspace.clear()
+
+    @property
+    def workspace_nbytes(self):
+        """Bytes of work arrays kept for the next call (see :meth:`free_workspace`)."""
+        return self._workspace.nbytes
 
     @property
     def num_directions(self):
@@ -258,32 +299,55 @@ class LSTM:
         order = np.argsort(-lens, kind="stable")
         lens_sorted = np.ascontiguousarray(lens[order], dtype=np.intc)
         T_eff = int(lens_sorted[0])
-        x = np.ascontiguousarray(X[order, :T_eff].transpose(1, 0, 2))
-        if lengths is not None:
-            x[np.arange(T_eff)[:, None] >= lens_sorted[None, :]] = 0
-        check_finite(x, "X")
-        self._cache = None
-
+        # Every step of every row valid and no reordering: plain copies suffice.
+        dense = bool(lens_sorted[-1] == T)
         h_n = np.empty_like(h0)
         c_n = np.empty_like(c0)
-        with single_threaded_blas(wants_single_thread(B, H)):
-            caches, layer_in = self._forward_layers(x, lens_sorted, order, h0, c0, h_n, c_n,
-                                                    training)
-        result = np.zeros((B, T, D * H), dtype=self.dtype)
-        result[order, :T_eff] = layer_in.transpose(1, 0, 2)
-        if training:
-            self._cache = {"order": order, "lengths": lens_sorted, "shape": (B, T),
-                           "T_eff": T_eff, "layers": caches}
+        if dense:
+            check_finite(X, "X")
+        else:
+            x = np.ascontiguousarray(X[order, :T_eff].transpose(1, 0, 2))
+            x[np.arange(T_eff)[:, None] >= lens_sorted[None, :]] = 0
+            check_finite(x, "X")  # steps past a length are ignored, NaN or not
+        with self._workspace.borrow() as arrays:
+            self._cache = None
+            if dense:
+                x = arrays.empty("x", (T_eff, B, I), self.dtype)
+                np.copyto(x, X.transpose(1, 0, 2))
+            with single_threaded_blas(wants_single_thread(B, H)):
+                caches, layer_in = self._forward_layers(arrays, x, lens_sorted, order, dense,
+                                                        h0, c0, h_n, c_n, training)
+            if dense:
+                result = np.empty((B, T, D * H), dtype=self.dtype)
+                np.copyto(result, layer_in.transpose(1, 0, 2))
+            else:
+                result = np.zeros((B, T, D * H), dtype=self.dtype)
+                result[order, :T_eff] = layer_in.transpose(1, 0, 2)
+            if training:
+                self._cache = {"order": order, "lengths": lens_sorted, "shape": (B, T),
+                               "T_eff": T_eff, "dense": dense, "layers": caches}
         return result, (h_n, c_n)
 
-    def _forward_layers(self, x, lens_sorted, order, h0, c0, h_n, c_n, training):
-        """Kernel calls of :meth:`forward`, layer by layer; directions may run concurrently."""
+    def _forward_layers(self, arrays, x, lens_sorted, order, dense, h0, c0, h_n, c_n,
+                        training):
+        """Kernel calls of :meth:`forward`, layer by layer; directions may run concurrently.
+
+        Work arrays come from ``arrays`` (the layer's :class:`Workspace`).
+        Padded positions of the layer outputs and of ``h_prev`` must read
+        as zero (the next layer and the whole-sequence GEMMs of BPTT see
+        them), so with padding those arrays are cleared first.
+        """
         T_eff, B, _ = x.shape
         D, H = self.num_directions, self.hidden_size
+        dt = self.dtype
+        new = arrays.empty if dense else arrays.zeros
         caches = []
         layer_in = x
         for layer in range(self.num_layers):
-            out = np.zeros((T_eff, B, D * H), dtype=self.dtype)
+            if training or self.num_layers == 1:
+                out = new(f"out{layer}", (T_eff, B, D * H), dt)
+            else:  # freed once the next layer has read it, as inference needs
+                out = np.zeros((T_eff, B, D * H), dtype=dt)
 
             def run(d, layer=layer, layer_in=layer_in, out=out):
                 k = layer * D + d
@@ -291,18 +355,20 @@ class LSTM:
                 w_ih = self._params["weight_ih" + sfx]
                 w_hh = self._params["weight_hh" + sfx]
                 bias = self._params["bias_ih" + sfx] + self._params["bias_hh" + sfx]
-                h = np.ascontiguousarray(h0[k][order])
-                c = np.ascontiguousarray(c0[k][order])
+                h = arrays.empty(f"h{k}", (B, H), dt)
+                c = arrays.empty(f"c{k}", (B, H), dt)
+                np.take(h0[k], order, axis=0, out=h)
+                np.take(c0[k], order, axis=0, out=c)
                 K = min(_CHUNK_STEPS, T_eff)
-                xbuf = np.empty(K * B * layer_in.shape[2], dtype=self.dtype)
-                gbuf = np.empty(K * B * 4 * H, dtype=self.dtype)
+                xbuf = arrays.empty(f"xbuf{k}", (K * B * layer_in.shape[2],), dt)
+                gbuf = arrays.empty(f"gbuf{k}", (K * B * 4 * H,), dt)
                 kept = None
                 if training:
                     c_start = c.copy()
                     # Every valid position is written; backward zeroes the padding.
-                    gates = np.empty((T_eff, B, 4 * H), dtype=self.dtype)
-                    c_cache = np.zeros((T_eff, B, H), dtype=self.dtype)
-                    h_prev = np.zeros((T_eff, B, H), dtype=self.dtype)
+                    gates = arrays.empty(f"gates{k}", (T_eff, B, 4 * H), dt)
+                    c_cache = new(f"c_cache{k}", (T_eff, B, H), dt)
+                    h_prev = new(f"h_prev{k}", (T_eff, B, H), dt)
                     _lstm.forward_train(layer_in, lens_sorted, w_ih, w_hh, bias, h, c, out,
                                         d * H, bool(d), xbuf, gbuf, gates, c_cache, h_prev)
                     kept = (c_start, gates, c_cache, h_prev)
@@ -471,36 +537,47 @@ class LSTM:
         ValueError
             If a gradient has the wrong shape or is not finite.
         """
-        cache = self._cache
-        if cache is None:
-            raise RuntimeError(
-                "backward() needs a preceding forward(..., training=True); the cache is "
-                "used up by each backward and not kept by training=False"
-            )
-        B, T = cache["shape"]
-        D, H = self.num_directions, self.hidden_size
-        d_out = np.asarray(d_out)
-        if d_out.shape != (B, T, D * H):
-            raise ValueError(f"d_out must have shape {(B, T, D * H)}, got {d_out.shape}")
-        d_out = as_float_array(d_out, "d_out", self.dtype, 3)
-        check_finite(d_out, "d_out")
-        d_h_n = self._check_state(d_h_n, "d_h_n", B)
-        d_c_n = self._check_state(d_c_n, "d_c_n", B)
-        self._cache = None
-
-        order, T_eff = cache["order"], cache["T_eff"]
-        grad_out = np.ascontiguousarray(d_out[order, :T_eff].transpose(1, 0, 2))
-        with single_threaded_blas(wants_single_thread(B, H)):
-            grads, g_h0, g_c0, grad_out = self._backward_layers(cache, grad_out, d_h_n, d_c_n)
-        dX = np.zeros((B, T, self.input_size), dtype=self.dtype)
-        dX[order, :T_eff] = grad_out.transpose(1, 0, 2)
+        with self._workspace.borrow() as arrays:
+            cache = self._cache
+            if cache is None:
+                raise RuntimeError(
+                    "backward() needs a preceding forward(..., training=True); the cache is "
+                    "used up by each backward and not kept by training=False"
+                )
+            B, T = cache["shape"]
+            D, H = self.num_directions, self.hidden_size
+            d_out = np.asarray(d_out)
+            if d_out.shape != (B, T, D * H):
+                raise ValueError(f"d_out must have shape {(B, T, D * H)}, got {d_out.shape}")
+            d_out = as_float_array(d_out, "d_out", self.dtype, 3)
+            d_h_n = self._check_state(d_h_n, "d_h_n", B)
+            d_c_n = self._check_state(d_c_n, "d_c_n", B)
+            order, T_eff, lens = cache["order"], cache["T_eff"], cache["lengths"]
+            if cache["dense"]:
+                check_finite(d_out, "d_out")
+                grad_out = arrays.empty("grad_out", (T_eff, B, D * H), self.dtype)
+                np.copyto(grad_out, d_out.transpose(1, 0, 2))
+            else:
+                grad_out = np.ascontiguousarray(d_out[order, :T_eff].transpose(1, 0, 2))
+                grad_out[np.arange(T_eff)[:, None] >= lens[None, :]] = 0
+                check_finite(grad_out, "d_out")  # entries past a length are ignored
+            self._cache = None
+            with single_threaded_blas(wants_single_thread(B, H)):
+                grads, g_h0, g_c0, grad_out = self._backward_layers(
+                    arrays, cache, grad_out, d_h_n, d_c_n)
+            if cache["dense"]:
+                dX = np.empty((B, T, self.input_size), dtype=self.dtype)
+                np.copyto(dX, grad_out.transpose(1, 0, 2))
+            else:
+                dX = np.zeros((B, T, self.input_size), dtype=self.dtype)
+                dX[order, :T_eff] = grad_out.transpose(1, 0, 2)
         grads = {name: grads[name] for name in self._params}
         grads["h0"] = g_h0
         grads["c0"] = g_c0
         return dX, grads
 
-    def _backward_layers(self, cache, grad_out, d_h_n, d_c_n):
-        """Kernel calls of :meth:`backward`, from the top layer down."""
+    def _backward_layers(self, arrays, cache, grad_out, d_h_n, d_c_n):
+        """Kernel calls of :meth:`backward`, top layer first; work arrays from ``arrays``."""
         B = cache["shape"][0]
         D, H, L = self.num_directions, self.hidden_size, self.num_layers
         order, lens = cache["order"], cache["lengths"]
@@ -519,11 +596,11 @@ class LSTM:
                 c_start, gates, c_cache, h_prev = layer_cache[d]
                 dh = np.ascontiguousarray(d_h_n[k][order])
                 dc = np.ascontiguousarray(d_c_n[k][order])
-                dx = np.empty_like(layer_in)
+                dx = arrays.empty(f"dx{k}", layer_in.shape, self.dtype)
                 dw_ih = np.empty_like(w_ih)
                 dw_hh = np.empty_like(w_hh)
                 db = np.empty(4 * H, dtype=self.dtype)
-                scratch = np.empty((B, 4 * H), dtype=self.dtype)
+                scratch = arrays.empty(f"scratch{k}", (B, 4 * H), self.dtype)
                 _lstm.backward(layer_in, lens, w_ih, w_hh, c_start, gates, c_cache, h_prev,
                                grad_out, d * H, bool(d), dh, dc, dx, 0.0,
                                dw_ih, dw_hh, db, scratch)

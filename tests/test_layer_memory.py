@@ -71,6 +71,7 @@ def test_inference_keeps_no_per_step_state(dtype):
 
     (out_inf, _), peak_inf = _peak(lambda: layer.forward(X, training=False))
     assert layer._cache is None
+    layer.free_workspace()  # measure what a first training call allocates
     (out_train, _), peak_train = _peak(lambda: layer.forward(X, training=True))
     assert layer._cache is not None
 
@@ -94,6 +95,7 @@ def test_inference_extra_memory_does_not_grow_with_length():
         X = np.random.default_rng(T).normal(size=(B, T, n_in))
         x_bytes, out_bytes, _ = _sizes(B, T, n_in, H, 2, 2, 8)
         lengths = [T, T // 2, 7]
+        layer.free_workspace()
         _, peak = _peak(lambda X=X, lengths=lengths: layer.forward(X, lengths=lengths,
                                                                     training=False))
         # Two consecutive layers' outputs (or the last one and the result) are alive.
@@ -134,22 +136,50 @@ def test_training_peak_is_the_cache(num_layers, bidirectional):
 
 
 @needs_tracing
-def test_backward_releases_the_cache():
+def test_workspace_is_reused_then_freed():
     B, T, n_in, H = 2, 5000, 3, 32
     layer = LSTM(n_in, H, dtype=np.float64, random_state=0)
     X = np.random.default_rng(2).normal(size=(B, T, n_in))
     _, _, cache_bytes = _sizes(B, T, n_in, H, 1, 1, 8)
+    d_out = np.ones((B, T, H))
     tracemalloc.start()
     try:
         start = tracemalloc.get_traced_memory()[0]
         out, _ = layer.forward(X, training=True)
         after_forward = tracemalloc.get_traced_memory()[0] - start
-        d_out = np.ones_like(out)
-        del out
         dX, grads = layer.backward(d_out)
-        del dX, grads, d_out
+        del out, dX, grads
         after_backward = tracemalloc.get_traced_memory()[0] - start
+        tracemalloc.reset_peak()
+        held = tracemalloc.get_traced_memory()[0]
+        out, _ = layer.forward(X, training=True)
+        dX, grads = layer.backward(d_out)
+        second_step = tracemalloc.get_traced_memory()[1] - held
+        del out, dX, grads
+        layer.free_workspace()
+        after_free = tracemalloc.get_traced_memory()[0] - start
     finally:
         tracemalloc.stop()
     assert after_forward >= cache_bytes
-    assert after_backward < 0.05 * cache_bytes, (after_forward, after_backward)
+    # The cache is used up by backward but its arrays are kept for the next step ...
+    assert layer._cache is None
+    assert cache_bytes <= after_backward <= 1.5 * cache_bytes, (after_backward, cache_bytes)
+    # ... which allocates only its results (output, dX, gradients) on top.
+    out_bytes = B * T * H * 8
+    assert second_step <= 2 * out_bytes + 0.05 * cache_bytes, (second_step, cache_bytes)
+    # free_workspace gives it all back.
+    assert after_free < 0.05 * cache_bytes, after_free
+    assert layer.workspace_nbytes == 0
+
+
+def test_workspace_not_pickled():
+    import pickle
+
+    layer = LSTM(3, 4, random_state=0)
+    layer.forward(np.ones((2, 50, 3)), training=True)
+    assert layer.workspace_nbytes > 0
+    clone = pickle.loads(pickle.dumps(layer))
+    assert clone.workspace_nbytes == 0
+    assert clone._cache is None
+    out, _ = clone.forward(np.ones((2, 50, 3)), training=False)
+    np.testing.assert_array_equal(out, layer.forward(np.ones((2, 50, 3)), training=False)[0])
