@@ -355,6 +355,8 @@ class LSTM:
                 w_ih = self._params["weight_ih" + sfx]
                 w_hh = self._params["weight_hh" + sfx]
                 bias = self._params["bias_ih" + sfx] + self._params["bias_hh" + sfx]
+                w_hh_t = arrays.empty(f"w_hh_t{k}", (H, 4 * H), dt)
+                np.copyto(w_hh_t, w_hh.T)
                 h = arrays.empty(f"h{k}", (B, H), dt)
                 c = arrays.empty(f"c{k}", (B, H), dt)
                 np.take(h0[k], order, axis=0, out=h)
@@ -369,12 +371,13 @@ class LSTM:
                     gates = arrays.empty(f"gates{k}", (T_eff, B, 4 * H), dt)
                     c_cache = new(f"c_cache{k}", (T_eff, B, H), dt)
                     h_prev = new(f"h_prev{k}", (T_eff, B, H), dt)
-                    _lstm.forward_train(layer_in, lens_sorted, w_ih, w_hh, bias, h, c, out,
-                                        d * H, bool(d), xbuf, gbuf, gates, c_cache, h_prev)
+                    _lstm.forward_train(layer_in, lens_sorted, w_ih, w_hh, w_hh_t, bias, h, c,
+                                        out, d * H, bool(d), xbuf, gbuf, gates, c_cache,
+                                        h_prev)
                     kept = (c_start, gates, c_cache, h_prev)
                 else:
-                    _lstm.forward_infer(layer_in, lens_sorted, w_ih, w_hh, bias, h, c, out,
-                                        d * H, bool(d), xbuf, gbuf)
+                    _lstm.forward_infer(layer_in, lens_sorted, w_ih, w_hh, w_hh_t, bias, h, c,
+                                        out, d * H, bool(d), xbuf, gbuf)
                 h_n[k, order] = h
                 c_n[k, order] = c
                 return kept
@@ -504,9 +507,13 @@ class LSTM:
                 out = np.empty((1, B, H), dtype=self.dtype)
                 xbuf = np.empty(B * layer_in.shape[2], dtype=self.dtype)
                 gbuf = np.empty(B * 4 * H, dtype=self.dtype)
+                w_hh = self._params["weight_hh" + sfx]
+                # The transposed copy serves the recurrent GEMM of B > 1 rows; one
+                # row takes a GEMV on w_hh itself (the view only fills the slot).
+                w_hh_t = np.ascontiguousarray(w_hh.T) if B > 1 else w_hh.reshape(H, 4 * H)
                 _lstm.forward_infer(layer_in, lengths, self._params["weight_ih" + sfx],
-                                    self._params["weight_hh" + sfx], bias, h[layer],
-                                    c[layer], out, 0, False, xbuf, gbuf)
+                                    w_hh, w_hh_t, bias, h[layer], c[layer], out, 0, False,
+                                    xbuf, gbuf)
                 layer_in = out
         return layer_in[0], (h, c)
 

@@ -75,7 +75,8 @@ cdef inline void _cell_backward(floating* gp, const floating* cn,
 
 cdef void _forward(const floating* x, int T, int B, int I,
                    const int* lengths, const floating* w_ih,
-                   const floating* w_hh, const floating* bias, int H,
+                   const floating* w_hh, const floating* w_hh_t,
+                   const floating* bias, int H,
                    floating* h, floating* c, floating* out, int out_width,
                    Py_ssize_t offset, bint reverse, int K,
                    floating* xbuf, floating* gbuf, floating* gates,
@@ -130,11 +131,14 @@ cdef void _forward(const floating* x, int T, int B, int I,
             if n == 0:
                 break
             gp = gbuf + <Py_ssize_t> k * n_chunk * G
-            # Recurrent term for the active prefix: gp[:n] += h[:n] @ w_hh^T.
+            # Recurrent term for the active prefix: gp[:n] += h[:n] @ w_hh^T,
+            # with w_hh^T stored (H, 4H) so that BLAS sees a no-transpose
+            # product (OpenBLAS then takes its copy-free small-matrix kernel
+            # when the product is small).
             if n == 1:
                 gemv(False, G, H, one, w_hh, H, h, one, gp)
             else:
-                gemm(False, True, n, G, H, one, h, H, w_hh, H, one, gp, G)
+                gemm(False, False, n, G, H, one, h, H, w_hh_t, G, one, gp, G)
             for b in range(n):
                 t = lengths[b] - 1 - s if reverse else s
                 tb = <Py_ssize_t> t * B + b
@@ -168,6 +172,7 @@ def forward_train(const floating[:, :, ::1] x,
                   const int[::1] lengths,
                   const floating[:, ::1] w_ih,
                   const floating[:, ::1] w_hh,
+                  const floating[:, ::1] w_hh_t,
                   const floating[::1] bias,
                   floating[:, ::1] h,
                   floating[:, ::1] c,
@@ -189,6 +194,8 @@ def forward_train(const floating[:, :, ::1] x,
         Valid steps per row, decreasing, each in ``1 .. T``.
     w_ih, w_hh, bias : (4H, I), (4H, H), (4H,) arrays
         Weights in gate order (i, f, g, o); ``bias = b_ih + b_hh``.
+    w_hh_t : (H, 4H) array
+        ``w_hh`` transposed (the layout of the recurrent GEMM).
     h, c : (B, H) arrays
         Initial states on entry, each row's final state on exit.
     out : (T, B, D*H) array
@@ -211,7 +218,7 @@ def forward_train(const floating[:, :, ::1] x,
     cdef int K = _chunk_steps(xbuf.shape[0], gbuf.shape[0], B, I, 4 * H)
     with nogil:
         _forward(&x[0, 0, 0], T, B, I, &lengths[0], &w_ih[0, 0], &w_hh[0, 0],
-                 &bias[0], H, &h[0, 0], &c[0, 0], &out[0, 0, 0],
+                 &w_hh_t[0, 0], &bias[0], H, &h[0, 0], &c[0, 0], &out[0, 0, 0],
                  <int> out.shape[2], offset, reverse, K, &xbuf[0], &gbuf[0],
                  &gates[0, 0, 0], &c_cache[0, 0, 0], &h_prev_cache[0, 0, 0])
 
@@ -220,6 +227,7 @@ def forward_infer(const floating[:, :, ::1] x,
                   const int[::1] lengths,
                   const floating[:, ::1] w_ih,
                   const floating[:, ::1] w_hh,
+                  const floating[:, ::1] w_hh_t,
                   const floating[::1] bias,
                   floating[:, ::1] h,
                   floating[:, ::1] c,
@@ -241,7 +249,7 @@ def forward_infer(const floating[:, :, ::1] x,
     cdef int K = _chunk_steps(xbuf.shape[0], gbuf.shape[0], B, I, 4 * H)
     with nogil:
         _forward(&x[0, 0, 0], T, B, I, &lengths[0], &w_ih[0, 0], &w_hh[0, 0],
-                 &bias[0], H, &h[0, 0], &c[0, 0], &out[0, 0, 0],
+                 &w_hh_t[0, 0], &bias[0], H, &h[0, 0], &c[0, 0], &out[0, 0, 0],
                  <int> out.shape[2], offset, reverse, K, &xbuf[0], &gbuf[0],
                  <floating*> NULL, <floating*> NULL, <floating*> NULL)
 

@@ -669,7 +669,7 @@ def test_bounds_checked_build_is_active():
     lengths = np.ones(1, dtype=np.intc)
     w = np.zeros((4, 1))
     with pytest.raises(IndexError):
-        _lstm.forward_infer(x, lengths, w, w, np.zeros(4), np.zeros((1, 1)),
+        _lstm.forward_infer(x, lengths, w, w, w.reshape(1, 4), np.zeros(4), np.zeros((1, 1)),
                             np.zeros((1, 1)), np.zeros((0, 1, 1)), 0, False,
                             np.zeros(1), np.zeros(4))
 
