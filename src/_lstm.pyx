@@ -20,6 +20,7 @@ The forward kernels share one time loop (``_forward``), so training and
 inference round identically.
 """
 from cython cimport floating
+from libc.stdlib cimport free, malloc
 from libc.string cimport memcpy, memset
 
 from _blas cimport gemm, gemv
@@ -31,6 +32,74 @@ from _blas cimport gemm, gemv
 # that size: 20-25% faster at batch 32 and hidden 128 (the language model's
 # shape); larger products lose more to thin blocks than they gain.
 cdef double SMALL_GEMM = 1e6
+
+
+cdef extern from "_gemm.h" nogil:
+    int pylstm_packed_gemm_ok()
+    long pylstm_packed_size_f(int k, int n)
+    long pylstm_packed_size_d(int k, int n)
+    void pylstm_pack_f(const float* B, int ldb, int trans, int k, int n, float* Bp)
+    void pylstm_pack_d(const double* B, int ldb, int trans, int k, int n, double* Bp)
+    void pylstm_gemm_packed_f(int m, int n, int k, const float* A, int lda,
+                              const float* Bp, float* C, int ldc, int accumulate)
+    void pylstm_gemm_packed_d(int m, int n, int k, const double* A, int lda,
+                              const double* Bp, double* C, int ldc, int accumulate)
+
+
+# Whether the per-step products use the packed-weight GEMM of _gemm.h (needs
+# AVX-512 at run time) instead of BLAS; set_packed_gemm switches it for tests
+# and benchmarks. Below 8 active rows its 8-row tiles run partly empty and
+# BLAS is faster (measured at batch 4), so those steps still call BLAS.
+cdef enum:
+    PACKED_MIN_ROWS = 8
+cdef bint _packed_available = pylstm_packed_gemm_ok()
+cdef bint _use_packed = _packed_available
+
+
+def packed_gemm_available():
+    """Whether this CPU runs the packed-weight GEMM of the time loop."""
+    return bool(_packed_available)
+
+
+def set_packed_gemm(bint enabled):
+    """Use (True) or not (False) the packed-weight GEMM; returns the old setting.
+
+    Without AVX-512 the setting stays False.
+    """
+    global _use_packed
+    old = bool(_use_packed)
+    _use_packed = enabled and _packed_available
+    return old
+
+
+cdef floating* _packed_weights(const floating* w, int ld, bint trans, int k,
+                               int n) noexcept nogil:
+    """A packed copy of the k x n matrix w (see _gemm.h), or NULL (then use BLAS)."""
+    cdef long size
+    cdef floating* bp
+    if not _use_packed:
+        return NULL
+    if floating is float:
+        size = pylstm_packed_size_f(k, n)
+    else:
+        size = pylstm_packed_size_d(k, n)
+    bp = <floating*> malloc(size * sizeof(floating))
+    if bp == NULL:
+        return NULL
+    if floating is float:
+        pylstm_pack_f(w, ld, trans, k, n, bp)
+    else:
+        pylstm_pack_d(w, ld, trans, k, n, bp)
+    return bp
+
+
+cdef inline void _gemm_packed(int m, int n, int k, const floating* a, int lda,
+                              const floating* bp, floating* c, int ldc,
+                              bint accumulate) noexcept nogil:
+    if floating is float:
+        pylstm_gemm_packed_f(m, n, k, a, lda, bp, c, ldc, accumulate)
+    else:
+        pylstm_gemm_packed_d(m, n, k, a, lda, bp, c, ldc, accumulate)
 
 
 cdef extern from "_cell.h" nogil:
@@ -99,7 +168,7 @@ cdef inline int _column_block(int rows, int cols, int inner,
 cdef void _forward(const floating* x, int T, int B, int I,
                    const int* lengths, const floating* w_ih,
                    const floating* w_hh, const floating* w_hh_t,
-                   const floating* bias, int H,
+                   const floating* w_pack, const floating* bias, int H,
                    floating* h, floating* c, floating* out, int out_width,
                    Py_ssize_t offset, bint reverse, int K,
                    floating* xbuf, floating* gbuf, floating* gates,
@@ -160,6 +229,8 @@ cdef void _forward(const floating* x, int T, int B, int I,
             # when the product is small).
             if n == 1:
                 gemv(False, G, H, one, w_hh, H, h, one, gp)
+            elif w_pack != NULL and n >= PACKED_MIN_ROWS:
+                _gemm_packed(n, G, H, h, H, w_pack, gp, G, True)
             else:
                 gb = _column_block(n, G, H, 64) if floating is float else G
                 j0 = 0
@@ -245,11 +316,15 @@ def forward_train(const floating[:, :, ::1] x,
     cdef int I = <int> x.shape[2]
     cdef int H = <int> w_hh.shape[1]
     cdef int K = _chunk_steps(xbuf.shape[0], gbuf.shape[0], B, I, 4 * H)
+    cdef floating* w_pack = NULL
     with nogil:
+        if B >= PACKED_MIN_ROWS:
+            w_pack = _packed_weights(&w_hh[0, 0], H, True, H, 4 * H)
         _forward(&x[0, 0, 0], T, B, I, &lengths[0], &w_ih[0, 0], &w_hh[0, 0],
-                 &w_hh_t[0, 0], &bias[0], H, &h[0, 0], &c[0, 0], &out[0, 0, 0],
+                 &w_hh_t[0, 0], w_pack, &bias[0], H, &h[0, 0], &c[0, 0], &out[0, 0, 0],
                  <int> out.shape[2], offset, reverse, K, &xbuf[0], &gbuf[0],
                  &gates[0, 0, 0], &c_cache[0, 0, 0], &h_prev_cache[0, 0, 0])
+        free(w_pack)
 
 
 def forward_infer(const floating[:, :, ::1] x,
@@ -276,11 +351,15 @@ def forward_infer(const floating[:, :, ::1] x,
     cdef int I = <int> x.shape[2]
     cdef int H = <int> w_hh.shape[1]
     cdef int K = _chunk_steps(xbuf.shape[0], gbuf.shape[0], B, I, 4 * H)
+    cdef floating* w_pack = NULL
     with nogil:
+        if B >= PACKED_MIN_ROWS:
+            w_pack = _packed_weights(&w_hh[0, 0], H, True, H, 4 * H)
         _forward(&x[0, 0, 0], T, B, I, &lengths[0], &w_ih[0, 0], &w_hh[0, 0],
-                 &w_hh_t[0, 0], &bias[0], H, &h[0, 0], &c[0, 0], &out[0, 0, 0],
+                 &w_hh_t[0, 0], w_pack, &bias[0], H, &h[0, 0], &c[0, 0], &out[0, 0, 0],
                  <int> out.shape[2], offset, reverse, K, &xbuf[0], &gbuf[0],
                  <floating*> NULL, <floating*> NULL, <floating*> NULL)
+        free(w_pack)
 
 
 def backward(const floating[:, :, ::1] x,
@@ -337,7 +416,10 @@ def backward(const floating[:, :, ::1] x,
     cdef Py_ssize_t j, r
     cdef floating* gp
     cdef const floating* src
+    cdef floating* w_pack = NULL
     with nogil:
+        if B >= PACKED_MIN_ROWS:
+            w_pack = _packed_weights(&w_hh[0, 0], H, False, G, H)
         # The projection left values at padded positions: clear them, so
         # the whole-sequence GEMMs below see zero gradients there.
         for b in range(B):
@@ -366,6 +448,8 @@ def backward(const floating[:, :, ::1] x,
             if n == 1:
                 gemv(True, G, H, <floating> 1.0, &w_hh[0, 0], H, src,
                      <floating> 0.0, &dh[0, 0])
+            elif w_pack != NULL and n >= PACKED_MIN_ROWS:
+                _gemm_packed(n, H, G, src, G, w_pack, &dh[0, 0], H, False)
             else:
                 hb = _column_block(n, H, G, 16) if floating is float else H
                 j0 = 0
@@ -387,3 +471,4 @@ def backward(const floating[:, :, ::1] x,
             gp = &gates[0, 0, 0] + r * G
             for j in range(G):
                 db[j] += gp[j]
+        free(w_pack)

@@ -1,0 +1,187 @@
+/* A GEMM for the per-step products of the time loop, with the weight matrix
+ * packed once per kernel call instead of once per step.
+ *
+ * At every step the LSTM multiplies a small block of rows (the active batch)
+ * by the same weight matrix. A general BLAS call cannot know that the weights
+ * repeat: above its small-matrix limit it copies them into its own panel
+ * layout on every call. Here the caller packs the weights once per call
+ * (pylstm_pack_*), and each step runs only the register-blocked inner
+ * product (pylstm_gemm_packed_*):
+ *
+ *     C[m, n] = A[m, k] @ B[k, n]  (+ C when accumulate != 0)
+ *
+ * B is packed in panels of NR columns: panel p holds, for kk = 0 .. k - 1,
+ * the NR values B[kk, p*NR .. p*NR + NR - 1] (zero past column n). Each panel
+ * (k * NR values, 32 KiB at k = 256 in float32) stays in L1 while every block
+ * of MR rows of A streams past it. MR x NR accumulators live in 16 AVX-512
+ * registers. Row and column remainders go through small local tiles, so any
+ * m, n, k work.
+ *
+ * Only compiled for AVX-512 (the target attribute); pylstm_packed_gemm_ok()
+ * tells the caller at run time whether the CPU has it, and otherwise the
+ * kernels call BLAS as before. Summation over k is in order, one FMA per
+ * term, as in a BLAS micro-kernel.
+ */
+#ifndef PYLSTM_GEMM_H
+#define PYLSTM_GEMM_H
+
+#include <string.h>
+
+#if defined(__GNUC__) && defined(__x86_64__) && !defined(__clang__) && defined(__linux__)
+#define PYLSTM_PACKED_GEMM 1
+#define PYLSTM_AVX512 __attribute__((target("avx512f")))
+#else
+#define PYLSTM_PACKED_GEMM 0
+#endif
+
+#define PYLSTM_MR 8
+#define PYLSTM_NR_F 32
+#define PYLSTM_NR_D 16
+
+static inline int pylstm_packed_gemm_ok(void)
+{
+#if PYLSTM_PACKED_GEMM
+    __builtin_cpu_init();
+    return __builtin_cpu_supports("avx512f");
+#else
+    return 0;
+#endif
+}
+
+/* Number of elements of the packed copy of a k x n matrix. */
+static inline long pylstm_packed_size_f(int k, int n)
+{
+    return (long)((n + PYLSTM_NR_F - 1) / PYLSTM_NR_F) * PYLSTM_NR_F * k;
+}
+
+static inline long pylstm_packed_size_d(int k, int n)
+{
+    return (long)((n + PYLSTM_NR_D - 1) / PYLSTM_NR_D) * PYLSTM_NR_D * k;
+}
+
+/* Pack B (k x n, row stride ldb; with trans != 0, B is read as the transpose
+ * of a row-major n x k matrix with row stride ldb). */
+#define PYLSTM_PACK(NAME, T, NR)                                                      \
+static void NAME(const T *B, int ldb, int trans, int k, int n, T *Bp)                 \
+{                                                                                     \
+    for (int p = 0; p * NR < n; p++) {                                                \
+        T *dst = Bp + (long)p * NR * k;                                               \
+        int j0 = p * NR;                                                              \
+        int w = n - j0 < NR ? n - j0 : NR;                                            \
+        for (int kk = 0; kk < k; kk++) {                                              \
+            for (int j = 0; j < w; j++)                                               \
+                dst[(long)kk * NR + j] = trans ? B[(long)(j0 + j) * ldb + kk]         \
+                                               : B[(long)kk * ldb + j0 + j];          \
+            for (int j = w; j < NR; j++)                                              \
+                dst[(long)kk * NR + j] = 0;                                           \
+        }                                                                             \
+    }                                                                                 \
+}
+
+PYLSTM_PACK(pylstm_pack_f, float, PYLSTM_NR_F)
+PYLSTM_PACK(pylstm_pack_d, double, PYLSTM_NR_D)
+
+#if PYLSTM_PACKED_GEMM
+
+typedef float pylstm_vf __attribute__((vector_size(64), aligned(4)));
+typedef double pylstm_vd __attribute__((vector_size(64), aligned(8)));
+
+/* One MR x NR tile: c (row stride ldc) = or += a (rows of stride lda) @ panel.
+ * With rows < MR the last row is read again for the missing ones (their
+ * results land in c's spare rows, which the caller discards). */
+#define PYLSTM_TILE(NAME, T, V, L, SPLAT)                                             \
+PYLSTM_AVX512 static inline void NAME(int k, const T *restrict a, long lda, int rows, \
+                                      const T *restrict bp, T *restrict c, long ldc,  \
+                                      int accumulate)                                 \
+{                                                                                     \
+    V acc0[PYLSTM_MR], acc1[PYLSTM_MR];                                               \
+    const T *ar[PYLSTM_MR];                                                           \
+    for (int r = 0; r < PYLSTM_MR; r++)                                               \
+        ar[r] = a + (r < rows ? r : rows - 1) * lda;                                  \
+    _Pragma("GCC unroll 8")                                                           \
+    for (int r = 0; r < PYLSTM_MR; r++) {                                             \
+        acc0[r] = (V){0};                                                             \
+        acc1[r] = (V){0};                                                             \
+    }                                                                                 \
+    for (int kk = 0; kk < k; kk++) {                                                  \
+        V b0, b1;                                                                     \
+        memcpy(&b0, bp + (long)kk * 2 * L, sizeof b0);                                \
+        memcpy(&b1, bp + (long)kk * 2 * L + L, sizeof b1);                            \
+        _Pragma("GCC unroll 8")                                                       \
+        for (int r = 0; r < PYLSTM_MR; r++) {                                         \
+            V av = SPLAT(ar[r][kk]);                                                  \
+            acc0[r] += av * b0;                                                       \
+            acc1[r] += av * b1;                                                       \
+        }                                                                             \
+    }                                                                                 \
+    _Pragma("GCC unroll 8")                                                           \
+    for (int r = 0; r < PYLSTM_MR; r++) {                                             \
+        if (accumulate) {                                                             \
+            V c0, c1;                                                                 \
+            memcpy(&c0, c + r * ldc, sizeof c0);                                      \
+            memcpy(&c1, c + r * ldc + L, sizeof c1);                                  \
+            acc0[r] += c0;                                                            \
+            acc1[r] += c1;                                                            \
+        }                                                                             \
+        memcpy(c + r * ldc, &acc0[r], sizeof acc0[r]);                                \
+        memcpy(c + r * ldc + L, &acc1[r], sizeof acc1[r]);                            \
+    }                                                                                 \
+}
+
+/* A vector of copies of x (one broadcast load; "0 + x" would add first). */
+#define PYLSTM_SPLAT_F(x) ((pylstm_vf){x, x, x, x, x, x, x, x, x, x, x, x, x, x, x, x})
+#define PYLSTM_SPLAT_D(x) ((pylstm_vd){x, x, x, x, x, x, x, x})
+
+PYLSTM_TILE(pylstm_tile_f, float, pylstm_vf, 16, PYLSTM_SPLAT_F)
+PYLSTM_TILE(pylstm_tile_d, double, pylstm_vd, 8, PYLSTM_SPLAT_D)
+
+/* C[m, n] (row stride ldc) = or += A[m, k] (row stride lda) @ packed B. */
+#define PYLSTM_GEMM_PACKED(NAME, TILE, T, NR)                                         \
+PYLSTM_AVX512 static void NAME(int m, int n, int k, const T *A, int lda,              \
+                               const T *Bp, T *C, int ldc, int accumulate)            \
+{                                                                                     \
+    T c_tile[PYLSTM_MR * NR];                                                         \
+    for (int p = 0; p * NR < n; p++) {                                                \
+        const T *bp = Bp + (long)p * NR * k;                                          \
+        int j0 = p * NR;                                                              \
+        int w = n - j0 < NR ? n - j0 : NR;                                            \
+        for (int i0 = 0; i0 < m; i0 += PYLSTM_MR) {                                   \
+            int rows = m - i0 < PYLSTM_MR ? m - i0 : PYLSTM_MR;                       \
+            const T *a = A + (long)i0 * lda;                                          \
+            if (rows == PYLSTM_MR && w == NR) {                                       \
+                TILE(k, a, lda, rows, bp, C + (long)i0 * ldc + j0, ldc, accumulate);  \
+            } else {                                                                  \
+                for (int r = 0; r < rows; r++)                                        \
+                    for (int j = 0; j < w; j++)                                       \
+                        c_tile[r * NR + j] = C[(long)(i0 + r) * ldc + j0 + j];        \
+                TILE(k, a, lda, rows, bp, c_tile, NR, accumulate);                    \
+                for (int r = 0; r < rows; r++)                                        \
+                    for (int j = 0; j < w; j++)                                       \
+                        C[(long)(i0 + r) * ldc + j0 + j] = c_tile[r * NR + j];        \
+            }                                                                         \
+        }                                                                             \
+    }                                                                                 \
+}
+
+PYLSTM_GEMM_PACKED(pylstm_gemm_packed_f, pylstm_tile_f, float, PYLSTM_NR_F)
+PYLSTM_GEMM_PACKED(pylstm_gemm_packed_d, pylstm_tile_d, double, PYLSTM_NR_D)
+
+#else
+
+static void pylstm_gemm_packed_f(int m, int n, int k, const float *A, int lda,
+                                 const float *Bp, float *C, int ldc, int accumulate)
+{
+    (void)m; (void)n; (void)k; (void)A; (void)lda; (void)Bp; (void)C; (void)ldc;
+    (void)accumulate;
+}
+
+static void pylstm_gemm_packed_d(int m, int n, int k, const double *A, int lda,
+                                 const double *Bp, double *C, int ldc, int accumulate)
+{
+    (void)m; (void)n; (void)k; (void)A; (void)lda; (void)Bp; (void)C; (void)ldc;
+    (void)accumulate;
+}
+
+#endif
+
+#endif

@@ -1,0 +1,65 @@
+"""The packed-weight GEMM of the time loop (src/_gemm.h) against the BLAS path.
+
+With AVX-512 the kernels multiply the per-step rows by a copy of W_hh packed
+once per call; ``pylstm._lstm.set_packed_gemm(False)`` makes them call BLAS
+for every step instead. Both must give the same results to rounding, for
+every shape (tails of the 8-row and 32/16-column tiles), variable lengths,
+both directions and both dtypes; the torch parity and gradient checks run
+with the default (packed where available).
+"""
+
+import numpy as np
+import pytest
+
+from pylstm import LSTM, _lstm
+
+pytestmark = pytest.mark.skipif(not _lstm.packed_gemm_available(),
+                                reason="the packed GEMM needs AVX-512")
+
+TOL = {np.float32: 2e-5, np.float64: 1e-12}
+
+
+@pytest.fixture
+def blas_path():
+    """Leave the packed-GEMM setting as it was before the test."""
+    old = _lstm.set_packed_gemm(True)
+    yield
+    _lstm.set_packed_gemm(old)
+
+
+def _step(layer, X, lengths):
+    out, (h, c) = layer.forward(X, lengths=lengths, training=True)
+    d_out = np.random.default_rng(5).normal(size=out.shape).astype(layer.dtype)
+    dX, grads = layer.backward(d_out)
+    return [out, h, c, dX] + [grads[k] for k in sorted(grads)]
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize(("B", "H", "var", "bidi"), [
+    (8, 32, False, False),     # one full row tile, full column panels
+    (9, 5, True, True),        # row tail of 1, column tail (4H = 20)
+    (23, 40, True, False),     # shrinking active prefix crosses 8 and goes below
+    (32, 64, False, True),
+    (64, 33, True, True),      # 4H = 132: a 4-column tail in float32
+])
+def test_packed_equals_blas(blas_path, dtype, B, H, var, bidi):
+    rng = np.random.default_rng(B * 100 + H)
+    T, n_in = 13, 7
+    X = rng.normal(size=(B, T, n_in)).astype(dtype)
+    lengths = rng.integers(1, T + 1, size=B) if var else None
+    layer = LSTM(n_in, H, num_layers=2, bidirectional=bidi, dtype=dtype, random_state=0)
+    results = []
+    for packed in (False, True):
+        _lstm.set_packed_gemm(packed)
+        results.append(_step(layer, X, lengths))
+    for a, b in zip(*results, strict=True):
+        scale = max(1.0, float(np.abs(a).max()))
+        np.testing.assert_allclose(a, b, rtol=0, atol=TOL[dtype] * scale)
+    # The two paths are really different code (not the same rounding everywhere).
+    assert any(not np.array_equal(a, b) for a, b in zip(*results, strict=True))
+
+
+def test_switch_returns_the_old_setting(blas_path):
+    assert _lstm.set_packed_gemm(False) is True
+    assert _lstm.set_packed_gemm(True) is False
+    assert _lstm.set_packed_gemm(True) is True
