@@ -36,7 +36,19 @@ fewer than half quiet samples are marked ``*``.
 
 Threads: pylstm and the NumPy LSTM use OpenBLAS's own thread pools; torch is
 set to the same count (``torch.set_num_threads``). ``--threads N`` caps every
-BLAS/OpenMP pool with threadpoolctl and sets torch to ``N``.
+BLAS/OpenMP pool with threadpoolctl and sets torch to ``N``; ``--threads 1,2``
+runs everything once per thread count and adds a scaling table.
+
+Throughput: each row also gives the LSTM's matrix work (the flops of the GEMMs
+any LSTM implementation must do, see :func:`lstm_gemm_flops`) divided by the
+wall time, in GFLOP/s and as a fraction of the GEMM peak that scipy's BLAS
+(the one pylstm calls) reaches in the same run at a large square size. A
+second table gives scipy's GEMM throughput at each case's own shapes and the
+time the LSTM's GEMMs alone would take at those rates.
+
+Memory: the peak NumPy allocation (tracemalloc) of a pylstm training step,
+against what backpropagation through time must keep (:func:`bptt_bytes`), and
+the working memory of inference at ``T`` and ``4 T`` steps.
 
 Usage (from the repository root, the installed package is imported)::
 
@@ -46,6 +58,7 @@ Usage (from the repository root, the installed package is imported)::
     python benchmarks/bench_lstm.py --cases 64,100,64,128,2,bi,var   # L=2, bidirectional,
                                                                      # variable lengths
     python benchmarks/bench_lstm.py --large --threads 1 --json results/run.json
+    python benchmarks/bench_lstm.py --threads 1,2 --plot /tmp/ratios.png
 
 Headline figures are run with OpenBLAS left to pick its own kernel and cache
 sizes for the CPU, i.e. with the OpenBLAS overrides of some environments removed::
@@ -60,6 +73,7 @@ threadpoolctl (``pip install threadpoolctl``, the ``bench`` extra).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import gc
 import hashlib
 import importlib
@@ -69,6 +83,7 @@ import platform
 import re
 import sys
 import time
+import tracemalloc
 from dataclasses import dataclass
 
 import numpy as np
@@ -87,6 +102,8 @@ MODES = ("infer", "train")
 TOLERANCE = {"float32": 1e-4, "float64": 1e-10}
 #: Timings are marked when other processes took more than this share of the CPUs.
 BUSY = 0.15
+#: The inference memory is also measured with T multiplied by this.
+MEMORY_T_FACTOR = 4
 
 
 # --------------------------------------------------------------------------- cases
@@ -596,7 +613,38 @@ def environment(pylstm, torch, torch_error, roles, n_threads):
         entry = dict(info)
         entry["used_by"] = roles.get(info["filepath"], ["?"])
         env["libraries"].append(entry)
+    env["pylstm_blas"] = pylstm_blas_info(env["libraries"])
     return env
+
+
+def pylstm_blas_info(libraries):
+    """The threadpoolctl entry of the BLAS that scipy (so pylstm) uses, or None."""
+    for lib in libraries:
+        if lib.get("user_api") == "blas" and "scipy/pylstm" in lib["used_by"]:
+            return lib
+    return None
+
+
+def blas_label(lib):
+    """``openblas 0.3.30, kernel SkylakeX`` for a threadpoolctl entry."""
+    if lib is None:
+        return "unknown BLAS"
+    return f"{lib.get('internal_api')} {lib.get('version')}, kernel {lib.get('architecture', '?')}"
+
+
+def openblas_override_line(env):
+    """Which OpenBLAS overrides are in effect and the kernel pylstm's BLAS runs."""
+    coretype = env["env"]["OPENBLAS_CORETYPE"]
+    l2 = env["env"]["OPENBLAS_L2_SIZE"]
+    how = (
+        f"OPENBLAS_CORETYPE={coretype} forces the kernel"
+        if coretype != "unset"
+        else "OPENBLAS_CORETYPE unset: OpenBLAS picks the kernel for this CPU"
+    )
+    cache = f"OPENBLAS_L2_SIZE={l2}" + (" overrides the L2 size" if l2 != "unset" else "")
+    return (
+        f"BLAS of pylstm and of the GEMM figures: {blas_label(env['pylstm_blas'])} ({how}; {cache})"
+    )
 
 
 def print_header(env):
@@ -629,11 +677,369 @@ def print_header(env):
             f"threading={lib.get('threading_layer', '-')} used by {', '.join(lib['used_by'])}"
         )
         print(f"      {lib.get('filepath')}")
-    print(f"threads for the run: {env['threads']} (BLAS pools; torch.set_num_threads)")
+    print(openblas_override_line(env))
+    counts = ", ".join(str(n) for n in env.get("thread_counts", [env["threads"]]))
+    print(f"threads for the run: {counts} (BLAS pools; torch.set_num_threads)")
     share = env["foreign_cpu_start"]
     if share is not None:
         print(f"CPU used by other processes before the run: {100 * share:.0f}%")
     print()
+
+
+# --------------------------------------------------------------------------- GEMM work
+#: The GEMMs of one layer and direction, in the order they are listed.
+GEMM_KINDS = ("proj", "rec", "dX", "dW_ih", "dW_hh", "dh")
+#: Those of the forward pass; the training step does all of GEMM_KINDS.
+FORWARD_KINDS = ("proj", "rec")
+#: Kinds done once per step (on B rows); the others once per sequence batch.
+PER_STEP_KINDS = ("rec", "dh")
+#: How an LSTM stores each kind's operands (row-major): (A stored transposed,
+#: B stored transposed). The weights are kept as (4H, In) and (4H, H), so the
+#: forward products read them transposed; the weight gradients read dZ^T.
+GEMM_LAYOUT = {
+    "proj": (False, True),
+    "rec": (False, True),
+    "dX": (False, False),
+    "dW_ih": (True, False),
+    "dW_hh": (True, False),
+    "dh": (False, False),
+}
+
+
+def gemm_shapes(B, n, In, H):
+    """The GEMMs of one layer and direction as ``{kind: (M, K, N)}``, C = A (MxK) @ B (KxN).
+
+    Parameters
+    ----------
+    B : int
+        Batch size.
+    n : int
+        Valid steps summed over the batch (``B * T`` without lengths).
+    In : int
+        Input features of the layer (``I``, or ``D * H`` above the first layer).
+    H : int
+        Hidden units; the gates have ``G = 4 H``.
+
+    Returns
+    -------
+    dict
+        ``proj`` X W_ih^T for all steps, ``rec`` h_{t-1} W_hh^T (per step),
+        ``dX`` dZ W_ih, ``dW_ih`` dZ^T X, ``dW_hh`` dZ^T H_prev and ``dh``
+        dZ_t W_hh (per step).
+    """
+    G = 4 * H
+    return {
+        "proj": (n, In, G),
+        "rec": (B, H, G),
+        "dX": (n, G, In),
+        "dW_ih": (G, n, In),
+        "dW_hh": (G, n, H),
+        "dh": (B, G, H),
+    }
+
+
+def layer_inputs(case):
+    """Input features of each layer: ``I``, then ``D * H``."""
+    D = 2 if case.bidirectional else 1
+    return [case.I] + [D * case.H] * (case.num_layers - 1)
+
+
+def gemm_work(case, n):
+    """Flops of every GEMM kind the LSTM does, summed over layers and directions.
+
+    Returns ``{(kind, M, K, N): flops}``: per-step kinds are counted on the
+    ``n / B`` steps of a full batch (with variable lengths the batch shrinks
+    but the flops, ``2 n K N``, are the same).
+    """
+    D = 2 if case.bidirectional else 1
+    work = {}
+    for In in layer_inputs(case):
+        for kind, (M, K, N) in gemm_shapes(case.B, n, In, case.H).items():
+            calls = n / case.B if kind in PER_STEP_KINDS else 1
+            key = (kind, M, K, N)
+            work[key] = work.get(key, 0.0) + D * 2.0 * M * K * N * calls
+    return work
+
+
+def lstm_gemm_flops(case, n, mode):
+    """Matrix work of one call: the flops of the GEMMs an LSTM must do.
+
+    Per layer and direction, with ``n`` valid steps, layer input size ``In``
+    and ``G = 4 H``:
+
+    * forward (``infer``): input projection ``2 n In G`` + recurrence
+      ``2 n H G`` = ``8 n H (In + H)``;
+    * backward: dX ``2 n G In`` + dW_ih ``2 n G In`` + dW_hh ``2 n G H`` +
+      dh ``2 n G H`` = ``16 n H (In + H)``, twice the forward;
+    * ``train`` (forward + backward) = ``24 n H (In + H)``.
+
+    Element-wise gate arithmetic, bias sums and copies are not counted.
+    """
+    kinds = FORWARD_KINDS if mode == "infer" else GEMM_KINDS
+    return sum(f for (kind, *_), f in gemm_work(case, n).items() if kind in kinds)
+
+
+def gemm_call(M, K, N, dtype, layout=(False, False), seed=0):
+    """A function computing C = A @ B (M x K by K x N, C order) with scipy's ?gemm.
+
+    ``layout = (a_t, b_t)``: A is stored as its (K x M) transpose when
+    ``a_t``, B as its (N x K) transpose when ``b_t`` (see GEMM_LAYOUT).
+    Row-major ``C = A B`` is column-major ``C^T = B^T A^T``; the transposed
+    views of C-ordered arrays are Fortran-ordered, so f2py hands them (and
+    ``C``) to BLAS without copying. The figure includes f2py's call overhead
+    (a few microseconds).
+    """
+    from scipy.linalg import blas
+
+    a_t, b_t = layout
+    gemm = blas.sgemm if np.dtype(dtype) == np.float32 else blas.dgemm
+    rng = np.random.default_rng(seed)
+    a = rng.random((K, M) if a_t else (M, K), dtype=dtype) - 0.5
+    b = rng.random((N, K) if b_t else (K, N), dtype=dtype) - 0.5
+    c = np.empty((M, N), dtype=dtype)
+
+    def call():
+        return gemm(
+            1.0, b.T, a.T, trans_a=int(b_t), trans_b=int(a_t), beta=0.0, c=c.T, overwrite_c=True
+        )
+
+    return call
+
+
+def gemv_call(K, N, dtype, b_t=False, seed=0):
+    """A function computing the one-row product (1 x K) @ (K x N) with scipy's ?gemv.
+
+    B is stored as in :func:`gemm_call`; the vector result goes to a
+    preallocated array.
+    """
+    from scipy.linalg import blas
+
+    gemv = blas.sgemv if np.dtype(dtype) == np.float32 else blas.dgemv
+    rng = np.random.default_rng(seed)
+    b = rng.random((N, K) if b_t else (K, N), dtype=dtype) - 0.5
+    x = rng.random(K, dtype=dtype) - 0.5
+    y = np.empty(N, dtype=dtype)
+
+    def call():
+        return gemv(1.0, b.T, x, beta=0.0, y=y, trans=int(b_t), overwrite_y=True)
+
+    return call
+
+
+class GemmMeter:
+    """GEMM throughput of scipy's BLAS at given shapes, measured once per shape.
+
+    Each figure is :func:`measure`'s median over ``args.gemm_repeats``
+    samples after one warm-up call, at the thread count in effect.
+    """
+
+    def __init__(self, args):
+        self.args = argparse.Namespace(**{**vars(args), "repeats": args.gemm_repeats, "warmup": 1})
+        self.figures = {}
+
+    def _measure(self, key, call, flops):
+        if key not in self.figures:
+            t = measure(call(), self.args)
+            t["gflops"] = flops / (t["median_ms"] * 1e6)
+            t["best_gflops"] = flops / (min(t["samples_ms"]) * 1e6)
+            self.figures[key] = t
+        return self.figures[key]
+
+    def rate(self, M, K, N, dtype, layout=(False, False)):
+        """:func:`measure` figures of one ?gemm call plus ``gflops``, cached per shape."""
+        key = ("gemm", M, K, N, np.dtype(dtype).name, layout)
+        t = self._measure(key, lambda: gemm_call(M, K, N, dtype, layout), 2.0 * M * K * N)
+        t["shape"] = [M, K, N]
+        return t
+
+    def gemv_rate(self, K, N, dtype, b_t=False):
+        """The same for the one-row product (1 x K) @ (K x N) through ?gemv."""
+        key = ("gemv", K, N, np.dtype(dtype).name, b_t)
+        return self._measure(key, lambda: gemv_call(K, N, dtype, b_t), 2.0 * K * N)
+
+    def peak(self, dtype):
+        """Throughput at the square size ``--peak-size``."""
+        size = self.args.peak_size
+        progress(f"GEMM peak {np.dtype(dtype).name} {size}^3 ...")
+        return self.rate(size, size, size, dtype)
+
+
+def case_gemm(case, n, dtype, meter):
+    """Per-shape GEMM rates of a case and the GEMM-only time of each mode.
+
+    Each shape is measured in the layout an LSTM stores its operands in
+    (GEMM_LAYOUT). One-row products (B = 1) are matrix-vector products, for
+    which ?gemm is slow: those are also measured through ?gemv.
+
+    The GEMM-only time (``bound_ms``) is the sum over the case's GEMMs of
+    their flops divided by the rate measured at their shape (the faster of
+    ?gemm and ?gemv): what the call would cost if it did nothing but its
+    GEMMs at those rates.
+    """
+    work = gemm_work(case, n)
+    shapes, bound = [], {mode: 0.0 for mode in MODES}
+    for (kind, M, K, N), flops in work.items():
+        layout = GEMM_LAYOUT[kind]
+        t = meter.rate(M, K, N, dtype, layout)
+        v = meter.gemv_rate(K, N, dtype, layout[1]) if M == 1 else None
+        rate = max(t["gflops"], v["gflops"] if v else 0.0)
+        shapes.append(
+            {
+                "kind": kind,
+                "shape": [M, K, N],
+                "a_transposed": layout[0],
+                "b_transposed": layout[1],
+                "flops": flops,
+                "median_ms": t["median_ms"],
+                "iqr_ms": t["iqr_ms"],
+                "gflops": t["gflops"],
+                "best_gflops": t["best_gflops"],
+                "gemv_gflops": v["gflops"] if v else None,
+                "busy": t["busy"] or bool(v and v["busy"]),
+            }
+        )
+        seconds = flops / (rate * 1e9)
+        for mode in MODES:
+            if mode == "train" or kind in FORWARD_KINDS:
+                bound[mode] += 1e3 * seconds
+    return {"shapes": shapes, "bound_ms": bound}
+
+
+# --------------------------------------------------------------------------- memory
+def traced_peak(fn):
+    """Call ``fn()`` under tracemalloc.
+
+    Returns
+    -------
+    result
+        What ``fn`` returned.
+    peak : int
+        Peak bytes allocated during the call.
+    held : int
+        Bytes allocated during the call and still held when it returned
+        (what it returned, and anything the callee keeps for later calls).
+
+    Only allocations made during the call count (arrays that exist before it
+    do not). NumPy reports its array buffers to tracemalloc; memory that C
+    code allocates with plain ``malloc`` (OpenBLAS buffers, kernel scratch)
+    is not seen.
+    """
+    gc.collect()
+    tracemalloc.start()
+    try:
+        result = fn()
+        held, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    return result, peak, held
+
+
+def bptt_bytes(case, n, n_params, itemsize):
+    """What a training step (forward + BPTT) must hold, in bytes, by component.
+
+    With ``s`` the itemsize, ``n`` the valid steps summed over the batch, ``P``
+    the number of parameters and ``D`` the directions:
+
+    * ``cache``: per layer and direction, the gate activations (4H), cell
+      states (H) and hidden outputs (H) of every valid step: ``L D n 6 H s``;
+    * ``params`` and ``param_grads``: ``P s`` each;
+    * ``dX``: ``B T I s``; ``out``: ``B T D H s``;
+    * ``states``: h_n, c_n and their gradients for h0, c0: ``4 L D B H s``.
+    """
+    D = 2 if case.bidirectional else 1
+    B, T, I, H, L = case.B, case.T, case.I, case.H, case.num_layers
+    parts = {
+        "cache": L * D * n * 6 * H * itemsize,
+        "params": n_params * itemsize,
+        "param_grads": n_params * itemsize,
+        "dX": B * T * I * itemsize,
+        "out": B * T * D * H * itemsize,
+        "states": 4 * L * D * B * H * itemsize,
+    }
+    parts["total"] = sum(parts.values())
+    return parts
+
+
+def nbytes(*arrays):
+    return sum(a.nbytes for a in arrays)
+
+
+def train_memory(new_layer, case, X, lengths, n):
+    """Peak memory of ``forward(training=True)`` + ``backward`` against :func:`bptt_bytes`.
+
+    ``new_layer()`` must return a layer that has not run yet, so that work
+    arrays a layer keeps between calls are allocated, and counted, inside
+    the traced step. ``peak_bytes`` is the traced peak plus the parameters
+    (which the layer holds throughout); X and the output gradient exist
+    before the call and count in neither figure. ``retained_bytes``: what
+    the layer still holds after the step, beyond what it returned.
+    """
+    layer = new_layer()
+    d_out = np.ones((case.B, case.T, layer.num_directions * case.H), dtype=layer.dtype)
+
+    def step():
+        out, (h_n, c_n) = layer.forward(X, lengths=lengths, training=True)
+        dX, grads = layer.backward(d_out)
+        return out, h_n, c_n, dX, grads
+
+    (out, h_n, c_n, dX, grads), traced, held = traced_peak(step)
+    params = nbytes(*layer.parameters())
+    returned = nbytes(out, h_n, c_n, dX, *grads.values())
+    theory = bptt_bytes(case, n, sum(p.size for p in layer.parameters()), layer.dtype.itemsize)
+    peak = traced + params
+    return {
+        "traced_peak_bytes": traced,
+        "param_bytes": params,
+        "returned_bytes": returned,
+        "retained_bytes": held - returned,
+        "peak_bytes": peak,
+        "theory_bytes": theory,
+        "peak_over_theory": peak / theory["total"],
+    }
+
+
+def infer_excess(layer, X, lengths):
+    """Traced peak of ``forward(training=False)`` minus the bytes of what it returns."""
+    (out, (h_n, c_n)), peak, held = traced_peak(
+        lambda: layer.forward(X, lengths=lengths, training=False)
+    )
+    returned = nbytes(out, h_n, c_n)
+    return {
+        "traced_peak_bytes": peak,
+        "excess_bytes": peak - returned,
+        "retained_bytes": held - returned,
+    }
+
+
+def infer_memory(new_layer, case, X, lengths):
+    """Inference working memory at T and at ``MEMORY_T_FACTOR * T`` steps.
+
+    Each figure uses a layer fresh from ``new_layer()`` (see
+    :func:`train_memory`). The longer input repeats X along time (lengths
+    scaled alike) and is built before the traced call. ``growth_per_step``
+    is the extra excess per added step, in units of the bytes one step of
+    output takes (``B D H s``).
+    """
+    k = MEMORY_T_FACTOR
+    X_long = np.tile(X, (1, k, 1))
+    lengths_long = None if lengths is None else np.asarray(lengths) * k
+    base = infer_excess(new_layer(), X, lengths)
+    long = infer_excess(new_layer(), X_long, lengths_long)
+    itemsize = np.dtype(X.dtype).itemsize
+    step_bytes = case.B * (2 if case.bidirectional else 1) * case.H * itemsize
+    grown = long["excess_bytes"] - base["excess_bytes"]
+    return {
+        "T": case.T,
+        "T_long": k * case.T,
+        "excess_bytes": base["excess_bytes"],
+        "excess_bytes_long": long["excess_bytes"],
+        "traced_peak_bytes": base["traced_peak_bytes"],
+        "traced_peak_bytes_long": long["traced_peak_bytes"],
+        "retained_bytes": base["retained_bytes"],
+        "retained_bytes_long": long["retained_bytes"],
+        "long_over_base": long["excess_bytes"] / max(1, base["excess_bytes"]),
+        "growth_per_step": grown / ((k - 1) * case.T * step_bytes),
+    }
 
 
 # --------------------------------------------------------------------------- one case
@@ -691,18 +1097,38 @@ def torch_runner(torch, case, dtype, state_dict, X, lengths):
     return module, infer, train
 
 
-def run_case(case, dtype, args, pylstm, torch):
+def valid_steps(case, lengths):
+    """Steps the LSTM must compute: ``B * T``, or the sum of the lengths."""
+    return case.B * case.T if lengths is None else int(np.sum(lengths))
+
+
+def run_case(case, dtype, args, pylstm, torch, with_memory=False):
+    """Check agreement, then time every implementation and mode of one case and dtype.
+
+    Returns
+    -------
+    dict
+        ``checks`` (name: max relative error), ``timings`` ((mode, impl):
+        :func:`measure` figures), ``valid_steps`` and, with ``with_memory``,
+        ``memory`` (:func:`train_memory` and :func:`infer_memory`, measured
+        after the timings in separate, untimed calls on fresh layers with the
+        same weights).
+    """
     dtype = np.dtype(dtype)
     rng = np.random.default_rng(args.seed)
     X, lengths = make_inputs(case, dtype, rng)
-    layer = pylstm.LSTM(
-        case.I,
-        case.H,
-        num_layers=case.num_layers,
-        bidirectional=case.bidirectional,
-        dtype=dtype.type,
-        random_state=args.seed,
-    )
+
+    def new_layer():
+        return pylstm.LSTM(
+            case.I,
+            case.H,
+            num_layers=case.num_layers,
+            bidirectional=case.bidirectional,
+            dtype=dtype.type,
+            random_state=args.seed,
+        )
+
+    layer = new_layer()
     state = layer.state_dict()
     ref = NumpyLSTM(state, case.I, case.H, case.num_layers, case.bidirectional, dtype)
     names = list(state)
@@ -761,7 +1187,14 @@ def run_case(case, dtype, args, pylstm, torch):
                 continue
             progress(f"  {case.label:<24} {dtype.name:<8} {mode:<6} {impl:<7} ...")
             timings[(mode, impl)] = measure(impls[impl][mode], args)
-    return checks, timings
+    result = {"checks": checks, "timings": timings, "valid_steps": valid_steps(case, lengths)}
+    if with_memory:
+        progress(f"  {case.label:<24} {dtype.name:<8} memory (tracemalloc) ...")
+        result["memory"] = {
+            "train": train_memory(new_layer, case, X, lengths, result["valid_steps"]),
+            "infer": infer_memory(new_layer, case, X, lengths),
+        }
+    return result
 
 
 # --------------------------------------------------------------------------- report
@@ -784,11 +1217,29 @@ def fmt_ratio(r):
     return "-" if r is None else f"{r:.2f}"
 
 
+def fmt_rate(v, digits=1):
+    return "-" if v is None else f"{v:.{digits}f}"
+
+
+def fmt_pct(v):
+    return "-" if v is None else f"{100 * v:.1f}%"
+
+
+def geometric_mean(values):
+    return float(np.exp(np.mean(np.log(values))))
+
+
 def print_tables(rows, check_rows):
-    print("Timings: median ms per call (IQR); ratios > 1 mean pylstm is faster")
+    """The timing table (with matrix-work throughput), geometric means and agreement."""
+    print(
+        "Timings: median ms per call (IQR); ratios > 1 mean pylstm is faster; GF/s = LSTM "
+        "GEMM flops / wall time;\n%peak = GF/s / scipy's GEMM peak below (torch has its own "
+        "BLAS and may exceed 100%)"
+    )
     head = (
         f"{'case (BxTxIxH)':<24} {'dtype':<8} {'mode':<6} {'pylstm':>19} {'numpy':>19} "
-        f"{'torch':>19} {'numpy/pl':>9} {'torch/pl':>9}"
+        f"{'torch':>19} {'numpy/pl':>9} {'torch/pl':>9} {'pl GF/s':>8} {'pl %peak':>9} "
+        f"{'th %peak':>9}"
     )
     print(head)
     print("-" * len(head))
@@ -796,7 +1247,9 @@ def print_tables(rows, check_rows):
         print(
             f"{r['case']:<24} {r['dtype']:<8} {r['mode']:<6} "
             f"{fmt_ms(r['pylstm']):>19} {fmt_ms(r['numpy']):>19} {fmt_ms(r['torch']):>19} "
-            f"{fmt_ratio(r['numpy_over_pylstm']):>9} {fmt_ratio(r['torch_over_pylstm']):>9}"
+            f"{fmt_ratio(r['numpy_over_pylstm']):>9} {fmt_ratio(r['torch_over_pylstm']):>9} "
+            f"{fmt_rate(r['pylstm_gflops']):>8} {fmt_pct(r['pylstm_frac_peak']):>9} "
+            f"{fmt_pct(r['torch_frac_peak']):>9}"
         )
     print()
     for key, title in (
@@ -812,11 +1265,14 @@ def print_tables(rows, check_rows):
                     if r["mode"] == mode and r["dtype"] == dt and r[key] is not None
                 ]
                 if vals:
-                    gm = float(np.exp(np.mean(np.log(vals))))
-                    parts.append(f"{dt} {mode} {gm:.2f}")
+                    parts.append(f"{dt} {mode} {geometric_mean(vals):.2f}")
         if parts:
             print(f"geometric mean {title}: " + ", ".join(parts))
     print()
+    print_agreement(check_rows)
+
+
+def print_agreement(check_rows):
     print(
         "Agreement: max relative error max|a-b|/max|b| (out = output, h_n, c_n; "
         "grad = dX and all weight grads)"
@@ -839,6 +1295,238 @@ def print_tables(rows, check_rows):
             f"{c['status']}"
         )
     print()
+
+
+def kind_rates(shapes, kind):
+    """GF/s of one GEMM kind; ``a/b`` when the layers' input sizes differ."""
+    figures = [s for s in shapes if s["kind"] == kind]
+    if not figures:
+        return "-"
+    busy = "*" if any(s["busy"] for s in figures) else ""
+    cells = []
+    for s in figures:
+        cell = f"{s['gflops']:.1f}"
+        if s["gemv_gflops"] is not None:
+            cell += f"|v{s['gemv_gflops']:.1f}"
+        cells.append(cell)
+    return "/".join(cells) + busy
+
+
+def print_gemm_table(run, env):
+    """Peak GEMM throughput, then each case's GEMM shapes and GEMM-only times."""
+    if not run["gemm_peak"]:
+        return
+    size = next(iter(run["gemm_peak"].values()))["shape"][0]
+    peaks = ", ".join(
+        f"{dt} {t['gflops']:.1f} GF/s ({t['median_ms']:.1f} ms){'*' if t['busy'] else ''} "
+        f"[best sample {t['best_gflops']:.1f}]"
+        for dt, t in run["gemm_peak"].items()
+    )
+    print(
+        f"GEMM throughput of scipy.linalg.blas ?gemm ({blas_label(env['pylstm_blas'])}), "
+        f"{run['threads']} thread(s), median of one call"
+    )
+    print(f"peak (median), {size} x {size} x {size}: {peaks}")
+    print(
+        "shapes (M x K @ K x N), n = valid steps (B*T or sum of lengths), G = 4H, In = layer "
+        "input:\n  proj n x In @ In x G, rec B x H @ H x G (per step), dX n x G @ G x In, "
+        "dW_ih G x n @ n x In, dW_hh G x n @ n x H, dh B x G @ G x H (per step);\n"
+        "  in the LSTM's storage layout (weights (G x In), (G x H)); a/b: first layer / upper "
+        "layers; |v: one-row product through ?gemv;\n"
+        "  GEMM ms = the case's GEMM flops at these rates (the faster of gemm and gemv); "
+        "pl/GEMM = pylstm time / GEMM ms"
+    )
+    head = f"{'case (BxTxIxH)':<24} {'dtype':<8} " + " ".join(f"{k:>12}" for k in GEMM_KINDS)
+    head += f" {'GEMM ms inf':>11} {'pl/GEMM':>7} {'GEMM ms trn':>11} {'pl/GEMM':>7}"
+    print(head)
+    print("-" * len(head))
+    by_key = {(r["case"], r["dtype"], r["mode"]): r for r in run["timings"]}
+    for g in run["gemm_shapes"]:
+        line = f"{g['case']:<24} {g['dtype']:<8} "
+        line += " ".join(f"{kind_rates(g['shapes'], k):>12}" for k in GEMM_KINDS)
+        for mode in MODES:
+            r = by_key[(g["case"], g["dtype"], mode)]
+            line += f" {g['bound_ms'][mode]:>11.3f} {fmt_ratio(r['pylstm_over_gemm_bound']):>7}"
+        print(line)
+    warning = peak_warning(run)
+    if warning:
+        print(warning)
+    print()
+
+
+def peak_warning(run):
+    """A warning when a scipy-BLAS rate beats the peak (a peak sampled under contention)."""
+    over = set()
+    for g in run["gemm_shapes"]:
+        peak = run["gemm_peak"][g["dtype"]]["gflops"]
+        over.update(g["dtype"] for s in g["shapes"] if s["gflops"] > 1.05 * peak)
+    # torch runs its own BLAS (MKL / oneDNN), which may beat scipy's: not a sign.
+    over.update(r["dtype"] for r in run["timings"] if (r["pylstm_frac_peak"] or 0) > 1.05)
+    if not over:
+        return ""
+    return (
+        f"WARNING: rates above the {'/'.join(sorted(over))} GEMM peak: the peak was probably "
+        "measured while other processes ran; %peak figures overstate"
+    )
+
+
+def mb(v):
+    return f"{v / 1e6:.2f}"
+
+
+def print_memory_table(memory_rows):
+    """Training peak against the BPTT minimum; inference working memory at T and k T."""
+    if not memory_rows:
+        return
+    k = MEMORY_T_FACTOR
+    print("Memory (tracemalloc: NumPy allocations made during the call; MB = 1e6 bytes)")
+    print(
+        "  each figure on a fresh layer (same weights), so that arrays a layer keeps between "
+        "calls are counted\n"
+        "  train peak = traced peak of forward(training=True) + backward, plus the parameters "
+        "(X and d_out excluded);\n"
+        "  kept = what the layer still holds after the step, beyond what it returned\n"
+        "  theory = s * (L*D*n*6H [gates 4H, c H, h H per valid step] + 2P [params, grads] "
+        "+ B*T*I [dX] + B*T*D*H [out]\n"
+        "           + 4*L*D*B*H [h_n, c_n, d h0, d c0]), s = itemsize, n = valid steps, "
+        "P = parameter count\n"
+        f"  infer excess = traced peak of forward(training=False) minus its outputs, at T "
+        f"and {k}T;\n"
+        f"  growth/step = extra excess per added step / bytes of one output step (B*D*H*s)"
+    )
+    head = (
+        f"{'case (BxTxIxH)':<24} {'dtype':<8} {'train peak':>11} {'theory':>9} "
+        f"{'peak/theory':>11} {'kept':>9} {'infer T':>9} {f'infer {k}T':>9} {f'{k}T/T':>6} "
+        f"{'growth/step':>11}"
+    )
+    print(head)
+    print("-" * len(head))
+    for m in memory_rows:
+        tr, inf = m["train"], m["infer"]
+        print(
+            f"{m['case']:<24} {m['dtype']:<8} {mb(tr['peak_bytes']):>11} "
+            f"{mb(tr['theory_bytes']['total']):>9} {tr['peak_over_theory']:>11.2f} "
+            f"{mb(tr['retained_bytes']):>9} "
+            f"{mb(inf['excess_bytes']):>9} {mb(inf['excess_bytes_long']):>9} "
+            f"{inf['long_over_base']:>6.2f} {inf['growth_per_step']:>11.2f}"
+        )
+    print()
+
+
+def scaling_rows(runs):
+    """Per case, dtype and mode: each implementation's median ms at every thread count."""
+    counts = [run["threads"] for run in runs]
+    lookup = [{(r["case"], r["dtype"], r["mode"]): r for r in run["timings"]} for run in runs]
+    out = []
+    for r in runs[0]["timings"]:
+        key = (r["case"], r["dtype"], r["mode"])
+        entry = {"case": key[0], "dtype": key[1], "mode": key[2], "threads": counts}
+        for impl in IMPLS:
+            ms = [(by.get(key) or {}).get(impl) for by in lookup]
+            ms = [None if t is None else t["median_ms"] for t in ms]
+            entry[f"{impl}_ms"] = ms
+            ok = ms[0] is not None and ms[-1] is not None
+            entry[f"{impl}_speedup"] = ms[0] / ms[-1] if ok else None
+        out.append(entry)
+    return out
+
+
+def print_scaling_table(rows, runs):
+    """GEMM peak per thread count, then pylstm's and torch's ms per count and speedup."""
+    counts = rows[0]["threads"]
+    print(
+        f"Thread scaling: median ms per call at {', '.join(map(str, counts))} thread(s); "
+        f"speedup = ms at {counts[0]} / ms at {counts[-1]}"
+    )
+    for dt in runs[0]["gemm_peak"]:
+        peaks = [run["gemm_peak"][dt]["gflops"] for run in runs]
+        text = ", ".join(f"{n}t {p:.1f}" for n, p in zip(counts, peaks, strict=True))
+        print(f"  GEMM peak {dt} GF/s: {text} (x{peaks[-1] / peaks[0]:.2f})")
+    head = f"{'case (BxTxIxH)':<24} {'dtype':<8} {'mode':<6}"
+    for impl in ("pylstm", "torch"):
+        head += "".join(f" {f'{impl} {n}t':>10}" for n in counts) + f" {'speedup':>8}"
+    print(head)
+    print("-" * len(head))
+    for r in rows:
+        line = f"{r['case']:<24} {r['dtype']:<8} {r['mode']:<6}"
+        for impl in ("pylstm", "torch"):
+            line += "".join(f" {'-' if v is None else f'{v:.3f}':>10}" for v in r[f"{impl}_ms"])
+            line += f" {fmt_ratio(r[f'{impl}_speedup']):>8}"
+        print(line)
+    print()
+
+
+def plot_ratios(runs, path):
+    """Bar chart of numpy/pylstm and torch/pylstm per case, dtype and mode.
+
+    One panel per thread count, log scale, a dashed line at 1. Returns False
+    (after saying so) when matplotlib cannot be imported.
+    """
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+        from matplotlib.ticker import FixedLocator, NullFormatter
+    except ImportError:
+        print(f"--plot: matplotlib is not installed (pip install matplotlib); {path} not written")
+        return False
+    series = (
+        ("numpy_over_pylstm", "numpy / pylstm", "tab:orange"),
+        ("torch_over_pylstm", "torch / pylstm", "tab:green"),
+    )
+    n_rows = len(runs[0]["timings"])
+    fig, axes = plt.subplots(
+        len(runs),
+        1,
+        figsize=(max(6.0, 0.5 * n_rows + 2), 4.5 * len(runs)),
+        squeeze=False,
+        layout="constrained",
+    )
+    for ax, run in zip(axes[:, 0], runs, strict=True):
+        rows = run["timings"]
+        present = [s for s in series if any(r[s[0]] is not None for r in rows)]
+        x = np.arange(len(rows))
+        width = 0.8 / max(1, len(present))
+        values = []
+        for j, (key, label, color) in enumerate(present):
+            v = np.array([np.nan if r[key] is None else r[key] for r in rows])
+            values.extend(v[np.isfinite(v)])
+            offset = (j - (len(present) - 1) / 2) * width
+            # Bars start at 1: up when pylstm is faster, down when it is slower.
+            bars = ax.bar(x + offset, v - 1, width, bottom=1, label=label, color=color)
+            ax.bar_label(bars, labels=[f"{r:.2f}" for r in v], fontsize=6)
+        ax.axhline(1.0, color="black", lw=1, ls="--")
+        ax.set_yscale("log")
+        lo, hi = min(values + [1.0]), max(values + [1.0])
+        ax.set_ylim(lo / 1.4, hi * 1.4)
+        powers = range(int(np.floor(np.log2(lo))), int(np.ceil(np.log2(hi))) + 1)
+        ax.yaxis.set_major_locator(FixedLocator([2.0**k for k in powers]))
+        ax.yaxis.set_major_formatter(lambda v, _: f"{v:g}")
+        ax.yaxis.set_minor_formatter(NullFormatter())
+        ax.set_xticks(
+            x, [f"{r['case']}\n{r['dtype']} {r['mode']}" for r in rows], rotation=90, fontsize=7
+        )
+        ax.set_ylabel("time ratio (> 1: pylstm faster)")
+        ax.set_title(f"bench_lstm.py, {run['threads']} thread(s)", fontsize="medium")
+        ax.legend(fontsize="small")
+    directory = os.path.dirname(os.path.abspath(path))
+    os.makedirs(directory, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    print(f"wrote {path}")
+    return True
+
+
+def parse_threads(text):
+    """Parse ``N`` or a comma list ``N1,N2,...`` of thread counts (duplicates dropped)."""
+    try:
+        counts = [int(p) for p in text.split(",") if p.strip()]
+    except ValueError:
+        counts = []
+    if not counts or min(counts) < 1:
+        raise argparse.ArgumentTypeError(f"threads must be N or N1,N2,... >= 1, got {text!r}")
+    return list(dict.fromkeys(counts))
 
 
 def build_parser():
@@ -875,9 +1563,11 @@ def build_parser():
     )
     p.add_argument(
         "--threads",
-        type=int,
+        type=parse_threads,
         default=None,
-        help="limit BLAS/OpenMP threads (threadpoolctl) and torch.set_num_threads",
+        metavar="N[,N2,...]",
+        help="limit BLAS/OpenMP threads (threadpoolctl) and torch.set_num_threads; a "
+        "comma list (e.g. 1,2) runs everything once per count and adds a scaling table",
     )
     p.add_argument(
         "--busy-wait",
@@ -895,77 +1585,132 @@ def build_parser():
     )
     p.add_argument("--no-torch", action="store_true", help="skip torch even if installed")
     p.add_argument("--no-numpy", action="store_true", help="skip timing the NumPy LSTM")
+    p.add_argument(
+        "--no-gemm", action="store_true", help="skip the GEMM peak and per-shape GEMM figures"
+    )
+    p.add_argument(
+        "--peak-size",
+        type=int,
+        default=2048,
+        help="square size of the GEMM peak measurement (default 2048)",
+    )
+    p.add_argument(
+        "--gemm-repeats",
+        type=int,
+        default=5,
+        help="samples per GEMM figure, after one warm-up call (default 5)",
+    )
+    p.add_argument("--no-memory", action="store_true", help="skip the tracemalloc memory figures")
+    p.add_argument(
+        "--plot", metavar="PATH", help="write a PNG bar chart of the ratios (matplotlib)"
+    )
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--json", metavar="PATH", help="write every figure to this JSON file")
     return p
 
 
-def main(argv=None):
-    args = build_parser().parse_args(argv)
-    if args.repeats < 1:
-        sys.exit("--repeats must be >= 1")
-    if args.threads is not None and args.threads < 1:
-        sys.exit("--threads must be >= 1")
+def select_cases(args):
     cases = list(args.cases) if args.cases else [Case(*c) for c in DEFAULT_CASES]
     if args.large:
         cases += [Case(*c) for c in LARGE_CASES]
     if args.bidi:
         cases.append(Case(*BIDI_CASE, num_layers=2, bidirectional=True, variable_lengths=True))
+    return cases
 
-    pylstm, torch, torch_error, roles = load_libraries(not args.no_torch)
-    limiter = None
-    if args.threads is not None:
-        limiter = threadpoolctl.threadpool_limits(limits=args.threads)
-        n_threads = args.threads
-    else:
-        n_threads = pylstm_blas_threads(roles)
+
+@contextlib.contextmanager
+def thread_limits(n_threads, args, torch):
+    """Cap the BLAS/OpenMP pools at ``n_threads`` (only with ``--threads``) and torch too."""
+    limiter = threadpoolctl.threadpool_limits(limits=n_threads) if args.threads else None
     if torch is not None:
         torch.set_num_threads(n_threads)
+    try:
+        yield
+    finally:
+        if limiter is not None:
+            limiter.restore_original_limits()
 
-    env = environment(pylstm, torch, torch_error, roles, n_threads)
-    print_header(env)
 
-    t_start = time.perf_counter()
-    rows, check_rows = [], []
-    for case in cases:
-        for dt in args.dtypes:
-            progress(f"{case.label} {dt}")
-            checks, timings = run_case(case, dt, args, pylstm, torch)
-            tol = TOLERANCE[dt]
-            bad = [k for k, v in checks.items() if v > tol]
-            check_rows.append(
-                {
-                    "case": case.label,
-                    "dtype": dt,
-                    **checks,
-                    "tolerance": tol,
-                    "status": "ok" if not bad else "CHECK " + ",".join(bad),
-                }
-            )
-            for mode in MODES:
-                t = {impl: timings.get((mode, impl)) for impl in IMPLS}
-                rows.append(
-                    {
-                        "case": case.label,
-                        "B": case.B,
-                        "T": case.T,
-                        "I": case.I,
-                        "H": case.H,
-                        "num_layers": case.num_layers,
-                        "bidirectional": case.bidirectional,
-                        "variable_lengths": case.variable_lengths,
-                        "dtype": dt,
-                        "mode": mode,
-                        **t,
-                        "numpy_over_pylstm": ratio(t["numpy"], t["pylstm"]),
-                        "torch_over_pylstm": ratio(t["torch"], t["pylstm"]),
-                    }
-                )
-    elapsed = time.perf_counter() - t_start
-    print_tables(rows, check_rows)
-    print(f"total benchmark time {elapsed:.1f} s")
-    env["foreign_cpu_end"] = idle_share()
-    figures = [t for r in rows for t in (r[i] for i in IMPLS) if t is not None]
+def check_row(case, dtype, checks):
+    tol = TOLERANCE[dtype]
+    bad = [k for k, v in checks.items() if v > tol]
+    return {
+        "case": case.label,
+        "dtype": dtype,
+        **checks,
+        "tolerance": tol,
+        "status": "ok" if not bad else "CHECK " + ",".join(bad),
+    }
+
+
+def timing_row(case, dtype, mode, result, peak, gemm, n_threads):
+    """One row of the timing table: timings, ratios, matrix-work GF/s and fraction of peak."""
+    t = {impl: result["timings"].get((mode, impl)) for impl in IMPLS}
+    n = result["valid_steps"]
+    flops = lstm_gemm_flops(case, n, mode)
+    row = {
+        "case": case.label,
+        "B": case.B,
+        "T": case.T,
+        "I": case.I,
+        "H": case.H,
+        "num_layers": case.num_layers,
+        "bidirectional": case.bidirectional,
+        "variable_lengths": case.variable_lengths,
+        "dtype": dtype,
+        "mode": mode,
+        **t,
+        "numpy_over_pylstm": ratio(t["numpy"], t["pylstm"]),
+        "torch_over_pylstm": ratio(t["torch"], t["pylstm"]),
+        "threads": n_threads,
+        "valid_steps": n,
+        "gemm_flops": flops,
+        "gemm_peak_gflops": None if peak is None else peak["gflops"],
+    }
+    for impl in IMPLS:
+        rate = None if t[impl] is None else flops / (t[impl]["median_ms"] * 1e6)
+        row[f"{impl}_gflops"] = rate
+        row[f"{impl}_frac_peak"] = None if None in (rate, peak) else rate / peak["gflops"]
+    bound = None if gemm is None else gemm["bound_ms"][mode]
+    row["gemm_bound_ms"] = bound
+    row["pylstm_over_gemm_bound"] = None if bound is None else t["pylstm"]["median_ms"] / bound
+    return row
+
+
+def run_threads(n_threads, cases, args, pylstm, torch, with_memory):
+    """Everything measured at one thread count: GEMM peak, then every case and dtype."""
+    t0 = time.perf_counter()
+    rows, check_rows, gemm_rows, memory_rows = [], [], [], []
+    with thread_limits(n_threads, args, torch):
+        meter = None if args.no_gemm else GemmMeter(args)
+        peak = {dt: meter.peak(dt) for dt in args.dtypes} if meter else {}
+        for case in cases:
+            for dt in args.dtypes:
+                progress(f"{case.label} {dt} ({n_threads} thread(s))")
+                result = run_case(case, dt, args, pylstm, torch, with_memory)
+                check_rows.append(check_row(case, dt, result["checks"]))
+                gemm = None
+                if meter is not None:
+                    progress(f"  {case.label:<24} {dt:<8} GEMM shapes ...")
+                    gemm = case_gemm(case, result["valid_steps"], dt, meter)
+                    gemm_rows.append({"case": case.label, "dtype": dt, **gemm})
+                for mode in MODES:
+                    rows.append(timing_row(case, dt, mode, result, peak.get(dt), gemm, n_threads))
+                if "memory" in result:
+                    memory_rows.append({"case": case.label, "dtype": dt, **result["memory"]})
+    return {
+        "threads": n_threads,
+        "timings": rows,
+        "agreement": check_rows,
+        "gemm_peak": peak,
+        "gemm_shapes": gemm_rows,
+        "memory": memory_rows,
+        "elapsed_s": time.perf_counter() - t0,
+    }
+
+
+def print_busy_summary(env, runs):
+    figures = [t for run in runs for r in run["timings"] for t in (r[i] for i in IMPLS) if t]
     n_busy = sum(len(t["busy_samples_ms"]) for t in figures)
     n_all = n_busy + sum(len(t["samples_ms"]) for t in figures if not t["busy"])
     if env["foreign_cpu_end"] is not None:
@@ -980,23 +1725,92 @@ def main(argv=None):
             "samples used); re-run on an idle machine"
         )
 
+
+#: The formulas behind the derived figures, copied into the JSON file.
+FORMULAS = {
+    "gemm_flops_infer": "sum over layers and directions of 8*n*H*(In+H): input projection "
+    "2*n*In*4H + recurrence 2*n*H*4H; n = valid steps (B*T or sum of lengths), In = I for "
+    "the first layer and D*H above",
+    "gemm_flops_train": "sum over layers and directions of 24*n*H*(In+H): forward 8*n*H*(In+H) "
+    "+ backward dX 2*n*4H*In + dW_ih 2*n*4H*In + dW_hh 2*n*4H*H + dh 2*n*4H*H",
+    "gflops": "gemm_flops / median wall time of the implementation",
+    "frac_peak": "gflops / GEMM peak (scipy.linalg.blas ?gemm, peak_size^3, same dtype and "
+    "thread count)",
+    "gemm_bound_ms": "sum over the case's GEMMs of flops / GF/s measured at that shape and "
+    "storage layout (the faster of ?gemm and, for one-row products, ?gemv)",
+    "train_peak_bytes": "tracemalloc peak of forward(training=True) + backward on a fresh "
+    "layer, plus the parameter bytes; X and d_out excluded",
+    "retained_bytes": "traced bytes still allocated after the call minus the bytes it "
+    "returned (work arrays the layer keeps for its next call)",
+    "train_theory_bytes": "s*(L*D*n*6H + 2P + B*T*I + B*T*D*H + 4*L*D*B*H): cached gates, "
+    "c and h per valid step; parameters and their gradients; dX; out; h_n, c_n and the "
+    "gradients for h0, c0",
+    "infer_excess_bytes": "tracemalloc peak of forward(training=False) on a fresh layer minus "
+    "the bytes of out, h_n and c_n; also at T multiplied by MEMORY_T_FACTOR",
+}
+
+
+def write_json(path, args, cases, env, runs, elapsed):
+    """Write everything; the top-level keys of earlier versions describe the first run."""
+    first = runs[0]
+    saved_args = dict(vars(args), cases=[c.label for c in cases])
+    if args.threads and len(args.threads) == 1:
+        saved_args["threads"] = args.threads[0]  # an int, as before thread lists
+    payload = {
+        "args": saved_args,
+        "environment": env,
+        "timings": first["timings"],
+        "agreement": first["agreement"],
+        "gemm": {"peak": first["gemm_peak"], "shapes": first["gemm_shapes"]},
+        "memory": first["memory"],
+        "memory_t_factor": MEMORY_T_FACTOR,
+        "runs": [{k: v for k, v in run.items() if k != "memory"} for run in runs],
+        "scaling": scaling_rows(runs) if len(runs) > 1 else None,
+        "formulas": FORMULAS,
+        "elapsed_s": elapsed,
+    }
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    with open(path, "w") as fh:
+        json.dump(payload, fh, indent=2, default=str)
+    print(f"wrote {path}")
+
+
+def main(argv=None):
+    args = build_parser().parse_args(argv)
+    if args.repeats < 1 or args.gemm_repeats < 1:
+        sys.exit("--repeats and --gemm-repeats must be >= 1")
+    if args.peak_size < 1:
+        sys.exit("--peak-size must be >= 1")
+    cases = select_cases(args)
+
+    pylstm, torch, torch_error, roles = load_libraries(not args.no_torch)
+    counts = args.threads or [pylstm_blas_threads(roles)]
+    with thread_limits(counts[0], args, torch):
+        env = environment(pylstm, torch, torch_error, roles, counts[0])
+    env["thread_counts"] = counts
+    print_header(env)
+
+    t_start = time.perf_counter()
+    runs = [
+        run_threads(n, cases, args, pylstm, torch, with_memory=i == 0 and not args.no_memory)
+        for i, n in enumerate(counts)
+    ]
+    elapsed = time.perf_counter() - t_start
+    for run in runs:
+        if len(runs) > 1:
+            print(f"{'=' * 40} {run['threads']} thread(s) {'=' * 40}")
+        print_tables(run["timings"], run["agreement"])
+        print_gemm_table(run, env)
+    print_memory_table(runs[0]["memory"])
+    if len(runs) > 1:
+        print_scaling_table(scaling_rows(runs), runs)
+    print(f"total benchmark time {elapsed:.1f} s")
+    env["foreign_cpu_end"] = idle_share()
+    print_busy_summary(env, runs)
+    if args.plot:
+        plot_ratios(runs, args.plot)
     if args.json:
-        directory = os.path.dirname(os.path.abspath(args.json))
-        os.makedirs(directory, exist_ok=True)
-        payload = {
-            "args": {
-                k: (v if k != "cases" else [c.label for c in cases]) for k, v in vars(args).items()
-            },
-            "environment": env,
-            "timings": rows,
-            "agreement": check_rows,
-            "elapsed_s": elapsed,
-        }
-        with open(args.json, "w") as fh:
-            json.dump(payload, fh, indent=2, default=str)
-        print(f"wrote {args.json}")
-    if limiter is not None:
-        limiter.restore_original_limits()
+        write_json(args.json, args, cases, env, runs, elapsed)
     return 0
 
 
