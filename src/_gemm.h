@@ -166,7 +166,68 @@ PYLSTM_AVX512 static void NAME(int m, int n, int k, const T *A, int lda,        
 PYLSTM_GEMM_PACKED(pylstm_gemm_packed_f, pylstm_tile_f, float, PYLSTM_NR_F)
 PYLSTM_GEMM_PACKED(pylstm_gemm_packed_d, pylstm_tile_d, double, PYLSTM_NR_D)
 
+/* y[n] = or += x[k] @ packed B (k x n): the one-row case. Each panel sums
+ * its k terms in four interleaved partial sums (8 independent FMA chains),
+ * added at the end; B streams through once, in memory order. */
+#define PYLSTM_GEMV_PACKED(NAME, T, V, L, NR, SPLAT)                                  \
+PYLSTM_AVX512 static void NAME(int n, int k, const T *restrict x,                     \
+                               const T *restrict Bp, T *restrict y, int accumulate)   \
+{                                                                                     \
+    for (int p = 0; p * NR < n; p++) {                                                \
+        const T *bp = Bp + (long)p * NR * k;                                          \
+        int j0 = p * NR;                                                              \
+        int w = n - j0 < NR ? n - j0 : NR;                                            \
+        V acc[4][2];                                                                  \
+        for (int q = 0; q < 4; q++) {                                                 \
+            acc[q][0] = (V){0};                                                       \
+            acc[q][1] = (V){0};                                                       \
+        }                                                                             \
+        int kk = 0;                                                                   \
+        for (; kk + 4 <= k; kk += 4) {                                                \
+            _Pragma("GCC unroll 4")                                                   \
+            for (int q = 0; q < 4; q++) {                                             \
+                V b0, b1;                                                             \
+                memcpy(&b0, bp + (long)(kk + q) * NR, sizeof b0);                     \
+                memcpy(&b1, bp + (long)(kk + q) * NR + L, sizeof b1);                 \
+                V xv = SPLAT(x[kk + q]);                                              \
+                acc[q][0] += xv * b0;                                                 \
+                acc[q][1] += xv * b1;                                                 \
+            }                                                                         \
+        }                                                                             \
+        for (; kk < k; kk++) {                                                        \
+            V b0, b1;                                                                 \
+            memcpy(&b0, bp + (long)kk * NR, sizeof b0);                               \
+            memcpy(&b1, bp + (long)kk * NR + L, sizeof b1);                           \
+            V xv = SPLAT(x[kk]);                                                      \
+            acc[0][0] += xv * b0;                                                     \
+            acc[0][1] += xv * b1;                                                     \
+        }                                                                             \
+        V s0 = (acc[0][0] + acc[1][0]) + (acc[2][0] + acc[3][0]);                     \
+        V s1 = (acc[0][1] + acc[1][1]) + (acc[2][1] + acc[3][1]);                     \
+        T out[NR];                                                                    \
+        memcpy(out, &s0, sizeof s0);                                                  \
+        memcpy(out + L, &s1, sizeof s1);                                              \
+        for (int j = 0; j < w; j++)                                                   \
+            y[j0 + j] = accumulate ? y[j0 + j] + out[j] : out[j];                     \
+    }                                                                                 \
+}
+
+PYLSTM_GEMV_PACKED(pylstm_gemv_packed_f, float, pylstm_vf, 16, PYLSTM_NR_F, PYLSTM_SPLAT_F)
+PYLSTM_GEMV_PACKED(pylstm_gemv_packed_d, double, pylstm_vd, 8, PYLSTM_NR_D, PYLSTM_SPLAT_D)
+
 #else
+
+static void pylstm_gemv_packed_f(int n, int k, const float *x, const float *Bp, float *y,
+                                 int accumulate)
+{
+    (void)n; (void)k; (void)x; (void)Bp; (void)y; (void)accumulate;
+}
+
+static void pylstm_gemv_packed_d(int n, int k, const double *x, const double *Bp,
+                                 double *y, int accumulate)
+{
+    (void)n; (void)k; (void)x; (void)Bp; (void)y; (void)accumulate;
+}
 
 static void pylstm_gemm_packed_f(int m, int n, int k, const float *A, int lda,
                                  const float *Bp, float *C, int ldc, int accumulate)

@@ -44,12 +44,19 @@ cdef extern from "_gemm.h" nogil:
                               const float* Bp, float* C, int ldc, int accumulate)
     void pylstm_gemm_packed_d(int m, int n, int k, const double* A, int lda,
                               const double* Bp, double* C, int ldc, int accumulate)
+    void pylstm_gemv_packed_f(int n, int k, const float* x, const float* Bp,
+                              float* y, int accumulate)
+    void pylstm_gemv_packed_d(int n, int k, const double* x, const double* Bp,
+                              double* y, int accumulate)
 
 
 # Whether the per-step products use the packed-weight GEMM of _gemm.h (needs
 # AVX-512 at run time) instead of BLAS; set_packed_gemm switches it for tests
 # and benchmarks. Below 8 active rows its 8-row tiles run partly empty and
-# BLAS is faster (measured at batch 4), so those steps still call BLAS.
+# BLAS is faster (measured at batch 4), so those steps still call BLAS, except
+# one row, which has its own packed matrix-vector product (1.3-1.5x faster than
+# OpenBLAS's gemv at hidden 128-256). Packing costs about one step's reading
+# of W_hh, so calls of one or two steps (generation) do not pack.
 cdef enum:
     PACKED_MIN_ROWS = 8
 cdef bint _packed_available = pylstm_packed_gemm_ok()
@@ -96,7 +103,12 @@ cdef floating* _packed_weights(const floating* w, int ld, bint trans, int k,
 cdef inline void _gemm_packed(int m, int n, int k, const floating* a, int lda,
                               const floating* bp, floating* c, int ldc,
                               bint accumulate) noexcept nogil:
-    if floating is float:
+    if m == 1:
+        if floating is float:
+            pylstm_gemv_packed_f(n, k, a, bp, c, accumulate)
+        else:
+            pylstm_gemv_packed_d(n, k, a, bp, c, accumulate)
+    elif floating is float:
         pylstm_gemm_packed_f(m, n, k, a, lda, bp, c, ldc, accumulate)
     else:
         pylstm_gemm_packed_d(m, n, k, a, lda, bp, c, ldc, accumulate)
@@ -227,10 +239,10 @@ cdef void _forward(const floating* x, int T, int B, int I,
             # with w_hh^T stored (H, 4H) so that BLAS sees a no-transpose
             # product (OpenBLAS then takes its copy-free small-matrix kernel
             # when the product is small).
-            if n == 1:
-                gemv(False, G, H, one, w_hh, H, h, one, gp)
-            elif w_pack != NULL and n >= PACKED_MIN_ROWS:
+            if w_pack != NULL and (n == 1 or n >= PACKED_MIN_ROWS):
                 _gemm_packed(n, G, H, h, H, w_pack, gp, G, True)
+            elif n == 1:
+                gemv(False, G, H, one, w_hh, H, h, one, gp)
             else:
                 gb = _column_block(n, G, H, 64) if floating is float else G
                 j0 = 0
@@ -318,7 +330,7 @@ def forward_train(const floating[:, :, ::1] x,
     cdef int K = _chunk_steps(xbuf.shape[0], gbuf.shape[0], B, I, 4 * H)
     cdef floating* w_pack = NULL
     with nogil:
-        if B >= PACKED_MIN_ROWS:
+        if T > 2 and (B == 1 or B >= PACKED_MIN_ROWS):
             w_pack = _packed_weights(&w_hh[0, 0], H, True, H, 4 * H)
         _forward(&x[0, 0, 0], T, B, I, &lengths[0], &w_ih[0, 0], &w_hh[0, 0],
                  &w_hh_t[0, 0], w_pack, &bias[0], H, &h[0, 0], &c[0, 0], &out[0, 0, 0],
@@ -353,7 +365,7 @@ def forward_infer(const floating[:, :, ::1] x,
     cdef int K = _chunk_steps(xbuf.shape[0], gbuf.shape[0], B, I, 4 * H)
     cdef floating* w_pack = NULL
     with nogil:
-        if B >= PACKED_MIN_ROWS:
+        if T > 2 and (B == 1 or B >= PACKED_MIN_ROWS):
             w_pack = _packed_weights(&w_hh[0, 0], H, True, H, 4 * H)
         _forward(&x[0, 0, 0], T, B, I, &lengths[0], &w_ih[0, 0], &w_hh[0, 0],
                  &w_hh_t[0, 0], w_pack, &bias[0], H, &h[0, 0], &c[0, 0], &out[0, 0, 0],
@@ -418,7 +430,7 @@ def backward(const floating[:, :, ::1] x,
     cdef const floating* src
     cdef floating* w_pack = NULL
     with nogil:
-        if B >= PACKED_MIN_ROWS:
+        if T > 2 and (B == 1 or B >= PACKED_MIN_ROWS):
             w_pack = _packed_weights(&w_hh[0, 0], H, False, G, H)
         # The projection left values at padded positions: clear them, so
         # the whole-sequence GEMMs below see zero gradients there.
@@ -445,11 +457,11 @@ def backward(const floating[:, :, ::1] x,
                     memcpy(&scratch[b, 0], gp, G * sizeof(floating))
             src = &scratch[0, 0] if reverse else &gates[s, 0, 0]
             # dh_{s-1}[:n] = dG_s[:n] @ w_hh
-            if n == 1:
+            if w_pack != NULL and (n == 1 or n >= PACKED_MIN_ROWS):
+                _gemm_packed(n, H, G, src, G, w_pack, &dh[0, 0], H, False)
+            elif n == 1:
                 gemv(True, G, H, <floating> 1.0, &w_hh[0, 0], H, src,
                      <floating> 0.0, &dh[0, 0])
-            elif w_pack != NULL and n >= PACKED_MIN_ROWS:
-                _gemm_packed(n, H, G, src, G, w_pack, &dh[0, 0], H, False)
             else:
                 hb = _column_block(n, H, G, 16) if floating is float else H
                 j0 = 0

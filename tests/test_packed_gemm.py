@@ -3,7 +3,8 @@
 With AVX-512 the kernels multiply the per-step rows by a copy of W_hh packed
 once per call; ``pylstm._lstm.set_packed_gemm(False)`` makes them call BLAS
 for every step instead. Both must give the same results to rounding, for
-every shape (tails of the 8-row and 32/16-column tiles), variable lengths,
+every shape (tails of the 8-row and 32/16-column tiles, the one-row
+product), variable lengths,
 both directions and both dtypes; the torch parity and gradient checks run
 with the default (packed where available).
 """
@@ -36,6 +37,9 @@ def _step(layer, X, lengths):
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 @pytest.mark.parametrize(("B", "H", "var", "bidi"), [
+    (1, 40, False, False),     # the one-row product
+    (1, 9, False, True),
+    (10, 16, True, True),      # the active rows fall from 10 through 2-7 (BLAS) to 1
     (8, 32, False, False),     # one full row tile, full column panels
     (9, 5, True, True),        # row tail of 1, column tail (4H = 20)
     (23, 40, True, False),     # shrinking active prefix crosses 8 and goes below
