@@ -22,8 +22,36 @@ from ._workspace import Workspace
 
 __all__ = ["LSTM"]
 
-#: Steps whose input projection the kernels compute with one GEMM.
+#: Steps whose input projection the kernels compute with one GEMM (at most).
 _CHUNK_STEPS = 32
+#: Elements of the projection buffer (chunk steps x batch x 4H) worth keeping
+#: to: wide layers take fewer steps per chunk (a GEMM of at least 2**20 / 4H
+#: rows still runs near BLAS's peak), so the buffer stays small next to the
+#: BPTT cache.
+_CHUNK_ELEMENTS = 2**20
+
+
+def _needs_w_hh_t(lens_sorted):
+    """Whether some step's recurrent product goes to BLAS, which reads W_hh^T.
+
+    The kernels multiply by a packed W_hh when it is on, for one row or 8 or
+    more, in calls of 3 steps or more (see ``src/_lstm.pyx``); then the
+    transposed copy (50 us at H = 128 in float32) can be skipped.
+    """
+    B, T = len(lens_sorted), int(lens_sorted[0])
+    if B == 1:
+        return False
+    if not _lstm.packed_gemm_enabled() or T <= 2:
+        return True
+    # n active rows occur at some step iff lengths[n - 1] > lengths[n] (0 past B).
+    ends = np.append(lens_sorted, 0)
+    m = np.arange(2, min(B, 7) + 1)
+    return bool(np.any(ends[m - 1] > ends[m]))
+
+
+def _chunk_steps(T, B, H):
+    """Steps per input-projection chunk for a batch of B rows and hidden size H."""
+    return max(1, min(_CHUNK_STEPS, T, _CHUNK_ELEMENTS // (B * 4 * H)))
 
 
 def _param_names(num_layers, bidirectional):
@@ -309,15 +337,25 @@ class LSTM:
             x = np.ascontiguousarray(X[order, :T_eff].transpose(1, 0, 2))
             x[np.arange(T_eff)[:, None] >= lens_sorted[None, :]] = 0
             check_finite(x, "X")  # steps past a length are ignored, NaN or not
+        # Inference on a dense batch reads X and writes the result in place
+        # (batch-first): no time-major copy of either, so its memory beyond the
+        # result does not grow with T.
+        direct = dense and not training
         with self._workspace.borrow() as arrays:
             self._cache = None
-            if dense:
+            if direct:
+                x = np.ascontiguousarray(X)
+                result = np.empty((B, T, D * H), dtype=self.dtype)
+            elif dense:
                 x = arrays.empty("x", (T_eff, B, I), self.dtype)
                 np.copyto(x, X.transpose(1, 0, 2))
             with single_threaded_blas(wants_single_thread(B, H)):
-                caches, layer_in = self._forward_layers(arrays, x, lens_sorted, order, dense,
-                                                        h0, c0, h_n, c_n, training)
-            if dense:
+                caches, layer_in = self._forward_layers(
+                    arrays, x, lens_sorted, order, dense, h0, c0, h_n, c_n, training,
+                    result if direct else None)
+            if direct:
+                pass
+            elif dense:
                 result = np.empty((B, T, D * H), dtype=self.dtype)
                 np.copyto(result, layer_in.transpose(1, 0, 2))
             else:
@@ -329,39 +367,50 @@ class LSTM:
         return result, (h_n, c_n)
 
     def _forward_layers(self, arrays, x, lens_sorted, order, dense, h0, c0, h_n, c_n,
-                        training):
+                        training, result=None):
         """Kernel calls of :meth:`forward`, layer by layer; directions may run concurrently.
 
         Work arrays come from ``arrays`` (the layer's :class:`Workspace`).
         Padded positions of the layer outputs and of ``h_prev`` must read
         as zero (the next layer and the whole-sequence GEMMs of BPTT see
-        them), so with padding those arrays are cleared first.
+        them), so with padding those arrays are cleared first. With
+        ``result`` (dense inference), ``x`` is the batch-first input and the
+        last layer writes ``result`` (B, T, D*H) directly.
         """
-        T_eff, B, _ = x.shape
-        D, H = self.num_directions, self.hidden_size
+        B, T_eff = len(lens_sorted), int(lens_sorted[0])
+        D, H, L = self.num_directions, self.hidden_size, self.num_layers
         dt = self.dtype
         new = arrays.empty if dense else arrays.zeros
+        need_t = _needs_w_hh_t(lens_sorted)
         caches = []
         layer_in = x
-        for layer in range(self.num_layers):
-            if training or self.num_layers == 1:
+        for layer in range(L):
+            x_batch_first = result is not None and layer == 0
+            out_batch_first = result is not None and layer == L - 1
+            if out_batch_first:
+                out = result
+            elif training or L == 1:
                 out = new(f"out{layer}", (T_eff, B, D * H), dt)
             else:  # freed once the next layer has read it, as inference needs
                 out = np.zeros((T_eff, B, D * H), dtype=dt)
 
-            def run(d, layer=layer, layer_in=layer_in, out=out):
+            def run(d, layer=layer, layer_in=layer_in, out=out, x_bf=x_batch_first,
+                    out_bf=out_batch_first):
                 k = layer * D + d
                 sfx = f"_l{layer}" + ("_reverse" if d else "")
                 w_ih = self._params["weight_ih" + sfx]
                 w_hh = self._params["weight_hh" + sfx]
                 bias = self._params["bias_ih" + sfx] + self._params["bias_hh" + sfx]
-                w_hh_t = arrays.empty(f"w_hh_t{k}", (H, 4 * H), dt)
-                np.copyto(w_hh_t, w_hh.T)
+                if need_t:
+                    w_hh_t = arrays.empty(f"w_hh_t{k}", (H, 4 * H), dt)
+                    np.copyto(w_hh_t, w_hh.T)
+                else:  # unread by the kernels; any (H, 4H) array fills the slot
+                    w_hh_t = w_hh.reshape(H, 4 * H)
                 h = arrays.empty(f"h{k}", (B, H), dt)
                 c = arrays.empty(f"c{k}", (B, H), dt)
                 np.take(h0[k], order, axis=0, out=h)
                 np.take(c0[k], order, axis=0, out=c)
-                K = min(_CHUNK_STEPS, T_eff)
+                K = _chunk_steps(T_eff, B, H)
                 xbuf = arrays.empty(f"xbuf{k}", (K * B * layer_in.shape[2],), dt)
                 gbuf = arrays.empty(f"gbuf{k}", (K * B * 4 * H,), dt)
                 kept = None
@@ -377,7 +426,7 @@ class LSTM:
                     kept = (c_start, gates, c_cache, h_prev)
                 else:
                     _lstm.forward_infer(layer_in, lens_sorted, w_ih, w_hh, w_hh_t, bias, h, c,
-                                        out, d * H, bool(d), xbuf, gbuf)
+                                        out, d * H, bool(d), xbuf, gbuf, x_bf, out_bf)
                 h_n[k, order] = h
                 c_n[k, order] = c
                 return kept

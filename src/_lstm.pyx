@@ -68,6 +68,11 @@ def packed_gemm_available():
     return bool(_packed_available)
 
 
+def packed_gemm_enabled():
+    """Whether the kernels currently use the packed-weight GEMM."""
+    return bool(_use_packed)
+
+
 def set_packed_gemm(bint enabled):
     """Use (True) or not (False) the packed-weight GEMM; returns the old setting.
 
@@ -182,7 +187,8 @@ cdef void _forward(const floating* x, int T, int B, int I,
                    const floating* w_hh, const floating* w_hh_t,
                    const floating* w_pack, const floating* bias, int H,
                    floating* h, floating* c, floating* out, int out_width,
-                   Py_ssize_t offset, bint reverse, int K,
+                   Py_ssize_t offset, bint reverse, bint x_batch_first,
+                   bint out_batch_first, int K,
                    floating* xbuf, floating* gbuf, floating* gates,
                    floating* c_cache, floating* h_prev) noexcept nogil:
     """The forward time loop shared by training and inference.
@@ -193,13 +199,16 @@ cdef void _forward(const floating* x, int T, int B, int I,
     GEMM of the active prefix and runs the fused gate pass. With ``gates``
     NULL nothing per step is kept (inference); otherwise the caches, laid out
     (T, B, ...) in time order, receive what BPTT needs. Both modes therefore
-    round identically.
+    round identically. With ``x_batch_first`` / ``out_batch_first``
+    (inference only), ``x`` / ``out`` are (B, T, ...) arrays: the caller's
+    own input and output, without time-major copies.
     """
     cdef int G = 4 * H
     cdef int n = B
     cdef int n_chunk, s0, k, kk, s, b, t, gb, j0, jb
     cdef Py_ssize_t tb
     cdef floating* gp
+    cdef const floating* src
     cdef floating one = 1.0
     cdef floating zero = 0.0
     s0 = 0
@@ -213,7 +222,7 @@ cdef void _forward(const floating* x, int T, int B, int I,
         # Gather the chunk's input rows: (kk, n_chunk, I), step order.
         for k in range(kk):
             s = s0 + k
-            if not reverse:
+            if not reverse and not x_batch_first:
                 memcpy(xbuf + <Py_ssize_t> k * n_chunk * I,
                        x + <Py_ssize_t> s * B * I,
                        <size_t> n_chunk * I * sizeof(floating))
@@ -221,9 +230,12 @@ cdef void _forward(const floating* x, int T, int B, int I,
                 for b in range(n_chunk):
                     tb = (<Py_ssize_t> k * n_chunk + b) * I
                     if lengths[b] > s:
-                        t = lengths[b] - 1 - s
-                        memcpy(xbuf + tb, x + (<Py_ssize_t> t * B + b) * I,
-                               I * sizeof(floating))
+                        t = lengths[b] - 1 - s if reverse else s
+                        if x_batch_first:
+                            src = x + (<Py_ssize_t> b * T + t) * I
+                        else:
+                            src = x + (<Py_ssize_t> t * B + b) * I
+                        memcpy(xbuf + tb, src, I * sizeof(floating))
                     else:
                         memset(xbuf + tb, 0, I * sizeof(floating))
         gemm(False, True, kk * n_chunk, G, I, one, xbuf, I, w_ih, I, zero,
@@ -261,6 +273,8 @@ cdef void _forward(const floating* x, int T, int B, int I,
                                   gates + tb * G, c_cache + tb * H,
                                   h_prev + tb * H, H)
                 else:
+                    if out_batch_first:
+                        tb = <Py_ssize_t> b * T + t
                     _cell_forward(gp + <Py_ssize_t> b * G, bias,
                                   h + <Py_ssize_t> b * H, c + <Py_ssize_t> b * H,
                                   out + tb * out_width + offset,
@@ -307,7 +321,9 @@ def forward_train(const floating[:, :, ::1] x,
     w_ih, w_hh, bias : (4H, I), (4H, H), (4H,) arrays
         Weights in gate order (i, f, g, o); ``bias = b_ih + b_hh``.
     w_hh_t : (H, 4H) array
-        ``w_hh`` transposed (the layout of the recurrent GEMM).
+        ``w_hh`` transposed, for steps whose recurrent product BLAS computes
+        (2-7 active rows, calls of 1-2 steps, packed GEMM off); otherwise
+        unread (see ``pylstm._layer._needs_w_hh_t``).
     h, c : (B, H) arrays
         Initial states on entry, each row's final state on exit.
     out : (T, B, D*H) array
@@ -334,8 +350,9 @@ def forward_train(const floating[:, :, ::1] x,
             w_pack = _packed_weights(&w_hh[0, 0], H, True, H, 4 * H)
         _forward(&x[0, 0, 0], T, B, I, &lengths[0], &w_ih[0, 0], &w_hh[0, 0],
                  &w_hh_t[0, 0], w_pack, &bias[0], H, &h[0, 0], &c[0, 0], &out[0, 0, 0],
-                 <int> out.shape[2], offset, reverse, K, &xbuf[0], &gbuf[0],
-                 &gates[0, 0, 0], &c_cache[0, 0, 0], &h_prev_cache[0, 0, 0])
+                 <int> out.shape[2], offset, reverse, False, False, K, &xbuf[0],
+                 &gbuf[0], &gates[0, 0, 0], &c_cache[0, 0, 0],
+                 &h_prev_cache[0, 0, 0])
         free(w_pack)
 
 
@@ -351,15 +368,19 @@ def forward_infer(const floating[:, :, ::1] x,
                   Py_ssize_t offset,
                   bint reverse,
                   floating[::1] xbuf,
-                  floating[::1] gbuf):
+                  floating[::1] gbuf,
+                  bint x_batch_first=False,
+                  bint out_batch_first=False):
     """Forward pass of one direction keeping no per-step state.
 
     Same arguments as :func:`forward_train` without the caches: extra memory
     is the two chunk buffers, independent of T. Results are bit-identical to
-    :func:`forward_train`'s.
+    :func:`forward_train`'s. With ``x_batch_first``, ``x`` is (B, T, I), and
+    with ``out_batch_first`` ``out`` is (B, T, D*H): the layer's own input and
+    result, so that inference keeps no copy of either.
     """
-    cdef int T = <int> x.shape[0]
-    cdef int B = <int> x.shape[1]
+    cdef int T = <int> (x.shape[1] if x_batch_first else x.shape[0])
+    cdef int B = <int> lengths.shape[0]
     cdef int I = <int> x.shape[2]
     cdef int H = <int> w_hh.shape[1]
     cdef int K = _chunk_steps(xbuf.shape[0], gbuf.shape[0], B, I, 4 * H)
@@ -369,8 +390,9 @@ def forward_infer(const floating[:, :, ::1] x,
             w_pack = _packed_weights(&w_hh[0, 0], H, True, H, 4 * H)
         _forward(&x[0, 0, 0], T, B, I, &lengths[0], &w_ih[0, 0], &w_hh[0, 0],
                  &w_hh_t[0, 0], w_pack, &bias[0], H, &h[0, 0], &c[0, 0], &out[0, 0, 0],
-                 <int> out.shape[2], offset, reverse, K, &xbuf[0], &gbuf[0],
-                 <floating*> NULL, <floating*> NULL, <floating*> NULL)
+                 <int> out.shape[2], offset, reverse, x_batch_first,
+                 out_batch_first, K, &xbuf[0],
+                 &gbuf[0], <floating*> NULL, <floating*> NULL, <floating*> NULL)
         free(w_pack)
 
 

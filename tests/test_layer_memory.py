@@ -106,6 +106,31 @@ def test_inference_extra_memory_does_not_grow_with_length():
 
 
 @needs_tracing
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_dense_inference_needs_nothing_of_size_T_but_the_result(dtype):
+    """Equal lengths: the kernel reads X and writes the result in place."""
+    B, n_in, H = 4, 8, 32
+    itemsize = np.dtype(dtype).itemsize
+    layer = LSTM(n_in, H, bidirectional=True, dtype=dtype, random_state=3)
+    extra = []
+    for T in (2000, 16000):
+        X = np.random.default_rng(T).normal(size=(B, T, n_in)).astype(dtype)
+        layer.free_workspace()
+        (out, _), peak = _peak(lambda X=X: layer.forward(X, training=False))
+        assert out.shape == (B, T, 2 * H)
+        extra.append(peak - out.nbytes)
+        # Same values as the time-major path of the training kernel.
+        ref, _ = layer.forward(X, training=True)
+        np.testing.assert_array_equal(out, ref)
+    # Beyond the result: per direction the chunk buffers (32 steps x B x 4H),
+    # W_hh^T and the states, the same at 8x the length (the result is 16 or
+    # 32 MB at T = 16000).
+    work = 2 * (32 * B * (4 * H + n_in) + 4 * H * H + 4 * B * H) * itemsize
+    assert max(extra) < 1.5 * work, (extra, work)
+    assert abs(extra[1] - extra[0]) < 16 * 1024, extra
+
+
+@needs_tracing
 @pytest.mark.parametrize(("num_layers", "bidirectional"), [(1, False), (2, True)])
 def test_training_peak_is_the_cache(num_layers, bidirectional):
     B, T, n_in, H = 2, 8000, 4, 32

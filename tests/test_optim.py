@@ -526,7 +526,8 @@ def test_clip_grad_norm_property(grads, max_norm):
         for g, o in zip(grads, original, strict=True):
             np.testing.assert_array_equal(g, o)
     else:
-        assert new_norm <= max_norm
+        # The scaled norm is max_norm up to the rounding of the scaling.
+        assert new_norm <= max_norm * (1 + 1e-12)
         assert new_norm == pytest.approx(max_norm, rel=1e-5)
         # Same direction: every array scaled by one common positive factor.
         factor = new_norm / old_norm
