@@ -9,7 +9,12 @@ import numpy as np
 from sklearn.utils import check_random_state
 
 from . import _lstm
-from ._threads import run_directions, single_threaded_blas, wants_single_thread
+from ._threads import (
+    parallel_directions,
+    run_directions,
+    single_threaded_blas,
+    wants_single_thread,
+)
 from ._validation import (
     BLAS_INT_MAX,
     as_float_array,
@@ -25,10 +30,10 @@ __all__ = ["LSTM"]
 #: Steps whose input projection the kernels compute with one GEMM (at most).
 _CHUNK_STEPS = 32
 #: Elements of the projection buffer (chunk steps x batch x 4H) worth keeping
-#: to: wide layers take fewer steps per chunk (a GEMM of at least 2**20 / 4H
+#: to: wide layers take fewer steps per chunk (a GEMM of at least 2**18 / 4H
 #: rows still runs near BLAS's peak), so the buffer stays small next to the
 #: BPTT cache.
-_CHUNK_ELEMENTS = 2**20
+_CHUNK_ELEMENTS = 2**18
 
 
 def _needs_w_hh_t(lens_sorted):
@@ -50,8 +55,13 @@ def _needs_w_hh_t(lens_sorted):
 
 
 def _chunk_steps(T, B, H):
-    """Steps per input-projection chunk for a batch of B rows and hidden size H."""
-    return max(1, min(_CHUNK_STEPS, T, _CHUNK_ELEMENTS // (B * 4 * H)))
+    """Steps per input-projection chunk for a batch of B rows and hidden size H.
+
+    At most 32, at most ``2**18 / (4 H B)`` and at most an eighth of the
+    sequence (rounded up), so that the chunk buffer is small next to what a
+    training call must keep for its T steps anyway.
+    """
+    return max(1, min(_CHUNK_STEPS, -(-T // 8), _CHUNK_ELEMENTS // (B * 4 * H)))
 
 
 def _param_names(num_layers, bidirectional):
@@ -337,28 +347,25 @@ class LSTM:
             x = np.ascontiguousarray(X[order, :T_eff].transpose(1, 0, 2))
             x[np.arange(T_eff)[:, None] >= lens_sorted[None, :]] = 0
             check_finite(x, "X")  # steps past a length are ignored, NaN or not
-        # Inference on a dense batch reads X and writes the result in place
-        # (batch-first): no time-major copy of either, so its memory beyond the
-        # result does not grow with T.
+        # On a dense batch the last layer writes the result in place
+        # (batch-first), and inference also reads X in place: no time-major
+        # copy of either, so inference memory beyond the result does not grow
+        # with T. (Training keeps a time-major X for the weight-gradient GEMM.)
         direct = dense and not training
         with self._workspace.borrow() as arrays:
             self._cache = None
+            if dense:
+                result = np.empty((B, T, D * H), dtype=self.dtype)
             if direct:
                 x = np.ascontiguousarray(X)
-                result = np.empty((B, T, D * H), dtype=self.dtype)
             elif dense:
                 x = arrays.empty("x", (T_eff, B, I), self.dtype)
                 np.copyto(x, X.transpose(1, 0, 2))
             with single_threaded_blas(wants_single_thread(B, H)):
                 caches, layer_in = self._forward_layers(
                     arrays, x, lens_sorted, order, dense, h0, c0, h_n, c_n, training,
-                    result if direct else None)
-            if direct:
-                pass
-            elif dense:
-                result = np.empty((B, T, D * H), dtype=self.dtype)
-                np.copyto(result, layer_in.transpose(1, 0, 2))
-            else:
+                    result if dense else None, direct)
+            if not dense:
                 result = np.zeros((B, T, D * H), dtype=self.dtype)
                 result[order, :T_eff] = layer_in.transpose(1, 0, 2)
             if training:
@@ -367,15 +374,16 @@ class LSTM:
         return result, (h_n, c_n)
 
     def _forward_layers(self, arrays, x, lens_sorted, order, dense, h0, c0, h_n, c_n,
-                        training, result=None):
+                        training, result=None, x_batch_first=False):
         """Kernel calls of :meth:`forward`, layer by layer; directions may run concurrently.
 
         Work arrays come from ``arrays`` (the layer's :class:`Workspace`).
         Padded positions of the layer outputs and of ``h_prev`` must read
         as zero (the next layer and the whole-sequence GEMMs of BPTT see
         them), so with padding those arrays are cleared first. With
-        ``result`` (dense inference), ``x`` is the batch-first input and the
-        last layer writes ``result`` (B, T, D*H) directly.
+        ``result`` (dense batches) the last layer writes it, (B, T, D*H),
+        directly; with ``x_batch_first`` (dense inference) ``x`` is the
+        batch-first input itself.
         """
         B, T_eff = len(lens_sorted), int(lens_sorted[0])
         D, H, L = self.num_directions, self.hidden_size, self.num_layers
@@ -385,7 +393,7 @@ class LSTM:
         caches = []
         layer_in = x
         for layer in range(L):
-            x_batch_first = result is not None and layer == 0
+            x_bf = x_batch_first and layer == 0
             out_batch_first = result is not None and layer == L - 1
             if out_batch_first:
                 out = result
@@ -394,7 +402,7 @@ class LSTM:
             else:  # freed once the next layer has read it, as inference needs
                 out = np.zeros((T_eff, B, D * H), dtype=dt)
 
-            def run(d, layer=layer, layer_in=layer_in, out=out, x_bf=x_batch_first,
+            def run(d, layer=layer, layer_in=layer_in, out=out, x_bf=x_bf,
                     out_bf=out_batch_first):
                 k = layer * D + d
                 sfx = f"_l{layer}" + ("_reverse" if d else "")
@@ -422,7 +430,7 @@ class LSTM:
                     h_prev = new(f"h_prev{k}", (T_eff, B, H), dt)
                     _lstm.forward_train(layer_in, lens_sorted, w_ih, w_hh, w_hh_t, bias, h, c,
                                         out, d * H, bool(d), xbuf, gbuf, gates, c_cache,
-                                        h_prev)
+                                        h_prev, out_bf)
                     kept = (c_start, gates, c_cache, h_prev)
                 else:
                     _lstm.forward_infer(layer_in, lens_sorted, w_ih, w_hh, w_hh_t, bias, h, c,
@@ -431,7 +439,7 @@ class LSTM:
                 c_n[k, order] = c
                 return kept
 
-            layer_cache = run_directions(run, D, parallel=wants_single_thread(B, H))
+            layer_cache = run_directions(run, D, parallel=D == 2 and parallel_directions(B, H))
             if training:
                 caches.append((layer_in, layer_cache))
             layer_in = out
@@ -611,8 +619,7 @@ class LSTM:
             order, T_eff, lens = cache["order"], cache["T_eff"], cache["lengths"]
             if cache["dense"]:
                 check_finite(d_out, "d_out")
-                grad_out = arrays.empty("grad_out", (T_eff, B, D * H), self.dtype)
-                np.copyto(grad_out, d_out.transpose(1, 0, 2))
+                grad_out = np.ascontiguousarray(d_out)  # read batch-first by the top layer
             else:
                 grad_out = np.ascontiguousarray(d_out[order, :T_eff].transpose(1, 0, 2))
                 grad_out[np.arange(T_eff)[:, None] >= lens[None, :]] = 0
@@ -620,7 +627,7 @@ class LSTM:
             self._cache = None
             with single_threaded_blas(wants_single_thread(B, H)):
                 grads, g_h0, g_c0, grad_out = self._backward_layers(
-                    arrays, cache, grad_out, d_h_n, d_c_n)
+                    arrays, cache, grad_out, d_h_n, d_c_n, cache["dense"])
             if cache["dense"]:
                 dX = np.empty((B, T, self.input_size), dtype=self.dtype)
                 np.copyto(dX, grad_out.transpose(1, 0, 2))
@@ -632,7 +639,7 @@ class LSTM:
         grads["c0"] = g_c0
         return dX, grads
 
-    def _backward_layers(self, arrays, cache, grad_out, d_h_n, d_c_n):
+    def _backward_layers(self, arrays, cache, grad_out, d_h_n, d_c_n, dout_batch_first=False):
         """Kernel calls of :meth:`backward`, top layer first; work arrays from ``arrays``."""
         B = cache["shape"][0]
         D, H, L = self.num_directions, self.hidden_size, self.num_layers
@@ -644,7 +651,7 @@ class LSTM:
             layer_in, layer_cache = cache["layers"][layer]
 
             def run(d, layer=layer, layer_in=layer_in, layer_cache=layer_cache,
-                    grad_out=grad_out):
+                    grad_out=grad_out, g_bf=dout_batch_first and layer == L - 1):
                 k = layer * D + d
                 sfx = f"_l{layer}" + ("_reverse" if d else "")
                 w_ih = self._params["weight_ih" + sfx]
@@ -659,7 +666,7 @@ class LSTM:
                 scratch = arrays.empty(f"scratch{k}", (B, 4 * H), self.dtype)
                 _lstm.backward(layer_in, lens, w_ih, w_hh, c_start, gates, c_cache, h_prev,
                                grad_out, d * H, bool(d), dh, dc, dx, 0.0,
-                               dw_ih, dw_hh, db, scratch)
+                               dw_ih, dw_hh, db, scratch, g_bf)
                 grads["weight_ih" + sfx] = dw_ih
                 grads["weight_hh" + sfx] = dw_hh
                 grads["bias_ih" + sfx] = db
@@ -668,6 +675,6 @@ class LSTM:
                 g_c0[k, order] = dc
                 return dx
 
-            dxs = run_directions(run, D, parallel=wants_single_thread(B, H))
+            dxs = run_directions(run, D, parallel=D == 2 and parallel_directions(B, H))
             grad_out = dxs[0] if D == 1 else np.add(dxs[0], dxs[1], out=dxs[0])
         return grads, g_h0, g_c0, grad_out

@@ -96,6 +96,42 @@ def wants_single_thread(batch, hidden):
     return batch * 4 * hidden * hidden < SINGLE_THREAD_BELOW
 
 
+def caller_threads():
+    """The BLAS thread count the caller allows (its setting, before any switch here).
+
+    Inside :func:`single_threaded_blas` this is the setting it will restore;
+    outside, the current one (the largest over the BLAS libraries loaded).
+    A caller that limited BLAS to one thread (``threadpool_limits(1)``, or
+    joblib in its workers) gets no extra thread from pylstm either.
+
+    Examples
+    --------
+    >>> from threadpoolctl import threadpool_limits
+    >>> from pylstm._threads import caller_threads
+    >>> with threadpool_limits(limits=1, user_api="blas"):
+    ...     caller_threads()
+    1
+    """
+    with _lock:
+        restore = _state["restore"] if _state["depth"] else None
+        if restore:
+            return max(n for _, n in restore)
+        ctl = _controller()
+        if ctl and ctl.lib_controllers:
+            return max(lib.num_threads for lib in ctl.lib_controllers)
+    return os.cpu_count() or 1
+
+
+def parallel_directions(batch, hidden):
+    """Whether the two directions of a layer should run on two threads.
+
+    They do when the per-step product is small (:func:`wants_single_thread`:
+    each direction then runs one BLAS thread) and the caller allows two or
+    more threads.
+    """
+    return wants_single_thread(batch, hidden) and caller_threads() >= 2
+
+
 _pool = {"executor": None}
 
 

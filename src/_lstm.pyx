@@ -199,14 +199,14 @@ cdef void _forward(const floating* x, int T, int B, int I,
     GEMM of the active prefix and runs the fused gate pass. With ``gates``
     NULL nothing per step is kept (inference); otherwise the caches, laid out
     (T, B, ...) in time order, receive what BPTT needs. Both modes therefore
-    round identically. With ``x_batch_first`` / ``out_batch_first``
-    (inference only), ``x`` / ``out`` are (B, T, ...) arrays: the caller's
-    own input and output, without time-major copies.
+    round identically. With ``x_batch_first`` (inference only) /
+    ``out_batch_first``, ``x`` / ``out`` are (B, T, ...) arrays: the
+    caller's own input and output, without time-major copies.
     """
     cdef int G = 4 * H
     cdef int n = B
     cdef int n_chunk, s0, k, kk, s, b, t, gb, j0, jb
-    cdef Py_ssize_t tb
+    cdef Py_ssize_t tb, ob
     cdef floating* gp
     cdef const floating* src
     cdef floating one = 1.0
@@ -266,18 +266,17 @@ cdef void _forward(const floating* x, int T, int B, int I,
             for b in range(n):
                 t = lengths[b] - 1 - s if reverse else s
                 tb = <Py_ssize_t> t * B + b
+                ob = <Py_ssize_t> b * T + t if out_batch_first else tb
                 if gates != NULL:
                     _cell_forward(gp + <Py_ssize_t> b * G, bias,
                                   h + <Py_ssize_t> b * H, c + <Py_ssize_t> b * H,
-                                  out + tb * out_width + offset,
+                                  out + ob * out_width + offset,
                                   gates + tb * G, c_cache + tb * H,
                                   h_prev + tb * H, H)
                 else:
-                    if out_batch_first:
-                        tb = <Py_ssize_t> b * T + t
                     _cell_forward(gp + <Py_ssize_t> b * G, bias,
                                   h + <Py_ssize_t> b * H, c + <Py_ssize_t> b * H,
-                                  out + tb * out_width + offset,
+                                  out + ob * out_width + offset,
                                   <floating*> NULL, <floating*> NULL,
                                   <floating*> NULL, H)
         s0 += kk
@@ -309,7 +308,8 @@ def forward_train(const floating[:, :, ::1] x,
                   floating[::1] gbuf,
                   floating[:, :, ::1] gates,
                   floating[:, :, ::1] c_cache,
-                  floating[:, :, ::1] h_prev_cache):
+                  floating[:, :, ::1] h_prev_cache,
+                  bint out_batch_first=False):
     """Forward pass of one direction, keeping what BPTT needs.
 
     Parameters
@@ -338,6 +338,8 @@ def forward_train(const floating[:, :, ::1] x,
     gates, c_cache, h_prev_cache : (T, B, 4H), (T, B, H), (T, B, H) arrays
         Receive the activated gates, c_t and h_{t-1} in time order; padded
         positions are left untouched.
+    out_batch_first : bool, default False
+        ``out`` is (B, T, D*H) instead (the layer's result itself).
     """
     cdef int T = <int> x.shape[0]
     cdef int B = <int> x.shape[1]
@@ -350,7 +352,8 @@ def forward_train(const floating[:, :, ::1] x,
             w_pack = _packed_weights(&w_hh[0, 0], H, True, H, 4 * H)
         _forward(&x[0, 0, 0], T, B, I, &lengths[0], &w_ih[0, 0], &w_hh[0, 0],
                  &w_hh_t[0, 0], w_pack, &bias[0], H, &h[0, 0], &c[0, 0], &out[0, 0, 0],
-                 <int> out.shape[2], offset, reverse, False, False, K, &xbuf[0],
+                 <int> out.shape[2], offset, reverse, False, out_batch_first, K,
+                 &xbuf[0],
                  &gbuf[0], &gates[0, 0, 0], &c_cache[0, 0, 0],
                  &h_prev_cache[0, 0, 0])
         free(w_pack)
@@ -414,7 +417,8 @@ def backward(const floating[:, :, ::1] x,
              floating[:, ::1] dw_ih,
              floating[:, ::1] dw_hh,
              floating[::1] db,
-             floating[:, ::1] scratch):
+             floating[:, ::1] scratch,
+             bint dout_batch_first=False):
     """Backpropagation through time for one direction.
 
     Parameters
@@ -439,6 +443,8 @@ def backward(const floating[:, :, ::1] x,
         Receive the weight gradients; ``db`` serves both biases.
     scratch : (B, 4H) array
         Work space.
+    dout_batch_first : bool, default False
+        ``d_out`` is (B, T, D*H) instead (the caller's gradient itself).
     """
     cdef int T = <int> x.shape[0]
     cdef int B = <int> x.shape[1]
@@ -474,7 +480,9 @@ def backward(const floating[:, :, ::1] x,
                 gp = &gates[t, b, 0]
                 _cell_backward(gp, &c_cache[t, b, 0],
                                &c0[b, 0] if s == 0 else &c_cache[tp, b, 0],
-                               &dh[b, 0], &dc[b, 0], &d_out[t, b, offset], H)
+                               &dh[b, 0], &dc[b, 0],
+                               &d_out[b, t, offset] if dout_batch_first
+                               else &d_out[t, b, offset], H)
                 if reverse:
                     memcpy(&scratch[b, 0], gp, G * sizeof(floating))
             src = &scratch[0, 0] if reverse else &gates[s, 0, 0]

@@ -331,3 +331,23 @@ def test_two_threads_predict_faster_than_one_after_the_other():
           f"2 threads {[round(t, 3) for t in par]}); the machine's speed-up for "
           f"GIL-free hashing now: {_machine_speedup():.2f}x")
     assert min(par) < 1.5 * min(seq)
+
+
+@pytest.mark.parametrize("limit", [1, 2])
+def test_directions_share_the_callers_thread_budget(monkeypatch, limit):
+    """Directions run side by side only when the caller allows two BLAS threads."""
+    seen = []
+    real = layer_module.run_directions
+
+    def spy(run, n_directions, parallel):
+        seen.append(parallel)
+        return real(run, n_directions, parallel)
+
+    monkeypatch.setattr(layer_module, "run_directions", spy)
+    layer = LSTM(3, 8, bidirectional=True, random_state=0)
+    X = np.random.default_rng(0).normal(size=(4, 6, 3))
+    with threadpool_limits(limits=limit, user_api="blas"):
+        out, _ = layer.forward(X, training=True)
+        layer.backward(np.ones_like(out))
+    # parallel is the request; run_directions still runs sequentially on one core.
+    assert seen and all(p == (limit >= 2) for p in seen)
