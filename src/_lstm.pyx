@@ -1,9 +1,10 @@
 """LSTM kernels: forward for training, forward for inference, and BPTT.
 
 Every entry point works on one layer and one direction of a batch laid out
-time-major, ``(T, B, features)``, with the batch sorted by length in
+time-major, ``(T, B, features)`` (a dense batch's input and output may also
+be the caller's batch-first arrays), with the batch sorted by length in
 decreasing order. At step ``s`` the active rows are then the prefix
-``0 .. n(s) - 1`` and every BLAS call covers exactly those rows: padded steps
+``0 .. n(s) - 1`` and every product covers exactly those rows: padded steps
 cost nothing in the time loop.
 
 A reverse direction visits, at step ``s``, time ``t = length[b] - 1 - s`` of
@@ -13,8 +14,9 @@ time loop of BPTT the weight gradients are whole-sequence GEMMs.
 
 Gate order (i, f, g, o) in blocks of ``H`` along the ``4H`` axis, as in
 ``torch.nn.LSTM``. The caller (``pylstm._layer``) validates every shape and
-allocates every buffer once per call; the kernels allocate nothing and run
-their whole time loop without the GIL.
+provides every buffer; the kernels allocate only the packed copy of W_hh,
+once per call before the time loop (see ``_gemm.h``), and run their whole
+time loop without the GIL.
 
 The forward kernels share one time loop (``_forward``), so training and
 inference round identically.
@@ -351,11 +353,10 @@ def forward_train(const floating[:, :, ::1] x,
         if T > 2 and (B == 1 or B >= PACKED_MIN_ROWS):
             w_pack = _packed_weights(&w_hh[0, 0], H, True, H, 4 * H)
         _forward(&x[0, 0, 0], T, B, I, &lengths[0], &w_ih[0, 0], &w_hh[0, 0],
-                 &w_hh_t[0, 0], w_pack, &bias[0], H, &h[0, 0], &c[0, 0], &out[0, 0, 0],
-                 <int> out.shape[2], offset, reverse, False, out_batch_first, K,
-                 &xbuf[0],
-                 &gbuf[0], &gates[0, 0, 0], &c_cache[0, 0, 0],
-                 &h_prev_cache[0, 0, 0])
+                 &w_hh_t[0, 0], w_pack, &bias[0], H, &h[0, 0], &c[0, 0],
+                 &out[0, 0, 0], <int> out.shape[2], offset, reverse, False,
+                 out_batch_first, K, &xbuf[0], &gbuf[0], &gates[0, 0, 0],
+                 &c_cache[0, 0, 0], &h_prev_cache[0, 0, 0])
         free(w_pack)
 
 
@@ -392,10 +393,10 @@ def forward_infer(const floating[:, :, ::1] x,
         if T > 2 and (B == 1 or B >= PACKED_MIN_ROWS):
             w_pack = _packed_weights(&w_hh[0, 0], H, True, H, 4 * H)
         _forward(&x[0, 0, 0], T, B, I, &lengths[0], &w_ih[0, 0], &w_hh[0, 0],
-                 &w_hh_t[0, 0], w_pack, &bias[0], H, &h[0, 0], &c[0, 0], &out[0, 0, 0],
-                 <int> out.shape[2], offset, reverse, x_batch_first,
-                 out_batch_first, K, &xbuf[0],
-                 &gbuf[0], <floating*> NULL, <floating*> NULL, <floating*> NULL)
+                 &w_hh_t[0, 0], w_pack, &bias[0], H, &h[0, 0], &c[0, 0],
+                 &out[0, 0, 0], <int> out.shape[2], offset, reverse,
+                 x_batch_first, out_batch_first, K, &xbuf[0], &gbuf[0],
+                 <floating*> NULL, <floating*> NULL, <floating*> NULL)
         free(w_pack)
 
 
