@@ -30,10 +30,10 @@ __all__ = ["LSTM"]
 #: Steps whose input projection the kernels compute with one GEMM (at most).
 _CHUNK_STEPS = 32
 #: Elements of the projection buffer (chunk steps x batch x 4H) worth keeping
-#: to: wide layers take fewer steps per chunk (a GEMM of at least 2**16 / 4H
-#: rows, 128 at H = 128, still runs near BLAS's peak), so the buffer stays
+#: to: wide layers take fewer steps per chunk (a GEMM of at least 2**15 / 4H
+#: rows, 64 at H = 128, still runs near BLAS's peak), so the buffer stays
 #: small next to the BPTT cache.
-_CHUNK_ELEMENTS = 2**16
+_CHUNK_ELEMENTS = 2**15
 
 
 def _needs_w_hh_t(lens_sorted):
@@ -57,7 +57,7 @@ def _needs_w_hh_t(lens_sorted):
 def _chunk_steps(T, B, H):
     """Steps per input-projection chunk for a batch of B rows and hidden size H.
 
-    At most 32 and at most ``2**16 / (4 H B)``: the chunk buffer is then
+    At most 32 and at most ``2**15 / (4 H B)``: the chunk buffer is then
     independent of T (inference) and small next to what a training call keeps
     for its T steps anyway. Training and inference take the same chunks, so
     their results are bit-identical.

@@ -100,7 +100,12 @@ def check_finite(arr, name):
     ...
     ValueError: X contains NaN
     """
-    if not np.isfinite(arr).all():
+    arr = np.asarray(arr)
+    if arr.size == 0:
+        return
+    # min and max are NaN or infinite exactly when some element is, and unlike
+    # np.isfinite(arr).all() they need no temporary as large as the array.
+    if not (np.isfinite(arr.min()) and np.isfinite(arr.max())):
         what = "NaN" if np.isnan(arr).any() else "infinity"
         raise ValueError(f"{name} contains {what}")
 
