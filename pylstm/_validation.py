@@ -101,11 +101,13 @@ def check_finite(arr, name):
     ValueError: X contains NaN
     """
     arr = np.asarray(arr)
-    if arr.size == 0:
-        return
-    # min and max are NaN or infinite exactly when some element is, and unlike
-    # np.isfinite(arr).all() they need no temporary as large as the array.
-    if not (np.isfinite(arr.min()) and np.isfinite(arr.max())):
+    if arr.size <= 65536:  # small (per-token calls of generation): one quick pass
+        finite = bool(np.isfinite(arr).all())
+    else:
+        # min and max are NaN or infinite exactly when some element is, and
+        # unlike np.isfinite(arr).all() they need no array-sized temporary.
+        finite = bool(np.isfinite(arr.min()) and np.isfinite(arr.max()))
+    if not finite:
         what = "NaN" if np.isnan(arr).any() else "infinity"
         raise ValueError(f"{name} contains {what}")
 

@@ -509,3 +509,15 @@ def test_saturated_activations_raise_no_warning_as_error(dtype):
     assert np.isfinite(out).all() and np.isfinite(dX).all()
     assert all(np.isfinite(g).all() for g in grads.values())
     assert -1.0 <= out.min() and out.max() <= 1.0
+
+
+@pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf])
+def test_large_input_with_one_bad_value_is_rejected(bad):
+    """Large arrays take check_finite's min/max path; one bad value is still found."""
+    layer = LSTM(16, 4, random_state=0)
+    X = np.zeros((8, 1000, 16))  # 128000 elements, above the small-array path
+    X[3, 517, 9] = bad
+    with pytest.raises(ValueError, match="NaN" if np.isnan(bad) else "infinity"):
+        layer.forward(X)
+    with pytest.raises(ValueError, match="NaN" if np.isnan(bad) else "infinity"):
+        layer.forward(X, training=False)
