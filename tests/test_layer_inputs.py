@@ -299,6 +299,26 @@ def test_d_out_not_finite(layer, X):
         layer.backward(d_out)
 
 
+def test_d_out_past_a_length_is_ignored_even_if_not_finite(layer, X):
+    """Entries of d_out past a sequence's length are documented as ignored."""
+    lengths = [X.shape[1], 2, X.shape[1] - 1]
+    out, _ = layer.forward(X, lengths=lengths)
+    d_out = np.ones_like(out)
+    dX_ref, grads_ref = layer.backward(d_out.copy())
+    d_out[1, 2:] = np.nan
+    d_out[2, -1] = np.inf
+    layer.forward(X, lengths=lengths)
+    dX, grads = layer.backward(d_out)
+    np.testing.assert_array_equal(dX, dX_ref)
+    for k in grads_ref:
+        np.testing.assert_array_equal(grads[k], grads_ref[k])
+    # Inside a length a bad entry is still an error.
+    d_out[1, 1, 0] = np.nan
+    layer.forward(X, lengths=lengths)
+    with pytest.raises(ValueError, match="d_out contains NaN"):
+        layer.backward(d_out)
+
+
 def test_d_out_non_numeric(layer, X):
     layer.forward(X)
     with pytest.raises(TypeError, match="d_out must hold real numbers"):
