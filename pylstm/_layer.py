@@ -36,24 +36,6 @@ _CHUNK_STEPS = 32
 _CHUNK_ELEMENTS = 2**15
 
 
-def _needs_w_hh_t(lens_sorted):
-    """Whether some step's recurrent product goes to BLAS, which reads W_hh^T.
-
-    The kernels multiply by a packed W_hh when it is on, for one row or 8 or
-    more, in calls of 3 steps or more (see ``src/_lstm.pyx``); then the
-    transposed copy (50 us at H = 128 in float32) can be skipped.
-    """
-    B, T = len(lens_sorted), int(lens_sorted[0])
-    if B == 1:
-        return False
-    if not _lstm.packed_gemm_enabled() or T <= 2:
-        return True
-    # n active rows occur at some step iff lengths[n - 1] > lengths[n] (0 past B).
-    ends = np.append(lens_sorted, 0)
-    m = np.arange(2, min(B, 7) + 1)
-    return bool(np.any(ends[m - 1] > ends[m]))
-
-
 def _chunk_steps(T, B, H):
     """Steps per input-projection chunk for a batch of B rows and hidden size H.
 
@@ -390,7 +372,7 @@ class LSTM:
         D, H, L = self.num_directions, self.hidden_size, self.num_layers
         dt = self.dtype
         new = arrays.empty if dense else arrays.zeros
-        need_t = _needs_w_hh_t(lens_sorted)
+        need_t = _lstm.needs_w_hh_t(lens_sorted)
         caches = []
         layer_in = x
         for layer in range(L):

@@ -65,14 +65,39 @@ cdef bint _packed_available = pylstm_packed_gemm_ok()
 cdef bint _use_packed = _packed_available
 
 
+cdef inline bint _packs(int T, int B) noexcept nogil:
+    """Whether a call of T steps over B rows packs W_hh (see above)."""
+    return _use_packed and T > 2 and (B == 1 or B >= PACKED_MIN_ROWS)
+
+
+cdef inline bint _packed_rows(int n) noexcept nogil:
+    """Whether a step with n active rows uses the packed product."""
+    return n == 1 or n >= PACKED_MIN_ROWS
+
+
+def needs_w_hh_t(const int[::1] lengths):
+    """Whether a forward call over these lengths has a step that BLAS multiplies.
+
+    Such steps (2 or more active rows, without the packed product) read the
+    transposed copy ``w_hh_t``; otherwise the caller may skip making it.
+    ``lengths`` is sorted in decreasing order, as the kernels take it.
+    """
+    cdef int B = <int> lengths.shape[0]
+    cdef int n
+    if B <= 1:
+        return False
+    if not _packs(lengths[0], B):
+        return True
+    # n rows are active at some step iff lengths[n - 1] > lengths[n] (0 past B).
+    for n in range(2, min(B, PACKED_MIN_ROWS - 1) + 1):
+        if lengths[n - 1] > (lengths[n] if n < B else 0):
+            return True
+    return False
+
+
 def packed_gemm_available():
     """Whether this CPU runs the packed-weight GEMM of the time loop."""
     return bool(_packed_available)
-
-
-def packed_gemm_enabled():
-    """Whether the kernels currently use the packed-weight GEMM."""
-    return bool(_use_packed)
 
 
 def set_packed_gemm(bint enabled):
@@ -91,8 +116,6 @@ cdef floating* _packed_weights(const floating* w, int ld, bint trans, int k,
     """A packed copy of the k x n matrix w (see _gemm.h), or NULL (then use BLAS)."""
     cdef long size
     cdef floating* bp
-    if not _use_packed:
-        return NULL
     if floating is float:
         size = pylstm_packed_size_f(k, n)
     else:
@@ -253,7 +276,7 @@ cdef void _forward(const floating* x, int T, int B, int I,
             # with w_hh^T stored (H, 4H) so that BLAS sees a no-transpose
             # product (OpenBLAS then takes its copy-free small-matrix kernel
             # when the product is small).
-            if w_pack != NULL and (n == 1 or n >= PACKED_MIN_ROWS):
+            if w_pack != NULL and _packed_rows(n):
                 _gemm_packed(n, G, H, h, H, w_pack, gp, G, True)
             elif n == 1:
                 gemv(False, G, H, one, w_hh, H, h, one, gp)
@@ -325,7 +348,7 @@ def forward_train(const floating[:, :, ::1] x,
     w_hh_t : (H, 4H) array
         ``w_hh`` transposed, for steps whose recurrent product BLAS computes
         (2-7 active rows, calls of 1-2 steps, packed GEMM off); otherwise
-        unread (see ``pylstm._layer._needs_w_hh_t``).
+        unread (see :func:`needs_w_hh_t`).
     h, c : (B, H) arrays
         Initial states on entry, each row's final state on exit.
     out : (T, B, D*H) array
@@ -350,7 +373,7 @@ def forward_train(const floating[:, :, ::1] x,
     cdef int K = _chunk_steps(xbuf.shape[0], gbuf.shape[0], B, I, 4 * H)
     cdef floating* w_pack = NULL
     with nogil:
-        if T > 2 and (B == 1 or B >= PACKED_MIN_ROWS):
+        if _packs(T, B):
             w_pack = _packed_weights(&w_hh[0, 0], H, True, H, 4 * H)
         _forward(&x[0, 0, 0], T, B, I, &lengths[0], &w_ih[0, 0], &w_hh[0, 0],
                  &w_hh_t[0, 0], w_pack, &bias[0], H, &h[0, 0], &c[0, 0],
@@ -390,7 +413,7 @@ def forward_infer(const floating[:, :, ::1] x,
     cdef int K = _chunk_steps(xbuf.shape[0], gbuf.shape[0], B, I, 4 * H)
     cdef floating* w_pack = NULL
     with nogil:
-        if T > 2 and (B == 1 or B >= PACKED_MIN_ROWS):
+        if _packs(T, B):
             w_pack = _packed_weights(&w_hh[0, 0], H, True, H, 4 * H)
         _forward(&x[0, 0, 0], T, B, I, &lengths[0], &w_ih[0, 0], &w_hh[0, 0],
                  &w_hh_t[0, 0], w_pack, &bias[0], H, &h[0, 0], &c[0, 0],
@@ -459,7 +482,7 @@ def backward(const floating[:, :, ::1] x,
     cdef const floating* src
     cdef floating* w_pack = NULL
     with nogil:
-        if T > 2 and (B == 1 or B >= PACKED_MIN_ROWS):
+        if _packs(T, B):
             w_pack = _packed_weights(&w_hh[0, 0], H, False, G, H)
         # The projection left values at padded positions: clear them, so
         # the whole-sequence GEMMs below see zero gradients there.
@@ -488,7 +511,7 @@ def backward(const floating[:, :, ::1] x,
                     memcpy(&scratch[b, 0], gp, G * sizeof(floating))
             src = &scratch[0, 0] if reverse else &gates[s, 0, 0]
             # dh_{s-1}[:n] = dG_s[:n] @ w_hh
-            if w_pack != NULL and (n == 1 or n >= PACKED_MIN_ROWS):
+            if w_pack != NULL and _packed_rows(n):
                 _gemm_packed(n, H, G, src, G, w_pack, &dh[0, 0], H, False)
             elif n == 1:
                 gemv(True, G, H, <floating> 1.0, &w_hh[0, 0], H, src,
