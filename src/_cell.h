@@ -7,7 +7,10 @@
  * truncation error below one ulp), and 2^n by writing the exponent bits. The
  * argument is clamped so that nothing overflows or goes subnormal. Each row
  * function is compiled for AVX-512, AVX2 and the baseline, chosen at load
- * time (GCC/Clang function multiversioning), so one wheel runs everywhere.
+ * time (GCC function multiversioning), so one wheel runs everywhere. The
+ * clones are the x86-64 ISA levels v4 (AVX-512) and v3 (AVX2), which include
+ * FMA: the polynomials then run as fused multiply-adds, half the instructions
+ * of the separate multiplies and adds that a bare "avx512f" target gives.
  *
  * sigmoid(x) = 1 / (1 + e^-x); tanh(x) = sign(x) (1 - e^-2|x|) / (1 + e^-2|x|).
  * Near 0 both are accurate to a few ulps of 1 (absolute), which is what the
@@ -20,7 +23,8 @@
 #include <string.h>
 
 #if defined(__GNUC__) && defined(__x86_64__) && !defined(__clang__) && defined(__linux__)
-#define PYLSTM_CLONES __attribute__((target_clones("avx512f", "avx2", "default")))
+#define PYLSTM_CLONES \
+    __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
 #else
 #define PYLSTM_CLONES
 #endif

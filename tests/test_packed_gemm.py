@@ -59,8 +59,11 @@ def test_packed_equals_blas(blas_path, dtype, B, H, var, bidi):
     for a, b in zip(*results, strict=True):
         scale = max(1.0, float(np.abs(a).max()))
         np.testing.assert_allclose(a, b, rtol=0, atol=TOL[dtype] * scale)
-    # The two paths are really different code (not the same rounding everywhere).
-    assert any(not np.array_equal(a, b) for a, b in zip(*results, strict=True))
+    # The two paths are really different code (not the same rounding
+    # everywhere). In float64 both can round alike (both use FMA), so the
+    # difference is required in float32 only.
+    if dtype is np.float32:
+        assert any(not np.array_equal(a, b) for a, b in zip(*results, strict=True))
 
 
 def test_switch_returns_the_old_setting(blas_path):
