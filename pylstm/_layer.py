@@ -3,6 +3,11 @@
 This module owns the one place where the public (PyTorch) parameter layout
 meets the kernels of :mod:`pylstm._lstm`: every call sorts the batch by
 length, lays it out time-major and calls one kernel per layer and direction.
+
+Per-step arrays (layer inputs and outputs, the BPTT cache, gradients) hold
+one row per valid step, in the packed time-major layout of
+:func:`_packed_rows`: a batch with variable lengths keeps and computes
+nothing for the padding. A dense batch's layout is plain (T, B) order.
 """
 
 import numpy as np
@@ -45,6 +50,30 @@ def _chunk_steps(T, B, H):
     their results are bit-identical.
     """
     return max(1, min(_CHUNK_STEPS, T, _CHUNK_ELEMENTS // (B * 4 * H)))
+
+
+def _packed_rows(lens_sorted, order, T):
+    """Where each row of the packed time-major layout comes from.
+
+    With the batch sorted by decreasing length (``order`` maps sorted rows to
+    the caller's), time ``t`` holds the ``n(t)`` rows still active, one after
+    another, as :mod:`pylstm._lstm` lays out every per-step array (PyTorch's
+    ``PackedSequence`` has the same layout). Returns, for each of the
+    ``sum(lengths)`` packed rows, its index ``b * T + t`` in the caller's
+    (B * T)-row batch-first array.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> _packed_rows(np.array([3, 1]), np.array([1, 0]), 3)
+    array([3, 0, 4, 5])
+    """
+    T_eff = int(lens_sorted[0])
+    active = np.searchsorted(-np.asarray(lens_sorted), -np.arange(T_eff), side="left")
+    starts = np.cumsum(active) - active
+    t = np.repeat(np.arange(T_eff), active)
+    b = np.arange(t.size) - np.repeat(starts, active)
+    return np.asarray(order)[b] * T + t
 
 
 def _param_names(num_layers, bidirectional):
@@ -324,12 +353,15 @@ class LSTM:
         dense = bool(lens_sorted[-1] == T)
         h_n = np.empty_like(h0)
         c_n = np.empty_like(c0)
+        rows = None
         if dense:
             check_finite(X, "X")
         else:
-            x = np.ascontiguousarray(X[order, :T_eff].transpose(1, 0, 2))
-            x[np.arange(T_eff)[:, None] >= lens_sorted[None, :]] = 0
-            check_finite(x, "X")  # steps past a length are ignored, NaN or not
+            # The valid steps only, packed time-major: steps past a length are
+            # never read (NaN or not) and cost no memory or time.
+            rows = _packed_rows(lens_sorted, order, T)
+            x = X.reshape(B * T, I)[rows]
+            check_finite(x, "X")
         # On a dense batch the last layer writes the result in place
         # (batch-first), and inference also reads X in place: no time-major
         # copy of either, so inference memory beyond the result does not grow
@@ -340,38 +372,39 @@ class LSTM:
             if dense:
                 result = np.empty((B, T, D * H), dtype=self.dtype)
             if direct:
-                x = np.ascontiguousarray(X)
+                x = X.reshape(B * T, I)
             elif dense:
-                x = arrays.empty("x", (T_eff, B, I), self.dtype)
-                np.copyto(x, X.transpose(1, 0, 2))
+                x = arrays.empty("x", (T_eff * B, I), self.dtype)
+                np.copyto(x.reshape(T_eff, B, I), X.transpose(1, 0, 2))
             with single_threaded_blas(wants_single_thread(B, H)):
                 caches, layer_in = self._forward_layers(
-                    arrays, x, lens_sorted, order, dense, h0, c0, h_n, c_n, training,
-                    result if dense else None, direct)
+                    arrays, x, lens_sorted, order, h0, c0, h_n, c_n, training,
+                    result.reshape(B * T, D * H) if dense else None, direct)
             if not dense:
                 result = np.zeros((B, T, D * H), dtype=self.dtype)
-                result[order, :T_eff] = layer_in.transpose(1, 0, 2)
+                result.reshape(B * T, D * H)[rows] = layer_in
             if training:
                 self._cache = {"order": order, "lengths": lens_sorted, "shape": (B, T),
-                               "T_eff": T_eff, "dense": dense, "layers": caches}
+                               "T_eff": T_eff, "dense": dense, "rows": rows,
+                               "layers": caches}
         return result, (h_n, c_n)
 
-    def _forward_layers(self, arrays, x, lens_sorted, order, dense, h0, c0, h_n, c_n,
+    def _forward_layers(self, arrays, x, lens_sorted, order, h0, c0, h_n, c_n,
                         training, result=None, x_batch_first=False):
         """Kernel calls of :meth:`forward`, layer by layer; directions may run concurrently.
 
-        Work arrays come from ``arrays`` (the layer's :class:`Workspace`).
-        Padded positions of the layer outputs and of ``h_prev`` must read
-        as zero (the next layer and the whole-sequence GEMMs of BPTT see
-        them), so with padding those arrays are cleared first. With
-        ``result`` (dense batches) the last layer writes it, (B, T, D*H),
-        directly; with ``x_batch_first`` (dense inference) ``x`` is the
-        batch-first input itself.
+        Work arrays come from ``arrays`` (the layer's :class:`Workspace`);
+        per-step arrays have one row per valid step (packed layout, see
+        :func:`_packed_rows`), each written by the kernels. With ``result``
+        (dense batches) the last layer writes it, (B * T, D*H), directly;
+        with ``x_batch_first`` (dense inference) ``x`` is the batch-first
+        input itself, (B * T, I).
         """
         B, T_eff = len(lens_sorted), int(lens_sorted[0])
+        N = int(np.sum(lens_sorted, dtype=np.int64))
         D, H, L = self.num_directions, self.hidden_size, self.num_layers
         dt = self.dtype
-        new = arrays.empty if dense else arrays.zeros
+        new = arrays.empty
         need_t = _lstm.needs_w_hh_t(lens_sorted)
         caches = []
         layer_in = x
@@ -381,9 +414,9 @@ class LSTM:
             if out_batch_first:
                 out = result
             elif training or L == 1:
-                out = new(f"out{layer}", (T_eff, B, D * H), dt)
+                out = new(f"out{layer}", (N, D * H), dt)
             else:  # freed once the next layer has read it, as inference needs
-                out = np.zeros((T_eff, B, D * H), dtype=dt)
+                out = np.empty((N, D * H), dtype=dt)
 
             def run(d, layer=layer, layer_in=layer_in, out=out, x_bf=x_bf,
                     out_bf=out_batch_first):
@@ -402,15 +435,15 @@ class LSTM:
                 np.take(h0[k], order, axis=0, out=h)
                 np.take(c0[k], order, axis=0, out=c)
                 K = _chunk_steps(T_eff, B, H)
-                xbuf = arrays.empty(f"xbuf{k}", (K * B * layer_in.shape[2],), dt)
+                xbuf = arrays.empty(f"xbuf{k}", (K * B * layer_in.shape[1],), dt)
                 gbuf = arrays.empty(f"gbuf{k}", (K * B * 4 * H,), dt)
                 kept = None
                 if training:
                     c_start = c.copy()
-                    # Every valid position is written; backward zeroes the padding.
-                    gates = arrays.empty(f"gates{k}", (T_eff, B, 4 * H), dt)
-                    c_cache = new(f"c_cache{k}", (T_eff, B, H), dt)
-                    h_prev = new(f"h_prev{k}", (T_eff, B, H), dt)
+                    # One row per valid step, each written by the kernel.
+                    gates = new(f"gates{k}", (N, 4 * H), dt)
+                    c_cache = new(f"c_cache{k}", (N, H), dt)
+                    h_prev = new(f"h_prev{k}", (N, H), dt)
                     _lstm.forward_train(layer_in, lens_sorted, w_ih, w_hh, w_hh_t, bias, h, c,
                                         out, d * H, bool(d), xbuf, gbuf, gates, c_cache,
                                         h_prev, out_bf)
@@ -457,18 +490,17 @@ class LSTM:
         out, _ = self.forward(X, lengths=lengths, h0=h0, c0=c0, training=True)
         cache, self._cache = self._cache, None
         B, T = cache["shape"]
-        order, T_eff = cache["order"], cache["T_eff"]
+        order = cache["order"]
         H = self.hidden_size
         result = {}
 
-        lengths = np.empty(B, dtype=np.int64)
-        lengths[order] = cache["lengths"]
-        padded = np.arange(T)[None, :] >= lengths[:, None]
+        rows = cache["rows"]
+        if rows is None:
+            rows = _packed_rows(cache["lengths"], order, T)
 
         def batch_first(arr):
-            full = np.zeros((B, T) + arr.shape[2:], dtype=self.dtype)
-            full[order, :T_eff] = arr.transpose(1, 0, *range(2, arr.ndim))
-            full[padded] = 0  # the gate cache is not cleared at padded steps
+            full = np.zeros((B, T) + arr.shape[1:], dtype=self.dtype)
+            full.reshape((B * T,) + arr.shape[1:])[rows] = arr
             return full
 
         for layer, (_, layer_cache) in enumerate(cache["layers"]):
@@ -476,14 +508,14 @@ class LSTM:
                        else None)
             for d, (_, gates, c_cache, _) in enumerate(layer_cache):
                 name = f"l{layer}" + ("_reverse" if d else "")
-                g = gates.reshape(T_eff, B, 4, H)
-                entry = {kind: batch_first(g[:, :, j]) for j, kind in
+                g = gates.reshape(-1, 4, H)
+                entry = {kind: batch_first(g[:, j]) for j, kind in
                          enumerate(("input", "forget", "cell", "output"))}
                 entry["c"] = batch_first(c_cache)
                 if outputs is None:
                     entry["h"] = out[:, :, d * H:(d + 1) * H].copy()
                 else:
-                    entry["h"] = batch_first(outputs[:, :, d * H:(d + 1) * H])
+                    entry["h"] = batch_first(outputs[:, d * H:(d + 1) * H])
                 result[name] = entry
         return result
 
@@ -539,13 +571,13 @@ class LSTM:
         h = self._check_state(h, "h", B).copy()
         c = self._check_state(c, "c", B).copy()
         lengths = np.ones(B, dtype=np.intc)
-        layer_in = x[None]
+        layer_in = x
         with single_threaded_blas(wants_single_thread(B, H)):
             for layer in range(self.num_layers):
                 sfx = f"_l{layer}"
                 bias = self._params["bias_ih" + sfx] + self._params["bias_hh" + sfx]
-                out = np.empty((1, B, H), dtype=self.dtype)
-                xbuf = np.empty(B * layer_in.shape[2], dtype=self.dtype)
+                out = np.empty((B, H), dtype=self.dtype)
+                xbuf = np.empty(B * layer_in.shape[1], dtype=self.dtype)
                 gbuf = np.empty(B * 4 * H, dtype=self.dtype)
                 w_hh = self._params["weight_hh" + sfx]
                 # The transposed copy serves the recurrent GEMM of B > 1 rows; one
@@ -555,7 +587,7 @@ class LSTM:
                                     w_hh, w_hh_t, bias, h[layer], c[layer], out, 0, False,
                                     xbuf, gbuf)
                 layer_in = out
-        return layer_in[0], (h, c)
+        return layer_in, (h, c)
 
     # ------------------------------------------------------------------ backward
     def backward(self, d_out, d_h_n=None, d_c_n=None):
@@ -599,24 +631,24 @@ class LSTM:
             d_out = as_float_array(d_out, "d_out", self.dtype, 3)
             d_h_n = self._check_state(d_h_n, "d_h_n", B)
             d_c_n = self._check_state(d_c_n, "d_c_n", B)
-            order, T_eff, lens = cache["order"], cache["T_eff"], cache["lengths"]
             if cache["dense"]:
                 check_finite(d_out, "d_out")
-                grad_out = np.ascontiguousarray(d_out)  # read batch-first by the top layer
+                grad_out = d_out.reshape(B * T, D * H)  # read batch-first by the top layer
             else:
-                grad_out = np.ascontiguousarray(d_out[order, :T_eff].transpose(1, 0, 2))
-                grad_out[np.arange(T_eff)[:, None] >= lens[None, :]] = 0
-                check_finite(grad_out, "d_out")  # entries past a length are ignored
+                # The valid steps only (entries past a length are never read).
+                grad_out = d_out.reshape(B * T, D * H)[cache["rows"]]
+                check_finite(grad_out, "d_out")
             self._cache = None
             with single_threaded_blas(wants_single_thread(B, H)):
                 grads, g_h0, g_c0, grad_out = self._backward_layers(
                     arrays, cache, grad_out, d_h_n, d_c_n, cache["dense"])
+            n_in = self.input_size
             if cache["dense"]:
-                dX = np.empty((B, T, self.input_size), dtype=self.dtype)
-                np.copyto(dX, grad_out.transpose(1, 0, 2))
+                dX = np.empty((B, T, n_in), dtype=self.dtype)
+                np.copyto(dX, grad_out.reshape(T, B, n_in).transpose(1, 0, 2))
             else:
-                dX = np.zeros((B, T, self.input_size), dtype=self.dtype)
-                dX[order, :T_eff] = grad_out.transpose(1, 0, 2)
+                dX = np.zeros((B, T, n_in), dtype=self.dtype)
+                dX.reshape(B * T, n_in)[cache["rows"]] = grad_out
         grads = {name: grads[name] for name in self._params}
         grads["h0"] = g_h0
         grads["c0"] = g_c0

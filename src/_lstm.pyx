@@ -207,10 +207,46 @@ cdef inline int _column_block(int rows, int cols, int inner,
     return cb if cb >= align else cols
 
 
+cdef Py_ssize_t* _step_offsets(const int[::1] lengths) except NULL:
+    """Row offsets of the packed time-major layout of a sorted batch.
+
+    Time ``t`` holds the rows ``b < n(t)`` that are still active (lengths
+    decrease), at rows ``off[t] .. off[t + 1] - 1`` of every per-step array;
+    ``off[T]`` is the number of valid steps. A dense batch gives
+    ``off[t] = t * B``: the plain (T, B) layout. Caller frees the result.
+    """
+    cdef int B = <int> lengths.shape[0]
+    cdef int T, t, n
+    cdef Py_ssize_t* off
+    if B < 1 or lengths[0] < 1:
+        raise ValueError("lengths must hold at least one row of at least one step")
+    T = lengths[0]
+    off = <Py_ssize_t*> malloc((T + 1) * sizeof(Py_ssize_t))
+    if off == NULL:
+        raise MemoryError()
+    off[0] = 0
+    n = B
+    for t in range(T):
+        while n > 0 and lengths[n - 1] <= t:
+            n -= 1
+        off[t + 1] = off[t] + n
+    return off
+
+
+cdef int _check_rows(Py_ssize_t rows, Py_ssize_t width, Py_ssize_t need_rows,
+                     Py_ssize_t need_width, str name) except -1:
+    """ValueError unless an array has at least the rows and columns needed."""
+    if rows < need_rows or width < need_width:
+        raise ValueError(f"{name} has shape ({rows}, {width}); at least "
+                         f"({need_rows}, {need_width}) needed")
+    return 0
+
+
 cdef void _forward(const floating* x, int T, int B, int I,
-                   const int* lengths, const floating* w_ih,
-                   const floating* w_hh, const floating* w_hh_t,
-                   const floating* w_pack, const floating* bias, int H,
+                   const int* lengths, const Py_ssize_t* off,
+                   const floating* w_ih, const floating* w_hh,
+                   const floating* w_hh_t, const floating* w_pack,
+                   const floating* bias, int H,
                    floating* h, floating* c, floating* out, int out_width,
                    Py_ssize_t offset, bint reverse, bint x_batch_first,
                    bint out_batch_first, int K,
@@ -222,15 +258,15 @@ cdef void _forward(const floating* x, int T, int B, int I,
     gathered into ``xbuf`` (a reversed row by index arithmetic) and
     projected by one GEMM into ``gbuf``; then each step adds the recurrent
     GEMM of the active prefix and runs the fused gate pass. With ``gates``
-    NULL nothing per step is kept (inference); otherwise the caches, laid out
-    (T, B, ...) in time order, receive what BPTT needs. Both modes therefore
-    round identically. With ``x_batch_first`` (inference only) /
-    ``out_batch_first``, ``x`` / ``out`` are (B, T, ...) arrays: the
-    caller's own input and output, without time-major copies.
+    NULL nothing per step is kept (inference); otherwise the caches, in the
+    packed layout of ``off`` (time order), receive what BPTT needs. Both
+    modes therefore round identically. With ``x_batch_first`` /
+    ``out_batch_first`` (dense batches only), ``x`` / ``out`` are (B, T, ...)
+    arrays: the caller's own input and output, without time-major copies.
     """
     cdef int G = 4 * H
     cdef int n = B
-    cdef int n_chunk, s0, k, kk, s, b, t, gb, j0, jb
+    cdef int n_chunk, s0, k, kk, s, b, t, gb, j0, jb, ns
     cdef Py_ssize_t tb, ob
     cdef floating* gp
     cdef const floating* src
@@ -244,13 +280,17 @@ cdef void _forward(const floating* x, int T, int B, int I,
             break
         n_chunk = n
         kk = K if s0 + K <= T else T - s0
-        # Gather the chunk's input rows: (kk, n_chunk, I), step order.
+        # Gather the chunk's input rows: (kk, n_chunk, I), step order; rows
+        # that end within the chunk read as zeros from there on.
         for k in range(kk):
             s = s0 + k
             if not reverse and not x_batch_first:
-                memcpy(xbuf + <Py_ssize_t> k * n_chunk * I,
-                       x + <Py_ssize_t> s * B * I,
-                       <size_t> n_chunk * I * sizeof(floating))
+                ns = <int> (off[s + 1] - off[s])
+                memcpy(xbuf + <Py_ssize_t> k * n_chunk * I, x + off[s] * I,
+                       <size_t> ns * I * sizeof(floating))
+                if ns < n_chunk:
+                    memset(xbuf + (<Py_ssize_t> k * n_chunk + ns) * I, 0,
+                           <size_t> (n_chunk - ns) * I * sizeof(floating))
             else:
                 for b in range(n_chunk):
                     tb = (<Py_ssize_t> k * n_chunk + b) * I
@@ -259,7 +299,7 @@ cdef void _forward(const floating* x, int T, int B, int I,
                         if x_batch_first:
                             src = x + (<Py_ssize_t> b * T + t) * I
                         else:
-                            src = x + (<Py_ssize_t> t * B + b) * I
+                            src = x + (off[t] + b) * I
                         memcpy(xbuf + tb, src, I * sizeof(floating))
                     else:
                         memset(xbuf + tb, 0, I * sizeof(floating))
@@ -290,7 +330,7 @@ cdef void _forward(const floating* x, int T, int B, int I,
                     j0 += jb
             for b in range(n):
                 t = lengths[b] - 1 - s if reverse else s
-                tb = <Py_ssize_t> t * B + b
+                tb = off[t] + b
                 ob = <Py_ssize_t> b * T + t if out_batch_first else tb
                 if gates != NULL:
                     _cell_forward(gp + <Py_ssize_t> b * G, bias,
@@ -318,7 +358,31 @@ cdef int _chunk_steps(Py_ssize_t xbuf_size, Py_ssize_t gbuf_size, int B, int I,
     return <int> K
 
 
-def forward_train(const floating[:, :, ::1] x,
+cdef int _check_forward(const int[::1] lengths, const Py_ssize_t* off,
+                        Py_ssize_t x_rows, Py_ssize_t I, Py_ssize_t w_in, Py_ssize_t H,
+                        Py_ssize_t h_rows, Py_ssize_t c_rows,
+                        Py_ssize_t out_rows, Py_ssize_t out_width, Py_ssize_t offset,
+                        bint x_batch_first, bint out_batch_first) except -1:
+    """The shapes a forward call needs (the layer passes them; this is a guard)."""
+    cdef Py_ssize_t B = lengths.shape[0]
+    cdef Py_ssize_t T = lengths[0]
+    cdef Py_ssize_t N = off[T]
+    cdef Py_ssize_t b
+    for b in range(1, B):
+        if lengths[b] > lengths[b - 1] or lengths[b] < 1:
+            raise ValueError("lengths must be at least 1 and in decreasing order")
+    if w_in != I:
+        raise ValueError(f"x has {I} features, w_ih expects {w_in}")
+    if h_rows < B or c_rows < B:
+        raise ValueError("h and c need one row per sequence")
+    if offset < 0:
+        raise ValueError("offset must be non-negative")
+    _check_rows(x_rows, I, B * T if x_batch_first else N, I, "x")
+    _check_rows(out_rows, out_width, B * T if out_batch_first else N, offset + H, "out")
+    return 0
+
+
+def forward_train(const floating[:, ::1] x,
                   const int[::1] lengths,
                   const floating[:, ::1] w_ih,
                   const floating[:, ::1] w_hh,
@@ -326,23 +390,30 @@ def forward_train(const floating[:, :, ::1] x,
                   const floating[::1] bias,
                   floating[:, ::1] h,
                   floating[:, ::1] c,
-                  floating[:, :, ::1] out,
+                  floating[:, ::1] out,
                   Py_ssize_t offset,
                   bint reverse,
                   floating[::1] xbuf,
                   floating[::1] gbuf,
-                  floating[:, :, ::1] gates,
-                  floating[:, :, ::1] c_cache,
-                  floating[:, :, ::1] h_prev_cache,
+                  floating[:, ::1] gates,
+                  floating[:, ::1] c_cache,
+                  floating[:, ::1] h_prev_cache,
                   bint out_batch_first=False):
     """Forward pass of one direction, keeping what BPTT needs.
 
+    Per-step arrays are 2-D, one row per valid step of one sequence, in the
+    packed time-major layout: with the batch sorted by decreasing length and
+    ``n(t)`` rows still active at time ``t``, time ``t`` holds rows
+    ``off(t) .. off(t) + n(t) - 1`` where ``off(t) = n(0) + ... + n(t-1)``
+    (``t * B`` for a dense batch, which is then simply (T, B) flattened).
+    No row is padding.
+
     Parameters
     ----------
-    x : (T, B, I) array
-        Layer input, time-major, rows sorted by decreasing length.
+    x : (N, I) array
+        Layer input in the packed layout, N = sum of lengths.
     lengths : (B,) int32 array
-        Valid steps per row, decreasing, each in ``1 .. T``.
+        Valid steps per row, decreasing, each at least 1; ``T = lengths[0]``.
     w_ih, w_hh, bias : (4H, I), (4H, H), (4H,) arrays
         Weights in gate order (i, f, g, o); ``bias = b_ih + b_hh``.
     w_hh_t : (H, 4H) array
@@ -351,7 +422,7 @@ def forward_train(const floating[:, :, ::1] x,
         unread (see :func:`needs_w_hh_t`).
     h, c : (B, H) arrays
         Initial states on entry, each row's final state on exit.
-    out : (T, B, D*H) array
+    out : (N, D*H) array
         Receives h_t in columns ``offset .. offset + H``; untouched elsewhere.
     offset : int
         Column offset of this direction in ``out``.
@@ -360,30 +431,41 @@ def forward_train(const floating[:, :, ::1] x,
     xbuf, gbuf : 1-D arrays
         Work space for a chunk of K steps: ``K * B * I`` and ``K * B * 4H``
         elements.
-    gates, c_cache, h_prev_cache : (T, B, 4H), (T, B, H), (T, B, H) arrays
-        Receive the activated gates, c_t and h_{t-1} in time order; padded
-        positions are left untouched.
+    gates, c_cache, h_prev_cache : (N, 4H), (N, H), (N, H) arrays
+        Receive the activated gates, c_t and h_{t-1}, packed layout.
     out_batch_first : bool, default False
-        ``out`` is (B, T, D*H) instead (the layer's result itself).
+        ``out`` is a dense batch's (B * T, D*H) result instead, row ``b * T + t``.
     """
-    cdef int T = <int> x.shape[0]
-    cdef int B = <int> x.shape[1]
-    cdef int I = <int> x.shape[2]
+    cdef int B = <int> lengths.shape[0]
+    cdef int I = <int> x.shape[1]
     cdef int H = <int> w_hh.shape[1]
+    cdef int T
     cdef int K = _chunk_steps(xbuf.shape[0], gbuf.shape[0], B, I, 4 * H)
     cdef floating* w_pack = NULL
-    with nogil:
-        if _packs(T, B):
-            w_pack = _packed_weights(&w_hh[0, 0], H, True, H, 4 * H)
-        _forward(&x[0, 0, 0], T, B, I, &lengths[0], &w_ih[0, 0], &w_hh[0, 0],
-                 &w_hh_t[0, 0], w_pack, &bias[0], H, &h[0, 0], &c[0, 0],
-                 &out[0, 0, 0], <int> out.shape[2], offset, reverse, False,
-                 out_batch_first, K, &xbuf[0], &gbuf[0], &gates[0, 0, 0],
-                 &c_cache[0, 0, 0], &h_prev_cache[0, 0, 0])
+    cdef Py_ssize_t* off = _step_offsets(lengths)
+    try:
+        T = lengths[0]
+        _check_forward(lengths, off, x.shape[0], I, w_ih.shape[1], H, h.shape[0],
+                       c.shape[0], out.shape[0], out.shape[1], offset, False,
+                       out_batch_first)
+        _check_rows(gates.shape[0], gates.shape[1], off[T], 4 * H, "gates")
+        _check_rows(c_cache.shape[0], c_cache.shape[1], off[T], H, "c_cache")
+        _check_rows(h_prev_cache.shape[0], h_prev_cache.shape[1], off[T], H,
+                    "h_prev_cache")
+        with nogil:
+            if _packs(T, B):
+                w_pack = _packed_weights(&w_hh[0, 0], H, True, H, 4 * H)
+            _forward(&x[0, 0], T, B, I, &lengths[0], off, &w_ih[0, 0], &w_hh[0, 0],
+                     &w_hh_t[0, 0], w_pack, &bias[0], H, &h[0, 0], &c[0, 0],
+                     &out[0, 0], <int> out.shape[1], offset, reverse, False,
+                     out_batch_first, K, &xbuf[0], &gbuf[0], &gates[0, 0],
+                     &c_cache[0, 0], &h_prev_cache[0, 0])
+    finally:
         free(w_pack)
+        free(off)
 
 
-def forward_infer(const floating[:, :, ::1] x,
+def forward_infer(const floating[:, ::1] x,
                   const int[::1] lengths,
                   const floating[:, ::1] w_ih,
                   const floating[:, ::1] w_hh,
@@ -391,7 +473,7 @@ def forward_infer(const floating[:, :, ::1] x,
                   const floating[::1] bias,
                   floating[:, ::1] h,
                   floating[:, ::1] c,
-                  floating[:, :, ::1] out,
+                  floating[:, ::1] out,
                   Py_ssize_t offset,
                   bint reverse,
                   floating[::1] xbuf,
@@ -402,41 +484,50 @@ def forward_infer(const floating[:, :, ::1] x,
 
     Same arguments as :func:`forward_train` without the caches: extra memory
     is the two chunk buffers, independent of T. Results are bit-identical to
-    :func:`forward_train`'s. With ``x_batch_first``, ``x`` is (B, T, I), and
-    with ``out_batch_first`` ``out`` is (B, T, D*H): the layer's own input and
-    result, so that inference keeps no copy of either.
+    :func:`forward_train`'s. With ``x_batch_first`` (dense batches), ``x`` is
+    the (B * T, I) input, row ``b * T + t``, and with ``out_batch_first``
+    ``out`` is (B * T, D*H): the layer's own input and result, so that
+    inference keeps no copy of either.
     """
-    cdef int T = <int> (x.shape[1] if x_batch_first else x.shape[0])
     cdef int B = <int> lengths.shape[0]
-    cdef int I = <int> x.shape[2]
+    cdef int I = <int> x.shape[1]
     cdef int H = <int> w_hh.shape[1]
+    cdef int T
     cdef int K = _chunk_steps(xbuf.shape[0], gbuf.shape[0], B, I, 4 * H)
     cdef floating* w_pack = NULL
-    with nogil:
-        if _packs(T, B):
-            w_pack = _packed_weights(&w_hh[0, 0], H, True, H, 4 * H)
-        _forward(&x[0, 0, 0], T, B, I, &lengths[0], &w_ih[0, 0], &w_hh[0, 0],
-                 &w_hh_t[0, 0], w_pack, &bias[0], H, &h[0, 0], &c[0, 0],
-                 &out[0, 0, 0], <int> out.shape[2], offset, reverse,
-                 x_batch_first, out_batch_first, K, &xbuf[0], &gbuf[0],
-                 <floating*> NULL, <floating*> NULL, <floating*> NULL)
+    cdef Py_ssize_t* off = _step_offsets(lengths)
+    try:
+        T = lengths[0]
+        _check_forward(lengths, off, x.shape[0], I, w_ih.shape[1], H, h.shape[0],
+                       c.shape[0], out.shape[0], out.shape[1], offset, x_batch_first,
+                       out_batch_first)
+        with nogil:
+            if _packs(T, B):
+                w_pack = _packed_weights(&w_hh[0, 0], H, True, H, 4 * H)
+            _forward(&x[0, 0], T, B, I, &lengths[0], off, &w_ih[0, 0], &w_hh[0, 0],
+                     &w_hh_t[0, 0], w_pack, &bias[0], H, &h[0, 0], &c[0, 0],
+                     &out[0, 0], <int> out.shape[1], offset, reverse,
+                     x_batch_first, out_batch_first, K, &xbuf[0], &gbuf[0],
+                     <floating*> NULL, <floating*> NULL, <floating*> NULL)
+    finally:
         free(w_pack)
+        free(off)
 
 
-def backward(const floating[:, :, ::1] x,
+def backward(const floating[:, ::1] x,
              const int[::1] lengths,
              const floating[:, ::1] w_ih,
              const floating[:, ::1] w_hh,
              const floating[:, ::1] c0,
-             floating[:, :, ::1] gates,
-             const floating[:, :, ::1] c_cache,
-             const floating[:, :, ::1] h_prev_cache,
-             const floating[:, :, ::1] d_out,
+             floating[:, ::1] gates,
+             const floating[:, ::1] c_cache,
+             const floating[:, ::1] h_prev_cache,
+             const floating[:, ::1] d_out,
              Py_ssize_t offset,
              bint reverse,
              floating[:, ::1] dh,
              floating[:, ::1] dc,
-             floating[:, :, ::1] dx,
+             floating[:, ::1] dx,
              double dx_beta,
              floating[:, ::1] dw_ih,
              floating[:, ::1] dw_hh,
@@ -448,19 +539,19 @@ def backward(const floating[:, :, ::1] x,
     Parameters
     ----------
     x, lengths, w_ih, w_hh, offset, reverse
-        As given to :func:`forward_train`.
+        As given to :func:`forward_train` (packed layout, see there).
     c0 : (B, H) array
         Initial cell state of that forward call.
     gates, c_cache, h_prev_cache
         The caches filled by :func:`forward_train`; ``gates`` is overwritten
         with the gradients of the gate pre-activations (so one cache serves
         one backward).
-    d_out : (T, B, D*H) array
-        Gradient of the loss with respect to ``out`` (padded rows ignored).
+    d_out : (N, D*H) array
+        Gradient of the loss with respect to ``out``, packed layout.
     dh, dc : (B, H) arrays
         Gradients with respect to the final states on entry; with respect to
         the initial states on exit.
-    dx : (T, B, I) array
+    dx : (N, I) array
         Receives ``dL/dx + dx_beta * dx`` (``dx_beta = 1`` accumulates the
         second direction of a bidirectional layer).
     dw_ih, dw_hh, db : arrays
@@ -468,73 +559,90 @@ def backward(const floating[:, :, ::1] x,
     scratch : (B, 4H) array
         Work space.
     dout_batch_first : bool, default False
-        ``d_out`` is (B, T, D*H) instead (the caller's gradient itself).
+        ``d_out`` is a dense batch's (B * T, D*H) gradient instead, row
+        ``b * T + t`` (the caller's gradient itself).
     """
-    cdef int T = <int> x.shape[0]
-    cdef int B = <int> x.shape[1]
-    cdef int I = <int> x.shape[2]
+    cdef int B = <int> lengths.shape[0]
+    cdef int I = <int> x.shape[1]
     cdef int G = <int> w_ih.shape[0]
     cdef int H = G // 4
+    cdef int T
     cdef int n = 0
-    cdef int s, b, t, tp, hb, j0, jb
-    cdef Py_ssize_t j, r
+    cdef int s, b, t, tp
+    cdef int hb, j0, jb
+    cdef int dw = <int> d_out.shape[1]
+    cdef Py_ssize_t j, r, N
     cdef floating* gp
     cdef const floating* src
+    cdef const floating* cp
     cdef floating* w_pack = NULL
-    with nogil:
-        if _packs(T, B):
-            w_pack = _packed_weights(&w_hh[0, 0], H, False, G, H)
-        # The projection left values at padded positions: clear them, so
-        # the whole-sequence GEMMs below see zero gradients there.
-        for b in range(B):
-            for t in range(lengths[b], T):
-                memset(&gates[t, b, 0], 0, G * sizeof(floating))
-        for s in range(T - 1, -1, -1):
-            while n < B and lengths[n] > s:
-                n += 1
-            if n == 0:
-                continue
-            for b in range(n):
-                if reverse:
-                    t = lengths[b] - 1 - s
-                    tp = t + 1
+    cdef Py_ssize_t* off = _step_offsets(lengths)
+    try:
+        T = lengths[0]
+        N = off[T]
+        _check_forward(lengths, off, x.shape[0], I, w_ih.shape[1], H, dh.shape[0],
+                       dc.shape[0], d_out.shape[0], d_out.shape[1], offset, False,
+                       dout_batch_first)
+        _check_rows(gates.shape[0], gates.shape[1], N, G, "gates")
+        _check_rows(c_cache.shape[0], c_cache.shape[1], N, H, "c_cache")
+        _check_rows(h_prev_cache.shape[0], h_prev_cache.shape[1], N, H, "h_prev_cache")
+        _check_rows(dx.shape[0], dx.shape[1], N, I, "dx")
+        _check_rows(c0.shape[0], c0.shape[1], B, H, "c0")
+        _check_rows(scratch.shape[0], scratch.shape[1], B, G, "scratch")
+        if (w_hh.shape[0] != G or w_hh.shape[1] != H or dw_ih.shape[0] != G
+                or dw_ih.shape[1] != I or dw_hh.shape[0] != G or dw_hh.shape[1] != H
+                or db.shape[0] != G):
+            raise ValueError("weight or gradient arrays do not match 4H x (I, H)")
+        with nogil:
+            if _packs(T, B):
+                w_pack = _packed_weights(&w_hh[0, 0], H, False, G, H)
+            for s in range(T - 1, -1, -1):
+                while n < B and lengths[n] > s:
+                    n += 1
+                for b in range(n):
+                    if reverse:
+                        t = lengths[b] - 1 - s
+                        tp = t + 1
+                    else:
+                        t = s
+                        tp = t - 1
+                    r = off[t] + b
+                    gp = &gates[0, 0] + r * G
+                    cp = &c0[b, 0] if s == 0 else &c_cache[0, 0] + (off[tp] + b) * H
+                    _cell_backward(gp, &c_cache[0, 0] + r * H, cp, &dh[b, 0], &dc[b, 0],
+                                   &d_out[0, 0] + offset
+                                   + (<Py_ssize_t> b * T + t if dout_batch_first else r) * dw,
+                                   H)
+                    if reverse:
+                        memcpy(&scratch[b, 0], gp, G * sizeof(floating))
+                src = &scratch[0, 0] if reverse else &gates[0, 0] + off[s] * G
+                # dh_{s-1}[:n] = dG_s[:n] @ w_hh
+                if w_pack != NULL and _packed_rows(n):
+                    _gemm_packed(n, H, G, src, G, w_pack, &dh[0, 0], H, False)
+                elif n == 1:
+                    gemv(True, G, H, <floating> 1.0, &w_hh[0, 0], H, src,
+                         <floating> 0.0, &dh[0, 0])
                 else:
-                    t = s
-                    tp = t - 1
-                gp = &gates[t, b, 0]
-                _cell_backward(gp, &c_cache[t, b, 0],
-                               &c0[b, 0] if s == 0 else &c_cache[tp, b, 0],
-                               &dh[b, 0], &dc[b, 0],
-                               &d_out[b, t, offset] if dout_batch_first
-                               else &d_out[t, b, offset], H)
-                if reverse:
-                    memcpy(&scratch[b, 0], gp, G * sizeof(floating))
-            src = &scratch[0, 0] if reverse else &gates[s, 0, 0]
-            # dh_{s-1}[:n] = dG_s[:n] @ w_hh
-            if w_pack != NULL and _packed_rows(n):
-                _gemm_packed(n, H, G, src, G, w_pack, &dh[0, 0], H, False)
-            elif n == 1:
-                gemv(True, G, H, <floating> 1.0, &w_hh[0, 0], H, src,
-                     <floating> 0.0, &dh[0, 0])
-            else:
-                hb = _column_block(n, H, G, 16) if floating is float else H
-                j0 = 0
-                while j0 < H:
-                    jb = hb if j0 + hb <= H else H - j0
-                    gemm(False, False, n, jb, G, <floating> 1.0, src, G,
-                         &w_hh[0, j0], H, <floating> 0.0, &dh[0, j0], H)
-                    j0 += jb
-        # Whole-sequence products over all T * B rows (padding rows are 0).
-        gemm(True, False, G, I, T * B, <floating> 1.0, &gates[0, 0, 0], G,
-             &x[0, 0, 0], I, <floating> 0.0, &dw_ih[0, 0], I)
-        gemm(True, False, G, H, T * B, <floating> 1.0, &gates[0, 0, 0], G,
-             &h_prev_cache[0, 0, 0], H, <floating> 0.0, &dw_hh[0, 0], H)
-        gemm(False, False, T * B, I, G, <floating> 1.0, &gates[0, 0, 0], G,
-             &w_ih[0, 0], I, <floating> dx_beta, &dx[0, 0, 0], I)
-        for j in range(G):
-            db[j] = 0
-        for r in range(<Py_ssize_t> T * B):
-            gp = &gates[0, 0, 0] + r * G
+                    hb = _column_block(n, H, G, 16) if floating is float else H
+                    j0 = 0
+                    while j0 < H:
+                        jb = hb if j0 + hb <= H else H - j0
+                        gemm(False, False, n, jb, G, <floating> 1.0, src, G,
+                             &w_hh[0, j0], H, <floating> 0.0, &dh[0, j0], H)
+                        j0 += jb
+            # Whole-sequence products over the N valid steps.
+            gemm(True, False, G, I, <int> N, <floating> 1.0, &gates[0, 0], G,
+                 &x[0, 0], I, <floating> 0.0, &dw_ih[0, 0], I)
+            gemm(True, False, G, H, <int> N, <floating> 1.0, &gates[0, 0], G,
+                 &h_prev_cache[0, 0], H, <floating> 0.0, &dw_hh[0, 0], H)
+            gemm(False, False, <int> N, I, G, <floating> 1.0, &gates[0, 0], G,
+                 &w_ih[0, 0], I, <floating> dx_beta, &dx[0, 0], I)
             for j in range(G):
-                db[j] += gp[j]
+                db[j] = 0
+            for r in range(N):
+                gp = &gates[0, 0] + r * G
+                for j in range(G):
+                    db[j] += gp[j]
+    finally:
         free(w_pack)
+        free(off)

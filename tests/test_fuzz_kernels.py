@@ -665,12 +665,14 @@ def test_bounds_checked_build_is_active():
     """The kernels of a bounds-checked build reject an out-of-bounds index."""
     from pylstm import _lstm
 
-    x = np.zeros((0, 1, 1))
+    x = np.zeros((1, 1))
     lengths = np.ones(1, dtype=np.intc)
     w = np.zeros((4, 1))
+    # Every shape the kernel checks is right; only the (here unread) transposed
+    # W_hh is empty, and taking the address of its first element is out of bounds.
     with pytest.raises(IndexError):
-        _lstm.forward_infer(x, lengths, w, w, w.reshape(1, 4), np.zeros(4), np.zeros((1, 1)),
-                            np.zeros((1, 1)), np.zeros((0, 1, 1)), 0, False,
+        _lstm.forward_infer(x, lengths, w, w, np.zeros((0, 4)), np.zeros(4), np.zeros((1, 1)),
+                            np.zeros((1, 1)), np.zeros((1, 1)), 0, False,
                             np.zeros(1), np.zeros(4))
 
 
