@@ -76,6 +76,22 @@ def _packed_rows(lens_sorted, order, T):
     return np.asarray(order)[b] * T + t
 
 
+def _check_steps_finite(arr, rows, name):
+    """ValueError if a valid step of the batch-first (B, T, F) ``arr`` is not finite.
+
+    ``rows`` are the valid steps' rows (:func:`_packed_rows`), None when all
+    are valid. The whole array is checked first, which needs no temporary;
+    only when something is not finite are the valid steps looked at alone,
+    since NaN or infinity past a length is allowed.
+    """
+    try:
+        check_finite(arr, name)
+    except ValueError:
+        if rows is None:
+            raise
+        check_finite(arr.reshape(-1, arr.shape[2])[rows], name)
+
+
 def _param_names(num_layers, bidirectional):
     """Names of the parameters in PyTorch's order, as (layer, direction, names)."""
     out = []
@@ -353,52 +369,45 @@ class LSTM:
         dense = bool(lens_sorted[-1] == T)
         h_n = np.empty_like(h0)
         c_n = np.empty_like(c0)
-        rows = None
-        if dense:
-            check_finite(X, "X")
-        else:
-            # The valid steps only, packed time-major: steps past a length are
-            # never read (NaN or not) and cost no memory or time.
-            rows = _packed_rows(lens_sorted, order, T)
-            x = X.reshape(B * T, I)[rows]
-            check_finite(x, "X")
-        # On a dense batch the last layer writes the result in place
-        # (batch-first), and inference also reads X in place: no time-major
-        # copy of either, so inference memory beyond the result does not grow
-        # with T. (Training keeps a time-major X for the weight-gradient GEMM.)
-        direct = dense and not training
+        # Steps past a length are never read, NaN or not, and cost nothing.
+        rows = None if dense else _packed_rows(lens_sorted, order, T)
+        _check_steps_finite(X, rows, "X")
+        # The last layer writes the batch-first result in place, and inference
+        # reads X in place: no copy of either, so inference memory beyond the
+        # result does not grow with T. Training keeps X with one row per valid
+        # step, in the packed time-major layout of the weight-gradient GEMM.
         with self._workspace.borrow() as arrays:
             self._cache = None
-            if dense:
-                result = np.empty((B, T, D * H), dtype=self.dtype)
-            if direct:
+            result = (np.empty if dense else np.zeros)((B, T, D * H), dtype=self.dtype)
+            if not training:
                 x = X.reshape(B * T, I)
             elif dense:
                 x = arrays.empty("x", (T_eff * B, I), self.dtype)
                 np.copyto(x.reshape(T_eff, B, I), X.transpose(1, 0, 2))
+            else:
+                x = arrays.empty("x", (len(rows), I), self.dtype)
+                np.take(X.reshape(B * T, I), rows, axis=0, out=x)
+            bf_rows = order.astype(np.intp) * T
             with single_threaded_blas(wants_single_thread(B, H)):
-                caches, layer_in = self._forward_layers(
-                    arrays, x, lens_sorted, order, h0, c0, h_n, c_n, training,
-                    result.reshape(B * T, D * H) if dense else None, direct)
-            if not dense:
-                result = np.zeros((B, T, D * H), dtype=self.dtype)
-                result.reshape(B * T, D * H)[rows] = layer_in
+                caches = self._forward_layers(
+                    arrays, x, lens_sorted, order, bf_rows, h0, c0, h_n, c_n, training,
+                    result.reshape(B * T, D * H), not training)
             if training:
                 self._cache = {"order": order, "lengths": lens_sorted, "shape": (B, T),
-                               "T_eff": T_eff, "dense": dense, "rows": rows,
+                               "dense": dense, "rows": rows, "bf_rows": bf_rows,
                                "layers": caches}
         return result, (h_n, c_n)
 
-    def _forward_layers(self, arrays, x, lens_sorted, order, h0, c0, h_n, c_n,
-                        training, result=None, x_batch_first=False):
+    def _forward_layers(self, arrays, x, lens_sorted, order, bf_rows, h0, c0, h_n, c_n,
+                        training, result, x_batch_first=False):
         """Kernel calls of :meth:`forward`, layer by layer; directions may run concurrently.
 
         Work arrays come from ``arrays`` (the layer's :class:`Workspace`);
         per-step arrays have one row per valid step (packed layout, see
-        :func:`_packed_rows`), each written by the kernels. With ``result``
-        (dense batches) the last layer writes it, (B * T, D*H), directly;
-        with ``x_batch_first`` (dense inference) ``x`` is the batch-first
-        input itself, (B * T, I).
+        :func:`_packed_rows`), each written by the kernels. The last layer
+        writes ``result``, the caller's (B * T, D*H) output, in place (row
+        ``bf_rows[b] + t``); with ``x_batch_first`` (inference) ``x`` is the
+        batch-first input itself, (B * T, I). Returns the training caches.
         """
         B, T_eff = len(lens_sorted), int(lens_sorted[0])
         N = int(np.sum(lens_sorted, dtype=np.int64))
@@ -410,7 +419,7 @@ class LSTM:
         layer_in = x
         for layer in range(L):
             x_bf = x_batch_first and layer == 0
-            out_batch_first = result is not None and layer == L - 1
+            out_batch_first = layer == L - 1
             if out_batch_first:
                 out = result
             elif training or L == 1:
@@ -446,11 +455,12 @@ class LSTM:
                     h_prev = new(f"h_prev{k}", (N, H), dt)
                     _lstm.forward_train(layer_in, lens_sorted, w_ih, w_hh, w_hh_t, bias, h, c,
                                         out, d * H, bool(d), xbuf, gbuf, gates, c_cache,
-                                        h_prev, out_bf)
+                                        h_prev, out_bf, bf_rows)
                     kept = (c_start, gates, c_cache, h_prev)
                 else:
                     _lstm.forward_infer(layer_in, lens_sorted, w_ih, w_hh, w_hh_t, bias, h, c,
-                                        out, d * H, bool(d), xbuf, gbuf, x_bf, out_bf)
+                                        out, d * H, bool(d), xbuf, gbuf, x_bf, out_bf,
+                                        bf_rows)
                 h_n[k, order] = h
                 c_n[k, order] = c
                 return kept
@@ -459,7 +469,7 @@ class LSTM:
             if training:
                 caches.append((layer_in, layer_cache))
             layer_in = out
-        return caches, layer_in
+        return caches
 
     def gate_activations(self, X, lengths=None, h0=None, c0=None):
         """Per-step gate activations and states, for looking inside the cell.
@@ -631,17 +641,13 @@ class LSTM:
             d_out = as_float_array(d_out, "d_out", self.dtype, 3)
             d_h_n = self._check_state(d_h_n, "d_h_n", B)
             d_c_n = self._check_state(d_c_n, "d_c_n", B)
-            if cache["dense"]:
-                check_finite(d_out, "d_out")
-                grad_out = d_out.reshape(B * T, D * H)  # read batch-first by the top layer
-            else:
-                # The valid steps only (entries past a length are never read).
-                grad_out = d_out.reshape(B * T, D * H)[cache["rows"]]
-                check_finite(grad_out, "d_out")
+            # Entries past a length are never read (NaN or not); the top
+            # layer reads the caller's gradient in place.
+            _check_steps_finite(d_out, cache["rows"], "d_out")
             self._cache = None
             with single_threaded_blas(wants_single_thread(B, H)):
                 grads, g_h0, g_c0, grad_out = self._backward_layers(
-                    arrays, cache, grad_out, d_h_n, d_c_n, cache["dense"])
+                    arrays, cache, d_out.reshape(B * T, D * H), d_h_n, d_c_n)
             n_in = self.input_size
             if cache["dense"]:
                 dX = np.empty((B, T, n_in), dtype=self.dtype)
@@ -654,11 +660,17 @@ class LSTM:
         grads["c0"] = g_c0
         return dX, grads
 
-    def _backward_layers(self, arrays, cache, grad_out, d_h_n, d_c_n, dout_batch_first=False):
-        """Kernel calls of :meth:`backward`, top layer first; work arrays from ``arrays``."""
+    def _backward_layers(self, arrays, cache, grad_out, d_h_n, d_c_n):
+        """Kernel calls of :meth:`backward`, top layer first; work arrays from ``arrays``.
+
+        ``grad_out`` is the caller's (B * T, D*H) gradient, which the top
+        layer reads in place; each layer below reads the packed input
+        gradient of the one above. Returns the parameter and initial-state
+        gradients and the packed gradient of the input.
+        """
         B = cache["shape"][0]
         D, H, L = self.num_directions, self.hidden_size, self.num_layers
-        order, lens = cache["order"], cache["lengths"]
+        order, lens, bf_rows = cache["order"], cache["lengths"], cache["bf_rows"]
         grads = {}
         g_h0 = np.empty((L * D, B, H), dtype=self.dtype)
         g_c0 = np.empty((L * D, B, H), dtype=self.dtype)
@@ -666,7 +678,7 @@ class LSTM:
             layer_in, layer_cache = cache["layers"][layer]
 
             def run(d, layer=layer, layer_in=layer_in, layer_cache=layer_cache,
-                    grad_out=grad_out, g_bf=dout_batch_first and layer == L - 1):
+                    grad_out=grad_out, g_bf=layer == L - 1):
                 k = layer * D + d
                 sfx = f"_l{layer}" + ("_reverse" if d else "")
                 w_ih = self._params["weight_ih" + sfx]
@@ -674,22 +686,26 @@ class LSTM:
                 c_start, gates, c_cache, h_prev = layer_cache[d]
                 dh = np.ascontiguousarray(d_h_n[k][order])
                 dc = np.ascontiguousarray(d_c_n[k][order])
-                dx = arrays.empty(f"dx{k}", layer_in.shape, self.dtype)
                 dw_ih = np.empty_like(w_ih)
                 dw_hh = np.empty_like(w_hh)
                 db = np.empty(4 * H, dtype=self.dtype)
                 scratch = arrays.empty(f"scratch{k}", (B, 4 * H), self.dtype)
                 _lstm.backward(layer_in, lens, w_ih, w_hh, c_start, gates, c_cache, h_prev,
-                               grad_out, d * H, bool(d), dh, dc, dx, 0.0,
-                               dw_ih, dw_hh, db, scratch, g_bf)
+                               grad_out, d * H, bool(d), dh, dc, layer_in, 0.0,
+                               dw_ih, dw_hh, db, scratch, g_bf, bf_rows, False)
                 grads["weight_ih" + sfx] = dw_ih
                 grads["weight_hh" + sfx] = dw_hh
                 grads["bias_ih" + sfx] = db
                 grads["bias_hh" + sfx] = db.copy()
                 g_h0[k, order] = dh
                 g_c0[k, order] = dc
-                return dx
+                return gates, w_ih
 
-            dxs = run_directions(run, D, parallel=D == 2 and parallel_directions(B, H))
-            grad_out = dxs[0] if D == 1 else np.add(dxs[0], dxs[1], out=dxs[0])
+            parts = run_directions(run, D, parallel=D == 2 and parallel_directions(B, H))
+            # Every direction has read the layer input: its gradient takes its place
+            # (the input is the layer's own packed copy or the output of the layer
+            # below, both work arrays; the cache is used up by this backward).
+            for d, (dg, w_ih) in enumerate(parts):
+                _lstm.input_gradient(dg, w_ih, layer_in, float(d > 0))
+            grad_out = layer_in
         return grads, g_h0, g_c0, grad_out

@@ -243,7 +243,7 @@ cdef int _check_rows(Py_ssize_t rows, Py_ssize_t width, Py_ssize_t need_rows,
 
 
 cdef void _forward(const floating* x, int T, int B, int I,
-                   const int* lengths, const Py_ssize_t* off,
+                   const int* lengths, const Py_ssize_t* off, const Py_ssize_t* bfr,
                    const floating* w_ih, const floating* w_hh,
                    const floating* w_hh_t, const floating* w_pack,
                    const floating* bias, int H,
@@ -261,8 +261,9 @@ cdef void _forward(const floating* x, int T, int B, int I,
     NULL nothing per step is kept (inference); otherwise the caches, in the
     packed layout of ``off`` (time order), receive what BPTT needs. Both
     modes therefore round identically. With ``x_batch_first`` /
-    ``out_batch_first`` (dense batches only), ``x`` / ``out`` are (B, T, ...)
-    arrays: the caller's own input and output, without time-major copies.
+    ``out_batch_first``, ``x`` / ``out`` are the caller's own batch-first
+    arrays, time ``t`` of sorted row ``b`` at row ``bfr[b] + t``, without
+    packed copies.
     """
     cdef int G = 4 * H
     cdef int n = B
@@ -297,7 +298,7 @@ cdef void _forward(const floating* x, int T, int B, int I,
                     if lengths[b] > s:
                         t = lengths[b] - 1 - s if reverse else s
                         if x_batch_first:
-                            src = x + (<Py_ssize_t> b * T + t) * I
+                            src = x + (bfr[b] + t) * I
                         else:
                             src = x + (off[t] + b) * I
                         memcpy(xbuf + tb, src, I * sizeof(floating))
@@ -331,7 +332,7 @@ cdef void _forward(const floating* x, int T, int B, int I,
             for b in range(n):
                 t = lengths[b] - 1 - s if reverse else s
                 tb = off[t] + b
-                ob = <Py_ssize_t> b * T + t if out_batch_first else tb
+                ob = bfr[b] + t if out_batch_first else tb
                 if gates != NULL:
                     _cell_forward(gp + <Py_ssize_t> b * G, bias,
                                   h + <Py_ssize_t> b * H, c + <Py_ssize_t> b * H,
@@ -358,7 +359,20 @@ cdef int _chunk_steps(Py_ssize_t xbuf_size, Py_ssize_t gbuf_size, int B, int I,
     return <int> K
 
 
+cdef int _check_batch_first(const Py_ssize_t[::1] bf_rows, const int[::1] lengths,
+                            Py_ssize_t rows, str name) except -1:
+    """Every row ``bf_rows[b] + t`` (t < lengths[b]) of a batch-first array exists."""
+    cdef Py_ssize_t b
+    if bf_rows is None or bf_rows.shape[0] != lengths.shape[0]:
+        raise ValueError(f"a batch-first {name} needs bf_rows, one entry per sequence")
+    for b in range(lengths.shape[0]):
+        if bf_rows[b] < 0 or bf_rows[b] + lengths[b] > rows:
+            raise ValueError(f"bf_rows[{b}] is outside {name}")
+    return 0
+
+
 cdef int _check_forward(const int[::1] lengths, const Py_ssize_t* off,
+                        const Py_ssize_t[::1] bf_rows,
                         Py_ssize_t x_rows, Py_ssize_t I, Py_ssize_t w_in, Py_ssize_t H,
                         Py_ssize_t h_rows, Py_ssize_t c_rows,
                         Py_ssize_t out_rows, Py_ssize_t out_width, Py_ssize_t offset,
@@ -377,9 +391,17 @@ cdef int _check_forward(const int[::1] lengths, const Py_ssize_t* off,
         raise ValueError("h and c need one row per sequence")
     if offset < 0:
         raise ValueError("offset must be non-negative")
-    _check_rows(x_rows, I, B * T if x_batch_first else N, I, "x")
-    _check_rows(out_rows, out_width, B * T if out_batch_first else N, offset + H, "out")
+    _check_rows(x_rows, I, 0 if x_batch_first else N, I, "x")
+    _check_rows(out_rows, out_width, 0 if out_batch_first else N, offset + H, "out")
+    if x_batch_first:
+        _check_batch_first(bf_rows, lengths, x_rows, "x")
+    if out_batch_first:
+        _check_batch_first(bf_rows, lengths, out_rows, "out")
     return 0
+
+
+cdef inline const Py_ssize_t* _bf_pointer(const Py_ssize_t[::1] bf_rows) noexcept:
+    return NULL if bf_rows is None or bf_rows.shape[0] == 0 else &bf_rows[0]
 
 
 def forward_train(const floating[:, ::1] x,
@@ -398,7 +420,8 @@ def forward_train(const floating[:, ::1] x,
                   floating[:, ::1] gates,
                   floating[:, ::1] c_cache,
                   floating[:, ::1] h_prev_cache,
-                  bint out_batch_first=False):
+                  bint out_batch_first=False,
+                  const Py_ssize_t[::1] bf_rows=None):
     """Forward pass of one direction, keeping what BPTT needs.
 
     Per-step arrays are 2-D, one row per valid step of one sequence, in the
@@ -434,7 +457,12 @@ def forward_train(const floating[:, ::1] x,
     gates, c_cache, h_prev_cache : (N, 4H), (N, H), (N, H) arrays
         Receive the activated gates, c_t and h_{t-1}, packed layout.
     out_batch_first : bool, default False
-        ``out`` is a dense batch's (B * T, D*H) result instead, row ``b * T + t``.
+        ``out`` is the caller's batch-first (B * T', D*H) result instead:
+        time ``t`` of sorted row ``b`` at row ``bf_rows[b] + t``.
+    bf_rows : (B,) intp array, default None
+        First row of each sorted sequence in batch-first arrays
+        (``order[b] * T'`` for a (B, T', ...) array); needed with a
+        batch-first flag.
     """
     cdef int B = <int> lengths.shape[0]
     cdef int I = <int> x.shape[1]
@@ -442,11 +470,12 @@ def forward_train(const floating[:, ::1] x,
     cdef int T
     cdef int K = _chunk_steps(xbuf.shape[0], gbuf.shape[0], B, I, 4 * H)
     cdef floating* w_pack = NULL
+    cdef const Py_ssize_t* bfr = _bf_pointer(bf_rows)
     cdef Py_ssize_t* off = _step_offsets(lengths)
     try:
         T = lengths[0]
-        _check_forward(lengths, off, x.shape[0], I, w_ih.shape[1], H, h.shape[0],
-                       c.shape[0], out.shape[0], out.shape[1], offset, False,
+        _check_forward(lengths, off, bf_rows, x.shape[0], I, w_ih.shape[1], H,
+                       h.shape[0], c.shape[0], out.shape[0], out.shape[1], offset, False,
                        out_batch_first)
         _check_rows(gates.shape[0], gates.shape[1], off[T], 4 * H, "gates")
         _check_rows(c_cache.shape[0], c_cache.shape[1], off[T], H, "c_cache")
@@ -455,8 +484,8 @@ def forward_train(const floating[:, ::1] x,
         with nogil:
             if _packs(T, B):
                 w_pack = _packed_weights(&w_hh[0, 0], H, True, H, 4 * H)
-            _forward(&x[0, 0], T, B, I, &lengths[0], off, &w_ih[0, 0], &w_hh[0, 0],
-                     &w_hh_t[0, 0], w_pack, &bias[0], H, &h[0, 0], &c[0, 0],
+            _forward(&x[0, 0], T, B, I, &lengths[0], off, bfr, &w_ih[0, 0],
+                     &w_hh[0, 0], &w_hh_t[0, 0], w_pack, &bias[0], H, &h[0, 0], &c[0, 0],
                      &out[0, 0], <int> out.shape[1], offset, reverse, False,
                      out_batch_first, K, &xbuf[0], &gbuf[0], &gates[0, 0],
                      &c_cache[0, 0], &h_prev_cache[0, 0])
@@ -479,14 +508,16 @@ def forward_infer(const floating[:, ::1] x,
                   floating[::1] xbuf,
                   floating[::1] gbuf,
                   bint x_batch_first=False,
-                  bint out_batch_first=False):
+                  bint out_batch_first=False,
+                  const Py_ssize_t[::1] bf_rows=None):
     """Forward pass of one direction keeping no per-step state.
 
     Same arguments as :func:`forward_train` without the caches: extra memory
     is the two chunk buffers, independent of T. Results are bit-identical to
-    :func:`forward_train`'s. With ``x_batch_first`` (dense batches), ``x`` is
-    the (B * T, I) input, row ``b * T + t``, and with ``out_batch_first``
-    ``out`` is (B * T, D*H): the layer's own input and result, so that
+    :func:`forward_train`'s. With ``x_batch_first``, ``x`` is the caller's
+    batch-first (B * T', I) input, time ``t`` of sorted row ``b`` at row
+    ``bf_rows[b] + t``, and with ``out_batch_first`` ``out`` is the
+    (B * T', D*H) result: the layer's own input and result, so that
     inference keeps no copy of either.
     """
     cdef int B = <int> lengths.shape[0]
@@ -495,17 +526,18 @@ def forward_infer(const floating[:, ::1] x,
     cdef int T
     cdef int K = _chunk_steps(xbuf.shape[0], gbuf.shape[0], B, I, 4 * H)
     cdef floating* w_pack = NULL
+    cdef const Py_ssize_t* bfr = _bf_pointer(bf_rows)
     cdef Py_ssize_t* off = _step_offsets(lengths)
     try:
         T = lengths[0]
-        _check_forward(lengths, off, x.shape[0], I, w_ih.shape[1], H, h.shape[0],
-                       c.shape[0], out.shape[0], out.shape[1], offset, x_batch_first,
-                       out_batch_first)
+        _check_forward(lengths, off, bf_rows, x.shape[0], I, w_ih.shape[1], H,
+                       h.shape[0], c.shape[0], out.shape[0], out.shape[1], offset,
+                       x_batch_first, out_batch_first)
         with nogil:
             if _packs(T, B):
                 w_pack = _packed_weights(&w_hh[0, 0], H, True, H, 4 * H)
-            _forward(&x[0, 0], T, B, I, &lengths[0], off, &w_ih[0, 0], &w_hh[0, 0],
-                     &w_hh_t[0, 0], w_pack, &bias[0], H, &h[0, 0], &c[0, 0],
+            _forward(&x[0, 0], T, B, I, &lengths[0], off, bfr, &w_ih[0, 0],
+                     &w_hh[0, 0], &w_hh_t[0, 0], w_pack, &bias[0], H, &h[0, 0], &c[0, 0],
                      &out[0, 0], <int> out.shape[1], offset, reverse,
                      x_batch_first, out_batch_first, K, &xbuf[0], &gbuf[0],
                      <floating*> NULL, <floating*> NULL, <floating*> NULL)
@@ -533,7 +565,9 @@ def backward(const floating[:, ::1] x,
              floating[:, ::1] dw_hh,
              floating[::1] db,
              floating[:, ::1] scratch,
-             bint dout_batch_first=False):
+             bint dout_batch_first=False,
+             const Py_ssize_t[::1] bf_rows=None,
+             bint with_dx=True):
     """Backpropagation through time for one direction.
 
     Parameters
@@ -559,8 +593,14 @@ def backward(const floating[:, ::1] x,
     scratch : (B, 4H) array
         Work space.
     dout_batch_first : bool, default False
-        ``d_out`` is a dense batch's (B * T, D*H) gradient instead, row
-        ``b * T + t`` (the caller's gradient itself).
+        ``d_out`` is the caller's batch-first (B * T', D*H) gradient instead,
+        time ``t`` of sorted row ``b`` at row ``bf_rows[b] + t``.
+    bf_rows : (B,) intp array, default None
+        As in :func:`forward_train`; needed with ``dout_batch_first``.
+    with_dx : bool, default True
+        Compute ``dx``; with False it is left alone, and the caller forms it
+        from the gate gradients left in ``gates`` (:func:`input_gradient`),
+        for example in the place of ``x`` once every direction is done.
     """
     cdef int B = <int> lengths.shape[0]
     cdef int I = <int> x.shape[1]
@@ -576,17 +616,19 @@ def backward(const floating[:, ::1] x,
     cdef const floating* src
     cdef const floating* cp
     cdef floating* w_pack = NULL
+    cdef const Py_ssize_t* bfr = _bf_pointer(bf_rows)
     cdef Py_ssize_t* off = _step_offsets(lengths)
     try:
         T = lengths[0]
         N = off[T]
-        _check_forward(lengths, off, x.shape[0], I, w_ih.shape[1], H, dh.shape[0],
-                       dc.shape[0], d_out.shape[0], d_out.shape[1], offset, False,
-                       dout_batch_first)
+        _check_forward(lengths, off, bf_rows, x.shape[0], I, w_ih.shape[1], H,
+                       dh.shape[0], dc.shape[0], d_out.shape[0], d_out.shape[1], offset,
+                       False, dout_batch_first)
         _check_rows(gates.shape[0], gates.shape[1], N, G, "gates")
         _check_rows(c_cache.shape[0], c_cache.shape[1], N, H, "c_cache")
         _check_rows(h_prev_cache.shape[0], h_prev_cache.shape[1], N, H, "h_prev_cache")
-        _check_rows(dx.shape[0], dx.shape[1], N, I, "dx")
+        if with_dx:
+            _check_rows(dx.shape[0], dx.shape[1], N, I, "dx")
         _check_rows(c0.shape[0], c0.shape[1], B, H, "c0")
         _check_rows(scratch.shape[0], scratch.shape[1], B, G, "scratch")
         if (w_hh.shape[0] != G or w_hh.shape[1] != H or dw_ih.shape[0] != G
@@ -611,7 +653,7 @@ def backward(const floating[:, ::1] x,
                     cp = &c0[b, 0] if s == 0 else &c_cache[0, 0] + (off[tp] + b) * H
                     _cell_backward(gp, &c_cache[0, 0] + r * H, cp, &dh[b, 0], &dc[b, 0],
                                    &d_out[0, 0] + offset
-                                   + (<Py_ssize_t> b * T + t if dout_batch_first else r) * dw,
+                                   + (bfr[b] + t if dout_batch_first else r) * dw,
                                    H)
                     if reverse:
                         memcpy(&scratch[b, 0], gp, G * sizeof(floating))
@@ -635,8 +677,9 @@ def backward(const floating[:, ::1] x,
                  &x[0, 0], I, <floating> 0.0, &dw_ih[0, 0], I)
             gemm(True, False, G, H, <int> N, <floating> 1.0, &gates[0, 0], G,
                  &h_prev_cache[0, 0], H, <floating> 0.0, &dw_hh[0, 0], H)
-            gemm(False, False, <int> N, I, G, <floating> 1.0, &gates[0, 0], G,
-                 &w_ih[0, 0], I, <floating> dx_beta, &dx[0, 0], I)
+            if with_dx:
+                gemm(False, False, <int> N, I, G, <floating> 1.0, &gates[0, 0], G,
+                     &w_ih[0, 0], I, <floating> dx_beta, &dx[0, 0], I)
             for j in range(G):
                 db[j] = 0
             for r in range(N):
@@ -646,3 +689,24 @@ def backward(const floating[:, ::1] x,
     finally:
         free(w_pack)
         free(off)
+
+
+def input_gradient(const floating[:, ::1] gates,
+                   const floating[:, ::1] w_ih,
+                   floating[:, ::1] dx,
+                   double beta):
+    """``dx = gates @ w_ih + beta * dx``: the input gradient of one direction.
+
+    ``gates`` holds the gate gradients that :func:`backward` left, (N, 4H);
+    ``w_ih`` is (4H, I) and ``dx`` (N, I). ``dx`` may be the layer input
+    that the backward calls have finished reading.
+    """
+    cdef int N = <int> gates.shape[0]
+    cdef int G = <int> gates.shape[1]
+    cdef int I = <int> w_ih.shape[1]
+    if w_ih.shape[0] != G or dx.shape[0] != N or dx.shape[1] != I:
+        raise ValueError(f"shapes ({N}, {G}) @ ({w_ih.shape[0]}, {I}) -> "
+                         f"({dx.shape[0]}, {dx.shape[1]}) do not match")
+    with nogil:
+        gemm(False, False, N, I, G, <floating> 1.0, &gates[0, 0], G,
+             &w_ih[0, 0], I, <floating> beta, &dx[0, 0], I)
