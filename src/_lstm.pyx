@@ -351,7 +351,11 @@ cdef void _forward(const floating* x, int T, int B, int I,
 cdef int _chunk_steps(Py_ssize_t xbuf_size, Py_ssize_t gbuf_size, int B, int I,
                       int G) except -1:
     """Steps per chunk that the work buffers hold (checked, at least 1)."""
-    cdef Py_ssize_t K = gbuf_size // (<Py_ssize_t> B * G)
+    cdef Py_ssize_t K
+    if B < 1 or G < 1:
+        raise ValueError("lengths must hold at least one row of at least one step, "
+                         "and the hidden size must be at least 1")
+    K = gbuf_size // (<Py_ssize_t> B * G)
     if K < 1 or xbuf_size < K * B * I:
         raise ValueError("work buffers too small for one step")
     if K * B > 2147483647:

@@ -211,22 +211,37 @@ def test_workspace_not_pickled():
 
 
 @needs_tracing
-@pytest.mark.parametrize(("B", "T", "n_in", "H"), [(64, 100, 64, 128), (16, 400, 8, 64)])
-def test_training_step_within_1_2x_of_the_bptt_minimum(B, T, n_in, H):
-    """Forward + backward of a dense batch: peak against what BPTT must hold.
+@pytest.mark.parametrize(("B", "T", "n_in", "H", "L", "bidi", "var"), [
+    (64, 100, 64, 128, 1, False, False),
+    (16, 400, 8, 64, 1, False, False),
+    (64, 100, 64, 128, 2, True, True),   # the benchmark's variable-length case
+    (12, 300, 16, 32, 1, False, True),   # one long row, the others short
+])
+def test_training_step_within_1_2x_of_the_bptt_minimum(B, T, n_in, H, L, bidi, var):
+    """Forward + backward: peak against what BPTT must hold.
 
-    The minimum (as in benchmarks/bench_lstm.py): per step the gates (4H),
-    c (H) and h (H); parameters and their gradients; dX; the output; the
-    final states and the initial-state gradients.
+    The minimum (as in benchmarks/bench_lstm.py), with n the number of valid
+    steps: per valid step and layer and direction the gates (4H), c (H) and
+    h (H); parameters and their gradients; dX and the output (padded, as
+    returned); the final states and the initial-state gradients. With
+    variable lengths only the valid steps may cost memory.
     """
-    layer = LSTM(n_in, H, dtype=np.float32, random_state=0)
-    X = np.random.default_rng(0).normal(size=(B, T, n_in)).astype(np.float32)
-    d_out = np.ones((B, T, H), dtype=np.float32)
+    D = 2 if bidi else 1
+    rng = np.random.default_rng(0)
+    layer = LSTM(n_in, H, num_layers=L, bidirectional=bidi, dtype=np.float32, random_state=0)
+    X = rng.normal(size=(B, T, n_in)).astype(np.float32)
+    lengths = None
+    n = B * T
+    if var:
+        lengths = (rng.integers(T // 2, T + 1, size=B) if bidi
+                   else np.array([T] + [T // 20] * (B - 1)))
+        n = int(lengths.sum())
+    d_out = np.ones((B, T, D * H), dtype=np.float32)
     P = sum(p.size for p in layer.parameters())
-    theory = 4 * (B * T * 6 * H + 2 * P + B * T * n_in + B * T * H + 4 * B * H)
+    theory = 4 * (L * D * n * 6 * H + 2 * P + B * T * n_in + B * T * D * H + 4 * L * D * B * H)
 
     def step():
-        out, _ = layer.forward(X, training=True)
+        out, _ = layer.forward(X, lengths=lengths, training=True)
         return layer.backward(d_out)
 
     _, peak = _peak(step)
