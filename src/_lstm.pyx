@@ -159,6 +159,8 @@ cdef extern from "_cell.h" nogil:
     void pylstm_cell_backward_d(double* gp, const double* cn, const double* cp,
                                 const double* dh, double* dc,
                                 const double* dout, int H)
+    void pylstm_column_sums_f(const float* a, long rows, int cols, float* out)
+    void pylstm_column_sums_d(const double* a, long rows, int cols, double* out)
 
 
 cdef inline void _cell_forward(const floating* gp, const floating* bias,
@@ -615,7 +617,7 @@ def backward(const floating[:, ::1] x,
     cdef int s, b, t, tp
     cdef int hb, j0, jb
     cdef int dw = <int> d_out.shape[1]
-    cdef Py_ssize_t j, r, N
+    cdef Py_ssize_t r, N
     cdef floating* gp
     cdef const floating* src
     cdef const floating* cp
@@ -684,12 +686,10 @@ def backward(const floating[:, ::1] x,
             if with_dx:
                 gemm(False, False, <int> N, I, G, <floating> 1.0, &gates[0, 0], G,
                      &w_ih[0, 0], I, <floating> dx_beta, &dx[0, 0], I)
-            for j in range(G):
-                db[j] = 0
-            for r in range(N):
-                gp = &gates[0, 0] + r * G
-                for j in range(G):
-                    db[j] += gp[j]
+            if floating is float:
+                pylstm_column_sums_f(&gates[0, 0], N, G, &db[0])
+            else:
+                pylstm_column_sums_d(&gates[0, 0], N, G, &db[0])
     finally:
         free(w_pack)
         free(off)
