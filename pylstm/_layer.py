@@ -15,9 +15,9 @@ from sklearn.utils import check_random_state
 
 from . import _lstm
 from ._threads import (
-    parallel_directions,
     run_directions,
     single_threaded_blas,
+    thread_plan,
     wants_single_thread,
 )
 from ._validation import (
@@ -388,18 +388,20 @@ class LSTM:
                 x = arrays.empty("x", (len(rows), I), self.dtype)
                 np.take(X.reshape(B * T, I), rows, axis=0, out=x)
             bf_rows = order.astype(np.intp) * T
-            with single_threaded_blas(wants_single_thread(B, H)):
+            blas_steps = _lstm.needs_w_hh_t(lens_sorted)
+            one_thread, parallel = thread_plan(B, H, D, blas_steps)
+            with single_threaded_blas(one_thread):
                 caches = self._forward_layers(
                     arrays, x, lens_sorted, order, bf_rows, h0, c0, h_n, c_n, training,
-                    result.reshape(B * T, D * H), not training)
+                    result.reshape(B * T, D * H), not training, blas_steps, parallel)
             if training:
                 self._cache = {"order": order, "lengths": lens_sorted, "shape": (B, T),
                                "dense": dense, "rows": rows, "bf_rows": bf_rows,
-                               "layers": caches}
+                               "blas_steps": blas_steps, "layers": caches}
         return result, (h_n, c_n)
 
     def _forward_layers(self, arrays, x, lens_sorted, order, bf_rows, h0, c0, h_n, c_n,
-                        training, result, x_batch_first=False):
+                        training, result, x_batch_first, need_t, parallel):
         """Kernel calls of :meth:`forward`, layer by layer; directions may run concurrently.
 
         Work arrays come from ``arrays`` (the layer's :class:`Workspace`);
@@ -407,14 +409,16 @@ class LSTM:
         :func:`_packed_rows`), each written by the kernels. The last layer
         writes ``result``, the caller's (B * T, D*H) output, in place (row
         ``bf_rows[b] + t``); with ``x_batch_first`` (inference) ``x`` is the
-        batch-first input itself, (B * T, I). Returns the training caches.
+        batch-first input itself, (B * T, I). ``need_t``: some step multiplies
+        by the transposed ``W_hh`` (:func:`pylstm._lstm.needs_w_hh_t`);
+        ``parallel``: run the two directions side by side. Returns the
+        training caches.
         """
         B, T_eff = len(lens_sorted), int(lens_sorted[0])
         N = int(np.sum(lens_sorted, dtype=np.int64))
         D, H, L = self.num_directions, self.hidden_size, self.num_layers
         dt = self.dtype
         new = arrays.empty
-        need_t = _lstm.needs_w_hh_t(lens_sorted)
         caches = []
         layer_in = x
         for layer in range(L):
@@ -465,7 +469,7 @@ class LSTM:
                 c_n[k, order] = c
                 return kept
 
-            layer_cache = run_directions(run, D, parallel=D == 2 and parallel_directions(B, H))
+            layer_cache = run_directions(run, D, parallel=parallel)
             if training:
                 caches.append((layer_in, layer_cache))
             layer_in = out
@@ -645,9 +649,10 @@ class LSTM:
             # layer reads the caller's gradient in place.
             _check_steps_finite(d_out, cache["rows"], "d_out")
             self._cache = None
-            with single_threaded_blas(wants_single_thread(B, H)):
+            one_thread, parallel = thread_plan(B, H, D, cache["blas_steps"])
+            with single_threaded_blas(one_thread):
                 grads, g_h0, g_c0, grad_out = self._backward_layers(
-                    arrays, cache, d_out.reshape(B * T, D * H), d_h_n, d_c_n)
+                    arrays, cache, d_out.reshape(B * T, D * H), d_h_n, d_c_n, parallel)
             n_in = self.input_size
             if cache["dense"]:
                 dX = np.empty((B, T, n_in), dtype=self.dtype)
@@ -660,7 +665,7 @@ class LSTM:
         grads["c0"] = g_c0
         return dX, grads
 
-    def _backward_layers(self, arrays, cache, grad_out, d_h_n, d_c_n):
+    def _backward_layers(self, arrays, cache, grad_out, d_h_n, d_c_n, parallel):
         """Kernel calls of :meth:`backward`, top layer first; work arrays from ``arrays``.
 
         ``grad_out`` is the caller's (B * T, D*H) gradient, which the top
@@ -701,7 +706,7 @@ class LSTM:
                 g_c0[k, order] = dc
                 return gates, w_ih
 
-            parts = run_directions(run, D, parallel=D == 2 and parallel_directions(B, H))
+            parts = run_directions(run, D, parallel=parallel)
             # Every direction has read the layer input: its gradient takes its place
             # (the input is the layer's own packed copy or the output of the layer
             # below, both work arrays; the cache is used up by this backward).
