@@ -81,38 +81,47 @@ The header reports whether ``OPENBLAS_CORETYPE`` / ``OPENBLAS_L2_SIZE`` are set
 and which kernel ("architecture") each OpenBLAS actually uses. Requires
 threadpoolctl (``pip install threadpoolctl``, the ``bench`` extra) and, for
 the comparison, torch (CPU build).
+
+``--steady-malloc`` keeps freed memory in the process (glibc mallopt, as in
+``bench_lstm.py``, whose docstring explains why), so that the temporaries
+that torch's training loop allocates on every batch land on pages already
+mapped; the header's ``malloc:`` line and ``environment.malloc`` in the JSON
+file record the setting.
 """
 
 from __future__ import annotations
 
 import argparse
-import cProfile
-import gc
-import importlib
-import io
-import json
-import os
-import platform
-import pstats
-import re
 import sys
 import time
 import warnings
 from dataclasses import dataclass
 
 import numpy as np
-
-try:
-    import threadpoolctl
-except ImportError:  # pragma: no cover - message for the user
-    sys.exit("bench_fit.py needs threadpoolctl: pip install threadpoolctl")
+from _common import (
+    BUSY,
+    add_common_options,
+    add_profile_option,
+    environment,
+    geometric_mean,
+    idle_share,
+    import_libraries,
+    malloc_setting,
+    print_column_heads,
+    print_environment,
+    print_foreign_start,
+    print_title,
+    profile_top,
+    progress,
+    save_json,
+    thread_limits,
+    timed_alternately,
+)
 
 CASES = ("digits", "synthetic", "varlen")
 #: Hidden sizes per case.
 HIDDEN = {"digits": (64,), "synthetic": (64, 128), "varlen": (64,)}
 IMPLS = ("pylstm", "torch")
-#: Figures are marked when other processes took more than this share of the CPUs.
-BUSY = 0.15
 #: Sequences per inference batch when scoring torch on the held-out set.
 EVAL_BATCH = 256
 
@@ -286,177 +295,16 @@ def torch_accuracy(torch, fitted, data, dtype):
     return float(np.mean(classes[np.concatenate(preds)] == data.y_test))
 
 
-# --------------------------------------------------------------------------- environment
-class ForeignCPU:
-    """Share of the machine's CPU time used by other processes between start and stop.
-
-    Linux only (``/proc/stat``); ``stop`` returns None elsewhere. Our own
-    threads are not counted.
-    """
-
-    def __init__(self):
-        self._t0 = self._busy0 = self._self0 = None
-
-    @staticmethod
-    def _busy_seconds():
-        try:
-            with open("/proc/stat") as fh:
-                fields = [int(v) for v in fh.readline().split()[1:]]
-        except (OSError, ValueError):
-            return None
-        # user nice system idle iowait irq softirq steal [guest guest_nice]
-        busy = sum(fields[:3]) + sum(fields[5:8])
-        return busy / os.sysconf("SC_CLK_TCK")
-
-    @staticmethod
-    def _self_seconds():
-        t = os.times()
-        return t.user + t.system
-
-    def start(self):
-        self._t0 = time.perf_counter()
-        self._busy0 = self._busy_seconds()
-        self._self0 = self._self_seconds()
-        return self
-
-    def stop(self):
-        busy = self._busy_seconds()
-        if busy is None or self._busy0 is None:
-            return None
-        wall = time.perf_counter() - self._t0
-        foreign = (busy - self._busy0) - (self._self_seconds() - self._self0)
-        return max(0.0, foreign) / (wall * (os.cpu_count() or 1)) if wall > 0 else None
-
-
-def idle_share(seconds=0.5):
-    """Share of the CPUs other processes use while this one sleeps."""
-    meter = ForeignCPU().start()
-    time.sleep(seconds)
-    return meter.stop()
-
-
-def cpu_model():
-    try:
-        with open("/proc/cpuinfo") as fh:
-            for line in fh:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
-def load_libraries(use_torch):
-    """Import scipy's BLAS, pylstm and torch; return (pylstm, torch or None, error)."""
-    importlib.import_module("scipy.linalg.cython_blas")
-    pylstm = importlib.import_module("pylstm")
-    torch, error = None, None
-    if use_torch:
-        try:
-            torch = importlib.import_module("torch")
-        except Exception as exc:  # any failure means "no torch"
-            error = f"{type(exc).__name__}: {exc}"
-    return pylstm, torch, error
-
-
-def torch_details(torch):
-    info = {"version": torch.__version__, "num_threads": torch.get_num_threads()}
-    try:
-        info["cpu_capability"] = torch.backends.cpu.get_cpu_capability()
-    except Exception:
-        info["cpu_capability"] = "?"
-    config = torch.__config__.show()
-    m = re.search(r"BLAS_INFO=(\w+)", config)
-    info["blas"] = m.group(1) if m else "?"
-    m = re.search(r"Math Kernel Library Version ([^\s]+)", config)
-    if m:
-        info["blas"] += f" {m.group(1)}"
-    info["mkldnn"] = bool(torch.backends.mkldnn.is_available()
-                          and torch.backends.mkldnn.enabled)
-    return info
-
-
-def environment(pylstm, torch, torch_error, threads):
-    import scipy
-    import sklearn
-
-    libs = []
-    for info in threadpoolctl.threadpool_info():
-        libs.append({k: info.get(k) for k in ("user_api", "internal_api", "prefix", "version",
-                                              "architecture", "num_threads",
-                                              "threading_layer", "filepath")})
-    return {
-        "python": platform.python_version(),
-        "platform": platform.platform(),
-        "cpu": cpu_model(),
-        "cpu_count": os.cpu_count(),
-        "numpy": np.__version__,
-        "scipy": scipy.__version__,
-        "sklearn": sklearn.__version__,
-        "pylstm": getattr(pylstm, "__version__", "?"),
-        "pylstm_path": os.path.dirname(pylstm.__file__),
-        "threadpoolctl": threadpoolctl.__version__,
-        "torch": torch_details(torch) if torch is not None else None,
-        "torch_error": torch_error,
-        "threads_option": threads,
-        "env": {k: os.environ.get(k, "unset") for k in (
-            "OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE", "OPENBLAS_NUM_THREADS",
-            "OMP_NUM_THREADS", "MKL_NUM_THREADS")},
-        "libraries": libs,
-        "foreign_cpu_start": idle_share(),
-    }
-
-
+# --------------------------------------------------------------------------- header
 def print_header(env):
-    print("=" * 110)
-    print("pylstm fit benchmark: LSTMClassifier.fit vs an equivalent torch training loop (CPU)")
-    print("=" * 110)
-    print(f"python {env['python']}  |  {env['platform']}")
-    print(f"cpu: {env['cpu']}  ({env['cpu_count']} logical cpus)")
-    t = env["torch"]
-    tv = t["version"] if t else f"not available ({env['torch_error'] or 'disabled'})"
-    print(f"numpy {env['numpy']}  |  scipy {env['scipy']}  |  scikit-learn {env['sklearn']}  |  "
-          f"pylstm {env['pylstm']} ({env['pylstm_path']})  |  torch {tv}")
-    if t:
-        print(f"torch: BLAS {t['blas']}, cpu capability {t['cpu_capability']}, "
-              f"mkldnn {'on' if t['mkldnn'] else 'off'}, "
-              f"torch.get_num_threads() = {t['num_threads']}")
-    e = env["env"]
-    for key in ("OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE"):
-        state = "unset" if e[key] == "unset" else f"SET to {e[key]!r}"
-        print(f"{key}: {state}")
-    others = ", ".join(f"{k}={v}" for k, v in e.items()
-                       if k not in ("OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE"))
-    print(f"other environment: {others}")
-    print("threadpoolctl (BLAS / OpenMP libraries, after --threads):")
-    for lib in env["libraries"]:
-        print(f"  - {lib['internal_api']} {lib['version']} [{lib['user_api']}] "
-              f"architecture={lib['architecture'] or '-'} num_threads={lib['num_threads']} "
-              f"({os.path.basename(lib['filepath'] or '?')})")
-    opt = env["threads_option"]
-    print(f"--threads: {opt if opt is not None else 'not given (library defaults)'}")
-    share = env["foreign_cpu_start"]
-    if share is not None:
-        print(f"CPU used by other processes before the run: {100 * share:.0f}%")
+    print_title("pylstm fit benchmark: LSTMClassifier.fit vs an equivalent torch training "
+                "loop (CPU)", 110, env)
+    print_environment(env)
+    print_foreign_start(env)
     print()
 
 
 # --------------------------------------------------------------------------- running
-def progress(msg):
-    print(msg, file=sys.stderr, flush=True)
-
-
-def timed(fn):
-    """Run ``fn`` after a full collection; return (result, foreign CPU share).
-
-    The garbage collector stays on during the fit, as it is for a user.
-    """
-    gc.collect()
-    meter = ForeignCPU().start()
-    result = fn()
-    return result, meter.stop()
-
-
 def warm_up(torch, data, dtypes, lr, seed):
     """Untimed short fits: imports, first-call and allocator set-up of both sides."""
     small = Data(data.name, data.description, data.X_train[:64], data.y_train[:64],
@@ -471,40 +319,17 @@ def warm_up(torch, data, dtypes, lr, seed):
 
 def profile_pylstm(data, hidden, batch, dtype, epochs, lr, seed, top):
     """Top ``top`` functions by own time of one cProfile'd pylstm fit, as text."""
-    prof = cProfile.Profile()
-    prof.enable()
-    try:
-        pylstm_fit(data, hidden, batch, dtype, epochs, lr, seed)
-    finally:
-        prof.disable()
-    buf = io.StringIO()
-    stats = pstats.Stats(prof, stream=buf)
-    stats.sort_stats("tottime").print_stats(top)
-    text = buf.getvalue()
-    root = os.path.dirname(os.path.dirname(importlib.import_module("pylstm").__file__))
-    return text.replace(root + os.sep, "")
+    return profile_top(lambda: pylstm_fit(data, hidden, batch, dtype, epochs, lr, seed), top)
 
 
 def run_config(torch, data, hidden, batch, dtype, args):
-    samples = {impl: [] for impl in IMPLS}
-    foreign = {impl: [] for impl in IMPLS}
-    fitted = {}
-    impls = [i for i in IMPLS if i == "pylstm" or torch is not None]
-    for r in range(args.repeats):
-        order = impls if r % 2 == 0 else impls[::-1]
-        for impl in order:
-            if impl == "pylstm":
-                def fn():
-                    return pylstm_fit(data, hidden, batch, dtype, args.epochs, args.lr,
-                                      args.seed)
-            else:
-                def fn():
-                    return torch_fit(torch, data, hidden, batch, dtype, args.epochs,
-                                     args.lr, args.seed, args.torch_bucketing)
-            (elapsed, model), share = timed(fn)
-            samples[impl].append(elapsed)
-            foreign[impl].append(share)
-            fitted[impl] = model
+    calls = {"pylstm": lambda: pylstm_fit(data, hidden, batch, dtype, args.epochs, args.lr,
+                                          args.seed)}
+    if torch is not None:
+        calls["torch"] = lambda: torch_fit(torch, data, hidden, batch, dtype, args.epochs,
+                                           args.lr, args.seed, args.torch_bucketing)
+    impls = list(calls)
+    samples, foreign, _, fitted = timed_alternately(calls, args.repeats)
     row = {"case": data.name, "data": data.description, "hidden": hidden, "batch": batch,
            "dtype": dtype, "epochs": args.epochs, "repeats": args.repeats}
     for impl in impls:
@@ -544,8 +369,7 @@ def print_table(rows):
     head = (f"{'case':<10} {'H':>4} {'batch':>5} {'dtype':<8} {'pylstm ep/s':>12} "
             f"{'torch ep/s':>11} {'ratio':>6} {'best':>6} {'acc pylstm':>10} "
             f"{'acc torch':>9} {'other CPU':>9}")
-    print(head)
-    print("-" * len(head))
+    print_column_heads(head)
     for r in rows:
         t = r["torch"] or {}
         share = r["foreign_cpu_max"]
@@ -561,7 +385,7 @@ def print_table(rows):
         for key, label in (("ratio", "median"), ("ratio_best", "best")):
             vals = [r[key] for r in rows if r["dtype"] == dtype and r[key] is not None]
             if vals:
-                parts.append(f"{dtype} {label} {float(np.exp(np.mean(np.log(vals)))):.2f}")
+                parts.append(f"{dtype} {label} {geometric_mean(vals):.2f}")
     if parts:
         print("geometric mean of pylstm/torch: " + ", ".join(parts))
     print()
@@ -595,11 +419,8 @@ def build_parser():
     p.add_argument("--torch-bucketing", action="store_true",
                    help="varlen: give the torch loop pylstm's length-bucketed batches instead "
                         "of plain random ones")
-    p.add_argument("--profile", type=int, default=0, metavar="N",
-                   help="also print the top N functions of one cProfile'd pylstm fit per "
-                        "configuration")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--json", metavar="PATH", help="write every figure to this JSON file")
+    add_profile_option(p)
+    add_common_options(p)
     return p
 
 
@@ -614,15 +435,18 @@ def main(argv=None):
         sys.exit("--batch-sizes must be >= 1")
     if min(args.n_synthetic, args.n_varlen) < 50:
         sys.exit("--n-synthetic and --n-varlen must be >= 50")
+    malloc = malloc_setting(args)
 
-    pylstm, torch, torch_error = load_libraries(not args.no_torch)
-    limiter = None
-    if args.threads is not None:
-        limiter = threadpoolctl.threadpool_limits(limits=args.threads)
-        if torch is not None:
-            torch.set_num_threads(args.threads)
-    env = environment(pylstm, torch, torch_error, args.threads)
-    print_header(env)
+    pylstm, torch, torch_error = import_libraries(not args.no_torch)
+    with thread_limits(args.threads, torch):
+        env = environment(pylstm, torch, torch_error, args.threads)
+        env["malloc"] = malloc
+        print_header(env)
+        return run(args, torch, env)
+
+
+def run(args, torch, env):
+    """Every case and configuration, then the report (under the thread limits)."""
 
     t_start = time.perf_counter()
     rows, profiles = [], []
@@ -667,15 +491,8 @@ def main(argv=None):
         print(prof["top"].strip())
 
     if args.json:
-        directory = os.path.dirname(os.path.abspath(args.json))
-        os.makedirs(directory, exist_ok=True)
-        payload = {"args": vars(args), "environment": env, "results": rows,
-                   "profiles": profiles, "elapsed_s": elapsed}
-        with open(args.json, "w") as fh:
-            json.dump(payload, fh, indent=2, default=str)
-        print(f"wrote {args.json}")
-    if limiter is not None:
-        limiter.restore_original_limits()
+        save_json(args.json, {"args": vars(args), "environment": env, "results": rows,
+                              "profiles": profiles, "elapsed_s": elapsed})
     return 0
 
 

@@ -63,179 +63,50 @@ Usage (from the repository root; the installed package is imported)::
 threadpoolctl finds (library, version, OpenBLAS kernel architecture, thread
 count), whether ``OPENBLAS_CORETYPE`` / ``OPENBLAS_L2_SIZE`` are set and
 ``torch.get_num_threads()``. Requires threadpoolctl and torch (CPU build).
+
+``--steady-malloc``: glibc's malloc keeps what is freed (mallopt; see
+``bench_lstm.py`` for why it matters), so that the per-step temporaries of
+the torch training and sampling loops reuse mapped pages; the ``malloc:``
+header line and the JSON ``environment.malloc`` say which setting ran.
 """
 
 from __future__ import annotations
 
 import argparse
-import cProfile
-import gc
-import importlib
-import io
-import json
-import os
-import platform
-import pstats
-import re
 import sys
 import time
 
 import numpy as np
+from _common import (
+    BUSY,
+    add_common_options,
+    add_profile_option,
+    environment,
+    idle_share,
+    import_libraries,
+    load_average,
+    malloc_setting,
+    print_column_heads,
+    print_environment,
+    print_foreign_start,
+    print_title,
+    profile_top,
+    progress,
+    save_json,
+    thread_limits,
+    timed_alternately,
+)
 
-try:
-    import threadpoolctl
-except ImportError:  # pragma: no cover - message for the user
-    sys.exit("bench_lm.py needs threadpoolctl: pip install threadpoolctl")
-
-#: Figures are marked when other processes took more than this share of the CPUs.
-BUSY = 0.15
 UNK, BOS = "<unk>", "<bos>"
 PROMPT = "The for statement"
 
 
-# --------------------------------------------------------------------------- environment
-class ForeignCPU:
-    """Share of the machine's CPU time used by other processes between start and stop.
-
-    Linux only (``/proc/stat``); ``stop`` returns None elsewhere. Our own
-    threads are not counted.
-    """
-
-    def __init__(self):
-        self._t0 = self._busy0 = self._self0 = None
-
-    @staticmethod
-    def _busy_seconds():
-        try:
-            with open("/proc/stat") as fh:
-                fields = [int(v) for v in fh.readline().split()[1:]]
-        except (OSError, ValueError):
-            return None
-        # user nice system idle iowait irq softirq steal [guest guest_nice]
-        return (sum(fields[:3]) + sum(fields[5:8])) / os.sysconf("SC_CLK_TCK")
-
-    @staticmethod
-    def _self_seconds():
-        t = os.times()
-        return t.user + t.system
-
-    def start(self):
-        self._t0 = time.perf_counter()
-        self._busy0 = self._busy_seconds()
-        self._self0 = self._self_seconds()
-        return self
-
-    def stop(self):
-        busy = self._busy_seconds()
-        if busy is None or self._busy0 is None:
-            return None
-        wall = time.perf_counter() - self._t0
-        foreign = (busy - self._busy0) - (self._self_seconds() - self._self0)
-        return max(0.0, foreign) / (wall * (os.cpu_count() or 1)) if wall > 0 else None
-
-
-def idle_share(seconds=0.5):
-    """Share of the CPUs other processes use while this one sleeps."""
-    meter = ForeignCPU().start()
-    time.sleep(seconds)
-    return meter.stop()
-
-
-def load_average():
-    try:
-        return os.getloadavg()
-    except OSError:
-        return None
-
-
-def cpu_model():
-    try:
-        with open("/proc/cpuinfo") as fh:
-            for line in fh:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
-def torch_details(torch):
-    info = {"version": torch.__version__, "num_threads": torch.get_num_threads()}
-    try:
-        info["cpu_capability"] = torch.backends.cpu.get_cpu_capability()
-    except Exception:
-        info["cpu_capability"] = "?"
-    config = torch.__config__.show()
-    m = re.search(r"BLAS_INFO=(\w+)", config)
-    info["blas"] = m.group(1) if m else "?"
-    m = re.search(r"Math Kernel Library Version ([^\s]+)", config)
-    if m:
-        info["blas"] += f" {m.group(1)}"
-    info["mkldnn"] = bool(torch.backends.mkldnn.is_available()
-                          and torch.backends.mkldnn.enabled)
-    return info
-
-
-def environment(pylstm, torch, threads):
-    import scipy
-    import sklearn
-
-    libs = [{k: info.get(k) for k in ("user_api", "internal_api", "prefix", "version",
-                                       "architecture", "num_threads", "threading_layer",
-                                       "filepath")}
-            for info in threadpoolctl.threadpool_info()]
-    return {
-        "python": platform.python_version(),
-        "platform": platform.platform(),
-        "cpu": cpu_model(),
-        "cpu_count": os.cpu_count(),
-        "numpy": np.__version__,
-        "scipy": scipy.__version__,
-        "sklearn": sklearn.__version__,
-        "pylstm": getattr(pylstm, "__version__", "?"),
-        "pylstm_path": os.path.dirname(pylstm.__file__),
-        "threadpoolctl": threadpoolctl.__version__,
-        "torch": torch_details(torch),
-        "threads_option": threads,
-        "env": {k: os.environ.get(k, "unset") for k in (
-            "OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE", "OPENBLAS_NUM_THREADS",
-            "OMP_NUM_THREADS", "MKL_NUM_THREADS")},
-        "libraries": libs,
-        "load_average_start": load_average(),
-        "foreign_cpu_start": idle_share(),
-    }
-
-
+# --------------------------------------------------------------------------- header
 def print_header(env, args, n_chars, vocab_size):
-    print("=" * 104)
-    print("pylstm language-model benchmark: LSTMLanguageModel vs an equivalent torch model (CPU)")
-    print("=" * 104)
-    print(f"python {env['python']}  |  {env['platform']}")
-    print(f"cpu: {env['cpu']}  ({env['cpu_count']} logical cpus)")
-    t = env["torch"]
-    print(f"numpy {env['numpy']}  |  scipy {env['scipy']}  |  scikit-learn {env['sklearn']}  |  "
-          f"pylstm {env['pylstm']} ({env['pylstm_path']})  |  torch {t['version']}")
-    print(f"torch: BLAS {t['blas']}, cpu capability {t['cpu_capability']}, "
-          f"mkldnn {'on' if t['mkldnn'] else 'off'}, "
-          f"torch.get_num_threads() = {t['num_threads']}")
-    e = env["env"]
-    for key in ("OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE"):
-        state = "unset" if e[key] == "unset" else f"SET to {e[key]!r}"
-        print(f"{key}: {state}")
-    others = ", ".join(f"{k}={v}" for k, v in e.items()
-                       if k not in ("OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE"))
-    print(f"other environment: {others}")
-    print("threadpoolctl (BLAS / OpenMP libraries, after --threads):")
-    for lib in env["libraries"]:
-        print(f"  - {lib['internal_api']} {lib['version']} [{lib['user_api']}] "
-              f"architecture={lib['architecture'] or '-'} num_threads={lib['num_threads']} "
-              f"({os.path.basename(lib['filepath'] or '?')})")
-    opt = env["threads_option"]
-    print(f"--threads: {opt if opt is not None else 'not given (library defaults)'}")
-    share, load = env["foreign_cpu_start"], env["load_average_start"]
-    if share is not None:
-        print(f"CPU used by other processes before the run: {100 * share:.0f}%"
-              + (f"  (load average {load[0]:.2f} {load[1]:.2f} {load[2]:.2f})" if load else ""))
+    print_title("pylstm language-model benchmark: LSTMLanguageModel vs an equivalent torch "
+                "model (CPU)", 104, env)
+    print_environment(env)
+    print_foreign_start(env)
     print(f"data: first {n_chars} characters of load_python_docs(), vocabulary {vocab_size} "
           f"(with <unk>, <bos>); embedding {args.embedding_dim}, batch {args.batch_size} lanes, "
           f"seq_len {args.seq_len}, float32, Adam lr {args.lr}, clip 5.0")
@@ -414,23 +285,6 @@ def torch_generate(torch, model, vocab, index, args, seed=0):
 
 
 # --------------------------------------------------------------------------- running
-def progress(msg):
-    print(msg, file=sys.stderr, flush=True)
-
-
-def timed(fn):
-    """Run ``fn`` after a full collection.
-
-    Returns (result, foreign CPU share, CPU seconds this process used).
-    """
-    gc.collect()
-    meter = ForeignCPU().start()
-    cpu0 = time.process_time()
-    result = fn()
-    cpu = time.process_time() - cpu0
-    return result, meter.stop(), cpu
-
-
 def summarize(samples, shares, cpus, work):
     med, best = float(np.median(samples)), float(min(samples))
     shares = [s for s in shares if s is not None]
@@ -454,19 +308,11 @@ def run_config(torch, text, cfg, args):
     init_net = pylstm_initial_weights(text, cfg, args, args.seed)
 
     # training
-    samples, shares, cpus = ({"pylstm": [], "torch": []} for _ in range(3))
-    lm = torch_losses = None
-    for r in range(args.repeats):
-        for impl in (("pylstm", "torch") if r % 2 == 0 else ("torch", "pylstm")):
-            if impl == "pylstm":
-                (elapsed, lm), share, cpu = timed(
-                    lambda: pylstm_fit(text, cfg, args, args.epochs, args.seed))
-            else:
-                (elapsed, (_, torch_losses)), share, cpu = timed(
-                    lambda: torch_fit(torch, text, cfg, args, args.epochs, args.seed, init_net))
-            samples[impl].append(elapsed)
-            shares[impl].append(share)
-            cpus[impl].append(cpu)
+    samples, shares, cpus, last = timed_alternately({
+        "pylstm": lambda: pylstm_fit(text, cfg, args, args.epochs, args.seed),
+        "torch": lambda: torch_fit(torch, text, cfg, args, args.epochs, args.seed, init_net),
+    }, args.repeats)
+    lm, (_, torch_losses) = last["pylstm"], last["torch"]
     train = {impl: summarize(samples[impl], shares[impl], cpus[impl], n_train)
              for impl in samples}
     train["pylstm"]["loss"] = [float(v) for v in lm.loss_curve_]
@@ -487,19 +333,10 @@ def run_config(torch, text, cfg, args):
     for _ in range(args.warmup):
         pylstm_generate(lm, args)
         torch_generate(torch, model, vocab, index, args)
-    samples, shares, cpus = ({"pylstm": [], "torch": []} for _ in range(3))
-    sample_text = {}
-    for r in range(args.gen_repeats):
-        for impl in (("pylstm", "torch") if r % 2 == 0 else ("torch", "pylstm")):
-            if impl == "pylstm":
-                (elapsed, out), share, cpu = timed(lambda: pylstm_generate(lm, args))
-            else:
-                (elapsed, out), share, cpu = timed(
-                    lambda: torch_generate(torch, model, vocab, index, args))
-            samples[impl].append(elapsed)
-            shares[impl].append(share)
-            cpus[impl].append(cpu)
-            sample_text[impl] = out
+    samples, shares, cpus, sample_text = timed_alternately({
+        "pylstm": lambda: pylstm_generate(lm, args),
+        "torch": lambda: torch_generate(torch, model, vocab, index, args),
+    }, args.gen_repeats)
     gen = {impl: summarize(samples[impl], shares[impl], cpus[impl], args.gen_tokens)
            for impl in samples}
     ratios(gen)
@@ -511,16 +348,7 @@ def run_config(torch, text, cfg, args):
 
 def profile_pylstm(text, cfg, args, top):
     """Top ``top`` functions by own time of one cProfile'd pylstm fit, as text."""
-    prof = cProfile.Profile()
-    prof.enable()
-    try:
-        pylstm_fit(text, cfg, args, args.epochs, args.seed)
-    finally:
-        prof.disable()
-    buf = io.StringIO()
-    pstats.Stats(prof, stream=buf).sort_stats("tottime").print_stats(top)
-    root = os.path.dirname(os.path.dirname(importlib.import_module("pylstm").__file__))
-    return buf.getvalue().replace(root + os.sep, "")
+    return profile_top(lambda: pylstm_fit(text, cfg, args, args.epochs, args.seed), top)
 
 
 # --------------------------------------------------------------------------- report
@@ -535,32 +363,46 @@ def _cpu(share):
     return f"{100 * share:>4.0f}%" + ("*" if share > BUSY else " ")
 
 
+def print_rate_table(title, rows, part, extra):
+    """One table of tokens per second, pylstm against torch, a row per configuration.
+
+    Parameters
+    ----------
+    title : str
+        The line above the table.
+    rows : list of dict
+        :func:`run_config` results.
+    part : str
+        ``"train"`` or ``"generate"``: which figures of a row to show.
+    extra : list of (str, int, callable)
+        Columns between the ratios and ``other CPU``: heading, width and a
+        function of the row's ``part`` that returns the cell's text.
+    """
+    print(title)
+    print_column_heads(
+        f"{'H':>4} {'L':>2} {'pylstm tok/s':>13} {'torch tok/s':>12} {'ratio':>6} "
+        f"{'best':>6} {'cpu':>6} " + "".join(f"{name:>{width}} " for name, width, _ in extra)
+        + f"{'other CPU':>10}")
+    for r in rows:
+        e = r[part]
+        print(f"{r['hidden']:>4} {r['layers']:>2} {e['pylstm']['tokens_per_s']:>13,.0f} "
+              f"{e['torch']['tokens_per_s']:>12,.0f} {e['ratio']:>6.2f} {e['ratio_best']:>6.2f} "
+              f"{e['ratio_cpu']:>6.2f} " + "".join(f"{cell(e):>{width}} "
+                                                    for _, width, cell in extra)
+              + f"{_cpu(_share(e)):>10}")
+    print()
+
+
 def print_tables(rows):
-    print("Training: tokens per second of a whole fit (median over fits); "
-          "ratio = pylstm / torch (> 1: pylstm faster)")
-    head = (f"{'H':>4} {'L':>2} {'pylstm tok/s':>13} {'torch tok/s':>12} {'ratio':>6} "
-            f"{'best':>6} {'cpu':>6} {'loss pylstm':>11} {'loss torch':>10} {'other CPU':>10}")
-    print(head)
-    print("-" * len(head))
-    for r in rows:
-        t = r["train"]
-        print(f"{r['hidden']:>4} {r['layers']:>2} {t['pylstm']['tokens_per_s']:>13,.0f} "
-              f"{t['torch']['tokens_per_s']:>12,.0f} {t['ratio']:>6.2f} {t['ratio_best']:>6.2f} "
-              f"{t['ratio_cpu']:>6.2f} {t['pylstm']['loss'][-1]:>11.4f} "
-              f"{t['torch']['loss'][-1]:>10.4f} {_cpu(_share(t)):>10}")
-    print()
-    print("Generation: tokens per second of generate(prompt, n_tokens, temperature=1.0) vs "
-          "the torch step loop; ratio = pylstm / torch")
-    head = (f"{'H':>4} {'L':>2} {'pylstm tok/s':>13} {'torch tok/s':>12} {'ratio':>6} "
-            f"{'best':>6} {'cpu':>6} {'max|dp|':>9} {'other CPU':>10}")
-    print(head)
-    print("-" * len(head))
-    for r in rows:
-        g = r["generate"]
-        print(f"{r['hidden']:>4} {r['layers']:>2} {g['pylstm']['tokens_per_s']:>13,.0f} "
-              f"{g['torch']['tokens_per_s']:>12,.0f} {g['ratio']:>6.2f} {g['ratio_best']:>6.2f} "
-              f"{g['ratio_cpu']:>6.2f} {g['max_abs_dp']:>9.1e} {_cpu(_share(g)):>10}")
-    print()
+    print_rate_table(
+        "Training: tokens per second of a whole fit (median over fits); "
+        "ratio = pylstm / torch (> 1: pylstm faster)", rows, "train",
+        [("loss pylstm", 11, lambda t: f"{t['pylstm']['loss'][-1]:.4f}"),
+         ("loss torch", 10, lambda t: f"{t['torch']['loss'][-1]:.4f}")])
+    print_rate_table(
+        "Generation: tokens per second of generate(prompt, n_tokens, temperature=1.0) vs "
+        "the torch step loop; ratio = pylstm / torch", rows, "generate",
+        [("max|dp|", 9, lambda g: f"{g['max_abs_dp']:.1e}")])
 
 
 def parse_config(spec):
@@ -600,11 +442,8 @@ def build_parser():
                    help="untimed generation calls per implementation (default 1)")
     p.add_argument("--threads", type=int, default=None,
                    help="limit BLAS/OpenMP threads (threadpoolctl) and torch.set_num_threads")
-    p.add_argument("--profile", type=int, default=0, metavar="N",
-                   help="also print the top N functions of one cProfile'd pylstm fit per "
-                        "configuration")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--json", metavar="PATH", help="write every figure to this JSON file")
+    add_profile_option(p)
+    add_common_options(p)
     return p
 
 
@@ -616,23 +455,25 @@ def main(argv=None):
             sys.exit(f"--{name.replace('_', '-')} must be >= 1")
     if args.threads is not None and args.threads < 1:
         sys.exit("--threads must be >= 1")
+    malloc = malloc_setting(args)
 
-    importlib.import_module("scipy.linalg.cython_blas")
-    pylstm = importlib.import_module("pylstm")
-    try:
-        torch = importlib.import_module("torch")
-    except Exception as exc:
-        sys.exit(f"bench_lm.py needs torch (CPU build): {type(exc).__name__}: {exc}")
+    pylstm, torch, torch_error = import_libraries(use_torch=True)
+    if torch is None:
+        sys.exit(f"bench_lm.py needs torch (CPU build): {torch_error}")
+    with thread_limits(args.threads, torch):
+        return run(args, pylstm, torch, malloc)
+
+
+def run(args, pylstm, torch, malloc):
+    """Header, warm-up, every configuration and the report (under the thread limits)."""
     from pylstm.datasets import load_python_docs
 
-    limiter = None
-    if args.threads is not None:
-        limiter = threadpoolctl.threadpool_limits(limits=args.threads)
-        torch.set_num_threads(args.threads)
     text = load_python_docs()[: args.chars]
     if len(text) < args.batch_size * args.seq_len:
         sys.exit("--chars is too small for one window per lane")
-    env = environment(pylstm, torch, args.threads)
+    env = environment(pylstm, torch, None, args.threads)
+    env["load_average_start"] = load_average()
+    env["malloc"] = malloc
     print_header(env, args, len(text), len(vocabulary(text)[0]))
 
     t_start = time.perf_counter()
@@ -678,15 +519,8 @@ def main(argv=None):
         print(prof["top"].strip())
 
     if args.json:
-        os.makedirs(os.path.dirname(os.path.abspath(args.json)), exist_ok=True)
-        payload = {"args": {k: v for k, v in vars(args).items()}, "environment": env,
-                   "n_chars": len(text), "results": rows, "profiles": profiles,
-                   "elapsed_s": elapsed}
-        with open(args.json, "w") as fh:
-            json.dump(payload, fh, indent=2, default=str)
-        print(f"wrote {args.json}")
-    if limiter is not None:
-        limiter.restore_original_limits()
+        save_json(args.json, {"args": vars(args), "environment": env, "n_chars": len(text),
+                              "results": rows, "profiles": profiles, "elapsed_s": elapsed})
     return 0
 
 

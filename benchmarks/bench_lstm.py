@@ -82,15 +82,10 @@ block: every library then runs on warm pages, the conservative comparison.
 from __future__ import annotations
 
 import argparse
-import contextlib
-import ctypes
-import ctypes.util
 import gc
 import hashlib
 import importlib
-import json
 import os
-import platform
 import re
 import sys
 import time
@@ -98,11 +93,25 @@ import tracemalloc
 from dataclasses import dataclass
 
 import numpy as np
-
-try:
-    import threadpoolctl
-except ImportError:  # pragma: no cover - message for the user
-    sys.exit("bench_lstm.py needs threadpoolctl: pip install threadpoolctl")
+from _common import (
+    BUSY,
+    ForeignCPU,
+    add_common_options,
+    environment_variables,
+    geometric_mean,
+    idle_share,
+    malloc_setting,
+    print_column_heads,
+    print_foreign_start,
+    print_malloc,
+    print_title,
+    progress,
+    save_json,
+    system_info,
+    thread_limits,
+    threadpoolctl,
+    torch_details,
+)
 
 DEFAULT_CASES = ((32, 50, 32, 64), (64, 100, 64, 128), (64, 100, 128, 256), (1, 100, 32, 128))
 LARGE_CASES = ((256, 50, 128, 512), (1, 1000, 64, 256))
@@ -111,8 +120,6 @@ IMPLS = ("pylstm", "numpy", "torch")
 MODES = ("infer", "train")
 #: Agreement flagged when the max relative error exceeds these.
 TOLERANCE = {"float32": 1e-4, "float64": 1e-10}
-#: Timings are marked when other processes took more than this share of the CPUs.
-BUSY = 0.15
 #: The inference memory is also measured with T multiplied by this.
 MEMORY_T_FACTOR = 4
 
@@ -360,10 +367,6 @@ def max_rel_err(pairs):
     return max(rel_err(a, b) for a, b in pairs)
 
 
-def progress(msg):
-    print(msg, file=sys.stderr, flush=True)
-
-
 # --------------------------------------------------------------------------- environment
 def load_libraries(use_torch):
     """Import scipy, pylstm and torch, noting which BLAS/OpenMP library each brought in."""
@@ -410,51 +413,6 @@ def pylstm_blas_threads(roles):
     return int(blas[0]["num_threads"]) if blas else (os.cpu_count() or 1)
 
 
-class ForeignCPU:
-    """Share of the machine's CPU time used by other processes between start and stop.
-
-    Linux only (``/proc/stat``); ``stop`` returns None elsewhere. Our own
-    threads, spinning BLAS/OpenMP workers included, are not counted.
-    """
-
-    def __init__(self):
-        self._t0 = self._busy0 = self._self0 = None
-
-    @staticmethod
-    def _busy_seconds():
-        try:
-            with open("/proc/stat") as fh:
-                fields = [int(v) for v in fh.readline().split()[1:]]
-        except (OSError, ValueError):
-            return None
-        # user nice system idle iowait irq softirq steal [guest guest_nice]
-        busy = sum(fields[:3]) + sum(fields[5:8])
-        return busy / os.sysconf("SC_CLK_TCK")
-
-    @staticmethod
-    def _self_seconds():
-        t = os.times()
-        return t.user + t.system
-
-    def start(self):
-        self._t0 = time.perf_counter()
-        self._busy0 = self._busy_seconds()
-        self._self0 = self._self_seconds()
-        return self
-
-    def stop(self):
-        """Share of the CPUs (0 to 1) that other processes used, or None."""
-        busy = self._busy_seconds()
-        if busy is None or self._busy0 is None:
-            return None
-        wall = time.perf_counter() - self._t0
-        foreign = (busy - self._busy0) - (self._self_seconds() - self._self0)
-        return max(0.0, foreign) / (wall * (os.cpu_count() or 1)) if wall > 0 else None
-
-    def wall(self):
-        return time.perf_counter() - self._t0
-
-
 def is_busy(share, wall):
     """True when other processes took more than BUSY of the CPUs over ``wall`` seconds.
 
@@ -464,13 +422,6 @@ def is_busy(share, wall):
         return False
     slack = 2.0 / os.sysconf("SC_CLK_TCK") / (wall * (os.cpu_count() or 1))
     return share > BUSY + slack
-
-
-def idle_share(seconds=0.5):
-    """Share of the CPUs other processes use while this one sleeps."""
-    meter = ForeignCPU().start()
-    time.sleep(seconds)
-    return meter.stop()
 
 
 def wait_for_idle(timeout):
@@ -561,63 +512,22 @@ def build_fingerprint(package):
     return out
 
 
-def cpu_model():
-    try:
-        with open("/proc/cpuinfo") as fh:
-            for line in fh:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
-def torch_details(torch):
-    info = {"version": torch.__version__, "num_threads": torch.get_num_threads()}
-    try:
-        info["cpu_capability"] = torch.backends.cpu.get_cpu_capability()
-    except Exception:
-        info["cpu_capability"] = "?"
-    info["mkldnn_enabled"] = bool(
-        torch.backends.mkldnn.is_available() and torch.backends.mkldnn.enabled
-    )
-    config = torch.__config__.show()
-    m = re.search(r"BLAS_INFO=(\w+)", config)
-    info["blas"] = m.group(1) if m else "?"
-    m = re.search(r"Math Kernel Library Version ([^\s]+)", config)
-    if m:
-        info["blas"] += f" {m.group(1)}"
+def torch_info(torch):
+    """:func:`_common.torch_details`, oneDNN under the key of earlier result files."""
+    info = torch_details(torch)
+    info["mkldnn_enabled"] = info.pop("mkldnn")
     return info
 
 
 def environment(pylstm, torch, torch_error, roles, n_threads):
-    import scipy
-
     env = {
-        "python": platform.python_version(),
-        "platform": platform.platform(),
-        "cpu": cpu_model(),
-        "cpu_count": os.cpu_count(),
-        "numpy": np.__version__,
-        "scipy": scipy.__version__,
-        "pylstm": getattr(pylstm, "__version__", "?"),
-        "pylstm_path": os.path.dirname(pylstm.__file__),
+        **system_info(pylstm),
         "pylstm_build": build_fingerprint(pylstm),
-        "threadpoolctl": threadpoolctl.__version__,
-        "torch": torch_details(torch) if torch is not None else None,
+        "torch": torch_info(torch) if torch is not None else None,
         "torch_error": torch_error,
         "threads": n_threads,
         "foreign_cpu_start": idle_share(),
-        "env": {
-            k: os.environ.get(k, "unset")
-            for k in (
-                "OPENBLAS_CORETYPE",
-                "OPENBLAS_L2_SIZE",
-                "OPENBLAS_NUM_THREADS",
-                "OMP_NUM_THREADS",
-                "MKL_NUM_THREADS",
-            )
-        },
+        "env": environment_variables(),
         "libraries": [],
     }
     for info in threadpoolctl.threadpool_info():
@@ -626,32 +536,6 @@ def environment(pylstm, torch, torch_error, roles, n_threads):
         env["libraries"].append(entry)
     env["pylstm_blas"] = pylstm_blas_info(env["libraries"])
     return env
-
-
-def steady_malloc():
-    """Keep freed memory in the process (glibc mallopt); a description, or why not.
-
-    Sets M_MMAP_THRESHOLD to glibc's maximum (32 MiB on 64-bit), so that
-    smaller blocks come from the heap, and M_TOP_PAD and M_TRIM_THRESHOLD
-    to 1 GiB, so that the heap keeps what is freed: later allocations reuse
-    pages already mapped instead of faulting in fresh ones. (Measured with
-    torch 2.13 at 64x100x64x128 float32: a training step takes 37 ms with
-    glibc's defaults and 23 ms with these settings; M_TOP_PAD is the one
-    that matters, M_TRIM_THRESHOLD alone makes it slower, 53 ms.)
-    """
-    name = ctypes.util.find_library("c")
-    try:
-        libc = ctypes.CDLL(name)
-        mallopt = libc.mallopt
-    except (OSError, AttributeError, TypeError):
-        return "not available (no glibc mallopt)"
-    m_trim_threshold, m_top_pad, m_mmap_threshold = -1, -2, -3
-    mmap_max = 4 * 1024 * 1024 * ctypes.sizeof(ctypes.c_long)
-    settings = {m_mmap_threshold: mmap_max, m_top_pad: 2**30, m_trim_threshold: 2**30}
-    if not all(mallopt(key, value) == 1 for key, value in settings.items()):
-        return "mallopt refused the settings"
-    return (f"steady (mallopt M_MMAP_THRESHOLD={mmap_max}, M_TOP_PAD={2**30}, "
-            f"M_TRIM_THRESHOLD={2**30})")
 
 
 def pylstm_blas_info(libraries):
@@ -685,11 +569,8 @@ def openblas_override_line(env):
 
 
 def print_header(env):
-    print("=" * 100)
-    print("pylstm benchmark: pylstm.LSTM vs plain NumPy LSTM vs torch.nn.LSTM (CPU)")
-    print("=" * 100)
-    print(f"python {env['python']}  |  {env['platform']}")
-    print(f"cpu: {env['cpu']}  ({env['cpu_count']} logical cpus)")
+    print_title("pylstm benchmark: pylstm.LSTM vs plain NumPy LSTM vs torch.nn.LSTM (CPU)", 100,
+                env)
     t = env["torch"]
     tv = t["version"] if t else f"not available ({env['torch_error'] or 'disabled'})"
     print(
@@ -705,7 +586,7 @@ def print_header(env):
             f"num_threads {t['num_threads']}"
         )
     print("environment: " + ", ".join(f"{k}={v}" for k, v in env["env"].items()))
-    print(f"malloc: {env.get('malloc', 'glibc defaults')}")
+    print_malloc(env)
     print("threadpoolctl libraries:")
     for lib in env["libraries"]:
         print(
@@ -718,9 +599,7 @@ def print_header(env):
     print(openblas_override_line(env))
     counts = ", ".join(str(n) for n in env.get("thread_counts", [env["threads"]]))
     print(f"threads for the run: {counts} (BLAS pools; torch.set_num_threads)")
-    share = env["foreign_cpu_start"]
-    if share is not None:
-        print(f"CPU used by other processes before the run: {100 * share:.0f}%")
+    print_foreign_start(env)
     print()
 
 
@@ -1263,10 +1142,6 @@ def fmt_pct(v):
     return "-" if v is None else f"{100 * v:.1f}%"
 
 
-def geometric_mean(values):
-    return float(np.exp(np.mean(np.log(values))))
-
-
 def print_tables(rows, check_rows):
     """The timing table (with matrix-work throughput), geometric means and agreement."""
     print(
@@ -1279,8 +1154,7 @@ def print_tables(rows, check_rows):
         f"{'torch':>19} {'numpy/pl':>9} {'torch/pl':>9} {'pl GF/s':>8} {'pl %peak':>9} "
         f"{'th %peak':>9}"
     )
-    print(head)
-    print("-" * len(head))
+    print_column_heads(head)
     for r in rows:
         print(
             f"{r['case']:<24} {r['dtype']:<8} {r['mode']:<6} "
@@ -1319,8 +1193,7 @@ def print_agreement(check_rows):
         f"{'case (BxTxIxH)':<24} {'dtype':<8} {'out vs torch':>13} {'grad vs torch':>14} "
         f"{'out vs numpy':>13} {'grad vs numpy':>14} {'infer vs train':>15}  status"
     )
-    print(head)
-    print("-" * len(head))
+    print_column_heads(head)
 
     def e(v):
         return "-" if v is None else f"{v:.2e}"
@@ -1376,8 +1249,7 @@ def print_gemm_table(run, env):
     )
     head = f"{'case (BxTxIxH)':<24} {'dtype':<8} " + " ".join(f"{k:>12}" for k in GEMM_KINDS)
     head += f" {'GEMM ms inf':>11} {'pl/GEMM':>7} {'GEMM ms trn':>11} {'pl/GEMM':>7}"
-    print(head)
-    print("-" * len(head))
+    print_column_heads(head)
     by_key = {(r["case"], r["dtype"], r["mode"]): r for r in run["timings"]}
     for g in run["gemm_shapes"]:
         line = f"{g['case']:<24} {g['dtype']:<8} "
@@ -1437,8 +1309,7 @@ def print_memory_table(memory_rows):
         f"{'peak/theory':>11} {'kept':>9} {'infer T':>9} {f'infer {k}T':>9} {f'{k}T/T':>6} "
         f"{'growth/step':>11}"
     )
-    print(head)
-    print("-" * len(head))
+    print_column_heads(head)
     for m in memory_rows:
         tr, inf = m["train"], m["infer"]
         print(
@@ -1483,8 +1354,7 @@ def print_scaling_table(rows, runs):
     head = f"{'case (BxTxIxH)':<24} {'dtype':<8} {'mode':<6}"
     for impl in ("pylstm", "torch"):
         head += "".join(f" {f'{impl} {n}t':>10}" for n in counts) + f" {'speedup':>8}"
-    print(head)
-    print("-" * len(head))
+    print_column_heads(head)
     for r in rows:
         line = f"{r['case']:<24} {r['dtype']:<8} {r['mode']:<6}"
         for impl in ("pylstm", "torch"):
@@ -1642,14 +1512,7 @@ def build_parser():
     p.add_argument(
         "--plot", metavar="PATH", help="write a PNG bar chart of the ratios (matplotlib)"
     )
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--json", metavar="PATH", help="write every figure to this JSON file")
-    p.add_argument(
-        "--steady-malloc",
-        action="store_true",
-        help="keep freed memory in the process (glibc mallopt), so that no library "
-        "pays page faults for fresh temporaries on every call (see the module docstring)",
-    )
+    add_common_options(p)
     return p
 
 
@@ -1660,19 +1523,6 @@ def select_cases(args):
     if args.bidi:
         cases.append(Case(*BIDI_CASE, num_layers=2, bidirectional=True, variable_lengths=True))
     return cases
-
-
-@contextlib.contextmanager
-def thread_limits(n_threads, args, torch):
-    """Cap the BLAS/OpenMP pools at ``n_threads`` (only with ``--threads``) and torch too."""
-    limiter = threadpoolctl.threadpool_limits(limits=n_threads) if args.threads else None
-    if torch is not None:
-        torch.set_num_threads(n_threads)
-    try:
-        yield
-    finally:
-        if limiter is not None:
-            limiter.restore_original_limits()
 
 
 def check_row(case, dtype, checks):
@@ -1725,7 +1575,7 @@ def run_threads(n_threads, cases, args, pylstm, torch, with_memory):
     """Everything measured at one thread count: GEMM peak, then every case and dtype."""
     t0 = time.perf_counter()
     rows, check_rows, gemm_rows, memory_rows = [], [], [], []
-    with thread_limits(n_threads, args, torch):
+    with thread_limits(n_threads, torch, cap_pools=bool(args.threads)):
         meter = None if args.no_gemm else GemmMeter(args)
         peak = {dt: meter.peak(dt) for dt in args.dtypes} if meter else {}
         for case in cases:
@@ -1813,10 +1663,7 @@ def write_json(path, args, cases, env, runs, elapsed):
         "formulas": FORMULAS,
         "elapsed_s": elapsed,
     }
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    with open(path, "w") as fh:
-        json.dump(payload, fh, indent=2, default=str)
-    print(f"wrote {path}")
+    save_json(path, payload)
 
 
 def main(argv=None):
@@ -1826,11 +1673,11 @@ def main(argv=None):
     if args.peak_size < 1:
         sys.exit("--peak-size must be >= 1")
     cases = select_cases(args)
-    malloc = steady_malloc() if args.steady_malloc else "glibc defaults"
+    malloc = malloc_setting(args)
 
     pylstm, torch, torch_error, roles = load_libraries(not args.no_torch)
     counts = args.threads or [pylstm_blas_threads(roles)]
-    with thread_limits(counts[0], args, torch):
+    with thread_limits(counts[0], torch, cap_pools=bool(args.threads)):
         env = environment(pylstm, torch, torch_error, roles, counts[0])
     env["thread_counts"] = counts
     env["malloc"] = malloc

@@ -3,8 +3,10 @@
 The recurrent GEMMs of an LSTM are small (batch x hidden x 4 hidden) and
 there are T of them per call. Waking BLAS worker threads for each costs more
 than it saves below a size, and on a busy machine it costs many times the
-work itself. The kernels therefore run single-threaded BLAS when the
-per-step product is small, and leave BLAS's own setting alone otherwise.
+work itself. The kernels therefore run single-threaded BLAS when a per-step
+product that BLAS computes is small (:func:`thread_plan`), and leave BLAS's
+own setting alone otherwise: the products of pylstm's packed-weight loop
+(``src/_gemm.h``) never call BLAS, and the whole-sequence GEMMs are large.
 
 The switch is reference-counted under a lock, so concurrent calls from
 several Python threads restore the caller's setting exactly once, when the
