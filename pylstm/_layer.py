@@ -389,11 +389,12 @@ class LSTM:
                 np.take(X.reshape(B * T, I), rows, axis=0, out=x)
             bf_rows = order.astype(np.intp) * T
             blas_steps = _lstm.needs_w_hh_t(lens_sorted)
-            one_thread, parallel = thread_plan(B, H, D, blas_steps)
+            one_thread, parallel, loop_threads = thread_plan(B, H, D, blas_steps)
             with single_threaded_blas(one_thread):
                 caches = self._forward_layers(
                     arrays, x, lens_sorted, order, bf_rows, h0, c0, h_n, c_n, training,
-                    result.reshape(B * T, D * H), not training, blas_steps, parallel)
+                    result.reshape(B * T, D * H), not training, blas_steps, parallel,
+                    loop_threads)
             if training:
                 self._cache = {"order": order, "lengths": lens_sorted, "shape": (B, T),
                                "dense": dense, "rows": rows, "bf_rows": bf_rows,
@@ -401,7 +402,7 @@ class LSTM:
         return result, (h_n, c_n)
 
     def _forward_layers(self, arrays, x, lens_sorted, order, bf_rows, h0, c0, h_n, c_n,
-                        training, result, x_batch_first, need_t, parallel):
+                        training, result, x_batch_first, need_t, parallel, loop_threads):
         """Kernel calls of :meth:`forward`, layer by layer; directions may run concurrently.
 
         Work arrays come from ``arrays`` (the layer's :class:`Workspace`);
@@ -411,8 +412,8 @@ class LSTM:
         ``bf_rows[b] + t``); with ``x_batch_first`` (inference) ``x`` is the
         batch-first input itself, (B * T, I). ``need_t``: some step multiplies
         by the transposed ``W_hh`` (:func:`pylstm._lstm.needs_w_hh_t`);
-        ``parallel``: run the two directions side by side. Returns the
-        training caches.
+        ``parallel``: run the two directions side by side; ``loop_threads``:
+        threads sharing each kernel's time loop. Returns the training caches.
         """
         B, T_eff = len(lens_sorted), int(lens_sorted[0])
         N = int(np.sum(lens_sorted, dtype=np.int64))
@@ -459,12 +460,12 @@ class LSTM:
                     h_prev = new(f"h_prev{k}", (N, H), dt)
                     _lstm.forward_train(layer_in, lens_sorted, w_ih, w_hh, w_hh_t, bias, h, c,
                                         out, d * H, bool(d), xbuf, gbuf, gates, c_cache,
-                                        h_prev, out_bf, bf_rows)
+                                        h_prev, out_bf, bf_rows, loop_threads)
                     kept = (c_start, gates, c_cache, h_prev)
                 else:
                     _lstm.forward_infer(layer_in, lens_sorted, w_ih, w_hh, w_hh_t, bias, h, c,
                                         out, d * H, bool(d), xbuf, gbuf, x_bf, out_bf,
-                                        bf_rows)
+                                        bf_rows, loop_threads)
                 h_n[k, order] = h
                 c_n[k, order] = c
                 return kept
@@ -649,10 +650,11 @@ class LSTM:
             # layer reads the caller's gradient in place.
             _check_steps_finite(d_out, cache["rows"], "d_out")
             self._cache = None
-            one_thread, parallel = thread_plan(B, H, D, cache["blas_steps"])
+            one_thread, parallel, loop_threads = thread_plan(B, H, D, cache["blas_steps"])
             with single_threaded_blas(one_thread):
                 grads, g_h0, g_c0, grad_out = self._backward_layers(
-                    arrays, cache, d_out.reshape(B * T, D * H), d_h_n, d_c_n, parallel)
+                    arrays, cache, d_out.reshape(B * T, D * H), d_h_n, d_c_n, parallel,
+                    loop_threads)
             n_in = self.input_size
             if cache["dense"]:
                 dX = np.empty((B, T, n_in), dtype=self.dtype)
@@ -665,7 +667,8 @@ class LSTM:
         grads["c0"] = g_c0
         return dX, grads
 
-    def _backward_layers(self, arrays, cache, grad_out, d_h_n, d_c_n, parallel):
+    def _backward_layers(self, arrays, cache, grad_out, d_h_n, d_c_n, parallel,
+                         loop_threads):
         """Kernel calls of :meth:`backward`, top layer first; work arrays from ``arrays``.
 
         ``grad_out`` is the caller's (B * T, D*H) gradient, which the top
@@ -697,7 +700,8 @@ class LSTM:
                 scratch = arrays.empty(f"scratch{k}", (B, 4 * H), self.dtype)
                 _lstm.backward(layer_in, lens, w_ih, w_hh, c_start, gates, c_cache, h_prev,
                                grad_out, d * H, bool(d), dh, dc, layer_in, 0.0,
-                               dw_ih, dw_hh, db, scratch, g_bf, bf_rows, False)
+                               dw_ih, dw_hh, db, scratch, g_bf, bf_rows, False,
+                               loop_threads)
                 grads["weight_ih" + sfx] = dw_ih
                 grads["weight_hh" + sfx] = dw_hh
                 grads["bias_ih" + sfx] = db

@@ -135,27 +135,31 @@ def parallel_directions(batch, hidden):
 
 
 def thread_plan(batch, hidden, directions, blas_steps):
-    """``(one_blas_thread, parallel_directions)`` for the kernel calls of one batch.
+    """How the kernel calls of one batch use threads.
 
+    Returns ``(one_blas_thread, parallel_directions, loop_threads)``.
     ``blas_steps``: whether some per-step product goes through BLAS (see
     ``pylstm._lstm.needs_w_hh_t``); the packed-weight loop of the others
     never calls BLAS. BLAS is held to one thread only where its threads
     would be woken at every step of a small product, or where the two
     directions already take a core each. Otherwise the whole-sequence
     GEMMs (input projection, weight and input gradients) use the caller's
-    threads: with two threads a float32 training step at 64 x 100 x 64 x 128
-    took 17 ms instead of 22 ms on one.
+    threads, and, when the caller allows two or more, two threads share each
+    kernel's time loop (``loop_threads = 2``, see ``src/_parallel.h``).
 
     Examples
     --------
+    >>> from threadpoolctl import threadpool_limits
     >>> from pylstm._threads import thread_plan
-    >>> thread_plan(64, 128, 1, blas_steps=True)
-    (True, False)
-    >>> thread_plan(64, 128, 1, blas_steps=False)
-    (False, False)
+    >>> with threadpool_limits(limits=1, user_api="blas"):
+    ...     thread_plan(64, 128, 1, blas_steps=True), thread_plan(64, 128, 1, blas_steps=False)
+    ((True, False, 1), (False, False, 1))
     """
     parallel = directions == 2 and parallel_directions(batch, hidden)
-    return wants_single_thread(batch, hidden) and (blas_steps or parallel), parallel
+    one_thread = wants_single_thread(batch, hidden) and (blas_steps or parallel)
+    split = (not parallel and not blas_steps and (os.cpu_count() or 1) >= 2
+             and caller_threads() >= 2)
+    return one_thread, parallel, 2 if split else 1
 
 
 _pool = {"executor": None}

@@ -96,43 +96,48 @@ static inline double pylstm_tanh(double x)
     return x < 0 ? -t : t;
 }
 
-/* One row of one forward step. gp: 4H pre-activations without bias (i, f, g, o);
- * h, c: state, updated in place; out: receives h_t. With keep != 0, gates_keep
- * receives the activated gates, c_keep c_t and h_prev_keep h_{t-1}. */
+/* One row of one forward step, for the units j < n of a row whose gate
+ * blocks (i, f, g, o) lie S apart (S = H; n = H, or a share of the units when
+ * two threads split the step). gp: pre-activations without bias; h_in:
+ * h_{t-1}; h_out receives h_t (a different array: the other thread may still
+ * read h_in); c: state, updated in place; out: receives h_t. With keep != 0,
+ * gates_keep receives the activated gates, c_keep c_t and h_prev_keep
+ * h_{t-1}. */
 #define PYLSTM_CELL_FORWARD(NAME, T, SIG, TANH)                                      \
 PYLSTM_CLONES void NAME(const T *restrict gp, const T *restrict bias,                \
-                        T *restrict h, T *restrict c, T *restrict out,               \
+                        const T *restrict h_in, T *restrict h_out,                   \
+                        T *restrict c, T *restrict out,                              \
                         T *restrict gates_keep, T *restrict c_keep,                  \
-                        T *restrict h_prev_keep, int keep, int H)                    \
+                        T *restrict h_prev_keep, int keep, int n, int S)             \
 {                                                                                    \
     if (keep) {                                                                      \
-        for (int j = 0; j < H; j++) {                                                \
+        for (int j = 0; j < n; j++) {                                                \
             T ig = SIG(gp[j] + bias[j]);                                             \
-            T fg = SIG(gp[H + j] + bias[H + j]);                                     \
-            T gg = TANH(gp[2 * H + j] + bias[2 * H + j]);                            \
-            T og = SIG(gp[3 * H + j] + bias[3 * H + j]);                             \
+            T fg = SIG(gp[S + j] + bias[S + j]);                                     \
+            T gg = TANH(gp[2 * S + j] + bias[2 * S + j]);                            \
+            T og = SIG(gp[3 * S + j] + bias[3 * S + j]);                             \
             T cn = fg * c[j] + ig * gg;                                              \
             T hn = og * TANH(cn);                                                    \
             gates_keep[j] = ig;                                                      \
-            gates_keep[H + j] = fg;                                                  \
-            gates_keep[2 * H + j] = gg;                                              \
-            gates_keep[3 * H + j] = og;                                              \
+            gates_keep[S + j] = fg;                                                  \
+            gates_keep[2 * S + j] = gg;                                              \
+            gates_keep[3 * S + j] = og;                                              \
             c_keep[j] = cn;                                                          \
-            h_prev_keep[j] = h[j];                                                   \
+            h_prev_keep[j] = h_in[j];                                                \
             c[j] = cn;                                                               \
-            h[j] = hn;                                                               \
+            h_out[j] = hn;                                                           \
             out[j] = hn;                                                             \
         }                                                                            \
     } else {                                                                         \
-        for (int j = 0; j < H; j++) {                                                \
+        for (int j = 0; j < n; j++) {                                                \
             T ig = SIG(gp[j] + bias[j]);                                             \
-            T fg = SIG(gp[H + j] + bias[H + j]);                                     \
-            T gg = TANH(gp[2 * H + j] + bias[2 * H + j]);                            \
-            T og = SIG(gp[3 * H + j] + bias[3 * H + j]);                             \
+            T fg = SIG(gp[S + j] + bias[S + j]);                                     \
+            T gg = TANH(gp[2 * S + j] + bias[2 * S + j]);                            \
+            T og = SIG(gp[3 * S + j] + bias[3 * S + j]);                             \
             T cn = fg * c[j] + ig * gg;                                              \
             T hn = og * TANH(cn);                                                    \
             c[j] = cn;                                                               \
-            h[j] = hn;                                                               \
+            h_out[j] = hn;                                                           \
             out[j] = hn;                                                             \
         }                                                                            \
     }                                                                                \
@@ -141,23 +146,24 @@ PYLSTM_CLONES void NAME(const T *restrict gp, const T *restrict bias,           
 PYLSTM_CELL_FORWARD(pylstm_cell_forward_f, float, pylstm_sigmoidf, pylstm_tanhf)
 PYLSTM_CELL_FORWARD(pylstm_cell_forward_d, double, pylstm_sigmoid, pylstm_tanh)
 
-/* One row of one BPTT step. gp: activated gates on entry, gate pre-activation
- * gradients on exit; cn: c_t; cp: c_{t-1}; dh, dc: running gradients (dc is
- * replaced by dL/dc_{t-1}); dout: dL/dh_t from above. */
+/* One row of one BPTT step, units j < n, gate blocks S apart (as above).
+ * gp: activated gates on entry, gate pre-activation gradients on exit; cn:
+ * c_t; cp: c_{t-1}; dh, dc: running gradients (dc is replaced by
+ * dL/dc_{t-1}); dout: dL/dh_t from above. */
 #define PYLSTM_CELL_BACKWARD(NAME, T, TANH)                                          \
 PYLSTM_CLONES void NAME(T *restrict gp, const T *restrict cn,                        \
                         const T *restrict cp, const T *restrict dh,                  \
-                        T *restrict dc, const T *restrict dout, int H)               \
+                        T *restrict dc, const T *restrict dout, int n, int S)        \
 {                                                                                    \
-    for (int j = 0; j < H; j++) {                                                    \
-        T ig = gp[j], fg = gp[H + j], gg = gp[2 * H + j], og = gp[3 * H + j];        \
+    for (int j = 0; j < n; j++) {                                                    \
+        T ig = gp[j], fg = gp[S + j], gg = gp[2 * S + j], og = gp[3 * S + j];        \
         T tc = TANH(cn[j]);                                                          \
         T dht = dh[j] + dout[j];                                                     \
         T dct = dc[j] + dht * og * (1 - tc * tc);                                    \
         gp[j] = dct * gg * ig * (1 - ig);                                            \
-        gp[H + j] = dct * cp[j] * fg * (1 - fg);                                     \
-        gp[2 * H + j] = dct * ig * (1 - gg * gg);                                    \
-        gp[3 * H + j] = dht * tc * og * (1 - og);                                    \
+        gp[S + j] = dct * cp[j] * fg * (1 - fg);                                     \
+        gp[2 * S + j] = dct * ig * (1 - gg * gg);                                    \
+        gp[3 * S + j] = dht * tc * og * (1 - og);                                    \
         dc[j] = dct * fg;                                                            \
     }                                                                                \
 }

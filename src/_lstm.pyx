@@ -37,6 +37,8 @@ cdef double SMALL_GEMM = 1e6
 
 
 cdef extern from "_gemm.h" nogil:
+    int PYLSTM_NR_F
+    int PYLSTM_NR_D
     int pylstm_packed_gemm_ok()
     long pylstm_packed_size_f(int k, int n)
     long pylstm_packed_size_d(int k, int n)
@@ -82,7 +84,11 @@ def needs_w_hh_t(const int[::1] lengths):
     transposed copy ``w_hh_t``; otherwise the caller may skip making it.
     ``lengths`` is sorted in decreasing order, as the kernels take it.
     """
-    cdef int B = <int> lengths.shape[0]
+    return _blas_steps(&lengths[0], <int> lengths.shape[0])
+
+
+cdef bint _blas_steps(const int* lengths, int B) noexcept nogil:
+    """:func:`needs_w_hh_t` on a pointer: some step of 2+ rows goes through BLAS."""
     cdef int n
     if B <= 1:
         return False
@@ -145,53 +151,64 @@ cdef inline void _gemm_packed(int m, int n, int k, const floating* a, int lda,
 
 
 cdef extern from "_cell.h" nogil:
-    void pylstm_cell_forward_f(const float* gp, const float* bias, float* h,
-                               float* c, float* out, float* gates_keep,
+    void pylstm_cell_forward_f(const float* gp, const float* bias, const float* h_in,
+                               float* h_out, float* c, float* out, float* gates_keep,
                                float* c_keep, float* h_prev_keep, int keep,
-                               int H)
-    void pylstm_cell_forward_d(const double* gp, const double* bias, double* h,
+                               int n, int S)
+    void pylstm_cell_forward_d(const double* gp, const double* bias,
+                               const double* h_in, double* h_out,
                                double* c, double* out, double* gates_keep,
                                double* c_keep, double* h_prev_keep, int keep,
-                               int H)
+                               int n, int S)
     void pylstm_cell_backward_f(float* gp, const float* cn, const float* cp,
                                 const float* dh, float* dc, const float* dout,
-                                int H)
+                                int n, int S)
     void pylstm_cell_backward_d(double* gp, const double* cn, const double* cp,
                                 const double* dh, double* dc,
-                                const double* dout, int H)
+                                const double* dout, int n, int S)
     void pylstm_column_sums_f(const float* a, long rows, int cols, float* out)
     void pylstm_column_sums_d(const double* a, long rows, int cols, double* out)
 
 
-cdef inline void _cell_forward(const floating* gp, const floating* bias,
-                               floating* h, floating* c, floating* out,
-                               floating* gates_keep, floating* c_keep,
-                               floating* h_prev_keep, int H) noexcept nogil:
-    """One row of one step: activate the gates, update c and h in place.
+cdef extern from "_parallel.h" nogil:
+    ctypedef struct pylstm_barrier:
+        pass
+    void pylstm_barrier_init(pylstm_barrier* b)
+    void pylstm_barrier_wait(pylstm_barrier* b)
+    int pylstm_run_pair(void (*fn)(void*) noexcept nogil, void* arg0, void* arg1)
+    int PYLSTM_THREADS
 
-    ``gp`` holds the 4H pre-activations without bias; ``out`` receives h_t.
-    When ``gates_keep`` is not NULL it receives the activated gates, and
+
+cdef inline void _cell_forward(const floating* gp, const floating* bias,
+                               const floating* h_in, floating* h_out, floating* c,
+                               floating* out, floating* gates_keep, floating* c_keep,
+                               floating* h_prev_keep, int n, int S) noexcept nogil:
+    """One row of one step, units ``0 .. n - 1``: activate the gates, update c, h.
+
+    ``gp`` holds the pre-activations without bias, gate blocks ``S`` apart;
+    ``h_in`` is h_{t-1} and ``h_out`` receives h_t, as does ``out``. When
+    ``gates_keep`` is not NULL it receives the activated gates, and
     ``c_keep``/``h_prev_keep`` receive c_t and h_{t-1}, for BPTT. The
     element-wise work is the vectorized C of ``_cell.h``.
     """
     cdef int keep = gates_keep != NULL
     if floating is float:
-        pylstm_cell_forward_f(gp, bias, h, c, out, gates_keep, c_keep,
-                              h_prev_keep, keep, H)
+        pylstm_cell_forward_f(gp, bias, h_in, h_out, c, out, gates_keep, c_keep,
+                              h_prev_keep, keep, n, S)
     else:
-        pylstm_cell_forward_d(gp, bias, h, c, out, gates_keep, c_keep,
-                              h_prev_keep, keep, H)
+        pylstm_cell_forward_d(gp, bias, h_in, h_out, c, out, gates_keep, c_keep,
+                              h_prev_keep, keep, n, S)
 
 
 cdef inline void _cell_backward(floating* gp, const floating* cn,
                                 const floating* cp, const floating* dh,
                                 floating* dc, const floating* dout,
-                                int H) noexcept nogil:
-    """One row of one BPTT step (see ``_cell.h``)."""
+                                int n, int S) noexcept nogil:
+    """One row of one BPTT step, units ``0 .. n - 1`` (see ``_cell.h``)."""
     if floating is float:
-        pylstm_cell_backward_f(gp, cn, cp, dh, dc, dout, H)
+        pylstm_cell_backward_f(gp, cn, cp, dh, dc, dout, n, S)
     else:
-        pylstm_cell_backward_d(gp, cn, cp, dh, dc, dout, H)
+        pylstm_cell_backward_d(gp, cn, cp, dh, dc, dout, n, S)
 
 
 cdef inline int _column_block(int rows, int cols, int inner,
@@ -244,17 +261,51 @@ cdef int _check_rows(Py_ssize_t rows, Py_ssize_t width, Py_ssize_t need_rows,
     return 0
 
 
-cdef void _forward(const floating* x, int T, int B, int I,
-                   const int* lengths, const Py_ssize_t* off, const Py_ssize_t* bfr,
-                   const floating* w_ih, const floating* w_hh,
-                   const floating* w_hh_t, const floating* w_pack,
-                   const floating* bias, int H,
-                   floating* h, floating* c, floating* out, int out_width,
-                   Py_ssize_t offset, bint reverse, bint x_batch_first,
-                   bint out_batch_first, int K,
-                   floating* xbuf, floating* gbuf, floating* gates,
-                   floating* c_cache, floating* h_prev) noexcept nogil:
-    """The forward time loop shared by training and inference.
+cdef struct _Loop:
+    # What one thread of a time loop needs: sizes, and pointers to the
+    # arrays of the call's dtype (cast back by the fused loop bodies).
+    bint is_float
+    int part                  # this thread's share of the hidden units ...
+    int nparts                # ... out of 1 or 2
+    pylstm_barrier* bar
+    int T, B, n_in, H, K       # (n_in: a member named I clashes with complex.h's macro)
+    const int* lengths
+    const Py_ssize_t* off
+    const Py_ssize_t* bfr
+    const void* x
+    const void* w_ih
+    const void* w_hh
+    const void* w_hh_t
+    const void* w_pack        # W_hh packed (NULL: BLAS steps)
+    const void* ih_pack       # W_ih^T packed, for a split projection
+    const void* bias
+    void* h
+    void* h_alt               # h_{t-1} and h_t alternate between h and h_alt
+    void* c
+    void* out
+    int out_width
+    Py_ssize_t offset
+    bint reverse
+    bint x_batch_first
+    bint out_batch_first
+    void* xbuf
+    void* gbuf
+    void* gates
+    void* c_cache
+    void* h_prev
+    # backward only
+    const void* c0
+    const void* d_out
+    int dout_width
+    bint dout_batch_first
+    void* dh
+    void* dc
+    void* scratch
+    void* scratch_alt
+
+
+cdef void _forward(const floating* x, _Loop* a) noexcept nogil:
+    """The forward time loop shared by training and inference (one thread's part).
 
     Steps are taken in chunks of ``K``: the chunk's active input rows are
     gathered into ``xbuf`` (a reversed row by index arithmetic) and
@@ -266,12 +317,47 @@ cdef void _forward(const floating* x, int T, int B, int I,
     ``out_batch_first``, ``x`` / ``out`` are the caller's own batch-first
     arrays, time ``t`` of sorted row ``b`` at row ``bfr[b] + t``, without
     packed copies.
+
+    With ``nparts == 2`` two threads run this loop, each for its half of the
+    hidden units (all four gates of them): the projection and recurrent
+    products through the packed weights, column panels of its own units;
+    the gate pass for its units. h_{t-1} and h_t are separate arrays (h and
+    h_alt, alternating), so that the barrier after each step is the only
+    synchronisation. Results are bit-identical to one thread's.
     """
+    cdef int T = a.T, B = a.B, I = a.n_in, H = a.H, K = a.K
     cdef int G = 4 * H
+    cdef const int* lengths = a.lengths
+    cdef const Py_ssize_t* off = a.off
+    cdef const Py_ssize_t* bfr = a.bfr
+    cdef const floating* w_ih = <const floating*> a.w_ih
+    cdef const floating* w_hh = <const floating*> a.w_hh
+    cdef const floating* w_hh_t = <const floating*> a.w_hh_t
+    cdef const floating* w_pack = <const floating*> a.w_pack
+    cdef const floating* ih_pack = <const floating*> a.ih_pack
+    cdef const floating* bias = <const floating*> a.bias
+    cdef floating* h = <floating*> a.h
+    cdef floating* h_alt = <floating*> a.h_alt
+    cdef floating* c = <floating*> a.c
+    cdef floating* out = <floating*> a.out
+    cdef floating* xbuf = <floating*> a.xbuf
+    cdef floating* gbuf = <floating*> a.gbuf
+    cdef floating* gates = <floating*> a.gates
+    cdef floating* c_cache = <floating*> a.c_cache
+    cdef floating* h_prev = <floating*> a.h_prev
+    cdef int out_width = a.out_width
+    cdef Py_ssize_t offset = a.offset
+    cdef bint reverse = a.reverse
+    cdef bint split = a.nparts > 1
+    cdef int hn = H // a.nparts
+    cdef int u0 = a.part * hn
     cdef int n = B
-    cdef int n_chunk, s0, k, kk, s, b, t, gb, j0, jb, ns
+    cdef int n_chunk, s0, k, kk, s, b, t, gb, j0, jb, ns, g
     cdef Py_ssize_t tb, ob
     cdef floating* gp
+    cdef floating* h_cur = h
+    cdef floating* h_nxt = h_alt
+    cdef floating* swap
     cdef const floating* src
     cdef floating one = 1.0
     cdef floating zero = 0.0
@@ -286,8 +372,10 @@ cdef void _forward(const floating* x, int T, int B, int I,
         # Gather the chunk's input rows: (kk, n_chunk, I), step order; rows
         # that end within the chunk read as zeros from there on.
         for k in range(kk):
+            if a.part != 0:
+                break
             s = s0 + k
-            if not reverse and not x_batch_first:
+            if not reverse and not a.x_batch_first:
                 ns = <int> (off[s + 1] - off[s])
                 memcpy(xbuf + <Py_ssize_t> k * n_chunk * I, x + off[s] * I,
                        <size_t> ns * I * sizeof(floating))
@@ -299,15 +387,24 @@ cdef void _forward(const floating* x, int T, int B, int I,
                     tb = (<Py_ssize_t> k * n_chunk + b) * I
                     if lengths[b] > s:
                         t = lengths[b] - 1 - s if reverse else s
-                        if x_batch_first:
+                        if a.x_batch_first:
                             src = x + (bfr[b] + t) * I
                         else:
                             src = x + (off[t] + b) * I
                         memcpy(xbuf + tb, src, I * sizeof(floating))
                     else:
                         memset(xbuf + tb, 0, I * sizeof(floating))
-        gemm(False, True, kk * n_chunk, G, I, one, xbuf, I, w_ih, I, zero,
-             gbuf, G)
+        if split:
+            pylstm_barrier_wait(a.bar)
+            for g in range(4):
+                _gemm_packed(kk * n_chunk, hn, I, xbuf, I,
+                             ih_pack + <Py_ssize_t> (g * H + u0) * I,
+                             gbuf + g * H + u0, G, False)
+        elif ih_pack != NULL:
+            _gemm_packed(kk * n_chunk, G, I, xbuf, I, ih_pack, gbuf, G, False)
+        else:
+            gemm(False, True, kk * n_chunk, G, I, one, xbuf, I, w_ih, I, zero,
+                 gbuf, G)
         for k in range(kk):
             s = s0 + k
             while n > 0 and lengths[n - 1] <= s:
@@ -319,35 +416,183 @@ cdef void _forward(const floating* x, int T, int B, int I,
             # with w_hh^T stored (H, 4H) so that BLAS sees a no-transpose
             # product (OpenBLAS then takes its copy-free small-matrix kernel
             # when the product is small).
-            if w_pack != NULL and _packed_rows(n):
-                _gemm_packed(n, G, H, h, H, w_pack, gp, G, True)
+            if split:
+                for g in range(4):
+                    _gemm_packed(n, hn, H, h_cur, H,
+                                 w_pack + <Py_ssize_t> (g * H + u0) * H,
+                                 gp + g * H + u0, G, True)
+            elif w_pack != NULL and _packed_rows(n):
+                _gemm_packed(n, G, H, h_cur, H, w_pack, gp, G, True)
             elif n == 1:
-                gemv(False, G, H, one, w_hh, H, h, one, gp)
+                gemv(False, G, H, one, w_hh, H, h_cur, one, gp)
             else:
                 gb = _column_block(n, G, H, 64) if floating is float else G
                 j0 = 0
                 while j0 < G:
                     jb = gb if j0 + gb <= G else G - j0
-                    gemm(False, False, n, jb, H, one, h, H, w_hh_t + j0, G, one,
+                    gemm(False, False, n, jb, H, one, h_cur, H, w_hh_t + j0, G, one,
                          gp + j0, G)
                     j0 += jb
             for b in range(n):
                 t = lengths[b] - 1 - s if reverse else s
                 tb = off[t] + b
-                ob = bfr[b] + t if out_batch_first else tb
+                ob = bfr[b] + t if a.out_batch_first else tb
                 if gates != NULL:
-                    _cell_forward(gp + <Py_ssize_t> b * G, bias,
-                                  h + <Py_ssize_t> b * H, c + <Py_ssize_t> b * H,
-                                  out + ob * out_width + offset,
-                                  gates + tb * G, c_cache + tb * H,
-                                  h_prev + tb * H, H)
+                    _cell_forward(gp + <Py_ssize_t> b * G + u0, bias + u0,
+                                  h_cur + <Py_ssize_t> b * H + u0,
+                                  h_nxt + <Py_ssize_t> b * H + u0,
+                                  c + <Py_ssize_t> b * H + u0,
+                                  out + ob * out_width + offset + u0,
+                                  gates + tb * G + u0, c_cache + tb * H + u0,
+                                  h_prev + tb * H + u0, hn, H)
                 else:
-                    _cell_forward(gp + <Py_ssize_t> b * G, bias,
-                                  h + <Py_ssize_t> b * H, c + <Py_ssize_t> b * H,
-                                  out + ob * out_width + offset,
+                    _cell_forward(gp + <Py_ssize_t> b * G + u0, bias + u0,
+                                  h_cur + <Py_ssize_t> b * H + u0,
+                                  h_nxt + <Py_ssize_t> b * H + u0,
+                                  c + <Py_ssize_t> b * H + u0,
+                                  out + ob * out_width + offset + u0,
                                   <floating*> NULL, <floating*> NULL,
-                                  <floating*> NULL, H)
+                                  <floating*> NULL, hn, H)
+            if split:
+                pylstm_barrier_wait(a.bar)
+            swap = h_cur
+            h_cur = h_nxt
+            h_nxt = swap
         s0 += kk
+    # A row of odd length took its last step into h_alt: its final state to h.
+    for b in range(B):
+        if lengths[b] % 2 == 1:
+            memcpy(h + <Py_ssize_t> b * H + u0, h_alt + <Py_ssize_t> b * H + u0,
+                   hn * sizeof(floating))
+
+
+cdef void _forward_task(void* p) noexcept nogil:
+    """Run :func:`_forward` for the ``_Loop`` at ``p`` (a thread's entry point)."""
+    cdef _Loop* a = <_Loop*> p
+    if a.is_float:
+        _forward(<const float*> a.x, a)
+    else:
+        _forward(<const double*> a.x, a)
+
+
+cdef void _backward_loop(const floating* typed, _Loop* a) noexcept nogil:
+    """The reverse time loop of BPTT (one thread's part; ``typed`` picks the dtype).
+
+    Per step: the gate gradients of the active rows (in place over the gate
+    cache; for a reverse direction also copied to a contiguous scratch), then
+    ``dh_{s-1} = dG_s W_hh``. With two threads (see :func:`_forward`) each
+    takes its half of the units for the gate pass and its half of the
+    columns of ``dh``; a barrier between the two makes every gate gradient
+    of the step ready before the product reads them.
+    """
+    cdef int T = a.T, B = a.B, H = a.H
+    cdef int G = 4 * H
+    cdef const int* lengths = a.lengths
+    cdef const Py_ssize_t* off = a.off
+    cdef const Py_ssize_t* bfr = a.bfr
+    cdef const floating* w_hh = <const floating*> a.w_hh
+    cdef const floating* w_pack = <const floating*> a.w_pack
+    cdef const floating* c0 = <const floating*> a.c0
+    cdef floating* gates = <floating*> a.gates
+    cdef const floating* c_cache = <const floating*> a.c_cache
+    cdef const floating* d_out = <const floating*> a.d_out
+    cdef floating* dh = <floating*> a.dh
+    cdef floating* dc = <floating*> a.dc
+    cdef int dw = a.dout_width
+    cdef Py_ssize_t offset = a.offset
+    cdef bint reverse = a.reverse
+    cdef bint split = a.nparts > 1
+    cdef int hn = H // a.nparts
+    cdef int u0 = a.part * hn
+    cdef int n = 0
+    cdef int s, b, t, tp, g, hb, j0, jb
+    cdef Py_ssize_t r
+    cdef floating* gp
+    cdef floating* scr
+    cdef const floating* src
+    cdef const floating* cp
+    for s in range(T - 1, -1, -1):
+        while n < B and lengths[n] > s:
+            n += 1
+        scr = <floating*> (a.scratch if s % 2 == 0 else a.scratch_alt)
+        for b in range(n):
+            if reverse:
+                t = lengths[b] - 1 - s
+                tp = t + 1
+            else:
+                t = s
+                tp = t - 1
+            r = off[t] + b
+            gp = gates + r * G
+            cp = c0 + <Py_ssize_t> b * H if s == 0 else c_cache + (off[tp] + b) * H
+            _cell_backward(gp + u0, c_cache + r * H + u0, cp + u0,
+                           dh + <Py_ssize_t> b * H + u0, dc + <Py_ssize_t> b * H + u0,
+                           d_out + offset + u0
+                           + (bfr[b] + t if a.dout_batch_first else r) * dw,
+                           hn, H)
+            if reverse:
+                for g in range(4):
+                    memcpy(scr + <Py_ssize_t> b * G + g * H + u0, gp + g * H + u0,
+                           hn * sizeof(floating))
+        if split:
+            pylstm_barrier_wait(a.bar)
+        src = scr if reverse else gates + off[s] * G
+        # dh_{s-1}[:n] = dG_s[:n] @ w_hh
+        if split:
+            _gemm_packed(n, hn, G, src, G, w_pack + <Py_ssize_t> u0 * G, dh + u0, H,
+                         False)
+        elif w_pack != NULL and _packed_rows(n):
+            _gemm_packed(n, H, G, src, G, w_pack, dh, H, False)
+        elif n == 1:
+            gemv(True, G, H, <floating> 1.0, w_hh, H, src, <floating> 0.0, dh)
+        else:
+            hb = _column_block(n, H, G, 16) if floating is float else H
+            j0 = 0
+            while j0 < H:
+                jb = hb if j0 + hb <= H else H - j0
+                gemm(False, False, n, jb, G, <floating> 1.0, src, G,
+                     w_hh + j0, H, <floating> 0.0, dh + j0, H)
+                j0 += jb
+
+
+cdef void _backward_task(void* p) noexcept nogil:
+    """Run :func:`_backward_loop` for the ``_Loop`` at ``p`` (a thread's entry point)."""
+    cdef _Loop* a = <_Loop*> p
+    if a.is_float:
+        _backward_loop(<const float*> a.x, a)
+    else:
+        _backward_loop(<const double*> a.x, a)
+
+
+cdef bint _split_ok(_Loop* a, int threads, int nr) noexcept nogil:
+    """Whether two threads can share this call's time loop (see :func:`_forward`).
+
+    Every step's product must run on the packed weights (no BLAS step: BLAS
+    is not called from two threads at once), and each half of the units
+    must be whole column panels of ``nr``.
+    """
+    return (threads >= 2 and PYLSTM_THREADS and a.w_pack != NULL
+            and a.H % (2 * nr) == 0 and not _blas_steps(a.lengths, a.B))
+
+
+cdef int _run_loop(void (*task)(void*) noexcept nogil, _Loop* a, bint split) noexcept nogil:
+    """Run ``task`` on ``a``: on two threads if ``split`` (and one can be started)."""
+    cdef _Loop second
+    cdef pylstm_barrier bar
+    if split:
+        pylstm_barrier_init(&bar)
+        second = a[0]
+        a.nparts = 2
+        a.part = 0
+        a.bar = &bar
+        second.nparts = 2
+        second.part = 1
+        second.bar = &bar
+        if pylstm_run_pair(task, a, &second) == 0:
+            return 2
+        a.nparts = 1
+    task(a)
+    return 1
 
 
 cdef int _chunk_steps(Py_ssize_t xbuf_size, Py_ssize_t gbuf_size, int B, int I,
@@ -407,7 +652,90 @@ cdef int _check_forward(const int[::1] lengths, const Py_ssize_t* off,
 
 
 cdef inline const Py_ssize_t* _bf_pointer(const Py_ssize_t[::1] bf_rows) noexcept:
-    return NULL if bf_rows is None or bf_rows.shape[0] == 0 else &bf_rows[0]
+    """The first element of ``bf_rows``, or NULL when there is none."""
+    if bf_rows is None or bf_rows.shape[0] == 0:
+        return NULL
+    return &bf_rows[0]
+
+
+cdef int _run_forward(const floating[:, ::1] x, const int[::1] lengths,
+                      const floating[:, ::1] w_ih, const floating[:, ::1] w_hh,
+                      const floating[:, ::1] w_hh_t, const floating[::1] bias,
+                      floating[:, ::1] h, floating[:, ::1] c, floating[:, ::1] out,
+                      Py_ssize_t offset, bint reverse, floating[::1] xbuf,
+                      floating[::1] gbuf, floating* gates, floating* c_cache,
+                      floating* h_prev, bint x_batch_first, bint out_batch_first,
+                      const Py_ssize_t[::1] bf_rows, int threads) except -1:
+    """Check, set up and run one forward call (caches NULL: inference; the
+    caller has checked their sizes). Returns the threads that ran the loop."""
+    cdef int B = <int> lengths.shape[0]
+    cdef int I = <int> x.shape[1]
+    cdef int H = <int> w_hh.shape[1]
+    cdef int K = _chunk_steps(xbuf.shape[0], gbuf.shape[0], B, I, 4 * H)
+    cdef int nr = PYLSTM_NR_F if floating is float else PYLSTM_NR_D
+    cdef int T, used
+    cdef bint split
+    cdef _Loop a
+    cdef floating* w_pack = NULL
+    cdef floating* ih_pack = NULL
+    cdef floating* h_alt = NULL
+    cdef Py_ssize_t* off = _step_offsets(lengths)
+    try:
+        T = lengths[0]
+        _check_forward(lengths, off, bf_rows, x.shape[0], I, w_ih.shape[1], H,
+                       h.shape[0], c.shape[0], out.shape[0], out.shape[1], offset,
+                       x_batch_first, out_batch_first)
+        _check_rows(bias.shape[0], 1, 4 * H, 1, "bias")
+        memset(&a, 0, sizeof(a))
+        a.gates = gates
+        a.c_cache = c_cache
+        a.h_prev = h_prev
+        h_alt = <floating*> malloc(<size_t> B * H * sizeof(floating))
+        if h_alt == NULL:
+            raise MemoryError()
+        a.is_float = floating is float
+        a.nparts = 1
+        a.T, a.B, a.n_in, a.H, a.K = T, B, I, H, K
+        a.lengths = &lengths[0]
+        a.off = off
+        a.bfr = _bf_pointer(bf_rows)
+        a.x = &x[0, 0]
+        a.w_ih = &w_ih[0, 0]
+        a.w_hh = &w_hh[0, 0]
+        a.w_hh_t = &w_hh_t[0, 0]
+        a.bias = &bias[0]
+        a.h = &h[0, 0]
+        a.h_alt = h_alt
+        a.c = &c[0, 0]
+        a.out = &out[0, 0]
+        a.out_width = <int> out.shape[1]
+        a.offset = offset
+        a.reverse = reverse
+        a.x_batch_first = x_batch_first
+        a.out_batch_first = out_batch_first
+        a.xbuf = &xbuf[0]
+        a.gbuf = &gbuf[0]
+        with nogil:
+            if _packs(T, B):
+                w_pack = _packed_weights(&w_hh[0, 0], H, True, H, 4 * H)
+            if w_pack != NULL:
+                # With W_hh packed, W_ih^T is too, and the input projection
+                # runs on it: the same products whether one or two threads
+                # take the loop, so that results do not depend on the count.
+                ih_pack = _packed_weights(&w_ih[0, 0], I, True, I, 4 * H)
+                if ih_pack == NULL:
+                    free(w_pack)
+                    w_pack = NULL
+            a.w_pack = w_pack
+            a.ih_pack = ih_pack
+            split = _split_ok(&a, threads, nr)
+            used = _run_loop(_forward_task, &a, split)
+    finally:
+        free(w_pack)
+        free(ih_pack)
+        free(h_alt)
+        free(off)
+    return used
 
 
 def forward_train(const floating[:, ::1] x,
@@ -427,7 +755,8 @@ def forward_train(const floating[:, ::1] x,
                   floating[:, ::1] c_cache,
                   floating[:, ::1] h_prev_cache,
                   bint out_batch_first=False,
-                  const Py_ssize_t[::1] bf_rows=None):
+                  const Py_ssize_t[::1] bf_rows=None,
+                  int threads=1):
     """Forward pass of one direction, keeping what BPTT needs.
 
     Per-step arrays are 2-D, one row per valid step of one sequence, in the
@@ -469,35 +798,28 @@ def forward_train(const floating[:, ::1] x,
         First row of each sorted sequence in batch-first arrays
         (``order[b] * T'`` for a (B, T', ...) array); needed with a
         batch-first flag.
+    threads : int, default 1
+        With 2, two threads share the time loop, each computing half of the
+        hidden units (see ``_parallel.h``) where the packed products allow
+        it (AVX-512, no BLAS step, H a multiple of 64 in float32 or 32 in
+        float64); results are bit-identical to one thread's.
+
+    Returns
+    -------
+    int
+        The number of threads that ran the time loop (1 or 2).
     """
-    cdef int B = <int> lengths.shape[0]
-    cdef int I = <int> x.shape[1]
+    cdef Py_ssize_t N = 0
+    cdef Py_ssize_t b
     cdef int H = <int> w_hh.shape[1]
-    cdef int T
-    cdef int K = _chunk_steps(xbuf.shape[0], gbuf.shape[0], B, I, 4 * H)
-    cdef floating* w_pack = NULL
-    cdef const Py_ssize_t* bfr = _bf_pointer(bf_rows)
-    cdef Py_ssize_t* off = _step_offsets(lengths)
-    try:
-        T = lengths[0]
-        _check_forward(lengths, off, bf_rows, x.shape[0], I, w_ih.shape[1], H,
-                       h.shape[0], c.shape[0], out.shape[0], out.shape[1], offset, False,
-                       out_batch_first)
-        _check_rows(gates.shape[0], gates.shape[1], off[T], 4 * H, "gates")
-        _check_rows(c_cache.shape[0], c_cache.shape[1], off[T], H, "c_cache")
-        _check_rows(h_prev_cache.shape[0], h_prev_cache.shape[1], off[T], H,
-                    "h_prev_cache")
-        with nogil:
-            if _packs(T, B):
-                w_pack = _packed_weights(&w_hh[0, 0], H, True, H, 4 * H)
-            _forward(&x[0, 0], T, B, I, &lengths[0], off, bfr, &w_ih[0, 0],
-                     &w_hh[0, 0], &w_hh_t[0, 0], w_pack, &bias[0], H, &h[0, 0], &c[0, 0],
-                     &out[0, 0], <int> out.shape[1], offset, reverse, False,
-                     out_batch_first, K, &xbuf[0], &gbuf[0], &gates[0, 0],
-                     &c_cache[0, 0], &h_prev_cache[0, 0])
-    finally:
-        free(w_pack)
-        free(off)
+    for b in range(lengths.shape[0]):
+        N += lengths[b]
+    _check_rows(gates.shape[0], gates.shape[1], N, 4 * H, "gates")
+    _check_rows(c_cache.shape[0], c_cache.shape[1], N, H, "c_cache")
+    _check_rows(h_prev_cache.shape[0], h_prev_cache.shape[1], N, H, "h_prev_cache")
+    return _run_forward(x, lengths, w_ih, w_hh, w_hh_t, bias, h, c, out, offset, reverse,
+                        xbuf, gbuf, &gates[0, 0], &c_cache[0, 0], &h_prev_cache[0, 0],
+                        False, out_batch_first, bf_rows, threads)
 
 
 def forward_infer(const floating[:, ::1] x,
@@ -515,7 +837,8 @@ def forward_infer(const floating[:, ::1] x,
                   floating[::1] gbuf,
                   bint x_batch_first=False,
                   bint out_batch_first=False,
-                  const Py_ssize_t[::1] bf_rows=None):
+                  const Py_ssize_t[::1] bf_rows=None,
+                  int threads=1):
     """Forward pass of one direction keeping no per-step state.
 
     Same arguments as :func:`forward_train` without the caches: extra memory
@@ -524,32 +847,11 @@ def forward_infer(const floating[:, ::1] x,
     batch-first (B * T', I) input, time ``t`` of sorted row ``b`` at row
     ``bf_rows[b] + t``, and with ``out_batch_first`` ``out`` is the
     (B * T', D*H) result: the layer's own input and result, so that
-    inference keeps no copy of either.
+    inference keeps no copy of either. ``threads`` as in :func:`forward_train`.
     """
-    cdef int B = <int> lengths.shape[0]
-    cdef int I = <int> x.shape[1]
-    cdef int H = <int> w_hh.shape[1]
-    cdef int T
-    cdef int K = _chunk_steps(xbuf.shape[0], gbuf.shape[0], B, I, 4 * H)
-    cdef floating* w_pack = NULL
-    cdef const Py_ssize_t* bfr = _bf_pointer(bf_rows)
-    cdef Py_ssize_t* off = _step_offsets(lengths)
-    try:
-        T = lengths[0]
-        _check_forward(lengths, off, bf_rows, x.shape[0], I, w_ih.shape[1], H,
-                       h.shape[0], c.shape[0], out.shape[0], out.shape[1], offset,
-                       x_batch_first, out_batch_first)
-        with nogil:
-            if _packs(T, B):
-                w_pack = _packed_weights(&w_hh[0, 0], H, True, H, 4 * H)
-            _forward(&x[0, 0], T, B, I, &lengths[0], off, bfr, &w_ih[0, 0],
-                     &w_hh[0, 0], &w_hh_t[0, 0], w_pack, &bias[0], H, &h[0, 0], &c[0, 0],
-                     &out[0, 0], <int> out.shape[1], offset, reverse,
-                     x_batch_first, out_batch_first, K, &xbuf[0], &gbuf[0],
-                     <floating*> NULL, <floating*> NULL, <floating*> NULL)
-    finally:
-        free(w_pack)
-        free(off)
+    return _run_forward(x, lengths, w_ih, w_hh, w_hh_t, bias, h, c, out, offset, reverse,
+                        xbuf, gbuf, <floating*> NULL, <floating*> NULL, <floating*> NULL,
+                        x_batch_first, out_batch_first, bf_rows, threads)
 
 
 def backward(const floating[:, ::1] x,
@@ -573,7 +875,8 @@ def backward(const floating[:, ::1] x,
              floating[:, ::1] scratch,
              bint dout_batch_first=False,
              const Py_ssize_t[::1] bf_rows=None,
-             bint with_dx=True):
+             bint with_dx=True,
+             int threads=1):
     """Backpropagation through time for one direction.
 
     Parameters
@@ -607,22 +910,26 @@ def backward(const floating[:, ::1] x,
         Compute ``dx``; with False it is left alone, and the caller forms it
         from the gate gradients left in ``gates`` (:func:`input_gradient`),
         for example in the place of ``x`` once every direction is done.
+    threads : int, default 1
+        As in :func:`forward_train`: two threads may share the time loop
+        (the whole-sequence GEMMs after it use BLAS's own threads).
+
+    Returns
+    -------
+    int
+        The number of threads that ran the time loop (1 or 2).
     """
     cdef int B = <int> lengths.shape[0]
     cdef int I = <int> x.shape[1]
     cdef int G = <int> w_ih.shape[0]
     cdef int H = G // 4
-    cdef int T
-    cdef int n = 0
-    cdef int s, b, t, tp
-    cdef int hb, j0, jb
-    cdef int dw = <int> d_out.shape[1]
-    cdef Py_ssize_t r, N
-    cdef floating* gp
-    cdef const floating* src
-    cdef const floating* cp
+    cdef int nr = PYLSTM_NR_F if floating is float else PYLSTM_NR_D
+    cdef int T, used
+    cdef bint split
+    cdef Py_ssize_t N
+    cdef _Loop a
     cdef floating* w_pack = NULL
-    cdef const Py_ssize_t* bfr = _bf_pointer(bf_rows)
+    cdef floating* scratch_alt = NULL
     cdef Py_ssize_t* off = _step_offsets(lengths)
     try:
         T = lengths[0]
@@ -641,43 +948,38 @@ def backward(const floating[:, ::1] x,
                 or dw_ih.shape[1] != I or dw_hh.shape[0] != G or dw_hh.shape[1] != H
                 or db.shape[0] != G):
             raise ValueError("weight or gradient arrays do not match 4H x (I, H)")
+        memset(&a, 0, sizeof(a))
+        a.is_float = floating is float
+        a.nparts = 1
+        a.T, a.B, a.n_in, a.H = T, B, I, H
+        a.lengths = &lengths[0]
+        a.off = off
+        a.bfr = _bf_pointer(bf_rows)
+        a.w_hh = &w_hh[0, 0]
+        a.c0 = &c0[0, 0]
+        a.gates = &gates[0, 0]
+        a.c_cache = <void*> &c_cache[0, 0]
+        a.d_out = &d_out[0, 0]
+        a.dout_width = <int> d_out.shape[1]
+        a.dout_batch_first = dout_batch_first
+        a.offset = offset
+        a.reverse = reverse
+        a.dh = &dh[0, 0]
+        a.dc = &dc[0, 0]
+        a.scratch = &scratch[0, 0]
+        a.scratch_alt = &scratch[0, 0]
         with nogil:
             if _packs(T, B):
                 w_pack = _packed_weights(&w_hh[0, 0], H, False, G, H)
-            for s in range(T - 1, -1, -1):
-                while n < B and lengths[n] > s:
-                    n += 1
-                for b in range(n):
-                    if reverse:
-                        t = lengths[b] - 1 - s
-                        tp = t + 1
-                    else:
-                        t = s
-                        tp = t - 1
-                    r = off[t] + b
-                    gp = &gates[0, 0] + r * G
-                    cp = &c0[b, 0] if s == 0 else &c_cache[0, 0] + (off[tp] + b) * H
-                    _cell_backward(gp, &c_cache[0, 0] + r * H, cp, &dh[b, 0], &dc[b, 0],
-                                   &d_out[0, 0] + offset
-                                   + (bfr[b] + t if dout_batch_first else r) * dw,
-                                   H)
-                    if reverse:
-                        memcpy(&scratch[b, 0], gp, G * sizeof(floating))
-                src = &scratch[0, 0] if reverse else &gates[0, 0] + off[s] * G
-                # dh_{s-1}[:n] = dG_s[:n] @ w_hh
-                if w_pack != NULL and _packed_rows(n):
-                    _gemm_packed(n, H, G, src, G, w_pack, &dh[0, 0], H, False)
-                elif n == 1:
-                    gemv(True, G, H, <floating> 1.0, &w_hh[0, 0], H, src,
-                         <floating> 0.0, &dh[0, 0])
-                else:
-                    hb = _column_block(n, H, G, 16) if floating is float else H
-                    j0 = 0
-                    while j0 < H:
-                        jb = hb if j0 + hb <= H else H - j0
-                        gemm(False, False, n, jb, G, <floating> 1.0, src, G,
-                             &w_hh[0, j0], H, <floating> 0.0, &dh[0, j0], H)
-                        j0 += jb
+            a.w_pack = w_pack
+            split = _split_ok(&a, threads, nr)
+            if split and reverse:
+                # The threads' skew of up to one step needs the step's scratch
+                # copy of dG to alternate between two arrays.
+                scratch_alt = <floating*> malloc(<size_t> B * G * sizeof(floating))
+                split = scratch_alt != NULL
+                a.scratch_alt = scratch_alt if split else a.scratch
+            used = _run_loop(_backward_task, &a, split)
             # Whole-sequence products over the N valid steps.
             gemm(True, False, G, I, <int> N, <floating> 1.0, &gates[0, 0], G,
                  &x[0, 0], I, <floating> 0.0, &dw_ih[0, 0], I)
@@ -692,7 +994,9 @@ def backward(const floating[:, ::1] x,
                 pylstm_column_sums_d(&gates[0, 0], N, G, &db[0])
     finally:
         free(w_pack)
+        free(scratch_alt)
         free(off)
+    return used
 
 
 def input_gradient(const floating[:, ::1] gates,

@@ -1,0 +1,135 @@
+"""Two threads on one time loop (src/_parallel.h) against one thread.
+
+With ``threads=2`` the kernels may split each step's products and gate pass
+by hidden units between two threads. The split must change nothing: every
+output, cache and gradient of the time loop is compared bit for bit with the
+one-thread call (BLAS held to one thread, so that the whole-sequence GEMMs
+after the loop are the same calls), for both dtypes, both directions,
+training and inference, one row, full batches and lengths that shrink the
+batch from many rows to one.
+"""
+
+import numpy as np
+import pytest
+from threadpoolctl import threadpool_limits
+
+from pylstm import LSTM, _lstm
+
+pytestmark = pytest.mark.skipif(not _lstm.packed_gemm_available(),
+                                reason="the split loop runs on the packed products (AVX-512)")
+
+
+def _packed_lengths(B, T, rng):
+    """Lengths whose active counts are 1 or >= 8 at every step (no BLAS step)."""
+    if B == 1:
+        return np.array([T])
+    short = rng.integers(T // 3, T // 2 + 1)
+    return np.concatenate([[T], np.full(B - 1, short)])
+
+
+def _forward(args, threads, train):
+    a = {k: (v.copy() if isinstance(v, np.ndarray) else v) for k, v in args.items()}
+    if train:
+        used = _lstm.forward_train(a["x"], a["lengths"], a["w_ih"], a["w_hh"], a["w_hh_t"],
+                                   a["bias"], a["h"], a["c"], a["out"], 0, a["reverse"],
+                                   a["xbuf"], a["gbuf"], a["gates"], a["c_cache"],
+                                   a["h_prev"], False, None, threads)
+    else:
+        used = _lstm.forward_infer(a["x"], a["lengths"], a["w_ih"], a["w_hh"], a["w_hh_t"],
+                                   a["bias"], a["h"], a["c"], a["out"], 0, a["reverse"],
+                                   a["xbuf"], a["gbuf"], False, False, None, threads)
+    return used, a
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("reverse", [False, True])
+@pytest.mark.parametrize(("B", "T", "I", "H"), [(1, 40, 5, 64), (8, 17, 9, 128),
+                                               (12, 23, 3, 64), (33, 9, 16, 192)])
+def test_two_threads_equal_one(dtype, reverse, B, T, I, H):
+    rng = np.random.default_rng(B * 1000 + H)
+    lengths = np.ascontiguousarray(np.sort(_packed_lengths(B, T, rng))[::-1], dtype=np.intc)
+    assert not _lstm.needs_w_hh_t(lengths)
+    N = int(lengths.sum())
+    G = 4 * H
+    K = min(32, T)
+    args = dict(
+        x=rng.normal(size=(N, I)).astype(dtype), lengths=lengths,
+        w_ih=(rng.normal(size=(G, I)) * 0.3).astype(dtype),
+        w_hh=(rng.normal(size=(G, H)) * 0.1).astype(dtype),
+        bias=(rng.normal(size=G) * 0.1).astype(dtype),
+        h=rng.normal(size=(B, H)).astype(dtype), c=rng.normal(size=(B, H)).astype(dtype),
+        out=np.zeros((N, H), dtype), reverse=reverse,
+        xbuf=np.zeros(K * B * I, dtype), gbuf=np.zeros(K * B * G, dtype),
+        gates=np.zeros((N, G), dtype), c_cache=np.zeros((N, H), dtype),
+        h_prev=np.zeros((N, H), dtype))
+    args["w_hh_t"] = np.ascontiguousarray(args["w_hh"].T)
+    h0, c0 = args["h"], args["c"]
+    d_out = rng.normal(size=(N, H)).astype(dtype)
+    d_h = rng.normal(size=(B, H)).astype(dtype)
+    d_c = rng.normal(size=(B, H)).astype(dtype)
+    results = {}
+    with threadpool_limits(limits=1, user_api="blas"):
+        for threads in (1, 2):
+            used_i, inf = _forward(args, threads, train=False)
+            used_t, tr = _forward(args, threads, train=True)
+            dh, dc, dx = d_h.copy(), d_c.copy(), np.zeros((N, I), dtype)
+            dw_ih, dw_hh = np.zeros((G, I), dtype), np.zeros((G, H), dtype)
+            db, scratch = np.zeros(G, dtype), np.zeros((B, G), dtype)
+            used_b = _lstm.backward(tr["x"], lengths, tr["w_ih"], tr["w_hh"], c0, tr["gates"],
+                                    tr["c_cache"], tr["h_prev"], d_out, 0, reverse, dh, dc,
+                                    dx, 0.0, dw_ih, dw_hh, db, scratch, False, None, True,
+                                    threads)
+            assert (used_i, used_t, used_b) == (threads,) * 3
+            results[threads] = [inf["out"], inf["h"], inf["c"], tr["out"], tr["h"], tr["c"],
+                                tr["gates"], tr["c_cache"], tr["h_prev"], dh, dc, dx, dw_ih,
+                                dw_hh, db]
+    for one, two in zip(results[1], results[2], strict=True):
+        np.testing.assert_array_equal(one, two)
+    np.testing.assert_array_equal(results[1][0], results[1][3])  # inference == training
+    assert not np.array_equal(h0, results[1][1])
+
+
+def test_no_split_where_it_cannot_pay_or_work():
+    """BLAS steps (2-7 active rows) and hidden sizes that are not whole column
+    panels per half keep the loop on one thread."""
+    rng = np.random.default_rng(0)
+    cases = [(4, 64, [5, 5, 5, 5]), (8, 48, [5] * 8), (9, 64, [5, 5, 4, 4, 4, 3, 3, 2, 1])]
+    for B, H, lengths in cases:
+        lengths = np.array(lengths, dtype=np.intc)
+        N, G, I = int(lengths.sum()), 4 * H, 3
+        used = _lstm.forward_infer(rng.normal(size=(N, I)), lengths, np.zeros((G, I)),
+                                   np.zeros((G, H)), np.zeros((H, G)), np.zeros(G),
+                                   np.zeros((B, H)), np.zeros((B, H)), np.zeros((N, H)), 0,
+                                   False, np.zeros(5 * B * I), np.zeros(5 * B * G), False,
+                                   False, None, 2)
+        assert used == 1, (B, H)
+
+
+@pytest.mark.parametrize("bidirectional", [False, True])
+@pytest.mark.parametrize("lengths", [None, [30] + [12] * 15])
+def test_layer_results_do_not_depend_on_the_loop_threads(bidirectional, lengths, monkeypatch):
+    """Through the layer: forcing one loop thread gives the same results."""
+    from pylstm import _layer, _threads
+
+    rng = np.random.default_rng(3)
+    X = rng.normal(size=(16, 30, 6)).astype(np.float32)
+    layer = LSTM(6, 64, num_layers=2, bidirectional=bidirectional, dtype=np.float32,
+                 random_state=0)
+    d_out = rng.normal(size=(16, 30, 64 * (2 if bidirectional else 1))).astype(np.float32)
+
+    def run():
+        out, state = layer.forward(X, lengths=lengths)
+        dX, grads = layer.backward(d_out)
+        inf, _ = layer.forward(X, lengths=lengths, training=False)
+        return [out, *state, dX, inf] + [grads[k] for k in sorted(grads)]
+
+    with threadpool_limits(limits=1, user_api="blas"):
+        plan = _threads.thread_plan
+        monkeypatch.setattr(_layer, "thread_plan",
+                            lambda *a: plan(*a)[:2] + (2,))
+        two = run()
+        monkeypatch.setattr(_layer, "thread_plan",
+                            lambda *a: plan(*a)[:2] + (1,))
+        one = run()
+    for a, b in zip(one, two, strict=True):
+        np.testing.assert_array_equal(a, b)
