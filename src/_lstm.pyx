@@ -564,15 +564,47 @@ cdef void _backward_task(void* p) noexcept nogil:
         _backward_loop(<const double*> a.x, a)
 
 
-cdef bint _split_ok(_Loop* a, int threads, int nr) noexcept nogil:
-    """Whether two threads can share this call's time loop (see :func:`_forward`).
+# Splitting a time loop pays when a step is long next to the barrier between
+# steps (about a microsecond) and the call next to starting the second thread
+# (50 us here): at least a million multiply-adds per step, or W_hh of 512 KiB
+# or more (one row: the step then streams W_hh from memory, and the two
+# halves come from two cores' caches), and 16 million for the call. Measured
+# at one BLAS thread, kernel calls alone: 64 x 100 x 64 x 128 float32
+# inference 1.5x faster with two threads, 1 x 1000 x 64 x 256 2.5x; 1 x 100 x
+# 32 x 128 (65K per step) 0.88x and 32 x 50 x 32 x 64 training (0.5M) 0.94x.
+cdef enum:
+    SPLIT_STEP_MACS = 1000000
+    SPLIT_W_BYTES = 524288
+    SPLIT_CALL_MACS = 16000000
+cdef bint _split_sizes = True
+
+
+def set_split_thresholds(bint enabled):
+    """Apply (True) or not (False) the work thresholds of the two-thread loop.
+
+    Returns the old setting. Without them any call that can split does (for
+    tests, whose calls are small).
+    """
+    global _split_sizes
+    old = bool(_split_sizes)
+    _split_sizes = enabled
+    return old
+
+
+cdef bint _split_ok(_Loop* a, int threads, int nr, int itemsize) noexcept nogil:
+    """Whether two threads should share this call's time loop (see :func:`_forward`).
 
     Every step's product must run on the packed weights (no BLAS step: BLAS
-    is not called from two threads at once), and each half of the units
-    must be whole column panels of ``nr``.
+    is not called from two threads at once), each half of the units must be
+    whole column panels of ``nr``, and the work must pay for the threads.
     """
-    return (threads >= 2 and PYLSTM_THREADS and a.w_pack != NULL
-            and a.H % (2 * nr) == 0 and not _blas_steps(a.lengths, a.B))
+    cdef double step = <double> a.B * 4 * a.H * a.H
+    if not (threads >= 2 and PYLSTM_THREADS and a.w_pack != NULL
+            and a.H % (2 * nr) == 0 and not _blas_steps(a.lengths, a.B)):
+        return False
+    return not _split_sizes or (
+        (step >= SPLIT_STEP_MACS or 4.0 * a.H * a.H * itemsize >= SPLIT_W_BYTES)
+        and step * a.T >= SPLIT_CALL_MACS)
 
 
 cdef int _run_loop(void (*task)(void*) noexcept nogil, _Loop* a, bint split) noexcept nogil:
@@ -728,7 +760,7 @@ cdef int _run_forward(const floating[:, ::1] x, const int[::1] lengths,
                     w_pack = NULL
             a.w_pack = w_pack
             a.ih_pack = ih_pack
-            split = _split_ok(&a, threads, nr)
+            split = _split_ok(&a, threads, nr, sizeof(floating))
             used = _run_loop(_forward_task, &a, split)
     finally:
         free(w_pack)
@@ -972,7 +1004,7 @@ def backward(const floating[:, ::1] x,
             if _packs(T, B):
                 w_pack = _packed_weights(&w_hh[0, 0], H, False, G, H)
             a.w_pack = w_pack
-            split = _split_ok(&a, threads, nr)
+            split = _split_ok(&a, threads, nr, sizeof(floating))
             if split and reverse:
                 # The threads' skew of up to one step needs the step's scratch
                 # copy of dG to alternate between two arrays.

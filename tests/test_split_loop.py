@@ -19,6 +19,14 @@ pytestmark = pytest.mark.skipif(not _lstm.packed_gemm_available(),
                                 reason="the split loop runs on the packed products (AVX-512)")
 
 
+@pytest.fixture(autouse=True)
+def split_small_calls():
+    """Let these small calls split (the kernels' work thresholds off)."""
+    old = _lstm.set_split_thresholds(False)
+    yield
+    _lstm.set_split_thresholds(old)
+
+
 def _packed_lengths(B, T, rng):
     """Lengths whose active counts are 1 or >= 8 at every step (no BLAS step)."""
     if B == 1:
@@ -89,7 +97,7 @@ def test_two_threads_equal_one(dtype, reverse, B, T, I, H):
     assert not np.array_equal(h0, results[1][1])
 
 
-def test_no_split_where_it_cannot_pay_or_work():
+def test_no_split_where_it_cannot_work():
     """BLAS steps (2-7 active rows) and hidden sizes that are not whole column
     panels per half keep the loop on one thread."""
     rng = np.random.default_rng(0)
@@ -133,3 +141,19 @@ def test_layer_results_do_not_depend_on_the_loop_threads(bidirectional, lengths,
         one = run()
     for a, b in zip(one, two, strict=True):
         np.testing.assert_array_equal(a, b)
+
+
+def test_small_calls_stay_on_one_thread():
+    """With the thresholds on, a call too small to pay for a second thread
+    does not start one; a large one does."""
+    _lstm.set_split_thresholds(True)
+    rng = np.random.default_rng(1)
+    for B, T, H, expected in [(8, 5, 64, 1), (1, 100, 128, 1), (64, 20, 128, 2)]:
+        lengths = np.full(B, T, dtype=np.intc)
+        N, G, I = B * T, 4 * H, 4
+        used = _lstm.forward_infer(rng.normal(size=(N, I)), lengths, np.zeros((G, I)),
+                                   np.zeros((G, H)), np.zeros((H, G)), np.zeros(G),
+                                   np.zeros((B, H)), np.zeros((B, H)), np.zeros((N, H)), 0,
+                                   False, np.zeros(20 * B * I), np.zeros(20 * B * G), False,
+                                   False, None, 2)
+        assert used == expected, (B, T, H)
