@@ -156,9 +156,9 @@ def thread_plan(batch, hidden, directions, blas_steps):
     ((True, False, 1), (False, False, 1))
     """
     parallel = directions == 2 and parallel_directions(batch, hidden)
-    one_thread = wants_single_thread(batch, hidden) and (blas_steps or parallel)
     split = (not parallel and not blas_steps and (os.cpu_count() or 1) >= 2
              and caller_threads() >= 2)
+    one_thread = split or (wants_single_thread(batch, hidden) and (blas_steps or parallel))
     return one_thread, parallel, 2 if split else 1
 
 
