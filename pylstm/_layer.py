@@ -715,6 +715,6 @@ class LSTM:
             # (the input is the layer's own packed copy or the output of the layer
             # below, both work arrays; the cache is used up by this backward).
             for d, (dg, w_ih) in enumerate(parts):
-                _lstm.input_gradient(dg, w_ih, layer_in, float(d > 0))
+                _lstm.input_gradient(dg, w_ih, layer_in, float(d > 0), loop_threads)
             grad_out = layer_in
         return grads, g_h0, g_c0, grad_out

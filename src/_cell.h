@@ -171,15 +171,16 @@ PYLSTM_CLONES void NAME(T *restrict gp, const T *restrict cn,                   
 PYLSTM_CELL_BACKWARD(pylstm_cell_backward_f, float, pylstm_tanhf)
 PYLSTM_CELL_BACKWARD(pylstm_cell_backward_d, double, pylstm_tanh)
 
-/* out[j] = sum over rows r of a[r * cols + j], rows in order (the bias
- * gradient: the column sums of the gate gradients). */
+/* out[j] = sum over rows r of a[r * lda + j], j < cols, rows in order (the
+ * bias gradient: the column sums of the gate gradients). */
 #define PYLSTM_COLUMN_SUMS(NAME, T)                                                  \
-PYLSTM_CLONES void NAME(const T *restrict a, long rows, int cols, T *restrict out)  \
+PYLSTM_CLONES void NAME(const T *restrict a, long rows, int cols, long lda,         \
+                        T *restrict out)                                             \
 {                                                                                    \
     for (int j = 0; j < cols; j++)                                                   \
         out[j] = 0;                                                                  \
     for (long r = 0; r < rows; r++) {                                                \
-        const T *restrict row = a + r * cols;                                        \
+        const T *restrict row = a + r * lda;                                         \
         for (int j = 0; j < cols; j++)                                               \
             out[j] += row[j];                                                        \
     }                                                                                \

@@ -166,8 +166,9 @@ cdef extern from "_cell.h" nogil:
     void pylstm_cell_backward_d(double* gp, const double* cn, const double* cp,
                                 const double* dh, double* dc,
                                 const double* dout, int n, int S)
-    void pylstm_column_sums_f(const float* a, long rows, int cols, float* out)
-    void pylstm_column_sums_d(const double* a, long rows, int cols, double* out)
+    void pylstm_column_sums_f(const float* a, long rows, int cols, long lda, float* out)
+    void pylstm_column_sums_d(const double* a, long rows, int cols, long lda,
+                              double* out)
 
 
 cdef extern from "_parallel.h" nogil:
@@ -302,6 +303,10 @@ cdef struct _Loop:
     void* dc
     void* scratch
     void* scratch_alt
+    void* dw_ih
+    void* dw_hh
+    void* db
+    Py_ssize_t n_rows         # valid steps, N
 
 
 cdef void _forward(const floating* x, _Loop* a) noexcept nogil:
@@ -553,6 +558,36 @@ cdef void _backward_loop(const floating* typed, _Loop* a) noexcept nogil:
                 gemm(False, False, n, jb, G, <floating> 1.0, src, G,
                      w_hh + j0, H, <floating> 0.0, dh + j0, H)
                 j0 += jb
+    if split:
+        # Each thread's gate rows of the weight gradients read only the gate
+        # gradients it wrote itself: no barrier first. (BLAS is held to one
+        # thread, so the two threads' calls run side by side.)
+        _weight_gradients(typed, a, u0, hn, 4)
+
+
+cdef void _weight_gradients(const floating* typed, _Loop* a, int g0, int rows,
+                            int n_blocks) noexcept nogil:
+    """dW_ih, dW_hh and the bias gradient for gate rows ``g0 .. g0 + rows - 1``
+    of each of ``n_blocks`` blocks ``H`` apart: whole-sequence GEMMs over the
+    N valid steps (dG^T X, dG^T H_prev) and column sums of dG."""
+    cdef int H = a.H, I = a.n_in
+    cdef int G = 4 * H
+    cdef int N = <int> a.n_rows
+    cdef int blk, r0
+    cdef const floating* dg = <const floating*> a.gates
+    cdef floating* dw_ih = <floating*> a.dw_ih
+    cdef floating* dw_hh = <floating*> a.dw_hh
+    cdef floating* db = <floating*> a.db
+    for blk in range(n_blocks):
+        r0 = blk * H + g0
+        gemm(True, False, rows, I, N, <floating> 1.0, dg + r0, G,
+             <const floating*> a.x, I, <floating> 0.0, dw_ih + <Py_ssize_t> r0 * I, I)
+        gemm(True, False, rows, H, N, <floating> 1.0, dg + r0, G,
+             <const floating*> a.h_prev, H, <floating> 0.0, dw_hh + <Py_ssize_t> r0 * H, H)
+        if floating is float:
+            pylstm_column_sums_f(dg + r0, N, rows, G, db + r0)
+        else:
+            pylstm_column_sums_d(dg + r0, N, rows, G, db + r0)
 
 
 cdef void _backward_task(void* p) noexcept nogil:
@@ -1000,6 +1035,13 @@ def backward(const floating[:, ::1] x,
         a.dc = &dc[0, 0]
         a.scratch = &scratch[0, 0]
         a.scratch_alt = &scratch[0, 0]
+        a.x = &x[0, 0]
+        a.n_in = I
+        a.h_prev = <void*> &h_prev_cache[0, 0]
+        a.dw_ih = &dw_ih[0, 0]
+        a.dw_hh = &dw_hh[0, 0]
+        a.db = &db[0]
+        a.n_rows = N
         with nogil:
             if _packs(T, B):
                 w_pack = _packed_weights(&w_hh[0, 0], H, False, G, H)
@@ -1012,18 +1054,13 @@ def backward(const floating[:, ::1] x,
                 split = scratch_alt != NULL
                 a.scratch_alt = scratch_alt if split else a.scratch
             used = _run_loop(_backward_task, &a, split)
-            # Whole-sequence products over the N valid steps.
-            gemm(True, False, G, I, <int> N, <floating> 1.0, &gates[0, 0], G,
-                 &x[0, 0], I, <floating> 0.0, &dw_ih[0, 0], I)
-            gemm(True, False, G, H, <int> N, <floating> 1.0, &gates[0, 0], G,
-                 &h_prev_cache[0, 0], H, <floating> 0.0, &dw_hh[0, 0], H)
+            # Whole-sequence products over the N valid steps (a split loop's
+            # threads have made the weight gradients already).
+            if used == 1:
+                _weight_gradients(&x[0, 0], &a, 0, G, 1)
             if with_dx:
                 gemm(False, False, <int> N, I, G, <floating> 1.0, &gates[0, 0], G,
                      &w_ih[0, 0], I, <floating> dx_beta, &dx[0, 0], I)
-            if floating is float:
-                pylstm_column_sums_f(&gates[0, 0], N, G, &db[0])
-            else:
-                pylstm_column_sums_d(&gates[0, 0], N, G, &db[0])
     finally:
         free(w_pack)
         free(scratch_alt)
@@ -1031,22 +1068,72 @@ def backward(const floating[:, ::1] x,
     return used
 
 
+cdef struct _Rows:
+    # One thread's rows of the input gradient dx = dG @ W_ih + beta * dx.
+    bint is_float
+    const void* gates
+    const void* w_ih
+    void* dx
+    double beta
+    int r0, r1, G, n_in
+
+
+cdef void _input_gradient_rows(const floating* gates, _Rows* a) noexcept nogil:
+    """Rows ``r0 .. r1 - 1`` of the input gradient (one GEMM)."""
+    if a.r1 > a.r0:
+        gemm(False, False, a.r1 - a.r0, a.n_in, a.G, <floating> 1.0,
+             gates + <Py_ssize_t> a.r0 * a.G, a.G, <const floating*> a.w_ih, a.n_in,
+             <floating> a.beta, <floating*> a.dx + <Py_ssize_t> a.r0 * a.n_in, a.n_in)
+
+
+cdef void _input_gradient_task(void* p) noexcept nogil:
+    cdef _Rows* a = <_Rows*> p
+    if a.is_float:
+        _input_gradient_rows(<const float*> a.gates, a)
+    else:
+        _input_gradient_rows(<const double*> a.gates, a)
+
+
 def input_gradient(const floating[:, ::1] gates,
                    const floating[:, ::1] w_ih,
                    floating[:, ::1] dx,
-                   double beta):
+                   double beta,
+                   int threads=1):
     """``dx = gates @ w_ih + beta * dx``: the input gradient of one direction.
 
     ``gates`` holds the gate gradients that :func:`backward` left, (N, 4H);
     ``w_ih`` is (4H, I) and ``dx`` (N, I). ``dx`` may be the layer input
-    that the backward calls have finished reading.
+    that the backward calls have finished reading. With ``threads=2`` (and
+    BLAS held to one thread by the caller) two threads take half of the rows
+    each; the halves may round differently from one call over all rows.
+    Returns the number of threads used.
     """
     cdef int N = <int> gates.shape[0]
     cdef int G = <int> gates.shape[1]
     cdef int I = <int> w_ih.shape[1]
+    cdef _Rows first, second
+    cdef int used = 1
     if w_ih.shape[0] != G or dx.shape[0] != N or dx.shape[1] != I:
         raise ValueError(f"shapes ({N}, {G}) @ ({w_ih.shape[0]}, {I}) -> "
                          f"({dx.shape[0]}, {dx.shape[1]}) do not match")
+    if N == 0:
+        return 1
+    first.is_float = floating is float
+    first.gates = &gates[0, 0]
+    first.w_ih = &w_ih[0, 0]
+    first.dx = &dx[0, 0]
+    first.beta = beta
+    first.G, first.n_in, first.r0, first.r1 = G, I, 0, N
     with nogil:
-        gemm(False, False, N, I, G, <floating> 1.0, &gates[0, 0], G,
-             &w_ih[0, 0], I, <floating> beta, &dx[0, 0], I)
+        if (threads >= 2 and PYLSTM_THREADS
+                and (not _split_sizes or <double> N * G * I >= SPLIT_CALL_MACS)):
+            second = first
+            first.r1 = N // 2
+            second.r0 = N // 2
+            if pylstm_run_pair(_input_gradient_task, &first, &second) == 0:
+                used = 2
+            else:
+                first.r1 = N
+        if used == 1:
+            _input_gradient_task(&first)
+    return used

@@ -1,12 +1,14 @@
 """Two threads on one time loop (src/_parallel.h) against one thread.
 
 With ``threads=2`` the kernels may split each step's products and gate pass
-by hidden units between two threads. The split must change nothing: every
-output, cache and gradient of the time loop is compared bit for bit with the
-one-thread call (BLAS held to one thread, so that the whole-sequence GEMMs
-after the loop are the same calls), for both dtypes, both directions,
-training and inference, one row, full batches and lengths that shrink the
-batch from many rows to one.
+by hidden units between two threads. The split must change nothing in what
+the time loop computes: outputs, states, caches, gate gradients, the
+gradients of the initial states and of the biases are compared bit for bit
+with the one-thread call, for both dtypes, both directions, training and
+inference, one row, full batches and lengths that shrink the batch from many
+rows to one. The weight and input gradients after the loop are BLAS GEMMs
+that the two threads split by rows; BLAS may round a block of rows
+differently from the whole, so those agree to rounding.
 """
 
 import numpy as np
@@ -14,6 +16,16 @@ import pytest
 from threadpoolctl import threadpool_limits
 
 from pylstm import LSTM, _lstm
+
+TOL = {np.float32: 1e-6, np.float64: 1e-14}
+
+
+def _assert_same(one, two, exact, dtype):
+    if exact:
+        np.testing.assert_array_equal(one, two)
+    else:
+        scale = max(1.0, float(np.abs(one).max()))
+        np.testing.assert_allclose(one, two, rtol=0, atol=TOL[np.dtype(dtype).type] * scale)
 
 pytestmark = pytest.mark.skipif(not _lstm.packed_gemm_available(),
                                 reason="the split loop runs on the packed products (AVX-512)")
@@ -89,10 +101,10 @@ def test_two_threads_equal_one(dtype, reverse, B, T, I, H):
                                     threads)
             assert (used_i, used_t, used_b) == (threads,) * 3
             results[threads] = [inf["out"], inf["h"], inf["c"], tr["out"], tr["h"], tr["c"],
-                                tr["gates"], tr["c_cache"], tr["h_prev"], dh, dc, dx, dw_ih,
-                                dw_hh, db]
-    for one, two in zip(results[1], results[2], strict=True):
-        np.testing.assert_array_equal(one, two)
+                                tr["gates"], tr["c_cache"], tr["h_prev"], dh, dc, db, dx, dw_ih,
+                                dw_hh]
+    for i, (one, two) in enumerate(zip(results[1], results[2], strict=True)):
+        _assert_same(one, two, i < 12, dtype)
     np.testing.assert_array_equal(results[1][0], results[1][3])  # inference == training
     assert not np.array_equal(h0, results[1][1])
 
@@ -116,7 +128,8 @@ def test_no_split_where_it_cannot_work():
 @pytest.mark.parametrize("bidirectional", [False, True])
 @pytest.mark.parametrize("lengths", [None, [30] + [12] * 15])
 def test_layer_results_do_not_depend_on_the_loop_threads(bidirectional, lengths, monkeypatch):
-    """Through the layer: forcing one loop thread gives the same results."""
+    """Through the layer: forcing one loop thread gives the same forward
+    results, and gradients equal to rounding."""
     from pylstm import _layer, _threads
 
     rng = np.random.default_rng(3)
@@ -129,7 +142,9 @@ def test_layer_results_do_not_depend_on_the_loop_threads(bidirectional, lengths,
         out, state = layer.forward(X, lengths=lengths)
         dX, grads = layer.backward(d_out)
         inf, _ = layer.forward(X, lengths=lengths, training=False)
-        return [out, *state, dX, inf] + [grads[k] for k in sorted(grads)]
+        # Below the top layer, BPTT starts from the input gradient of the
+        # layer above, which agrees to rounding only.
+        return [out, *state, inf], [dX] + [grads[k] for k in sorted(grads)]
 
     with threadpool_limits(limits=1, user_api="blas"):
         plan = _threads.thread_plan
@@ -139,8 +154,9 @@ def test_layer_results_do_not_depend_on_the_loop_threads(bidirectional, lengths,
         monkeypatch.setattr(_layer, "thread_plan",
                             lambda *a: plan(*a)[:2] + (1,))
         one = run()
-    for a, b in zip(one, two, strict=True):
-        np.testing.assert_array_equal(a, b)
+    for exact in (0, 1):
+        for a, b in zip(one[exact], two[exact], strict=True):
+            _assert_same(a, b, exact == 0, np.float32)
 
 
 def test_small_calls_stay_on_one_thread():
