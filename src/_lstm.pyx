@@ -119,7 +119,7 @@ def set_packed_gemm(bint enabled):
 
 cdef floating* _packed_weights(const floating* w, int ld, bint trans, int k,
                                int n) noexcept nogil:
-    """A packed copy of the k x n matrix w (see _gemm.h), or NULL (then use BLAS)."""
+    """A packed copy of the k x n matrix w (see _gemm.h), or NULL (out of memory)."""
     cdef long size
     cdef floating* bp
     if floating is float:
@@ -782,19 +782,19 @@ cdef int _run_forward(const floating[:, ::1] x, const int[::1] lengths,
         a.out_batch_first = out_batch_first
         a.xbuf = &xbuf[0]
         a.gbuf = &gbuf[0]
-        with nogil:
-            if _packs(T, B):
+        if _packs(T, B):
+            # With W_hh packed, W_ih^T is too, and the input projection runs
+            # on it: the same products whether one or two threads take the
+            # loop, so that results do not depend on the count. (No fallback
+            # to BLAS here: the caller made w_hh_t only for BLAS steps.)
+            with nogil:
                 w_pack = _packed_weights(&w_hh[0, 0], H, True, H, 4 * H)
-            if w_pack != NULL:
-                # With W_hh packed, W_ih^T is too, and the input projection
-                # runs on it: the same products whether one or two threads
-                # take the loop, so that results do not depend on the count.
                 ih_pack = _packed_weights(&w_ih[0, 0], I, True, I, 4 * H)
-                if ih_pack == NULL:
-                    free(w_pack)
-                    w_pack = NULL
-            a.w_pack = w_pack
-            a.ih_pack = ih_pack
+            if w_pack == NULL or ih_pack == NULL:
+                raise MemoryError("no memory for the packed weights")
+        a.w_pack = w_pack
+        a.ih_pack = ih_pack
+        with nogil:
             split = _split_ok(&a, threads, nr, sizeof(floating))
             used = _run_loop(_forward_task, &a, split)
     finally:

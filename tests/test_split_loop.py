@@ -173,3 +173,34 @@ def test_small_calls_stay_on_one_thread():
                                    False, np.zeros(20 * B * I), np.zeros(20 * B * G), False,
                                    False, None, 2)
         assert used == expected, (B, T, H)
+
+
+def test_concurrent_split_calls_finish_and_agree(monkeypatch):
+    """Two Python threads, each running split loops: four threads on the
+    cores, whose barriers must wait (and yield) without hanging; results as
+    on one thread."""
+    import threading
+
+    from pylstm import _layer, _threads
+
+    rng = np.random.default_rng(7)
+    X = rng.normal(size=(16, 40, 8)).astype(np.float32)
+    layers = [LSTM(8, 64, dtype=np.float32, random_state=k) for k in range(2)]
+    results = [None, None]
+    with threadpool_limits(limits=1, user_api="blas"):
+        expected = [layer.forward(X, training=False)[0] for layer in layers]
+        plan = _threads.thread_plan
+        monkeypatch.setattr(_layer, "thread_plan", lambda *a: plan(*a)[:2] + (2,))
+
+        def work(k):
+            for _ in range(20):
+                results[k] = layers[k].forward(X, training=False)[0]
+
+        workers = [threading.Thread(target=work, args=(k,)) for k in range(2)]
+        for w in workers:
+            w.start()
+        for w in workers:
+            w.join(timeout=120)
+            assert not w.is_alive()
+    for k in range(2):
+        np.testing.assert_array_equal(results[k], expected[k])
