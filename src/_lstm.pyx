@@ -1,11 +1,14 @@
 """LSTM kernels: forward for training, forward for inference, and BPTT.
 
-Every entry point works on one layer and one direction of a batch laid out
-time-major, ``(T, B, features)`` (a dense batch's input and output may also
-be the caller's batch-first arrays), with the batch sorted by length in
-decreasing order. At step ``s`` the active rows are then the prefix
-``0 .. n(s) - 1`` and every product covers exactly those rows: padded steps
-cost nothing in the time loop.
+Every entry point works on one layer and one direction of a batch sorted by
+length in decreasing order. At step ``s`` the active rows are then the
+prefix ``0 .. n(s) - 1`` and every product covers exactly those rows. Every
+per-step array is 2-D with one row per valid step, in the packed time-major
+layout: time ``t`` holds its ``n(t)`` rows from row ``n(0) + ... + n(t-1)``
+on (``t * B`` for a dense batch). Padding costs neither memory nor time. The
+caller's own batch-first input, result and output gradient may be read and
+written in place instead (``bf_rows``: the first row of each sorted
+sequence).
 
 A reverse direction visits, at step ``s``, time ``t = length[b] - 1 - s`` of
 row ``b``: the time reversal is index arithmetic on the time-ordered arrays,
@@ -13,10 +16,11 @@ never a copy. All caches are kept in time order, so that after the reverse
 time loop of BPTT the weight gradients are whole-sequence GEMMs.
 
 Gate order (i, f, g, o) in blocks of ``H`` along the ``4H`` axis, as in
-``torch.nn.LSTM``. The caller (``pylstm._layer``) validates every shape and
-provides every buffer; the kernels allocate only the packed copy of W_hh,
-once per call before the time loop (see ``_gemm.h``), and run their whole
-time loop without the GIL.
+``torch.nn.LSTM``. The caller (``pylstm._layer``) provides every buffer; the
+kernels check the shapes before any work, allocate only the row offsets, the
+packed copies of the weights and a second h array, once per call before the
+time loop (see ``_gemm.h``), and run their whole time loop without the GIL,
+on one thread or split between two (``_parallel.h``, ``threads=2``).
 
 The forward kernels share one time loop (``_forward``), so training and
 inference round identically.
