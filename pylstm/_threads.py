@@ -134,6 +134,21 @@ def parallel_directions(batch, hidden):
     return wants_single_thread(batch, hidden) and caller_threads() >= 2
 
 
+def usable_cpus():
+    """CPUs this process may run on (its affinity mask where the OS has one).
+
+    Examples
+    --------
+    >>> from pylstm._threads import usable_cpus
+    >>> usable_cpus() >= 1
+    True
+    """
+    try:
+        return len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        return os.cpu_count() or 1
+
+
 def thread_plan(batch, hidden, directions, blas_steps):
     """How the kernel calls of one batch use threads.
 
@@ -156,7 +171,7 @@ def thread_plan(batch, hidden, directions, blas_steps):
     ((True, False, 1), (False, False, 1))
     """
     parallel = directions == 2 and parallel_directions(batch, hidden)
-    split = (not parallel and not blas_steps and (os.cpu_count() or 1) >= 2
+    split = (not parallel and not blas_steps and usable_cpus() >= 2
              and caller_threads() >= 2)
     one_thread = split or (wants_single_thread(batch, hidden) and (blas_steps or parallel))
     return one_thread, parallel, 2 if split else 1
@@ -178,7 +193,7 @@ def run_directions(run, n_directions, parallel):
     >>> run_directions(lambda d: d * 10, 2, parallel=True)
     [0, 10]
     """
-    if n_directions == 1 or not parallel or (os.cpu_count() or 1) < 2:
+    if n_directions == 1 or not parallel or usable_cpus() < 2:
         return [run(d) for d in range(n_directions)]
     with _lock:
         if _pool["executor"] is None:
