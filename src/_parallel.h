@@ -41,12 +41,15 @@ static inline void pylstm_barrier_wait(pylstm_barrier *b)
         atomic_store_explicit(&b->phase, phase + 1, memory_order_release);
         return;
     }
-    /* About 50 us of pause hints (PAUSE takes ~65 cycles on recent AMD
-     * cores), longer than a step's imbalance between the threads, then yield:
-     * the other thread may not have a core of its own right now. */
+    /* Up to about half a millisecond of pause hints (PAUSE takes ~65 cycles
+     * on recent AMD cores), then yield: the other thread may not have a core
+     * of its own right now. Shorter spinning (2000 hints, ~50 us) made fits
+     * at two threads up to 1.8x slower when another library's spinning
+     * workers (torch's OpenMP, OpenBLAS) shared the cores: each yield handed
+     * the core to them. */
     long spins = 0;
     while (atomic_load_explicit(&b->phase, memory_order_acquire) == phase) {
-        if (++spins < 2000) {
+        if (++spins < 20000) {
 #if defined(__x86_64__) || defined(__i386__)
             __builtin_ia32_pause();
 #endif
