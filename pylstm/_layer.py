@@ -389,7 +389,9 @@ class LSTM:
                 np.take(X.reshape(B * T, I), rows, axis=0, out=x)
             bf_rows = order.astype(np.intp) * T
             blas_steps = _lstm.needs_w_hh_t(lens_sorted)
-            one_thread, parallel, loop_threads = thread_plan(B, H, D, blas_steps)
+            work = (int(lens_sorted.sum(dtype=np.int64)) * 4 * H * D
+                    * (I + H + (self.num_layers - 1) * (D * H + H)))
+            one_thread, parallel, loop_threads = thread_plan(B, H, D, blas_steps, work)
             with single_threaded_blas(one_thread):
                 caches = self._forward_layers(
                     arrays, x, lens_sorted, order, bf_rows, h0, c0, h_n, c_n, training,
@@ -398,7 +400,7 @@ class LSTM:
             if training:
                 self._cache = {"order": order, "lengths": lens_sorted, "shape": (B, T),
                                "dense": dense, "rows": rows, "bf_rows": bf_rows,
-                               "blas_steps": blas_steps, "layers": caches}
+                               "blas_steps": blas_steps, "work": work, "layers": caches}
         return result, (h_n, c_n)
 
     def _forward_layers(self, arrays, x, lens_sorted, order, bf_rows, h0, c0, h_n, c_n,
@@ -650,7 +652,8 @@ class LSTM:
             # layer reads the caller's gradient in place.
             _check_steps_finite(d_out, cache["rows"], "d_out")
             self._cache = None
-            one_thread, parallel, loop_threads = thread_plan(B, H, D, cache["blas_steps"])
+            one_thread, parallel, loop_threads = thread_plan(B, H, D, cache["blas_steps"],
+                                                             cache["work"])
             with single_threaded_blas(one_thread):
                 grads, g_h0, g_c0, grad_out = self._backward_layers(
                     arrays, cache, d_out.reshape(B * T, D * H), d_h_n, d_c_n, parallel,

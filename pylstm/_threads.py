@@ -149,7 +149,14 @@ def usable_cpus():
         return os.cpu_count() or 1
 
 
-def thread_plan(batch, hidden, directions, blas_steps):
+#: Multiply-adds of a call's whole-sequence products (about ``n 4H (I + H)``
+#: for n valid steps) below which BLAS stays on one thread: waking its workers
+#: costs more than they save there (1 x 100 x 32 x 128 training, 8M: 0.57 ms
+#: on one thread, 0.77 ms on two; 32 x 50 x 32 x 64, 39M: 1.54 against 1.64).
+WHOLE_SEQUENCE_ONE_THREAD_BELOW = 100_000_000
+
+
+def thread_plan(batch, hidden, directions, blas_steps, work=None):
     """How the kernel calls of one batch use threads.
 
     Returns ``(one_blas_thread, parallel_directions, loop_threads)``.
@@ -161,6 +168,9 @@ def thread_plan(batch, hidden, directions, blas_steps):
     GEMMs (input projection, weight and input gradients) use the caller's
     threads, and, when the caller allows two or more, two threads share each
     kernel's time loop (``loop_threads = 2``, see ``src/_parallel.h``).
+    ``work``, the multiply-adds of the whole-sequence products when given,
+    keeps small calls on one BLAS thread
+    (:data:`WHOLE_SEQUENCE_ONE_THREAD_BELOW`).
 
     Examples
     --------
@@ -173,7 +183,8 @@ def thread_plan(batch, hidden, directions, blas_steps):
     parallel = directions == 2 and parallel_directions(batch, hidden)
     split = (not parallel and not blas_steps and usable_cpus() >= 2
              and caller_threads() >= 2)
-    one_thread = split or (wants_single_thread(batch, hidden) and (blas_steps or parallel))
+    one_thread = (split or (wants_single_thread(batch, hidden) and (blas_steps or parallel))
+                  or (work is not None and work < WHOLE_SEQUENCE_ONE_THREAD_BELOW))
     return one_thread, parallel, 2 if split else 1
 
 
