@@ -364,6 +364,9 @@ cdef void _forward(const floating* x, _Loop* a) noexcept nogil:
     cdef int n_chunk, s0, k, kk, s, b, t, gb, j0, jb, ns, g
     cdef Py_ssize_t tb, ob
     cdef floating* gp
+    cdef floating* gk
+    cdef floating* ck
+    cdef floating* hk
     cdef floating* h_cur = h
     cdef floating* h_nxt = h_alt
     cdef floating* swap
@@ -379,10 +382,9 @@ cdef void _forward(const floating* x, _Loop* a) noexcept nogil:
         n_chunk = n
         kk = K if s0 + K <= T else T - s0
         # Gather the chunk's input rows: (kk, n_chunk, I), step order; rows
-        # that end within the chunk read as zeros from there on.
-        for k in range(kk):
-            if a.part != 0:
-                break
+        # that end within the chunk read as zeros from there on. (The first
+        # thread gathers; a split loop's barrier below waits for it.)
+        for k in range(kk if a.part == 0 else 0):
             s = s0 + k
             if not reverse and not a.x_batch_first:
                 ns = <int> (off[s + 1] - off[s])
@@ -446,22 +448,16 @@ cdef void _forward(const floating* x, _Loop* a) noexcept nogil:
                 t = lengths[b] - 1 - s if reverse else s
                 tb = off[t] + b
                 ob = bfr[b] + t if a.out_batch_first else tb
+                gk = ck = hk = NULL  # inference keeps nothing
                 if gates != NULL:
-                    _cell_forward(gp + <Py_ssize_t> b * G + u0, bias + u0,
-                                  h_cur + <Py_ssize_t> b * H + u0,
-                                  h_nxt + <Py_ssize_t> b * H + u0,
-                                  c + <Py_ssize_t> b * H + u0,
-                                  out + ob * out_width + offset + u0,
-                                  gates + tb * G + u0, c_cache + tb * H + u0,
-                                  h_prev + tb * H + u0, hn, H)
-                else:
-                    _cell_forward(gp + <Py_ssize_t> b * G + u0, bias + u0,
-                                  h_cur + <Py_ssize_t> b * H + u0,
-                                  h_nxt + <Py_ssize_t> b * H + u0,
-                                  c + <Py_ssize_t> b * H + u0,
-                                  out + ob * out_width + offset + u0,
-                                  <floating*> NULL, <floating*> NULL,
-                                  <floating*> NULL, hn, H)
+                    gk = gates + tb * G + u0
+                    ck = c_cache + tb * H + u0
+                    hk = h_prev + tb * H + u0
+                _cell_forward(gp + <Py_ssize_t> b * G + u0, bias + u0,
+                              h_cur + <Py_ssize_t> b * H + u0,
+                              h_nxt + <Py_ssize_t> b * H + u0,
+                              c + <Py_ssize_t> b * H + u0,
+                              out + ob * out_width + offset + u0, gk, ck, hk, hn, H)
             if split:
                 pylstm_barrier_wait(a.bar)
             swap = h_cur
