@@ -381,12 +381,16 @@ class LSTM:
             result = (np.empty if dense else np.zeros)((B, T, D * H), dtype=self.dtype)
             if not training:
                 x = X.reshape(B * T, I)
-            elif dense:
-                x = arrays.empty("x", (T_eff * B, I), self.dtype)
-                np.copyto(x.reshape(T_eff, B, I), X.transpose(1, 0, 2))
             else:
-                x = arrays.empty("x", (len(rows), I), self.dtype)
-                np.take(X.reshape(B * T, I), rows, axis=0, out=x)
+                # The packed copy of X takes the left-hand columns of an
+                # (n, I + H) array whose right-hand ones receive the first
+                # direction's h_{t-1} (see _forward_layers).
+                n_rows = T_eff * B if dense else len(rows)
+                x = arrays.empty("x", (n_rows, I + H), self.dtype)
+                if dense:
+                    np.copyto(x[:, :I].reshape(T_eff, B, I), X.transpose(1, 0, 2))
+                else:
+                    x[:, :I] = X.reshape(B * T, I)[rows]
             bf_rows = order.astype(np.intp) * T
             blas_steps = _lstm.needs_w_hh_t(lens_sorted)
             work = (int(lens_sorted.sum(dtype=np.int64)) * 4 * H * D
@@ -412,7 +416,11 @@ class LSTM:
         :func:`_packed_rows`), each written by the kernels. The last layer
         writes ``result``, the caller's (B * T, D*H) output, in place (row
         ``bf_rows[b] + t``); with ``x_batch_first`` (inference) ``x`` is the
-        batch-first input itself, (B * T, I). ``need_t``: some step multiplies
+        batch-first input itself, (B * T, I). In training, ``x`` is (N, I + H):
+        each layer's input is the left-hand part of an array whose right-hand
+        H columns receive the first direction's h_{t-1}, so that the backward
+        pass makes both of its weight gradients with one GEMM
+        (``pylstm._lstm.backward``). ``need_t``: some step multiplies
         by the transposed ``W_hh`` (:func:`pylstm._lstm.needs_w_hh_t`);
         ``parallel``: run the two directions side by side; ``loop_threads``:
         threads sharing each kernel's time loop. Returns the training caches.
@@ -423,19 +431,22 @@ class LSTM:
         dt = self.dtype
         new = arrays.empty
         caches = []
-        layer_in = x
+        wide = x if training else None
+        layer_in = x[:, :x.shape[1] - H] if training else x
         for layer in range(L):
             x_bf = x_batch_first and layer == 0
             out_batch_first = layer == L - 1
             if out_batch_first:
                 out = result
-            elif training or L == 1:
+            elif training:  # the next layer's input, continued by its h_{t-1}
+                out = new(f"out{layer}", (N, D * H + H), dt)
+            elif L == 1:
                 out = new(f"out{layer}", (N, D * H), dt)
             else:  # freed once the next layer has read it, as inference needs
                 out = np.empty((N, D * H), dtype=dt)
 
             def run(d, layer=layer, layer_in=layer_in, out=out, x_bf=x_bf,
-                    out_bf=out_batch_first):
+                    out_bf=out_batch_first, wide=wide):
                 k = layer * D + d
                 sfx = f"_l{layer}" + ("_reverse" if d else "")
                 w_ih = self._params["weight_ih" + sfx]
@@ -459,7 +470,10 @@ class LSTM:
                     # One row per valid step, each written by the kernel.
                     gates = new(f"gates{k}", (N, 4 * H), dt)
                     c_cache = new(f"c_cache{k}", (N, H), dt)
-                    h_prev = new(f"h_prev{k}", (N, H), dt)
+                    if d == 0:  # continues the rows of layer_in
+                        h_prev = wide[:, layer_in.shape[1]:]
+                    else:
+                        h_prev = new(f"h_prev{k}", (N, H), dt)
                     _lstm.forward_train(layer_in, lens_sorted, w_ih, w_hh, w_hh_t, bias, h, c,
                                         out, d * H, bool(d), xbuf, gbuf, gates, c_cache,
                                         h_prev, out_bf, bf_rows, loop_threads)
@@ -475,7 +489,10 @@ class LSTM:
             layer_cache = run_directions(run, D, parallel=parallel)
             if training:
                 caches.append((layer_in, layer_cache))
-            layer_in = out
+            if training and not out_batch_first:
+                wide, layer_in = out, out[:, :D * H]
+            else:
+                layer_in = out
         return caches
 
     def gate_activations(self, X, lengths=None, h0=None, c0=None):
