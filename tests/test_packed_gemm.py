@@ -70,3 +70,31 @@ def test_switch_returns_the_old_setting(blas_path):
     assert _lstm.set_packed_gemm(False) is True
     assert _lstm.set_packed_gemm(True) is False
     assert _lstm.set_packed_gemm(True) is True
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize(("N", "G", "I"), [
+    (5, 32, 3),        # fewer rows than a tile: BLAS
+    (8, 32, 3),        # one row tile, a column tail
+    (37, 256, 33),     # row and column tails
+    (20, 2048, 64),    # W_ih over 256 KiB in float32 too: BLAS
+])
+@pytest.mark.parametrize("beta", [0.0, 1.0])
+def test_input_gradient_packed_equals_blas(blas_path, dtype, N, G, I, beta):
+    """``input_gradient`` packs W_ih while it is small; both paths agree, in place too."""
+    rng = np.random.default_rng(N + G)
+    gates = rng.normal(size=(N, G)).astype(dtype)
+    w_ih = rng.normal(size=(G, I)).astype(dtype)
+    start = rng.normal(size=(N, I + 4)).astype(dtype)
+    results = []
+    for packed in (True, False):
+        _lstm.set_packed_gemm(packed)
+        wide = start.copy()
+        _lstm.input_gradient(gates, w_ih, wide[:, 2:2 + I], beta)
+        np.testing.assert_array_equal(wide[:, :2], start[:, :2])
+        np.testing.assert_array_equal(wide[:, 2 + I:], start[:, 2 + I:])
+        results.append(wide[:, 2:2 + I])
+    expected = gates.astype(np.float64) @ w_ih + beta * start[:, 2:2 + I]
+    for got in results:
+        np.testing.assert_allclose(got, expected, rtol=0,
+                                   atol=TOL[dtype] * np.abs(expected).max())
