@@ -479,9 +479,14 @@ class LSTM:
                                         h_prev, out_bf, bf_rows, loop_threads)
                     kept = (c_start, gates, c_cache, h_prev)
                 else:
+                    # Packed weights kept for the next call with the same weights.
+                    packs = None
+                    if _lstm.packs_weights(T_eff, B):
+                        packs = arrays.kept(
+                            f"packs{k}", (_lstm.pack_cache_size(w_ih.shape[1], H, dt),), dt)
                     _lstm.forward_infer(layer_in, lens_sorted, w_ih, w_hh, w_hh_t, bias, h, c,
                                         out, d * H, bool(d), xbuf, gbuf, x_bf, out_bf,
-                                        bf_rows, loop_threads)
+                                        bf_rows, loop_threads, packs)
                 h_n[k, order] = h
                 c_n[k, order] = c
                 return kept

@@ -39,6 +39,20 @@ class _Arrays:
             self._buffers[name] = buf
         return buf[:size].reshape(shape)
 
+    def kept(self, name, shape, dtype):
+        """Like :meth:`empty`, but zero-filled when the buffer is new.
+
+        For contents that a call leaves for the next one (the packed-weight
+        cache of inference): they are then never left-over bytes of freed
+        memory, which could pass for valid contents.
+        """
+        dtype = np.dtype(dtype)
+        size = math.prod(shape)
+        buf = self._buffers.get(name)
+        if buf is None or buf.dtype != dtype or buf.size < size:
+            self._buffers[name] = np.zeros(max(size, 1), dtype=dtype)
+        return self.empty(name, shape, dtype)
+
     def zeros(self, name, shape, dtype):
         """Like :meth:`empty`, filled with zeros."""
         arr = self.empty(name, shape, dtype)
