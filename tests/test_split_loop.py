@@ -204,3 +204,44 @@ def test_concurrent_split_calls_finish_and_agree(monkeypatch):
             assert not w.is_alive()
     for k in range(2):
         np.testing.assert_array_equal(results[k], expected[k])
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize(("B", "H"), [(3, 64), (16, 20)])  # BLAS steps; H not whole panels
+def test_unsplit_loop_shares_the_weight_gradients(dtype, B, H):
+    """A loop that cannot split still makes its weight gradients on two threads,
+    by gate rows: they agree with one thread's to rounding, the rest exactly."""
+    rng = np.random.default_rng(B + H)
+    T, I = 11, 6
+    G = 4 * H
+    lengths = np.full(B, T, dtype=np.intc)
+    N = B * T
+    w_ih = (rng.normal(size=(G, I)) * 0.3).astype(dtype)
+    w_hh = (rng.normal(size=(G, H)) * 0.2).astype(dtype)
+    x = rng.normal(size=(N, I)).astype(dtype)
+    xh = np.empty((N, I + H), dtype)  # the layer's layout: one GEMM for both
+    xh[:, :I] = x
+    c0 = rng.normal(size=(B, H)).astype(dtype)
+    gates = np.empty((N, G), dtype)
+    c_cache = np.empty((N, H), dtype)
+    _lstm.forward_train(xh[:, :I], lengths, w_ih, w_hh, np.ascontiguousarray(w_hh.T),
+                        np.zeros(G, dtype), np.zeros((B, H), dtype), c0.copy(),
+                        np.empty((N, H), dtype), 0, False, np.empty(4 * B * I, dtype),
+                        np.empty(4 * B * G, dtype), gates, c_cache, xh[:, I:])
+    d_out = rng.normal(size=(N, H)).astype(dtype)
+    results = {}
+    for threads in (1, 2):
+        dg = gates.copy()
+        dh, dc = np.zeros((B, H), dtype), np.zeros((B, H), dtype)
+        dw_ih, dw_hh, db = np.empty((G, I), dtype), np.empty((G, H), dtype), np.empty(G, dtype)
+        used = _lstm.backward(xh[:, :I], lengths, w_ih, w_hh, c0, dg, c_cache, xh[:, I:],
+                              d_out, 0, False, dh, dc, np.empty((N, I), dtype), 0.0, dw_ih,
+                              dw_hh, db, np.empty((B, G), dtype), False, None, False, threads)
+        assert used == 1
+        results[threads] = (dg, dh, dc, db, dw_ih, dw_hh)
+    for one, two in zip(results[1][:4], results[2][:4], strict=True):
+        np.testing.assert_array_equal(one, two)
+    for one, two in zip(results[1][4:], results[2][4:], strict=True):
+        _assert_same(one, two, False, dtype)
+    np.testing.assert_allclose(results[2][4], results[2][0].T @ x,
+                               rtol=0, atol=TOL[dtype] * 10 * np.abs(results[2][4]).max())
