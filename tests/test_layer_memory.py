@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 
 from pylstm import LSTM, _lstm
+from pylstm._layer import _PACK_CACHE_MAX_ROWS
 
 MIB = 2**20
 
@@ -126,10 +127,15 @@ def test_dense_inference_needs_nothing_of_size_T_but_the_result(dtype, B):
     # Beyond the result: per direction the chunk buffers (32 steps x B x 4H),
     # W_hh^T and the states, the same at 50x and 400x the length (the result
     # is 16 or 32 MB at T = 16000).
-    # One row (B = 1) keeps the packed weights from call to call, with copies
-    # of the weights they come from.
-    packs = _lstm.pack_cache_size(n_in, H, dtype) if _lstm.packs_weights(40, B) else 0
-    work = 2 * (32 * B * (4 * H + n_in) + 4 * H * H + 4 * B * H + packs) * itemsize
+    # One row (B = 1) keeps the packed weights from call to call (two
+    # directions, each with copies of the weights they come from) in calls of
+    # up to _PACK_CACHE_MAX_ROWS rows: a constant, not a growth with T.
+    packs = [2 * _lstm.pack_cache_size(n_in, H, dtype) * itemsize
+             if _lstm.packs_weights(T, B) and B * T <= _PACK_CACHE_MAX_ROWS else 0
+             for T in (40, 2000, 16000)]
+    assert packs[-1] == 0
+    extra = [e - p for e, p in zip(extra, packs, strict=True)]
+    work = 2 * (32 * B * (4 * H + n_in) + 4 * H * H + 4 * B * H) * itemsize
     assert max(extra) < 1.5 * work, (extra, work)
     assert max(extra) - min(extra) < 16 * 1024, extra
 
