@@ -394,8 +394,8 @@ class LSTM:
                 x = arrays.empty("x", (n_rows, I + H), self.dtype)
                 if dense:
                     np.copyto(x[:, :I].reshape(T_eff, B, I), X.transpose(1, 0, 2))
-                else:
-                    x[:, :I] = X.reshape(B * T, I)[rows]
+                else:  # rows are in range: "clip" writes in place, unbuffered
+                    np.take(X.reshape(B * T, I), rows, axis=0, out=x[:, :I], mode="clip")
             bf_rows = order.astype(np.intp) * T
             blas_steps = _lstm.needs_w_hh_t(lens_sorted)
             work = (int(lens_sorted.sum(dtype=np.int64)) * 4 * H * D
