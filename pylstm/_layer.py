@@ -470,6 +470,18 @@ class LSTM:
                 xbuf = arrays.empty(f"xbuf{k}", (K * B * layer_in.shape[1],), dt)
                 gbuf = arrays.empty(f"gbuf{k}", (K * B * 4 * H,), dt)
                 kept = None
+                packs = None
+                if (not training and N <= _PACK_CACHE_MAX_ROWS
+                        and _lstm.packs_weights(T_eff, B)):
+                    # Packed weights kept for the next call with the same weights.
+                    packs = arrays.kept(
+                        f"packs{k}", (_lstm.pack_cache_size(w_ih.shape[1], H, dt),), dt)
+                # The kernels' scratch (packed weights, ...: see _lstm.work_size),
+                # kept so that no call maps fresh pages for it; with the packs
+                # cached, inference needs only a (B, H) alternate state from it.
+                work = arrays.empty(f"work{k}", (
+                    B * H + 64 if packs is not None
+                    else _lstm.work_size(w_ih.shape[1], H, B, dt),), dt)
                 if training:
                     c_start = c.copy()
                     # One row per valid step, each written by the kernel.
@@ -481,17 +493,12 @@ class LSTM:
                         h_prev = new(f"h_prev{k}", (N, H), dt)
                     _lstm.forward_train(layer_in, lens_sorted, w_ih, w_hh, w_hh_t, bias, h, c,
                                         out, d * H, bool(d), xbuf, gbuf, gates, c_cache,
-                                        h_prev, out_bf, bf_rows, loop_threads)
+                                        h_prev, out_bf, bf_rows, loop_threads, work)
                     kept = (c_start, gates, c_cache, h_prev)
                 else:
-                    # Packed weights kept for the next call with the same weights.
-                    packs = None
-                    if N <= _PACK_CACHE_MAX_ROWS and _lstm.packs_weights(T_eff, B):
-                        packs = arrays.kept(
-                            f"packs{k}", (_lstm.pack_cache_size(w_ih.shape[1], H, dt),), dt)
                     _lstm.forward_infer(layer_in, lens_sorted, w_ih, w_hh, w_hh_t, bias, h, c,
                                         out, d * H, bool(d), xbuf, gbuf, x_bf, out_bf,
-                                        bf_rows, loop_threads, packs)
+                                        bf_rows, loop_threads, packs, work)
                 h_n[k, order] = h
                 c_n[k, order] = c
                 return kept
@@ -728,23 +735,25 @@ class LSTM:
                 dw_hh = np.empty_like(w_hh)
                 db = np.empty(4 * H, dtype=self.dtype)
                 scratch = arrays.empty(f"scratch{k}", (B, 4 * H), self.dtype)
+                work = arrays.empty(f"work{k}", (_lstm.work_size(w_ih.shape[1], H, B,
+                                                                 self.dtype),), self.dtype)
                 _lstm.backward(layer_in, lens, w_ih, w_hh, c_start, gates, c_cache, h_prev,
                                grad_out, d * H, bool(d), dh, dc, layer_in, 0.0,
                                dw_ih, dw_hh, db, scratch, g_bf, bf_rows, False,
-                               loop_threads)
+                               loop_threads, work)
                 grads["weight_ih" + sfx] = dw_ih
                 grads["weight_hh" + sfx] = dw_hh
                 grads["bias_ih" + sfx] = db
                 grads["bias_hh" + sfx] = db.copy()
                 g_h0[k, order] = dh
                 g_c0[k, order] = dc
-                return gates, w_ih
+                return gates, w_ih, work
 
             parts = run_directions(run, D, parallel=parallel)
             # Every direction has read the layer input: its gradient takes its place
             # (the input is the layer's own packed copy or the output of the layer
             # below, both work arrays; the cache is used up by this backward).
-            for d, (dg, w_ih) in enumerate(parts):
-                _lstm.input_gradient(dg, w_ih, layer_in, float(d > 0), loop_threads)
+            for d, (dg, w_ih, work) in enumerate(parts):
+                _lstm.input_gradient(dg, w_ih, layer_in, float(d > 0), loop_threads, work)
             grad_out = layer_in
         return grads, g_h0, g_c0, grad_out

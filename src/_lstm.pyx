@@ -130,23 +130,112 @@ def set_packed_gemm(bint enabled):
     return old
 
 
+cdef struct _Work:
+    # Caller-kept memory that a call carves its scratch from (see work_size):
+    # allocated afresh on every call, buffers of a few hundred KiB come from
+    # newly mapped pages, and the page faults of their first writes cost up
+    # to a third of a small call.
+    char* base
+    size_t size
+    size_t used
+
+
+cdef void _work_init(_Work* w, void* base, size_t nbytes) noexcept nogil:
+    w.base = <char*> base
+    w.size = nbytes if base != NULL else 0
+    w.used = 0
+
+
+cdef void _work_from(_Work* w, floating[::1] work) noexcept:
+    """``w`` over the caller's ``work`` array (None or empty: nothing)."""
+    if work is None or work.shape[0] == 0:
+        _work_init(w, NULL, 0)
+    else:
+        _work_init(w, &work[0], <size_t> work.shape[0] * sizeof(floating))
+
+
+cdef void* _take(_Work* w, size_t nbytes) noexcept nogil:
+    """``nbytes`` of scratch, 64-byte aligned, from ``w`` while it has room,
+    else from malloc (NULL: out of memory). Return it with :func:`_give`."""
+    cdef size_t start = (<size_t> (w.base + w.used) + 63) // 64 * 64 - <size_t> w.base
+    if w.base != NULL and start + nbytes <= w.size:
+        w.used = start + nbytes
+        return w.base + start
+    return malloc(nbytes)
+
+
+cdef void _give(_Work* w, void* p) noexcept nogil:
+    """Free ``p`` unless it lies in ``w`` (NULL is ignored)."""
+    if p != NULL and not (w.base != NULL and <char*> p >= w.base
+                          and <char*> p < w.base + w.size):
+        free(p)
+
+
+cdef Py_ssize_t _work_len(int I, int H, int B, bint is_float) noexcept nogil:
+    """Elements of the work array that spares every kernel call its mallocs:
+    the largest need of a forward call (W_hh^T and W_ih^T packed, the
+    alternate h), of a backward call (W_hh packed, then the fused weight
+    gradient in the same place; the alternate scratch) and of an input
+    gradient (W_ih packed), with room to align each buffer."""
+    cdef Py_ssize_t G = 4 * H
+    cdef Py_ssize_t s = 4 if is_float else 8
+    cdef Py_ssize_t fwd, bwd, dx
+    fwd = _packed_len(H, G, is_float) + _packed_len(I, G, is_float) + <Py_ssize_t> B * H
+    # The fused weight gradient reuses the packed W_hh's memory (see backward).
+    bwd = max(_packed_len(G, H, is_float), G * (I + H)) + <Py_ssize_t> B * G
+    dx = _packed_len(G, I, is_float)
+    return max(fwd, bwd, dx) + 4 * 64 // s
+
+
+def work_size(int n_in, int hidden, int batch, dtype):
+    """Length of the ``work`` array that the kernels take for these sizes.
+
+    A kernel call given a 1-D ``work`` array of at least this many elements
+    (of the call's dtype) takes its scratch from it: the packed weights,
+    the fused weight gradient of :func:`backward` and the two-thread
+    alternates, about ``4H (n_in + H)`` elements in all. Without one (or
+    with a shorter one) it allocates them itself. One array serves every
+    kernel of one layer direction, one call at a time.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from pylstm import _lstm
+    >>> _lstm.work_size(3, 4, 2, np.float64) >= 16 * (3 + 4)
+    True
+    """
+    import numpy as np
+    return _work_len(n_in, hidden, batch, np.dtype(dtype) == np.float32)
+
+
 cdef floating* _packed_weights(const floating* w, int ld, bint trans, int k,
-                               int n) noexcept nogil:
-    """A packed copy of the k x n matrix w (see _gemm.h), or NULL (out of memory)."""
+                               int n, _Work* work) noexcept nogil:
+    """A packed copy of the k x n matrix w (see _gemm.h) in scratch from
+    ``work`` (:func:`_take`), or NULL (out of memory)."""
     cdef long size
     cdef floating* bp
     if floating is float:
         size = pylstm_packed_size_f(k, n)
     else:
         size = pylstm_packed_size_d(k, n)
-    bp = <floating*> malloc(size * sizeof(floating))
-    if bp == NULL:
-        return NULL
+    bp = <floating*> _take(work, size * sizeof(floating))
+    if bp != NULL:
+        _pack_into(w, ld, trans, k, n, bp)
+    return bp
+
+
+cdef inline void _pack_into(const floating* w, int ld, bint trans, int k, int n,
+                            floating* bp) noexcept nogil:
     if floating is float:
         pylstm_pack_f(w, ld, trans, k, n, bp)
     else:
         pylstm_pack_d(w, ld, trans, k, n, bp)
-    return bp
+
+
+cdef inline Py_ssize_t _packed_len(int k, int n, bint is_float) noexcept nogil:
+    if is_float:
+        return pylstm_packed_size_f(k, n)
+    return pylstm_packed_size_d(k, n)
 
 
 cdef inline void _gemm_packed(int m, int n, int k, const floating* a, int lda,
@@ -871,7 +960,8 @@ cdef int _run_forward(const floating[:, :] x, const int[::1] lengths,
                       floating[::1] gbuf, floating* gates, floating* c_cache,
                       floating* h_prev, Py_ssize_t hp_ld, bint x_batch_first,
                       bint out_batch_first, const Py_ssize_t[::1] bf_rows,
-                      int threads, floating[::1] pack_cache=None) except -1:
+                      int threads, floating[::1] pack_cache=None,
+                      floating[::1] work=None) except -1:
     """Check, set up and run one forward call (caches NULL: inference; the
     caller has checked their sizes). Returns the threads that ran the loop."""
     cdef int B = <int> lengths.shape[0]
@@ -885,8 +975,10 @@ cdef int _run_forward(const floating[:, :] x, const int[::1] lengths,
     cdef floating* w_pack = NULL
     cdef floating* ih_pack = NULL
     cdef floating* h_alt = NULL
-    cdef bint owned = True
+    cdef _Work ws
+    cdef bint cached = False
     cdef Py_ssize_t* off = _step_offsets(lengths)
+    _work_from(&ws, work)
     try:
         T = lengths[0]
         _check_forward(lengths, off, bf_rows, x.shape[0], I, w_ih.shape[1], H,
@@ -900,7 +992,7 @@ cdef int _run_forward(const floating[:, :] x, const int[::1] lengths,
         a.hp_ld = hp_ld
         a.x_ld = _row_stride(x.shape[0], I, x.strides[0], x.strides[1], sizeof(floating),
                              "x")
-        h_alt = <floating*> malloc(<size_t> B * H * sizeof(floating))
+        h_alt = <floating*> _take(&ws, <size_t> B * H * sizeof(floating))
         if h_alt == NULL:
             raise MemoryError()
         a.is_float = floating is float
@@ -932,14 +1024,14 @@ cdef int _run_forward(const floating[:, :] x, const int[::1] lengths,
             # to BLAS here: the caller made w_hh_t only for BLAS steps.)
             if (pack_cache is not None
                     and pack_cache.shape[0] >= _pack_cache_len(I, H, a.is_float)):
-                owned = False
+                cached = True
                 with nogil:
                     _cached_packs(&pack_cache[0], &w_ih[0, 0], &w_hh[0, 0], I, H,
                                   &w_pack, &ih_pack)
             else:
                 with nogil:
-                    w_pack = _packed_weights(&w_hh[0, 0], H, True, H, 4 * H)
-                    ih_pack = _packed_weights(&w_ih[0, 0], I, True, I, 4 * H)
+                    w_pack = _packed_weights(&w_hh[0, 0], H, True, H, 4 * H, &ws)
+                    ih_pack = _packed_weights(&w_ih[0, 0], I, True, I, 4 * H, &ws)
                 if w_pack == NULL or ih_pack == NULL:
                     raise MemoryError("no memory for the packed weights")
         a.w_pack = w_pack
@@ -948,10 +1040,10 @@ cdef int _run_forward(const floating[:, :] x, const int[::1] lengths,
             split = _split_ok(&a, threads, nr, sizeof(floating))
             used = _run_loop(_forward_task, &a, split)
     finally:
-        if owned:
-            free(w_pack)
-            free(ih_pack)
-        free(h_alt)
+        if not cached:
+            _give(&ws, w_pack)
+            _give(&ws, ih_pack)
+        _give(&ws, h_alt)
         free(off)
     return used
 
@@ -974,7 +1066,8 @@ def forward_train(const floating[:, :] x,
                   floating[:, :] h_prev_cache,
                   bint out_batch_first=False,
                   const Py_ssize_t[::1] bf_rows=None,
-                  int threads=1):
+                  int threads=1,
+                  floating[::1] work=None):
     """Forward pass of one direction, keeping what BPTT needs.
 
     Per-step arrays are 2-D, one row per valid step of one sequence, in the
@@ -1027,6 +1120,10 @@ def forward_train(const floating[:, :] x,
         hidden units (see ``_parallel.h``) where the packed products allow
         it (AVX-512, no BLAS step, H a multiple of 64 in float32 or 32 in
         float64); results are bit-identical to one thread's.
+    work : 1-D array, default None
+        Scratch kept by the caller, at least :func:`work_size` elements:
+        the call then allocates nothing of the size of the weights (see
+        :func:`work_size`). Its contents on entry do not matter.
 
     Returns
     -------
@@ -1036,6 +1133,7 @@ def forward_train(const floating[:, :] x,
     cdef Py_ssize_t N = 0
     cdef Py_ssize_t b, hp_ld
     cdef int H = <int> w_hh.shape[1]
+    cdef floating[::1] no_cache = None
     for b in range(lengths.shape[0]):
         N += lengths[b]
     _check_rows(gates.shape[0], gates.shape[1], N, 4 * H, "gates")
@@ -1045,7 +1143,7 @@ def forward_train(const floating[:, :] x,
                         sizeof(floating), "h_prev_cache")
     return _run_forward(x, lengths, w_ih, w_hh, w_hh_t, bias, h, c, out, offset, reverse,
                         xbuf, gbuf, &gates[0, 0], &c_cache[0, 0], &h_prev_cache[0, 0],
-                        hp_ld, False, out_batch_first, bf_rows, threads)
+                        hp_ld, False, out_batch_first, bf_rows, threads, no_cache, work)
 
 
 def forward_infer(const floating[:, :] x,
@@ -1065,7 +1163,8 @@ def forward_infer(const floating[:, :] x,
                   bint out_batch_first=False,
                   const Py_ssize_t[::1] bf_rows=None,
                   int threads=1,
-                  floating[::1] pack_cache=None):
+                  floating[::1] pack_cache=None,
+                  floating[::1] work=None):
     """Forward pass of one direction keeping no per-step state.
 
     Same arguments as :func:`forward_train` without the caches: extra memory
@@ -1074,7 +1173,8 @@ def forward_infer(const floating[:, :] x,
     batch-first (B * T', I) input, time ``t`` of sorted row ``b`` at row
     ``bf_rows[b] + t``, and with ``out_batch_first`` ``out`` is the
     (B * T', D*H) result: the layer's own input and result, so that
-    inference keeps no copy of either. ``threads`` as in :func:`forward_train`.
+    inference keeps no copy of either. ``threads`` and ``work`` as in
+    :func:`forward_train`.
 
     ``pack_cache``, a 1-D array of at least :func:`pack_cache_size` elements
     that the caller keeps from call to call, holds the packed weights and
@@ -1087,7 +1187,8 @@ def forward_infer(const floating[:, :] x,
     """
     return _run_forward(x, lengths, w_ih, w_hh, w_hh_t, bias, h, c, out, offset, reverse,
                         xbuf, gbuf, <floating*> NULL, <floating*> NULL, <floating*> NULL,
-                        0, x_batch_first, out_batch_first, bf_rows, threads, pack_cache)
+                        0, x_batch_first, out_batch_first, bf_rows, threads, pack_cache,
+                        work)
 
 
 def backward(const floating[:, :] x,
@@ -1112,7 +1213,8 @@ def backward(const floating[:, :] x,
              bint dout_batch_first=False,
              const Py_ssize_t[::1] bf_rows=None,
              bint with_dx=True,
-             int threads=1):
+             int threads=1,
+             floating[::1] work=None):
     """Backpropagation through time for one direction.
 
     Parameters
@@ -1169,9 +1271,13 @@ def backward(const floating[:, :] x,
     cdef floating* w_pack = NULL
     cdef floating* scratch_alt = NULL
     cdef floating* dw_tmp = NULL
+    cdef floating* block = NULL
+    cdef Py_ssize_t pack_len = 0, tmp_len = 0
     cdef _GateRows rows0, rows1
     cdef Py_ssize_t dx_ld = I
+    cdef _Work ws
     cdef Py_ssize_t* off = _step_offsets(lengths)
+    _work_from(&ws, work)
     try:
         T = lengths[0]
         N = off[T]
@@ -1221,21 +1327,32 @@ def backward(const floating[:, :] x,
                 and <const floating*> a.h_prev == &x[0, 0] + I:
             # Rows of h_prev continue those of x: one GEMM for both weight
             # gradients (see _weight_gradients).
-            dw_tmp = <floating*> malloc(<size_t> G * (I + H) * sizeof(floating))
-        a.dw_tmp = dw_tmp
+            tmp_len = <Py_ssize_t> G * (I + H)
+        if _packs(T, B):
+            pack_len = _packed_len(G, H, floating is float)
         a.dw_ih = &dw_ih[0, 0]
         a.dw_hh = &dw_hh[0, 0]
         a.db = &db[0]
         a.n_rows = N
         with nogil:
-            if _packs(T, B):
-                w_pack = _packed_weights(&w_hh[0, 0], H, False, G, H)
+            # One block for the packed W_hh of the time loop and then the fused
+            # weight gradient: every thread has left the loop (a barrier, or the
+            # loop's end) before the weight gradients are written.
+            if pack_len or tmp_len:
+                block = <floating*> _take(&ws, <size_t> max(pack_len, tmp_len)
+                                          * sizeof(floating))
+            if block != NULL and pack_len:
+                w_pack = block
+                _pack_into(&w_hh[0, 0], H, False, G, H, w_pack)
+            if block != NULL and tmp_len:
+                dw_tmp = block
+            a.dw_tmp = dw_tmp
             a.w_pack = w_pack
             split = _split_ok(&a, threads, nr, sizeof(floating))
             if split and reverse:
                 # The threads' skew of up to one step needs the step's scratch
                 # copy of dG to alternate between two arrays.
-                scratch_alt = <floating*> malloc(<size_t> B * G * sizeof(floating))
+                scratch_alt = <floating*> _take(&ws, <size_t> B * G * sizeof(floating))
                 split = scratch_alt != NULL
                 a.scratch_alt = scratch_alt if split else a.scratch
             used = _run_loop(_backward_task, &a, split)
@@ -1255,9 +1372,8 @@ def backward(const floating[:, :] x,
                 gemm(False, False, <int> N, I, G, <floating> 1.0, &gates[0, 0], G,
                      &w_ih[0, 0], I, <floating> dx_beta, &dx[0, 0], <int> dx_ld)
     finally:
-        free(w_pack)
-        free(scratch_alt)
-        free(dw_tmp)
+        _give(&ws, block)
+        _give(&ws, scratch_alt)
         free(off)
     return used
 
@@ -1298,7 +1414,8 @@ def input_gradient(const floating[:, ::1] gates,
                    const floating[:, ::1] w_ih,
                    floating[:, :] dx,
                    double beta,
-                   int threads=1):
+                   int threads=1,
+                   floating[::1] work=None):
     """``dx = gates @ w_ih + beta * dx``: the input gradient of one direction.
 
     ``gates`` holds the gate gradients that :func:`backward` left, (N, 4H);
@@ -1306,13 +1423,15 @@ def input_gradient(const floating[:, ::1] gates,
     that the backward calls have finished reading. With ``threads=2`` (and
     BLAS held to one thread by the caller) two threads take half of the rows
     each; the halves may round differently from one call over all rows.
-    Returns the number of threads used.
+    ``work`` as in :func:`forward_train`. Returns the number of threads used.
     """
     cdef int N = <int> gates.shape[0]
     cdef int G = <int> gates.shape[1]
     cdef int I = <int> w_ih.shape[1]
     cdef _Rows first, second
     cdef int used = 1
+    cdef _Work ws
+    _work_from(&ws, work)
     if w_ih.shape[0] != G or dx.shape[0] != N or dx.shape[1] != I:
         raise ValueError(f"shapes ({N}, {G}) @ ({w_ih.shape[0]}, {I}) -> "
                          f"({dx.shape[0]}, {dx.shape[1]}) do not match")
@@ -1334,7 +1453,7 @@ def input_gradient(const floating[:, ::1] gates,
             # narrow I (one thread, dG (N, 4H) @ W_ih (4H, I): float32 1600 x
             # 256 x 32 1.27x, 6400 x 512 x 64 1.32x; float64 1.26-1.74x).
             # Larger, BLAS's blocking wins (float64 6400 x 512 x 256: 0.68x).
-            first.w_pack = _packed_weights(&w_ih[0, 0], I, False, G, I)
+            first.w_pack = _packed_weights(&w_ih[0, 0], I, False, G, I, &ws)
         if (threads >= 2 and PYLSTM_THREADS
                 and (not _split_sizes or <double> N * G * I >= SPLIT_CALL_MACS)):
             second = first
@@ -1346,5 +1465,5 @@ def input_gradient(const floating[:, ::1] gates,
                 first.r1 = N
         if used == 1:
             _input_gradient_task(&first)
-        free(<void*> first.w_pack)
+        _give(&ws, <void*> first.w_pack)
     return used
