@@ -423,6 +423,7 @@ class _BaseLSTMEstimator(BaseEstimator):
         finally:
             for layer in net.layers:
                 layer.free_workspace()
+            self._optimizer._workspace.clear()  # the updates' scratch
             net._cache = None
         if X_val is not None and getattr(self, "_best_state", None) is not None:
             net.set_state(self._best_state)

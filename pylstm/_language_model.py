@@ -288,6 +288,7 @@ class LSTMLanguageModel(BaseEstimator):
         finally:
             for layer in self.network_.layers:
                 layer.free_workspace()
+            self._optimizer._workspace.clear()  # the updates' scratch
             self.network_._cache = None
         if best_state is not None:
             self.network_.set_state(best_state)

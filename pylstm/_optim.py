@@ -27,6 +27,8 @@ import numbers
 
 import numpy as np
 
+from ._workspace import Workspace
+
 __all__ = [
     "AdamOptimizer",
     "RMSpropOptimizer",
@@ -84,6 +86,7 @@ class _BaseOptimizer:
         )
         self.learning_rate = self.learning_rate_init
         self.t = 0
+        self._workspace = Workspace()
         self._buffers = {
             name: [np.zeros_like(p) for p in self.params] for name in self._buffer_names
         }
@@ -115,11 +118,28 @@ class _BaseOptimizer:
                     f"grads[{i}] has shape {g.shape}, expected {p.shape} like params[{i}]"
                 )
         self.t += 1
-        for i, (p, g) in enumerate(zip(self.params, grads, strict=True)):
-            self._update(p, g, tuple(self._buffers[name][i] for name in self._buffer_names))
+        # Fresh temporaries of the size of a parameter would come from newly
+        # mapped pages under some allocator settings (Dask's workers): a page
+        # fault per 4 KiB on every update. Each update writes them into a
+        # kept array instead (the arithmetic is the same).
+        with self._workspace.borrow() as arrays:
+            for i, (p, g) in enumerate(zip(self.params, grads, strict=True)):
+                self._update(p, g,
+                             tuple(self._buffers[name][i] for name in self._buffer_names),
+                             arrays.empty(f"tmp{i}", g.shape, g.dtype))
 
-    def _update(self, p, g, buffers):  # pragma: no cover - abstract
+    def _update(self, p, g, buffers, tmp):  # pragma: no cover - abstract
+        """Update ``p`` in place; ``tmp``, an array like ``g``, takes the temporaries."""
         raise NotImplementedError
+
+    def __getstate__(self):
+        state = self.__dict__.copy()
+        state["_workspace"] = None  # scratch arrays, not state
+        return state
+
+    def __setstate__(self, state):
+        self.__dict__.update(state)
+        self._workspace = Workspace()
 
     def state_dict(self):
         """Return the optimizer state as a dict of copies.
@@ -260,21 +280,21 @@ class SGDOptimizer(_BaseOptimizer):
     def velocities(self):
         return self._buffers["velocities"]
 
-    def _update(self, p, g, buffers):
+    def _update(self, p, g, buffers, tmp):
         (v,) = buffers
         lr = float(self.learning_rate)
         mu = self.momentum
         if mu == 0.0:
-            p -= lr * g
+            p -= np.multiply(g, lr, out=tmp)
             return
         v *= mu
         v += g
         if self.nesterov:
-            step = mu * v
+            step = np.multiply(v, mu, out=tmp) if v.dtype == tmp.dtype else mu * v
             step += g
             step *= lr
         else:
-            step = lr * v
+            step = np.multiply(v, lr, out=tmp) if v.dtype == tmp.dtype else lr * v
         p -= step
 
 
@@ -343,18 +363,20 @@ class AdamOptimizer(_BaseOptimizer):
     def vs(self):
         return self._buffers["vs"]
 
-    def _update(self, p, g, buffers):
+    def _update(self, p, g, buffers, tmp):
         m, v = buffers
         b1, b2 = self.beta_1, self.beta_2
         m *= b1
-        m += (1.0 - b1) * g
+        m += np.multiply(g, 1.0 - b1, out=tmp)
         v *= b2
-        v += (1.0 - b2) * np.square(g)
+        np.square(g, out=tmp)
+        tmp *= 1.0 - b2
+        v += tmp
         bias_1 = 1.0 - b1**self.t
         bias_2 = 1.0 - b2**self.t
         step_size = float(self.learning_rate) / bias_1
         # denom = sqrt(v_hat) + eps, then step = step_size * m / denom, one buffer
-        denom = np.sqrt(v)
+        denom = np.sqrt(v, out=tmp) if v.dtype == tmp.dtype else np.sqrt(v)
         denom /= math.sqrt(bias_2)
         denom += self.epsilon
         np.divide(m, denom, out=denom)
@@ -420,12 +442,14 @@ class RMSpropOptimizer(_BaseOptimizer):
     def square_avg(self):
         return self._buffers["square_avg"]
 
-    def _update(self, p, g, buffers):
+    def _update(self, p, g, buffers, tmp):
         (v,) = buffers
         rho = self.rho
         v *= rho
-        v += (1.0 - rho) * np.square(g)
-        denom = np.sqrt(v)
+        np.square(g, out=tmp)
+        tmp *= 1.0 - rho
+        v += tmp
+        denom = np.sqrt(v, out=tmp) if v.dtype == tmp.dtype else np.sqrt(v)
         denom += self.epsilon
         np.divide(g, denom, out=denom, casting="same_kind")
         denom *= float(self.learning_rate)

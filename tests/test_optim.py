@@ -589,3 +589,69 @@ def test_doctests():
     result = doctest.testmod(optim_module, optionflags=doctest.NORMALIZE_WHITESPACE)
     assert result.attempted > 0
     assert result.failed == 0
+
+
+def _reference_update(name, p, g, buffers, t, kw):
+    """The update rules written with fresh temporaries, as the docs state them."""
+    if name == "sgd":
+        (v,) = buffers
+        lr, mu = kw["learning_rate_init"], kw["momentum"]
+        v *= mu
+        v += g
+        step = mu * v
+        step += g
+        step *= lr
+        p -= step
+    elif name == "adam":
+        m, v = buffers
+        b1, b2, lr, eps = 0.9, 0.999, kw["learning_rate_init"], 1e-8
+        m *= b1
+        m += (1.0 - b1) * g
+        v *= b2
+        v += (1.0 - b2) * np.square(g)
+        denom = np.sqrt(v)
+        denom /= math.sqrt(1.0 - b2**t)
+        denom += eps
+        np.divide(m, denom, out=denom)
+        denom *= lr / (1.0 - b1**t)
+        p -= denom
+    else:
+        (v,) = buffers
+        rho, lr, eps = 0.9, kw["learning_rate_init"], 1e-8
+        v *= rho
+        v += (1.0 - rho) * np.square(g)
+        denom = np.sqrt(v)
+        denom += eps
+        np.divide(g, denom, out=denom, casting="same_kind")
+        denom *= lr
+        p -= denom
+
+
+@pytest.mark.parametrize("name", ["sgd", "adam", "rmsprop"])
+@pytest.mark.parametrize(("p_dtype", "g_dtype"), [
+    (np.float32, np.float32), (np.float64, np.float64), (np.float32, np.float64)])
+def test_kept_scratch_gives_the_same_bits(name, p_dtype, g_dtype):
+    """Updates write their temporaries into kept arrays: same bits as fresh ones."""
+    import pickle
+
+    rng = np.random.default_rng(5)
+    p = rng.normal(size=(40, 7)).astype(p_dtype)
+    ref_p = p.copy()
+    kw = {"learning_rate_init": 0.01, "momentum": 0.9}
+    kwargs = {"momentum": 0.9, "nesterovs_momentum": True} if name == "sgd" else {}
+    opt = make_optimizer(name, [p], 0.01, **kwargs)
+    n_buffers = 2 if name == "adam" else 1
+    ref_buffers = [np.zeros_like(p) for _ in range(n_buffers)]
+    for t in range(1, 6):
+        g = rng.normal(size=p.shape).astype(g_dtype)
+        opt.update_params([g])
+        _reference_update(name, ref_p, g, ref_buffers, t, kw)
+        np.testing.assert_array_equal(p, ref_p)
+    assert p.dtype == p_dtype
+    # The scratch is not state: not pickled, remade on demand.
+    clone = pickle.loads(pickle.dumps(opt))
+    assert clone._workspace.nbytes == 0 < opt._workspace.nbytes
+    g = rng.normal(size=p.shape).astype(g_dtype)
+    clone.update_params([g])
+    opt.update_params([g])
+    np.testing.assert_array_equal(clone.params[0], opt.params[0])
