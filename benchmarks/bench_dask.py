@@ -23,9 +23,10 @@ and ``dask-ml``) and times two things on digits-as-sequences
     workers with ``MALLOC_TRIM_THRESHOLD_=65536``: the heap is given back to
     the system whenever 64 KiB at its top are free, and (as any explicit
     setting does) glibc's adaptive mmap threshold is switched off, so every
-    temporary array above 128 KiB (pylstm's per-batch gate caches, for
-    instance) is mmap'd and unmapped again. The page faults of fresh memory
-    then cost pylstm's training about 1.5 times the CPU time.
+    temporary array above 128 KiB is mmap'd and unmapped again, and its pages
+    fault on first touch. (pylstm keeps its work arrays between calls, so on
+    this benchmark the two clusters now cost about the same CPU time; an
+    earlier version, which allocated them on every call, took 1.6 times it.)
 
   The serial and loky runs are capped at one BLAS thread (threadpoolctl),
   which is what Dask's workers get (the nanny sets ``OMP_NUM_THREADS``,
