@@ -8,15 +8,20 @@ product that BLAS computes is small (:func:`thread_plan`), and leave BLAS's
 own setting alone otherwise: the products of pylstm's packed-weight loop
 (``src/_gemm.h``) never call BLAS, and the whole-sequence GEMMs are large.
 
-The switch is reference-counted under a lock, so concurrent calls from
-several Python threads restore the caller's setting exactly once, when the
-last of them leaves.
+The switch applies to the BLAS library that the kernels call (SciPy's, see
+:func:`_kernel_libraries`), through its C functions where it is OpenBLAS. It
+is reference-counted under a lock, so concurrent calls from several Python
+threads restore the caller's setting exactly once, when the last of them
+leaves.
 """
 
 import contextlib
+import ctypes
+import itertools
 import os
 import threading
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 #: Per-step recurrent GEMM size (B * 4H * H multiply-adds) below which one
 #: BLAS thread is used.
@@ -26,14 +31,76 @@ _lock = threading.Lock()
 _state = {"controller": None, "depth": 0, "restore": None}
 
 
+class _Blas:
+    """One loaded BLAS library's thread count, read and set.
+
+    For OpenBLAS with its own (pthreads) pool, through the library's C
+    functions (``openblas_get_num_threads`` / ``openblas_set_num_threads``,
+    under SciPy's and NumPy's symbol prefixes and suffixes): 0.4 us for a
+    read and two sets, against 10 us through threadpoolctl's Python layers,
+    which small training steps paid twice each. Other libraries go through
+    threadpoolctl.
+    """
+
+    def __init__(self, lib):
+        self.lib = lib
+        self.filepath = lib.filepath
+        self._get = self._set = None
+        if (lib.internal_api == "openblas"
+                and getattr(lib, "threading_layer", None) == "pthreads"):
+            try:
+                dll = ctypes.CDLL(lib.filepath)
+            except OSError:  # pragma: no cover - the library is loaded already
+                return
+            for prefix, suffix in itertools.product(("", "scipy_"), ("", "64_", "_64")):
+                get = getattr(dll, f"{prefix}openblas_get_num_threads{suffix}", None)
+                put = getattr(dll, f"{prefix}openblas_set_num_threads{suffix}", None)
+                if get is not None and put is not None:
+                    get.restype, get.argtypes = ctypes.c_int, []
+                    put.restype, put.argtypes = None, [ctypes.c_int]
+                    self._get, self._set = get, put
+                    break
+
+    @property
+    def num_threads(self):
+        return self._get() if self._get is not None else self.lib.num_threads
+
+    def set_num_threads(self, n):
+        if self._set is not None:
+            self._set(n)
+        else:
+            _set_num_threads(self.lib, n)
+
+
+def _kernel_libraries(libs):
+    """The libraries that pylstm's kernels call: SciPy's BLAS (``cython_blas``).
+
+    A SciPy wheel brings its own OpenBLAS in ``scipy.libs`` next to the
+    package; NumPy's (used by no kernel) is then left alone. If none lies
+    there (SciPy linked to a system BLAS, maybe NumPy's too), every BLAS.
+    """
+    try:
+        import scipy
+    except ImportError:  # pragma: no cover - a dependency
+        return libs
+    home = Path(scipy.__file__).resolve().parent
+    dirs = {home, home.parent / "scipy.libs"}
+    own = [b for b in libs if Path(b.filepath).resolve().parent in dirs]
+    return own or libs
+
+
 def _controller():
+    """``(all BLAS libraries, those the kernels call)``, or False without threadpoolctl."""
     if _state["controller"] is None:
         try:
             from threadpoolctl import ThreadpoolController
         except ImportError:  # pragma: no cover - threadpoolctl comes with scikit-learn
             _state["controller"] = False
         else:
-            _state["controller"] = ThreadpoolController().select(user_api="blas")
+            import scipy.linalg.cython_blas  # noqa: F401 - loads the kernels' BLAS first
+            libs = [_Blas(lib) for lib in
+                    ThreadpoolController().select(user_api="blas").lib_controllers]
+            _state["controller"] = (libs, _kernel_libraries(libs))
     return _state["controller"]
 
 
@@ -69,10 +136,10 @@ def single_threaded_blas(active=True):
     with _lock:
         ctl = _controller()
         if ctl and _state["depth"] == 0:
-            _state["restore"] = [(lib, lib.num_threads) for lib in ctl.lib_controllers]
+            _state["restore"] = [(lib, lib.num_threads) for lib in ctl[1]]
             for lib, n in _state["restore"]:
                 if n != 1:
-                    _set_num_threads(lib, 1)
+                    lib.set_num_threads(1)
         _state["depth"] += 1
     try:
         yield
@@ -82,7 +149,7 @@ def single_threaded_blas(active=True):
             if _state["depth"] == 0 and _state["restore"]:
                 for lib, n in _state["restore"]:
                     if n != 1:
-                        _set_num_threads(lib, n)
+                        lib.set_num_threads(n)
                 _state["restore"] = None
 
 
@@ -102,7 +169,8 @@ def caller_threads():
     """The BLAS thread count the caller allows (its setting, before any switch here).
 
     Inside :func:`single_threaded_blas` this is the setting it will restore;
-    outside, the current one (the largest over the BLAS libraries loaded).
+    outside, the current one (the largest over the BLAS libraries that the
+    kernels call).
     A caller that limited BLAS to one thread (``threadpool_limits(1)``, or
     joblib in its workers) gets no extra thread from pylstm either.
 
@@ -119,8 +187,8 @@ def caller_threads():
         if restore:
             return max(n for _, n in restore)
         ctl = _controller()
-        if ctl and ctl.lib_controllers:
-            return max(lib.num_threads for lib in ctl.lib_controllers)
+        if ctl and ctl[1]:
+            return max(lib.num_threads for lib in ctl[1])
     return os.cpu_count() or 1
 
 

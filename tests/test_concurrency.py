@@ -29,6 +29,7 @@ from sklearn.model_selection import GridSearchCV
 from threadpoolctl import ThreadpoolController, threadpool_limits
 
 import pylstm._layer as layer_module
+import pylstm._threads as threads_module
 from pylstm import LSTM, LSTMClassifier, LSTMRegressor
 from pylstm._workspace import Workspace
 
@@ -271,18 +272,21 @@ def test_blas_single_threaded_in_small_kernels_from_any_thread(monkeypatch):
 
         @staticmethod
         def forward_infer(*args):
-            seen.append(tuple(lib.num_threads for lib in _blas_controllers()))
+            seen.append(tuple(lib.num_threads for lib in _blas_controllers()
+                              if lib.filepath in kernel_blas))
             return real.forward_infer(*args)
 
     real = layer_module._lstm
     monkeypatch.setattr(layer_module, "_lstm", Spy())
+    # The kernels' BLAS (SciPy's); NumPy's, which no kernel calls, is left as it is.
+    kernel_blas = {b.filepath for b in threads_module._controller()[1]}
     layer = LSTM(3, 8, random_state=0)
     X = np.random.default_rng(0).normal(size=(4, 5, 3))
     with threadpool_limits(limits=2, user_api="blas"):
         before = [lib.num_threads for lib in _blas_controllers()]
         _run_threads(lambda _: layer.forward(X, training=False), range(8), n_threads=4)
         after = [lib.num_threads for lib in _blas_controllers()]
-    assert seen and all(n == (1,) * len(n) for n in seen), (
+    assert seen and all(n and n == (1,) * len(n) for n in seen), (
         f"BLAS thread counts seen inside the kernels from worker threads: {sorted(set(seen))}")
     assert after == before
 
@@ -351,3 +355,23 @@ def test_directions_share_the_callers_thread_budget(monkeypatch, limit):
         layer.backward(np.ones_like(out))
     # parallel is the request; run_directions still runs sequentially on one core.
     assert seen and all(p == (limit >= 2) for p in seen)
+
+
+def test_blas_switch_touches_only_the_kernels_blas():
+    """The switch sets the kernels' BLAS (SciPy's) to one thread and back, through
+    OpenBLAS's C functions where it can; another BLAS (NumPy's own) keeps its count."""
+    libs, kernel = threads_module._controller()
+    assert kernel and set(kernel) <= set(libs)
+    others = [b for b in libs if b not in kernel]
+    with threadpool_limits(limits=2, user_api="blas"):
+        before = {b.filepath: b.num_threads for b in libs}
+        with threads_module.single_threaded_blas(True):
+            inside = {b.filepath: b.num_threads for b in libs}
+        after = {b.filepath: b.num_threads for b in libs}
+    assert after == before
+    assert all(inside[b.filepath] == 1 for b in kernel)
+    assert all(inside[b.filepath] == before[b.filepath] for b in others)
+    for b in libs:  # the C functions read what threadpoolctl reads
+        assert b.num_threads == b.lib.num_threads
+        if b.lib.internal_api == "openblas" and b.lib.threading_layer == "pthreads":
+            assert b._set is not None
