@@ -757,17 +757,18 @@ cdef void _backward_task(void* p) noexcept nogil:
 
 
 # Splitting a time loop pays when a step is long next to the barrier between
-# steps (about a microsecond) and the call next to starting the second thread
-# (50 us here): at least a million multiply-adds per step, or W_hh of 512 KiB
-# or more (one row: the step then streams W_hh from memory, and the two
-# halves come from two cores' caches), and 16 million for the call. Measured
-# at one BLAS thread, kernel calls alone: 64 x 100 x 64 x 128 float32
-# inference 1.5x faster with two threads, 1 x 1000 x 64 x 256 2.5x; 1 x 100 x
-# 32 x 128 (65K per step) 0.88x and 32 x 50 x 32 x 64 training (0.5M) 0.94x.
+# steps (a fraction of a microsecond) and the call next to handing the second
+# half to the worker thread (_parallel.h keeps one: a few microseconds when
+# it is asleep, less when a call follows closely; starting a thread per call
+# took 33 us and needed 1M multiply-adds per step, or W_hh of 512 KiB, and
+# 16M per call to pay). Measured at two threads with the kept worker, layer
+# calls, forced split against none: 1 x 100 x 16 x 64 float32 training (16K
+# per step) 0.199 -> 0.170 ms, 1 x 100 x 32 x 128 0.524 -> 0.428, float64
+# 0.926 -> 0.715, 32 x 50 x 32 x 64 float32 training (0.5M) 1.344 -> 1.161,
+# inference 0.532 -> 0.386, float64 training 2.672 -> 2.023.
 cdef enum:
-    SPLIT_STEP_MACS = 1000000
-    SPLIT_W_BYTES = 524288
-    SPLIT_CALL_MACS = 16000000
+    SPLIT_STEP_MACS = 16384
+    SPLIT_CALL_MACS = 1000000
 cdef bint _split_sizes = True
 
 
@@ -783,7 +784,7 @@ def set_split_thresholds(bint enabled):
     return old
 
 
-cdef bint _split_ok(_Loop* a, int threads, int nr, int itemsize) noexcept nogil:
+cdef bint _split_ok(_Loop* a, int threads, int nr) noexcept nogil:
     """Whether two threads should share this call's time loop (see :func:`_forward`).
 
     Every step's product must run on the packed weights (no BLAS step: BLAS
@@ -794,9 +795,7 @@ cdef bint _split_ok(_Loop* a, int threads, int nr, int itemsize) noexcept nogil:
     if not (threads >= 2 and PYLSTM_THREADS and a.w_pack != NULL
             and a.H % (2 * nr) == 0 and not _blas_steps(a.lengths, a.B)):
         return False
-    return not _split_sizes or (
-        (step >= SPLIT_STEP_MACS or 4.0 * a.H * a.H * itemsize >= SPLIT_W_BYTES)
-        and step * a.T >= SPLIT_CALL_MACS)
+    return not _split_sizes or (step >= SPLIT_STEP_MACS and step * a.T >= SPLIT_CALL_MACS)
 
 
 cdef int _run_loop(void (*task)(void*) noexcept nogil, _Loop* a, bint split) noexcept nogil:
@@ -1037,7 +1036,7 @@ cdef int _run_forward(const floating[:, :] x, const int[::1] lengths,
         a.w_pack = w_pack
         a.ih_pack = ih_pack
         with nogil:
-            split = _split_ok(&a, threads, nr, sizeof(floating))
+            split = _split_ok(&a, threads, nr)
             used = _run_loop(_forward_task, &a, split)
     finally:
         if not cached:
@@ -1250,7 +1249,7 @@ def backward(const floating[:, :] x,
         for example in the place of ``x`` once every direction is done.
     threads : int, default 1
         As in :func:`forward_train`: two threads may share the time loop;
-        then, or else for at least 16M multiply-adds, they also share the
+        then, or else for at least a million multiply-adds, they also share the
         weight-gradient GEMMs after it, by gate rows (BLAS held to one thread
         by the caller). The input gradient uses BLAS's own threads.
 
@@ -1348,7 +1347,7 @@ def backward(const floating[:, :] x,
                 dw_tmp = block
             a.dw_tmp = dw_tmp
             a.w_pack = w_pack
-            split = _split_ok(&a, threads, nr, sizeof(floating))
+            split = _split_ok(&a, threads, nr)
             if split and reverse:
                 # The threads' skew of up to one step needs the step's scratch
                 # copy of dG to alternate between two arrays.
@@ -1358,8 +1357,9 @@ def backward(const floating[:, :] x,
             used = _run_loop(_backward_task, &a, split)
             # Whole-sequence products over the N valid steps (a split loop's
             # threads have made the weight gradients already). A loop too
-            # short to split may still share them, by gate rows: 32 x 50 x 32
-            # x 64 float32 training at two threads 1.47 -> 1.40 ms.
+            # short to split may still share them, by gate rows (with a thread
+            # per call: 32 x 50 x 32 x 64 float32 training at two threads 1.47
+            # -> 1.40 ms).
             if used == 1:
                 rows0.a, rows0.g0, rows0.rows = &a, 0, G // 2
                 rows1.a, rows1.g0, rows1.rows = &a, G // 2, G - G // 2

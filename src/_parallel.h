@@ -1,5 +1,5 @@
-/* Two threads on one time loop: a worker thread per kernel call and a
- * spinning barrier between the steps.
+/* Two threads on one time loop: a kept worker thread (see pylstm_pool) and
+ * a spinning barrier between the steps.
  *
  * With two cores, a step's products and gate arithmetic split by hidden
  * units: each thread computes the four gates of its half of the units for
@@ -71,10 +71,134 @@ static void *pylstm_task_main(void *p)
     return NULL;
 }
 
-/* fn(arg1) on a new thread and fn(arg0) on this one, then join. Returns 0,
- * or -1 without running anything if no thread could be started. */
+/* The second thread, kept: one worker that waits for a task (spinning a
+ * little, ~40 us, since kernel calls of a training step follow each other
+ * closely, then asleep on a condition variable) instead of a thread started
+ * and joined per kernel call (33 us on the benchmark machine, and a core
+ * whose caches start cold). One caller at a time holds it; a second caller
+ * meanwhile (another Python thread) starts a thread of its own as before.
+ * A child process after fork() has no worker: the fork handler resets the
+ * state, and the child's first call starts a new one. */
+typedef struct {
+    pthread_mutex_t mu;
+    pthread_cond_t cv;
+    atomic_int busy;       /* a caller holds the worker */
+    atomic_int started;    /* the worker thread exists */
+    atomic_uint seq;       /* tasks posted */
+    atomic_uint done;      /* the last task finished */
+    unsigned base;         /* seq when the worker was started */
+    void (*fn)(void *);
+    void *arg;
+} pylstm_pool;
+
+static pylstm_pool pylstm_worker = {PTHREAD_MUTEX_INITIALIZER, PTHREAD_COND_INITIALIZER};
+
+#define PYLSTM_IDLE_SPINS 2000
+
+static inline void pylstm_pause(void)
+{
+#if defined(__x86_64__) || defined(__i386__)
+    __builtin_ia32_pause();
+#endif
+}
+
+static void *pylstm_worker_main(void *unused)
+{
+    pylstm_pool *p = &pylstm_worker;
+    unsigned seen = p->base;
+    (void)unused;
+    for (;;) {
+        unsigned s;
+        long spins = 0;
+        while ((s = atomic_load_explicit(&p->seq, memory_order_acquire)) == seen) {
+            if (++spins < PYLSTM_IDLE_SPINS) {
+                pylstm_pause();
+                continue;
+            }
+            pthread_mutex_lock(&p->mu);
+            while (atomic_load_explicit(&p->seq, memory_order_acquire) == seen)
+                pthread_cond_wait(&p->cv, &p->mu);
+            pthread_mutex_unlock(&p->mu);
+            spins = 0;
+        }
+        seen = s;
+        p->fn(p->arg);
+        atomic_store_explicit(&p->done, s, memory_order_release);
+    }
+    return NULL;
+}
+
+static void pylstm_pool_after_fork(void)
+{
+    pylstm_pool *p = &pylstm_worker;
+    pthread_mutex_init(&p->mu, NULL);
+    pthread_cond_init(&p->cv, NULL);
+    atomic_store(&p->started, 0);
+    atomic_store(&p->busy, 0);
+    atomic_store(&p->done, atomic_load(&p->seq));
+}
+
+/* Hold the worker (started if need be); 0 if another caller has it or no
+ * thread could be started. */
+static int pylstm_pool_acquire(void)
+{
+    pylstm_pool *p = &pylstm_worker;
+    static int fork_handler = 0;
+    int expected = 0;
+    if (!atomic_compare_exchange_strong(&p->busy, &expected, 1))
+        return 0;
+    if (!atomic_load(&p->started)) {
+        pthread_t th;
+        pthread_attr_t attr;
+        int ok;
+        if (!fork_handler) {
+            if (pthread_atfork(NULL, NULL, pylstm_pool_after_fork) != 0) {
+                atomic_store(&p->busy, 0);
+                return 0;
+            }
+            fork_handler = 1;
+        }
+        p->base = atomic_load(&p->seq);
+        atomic_store(&p->done, p->base);
+        pthread_attr_init(&attr);
+        pthread_attr_setdetachstate(&attr, PTHREAD_CREATE_DETACHED);
+        ok = pthread_create(&th, &attr, pylstm_worker_main, NULL) == 0;
+        pthread_attr_destroy(&attr);
+        if (!ok) {
+            atomic_store(&p->busy, 0);
+            return 0;
+        }
+        atomic_store(&p->started, 1);
+    }
+    return 1;
+}
+
+/* fn(arg1) on the second thread and fn(arg0) on this one, then wait for
+ * both. Returns 0, or -1 without running anything if no thread could be
+ * started. */
 static int pylstm_run_pair(void (*fn)(void *), void *arg0, void *arg1)
 {
+    if (pylstm_pool_acquire()) {
+        pylstm_pool *p = &pylstm_worker;
+        unsigned s;
+        long spins = 0;
+        p->fn = fn;
+        p->arg = arg1;
+        pthread_mutex_lock(&p->mu);
+        s = atomic_load(&p->seq) + 1;
+        atomic_store_explicit(&p->seq, s, memory_order_release);
+        pthread_cond_signal(&p->cv);
+        pthread_mutex_unlock(&p->mu);
+        fn(arg0);
+        while (atomic_load_explicit(&p->done, memory_order_acquire) != s) {
+            if (++spins < 20000)
+                pylstm_pause();
+            else
+                sched_yield();
+        }
+        atomic_store(&p->busy, 0);
+        return 0;
+    }
     pthread_t th;
     pylstm_task task = {fn, arg1};
     if (pthread_create(&th, NULL, pylstm_task_main, &task) != 0)

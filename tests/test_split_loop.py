@@ -164,7 +164,8 @@ def test_small_calls_stay_on_one_thread():
     does not start one; a large one does."""
     _lstm.set_split_thresholds(True)
     rng = np.random.default_rng(1)
-    for B, T, H, expected in [(8, 5, 64, 1), (1, 100, 128, 1), (64, 20, 128, 2)]:
+    for B, T, H, expected in [(8, 5, 64, 1), (1, 10, 64, 1), (1, 100, 128, 2),
+                              (64, 20, 128, 2)]:
         lengths = np.full(B, T, dtype=np.intc)
         N, G, I = B * T, 4 * H, 4
         used = _lstm.forward_infer(rng.normal(size=(N, I)), lengths, np.zeros((G, I)),
@@ -204,6 +205,37 @@ def test_concurrent_split_calls_finish_and_agree(monkeypatch):
             assert not w.is_alive()
     for k in range(2):
         np.testing.assert_array_equal(results[k], expected[k])
+
+
+def _split_forward(seed):
+    """A layer's split inference (thresholds off, two loop threads)."""
+    from threadpoolctl import threadpool_limits as limits
+
+    from pylstm import _layer, _threads
+
+    _lstm.set_split_thresholds(False)
+    X = np.random.default_rng(seed).normal(size=(8, 30, 5)).astype(np.float32)
+    layer = LSTM(5, 64, dtype=np.float32, random_state=seed)
+    plan = _threads.thread_plan
+    _layer.thread_plan = lambda *a: plan(*a)[:2] + (2,)
+    try:
+        with limits(limits=1, user_api="blas"):
+            return layer.forward(X, training=False)[0]
+    finally:
+        _layer.thread_plan = plan
+
+
+def test_worker_thread_survives_fork():
+    """The kept worker thread does not exist in a forked child: the child's
+    first split call starts its own, and gets the parent's results."""
+    import multiprocessing
+
+    if "fork" not in multiprocessing.get_all_start_methods():
+        pytest.skip("no fork on this platform")
+    expected = _split_forward(3)  # the parent's worker now exists
+    with multiprocessing.get_context("fork").Pool(1) as pool:
+        got = pool.apply_async(_split_forward, (3,)).get(timeout=60)
+    np.testing.assert_array_equal(got, expected)
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
