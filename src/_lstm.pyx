@@ -279,6 +279,10 @@ cdef extern from "_parallel.h" nogil:
     void pylstm_barrier_init(pylstm_barrier* b)
     void pylstm_barrier_wait(pylstm_barrier* b)
     int pylstm_run_pair(void (*fn)(void*) noexcept nogil, void* arg0, void* arg1)
+    int pylstm_run_both(void (*fn)(void*) noexcept nogil, void* arg0, void* arg1)
+    void pylstm_enter()
+    void pylstm_leave()
+    int pylstm_alone()
     int PYLSTM_THREADS
 
 
@@ -789,11 +793,14 @@ cdef bint _split_ok(_Loop* a, int threads, int nr) noexcept nogil:
 
     Every step's product must run on the packed weights (no BLAS step: BLAS
     is not called from two threads at once), each half of the units must be
-    whole column panels of ``nr``, and the work must pay for the threads.
+    whole column panels of ``nr``, no other kernel call may be in progress
+    (it holds the other core: see ``pylstm_alone`` in ``_parallel.h``), and
+    the work must pay for the threads.
     """
     cdef double step = <double> a.B * 4 * a.H * a.H
     if not (threads >= 2 and PYLSTM_THREADS and a.w_pack != NULL
-            and a.H % (2 * nr) == 0 and not _blas_steps(a.lengths, a.B)):
+            and a.H % (2 * nr) == 0 and not _blas_steps(a.lengths, a.B)
+            and pylstm_alone()):
         return False
     return not _split_sizes or (step >= SPLIT_STEP_MACS and step * a.T >= SPLIT_CALL_MACS)
 
@@ -1036,8 +1043,10 @@ cdef int _run_forward(const floating[:, :] x, const int[::1] lengths,
         a.w_pack = w_pack
         a.ih_pack = ih_pack
         with nogil:
+            pylstm_enter()
             split = _split_ok(&a, threads, nr)
             used = _run_loop(_forward_task, &a, split)
+            pylstm_leave()
     finally:
         if not cached:
             _give(&ws, w_pack)
@@ -1334,6 +1343,7 @@ def backward(const floating[:, :] x,
         a.db = &db[0]
         a.n_rows = N
         with nogil:
+            pylstm_enter()
             # One block for the packed W_hh of the time loop and then the fused
             # weight gradient: every thread has left the loop (a barrier, or the
             # loop's end) before the weight gradients are written.
@@ -1357,20 +1367,23 @@ def backward(const floating[:, :] x,
             used = _run_loop(_backward_task, &a, split)
             # Whole-sequence products over the N valid steps (a split loop's
             # threads have made the weight gradients already). A loop too
-            # short to split may still share them, by gate rows (with a thread
-            # per call: 32 x 50 x 32 x 64 float32 training at two threads 1.47
-            # -> 1.40 ms).
+            # short to split still makes them by the same halves of the gate
+            # rows, on two threads when it can (with a thread per call: 32 x
+            # 50 x 32 x 64 float32 training at two threads 1.47 -> 1.40 ms),
+            # so that the results do not depend on other calls in progress.
             if used == 1:
                 rows0.a, rows0.g0, rows0.rows = &a, 0, G // 2
                 rows1.a, rows1.g0, rows1.rows = &a, G // 2, G - G // 2
-                if not (threads >= 2 and PYLSTM_THREADS
+                if (threads >= 2 and PYLSTM_THREADS
                         and (not _split_sizes
-                             or <double> N * G * (I + H) >= SPLIT_CALL_MACS)
-                        and pylstm_run_pair(_gate_rows_task, &rows0, &rows1) == 0):
+                             or <double> N * G * (I + H) >= SPLIT_CALL_MACS)):
+                    pylstm_run_both(_gate_rows_task, &rows0, &rows1)
+                else:
                     _weight_gradients(&x[0, 0], &a, 0, G, 1)
             if with_dx:
                 gemm(False, False, <int> N, I, G, <floating> 1.0, &gates[0, 0], G,
                      &w_ih[0, 0], I, <floating> dx_beta, &dx[0, 0], <int> dx_ld)
+            pylstm_leave()
     finally:
         _give(&ws, block)
         _give(&ws, scratch_alt)
@@ -1446,6 +1459,7 @@ def input_gradient(const floating[:, ::1] gates,
     first.dx_ld = _row_stride(N, I, dx.strides[0], dx.strides[1], sizeof(floating), "dx")
     first.w_pack = NULL
     with nogil:
+        pylstm_enter()
         if (_use_packed and N >= PACKED_MIN_ROWS and (beta == 0.0 or beta == 1.0)
                 and <double> G * I * sizeof(floating) <= PACKED_DX_BYTES):
             # W_ih, the right-hand factor of every row block, packed once:
@@ -1456,14 +1470,14 @@ def input_gradient(const floating[:, ::1] gates,
             first.w_pack = _packed_weights(&w_ih[0, 0], I, False, G, I, &ws)
         if (threads >= 2 and PYLSTM_THREADS
                 and (not _split_sizes or <double> N * G * I >= SPLIT_CALL_MACS)):
+            # By halves of the rows, on two threads when it can: the same
+            # products either way.
             second = first
             first.r1 = N // 2
             second.r0 = N // 2
-            if pylstm_run_pair(_input_gradient_task, &first, &second) == 0:
-                used = 2
-            else:
-                first.r1 = N
-        if used == 1:
+            used = pylstm_run_both(_input_gradient_task, &first, &second)
+        else:
             _input_gradient_task(&first)
         _give(&ws, <void*> first.w_pack)
+        pylstm_leave()
     return used

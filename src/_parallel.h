@@ -19,6 +19,7 @@
 #define PYLSTM_THREADS 1
 #include <pthread.h>
 #include <sched.h>
+#include <time.h>
 #include <stdatomic.h>
 
 typedef struct {
@@ -59,24 +60,12 @@ static inline void pylstm_barrier_wait(pylstm_barrier *b)
     }
 }
 
-typedef struct {
-    void (*fn)(void *);
-    void *arg;
-} pylstm_task;
-
-static void *pylstm_task_main(void *p)
-{
-    pylstm_task *t = (pylstm_task *)p;
-    t->fn(t->arg);
-    return NULL;
-}
-
 /* The second thread, kept: one worker that waits for a task (spinning a
  * little, ~40 us, since kernel calls of a training step follow each other
  * closely, then asleep on a condition variable) instead of a thread started
  * and joined per kernel call (33 us on the benchmark machine, and a core
  * whose caches start cold). One caller at a time holds it; a second caller
- * meanwhile (another Python thread) starts a thread of its own as before.
+ * meanwhile (another Python thread) runs on its own thread only.
  * A child process after fork() has no worker: the fork handler resets the
  * state, and the child's first call starts a new one. */
 typedef struct {
@@ -173,9 +162,46 @@ static int pylstm_pool_acquire(void)
     return 1;
 }
 
-/* fn(arg1) on the second thread and fn(arg0) on this one, then wait for
- * both. Returns 0, or -1 without running anything if no thread could be
- * started. */
+/* Kernel calls in progress in the process. Two calls at once (two Python
+ * threads, or the two directions of a bidirectional layer) already take
+ * both cores: a call that splits its loop then would put three threads on
+ * two cores, whose barriers wait for a descheduled partner (two Python
+ * threads training small layers at once ran 10x slower than one after the
+ * other). So a call splits only while it is the only one, and none
+ * overlapped another lately. */
+static atomic_int pylstm_active_calls;
+static atomic_llong pylstm_crowded_until;    /* ns, CLOCK_MONOTONIC */
+
+/* A call that overlapped another keeps every call from splitting for the
+ * next 50 ms: threads that alternate between kernel calls and Python would
+ * otherwise each find themselves alone now and then, split, and then share
+ * the cores three ways. */
+#define PYLSTM_CROWDED_NS 50000000LL
+
+static inline long long pylstm_now_ns(void)
+{
+    struct timespec t;
+    clock_gettime(CLOCK_MONOTONIC, &t);
+    return (long long)t.tv_sec * 1000000000LL + t.tv_nsec;
+}
+
+static inline void pylstm_enter(void)
+{
+    if (atomic_fetch_add(&pylstm_active_calls, 1) > 0)
+        atomic_store(&pylstm_crowded_until, pylstm_now_ns() + PYLSTM_CROWDED_NS);
+}
+
+static inline void pylstm_leave(void) { atomic_fetch_sub(&pylstm_active_calls, 1); }
+
+static inline int pylstm_alone(void)
+{
+    return atomic_load(&pylstm_active_calls) <= 1
+           && pylstm_now_ns() > atomic_load(&pylstm_crowded_until);
+}
+
+/* fn(arg1) on the worker thread and fn(arg0) on this one, then wait for
+ * both. Returns 0, or -1 without running anything if the worker is held by
+ * another call (or none could be started). */
 static int pylstm_run_pair(void (*fn)(void *), void *arg0, void *arg1)
 {
     if (pylstm_pool_acquire()) {
@@ -199,13 +225,20 @@ static int pylstm_run_pair(void (*fn)(void *), void *arg0, void *arg1)
         atomic_store(&p->busy, 0);
         return 0;
     }
-    pthread_t th;
-    pylstm_task task = {fn, arg1};
-    if (pthread_create(&th, NULL, pylstm_task_main, &task) != 0)
-        return -1;
+    return -1;
+}
+
+/* fn(arg0) and fn(arg1), independent tasks: on two threads when the worker
+ * is free and this is the only call in progress, else one after the other
+ * here. The same tasks either way, so the same results. Returns the
+ * threads used. */
+static int pylstm_run_both(void (*fn)(void *), void *arg0, void *arg1)
+{
+    if (pylstm_alone() && pylstm_run_pair(fn, arg0, arg1) == 0)
+        return 2;
     fn(arg0);
-    pthread_join(th, NULL);
-    return 0;
+    fn(arg1);
+    return 1;
 }
 
 #else
@@ -222,6 +255,15 @@ static int pylstm_run_pair(void (*fn)(void *), void *arg0, void *arg1)
     (void)fn; (void)arg0; (void)arg1;
     return -1;
 }
+static int pylstm_run_both(void (*fn)(void *), void *arg0, void *arg1)
+{
+    fn(arg0);
+    fn(arg1);
+    return 1;
+}
+static inline void pylstm_enter(void) {}
+static inline void pylstm_leave(void) {}
+static inline int pylstm_alone(void) { return 1; }
 #endif
 
 #endif

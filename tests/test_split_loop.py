@@ -277,3 +277,36 @@ def test_unsplit_loop_shares_the_weight_gradients(dtype, B, H):
         _assert_same(one, two, False, dtype)
     np.testing.assert_allclose(results[2][4], results[2][0].T @ x,
                                rtol=0, atol=TOL[dtype] * 10 * np.abs(results[2][4]).max())
+
+
+def test_no_split_while_another_call_runs():
+    """Two kernel calls at once take both cores: neither splits its loop then
+    (three threads on two cores would stall the barriers), and calls split
+    again once the other has been gone for a while."""
+    import threading
+    import time
+
+    rng = np.random.default_rng(2)
+
+    def call(B, T, H, threads=2):
+        lengths = np.full(B, T, dtype=np.intc)
+        N, G, I = B * T, 4 * H, 4
+        return _lstm.forward_infer(rng.normal(size=(N, I)), lengths, np.zeros((G, I)),
+                                   np.zeros((G, H)), np.zeros((H, G)), np.zeros(G),
+                                   np.zeros((B, H)), np.zeros((B, H)), np.zeros((N, H)), 0,
+                                   False, np.zeros(20 * B * I), np.zeros(20 * B * G), False,
+                                   False, None, threads)
+
+    time.sleep(0.1)
+    assert call(8, 20, 64) == 2  # alone: splits (thresholds off here)
+    # On one thread: the worker stays free, so only the overlap can stop a split.
+    long_call = threading.Thread(target=call, args=(64, 3000, 128, 1))
+    long_call.start()
+    time.sleep(0.05)
+    during = call(8, 20, 64) if long_call.is_alive() else None
+    long_call.join()
+    if during is None:
+        pytest.skip("the long call ended too soon to overlap")
+    assert during == 1
+    time.sleep(0.1)
+    assert call(8, 20, 64) == 2
