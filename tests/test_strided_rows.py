@@ -23,25 +23,6 @@ def _close(a, b, dtype):
     np.testing.assert_allclose(a, b, rtol=0, atol=TOL[dtype] * scale)
 
 
-def _problem(dtype, B, T, I, H, seed):
-    rng = np.random.default_rng(seed)
-    lengths = np.sort(rng.integers(1, T + 1, size=B))[::-1].copy()
-    lengths[0] = T
-    lengths = np.ascontiguousarray(lengths, dtype=np.intc)
-    N, G = int(lengths.sum()), 4 * H
-    w_hh = (rng.normal(size=(G, H)) * 0.2).astype(dtype)
-    return dict(
-        lengths=lengths, N=N,
-        x=rng.normal(size=(N, I)).astype(dtype),
-        w_ih=(rng.normal(size=(G, I)) * 0.3).astype(dtype), w_hh=w_hh,
-        w_hh_t=np.ascontiguousarray(w_hh.T),
-        bias=(rng.normal(size=G) * 0.1).astype(dtype),
-        h0=rng.normal(size=(B, H)).astype(dtype), c0=rng.normal(size=(B, H)).astype(dtype),
-        d_out=rng.normal(size=(N, H)).astype(dtype),
-        dh=rng.normal(size=(B, H)).astype(dtype), dc=rng.normal(size=(B, H)).astype(dtype),
-    )
-
-
 def _train_step(p, x, h_prev, d_out, dx, reverse, threads=1):
     """forward_train then backward on the given (possibly strided) arrays."""
     dtype = p["x"].dtype.type
@@ -73,8 +54,8 @@ def _train_step(p, x, h_prev, d_out, dx, reverse, threads=1):
 @pytest.mark.parametrize("reverse", [False, True])
 @pytest.mark.parametrize(("B", "T", "I", "H"), [(1, 7, 3, 5), (6, 9, 4, 8), (16, 12, 7, 64)])
 @pytest.mark.parametrize("threads", [1, 2])
-def test_wide_rows_match_separate_arrays(dtype, reverse, B, T, I, H, threads):
-    p = _problem(dtype, B, T, I, H, seed=B * 100 + H)
+def test_wide_rows_match_separate_arrays(dtype, reverse, B, T, I, H, threads, kernel_problem):
+    p = kernel_problem(dtype, B, T, I, H, seed=B * 100 + H)
     N = p["N"]
     old = _lstm.set_split_thresholds(False)  # let threads=2 split these small calls
     try:
@@ -101,9 +82,9 @@ def test_wide_rows_match_separate_arrays(dtype, reverse, B, T, I, H, threads):
     assert np.isnan(d_wide[:, :2]).all() and np.isnan(d_wide[:, 2 + H:]).all()
 
 
-def test_wide_rows_against_numpy():
+def test_wide_rows_against_numpy(kernel_problem):
     """The one-GEMM weight gradients equal dG^T X and dG^T H_prev."""
-    p = _problem(np.float64, 5, 6, 3, 4, seed=1)
+    p = kernel_problem(np.float64, 5, 6, 3, 4, seed=1)
     N, I, H = p["N"], 3, 4
     xh = np.empty((N, I + H))
     xh[:, :I] = p["x"]
@@ -113,8 +94,8 @@ def test_wide_rows_against_numpy():
     np.testing.assert_allclose(b["dx"], b["dG"] @ p["w_ih"], rtol=1e-12, atol=1e-12)
 
 
-def test_rows_must_be_contiguous_and_apart():
-    p = _problem(np.float64, 3, 4, 4, 4, seed=2)
+def test_rows_must_be_contiguous_and_apart(kernel_problem):
+    p = kernel_problem(np.float64, 3, 4, 4, 4, seed=2)
     N, H = p["N"], 4
     every_other = np.repeat(p["x"], 2, axis=1)[:, ::2]
     with pytest.raises(ValueError, match="x must have contiguous, non-overlapping rows"):

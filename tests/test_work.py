@@ -19,24 +19,6 @@ from pylstm import LSTM, _lstm
 CASES = [(1, 9, 3, 32), (8, 6, 5, 16), (16, 12, 7, 64)]
 
 
-def _problem(dtype, B, T, I, H, seed):
-    rng = np.random.default_rng(seed)
-    lengths = np.sort(rng.integers(1, T + 1, size=B))[::-1].copy()
-    lengths[0] = T
-    lengths = np.ascontiguousarray(lengths, dtype=np.intc)
-    N, G = int(lengths.sum()), 4 * H
-    w_hh = (rng.normal(size=(G, H)) * 0.2).astype(dtype)
-    return dict(
-        lengths=lengths, N=N, I=I, H=H,
-        x=rng.normal(size=(N, I)).astype(dtype),
-        w_ih=(rng.normal(size=(G, I)) * 0.3).astype(dtype), w_hh=w_hh,
-        w_hh_t=np.ascontiguousarray(w_hh.T),
-        bias=(rng.normal(size=G) * 0.1).astype(dtype),
-        h0=rng.normal(size=(B, H)).astype(dtype), c0=rng.normal(size=(B, H)).astype(dtype),
-        d_out=rng.normal(size=(N, H)).astype(dtype),
-    )
-
-
 def _kernels(p, work, reverse, threads):
     """forward_train, backward (fused weight gradient), input_gradient and
     forward_infer, each given ``work``; returns every array they wrote."""
@@ -80,8 +62,9 @@ def _kernels(p, work, reverse, threads):
 @pytest.mark.parametrize("reverse", [False, True])
 @pytest.mark.parametrize(("B", "T", "I", "H"), CASES)
 @pytest.mark.parametrize("threads", [1, 2])
-def test_results_do_not_depend_on_the_scratch(dtype, reverse, B, T, I, H, threads):
-    p = _problem(dtype, B, T, I, H, seed=B * 10 + H)
+def test_results_do_not_depend_on_the_scratch(dtype, reverse, B, T, I, H, threads,
+                                              kernel_problem):
+    p = kernel_problem(dtype, B, T, I, H, seed=B * 10 + H)
     size = _lstm.work_size(I, H, B, dtype)
     old = _lstm.set_split_thresholds(False)  # let threads=2 split these small calls
     try:

@@ -1,0 +1,32 @@
+"""Fixtures shared by the test modules (which, under ``--import-mode=importlib``,
+cannot import one another)."""
+
+import numpy as np
+import pytest
+
+
+def _kernel_problem(dtype, B, T, I, H, seed):
+    """Random inputs of one kernel direction: lengths (sorted, the first T),
+    weights, initial states and gradients, per-step arrays in the packed layout."""
+    rng = np.random.default_rng(seed)
+    lengths = np.sort(rng.integers(1, T + 1, size=B))[::-1].copy()
+    lengths[0] = T
+    lengths = np.ascontiguousarray(lengths, dtype=np.intc)
+    N, G = int(lengths.sum()), 4 * H
+    w_hh = (rng.normal(size=(G, H)) * 0.2).astype(dtype)
+    return dict(
+        lengths=lengths, N=N, I=I, H=H,
+        x=rng.normal(size=(N, I)).astype(dtype),
+        w_ih=(rng.normal(size=(G, I)) * 0.3).astype(dtype), w_hh=w_hh,
+        w_hh_t=np.ascontiguousarray(w_hh.T),
+        bias=(rng.normal(size=G) * 0.1).astype(dtype),
+        h0=rng.normal(size=(B, H)).astype(dtype), c0=rng.normal(size=(B, H)).astype(dtype),
+        d_out=rng.normal(size=(N, H)).astype(dtype),
+        dh=rng.normal(size=(B, H)).astype(dtype), dc=rng.normal(size=(B, H)).astype(dtype),
+    )
+
+
+@pytest.fixture
+def kernel_problem():
+    """``kernel_problem(dtype, B, T, I, H, seed)``: a dict of kernel inputs."""
+    return _kernel_problem
