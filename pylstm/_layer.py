@@ -97,6 +97,28 @@ def _check_steps_finite(arr, rows, name):
         check_finite(arr.reshape(-1, arr.shape[2])[rows], name)
 
 
+def _fuse_weight_gradients(n_rows, n_in, hidden):
+    """Whether the backward pass makes both weight gradients with one GEMM.
+
+    The fused GEMM (``pylstm._lstm.backward``) needs a scratch block of the
+    weights' size; two GEMMs write the gradients in place, into the array
+    whose scratch the time loops used (:func:`_grad_arrays`), so that a
+    training step holds no copy of the weights' size. Fused only where that
+    block is small next to the BPTT cache (6H values per step): at batch 1
+    and 100 steps it would be a third of the step's memory.
+    """
+    return 8 * 4 * hidden * (n_in + hidden) <= n_rows * 6 * hidden
+
+
+def _grad_arrays(work, gates, n_in):
+    """``dw_ih`` (4H, I), ``dw_hh`` (4H, H) and ``db`` (4H,): views of the head of
+    a training call's work array (``pylstm._lstm.gradient_work_size``)."""
+    H = gates // 4
+    a, b = gates * n_in, gates * (n_in + H)
+    return (work[:a].reshape(gates, n_in), work[a:b].reshape(gates, H),
+            work[b:b + gates])
+
+
 def _param_names(num_layers, bidirectional):
     """Names of the parameters in PyTorch's order, as (layer, direction, names)."""
     out = []
@@ -476,13 +498,12 @@ class LSTM:
                     # Packed weights kept for the next call with the same weights.
                     packs = arrays.kept(
                         f"packs{k}", (_lstm.pack_cache_size(w_ih.shape[1], H, dt),), dt)
-                # The kernels' scratch (packed weights, ...: see _lstm.work_size),
-                # kept so that no call maps fresh pages for it; with the packs
-                # cached, inference needs only a (B, H) alternate state from it.
-                work = arrays.empty(f"work{k}", (
-                    B * H + 64 if packs is not None
-                    else _lstm.work_size(w_ih.shape[1], H, B, dt),), dt)
                 if training:
+                    # The kernels' scratch comes from the array that will hold
+                    # this direction's weight gradients (see _grad_arrays).
+                    fuse = _fuse_weight_gradients(N, w_ih.shape[1], H)
+                    work = np.empty(_lstm.gradient_work_size(w_ih.shape[1], H, B, dt, fuse),
+                                    dtype=dt)
                     c_start = c.copy()
                     # One row per valid step, each written by the kernel.
                     gates = new(f"gates{k}", (N, 4 * H), dt)
@@ -494,8 +515,15 @@ class LSTM:
                     _lstm.forward_train(layer_in, lens_sorted, w_ih, w_hh, w_hh_t, bias, h, c,
                                         out, d * H, bool(d), xbuf, gbuf, gates, c_cache,
                                         h_prev, out_bf, bf_rows, loop_threads, work)
-                    kept = (c_start, gates, c_cache, h_prev)
+                    kept = (c_start, gates, c_cache, h_prev, work, fuse)
                 else:
+                    # The kernels' scratch (packed weights, ...: see
+                    # _lstm.work_size), kept so that no call maps fresh pages
+                    # for it; with the packs cached, inference needs only a
+                    # (B, H) alternate state from it.
+                    work = arrays.empty(f"work{k}", (
+                        B * H + 64 if packs is not None
+                        else _lstm.work_size(w_ih.shape[1], H, B, dt),), dt)
                     _lstm.forward_infer(layer_in, lens_sorted, w_ih, w_hh, w_hh_t, bias, h, c,
                                         out, d * H, bool(d), xbuf, gbuf, x_bf, out_bf,
                                         bf_rows, loop_threads, packs, work)
@@ -557,7 +585,7 @@ class LSTM:
         for layer, (_, layer_cache) in enumerate(cache["layers"]):
             outputs = (cache["layers"][layer + 1][0] if layer + 1 < self.num_layers
                        else None)
-            for d, (_, gates, c_cache, _) in enumerate(layer_cache):
+            for d, (_, gates, c_cache, *_) in enumerate(layer_cache):
                 name = f"l{layer}" + ("_reverse" if d else "")
                 g = gates.reshape(-1, 4, H)
                 entry = {kind: batch_first(g[:, j]) for j, kind in
@@ -728,19 +756,19 @@ class LSTM:
                 sfx = f"_l{layer}" + ("_reverse" if d else "")
                 w_ih = self._params["weight_ih" + sfx]
                 w_hh = self._params["weight_hh" + sfx]
-                c_start, gates, c_cache, h_prev = layer_cache[d]
+                c_start, gates, c_cache, h_prev, grad_work, fuse = layer_cache[d]
                 dh = np.ascontiguousarray(d_h_n[k][order])
                 dc = np.ascontiguousarray(d_c_n[k][order])
-                dw_ih = np.empty_like(w_ih)
-                dw_hh = np.empty_like(w_hh)
-                db = np.empty(4 * H, dtype=self.dtype)
+                dw_ih, dw_hh, db = _grad_arrays(grad_work, *w_ih.shape)
                 scratch = arrays.empty(f"scratch{k}", (B, 4 * H), self.dtype)
-                work = arrays.empty(f"work{k}", (_lstm.work_size(w_ih.shape[1], H, B,
-                                                                 self.dtype),), self.dtype)
+                n_in = w_ih.shape[1]
+                work = arrays.empty(f"work{k}", (
+                    _lstm.work_size(n_in, H, B, self.dtype) if fuse
+                    else _lstm.input_gradient_work_size(n_in, H, self.dtype),), self.dtype)
                 _lstm.backward(layer_in, lens, w_ih, w_hh, c_start, gates, c_cache, h_prev,
                                grad_out, d * H, bool(d), dh, dc, layer_in, 0.0,
                                dw_ih, dw_hh, db, scratch, g_bf, bf_rows, False,
-                               loop_threads, work)
+                               loop_threads, work if fuse else grad_work, fuse)
                 grads["weight_ih" + sfx] = dw_ih
                 grads["weight_hh" + sfx] = dw_hh
                 grads["bias_ih" + sfx] = db

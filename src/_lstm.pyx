@@ -154,13 +154,21 @@ cdef void _work_from(_Work* w, floating[::1] work) noexcept:
         _work_init(w, &work[0], <size_t> work.shape[0] * sizeof(floating))
 
 
+cdef inline char* _peek(_Work* w, size_t nbytes) noexcept nogil:
+    """Where :func:`_take` would put ``nbytes`` in ``w``, or NULL (no room)."""
+    cdef size_t start = (<size_t> (w.base + w.used) + 63) // 64 * 64 - <size_t> w.base
+    if w.base != NULL and start + nbytes <= w.size:
+        return w.base + start
+    return NULL
+
+
 cdef void* _take(_Work* w, size_t nbytes) noexcept nogil:
     """``nbytes`` of scratch, 64-byte aligned, from ``w`` while it has room,
     else from malloc (NULL: out of memory). Return it with :func:`_give`."""
-    cdef size_t start = (<size_t> (w.base + w.used) + 63) // 64 * 64 - <size_t> w.base
-    if w.base != NULL and start + nbytes <= w.size:
-        w.used = start + nbytes
-        return w.base + start
+    cdef char* p = _peek(w, nbytes)
+    if p != NULL:
+        w.used = <size_t> (p - w.base) + nbytes
+        return p
     return malloc(nbytes)
 
 
@@ -169,6 +177,27 @@ cdef void _give(_Work* w, void* p) noexcept nogil:
     if p != NULL and not (w.base != NULL and <char*> p >= w.base
                           and <char*> p < w.base + w.size):
         free(p)
+
+
+cdef inline bint _overlaps(const floating* p, Py_ssize_t n, const floating* q,
+                           Py_ssize_t m) noexcept nogil:
+    """Whether ``p[0:n]`` and ``q[0:m]`` share memory."""
+    return p < q + m and q < p + n
+
+
+cdef bint _fused_overlaps(_Work* w, Py_ssize_t block_len, Py_ssize_t tmp_len,
+                          const floating* dw_ih, const floating* dw_hh,
+                          const floating* db, Py_ssize_t G, Py_ssize_t I,
+                          Py_ssize_t H) noexcept nogil:
+    """Whether the fused weight gradient's first ``tmp_len`` elements, in the
+    block of ``block_len`` that :func:`_take` would give next, would overlap
+    the gradients it is copied into (malloc'd memory never does)."""
+    cdef const floating* p = <const floating*> _peek(w, <size_t> block_len
+                                                     * sizeof(floating))
+    if p == NULL:
+        return False
+    return (_overlaps(p, tmp_len, dw_ih, G * I) or _overlaps(p, tmp_len, dw_hh, G * H)
+            or _overlaps(p, tmp_len, db, G))
 
 
 cdef Py_ssize_t _work_len(int I, int H, int B, bint is_float) noexcept nogil:
@@ -185,6 +214,61 @@ cdef Py_ssize_t _work_len(int I, int H, int B, bint is_float) noexcept nogil:
     bwd = max(_packed_len(G, H, is_float), G * (I + H)) + <Py_ssize_t> B * G
     dx = _packed_len(G, I, is_float)
     return max(fwd, bwd, dx) + 4 * 64 // s
+
+
+cdef Py_ssize_t _gradient_work_len(int I, int H, int B, bint is_float,
+                                   bint fused) noexcept nogil:
+    """Elements of a training work array whose head becomes the weight
+    gradients (see :func:`gradient_work_size`)."""
+    cdef Py_ssize_t G = 4 * H
+    cdef Py_ssize_t a = 64 // (4 if is_float else 8)
+    cdef Py_ssize_t grads = G * (I + H) + G
+    cdef Py_ssize_t fwd, bwd
+    fwd = (_packed_len(H, G, is_float) + _packed_len(I, G, is_float)
+           + <Py_ssize_t> B * H + 3 * a)
+    bwd = 0 if fused else _packed_len(G, H, is_float) + <Py_ssize_t> B * G + 2 * a
+    return max(grads, fwd, bwd)
+
+
+def gradient_work_size(int n_in, int hidden, int batch, dtype, bint fused=True):
+    """Length of a training call's work array that then holds its weight gradients.
+
+    :func:`forward_train` and :func:`backward` of one direction may take
+    their scratch from the array that afterwards holds that direction's
+    weight gradients, the first ``4H (n_in + H) + 4H`` elements as
+    ``dw_ih``, ``dw_hh`` and ``db`` (in this order, each C-contiguous):
+    the packed weights of the forward pass, then those of the backward
+    pass, are dead by the time :func:`backward` writes the gradients (every
+    thread has left the time loop). The training step then holds no copy
+    of the weights' size besides the gradients themselves, which at batch
+    1 is about a third of its memory. With ``fused`` the backward call's
+    fused weight gradient (``backward(fuse=True)``) needs scratch of its own
+    (:func:`work_size`), and this array serves only :func:`forward_train`.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from pylstm import _lstm
+    >>> _lstm.gradient_work_size(3, 4, 2, np.float64) >= 16 * (3 + 4 + 1)
+    True
+    """
+    import numpy as np
+    return _gradient_work_len(n_in, hidden, batch, np.dtype(dtype) == np.float32, fused)
+
+
+def input_gradient_work_size(int n_in, int hidden, dtype):
+    """Length of the ``work`` array that :func:`input_gradient` takes (the packed ``W_ih``).
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from pylstm import _lstm
+    >>> _lstm.input_gradient_work_size(3, 4, np.float64) >= 16 * 3
+    True
+    """
+    import numpy as np
+    cdef bint is_float = np.dtype(dtype) == np.float32
+    return _packed_len(4 * hidden, n_in, is_float) + 64 // (4 if is_float else 8)
 
 
 def work_size(int n_in, int hidden, int batch, dtype):
@@ -1222,7 +1306,8 @@ def backward(const floating[:, :] x,
              const Py_ssize_t[::1] bf_rows=None,
              bint with_dx=True,
              int threads=1,
-             floating[::1] work=None):
+             floating[::1] work=None,
+             bint fuse=True):
     """Backpropagation through time for one direction.
 
     Parameters
@@ -1261,6 +1346,16 @@ def backward(const floating[:, :] x,
         then, or else for at least a million multiply-adds, they also share the
         weight-gradient GEMMs after it, by gate rows (BLAS held to one thread
         by the caller). The input gradient uses BLAS's own threads.
+    work : 1-D array, default None
+        As in :func:`forward_train`. It may be the array whose head holds
+        ``dw_ih``, ``dw_hh`` and ``db`` (see :func:`gradient_work_size`):
+        its scratch is dead before they are written.
+    fuse : bool, default True
+        When ``h_prev_cache`` continues the rows of ``x`` (see
+        :func:`forward_train`), make both weight gradients with one GEMM
+        into a scratch block of their size, then copy them out; with False
+        (or where that block would overlap the gradients) two GEMMs write
+        them in place.
 
     Returns
     -------
@@ -1331,7 +1426,7 @@ def backward(const floating[:, :] x,
         a.h_prev = <void*> &h_prev_cache[0, 0]
         a.hp_ld = _row_stride(N, H, h_prev_cache.strides[0], h_prev_cache.strides[1],
                               sizeof(floating), "h_prev_cache")
-        if N > 1 and a.hp_ld == a.x_ld and a.x_ld == I + H \
+        if fuse and N > 1 and a.hp_ld == a.x_ld and a.x_ld == I + H \
                 and <const floating*> a.h_prev == &x[0, 0] + I:
             # Rows of h_prev continue those of x: one GEMM for both weight
             # gradients (see _weight_gradients).
@@ -1347,6 +1442,9 @@ def backward(const floating[:, :] x,
             # One block for the packed W_hh of the time loop and then the fused
             # weight gradient: every thread has left the loop (a barrier, or the
             # loop's end) before the weight gradients are written.
+            if tmp_len and _fused_overlaps(&ws, max(pack_len, tmp_len), tmp_len,
+                                           &dw_ih[0, 0], &dw_hh[0, 0], &db[0], G, I, H):
+                tmp_len = 0  # the caller's work holds the gradients: two GEMMs
             if pack_len or tmp_len:
                 block = <floating*> _take(&ws, <size_t> max(pack_len, tmp_len)
                                           * sizeof(floating))

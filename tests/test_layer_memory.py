@@ -230,7 +230,10 @@ def test_workspace_not_pickled():
     (64, 100, 64, 128, 1, False, False),
     (16, 400, 8, 64, 1, False, False),
     (64, 100, 64, 128, 2, True, True),   # the benchmark's variable-length case
-    (12, 300, 16, 32, 1, False, True),   # one long row, the others short
+    # One long row, the others short. (At T=300 the input-projection chunk,
+    # a fixed 2**15 values per direction, would be 12% of this small step.)
+    (12, 600, 16, 32, 1, False, True),
+    (1, 100, 32, 128, 1, False, False),  # batch 1: the weights outweigh the cache
 ])
 def test_training_step_within_1_2x_of_the_bptt_minimum(B, T, n_in, H, L, bidi, var):
     """Forward + backward: peak against what BPTT must hold.
@@ -260,11 +263,12 @@ def test_training_step_within_1_2x_of_the_bptt_minimum(B, T, n_in, H, L, bidi, v
         return layer.backward(d_out)
 
     _, peak = _peak(step)
-    # Beyond BPTT's minimum, the layer keeps the kernels' scratch: packed
-    # copies of the weights and the fused weight gradient (_lstm.work_size),
-    # about one more copy of the parameters. Before, the kernels allocated it
-    # on every call, out of tracemalloc's sight.
+    # The kernels' scratch is counted: the packed weights of the time loops
+    # lie in the arrays that then receive the weight gradients
+    # (_lstm.gradient_work_size); the layer keeps the rest, the packed W_ih
+    # of the input gradient and, where the backward pass fuses the weight
+    # gradients (large batches), scratch of the weights' size.
     scratch = sum(buf.nbytes for name, buf in layer._workspace._buffers.items()
                   if name.startswith("work"))
     assert 0 < scratch <= 4 * (P + L * D * (B * 4 * H + 256)), (scratch, P)
-    assert (peak + 4 * P - scratch) / theory <= 1.2, (peak + 4 * P - scratch) / theory
+    assert (peak + 4 * P) / theory <= 1.2, (peak + 4 * P) / theory

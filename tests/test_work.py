@@ -19,9 +19,12 @@ from pylstm import LSTM, _lstm
 CASES = [(1, 9, 3, 32), (8, 6, 5, 16), (16, 12, 7, 64)]
 
 
-def _kernels(p, work, reverse, threads):
-    """forward_train, backward (fused weight gradient), input_gradient and
-    forward_infer, each given ``work``; returns every array they wrote."""
+def _kernels(p, work, reverse, threads, fuse=True, grads_in_work=False):
+    """forward_train, backward (fused weight gradient unless not ``fuse``),
+    input_gradient and forward_infer, each given ``work``; returns every
+    array they wrote. With ``grads_in_work`` the weight gradients are views
+    of the head of ``work`` (as :func:`pylstm._lstm.gradient_work_size`
+    allows), and input_gradient allocates its own scratch."""
     dtype = p["x"].dtype.type
     B, H = p["h0"].shape
     N, I, G = p["N"], p["I"], 4 * p["H"]
@@ -40,15 +43,24 @@ def _kernels(p, work, reverse, threads):
         xbuf, gbuf, gates, c_cache, h_prev, False, None, threads, work)
     r.update(out=out.copy(), h=h, c=c, gates=gates.copy(), c_cache=c_cache.copy())
     dh, dc = np.zeros((B, H), dtype), np.zeros((B, H), dtype)
-    dw_ih, dw_hh = np.empty_like(p["w_ih"]), np.empty_like(p["w_hh"])
-    db = np.empty(G, dtype)
+    if grads_in_work:
+        dw_ih = work[:G * I].reshape(G, I)
+        dw_hh = work[G * I:G * (I + H)].reshape(G, H)
+        db = work[G * (I + H):G * (I + H + 1)]
+    else:
+        dw_ih, dw_hh = np.empty_like(p["w_ih"]), np.empty_like(p["w_hh"])
+        db = np.empty(G, dtype)
     r["threads_bwd"] = _lstm.backward(
         x, p["lengths"], p["w_ih"], p["w_hh"], p["c0"], gates, c_cache, h_prev, p["d_out"],
         0, reverse, dh, dc, x, 0.0, dw_ih, dw_hh, db, np.empty((B, G), dtype), False, None,
-        False, threads, work)
+        False, threads, work, fuse)
+    r.update(dh=dh, dc=dc, dw_ih=dw_ih.copy(), dw_hh=dw_hh.copy(), db=db.copy(),
+             dG=gates.copy())
+    if grads_in_work:
+        return r
     dx = np.empty((N, I), dtype)
     _lstm.input_gradient(gates, p["w_ih"], dx, 0.0, threads, work)
-    r.update(dh=dh, dc=dc, dw_ih=dw_ih, dw_hh=dw_hh, db=db, dG=gates, dx=dx)
+    r["dx"] = dx
     h, c = p["h0"].copy(), p["c0"].copy()
     out = np.zeros((N, H), dtype)
     _lstm.forward_infer(p["x"], p["lengths"], p["w_ih"], p["w_hh"], p["w_hh_t"], p["bias"],
@@ -85,6 +97,52 @@ def test_results_do_not_depend_on_the_scratch(dtype, reverse, B, T, I, H, thread
     np.testing.assert_array_equal(got["infer_out"], got["out"])
 
 
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("reverse", [False, True])
+@pytest.mark.parametrize(("B", "T", "I", "H"), CASES)
+@pytest.mark.parametrize("threads", [1, 2])
+def test_gradients_written_over_the_scratch_of_their_own_call(dtype, reverse, B, T, I, H,
+                                                             threads, kernel_problem):
+    """The training work array of gradient_work_size: its head holds the
+    weight gradients, which are written after the loops' scratch in it is
+    dead. A backward asked to fuse the weight gradients into scratch that
+    would overlap them makes them with two GEMMs instead."""
+    p = kernel_problem(dtype, B, T, I, H, seed=B * 10 + H + 1)
+    size = _lstm.gradient_work_size(I, H, B, dtype, fused=False)
+    old = _lstm.set_split_thresholds(False)
+    try:
+        ref = _kernels(p, None, reverse, threads, fuse=False)
+        fused = _kernels(p, None, reverse, threads, fuse=True)
+        got = {}
+        for fuse in (False, True):
+            work = np.full(size + 40, np.nan, dtype)
+            got[fuse] = _kernels(p, work, reverse, threads, fuse=fuse, grads_in_work=True)
+            assert np.isnan(work[size:]).all()
+    finally:
+        _lstm.set_split_thresholds(old)
+    for fuse in (False, True):
+        for name in got[fuse]:
+            np.testing.assert_array_equal(got[fuse][name], ref[name], err_msg=name)
+    rtol = 1e-5 if dtype == np.float32 else 1e-12
+    for name in ("dw_ih", "dw_hh", "db"):
+        np.testing.assert_allclose(fused[name], ref[name], rtol=rtol,
+                                   atol=rtol * np.abs(ref[name]).max(), err_msg=name)
+
+
+def test_gradient_work_size_covers_the_packs():
+    for dtype in (np.float32, np.float64):
+        for I, H, B in ((3, 4, 1), (64, 128, 32), (7, 33, 5)):
+            G = 4 * H
+            grads = G * (I + H + 1)
+            for fused in (False, True):
+                size = _lstm.gradient_work_size(I, H, B, dtype, fused=fused)
+                assert size >= max(grads, G * (I + H) + B * H)
+                # the packed weights at most, never twice the weights' size
+                assert size <= G * (I + H) + 64 * G + B * G + 64
+            assert (_lstm.input_gradient_work_size(I, H, dtype)
+                    >= G * I)
+
+
 def test_work_size_covers_the_weights():
     for dtype, itemsize in ((np.float32, 4), (np.float64, 8)):
         for I, H, B in ((3, 4, 1), (64, 128, 32), (7, 33, 5)):
@@ -115,3 +173,26 @@ def test_layer_keeps_one_work_array_per_direction(training):
     fresh = LSTM(5, 16, num_layers=2, bidirectional=True, random_state=0)
     np.testing.assert_array_equal(layer.forward(X, training=training)[0],
                                   fresh.forward(X, training=training)[0])
+
+
+@pytest.mark.parametrize(("B", "T"), [(1, 50), (16, 40)])  # two GEMMs; fused
+def test_layer_gradients_are_each_steps_own(B, T):
+    """The weight gradients are views of the array whose scratch the step's
+    kernels used: a later step must not write into them."""
+    layer = LSTM(6, 32, num_layers=2, bidirectional=True, dtype=np.float64, random_state=0)
+    rng = np.random.default_rng(1)
+    X1, X2 = rng.normal(size=(2, B, T, 6))
+    out, _ = layer.forward(X1, training=True)
+    _, grads = layer.backward(np.ones_like(out))
+    kept = {name: g.copy() for name, g in grads.items()}
+    out2, _ = layer.forward(X2, training=True)
+    _, grads2 = layer.backward(np.ones_like(out2))
+    for name, g in grads.items():
+        np.testing.assert_array_equal(g, kept[name], err_msg=name)
+        assert not np.shares_memory(g, grads2[name])
+    # Same gradients as a fresh layer's.
+    fresh = LSTM(6, 32, num_layers=2, bidirectional=True, dtype=np.float64, random_state=0)
+    out3, _ = fresh.forward(X2, training=True)
+    _, grads3 = fresh.backward(np.ones_like(out3))
+    for name, g in grads3.items():
+        np.testing.assert_array_equal(grads2[name], g, err_msg=name)
