@@ -501,7 +501,8 @@ class LSTM:
                 if training:
                     # The kernels' scratch comes from the array that will hold
                     # this direction's weight gradients (see _grad_arrays).
-                    fuse = _fuse_weight_gradients(N, w_ih.shape[1], H)
+                    fuse = (not _lstm.direct_weight_gradients(w_ih.shape[1], H)
+                            and _fuse_weight_gradients(N, w_ih.shape[1], H))
                     work = np.empty(_lstm.gradient_work_size(w_ih.shape[1], H, B, dt, fuse),
                                     dtype=dt)
                     c_start = c.copy()

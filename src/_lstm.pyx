@@ -56,6 +56,12 @@ cdef extern from "_gemm.h" nogil:
                               float* y, int accumulate)
     void pylstm_gemv_packed_d(int n, int k, const double* x, const double* Bp,
                               double* y, int accumulate)
+    void pylstm_gemm_tn_f(int m, int k, const float* A, long lda, const float* B1,
+                          long ldb1, int n1, float* C1, long ldc1, const float* B2,
+                          long ldb2, int n2, float* C2, long ldc2)
+    void pylstm_gemm_tn_d(int m, int k, const double* A, long lda, const double* B1,
+                          long ldb1, int n1, double* C1, long ldc1, const double* B2,
+                          long ldb2, int n2, double* C2, long ldc2)
 
 
 # Whether the per-step products use the packed-weight GEMM of _gemm.h (needs
@@ -798,7 +804,18 @@ cdef void _weight_gradients(const floating* typed, _Loop* a, int g0, int rows,
     cdef floating* db = <floating*> a.db
     for blk in range(n_blocks):
         r0 = blk * H + g0
-        if tmp != NULL:
+        if _direct_dw(I, H):
+            if floating is float:
+                pylstm_gemm_tn_f(rows, N, dg + r0, G, <const floating*> a.x, a.x_ld, I,
+                                 dw_ih + <Py_ssize_t> r0 * I, I,
+                                 <const floating*> a.h_prev, a.hp_ld, H,
+                                 dw_hh + <Py_ssize_t> r0 * H, H)
+            else:
+                pylstm_gemm_tn_d(rows, N, dg + r0, G, <const floating*> a.x, a.x_ld, I,
+                                 dw_ih + <Py_ssize_t> r0 * I, I,
+                                 <const floating*> a.h_prev, a.hp_ld, H,
+                                 dw_hh + <Py_ssize_t> r0 * H, H)
+        elif tmp != NULL:
             gemm(True, False, rows, W, N, <floating> 1.0, dg + r0, G,
                  <const floating*> a.x, <int> a.x_ld, <floating> 0.0,
                  tmp + <Py_ssize_t> r0 * W, W)
@@ -818,6 +835,61 @@ cdef void _weight_gradients(const floating* typed, _Loop* a, int g0, int rows,
             pylstm_column_sums_f(dg + r0, N, rows, G, db + r0)
         else:
             pylstm_column_sums_d(dg + r0, N, rows, G, db + r0)
+
+
+cdef enum:
+    # Widest [X | H_prev] (n_in + H) whose weight gradients _gemm.h's
+    # pylstm_gemm_tn makes; wider, BLAS's blocking wins (see _gemm.h).
+    DIRECT_DW_MAX_WIDTH = 256
+
+
+cdef inline bint _direct_dw(int I, int H) noexcept nogil:
+    return _use_packed and I + H <= DIRECT_DW_MAX_WIDTH
+
+
+def direct_weight_gradients(int n_in, int hidden):
+    """Whether :func:`backward` writes the weight gradients with its own
+    kernel, straight into ``dw_ih`` and ``dw_hh`` (AVX-512, ``n_in +
+    hidden`` at most 256): then it never needs the scratch of the fused
+    GEMM (``fuse`` is ignored).
+
+    Examples
+    --------
+    >>> from pylstm import _lstm
+    >>> _lstm.direct_weight_gradients(10**6, 4)
+    False
+    """
+    return bool(_direct_dw(n_in, hidden))
+
+
+def _gemm_tn(const floating[:, :] a, const floating[:, :] b1, const floating[:, :] b2,
+             floating[:, :] c1, floating[:, :] c2):
+    """``c1 = a.T @ b1`` and ``c2 = a.T @ b2`` through ``_gemm.h``'s
+    ``pylstm_gemm_tn`` (for tests; AVX-512 only). Rows of every argument must
+    be contiguous; ``a`` is (k, m), ``b1`` (k, n1), ``b2`` (k, n2)."""
+    cdef int k = <int> a.shape[0]
+    cdef int m = <int> a.shape[1]
+    cdef int n1 = <int> b1.shape[1]
+    cdef int n2 = <int> b2.shape[1]
+    cdef Py_ssize_t s = sizeof(floating)
+    if not _packed_available:
+        raise RuntimeError("needs AVX-512")
+    if (b1.shape[0] != k or b2.shape[0] != k or c1.shape[0] != m or c2.shape[0] != m
+            or c1.shape[1] != n1 or c2.shape[1] != n2 or k == 0 or m == 0
+            or n1 == 0 or n2 == 0):
+        raise ValueError("shapes do not match")
+    cdef Py_ssize_t lda = _row_stride(k, m, a.strides[0], a.strides[1], s, "a")
+    cdef Py_ssize_t l1 = _row_stride(k, n1, b1.strides[0], b1.strides[1], s, "b1")
+    cdef Py_ssize_t l2 = _row_stride(k, n2, b2.strides[0], b2.strides[1], s, "b2")
+    cdef Py_ssize_t o1 = _row_stride(m, n1, c1.strides[0], c1.strides[1], s, "c1")
+    cdef Py_ssize_t o2 = _row_stride(m, n2, c2.strides[0], c2.strides[1], s, "c2")
+    with nogil:
+        if floating is float:
+            pylstm_gemm_tn_f(m, k, &a[0, 0], lda, &b1[0, 0], l1, n1, &c1[0, 0], o1,
+                             &b2[0, 0], l2, n2, &c2[0, 0], o2)
+        else:
+            pylstm_gemm_tn_d(m, k, &a[0, 0], lda, &b1[0, 0], l1, n1, &c1[0, 0], o1,
+                             &b2[0, 0], l2, n2, &c2[0, 0], o2)
 
 
 cdef struct _GateRows:
@@ -1426,7 +1498,7 @@ def backward(const floating[:, :] x,
         a.h_prev = <void*> &h_prev_cache[0, 0]
         a.hp_ld = _row_stride(N, H, h_prev_cache.strides[0], h_prev_cache.strides[1],
                               sizeof(floating), "h_prev_cache")
-        if fuse and N > 1 and a.hp_ld == a.x_ld and a.x_ld == I + H \
+        if fuse and not _direct_dw(I, H) and N > 1 and a.hp_ld == a.x_ld and a.x_ld == I + H \
                 and <const floating*> a.h_prev == &x[0, 0] + I:
             # Rows of h_prev continue those of x: one GEMM for both weight
             # gradients (see _weight_gradients).
