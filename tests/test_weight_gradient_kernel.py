@@ -11,6 +11,8 @@ written.
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from pylstm import _lstm
 
@@ -73,3 +75,23 @@ def test_backward_uses_it_within_its_width():
         assert not _lstm.direct_weight_gradients(32, 64)
     finally:
         _lstm.set_packed_gemm(old)
+
+
+@needs_avx512
+@settings(max_examples=60, deadline=None)
+@given(k=st.integers(1, 300), m=st.integers(1, 40), n1=st.integers(1, 70),
+       n2=st.integers(1, 70), col=st.integers(0, 5), dtype=st.sampled_from([np.float32,
+                                                                          np.float64]))
+def test_any_shape(k, m, n1, n2, col, dtype):
+    """Random shapes and offsets (partial tiles, partial panels, the last
+    rows of the arrays): the result is A^T B within the summation bound."""
+    rng = np.random.default_rng(k * 7919 + m * 31 + n1 + n2)
+    a = rng.normal(size=(k, m + col)).astype(dtype)[:, col:]
+    b = rng.normal(size=(k, n1 + n2)).astype(dtype)
+    c1, c2 = np.empty((m, n1), dtype), np.empty((m, n2), dtype)
+    _lstm._gemm_tn(a, b[:, :n1], b[:, n1:], c1, c2)
+    eps = np.finfo(dtype).eps
+    for got, part in ((c1, b[:, :n1]), (c2, b[:, n1:])):
+        ref = a.T.astype(np.longdouble) @ part.astype(np.longdouble)
+        bound = 2 * k * eps * (np.abs(a.T).astype(np.longdouble) @ np.abs(part))
+        assert (np.abs(got - ref) <= bound + np.finfo(dtype).tiny).all()
