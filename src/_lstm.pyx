@@ -373,6 +373,7 @@ cdef extern from "_parallel.h" nogil:
     void pylstm_enter()
     void pylstm_leave()
     int pylstm_alone()
+    long long pylstm_now_ns()
     int PYLSTM_THREADS
 
 
@@ -961,6 +962,89 @@ cdef bint _split_ok(_Loop* a, int threads, int nr) noexcept nogil:
     return not _split_sizes or (step >= SPLIT_STEP_MACS and step * a.T >= SPLIT_CALL_MACS)
 
 
+# Whether a split pays is also a matter of the machine at the moment: each
+# step, each thread reads the half of h_t (or of dG) that the other one wrote.
+# On a VM whose two vCPUs the host placed far apart, a barrier round trip took
+# 210-270 ns instead of 30-70, and 32 x 50 x 32 x 64 float32 training took
+# 3.4 ms at two threads against 1.3 ms at one. So for steps of up to
+# TUNE_MAX_STEP_MACS (where that exchange weighs) the choice is measured: per
+# kind of call and size, TUNE_SAMPLES calls split and as many not, then the
+# split is kept unless one thread was more than 10% faster (best time per
+# step of each), for _tune_valid_ns (2 s), after which both are timed again.
+# Results are bit-identical either way; only the speed differs.
+cdef double TUNE_MAX_STEP_MACS = 8e6
+cdef int TUNE_SAMPLES = 5
+cdef long long _tune_valid_ns = 2000000000
+cdef bint _tune_on = True
+_tune_table = {}
+
+
+def set_split_tuning(bint enabled, valid_seconds=None):
+    """Choose the two-thread split of small calls by measurement (True, the
+    default) or by the size thresholds alone (False). Returns the old
+    setting and clears what was measured; ``valid_seconds`` sets how long a
+    choice stands (for tests)."""
+    global _tune_on, _tune_valid_ns
+    old = bool(_tune_on)
+    _tune_on = enabled
+    if valid_seconds is not None:
+        _tune_valid_ns = <long long> (valid_seconds * 1e9)
+    _tune_table.clear()
+    return old
+
+
+cdef int _tune_want(object key, double step_macs):
+    """How the next call of ``key`` should run: 0 no preference (the size
+    thresholds decide), 1 on one thread, 2 split. Holds the GIL."""
+    cdef long long now
+    if not _tune_on or not _split_sizes or step_macs >= TUNE_MAX_STEP_MACS:
+        return 0
+    st = _tune_table.get(key)
+    if st is None:
+        if len(_tune_table) > 256:
+            _tune_table.clear()
+        st = [0, 0, 0.0, 0.0, 0, 0]  # samples 1t, 2t; best ns/step 1t, 2t; choice; until
+        _tune_table[key] = st
+    now = pylstm_now_ns()
+    if st[4]:
+        if now < st[5]:
+            return st[4]
+        st[0] = st[1] = 0
+        st[4] = 0
+    if st[1] < TUNE_SAMPLES:
+        return 2
+    if st[0] < TUNE_SAMPLES:
+        return 1
+    # One thread only when clearly faster: the first split calls also warm
+    # the worker's cache (1 x 100 x 32 x 128 float32 inference: 3.3, 1.9, 1.9
+    # us per step in the first three, 1.7 later, against 1.65 on one thread).
+    st[4] = 1 if st[2] * 1.1 < st[3] else 2
+    st[5] = now + _tune_valid_ns
+    return st[4]
+
+
+cdef void _tune_record(object key, int used, long long elapsed_ns, int steps):
+    """Add a timed call to ``key``'s samples (GIL held)."""
+    cdef double per_step = <double> elapsed_ns / max(steps, 1)
+    cdef int i = 1 if used >= 2 else 0
+    st = _tune_table.get(key)
+    if st is None or st[4]:
+        return
+    if st[i] == 0 or per_step < st[2 + i]:
+        st[2 + i] = per_step
+    st[i] += 1
+
+
+def _tune_choice(key, double step_macs):
+    """:func:`_tune_want` for tests."""
+    return _tune_want(key, step_macs)
+
+
+def _tune_feed(key, int used, double ns_per_step):
+    """:func:`_tune_record` of one call of one step, for tests."""
+    _tune_record(key, used, <long long> ns_per_step, 1)
+
+
 cdef int _run_loop(void (*task)(void*) noexcept nogil, _Loop* a, bint split) noexcept nogil:
     """Run ``task`` on ``a``: on two threads if ``split`` (and one can be started)."""
     cdef _Loop second
@@ -1139,6 +1223,9 @@ cdef int _run_forward(const floating[:, :] x, const int[::1] lengths,
     cdef floating* h_alt = NULL
     cdef _Work ws
     cdef bint cached = False
+    cdef bint can
+    cdef int want
+    cdef long long t0
     cdef Py_ssize_t* off = _step_offsets(lengths)
     _work_from(&ws, work)
     try:
@@ -1198,11 +1285,18 @@ cdef int _run_forward(const floating[:, :] x, const int[::1] lengths,
                     raise MemoryError("no memory for the packed weights")
         a.w_pack = w_pack
         a.ih_pack = ih_pack
+        key = (gates == NULL, B, H, I, a.is_float)
+        want = _tune_want(key, <double> B * 4 * H * H)
         with nogil:
             pylstm_enter()
-            split = _split_ok(&a, threads, nr)
+            can = _split_ok(&a, threads, nr)
+            split = can and want != 1
+            t0 = pylstm_now_ns()
             used = _run_loop(_forward_task, &a, split)
+            t0 = pylstm_now_ns() - t0
             pylstm_leave()
+        if can and want:
+            _tune_record(key, used, t0, T)
     finally:
         if not cached:
             _give(&ws, w_pack)
@@ -1450,6 +1544,9 @@ def backward(const floating[:, :] x,
     cdef Py_ssize_t pack_len = 0, tmp_len = 0
     cdef _GateRows rows0, rows1
     cdef Py_ssize_t dx_ld = I
+    cdef bint can = False
+    cdef int want = 0
+    cdef long long t0 = 0
     cdef _Work ws
     cdef Py_ssize_t* off = _step_offsets(lengths)
     _work_from(&ws, work)
@@ -1509,6 +1606,8 @@ def backward(const floating[:, :] x,
         a.dw_hh = &dw_hh[0, 0]
         a.db = &db[0]
         a.n_rows = N
+        key = (2, B, H, I, a.is_float)
+        want = _tune_want(key, <double> B * 4 * H * H)
         with nogil:
             pylstm_enter()
             # One block for the packed W_hh of the time loop and then the fused
@@ -1527,7 +1626,9 @@ def backward(const floating[:, :] x,
                 dw_tmp = block
             a.dw_tmp = dw_tmp
             a.w_pack = w_pack
-            split = _split_ok(&a, threads, nr)
+            can = _split_ok(&a, threads, nr)
+            split = can and want != 1
+            t0 = pylstm_now_ns()
             if split and reverse:
                 # The threads' skew of up to one step needs the step's scratch
                 # copy of dG to alternate between two arrays.
@@ -1550,10 +1651,13 @@ def backward(const floating[:, :] x,
                     pylstm_run_both(_gate_rows_task, &rows0, &rows1)
                 else:
                     _weight_gradients(&x[0, 0], &a, 0, G, 1)
+            t0 = pylstm_now_ns() - t0
             if with_dx:
                 gemm(False, False, <int> N, I, G, <floating> 1.0, &gates[0, 0], G,
                      &w_ih[0, 0], I, <floating> dx_beta, &dx[0, 0], <int> dx_ld)
             pylstm_leave()
+        if can and want:
+            _tune_record(key, used, t0, T)
     finally:
         _give(&ws, block)
         _give(&ws, scratch_alt)
