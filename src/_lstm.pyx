@@ -342,6 +342,17 @@ cdef inline void _gemm_packed(int m, int n, int k, const floating* a, int lda,
         pylstm_gemm_packed_d(m, n, k, a, lda, bp, c, ldc, accumulate)
 
 
+cdef inline void _gemm_tn2(int m, int k, const floating* a, Py_ssize_t lda,
+                           const floating* b1, Py_ssize_t ldb1, int n1, floating* c1,
+                           Py_ssize_t ldc1, const floating* b2, Py_ssize_t ldb2, int n2,
+                           floating* c2, Py_ssize_t ldc2) noexcept nogil:
+    """``c1 = a^T b1`` and ``c2 = a^T b2`` through ``pylstm_gemm_tn`` (see _gemm.h)."""
+    if floating is float:
+        pylstm_gemm_tn_f(m, k, a, lda, b1, ldb1, n1, c1, ldc1, b2, ldb2, n2, c2, ldc2)
+    else:
+        pylstm_gemm_tn_d(m, k, a, lda, b1, ldb1, n1, c1, ldc1, b2, ldb2, n2, c2, ldc2)
+
+
 cdef extern from "_cell.h" nogil:
     void pylstm_cell_forward_f(const float* gp, const float* bias, const float* h_in,
                                float* h_out, float* c, float* out, float* gates_keep,
@@ -806,16 +817,9 @@ cdef void _weight_gradients(const floating* typed, _Loop* a, int g0, int rows,
     for blk in range(n_blocks):
         r0 = blk * H + g0
         if _direct_dw(I, H):
-            if floating is float:
-                pylstm_gemm_tn_f(rows, N, dg + r0, G, <const floating*> a.x, a.x_ld, I,
-                                 dw_ih + <Py_ssize_t> r0 * I, I,
-                                 <const floating*> a.h_prev, a.hp_ld, H,
-                                 dw_hh + <Py_ssize_t> r0 * H, H)
-            else:
-                pylstm_gemm_tn_d(rows, N, dg + r0, G, <const floating*> a.x, a.x_ld, I,
-                                 dw_ih + <Py_ssize_t> r0 * I, I,
-                                 <const floating*> a.h_prev, a.hp_ld, H,
-                                 dw_hh + <Py_ssize_t> r0 * H, H)
+            _gemm_tn2(rows, N, dg + r0, G, <const floating*> a.x, a.x_ld, I,
+                      dw_ih + <Py_ssize_t> r0 * I, I, <const floating*> a.h_prev, a.hp_ld,
+                      H, dw_hh + <Py_ssize_t> r0 * H, H)
         elif tmp != NULL:
             gemm(True, False, rows, W, N, <floating> 1.0, dg + r0, G,
                  <const floating*> a.x, <int> a.x_ld, <floating> 0.0,
@@ -885,12 +889,8 @@ def _gemm_tn(const floating[:, :] a, const floating[:, :] b1, const floating[:, 
     cdef Py_ssize_t o1 = _row_stride(m, n1, c1.strides[0], c1.strides[1], s, "c1")
     cdef Py_ssize_t o2 = _row_stride(m, n2, c2.strides[0], c2.strides[1], s, "c2")
     with nogil:
-        if floating is float:
-            pylstm_gemm_tn_f(m, k, &a[0, 0], lda, &b1[0, 0], l1, n1, &c1[0, 0], o1,
-                             &b2[0, 0], l2, n2, &c2[0, 0], o2)
-        else:
-            pylstm_gemm_tn_d(m, k, &a[0, 0], lda, &b1[0, 0], l1, n1, &c1[0, 0], o1,
-                             &b2[0, 0], l2, n2, &c2[0, 0], o2)
+        _gemm_tn2(m, k, &a[0, 0], lda, &b1[0, 0], l1, n1, &c1[0, 0], o1,
+                  &b2[0, 0], l2, n2, &c2[0, 0], o2)
 
 
 cdef struct _GateRows:
