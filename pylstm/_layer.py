@@ -28,7 +28,7 @@ from ._validation import (
     check_lengths,
     check_positive_int,
 )
-from ._workspace import Workspace
+from ._workspace import Workspace, aligned_empty, aligned_zeros
 
 __all__ = ["LSTM"]
 
@@ -405,7 +405,7 @@ class LSTM:
         # step, in the packed time-major layout of the weight-gradient GEMM.
         with self._workspace.borrow() as arrays:
             self._cache = None
-            result = (np.empty if dense else np.zeros)((B, T, D * H), dtype=self.dtype)
+            result = (aligned_empty if dense else aligned_zeros)((B, T, D * H), self.dtype)
             if not training:
                 x = X.reshape(B * T, I)
             else:
@@ -470,7 +470,7 @@ class LSTM:
             elif L == 1:
                 out = new(f"out{layer}", (N, D * H), dt)
             else:  # freed once the next layer has read it, as inference needs
-                out = np.empty((N, D * H), dtype=dt)
+                out = aligned_empty((N, D * H), dt)
 
             def run(d, layer=layer, layer_in=layer_in, out=out, x_bf=x_bf,
                     out_bf=out_batch_first, wide=wide):
@@ -503,8 +503,8 @@ class LSTM:
                     # this direction's weight gradients (see _grad_arrays).
                     fuse = (not _lstm.direct_weight_gradients(w_ih.shape[1], H)
                             and _fuse_weight_gradients(N, w_ih.shape[1], H))
-                    work = np.empty(_lstm.gradient_work_size(w_ih.shape[1], H, B, dt, fuse),
-                                    dtype=dt)
+                    work = aligned_empty(
+                        _lstm.gradient_work_size(w_ih.shape[1], H, B, dt, fuse), dt)
                     c_start = c.copy()
                     # One row per valid step, each written by the kernel.
                     gates = new(f"gates{k}", (N, 4 * H), dt)
@@ -723,10 +723,10 @@ class LSTM:
                     loop_threads)
             n_in = self.input_size
             if cache["dense"]:
-                dX = np.empty((B, T, n_in), dtype=self.dtype)
+                dX = aligned_empty((B, T, n_in), self.dtype)
                 np.copyto(dX, grad_out.reshape(T, B, n_in).transpose(1, 0, 2))
             else:
-                dX = np.zeros((B, T, n_in), dtype=self.dtype)
+                dX = aligned_zeros((B, T, n_in), self.dtype)
                 dX.reshape(B * T, n_in)[cache["rows"]] = grad_out
         grads = {name: grads[name] for name in self._params}
         grads["h0"] = g_h0

@@ -20,7 +20,52 @@ import threading
 
 import numpy as np
 
-__all__ = ["Workspace"]
+__all__ = ["Workspace", "aligned_empty", "aligned_zeros"]
+
+#: Alignment of the arrays that the kernels read and write: one cache line.
+#: NumPy's own buffers start 16 bytes past one on this project's machine, so
+#: that every 64-byte vector access of a row crosses two lines, and where two
+#: threads split a row between them, the line at the split is written by both.
+ALIGN = 64
+
+
+def aligned_empty(shape, dtype):
+    """An uninitialised C-contiguous array whose data starts on a 64-byte boundary.
+
+    Parameters
+    ----------
+    shape : int or tuple of int
+        Shape of the array.
+    dtype : data-type
+        Its dtype.
+
+    Returns
+    -------
+    ndarray
+        A view of a slightly longer buffer (its ``base``).
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from pylstm._workspace import aligned_empty
+    >>> a = aligned_empty((3, 5), np.float32)
+    >>> a.shape, a.ctypes.data % 64, a.flags.c_contiguous
+    ((3, 5), 0, True)
+    """
+    dtype = np.dtype(dtype)
+    shape = (shape,) if isinstance(shape, int) else tuple(shape)
+    size = math.prod(shape)
+    pad = ALIGN // dtype.itemsize
+    buf = np.empty(size + pad, dtype=dtype)
+    start = (-buf.ctypes.data % ALIGN) // dtype.itemsize
+    return buf[start:start + size].reshape(shape)
+
+
+def aligned_zeros(shape, dtype):
+    """Like :func:`aligned_empty`, filled with zeros."""
+    arr = aligned_empty(shape, dtype)
+    arr.fill(0)
+    return arr
 
 
 class _Arrays:
@@ -35,7 +80,7 @@ class _Arrays:
         size = math.prod(shape)
         buf = self._buffers.get(name)
         if buf is None or buf.dtype != dtype or buf.size < size:
-            buf = np.empty(max(size, 1), dtype=dtype)
+            buf = aligned_empty(max(size, 1), dtype)
             self._buffers[name] = buf
         return buf[:size].reshape(shape)
 

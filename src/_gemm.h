@@ -205,6 +205,20 @@ PYLSTM_AVX512 static void NAME(int n, int k, const T *restrict x,               
         }                                                                             \
         V s0 = (acc[0][0] + acc[1][0]) + (acc[2][0] + acc[3][0]);                     \
         V s1 = (acc[0][1] + acc[1][1]) + (acc[2][1] + acc[3][1]);                     \
+        if (w == NR) {                                                                \
+            /* Whole vectors: the caller's next vector loads of y are then   */       \
+            /* forwarded from these stores (not from 32 scalar ones).         */       \
+            if (accumulate) {                                                         \
+                V y0, y1;                                                             \
+                memcpy(&y0, y + j0, sizeof y0);                                       \
+                memcpy(&y1, y + j0 + L, sizeof y1);                                   \
+                s0 = y0 + s0;                                                         \
+                s1 = y1 + s1;                                                         \
+            }                                                                         \
+            memcpy(y + j0, &s0, sizeof s0);                                           \
+            memcpy(y + j0 + L, &s1, sizeof s1);                                       \
+            continue;                                                                 \
+        }                                                                             \
         T out[NR];                                                                    \
         memcpy(out, &s0, sizeof s0);                                                  \
         memcpy(out + L, &s1, sizeof s1);                                              \
