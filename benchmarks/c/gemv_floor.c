@@ -1,0 +1,153 @@
+/* How fast can a batch-1 LSTM step read its recurrent weights?
+ *
+ * At batch 1 each time step multiplies h_{t-1} (H values) by W_hh (H x 4H):
+ * every weight is read once per step and used in one multiply-add, so the
+ * step's time is bounded below by the time to stream W_hh from wherever it
+ * lies (L2 at H = 128 in float32: 256 KiB; partly beyond L2 at H = 256:
+ * 1 MiB). This program times pylstm's one-row packed product
+ * (pylstm_gemv_packed_* in src/_gemm.h, the kernel of a batch-1 step) on
+ * warm weights:
+ *
+ *   1 thread        the whole product in one call, as pylstm's one-thread
+ *                   loop runs it;
+ *   2 threads       each thread its half of every gate's columns, then a
+ *                   barrier (pylstm_barrier_wait of src/_parallel.h), with
+ *                   h_t exchanged as in the two-thread loop: the lower bound
+ *                   of a two-thread batch-1 step.
+ *
+ * Build and run from the repository root (gcc, Linux, x86-64 with AVX-512):
+ *
+ *   gcc -O2 -pthread -o /tmp/gemv_floor benchmarks/c/gemv_floor.c && /tmp/gemv_floor
+ *
+ * Prints nanoseconds per step (median of 7 runs of 20000 steps) and the
+ * weight bytes streamed per second. Dividing torch's measured time per step
+ * (bench_lstm.py, T = 1000 minus T = 100) by these gives the largest ratio a
+ * batch-1 step can reach on this machine.
+ */
+#define _GNU_SOURCE
+#include <pthread.h>
+#include <sched.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <time.h>
+
+#include "../../src/_gemm.h"
+#include "../../src/_parallel.h"
+
+#define STEPS 20000
+#define RUNS 7
+
+static double now_s(void)
+{
+    struct timespec t;
+    clock_gettime(CLOCK_MONOTONIC, &t);
+    return t.tv_sec + t.tv_nsec * 1e-9;
+}
+
+static int cmp_double(const void *a, const void *b)
+{
+    double x = *(const double *)a, y = *(const double *)b;
+    return (x > y) - (x < y);
+}
+
+typedef struct {
+    int H, part, nparts, is_float;
+    void *bp;          /* packed W_hh^T (H x 4H), shared */
+    void *h[2];        /* h_{t-1} and h_t, alternating, shared */
+    void *y;           /* this thread's 4H pre-activations */
+    pylstm_barrier *bar;
+    double seconds;
+} job;
+
+/* Each thread: for its units u0 .. u0 + hn of every gate, y = h W; then a
+ * stand-in for the cell (h_t of its units from y) and the barrier. */
+#define STEP_LOOP(T, GEMV)                                                          \
+    {                                                                               \
+        T *bp = j->bp, *y = j->y;                                                   \
+        int H = j->H, hn = H / j->nparts, u0 = j->part * hn;                        \
+        double t0 = now_s();                                                        \
+        for (int s = 0; s < STEPS; s++) {                                           \
+            T *hc = j->h[s & 1], *hx = j->h[(s + 1) & 1];                           \
+            if (j->nparts == 1)                                                     \
+                GEMV(4 * H, H, hc, bp, y, 0);                                       \
+            else                                                                    \
+                for (int g = 0; g < 4; g++)                                         \
+                    GEMV(hn, H, hc, bp + (long)(g * H + u0) * H, y + g * H + u0, 0);\
+            for (int u = u0; u < u0 + hn; u++)                                      \
+                hx[u] = (T)1e-3 * y[u] + (T)1e-3 * y[3 * H + u];                    \
+            if (j->nparts > 1)                                                      \
+                pylstm_barrier_wait(j->bar);                                        \
+        }                                                                           \
+        j->seconds = now_s() - t0;                                                  \
+    }
+
+static void *run(void *arg)
+{
+    job *j = arg;
+    cpu_set_t set;
+    CPU_ZERO(&set);
+    CPU_SET(j->part, &set);
+    pthread_setaffinity_np(pthread_self(), sizeof set, &set);
+    if (j->is_float)
+        STEP_LOOP(float, pylstm_gemv_packed_f)
+    else
+        STEP_LOOP(double, pylstm_gemv_packed_d)
+    return NULL;
+}
+
+static void measure(int H, int is_float, int nparts)
+{
+    size_t es = is_float ? sizeof(float) : sizeof(double);
+    long n = is_float ? pylstm_packed_size_f(H, 4 * H) : pylstm_packed_size_d(H, 4 * H);
+    char *bp = aligned_alloc(64, (size_t)n * es);
+    char *h0 = aligned_alloc(64, (size_t)H * es), *h1 = aligned_alloc(64, (size_t)H * es);
+    for (long i = 0; i < n; i++) {
+        if (is_float) ((float *)bp)[i] = (float)((i % 13) - 6) * 1e-3f;
+        else ((double *)bp)[i] = (double)((i % 13) - 6) * 1e-3;
+    }
+    for (int i = 0; i < H; i++) {
+        if (is_float) ((float *)h0)[i] = ((float *)h1)[i] = 0.5f;
+        else ((double *)h0)[i] = ((double *)h1)[i] = 0.5;
+    }
+    double per_step[RUNS];
+    for (int r = 0; r < RUNS; r++) {
+        pylstm_barrier bar;
+        pylstm_barrier_init(&bar);
+        job jobs[2];
+        pthread_t tid[2];
+        for (int p = 0; p < nparts; p++) {
+            jobs[p] = (job){H, p, nparts, is_float, bp, {h0, h1},
+                            aligned_alloc(64, 4 * (size_t)H * es), &bar, 0};
+            pthread_create(&tid[p], NULL, run, &jobs[p]);
+        }
+        double worst = 0;
+        for (int p = 0; p < nparts; p++) {
+            pthread_join(tid[p], NULL);
+            worst = jobs[p].seconds > worst ? jobs[p].seconds : worst;
+            free(jobs[p].y);
+        }
+        per_step[r] = worst / STEPS;
+    }
+    qsort(per_step, RUNS, sizeof per_step[0], cmp_double);
+    double t = per_step[RUNS / 2];
+    printf("%-8s H=%-4d W_hh %5ld KiB  %d thread(s): %7.1f ns per step  %6.1f GB/s\n",
+           is_float ? "float32" : "float64", H, n * (long)es / 1024, nparts, t * 1e9,
+           n * (double)es / t / 1e9);
+    free(bp);
+    free(h0);
+    free(h1);
+}
+
+int main(void)
+{
+    if (!pylstm_packed_gemm_ok()) {
+        printf("no AVX-512: the packed kernels are not used on this CPU\n");
+        return 0;
+    }
+    int sizes[] = {128, 256};
+    for (int is_float = 1; is_float >= 0; is_float--)
+        for (int i = 0; i < 2; i++)
+            for (int nparts = 1; nparts <= 2; nparts++)
+                measure(sizes[i], is_float, nparts);
+    return 0;
+}
