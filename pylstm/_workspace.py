@@ -53,7 +53,7 @@ def aligned_empty(shape, dtype):
     ((3, 5), 0, True)
     """
     dtype = np.dtype(dtype)
-    shape = (shape,) if isinstance(shape, int) else tuple(shape)
+    shape = (shape,) if np.ndim(shape) == 0 else tuple(shape)  # int or NumPy integer
     size = math.prod(shape)
     pad = ALIGN // dtype.itemsize
     buf = np.empty(size + pad, dtype=dtype)

@@ -8,12 +8,12 @@ from pylstm._workspace import Workspace, aligned_empty, aligned_zeros
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64, np.intc, np.int8])
-@pytest.mark.parametrize("shape", [0, 1, 7, (3, 5), (2, 3, 17)])
+@pytest.mark.parametrize("shape", [0, 1, 7, np.int64(9), (3, 5), (2, 3, 17)])
 def test_aligned_empty_and_zeros(shape, dtype):
     for make in (aligned_empty, aligned_zeros):
         arrs = [make(shape, dtype) for _ in range(5)]
         for a in arrs:
-            assert a.shape == ((shape,) if isinstance(shape, int) else shape)
+            assert a.shape == ((shape,) if np.ndim(shape) == 0 else shape)
             assert a.dtype == np.dtype(dtype)
             assert a.flags.c_contiguous and a.flags.writeable
             # (An empty array has no data to align.)
