@@ -14,6 +14,7 @@ import numpy as np
 from sklearn.utils import check_random_state
 
 from . import _lstm
+from ._arrays import to_batch_first, to_time_major
 from ._threads import (
     run_directions,
     single_threaded_blas,
@@ -385,20 +386,25 @@ class LSTM:
         if B == 0 or T == 0:
             raise ValueError(f"X must have at least one sequence and one step, got shape {X.shape}")
         D, H = self.num_directions, self.hidden_size
-        lens = check_lengths(lengths, B, T)
-        h0 = self._check_state(h0, "h0", B)
-        c0 = self._check_state(c0, "c0", B)
-
-        order = np.argsort(-lens, kind="stable")
-        lens_sorted = np.ascontiguousarray(lens[order], dtype=np.intc)
+        # Zero initial states stay None: the kernels' state arrays are zeroed.
+        h0 = None if h0 is None else self._check_state(h0, "h0", B)
+        c0 = None if c0 is None else self._check_state(c0, "c0", B)
+        if lengths is None:  # every row T steps long: already in order
+            order = np.arange(B)
+            lens_sorted = np.full(B, T, dtype=np.intc)
+        else:
+            lens = check_lengths(lengths, B, T)
+            order = np.argsort(-lens, kind="stable")
+            lens_sorted = np.ascontiguousarray(lens[order], dtype=np.intc)
         T_eff = int(lens_sorted[0])
         # Every step of every row valid and no reordering: plain copies suffice.
         dense = bool(lens_sorted[-1] == T)
-        h_n = np.empty_like(h0)
-        c_n = np.empty_like(c0)
+        h_n = np.empty((self.num_layers * D, B, H), dtype=self.dtype)
+        c_n = np.empty_like(h_n)
         # Steps past a length are never read, NaN or not, and cost nothing.
         rows = None if dense else _packed_rows(lens_sorted, order, T)
-        _check_steps_finite(X, rows, "X")
+        if not (training and dense):  # else checked by the copy below
+            _check_steps_finite(X, rows, "X")
         # The last layer writes the batch-first result in place, and inference
         # reads X in place: no copy of either, so inference memory beyond the
         # result does not grow with T. Training keeps X with one row per valid
@@ -414,27 +420,28 @@ class LSTM:
                 # direction's h_{t-1} (see _forward_layers).
                 n_rows = T_eff * B if dense else len(rows)
                 x = arrays.empty("x", (n_rows, I + H), self.dtype)
-                if dense:
-                    np.copyto(x[:, :I].reshape(T_eff, B, I), X.transpose(1, 0, 2))
+                if dense:  # copied and checked in one pass, before any kernel runs
+                    if not to_time_major(X, x):
+                        check_finite(X, "X")
                 else:  # rows are in range: "clip" writes in place, unbuffered
                     np.take(X.reshape(B * T, I), rows, axis=0, out=x[:, :I], mode="clip")
-            bf_rows = order.astype(np.intp) * T
+            bf_rows = order * T
             blas_steps = _lstm.needs_w_hh_t(lens_sorted)
-            work = (int(lens_sorted.sum(dtype=np.int64)) * 4 * H * D
-                    * (I + H + (self.num_layers - 1) * (D * H + H)))
+            n_valid = int(lens_sorted.sum(dtype=np.int64))
+            work = n_valid * 4 * H * D * (I + H + (self.num_layers - 1) * (D * H + H))
             one_thread, parallel, loop_threads = thread_plan(B, H, D, blas_steps, work)
             with single_threaded_blas(one_thread):
                 caches = self._forward_layers(
-                    arrays, x, lens_sorted, order, bf_rows, h0, c0, h_n, c_n, training,
-                    result.reshape(B * T, D * H), not training, blas_steps, parallel,
-                    loop_threads)
+                    arrays, x, lens_sorted, n_valid, order, bf_rows, h0, c0, h_n, c_n,
+                    training, result.reshape(B * T, D * H), not training, blas_steps,
+                    parallel, loop_threads)
             if training:
                 self._cache = {"order": order, "lengths": lens_sorted, "shape": (B, T),
                                "dense": dense, "rows": rows, "bf_rows": bf_rows,
                                "blas_steps": blas_steps, "work": work, "layers": caches}
         return result, (h_n, c_n)
 
-    def _forward_layers(self, arrays, x, lens_sorted, order, bf_rows, h0, c0, h_n, c_n,
+    def _forward_layers(self, arrays, x, lens_sorted, N, order, bf_rows, h0, c0, h_n, c_n,
                         training, result, x_batch_first, need_t, parallel, loop_threads):
         """Kernel calls of :meth:`forward`, layer by layer; directions may run concurrently.
 
@@ -450,10 +457,11 @@ class LSTM:
         (``pylstm._lstm.backward``). ``need_t``: some step multiplies
         by the transposed ``W_hh`` (:func:`pylstm._lstm.needs_w_hh_t`);
         ``parallel``: run the two directions side by side; ``loop_threads``:
-        threads sharing each kernel's time loop. Returns the training caches.
+        threads sharing each kernel's time loop; ``N``: valid steps, the rows
+        of the per-step arrays; ``h0`` / ``c0`` None: zero initial states.
+        Returns the training caches.
         """
         B, T_eff = len(lens_sorted), int(lens_sorted[0])
-        N = int(np.sum(lens_sorted, dtype=np.int64))
         D, H, L = self.num_directions, self.hidden_size, self.num_layers
         dt = self.dtype
         new = arrays.empty
@@ -486,8 +494,11 @@ class LSTM:
                     w_hh_t = w_hh.reshape(H, 4 * H)
                 h = arrays.empty(f"h{k}", (B, H), dt)
                 c = arrays.empty(f"c{k}", (B, H), dt)
-                np.take(h0[k], order, axis=0, out=h)
-                np.take(c0[k], order, axis=0, out=c)
+                for state, start in ((h, h0), (c, c0)):
+                    if start is None:
+                        state.fill(0)
+                    else:
+                        np.take(start[k], order, axis=0, out=state)
                 K = _chunk_steps(T_eff, B, H)
                 xbuf = arrays.empty(f"xbuf{k}", (K * B * layer_in.shape[1],), dt)
                 gbuf = arrays.empty(f"gbuf{k}", (K * B * 4 * H,), dt)
@@ -709,8 +720,8 @@ class LSTM:
             if d_out.shape != (B, T, D * H):
                 raise ValueError(f"d_out must have shape {(B, T, D * H)}, got {d_out.shape}")
             d_out = as_float_array(d_out, "d_out", self.dtype, 3)
-            d_h_n = self._check_state(d_h_n, "d_h_n", B)
-            d_c_n = self._check_state(d_c_n, "d_c_n", B)
+            d_h_n = None if d_h_n is None else self._check_state(d_h_n, "d_h_n", B)
+            d_c_n = None if d_c_n is None else self._check_state(d_c_n, "d_c_n", B)
             # Entries past a length are never read (NaN or not); the top
             # layer reads the caller's gradient in place.
             _check_steps_finite(d_out, cache["rows"], "d_out")
@@ -724,7 +735,7 @@ class LSTM:
             n_in = self.input_size
             if cache["dense"]:
                 dX = aligned_empty((B, T, n_in), self.dtype)
-                np.copyto(dX, grad_out.reshape(T, B, n_in).transpose(1, 0, 2))
+                to_batch_first(grad_out, dX)
             else:
                 dX = aligned_zeros((B, T, n_in), self.dtype)
                 dX.reshape(B * T, n_in)[cache["rows"]] = grad_out
@@ -739,8 +750,9 @@ class LSTM:
 
         ``grad_out`` is the caller's (B * T, D*H) gradient, which the top
         layer reads in place; each layer below reads the packed input
-        gradient of the one above. Returns the parameter and initial-state
-        gradients and the packed gradient of the input.
+        gradient of the one above (``d_h_n`` / ``d_c_n`` None: zeros). Returns
+        the parameter and initial-state gradients and the packed gradient of
+        the input.
         """
         B = cache["shape"][0]
         D, H, L = self.num_directions, self.hidden_size, self.num_layers
@@ -758,8 +770,8 @@ class LSTM:
                 w_ih = self._params["weight_ih" + sfx]
                 w_hh = self._params["weight_hh" + sfx]
                 c_start, gates, c_cache, h_prev, grad_work, fuse = layer_cache[d]
-                dh = np.ascontiguousarray(d_h_n[k][order])
-                dc = np.ascontiguousarray(d_c_n[k][order])
+                dh, dc = (np.zeros((B, H), self.dtype) if g is None else g[k][order]
+                          for g in (d_h_n, d_c_n))
                 dw_ih, dw_hh, db = _grad_arrays(grad_work, *w_ih.shape)
                 scratch = arrays.empty(f"scratch{k}", (B, 4 * H), self.dtype)
                 n_in = w_ih.shape[1]

@@ -8,6 +8,8 @@ import numbers
 
 import numpy as np
 
+from ._arrays import all_finite
+
 #: Largest dimension a 32-bit BLAS integer can hold.
 BLAS_INT_MAX = np.iinfo(np.int32).max
 
@@ -101,7 +103,10 @@ def check_finite(arr, name):
     ValueError: X contains NaN
     """
     arr = np.asarray(arr)
-    if arr.size <= 65536:  # small (per-token calls of generation): one quick pass
+    if arr.dtype in SUPPORTED_DTYPES and arr.flags.c_contiguous:
+        # One pass over the exponent bits, no temporary (pylstm._arrays).
+        finite = all_finite(arr.reshape(-1))
+    elif arr.size <= 65536:  # small (per-token calls of generation): one quick pass
         finite = bool(np.isfinite(arr).all())
     else:
         # min and max are NaN or infinite exactly when some element is, and

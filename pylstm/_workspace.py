@@ -20,6 +20,8 @@ import threading
 
 import numpy as np
 
+from ._arrays import address
+
 __all__ = ["Workspace", "aligned_empty", "aligned_zeros"]
 
 #: Alignment of the arrays that the kernels read and write: one cache line.
@@ -53,11 +55,12 @@ def aligned_empty(shape, dtype):
     ((3, 5), 0, True)
     """
     dtype = np.dtype(dtype)
-    shape = (shape,) if np.ndim(shape) == 0 else tuple(shape)  # int or NumPy integer
+    if not isinstance(shape, tuple):
+        shape = (shape,) if np.ndim(shape) == 0 else tuple(shape)  # int or NumPy integer
     size = math.prod(shape)
     pad = ALIGN // dtype.itemsize
     buf = np.empty(size + pad, dtype=dtype)
-    start = (-buf.ctypes.data % ALIGN) // dtype.itemsize
+    start = (-address(buf) % ALIGN) // dtype.itemsize
     return buf[start:start + size].reshape(shape)
 
 

@@ -1,0 +1,131 @@
+"""Array passes of the layer's bookkeeping, in compiled code.
+
+A finite check, and the copies between the caller's batch-first ``(B, T, F)``
+arrays and the kernels' time-major rows, each checking the values it copies.
+NumPy does each in one or two passes too, but through its general strided
+machinery: at 32 x 50 x 32 x 64 float32 the input's transposed copy and its
+finite check took 13 us of a 1.3 ms training step, the gradient's check and
+the transposed copy of the input gradient 18 us; here a copy and its check
+are one pass of row ``memcpy``-sized loops.
+"""
+from cpython.buffer cimport PyBUF_ANY_CONTIGUOUS, PyBuffer_Release, PyObject_GetBuffer
+from cython cimport floating
+
+
+cdef extern from "_arrays.h" nogil:
+    int pylstm_all_finite_f(const float* a, long n)
+    int pylstm_all_finite_d(const double* a, long n)
+    int pylstm_copy_finite_f(const float* src, float* dst, long n)
+    int pylstm_copy_finite_d(const double* src, double* dst, long n)
+
+
+cdef inline int _copy_finite(const floating* src, floating* dst, long n) noexcept nogil:
+    if floating is float:
+        return pylstm_copy_finite_f(src, dst, n)
+    else:
+        return pylstm_copy_finite_d(src, dst, n)
+
+
+def all_finite(const floating[::1] a):
+    """Whether the contiguous array ``a`` holds no NaN and no infinity.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from pylstm._arrays import all_finite
+    >>> all_finite(np.array([0.0, 1e300])), all_finite(np.array([1.0, np.inf]))
+    (True, False)
+    """
+    cdef long n = a.shape[0]
+    cdef int ok = 1
+    if n == 0:
+        return True
+    with nogil:
+        if floating is float:
+            ok = pylstm_all_finite_f(&a[0], n)
+        else:
+            ok = pylstm_all_finite_d(&a[0], n)
+    return ok != 0
+
+
+def to_time_major(const floating[:, :, ::1] x, floating[:, :] out):
+    """``out[t * B + b, :F] = x[b, t]`` for the batch-first ``x`` of shape (B, T, F).
+
+    ``out`` has at least ``T * B`` contiguous rows of at least ``F`` columns
+    (its other columns are left alone). Returns whether every copied value is finite.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from pylstm._arrays import to_time_major
+    >>> x = np.arange(12.0).reshape(2, 3, 2)
+    >>> out = np.zeros((6, 3))
+    >>> to_time_major(x, out), out[:, :2].tolist() == x.transpose(1, 0, 2).reshape(6, 2).tolist()
+    (True, True)
+    """
+    cdef Py_ssize_t B = x.shape[0], T = x.shape[1], F = x.shape[2]
+    cdef Py_ssize_t b, t
+    cdef int ok = 1
+    if out.strides[1] != sizeof(floating):
+        raise ValueError("the rows of out must be contiguous")
+    if out.shape[0] < T * B or out.shape[1] < F:
+        raise ValueError(f"out must have at least {T * B} rows and {F} columns, "
+                         f"got {out.shape[0]} and {out.shape[1]}")
+    if B == 0 or T == 0 or F == 0:
+        return True
+    with nogil:
+        for t in range(T):
+            for b in range(B):
+                ok &= _copy_finite(&x[b, t, 0], &out[t * B + b, 0], F)
+    return ok != 0
+
+
+def to_batch_first(const floating[:, :] src, floating[:, :, ::1] out):
+    """``out[b, t] = src[t * B + b, :F]`` for ``out`` of shape (B, T, F): the inverse copy.
+
+    Returns whether every copied value is finite.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from pylstm._arrays import to_batch_first
+    >>> src = np.arange(6.0).reshape(3, 2)
+    >>> out = np.empty((1, 3, 2))
+    >>> to_batch_first(src, out), out[0].tolist() == src.tolist()
+    (True, True)
+    """
+    cdef Py_ssize_t B = out.shape[0], T = out.shape[1], F = out.shape[2]
+    cdef Py_ssize_t b, t
+    cdef int ok = 1
+    if src.strides[1] != sizeof(floating):
+        raise ValueError("the rows of src must be contiguous")
+    if src.shape[0] < T * B or src.shape[1] < F:
+        raise ValueError(f"src must have at least {T * B} rows and {F} columns, "
+                         f"got {src.shape[0]} and {src.shape[1]}")
+    if B == 0 or T == 0 or F == 0:
+        return True
+    with nogil:
+        for b in range(B):
+            for t in range(T):
+                ok &= _copy_finite(&src[t * B + b, 0], &out[b, t, 0], F)
+    return ok != 0
+
+
+def address(obj):
+    """The address of the first byte of a contiguous buffer (a NumPy array).
+
+    ``ndarray.ctypes.data`` without making a ctypes object: 0.04 us instead of 0.8.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from pylstm._arrays import address
+    >>> a = np.zeros(4)
+    >>> address(a) == a.ctypes.data
+    True
+    """
+    cdef Py_buffer view
+    PyObject_GetBuffer(obj, &view, PyBUF_ANY_CONTIGUOUS)
+    cdef size_t p = <size_t> view.buf
+    PyBuffer_Release(&view)
+    return p
