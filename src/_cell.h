@@ -155,7 +155,7 @@ PYLSTM_CLONES void NAME(const T *restrict gp, const T *restrict bias,           
     }                                                                                \
 }
 
-PYLSTM_CELL_FORWARD(pylstm_cell_forward_f, float, pylstm_sigmoidf, pylstm_tanhf)
+PYLSTM_CELL_FORWARD(pylstm_cell_forward_f_c, float, pylstm_sigmoidf, pylstm_tanhf)
 PYLSTM_CELL_FORWARD(pylstm_cell_forward_d, double, pylstm_sigmoid, pylstm_tanh)
 
 /* One row of one BPTT step, units j < n, gate blocks S apart (as above).
@@ -180,8 +180,65 @@ PYLSTM_CLONES void NAME(T *restrict gp, const T *restrict cn,                   
     }                                                                                \
 }
 
-PYLSTM_CELL_BACKWARD(pylstm_cell_backward_f, float, pylstm_tanhf)
+PYLSTM_CELL_BACKWARD(pylstm_cell_backward_f_c, float, pylstm_tanhf)
 PYLSTM_CELL_BACKWARD(pylstm_cell_backward_d, double, pylstm_tanh)
+
+/* The float32 cell: the AVX-512 intrinsics of _cell512.h where the CPU has
+ * them and pylstm_cell512_set(1) chose them (the kernels' module does at
+ * import), else the C above. */
+#include "_cell512.h"
+
+static int pylstm_cell_use512 = 0;
+
+static inline int pylstm_cell512_available(void)
+{
+#if PYLSTM_CELL512
+    __builtin_cpu_init();
+    return __builtin_cpu_supports("avx512f");
+#else
+    return 0;
+#endif
+}
+
+/* Use the intrinsics (on != 0, where available) or the C; returns the
+ * previous setting. */
+static inline int pylstm_cell512_set(int on)
+{
+    int old = pylstm_cell_use512;
+    pylstm_cell_use512 = on && pylstm_cell512_available();
+    return old;
+}
+
+static inline void pylstm_cell_forward_f(const float *restrict gp, const float *restrict bias,
+                                         const float *restrict h_in, float *restrict h_out,
+                                         float *restrict c, float *restrict out,
+                                         float *restrict gates_keep, float *restrict c_keep,
+                                         float *restrict h_prev_keep, int keep, int n, int S)
+{
+#if PYLSTM_CELL512
+    if (pylstm_cell_use512) {
+        pylstm_cell_forward_f512(gp, bias, h_in, h_out, c, out, gates_keep, c_keep,
+                                 h_prev_keep, keep, n, S);
+        return;
+    }
+#endif
+    pylstm_cell_forward_f_c(gp, bias, h_in, h_out, c, out, gates_keep, c_keep, h_prev_keep,
+                            keep, n, S);
+}
+
+static inline void pylstm_cell_backward_f(float *restrict gp, const float *restrict cn,
+                                          const float *restrict cp, const float *restrict dh,
+                                          float *restrict dc, const float *restrict dout,
+                                          int n, int S)
+{
+#if PYLSTM_CELL512
+    if (pylstm_cell_use512) {
+        pylstm_cell_backward_f512(gp, cn, cp, dh, dc, dout, n, S);
+        return;
+    }
+#endif
+    pylstm_cell_backward_f_c(gp, cn, cp, dh, dc, dout, n, S);
+}
 
 /* out[j] = sum over rows r of a[r * lda + j], j < cols, rows in order (the
  * bias gradient: the column sums of the gate gradients). */

@@ -369,9 +369,28 @@ cdef extern from "_cell.h" nogil:
     void pylstm_cell_backward_d(double* gp, const double* cn, const double* cp,
                                 const double* dh, double* dc,
                                 const double* dout, int n, int S)
+    int pylstm_cell512_available()
+    int pylstm_cell512_set(int on)
     void pylstm_column_sums_f(const float* a, long rows, int cols, long lda, float* out)
     void pylstm_column_sums_d(const double* a, long rows, int cols, long lda,
                               double* out)
+
+
+# The float32 cell in AVX-512 intrinsics where the CPU has them (_cell512.h).
+pylstm_cell512_set(1)
+
+
+def cell512_available():
+    """Whether this CPU runs the AVX-512 float32 cell of ``_cell512.h``."""
+    return bool(pylstm_cell512_available())
+
+
+def set_cell512(bint enabled):
+    """Use (True) or not (False) the AVX-512 float32 cell; returns the old setting.
+
+    Without AVX-512 the setting stays False. Not for use while a kernel runs.
+    """
+    return bool(pylstm_cell512_set(enabled))
 
 
 cdef extern from "_parallel.h" nogil:

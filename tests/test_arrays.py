@@ -1,0 +1,80 @@
+"""The compiled array passes of ``pylstm._arrays``: finite checks and layout copies."""
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from pylstm._arrays import address, all_finite, to_batch_first, to_time_major
+
+from pylstm._validation import check_finite
+
+DTYPES = [np.float32, np.float64]
+BAD = [np.nan, np.inf, -np.inf]
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("n", [0, 1, 15, 16, 17, 1000])
+def test_all_finite(dtype, n):
+    a = np.linspace(-1e30, 1e30, n).astype(dtype)
+    assert all_finite(a)
+    for pos in {0, n // 2, n - 1} if n else ():
+        for bad in BAD:
+            b = a.copy()
+            b[pos] = bad
+            assert not all_finite(b)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_all_finite_extremes_are_finite(dtype):
+    info = np.finfo(dtype)
+    a = np.array([info.max, -info.max, info.tiny, info.smallest_subnormal, -0.0], dtype)
+    assert all_finite(a)
+
+
+def test_check_finite_fast_and_general_paths_agree():
+    for arr in (np.ones((3, 4), np.float32), np.ones((3, 4))[:, ::2], np.ones(3, ">f8"),
+                np.ones((2, 2), np.float16)):
+        check_finite(arr, "A")
+        bad = arr.copy()
+        bad.flat[1] = np.nan
+        with pytest.raises(ValueError, match="A contains NaN"):
+            check_finite(bad, "A")
+        bad.flat[1] = -np.inf
+        with pytest.raises(ValueError, match="A contains infinity"):
+            check_finite(bad, "A")
+
+
+@settings(max_examples=30, deadline=None, database=None)
+@given(B=st.integers(1, 6), T=st.integers(1, 6), F=st.integers(1, 40),
+       extra=st.integers(0, 5), dtype=st.sampled_from(DTYPES), bad=st.booleans(),
+       seed=st.integers(0, 2**31 - 1))
+def test_copies_match_numpy_and_report_non_finite(B, T, F, extra, dtype, bad, seed):
+    rng = np.random.default_rng(seed)
+    x = rng.standard_normal((B, T, F)).astype(dtype)
+    if bad:
+        x[rng.integers(B), rng.integers(T), rng.integers(F)] = rng.choice(BAD)
+    out = np.full((T * B, F + extra), 7, dtype)
+    assert to_time_major(x, out) is (not bad)
+    np.testing.assert_array_equal(out[:, :F], x.transpose(1, 0, 2).reshape(T * B, F))
+    assert np.all(out[:, F:] == 7)  # other columns untouched
+    back = np.empty_like(x)
+    assert to_batch_first(out[:, :F], back) is (not bad)
+    np.testing.assert_array_equal(back, x)
+
+
+def test_copies_reject_small_or_strided_targets():
+    x = np.zeros((2, 3, 4), np.float32)
+    with pytest.raises(ValueError, match="at least 6 rows and 4 columns"):
+        to_time_major(x, np.zeros((5, 4), np.float32))
+    with pytest.raises(ValueError, match="rows of out must be contiguous"):
+        to_time_major(x, np.zeros((6, 8), np.float32)[:, ::2])
+    with pytest.raises(ValueError, match="at least 6 rows and 4 columns"):
+        to_batch_first(np.zeros((6, 3), np.float32), x)
+    with pytest.raises(ValueError, match="rows of src must be contiguous"):
+        to_batch_first(np.zeros((6, 8), np.float32)[:, ::2], x)
+
+
+def test_address():
+    a = np.zeros((3, 5))
+    assert address(a) == a.ctypes.data
+    assert address(a[1:]) == a.ctypes.data + 5 * 8

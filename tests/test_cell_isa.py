@@ -1,0 +1,79 @@
+"""The AVX-512 float32 cell (``src/_cell512.h``) against the C cell of ``src/_cell.h``.
+
+Both evaluate the same formulas in the same order; they agree to the last
+bit except where an exponential is clamped (an argument beyond +-87), where
+values below 1e-37 may differ in their last place.
+"""
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from pylstm import LSTM, _lstm
+
+pytestmark = pytest.mark.skipif(not _lstm.cell512_available(),
+                                reason="the CPU has no AVX-512")
+
+
+@pytest.fixture(autouse=True)
+def _restore_cell():
+    old = _lstm.set_cell512(True)
+    yield
+    _lstm.set_cell512(old)
+
+
+def _run(layer, X, lengths, cell512):
+    _lstm.set_cell512(cell512)
+    inf = layer.forward(X, lengths=lengths, training=False)
+    out, (h_n, c_n) = layer.forward(X, lengths=lengths, training=True)
+    dX, grads = layer.backward(np.cos(out) + 0.5)
+    return [inf[0], *inf[1], out, h_n, c_n, dX, *(grads[k] for k in sorted(grads))]
+
+
+def test_switch_reports_and_restores():
+    assert _lstm.set_cell512(False) is True
+    assert _lstm.set_cell512(True) is False
+    assert _lstm.set_cell512(True) is True
+
+
+@settings(max_examples=30, deadline=None, database=None)
+@given(B=st.integers(1, 5), T=st.integers(1, 6), n_in=st.integers(1, 6),
+       H=st.integers(1, 40), bidirectional=st.booleans(), variable=st.booleans(),
+       scale=st.sampled_from([0.1, 1.0, 5.0]), seed=st.integers(0, 2**31 - 1))
+def test_bit_identical_to_the_c_cell(B, T, n_in, H, bidirectional, variable, scale, seed):
+    rng = np.random.default_rng(seed)
+    layer = LSTM(n_in, H, bidirectional=bidirectional, dtype=np.float32,
+                 random_state=seed % 1000)
+    X = (scale * rng.standard_normal((B, T, n_in))).astype(np.float32)
+    lengths = rng.integers(1, T + 1, size=B) if variable else None
+    fast = _run(layer, X, lengths, True)
+    plain = _run(layer, X, lengths, False)
+    for a, b in zip(fast, plain, strict=True):
+        np.testing.assert_array_equal(a, b)
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+def test_two_thread_split_identical(threads):
+    # H = 40: each thread's share (20 units) ends in a partial vector.
+    from threadpoolctl import threadpool_limits
+
+    layer = LSTM(7, 40, dtype=np.float32, random_state=1)
+    X = np.random.default_rng(2).standard_normal((64, 9, 7)).astype(np.float32)
+    with threadpool_limits(threads):
+        fast = _run(layer, X, None, True)
+        plain = _run(layer, X, None, False)
+    for a, b in zip(fast, plain, strict=True):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_saturated_gates_agree_below_1e37():
+    # Pre-activations far beyond +-87: exponentials are clamped, gates are
+    # 0 or 1 up to values near the smallest normal float.
+    layer = LSTM(3, 20, dtype=np.float32, random_state=0)
+    X = (1e3 * np.random.default_rng(0).standard_normal((4, 6, 3))).astype(np.float32)
+    fast = _run(layer, X, None, True)
+    plain = _run(layer, X, None, False)
+    for a, b in zip(fast, plain, strict=True):
+        assert np.all(np.isfinite(a))
+        np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-37)
