@@ -495,6 +495,7 @@ cdef struct _Loop:
     bint is_float
     int part                  # this thread's share of the hidden units ...
     int nparts                # ... out of 1 or 2
+    bint by_rows              # with 2: share the rows (b % 2 == part) instead
     pylstm_barrier* bar
     int T, B, n_in, H, K       # (n_in: a member named I clashes with complex.h's macro)
     const int* lengths
@@ -558,7 +559,12 @@ cdef void _forward(const floating* x, _Loop* a) noexcept nogil:
     products through the packed weights, column panels of its own units;
     the gate pass for its units. h_{t-1} and h_t are separate arrays (h and
     h_alt, alternating), so that the barrier after each step is the only
-    synchronisation. Results are bit-identical to one thread's.
+    synchronisation. With ``by_rows`` the threads share the rows instead,
+    thread p those of index p, p + 2, ... (alternate rows, so that shrinking
+    lengths leave both about the same work): each reads only the h_{t-1}
+    rows it wrote itself, and no barrier is needed between steps, only
+    around each chunk's input projection (still split by units). Results
+    are bit-identical to one thread's either way.
     """
     cdef int T = a.T, B = a.B, I = a.n_in, H = a.H, K = a.K
     cdef int G = 4 * H
@@ -586,13 +592,18 @@ cdef void _forward(const floating* x, _Loop* a) noexcept nogil:
     cdef Py_ssize_t hp_ld = a.hp_ld
     cdef bint reverse = a.reverse
     cdef bint split = a.nparts > 1
-    cdef int hn = H // a.nparts
-    cdef int u0 = a.part * hn
+    cdef bint by_rows = split and a.by_rows
+    cdef int pn = H // a.nparts            # units of this thread's projection
+    cdef int pu0 = a.part * pn
+    cdef int hn = H if by_rows else pn     # units of its products and gate pass
+    cdef int u0 = 0 if by_rows else pu0
+    cdef int b0 = a.part if by_rows else 0  # its rows: b0, b0 + bs, ...
+    cdef int bs = 2 if by_rows else 1
     cdef int n = B
     cdef bint direct
     cdef const floating* xa
     cdef Py_ssize_t xa_ld
-    cdef int n_chunk, s0, k, kk, s, b, t, gb, j0, jb, ns, g
+    cdef int n_chunk, s0, k, kk, s, b, bi, t, gb, j0, jb, ns, g
     cdef Py_ssize_t tb, ob
     cdef floating* gp
     cdef floating* gk
@@ -649,9 +660,11 @@ cdef void _forward(const floating* x, _Loop* a) noexcept nogil:
         if split:
             pylstm_barrier_wait(a.bar)
             for g in range(4):
-                _gemm_packed(kk * n_chunk, hn, I, xa, <int> xa_ld,
-                             ih_pack + <Py_ssize_t> (g * H + u0) * I,
-                             gbuf + g * H + u0, G, False)
+                _gemm_packed(kk * n_chunk, pn, I, xa, <int> xa_ld,
+                             ih_pack + <Py_ssize_t> (g * H + pu0) * I,
+                             gbuf + g * H + pu0, G, False)
+            if by_rows:  # each thread's rows need both threads' columns
+                pylstm_barrier_wait(a.bar)
         elif ih_pack != NULL:
             _gemm_packed(kk * n_chunk, G, I, xa, <int> xa_ld, ih_pack, gbuf, G, False)
         else:
@@ -668,7 +681,10 @@ cdef void _forward(const floating* x, _Loop* a) noexcept nogil:
             # with w_hh^T stored (H, 4H) so that BLAS sees a no-transpose
             # product (OpenBLAS then takes its copy-free small-matrix kernel
             # when the product is small).
-            if split:
+            if by_rows:  # rows b0, b0 + 2, ... of the active n
+                _gemm_packed((n - b0 + 1) // 2, G, H, h_cur + <Py_ssize_t> b0 * H, 2 * H,
+                             w_pack, gp + <Py_ssize_t> b0 * G, 2 * G, True)
+            elif split:
                 for g in range(4):
                     _gemm_packed(n, hn, H, h_cur, H,
                                  w_pack + <Py_ssize_t> (g * H + u0) * H,
@@ -685,7 +701,8 @@ cdef void _forward(const floating* x, _Loop* a) noexcept nogil:
                     gemm(False, False, n, jb, H, one, h_cur, H, w_hh_t + j0, G, one,
                          gp + j0, G)
                     j0 += jb
-            for b in range(n):
+            for bi in range((n - b0 + bs - 1) // bs):
+                b = b0 + bi * bs
                 t = lengths[b] - 1 - s if reverse else s
                 tb = off[t] + b
                 ob = bfr[b] + t if a.out_batch_first else tb
@@ -699,14 +716,15 @@ cdef void _forward(const floating* x, _Loop* a) noexcept nogil:
                               h_nxt + <Py_ssize_t> b * H + u0,
                               c + <Py_ssize_t> b * H + u0,
                               out + ob * out_width + offset + u0, gk, ck, hk, hn, H)
-            if split:
+            if split and not by_rows:
                 pylstm_barrier_wait(a.bar)
             swap = h_cur
             h_cur = h_nxt
             h_nxt = swap
         s0 += kk
     # A row of odd length took its last step into h_alt: its final state to h.
-    for b in range(B):
+    for bi in range((B - b0 + bs - 1) // bs):
+        b = b0 + bi * bs
         if lengths[b] % 2 == 1:
             memcpy(h + <Py_ssize_t> b * H + u0, h_alt + <Py_ssize_t> b * H + u0,
                    hn * sizeof(floating))
@@ -729,7 +747,8 @@ cdef void _backward_loop(const floating* typed, _Loop* a) noexcept nogil:
     ``dh_{s-1} = dG_s W_hh``. With two threads (see :func:`_forward`) each
     takes its half of the units for the gate pass and its half of the
     columns of ``dh``; a barrier between the two makes every gate gradient
-    of the step ready before the product reads them.
+    of the step ready before the product reads them. With ``by_rows`` each
+    takes its rows (see :func:`_forward`) for both, without a barrier.
     """
     cdef int T = a.T, B = a.B, H = a.H
     cdef int G = 4 * H
@@ -748,10 +767,13 @@ cdef void _backward_loop(const floating* typed, _Loop* a) noexcept nogil:
     cdef Py_ssize_t offset = a.offset
     cdef bint reverse = a.reverse
     cdef bint split = a.nparts > 1
-    cdef int hn = H // a.nparts
-    cdef int u0 = a.part * hn
+    cdef bint by_rows = split and a.by_rows
+    cdef int hn = H if by_rows else H // a.nparts
+    cdef int u0 = 0 if by_rows else a.part * hn
+    cdef int b0 = a.part if by_rows else 0
+    cdef int bs = 2 if by_rows else 1
     cdef int n = 0
-    cdef int s, b, t, tp, g, hb, j0, jb
+    cdef int s, b, bi, t, tp, g, hb, j0, jb
     cdef Py_ssize_t r
     cdef floating* gp
     cdef floating* scr
@@ -761,7 +783,8 @@ cdef void _backward_loop(const floating* typed, _Loop* a) noexcept nogil:
         while n < B and lengths[n] > s:
             n += 1
         scr = <floating*> (a.scratch if s % 2 == 0 else a.scratch_alt)
-        for b in range(n):
+        for bi in range((n - b0 + bs - 1) // bs):
+            b = b0 + bi * bs
             if reverse:
                 t = lengths[b] - 1 - s
                 tp = t + 1
@@ -780,11 +803,14 @@ cdef void _backward_loop(const floating* typed, _Loop* a) noexcept nogil:
                 for g in range(4):
                     memcpy(scr + <Py_ssize_t> b * G + g * H + u0, gp + g * H + u0,
                            hn * sizeof(floating))
-        if split:
+        if split and not by_rows:
             pylstm_barrier_wait(a.bar)
         src = scr if reverse else gates + off[s] * G
         # dh_{s-1}[:n] = dG_s[:n] @ w_hh
-        if split:
+        if by_rows:
+            _gemm_packed((n - b0 + 1) // 2, H, G, src + <Py_ssize_t> b0 * G, 2 * G, w_pack,
+                         dh + <Py_ssize_t> b0 * H, 2 * H, False)
+        elif split:
             _gemm_packed(n, hn, G, src, G, w_pack + <Py_ssize_t> u0 * G, dh + u0, H,
                          False)
         elif w_pack != NULL and _packed_rows(n):
@@ -1064,12 +1090,37 @@ def _tune_feed(key, int used, double ns_per_step):
     _tune_record(key, used, <long long> ns_per_step, 1)
 
 
+# How two threads share a time loop: by hidden units, with a barrier after
+# every step (each step's product needs the h_{t-1} that both wrote), or by
+# rows, each thread its alternate rows with the whole weight matrix and no
+# barrier between steps. By rows from ROW_SPLIT_MIN_ROWS rows on, where
+# each thread has at least one full block of rows of the packed product
+# (PYLSTM_MR); by units below, down to one row.
+cdef int ROW_SPLIT_MIN_ROWS = 16
+cdef int _split_mode = 0  # 0: by the batch size as above, 1: by units, 2: by rows
+_SPLIT_MODES = ("auto", "units", "rows")
+
+
+def set_split_mode(mode):
+    """How two threads share a time loop: ``"auto"`` (the default: by rows
+    from 16 rows on, else by units), ``"units"`` or ``"rows"``; returns the
+    old setting. Results are bit-identical in every mode (for tests and
+    benchmarks; not while a kernel runs)."""
+    global _split_mode
+    if mode not in _SPLIT_MODES:
+        raise ValueError(f"mode must be one of {_SPLIT_MODES}, got {mode!r}")
+    old = _SPLIT_MODES[_split_mode]
+    _split_mode = _SPLIT_MODES.index(mode)
+    return old
+
+
 cdef int _run_loop(void (*task)(void*) noexcept nogil, _Loop* a, bint split) noexcept nogil:
     """Run ``task`` on ``a``: on two threads if ``split`` (and one can be started)."""
     cdef _Loop second
     cdef pylstm_barrier bar
     if split:
         pylstm_barrier_init(&bar)
+        a.by_rows = _split_mode == 2 or (_split_mode == 0 and a.B >= ROW_SPLIT_MIN_ROWS)
         second = a[0]
         a.nparts = 2
         a.part = 0

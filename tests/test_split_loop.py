@@ -61,11 +61,32 @@ def _forward(args, threads, train):
     return used, a
 
 
+@pytest.fixture(params=["units", "rows"])
+def split_mode(request):
+    """Two threads sharing the hidden units, or the rows (``_lstm.set_split_mode``)."""
+    old = _lstm.set_split_mode(request.param)
+    yield request.param
+    _lstm.set_split_mode(old)
+
+
+def test_split_mode_setting():
+    old = _lstm.set_split_mode("rows")
+    try:
+        assert _lstm.set_split_mode("units") == "rows"
+        with pytest.raises(ValueError, match="mode must be one of"):
+            _lstm.set_split_mode("columns")
+        assert _lstm.set_split_mode("auto") == "units"
+    finally:
+        _lstm.set_split_mode(old)
+
+
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 @pytest.mark.parametrize("reverse", [False, True])
 @pytest.mark.parametrize(("B", "T", "I", "H"), [(1, 40, 5, 64), (8, 17, 9, 128),
-                                               (12, 23, 3, 64), (33, 9, 16, 192)])
-def test_two_threads_equal_one(dtype, reverse, B, T, I, H):
+                                               (12, 23, 3, 64), (33, 9, 16, 192),
+                                               (17, 40, 4, 64)])
+def test_two_threads_equal_one(dtype, reverse, B, T, I, H, split_mode):
+    # By rows, thread 1 has no row once one is left, and 8 of 17 at first.
     rng = np.random.default_rng(B * 1000 + H)
     lengths = np.ascontiguousarray(np.sort(_packed_lengths(B, T, rng))[::-1], dtype=np.intc)
     assert not _lstm.needs_w_hh_t(lengths)
@@ -127,7 +148,8 @@ def test_no_split_where_it_cannot_work():
 
 @pytest.mark.parametrize("bidirectional", [False, True])
 @pytest.mark.parametrize("lengths", [None, [30] + [12] * 15])
-def test_layer_results_do_not_depend_on_the_loop_threads(bidirectional, lengths, monkeypatch):
+def test_layer_results_do_not_depend_on_the_loop_threads(bidirectional, lengths, monkeypatch,
+                                                        split_mode):
     """Through the layer: forcing one loop thread gives the same forward
     results, and gradients equal to rounding."""
     from pylstm import _layer, _threads
