@@ -342,6 +342,17 @@ cdef inline void _gemm_packed(int m, int n, int k, const floating* a, int lda,
         pylstm_gemm_packed_d(m, n, k, a, lda, bp, c, ldc, accumulate)
 
 
+cdef inline void _gemm_packed_tiles(int m, int n, int k, const floating* a, int lda,
+                                    const floating* bp, floating* c, int ldc) noexcept nogil:
+    """``c = a @ B`` through the tile loop of ``_gemm.h`` even for one row (where
+    :func:`_gemm_packed` takes the matrix-vector product, which rounds
+    differently): a row's result is then the same in any block of rows."""
+    if floating is float:
+        pylstm_gemm_packed_f(m, n, k, a, lda, bp, c, ldc, False)
+    else:
+        pylstm_gemm_packed_d(m, n, k, a, lda, bp, c, ldc, False)
+
+
 cdef inline void _gemm_tn2(int m, int k, const floating* a, Py_ssize_t lda,
                            const floating* b1, Py_ssize_t ldb1, int n1, floating* c1,
                            Py_ssize_t ldc1, const floating* b2, Py_ssize_t ldb2, int n2,
@@ -561,10 +572,11 @@ cdef void _forward(const floating* x, _Loop* a) noexcept nogil:
     h_alt, alternating), so that the barrier after each step is the only
     synchronisation. With ``by_rows`` the threads share the rows instead,
     thread p those of index p, p + 2, ... (alternate rows, so that shrinking
-    lengths leave both about the same work): each reads only the h_{t-1}
-    rows it wrote itself, and no barrier is needed between steps, only
-    around each chunk's input projection (still split by units). Results
-    are bit-identical to one thread's either way.
+    lengths leave both about the same work), from the gather of their input
+    and its projection to the gate pass: each reads only rows it wrote
+    itself, and the threads wait for each other only where a chunk starts
+    with fewer rows than the last. Results are bit-identical to one
+    thread's either way.
     """
     cdef int T = a.T, B = a.B, I = a.n_in, H = a.H, K = a.K
     cdef int G = 4 * H
@@ -599,6 +611,7 @@ cdef void _forward(const floating* x, _Loop* a) noexcept nogil:
     cdef int u0 = 0 if by_rows else pu0
     cdef int b0 = a.part if by_rows else 0  # its rows: b0, b0 + bs, ...
     cdef int bs = 2 if by_rows else 1
+    cdef int last_chunk = 0
     cdef int n = B
     cdef bint direct
     cdef const floating* xa
@@ -636,7 +649,7 @@ cdef void _forward(const floating* x, _Loop* a) noexcept nogil:
         else:
             xa = xbuf
             xa_ld = I
-        for k in range(kk if a.part == 0 and not direct else 0):
+        for k in range(kk if a.part == 0 and not direct and not by_rows else 0):
             s = s0 + k
             if not reverse and not a.x_batch_first and x_ld == I:
                 ns = <int> (off[s + 1] - off[s])
@@ -657,14 +670,48 @@ cdef void _forward(const floating* x, _Loop* a) noexcept nogil:
                         memcpy(xbuf + tb, src, I * sizeof(floating))
                     else:
                         memset(xbuf + tb, 0, I * sizeof(floating))
-        if split:
+        if by_rows:
+            # Each thread gathers and projects its own rows, which no other
+            # thread reads or writes. Only when the chunk has fewer rows than
+            # the last do a thread's rows of the buffers move (to where the
+            # other's were): then both must have left the last chunk.
+            if n_chunk != last_chunk and last_chunk > 0:
+                pylstm_barrier_wait(a.bar)
+            last_chunk = n_chunk
+            for k in range(0 if direct else kk):
+                s = s0 + k
+                for bi in range((n_chunk - b0 + 1) // 2):
+                    b = b0 + 2 * bi
+                    tb = (<Py_ssize_t> k * n_chunk + b) * I
+                    if lengths[b] > s:
+                        t = lengths[b] - 1 - s if reverse else s
+                        if a.x_batch_first:
+                            src = x + (bfr[b] + t) * x_ld
+                        else:
+                            src = x + (off[t] + b) * x_ld
+                        memcpy(xbuf + tb, src, I * sizeof(floating))
+                    else:
+                        memset(xbuf + tb, 0, I * sizeof(floating))
+            # (One thread's rows are fewer than the chunk's: the tile loop
+            # rounds them as one thread's GEMM over the whole chunk does.)
+            if kk * n_chunk == 1:  # as one thread: a matrix-vector product
+                if b0 == 0:
+                    _gemm_packed(1, G, I, xa, <int> xa_ld, ih_pack, gbuf, G, False)
+            elif n_chunk % 2 == 0:  # its rows are every other row of the chunk
+                _gemm_packed_tiles(kk * n_chunk // 2, G, I, xa + b0 * xa_ld,
+                                   <int> (2 * xa_ld), ih_pack,
+                                   gbuf + <Py_ssize_t> b0 * G, 2 * G)
+            else:  # ... of each step
+                for k in range(kk):
+                    tb = <Py_ssize_t> k * n_chunk + b0
+                    _gemm_packed_tiles((n_chunk - b0 + 1) // 2, G, I, xa + tb * xa_ld,
+                                       <int> (2 * xa_ld), ih_pack, gbuf + tb * G, 2 * G)
+        elif split:
             pylstm_barrier_wait(a.bar)
             for g in range(4):
                 _gemm_packed(kk * n_chunk, pn, I, xa, <int> xa_ld,
                              ih_pack + <Py_ssize_t> (g * H + pu0) * I,
                              gbuf + g * H + pu0, G, False)
-            if by_rows:  # each thread's rows need both threads' columns
-                pylstm_barrier_wait(a.bar)
         elif ih_pack != NULL:
             _gemm_packed(kk * n_chunk, G, I, xa, <int> xa_ld, ih_pack, gbuf, G, False)
         else:
@@ -994,15 +1041,16 @@ cdef bint _split_ok(_Loop* a, int threads, int nr) noexcept nogil:
     """Whether two threads should share this call's time loop (see :func:`_forward`).
 
     Every step's product must run on the packed weights (no BLAS step: BLAS
-    is not called from two threads at once), each half of the units must be
-    whole column panels of ``nr``, no other kernel call may be in progress
-    (it holds the other core: see ``pylstm_alone`` in ``_parallel.h``), and
-    the work must pay for the threads.
+    is not called from two threads at once), the split must be possible (by
+    rows: two rows or more; by units: each half of the units whole column
+    panels of ``nr``), no other kernel call may be in progress (it holds the
+    other core: see ``pylstm_alone`` in ``_parallel.h``), and the work must
+    pay for the threads.
     """
     cdef double step = <double> a.B * 4 * a.H * a.H
-    if not (threads >= 2 and PYLSTM_THREADS and a.w_pack != NULL
-            and a.H % (2 * nr) == 0 and not _blas_steps(a.lengths, a.B)
-            and pylstm_alone()):
+    cdef bint possible = (a.B >= 2 if _by_rows(a.B) else a.H % (2 * nr) == 0)
+    if not (threads >= 2 and PYLSTM_THREADS and a.w_pack != NULL and possible
+            and not _blas_steps(a.lengths, a.B) and pylstm_alone()):
         return False
     return not _split_sizes or (step >= SPLIT_STEP_MACS and step * a.T >= SPLIT_CALL_MACS)
 
@@ -1095,17 +1143,23 @@ def _tune_feed(key, int used, double ns_per_step):
 # rows, each thread its alternate rows with the whole weight matrix and no
 # barrier between steps. By rows from ROW_SPLIT_MIN_ROWS rows on, where
 # each thread has at least one full block of rows of the packed product
-# (PYLSTM_MR); by units below, down to one row.
+# (PYLSTM_MR), and for any H; by units below, down to one row, for H a
+# multiple of two column panels.
 cdef int ROW_SPLIT_MIN_ROWS = 16
 cdef int _split_mode = 0  # 0: by the batch size as above, 1: by units, 2: by rows
 _SPLIT_MODES = ("auto", "units", "rows")
 
 
+cdef inline bint _by_rows(int B) noexcept nogil:
+    """Whether two threads share a loop over B rows by rows (else by units)."""
+    return (_split_mode == 2 and B >= 2) or (_split_mode == 0 and B >= ROW_SPLIT_MIN_ROWS)
+
+
 def set_split_mode(mode):
     """How two threads share a time loop: ``"auto"`` (the default: by rows
-    from 16 rows on, else by units), ``"units"`` or ``"rows"``; returns the
-    old setting. Results are bit-identical in every mode (for tests and
-    benchmarks; not while a kernel runs)."""
+    from 16 rows on, else by units), ``"units"`` or ``"rows"`` (from two rows
+    on, else by units); returns the old setting. Results are bit-identical
+    in every mode (for tests and benchmarks; not while a kernel runs)."""
     global _split_mode
     if mode not in _SPLIT_MODES:
         raise ValueError(f"mode must be one of {_SPLIT_MODES}, got {mode!r}")
@@ -1120,7 +1174,7 @@ cdef int _run_loop(void (*task)(void*) noexcept nogil, _Loop* a, bint split) noe
     cdef pylstm_barrier bar
     if split:
         pylstm_barrier_init(&bar)
-        a.by_rows = _split_mode == 2 or (_split_mode == 0 and a.B >= ROW_SPLIT_MIN_ROWS)
+        a.by_rows = _by_rows(a.B)
         second = a[0]
         a.nparts = 2
         a.part = 0
