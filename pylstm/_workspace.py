@@ -14,7 +14,6 @@ another thread holds it gets private, freshly allocated arrays, so sharing a
 layer between threads stays correct, only without the reuse.
 """
 
-import contextlib
 import math
 import threading
 
@@ -79,7 +78,6 @@ class _Arrays:
 
     def empty(self, name, shape, dtype):
         """A C-contiguous array of ``shape`` whose values are left as they were."""
-        dtype = np.dtype(dtype)
         size = math.prod(shape)
         buf = self._buffers.get(name)
         if buf is None or buf.dtype != dtype or buf.size < size:
@@ -108,6 +106,29 @@ class _Arrays:
         return arr
 
 
+class _Borrow:
+    """The context manager of :meth:`Workspace.borrow` (a class: it is entered
+    twice per training step, and a generator-based one costs three times as
+    much)."""
+
+    __slots__ = ("_ws", "_held")
+
+    def __init__(self, ws):
+        self._ws = ws
+        self._held = False
+
+    def __enter__(self):
+        ws = self._ws
+        self._held = ws._lock.acquire(blocking=False)
+        return _Arrays(ws._buffers if self._held else {})
+
+    def __exit__(self, *exc):
+        if self._held:
+            self._held = False
+            self._ws._lock.release()
+        return False
+
+
 class Workspace:
     """One layer's reusable work arrays (see the module docstring).
 
@@ -131,16 +152,10 @@ class Workspace:
         self._lock = threading.Lock()
         self._buffers = {}
 
-    @contextlib.contextmanager
     def borrow(self):
-        """Yield the arrays for one call: the kept ones if free, else private ones."""
-        if self._lock.acquire(blocking=False):
-            try:
-                yield _Arrays(self._buffers)
-            finally:
-                self._lock.release()
-        else:
-            yield _Arrays({})
+        """A context manager giving the arrays for one call: the kept ones if
+        free, else private ones."""
+        return _Borrow(self)
 
     def clear(self):
         """Drop every kept array (waits for a call that is using them)."""
