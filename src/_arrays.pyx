@@ -26,6 +26,19 @@ cdef inline int _copy_finite(const floating* src, floating* dst, long n) noexcep
         return pylstm_copy_finite_d(src, dst, n)
 
 
+cdef int _check_rows(Py_ssize_t rows, Py_ssize_t cols, Py_ssize_t col_stride,
+                     Py_ssize_t itemsize, Py_ssize_t need_rows, Py_ssize_t need_cols,
+                     str name) except -1:
+    """ValueError unless a 2-D argument has contiguous rows, enough of them and
+    wide enough."""
+    if col_stride != itemsize:
+        raise ValueError(f"the rows of {name} must be contiguous")
+    if rows < need_rows or cols < need_cols:
+        raise ValueError(f"{name} must have at least {need_rows} rows and {need_cols} "
+                         f"columns, got {rows} and {cols}")
+    return 0
+
+
 def all_finite(const floating[::1] a):
     """Whether the contiguous array ``a`` holds no NaN and no infinity.
 
@@ -66,11 +79,8 @@ def to_time_major(const floating[:, :, ::1] x, floating[:, :] out):
     cdef Py_ssize_t B = x.shape[0], T = x.shape[1], F = x.shape[2]
     cdef Py_ssize_t b, t
     cdef int ok = 1
-    if out.strides[1] != sizeof(floating):
-        raise ValueError("the rows of out must be contiguous")
-    if out.shape[0] < T * B or out.shape[1] < F:
-        raise ValueError(f"out must have at least {T * B} rows and {F} columns, "
-                         f"got {out.shape[0]} and {out.shape[1]}")
+    _check_rows(out.shape[0], out.shape[1], out.strides[1], sizeof(floating), T * B, F,
+                "out")
     if B == 0 or T == 0 or F == 0:
         return True
     with nogil:
@@ -97,11 +107,8 @@ def to_batch_first(const floating[:, :] src, floating[:, :, ::1] out):
     cdef Py_ssize_t B = out.shape[0], T = out.shape[1], F = out.shape[2]
     cdef Py_ssize_t b, t
     cdef int ok = 1
-    if src.strides[1] != sizeof(floating):
-        raise ValueError("the rows of src must be contiguous")
-    if src.shape[0] < T * B or src.shape[1] < F:
-        raise ValueError(f"src must have at least {T * B} rows and {F} columns, "
-                         f"got {src.shape[0]} and {src.shape[1]}")
+    _check_rows(src.shape[0], src.shape[1], src.strides[1], sizeof(floating), T * B, F,
+                "src")
     if B == 0 or T == 0 or F == 0:
         return True
     with nogil:

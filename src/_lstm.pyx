@@ -551,6 +551,23 @@ cdef struct _Loop:
     Py_ssize_t n_rows         # valid steps, N
 
 
+cdef inline void _gather_row(const floating* x, const _Loop* a, floating* dst, int b,
+                             int s) noexcept nogil:
+    """``dst`` receives the input of sorted row ``b`` at step ``s`` (time
+    ``lengths[b] - 1 - s`` in reverse), or zeros past its length."""
+    cdef int t
+    cdef const floating* src
+    if a.lengths[b] > s:
+        t = a.lengths[b] - 1 - s if a.reverse else s
+        if a.x_batch_first:
+            src = x + (a.bfr[b] + t) * a.x_ld
+        else:
+            src = x + (a.off[t] + b) * a.x_ld
+        memcpy(dst, src, a.n_in * sizeof(floating))
+    else:
+        memset(dst, 0, a.n_in * sizeof(floating))
+
+
 cdef void _forward(const floating* x, _Loop* a) noexcept nogil:
     """The forward time loop shared by training and inference (one thread's part).
 
@@ -625,7 +642,6 @@ cdef void _forward(const floating* x, _Loop* a) noexcept nogil:
     cdef floating* h_cur = h
     cdef floating* h_nxt = h_alt
     cdef floating* swap
-    cdef const floating* src
     cdef floating one = 1.0
     cdef floating zero = 0.0
     s0 = 0
@@ -640,8 +656,9 @@ cdef void _forward(const floating* x, _Loop* a) noexcept nogil:
         # are already the chunk's (kk * n_chunk, I) block: project them in
         # place. Otherwise gather the chunk's input rows into xbuf, (kk,
         # n_chunk, I) in step order, rows that end within the chunk reading
-        # as zeros from there on. (The first thread gathers; a split loop's
-        # barrier below waits for it.)
+        # as zeros from there on. (The first thread gathers, and a split by
+        # units waits for it at the barrier below; split by rows, each
+        # thread gathers its own rows.)
         direct = not reverse and not a.x_batch_first and lengths[n_chunk - 1] >= s0 + kk
         if direct:
             xa = x + off[s0] * x_ld
@@ -649,27 +666,6 @@ cdef void _forward(const floating* x, _Loop* a) noexcept nogil:
         else:
             xa = xbuf
             xa_ld = I
-        for k in range(kk if a.part == 0 and not direct and not by_rows else 0):
-            s = s0 + k
-            if not reverse and not a.x_batch_first and x_ld == I:
-                ns = <int> (off[s + 1] - off[s])
-                memcpy(xbuf + <Py_ssize_t> k * n_chunk * I, x + off[s] * I,
-                       <size_t> ns * I * sizeof(floating))
-                if ns < n_chunk:
-                    memset(xbuf + (<Py_ssize_t> k * n_chunk + ns) * I, 0,
-                           <size_t> (n_chunk - ns) * I * sizeof(floating))
-            else:
-                for b in range(n_chunk):
-                    tb = (<Py_ssize_t> k * n_chunk + b) * I
-                    if lengths[b] > s:
-                        t = lengths[b] - 1 - s if reverse else s
-                        if a.x_batch_first:
-                            src = x + (bfr[b] + t) * x_ld
-                        else:
-                            src = x + (off[t] + b) * x_ld
-                        memcpy(xbuf + tb, src, I * sizeof(floating))
-                    else:
-                        memset(xbuf + tb, 0, I * sizeof(floating))
         if by_rows:
             # Each thread gathers and projects its own rows, which no other
             # thread reads or writes. Only when the chunk has fewer rows than
@@ -678,20 +674,20 @@ cdef void _forward(const floating* x, _Loop* a) noexcept nogil:
             if n_chunk != last_chunk and last_chunk > 0:
                 pylstm_barrier_wait(a.bar)
             last_chunk = n_chunk
-            for k in range(0 if direct else kk):
-                s = s0 + k
-                for bi in range((n_chunk - b0 + 1) // 2):
-                    b = b0 + 2 * bi
-                    tb = (<Py_ssize_t> k * n_chunk + b) * I
-                    if lengths[b] > s:
-                        t = lengths[b] - 1 - s if reverse else s
-                        if a.x_batch_first:
-                            src = x + (bfr[b] + t) * x_ld
-                        else:
-                            src = x + (off[t] + b) * x_ld
-                        memcpy(xbuf + tb, src, I * sizeof(floating))
-                    else:
-                        memset(xbuf + tb, 0, I * sizeof(floating))
+        for k in range(kk if not direct and (by_rows or a.part == 0) else 0):
+            s = s0 + k
+            if not by_rows and not reverse and not a.x_batch_first and x_ld == I:
+                ns = <int> (off[s + 1] - off[s])
+                memcpy(xbuf + <Py_ssize_t> k * n_chunk * I, x + off[s] * I,
+                       <size_t> ns * I * sizeof(floating))
+                if ns < n_chunk:
+                    memset(xbuf + (<Py_ssize_t> k * n_chunk + ns) * I, 0,
+                           <size_t> (n_chunk - ns) * I * sizeof(floating))
+            else:
+                for bi in range((n_chunk - b0 + bs - 1) // bs):
+                    b = b0 + bi * bs
+                    _gather_row(x, a, xbuf + (<Py_ssize_t> k * n_chunk + b) * I, b, s)
+        if by_rows:
             # (One thread's rows are fewer than the chunk's: the tile loop
             # rounds them as one thread's GEMM over the whole chunk does.)
             if kk * n_chunk == 1:  # as one thread: a matrix-vector product
