@@ -156,7 +156,7 @@ PYLSTM_CLONES void NAME(const T *restrict gp, const T *restrict bias,           
 }
 
 PYLSTM_CELL_FORWARD(pylstm_cell_forward_f_c, float, pylstm_sigmoidf, pylstm_tanhf)
-PYLSTM_CELL_FORWARD(pylstm_cell_forward_d, double, pylstm_sigmoid, pylstm_tanh)
+PYLSTM_CELL_FORWARD(pylstm_cell_forward_d_c, double, pylstm_sigmoid, pylstm_tanh)
 
 /* One row of one BPTT step, units j < n, gate blocks S apart (as above).
  * gp: activated gates on entry, gate pre-activation gradients on exit; cn:
@@ -181,11 +181,11 @@ PYLSTM_CLONES void NAME(T *restrict gp, const T *restrict cn,                   
 }
 
 PYLSTM_CELL_BACKWARD(pylstm_cell_backward_f_c, float, pylstm_tanhf)
-PYLSTM_CELL_BACKWARD(pylstm_cell_backward_d, double, pylstm_tanh)
+PYLSTM_CELL_BACKWARD(pylstm_cell_backward_d_c, double, pylstm_tanh)
 
-/* The float32 cell: the AVX-512 intrinsics of _cell512.h where the CPU has
- * them and pylstm_cell512_set(1) chose them (the kernels' module does at
- * import), else the C above. */
+/* The cell: the AVX-512 intrinsics of _cell512.h where the CPU has them and
+ * pylstm_cell512_set(1) chose them (the kernels' module does at import),
+ * else the C above. */
 #include "_cell512.h"
 
 static int pylstm_cell_use512 = 0;
@@ -209,36 +209,34 @@ static inline int pylstm_cell512_set(int on)
     return old;
 }
 
-static inline void pylstm_cell_forward_f(const float *restrict gp, const float *restrict bias,
-                                         const float *restrict h_in, float *restrict h_out,
-                                         float *restrict c, float *restrict out,
-                                         float *restrict gates_keep, float *restrict c_keep,
-                                         float *restrict h_prev_keep, int keep, int n, int S)
-{
+/* The cell for both element types: SFX f or d, PS ps or pd. */
 #if PYLSTM_CELL512
-    if (pylstm_cell_use512) {
-        pylstm_cell_forward_f512(gp, bias, h_in, h_out, c, out, gates_keep, c_keep,
-                                 h_prev_keep, keep, n, S);
-        return;
-    }
+#define PYLSTM_CELL_DISPATCH512(CALL) if (pylstm_cell_use512) { CALL; return; }
+#else
+#define PYLSTM_CELL_DISPATCH512(CALL)
 #endif
-    pylstm_cell_forward_f_c(gp, bias, h_in, h_out, c, out, gates_keep, c_keep, h_prev_keep,
-                            keep, n, S);
+#define PYLSTM_CELL_DISPATCH(SFX, PS, T)                                             \
+static inline void pylstm_cell_forward_##SFX(                                       \
+    const T *restrict gp, const T *restrict bias, const T *restrict h_in,           \
+    T *restrict h_out, T *restrict c, T *restrict out, T *restrict gates_keep,      \
+    T *restrict c_keep, T *restrict h_prev_keep, int keep, int n, int S)            \
+{                                                                                   \
+    PYLSTM_CELL_DISPATCH512(pylstm_cell_forward512_##PS(                            \
+        gp, bias, h_in, h_out, c, out, gates_keep, c_keep, h_prev_keep, keep, n, S)) \
+    pylstm_cell_forward_##SFX##_c(gp, bias, h_in, h_out, c, out, gates_keep, c_keep, \
+                                  h_prev_keep, keep, n, S);                         \
+}                                                                                   \
+                                                                                    \
+static inline void pylstm_cell_backward_##SFX(                                      \
+    T *restrict gp, const T *restrict cn, const T *restrict cp, const T *restrict dh,\
+    T *restrict dc, const T *restrict dout, int n, int S)                           \
+{                                                                                   \
+    PYLSTM_CELL_DISPATCH512(pylstm_cell_backward512_##PS(gp, cn, cp, dh, dc, dout, n, S)) \
+    pylstm_cell_backward_##SFX##_c(gp, cn, cp, dh, dc, dout, n, S);                 \
 }
 
-static inline void pylstm_cell_backward_f(float *restrict gp, const float *restrict cn,
-                                          const float *restrict cp, const float *restrict dh,
-                                          float *restrict dc, const float *restrict dout,
-                                          int n, int S)
-{
-#if PYLSTM_CELL512
-    if (pylstm_cell_use512) {
-        pylstm_cell_backward_f512(gp, cn, cp, dh, dc, dout, n, S);
-        return;
-    }
-#endif
-    pylstm_cell_backward_f_c(gp, cn, cp, dh, dc, dout, n, S);
-}
+PYLSTM_CELL_DISPATCH(f, ps, float)
+PYLSTM_CELL_DISPATCH(d, pd, double)
 
 /* out[j] = sum over rows r of a[r * lda + j], j < cols, rows in order (the
  * bias gradient: the column sums of the gate gradients). */

@@ -387,17 +387,17 @@ cdef extern from "_cell.h" nogil:
                               double* out)
 
 
-# The float32 cell in AVX-512 intrinsics where the CPU has them (_cell512.h).
+# The cell in AVX-512 intrinsics where the CPU has them (_cell512.h).
 pylstm_cell512_set(1)
 
 
 def cell512_available():
-    """Whether this CPU runs the AVX-512 float32 cell of ``_cell512.h``."""
+    """Whether this CPU runs the AVX-512 cell of ``_cell512.h``."""
     return bool(pylstm_cell512_available())
 
 
 def set_cell512(bint enabled):
-    """Use (True) or not (False) the AVX-512 float32 cell; returns the old setting.
+    """Use (True) or not (False) the AVX-512 cell; returns the old setting.
 
     Without AVX-512 the setting stays False. Not for use while a kernel runs.
     """
