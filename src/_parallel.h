@@ -1,12 +1,14 @@
 /* Two threads on one time loop: a kept worker thread (see pylstm_pool) and
- * a spinning barrier between the steps.
+ * a spinning barrier.
  *
- * With two cores, a step's products and gate arithmetic split by hidden
- * units: each thread computes the four gates of its half of the units for
- * every active row, from the whole h_{t-1}, and writes only its half of h_t,
- * c_t and the caches. The one dependency between the halves is that the
- * next step reads all of h_t, hence one barrier per step (in BPTT: all of
- * the step's gate gradients before the product dG W_hh).
+ * With two cores, a step's products and gate arithmetic split by rows (from
+ * 16 rows: each thread its alternate rows, all units, no barrier between
+ * steps) or by hidden units: each thread computes the four gates of its
+ * half of the units for every active row, from the whole h_{t-1}, and
+ * writes only its half of h_t, c_t and the caches. The one dependency
+ * between the halves is that the next step reads all of h_t, hence one
+ * barrier per step (in BPTT: all of the step's gate gradients before the
+ * product dG W_hh). See _forward in _lstm.pyx.
  *
  * A step takes microseconds, so the barrier spins (with the pause hint)
  * rather than sleeping; after many spins it yields the core, so that a
