@@ -504,9 +504,9 @@ cdef struct _Loop:
     # What one thread of a time loop needs: sizes, and pointers to the
     # arrays of the call's dtype (cast back by the fused loop bodies).
     bint is_float
-    int part                  # this thread's share of the hidden units ...
+    int part                  # this thread's share (0 or 1) of the hidden units ...
     int nparts                # ... out of 1 or 2
-    bint by_rows              # with 2: share the rows (b % 2 == part) instead
+    bint by_rows              # with 2: of the rows (b % 2 == part) instead
     pylstm_barrier* bar
     int T, B, n_in, H, K       # (n_in: a member named I clashes with complex.h's macro)
     const int* lengths
