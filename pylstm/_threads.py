@@ -122,8 +122,8 @@ def _set_num_threads(lib, n):
 class single_threaded_blas:  # noqa: N801 - used as a function, like contextlib's
     """Run the block with one BLAS thread when ``active`` (nested and thread safe).
 
-    A class rather than a generator-based context manager: entered twice
-    per training step, that costs a fifth as much.
+    A class rather than a generator-based context manager: it is entered
+    twice per training step (with a switch: 2.4 -> 1.8 us per entry and exit).
 
     Examples
     --------

@@ -8,8 +8,8 @@
  *    partial vector masked. GCC's clone masks every store; on this project's
  *    benchmark CPU (AMD EPYC) masked stores cost more than the arithmetic;
  *  - the clamp and the sign of tanh are plain min / max / bit operations.
- * Cell alone (rows as the kernels call it, 32 x 50 x 64 float32): 126 -> 89
- * us forward, 82 -> 61 us backward. Sums, products and their order follow
+ * Cell alone (rows as the kernels call it, 32 x 50 x 64 float32): 122-125
+ * -> 102-105 us forward, 56-60 -> 46-47 us backward. Sums, products and their order follow
  * the C, so results agree with it to the last bit except where an
  * exponential is clamped (tests/test_cell_isa.py compares the two).
  *
