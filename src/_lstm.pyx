@@ -322,6 +322,56 @@ cdef inline void _pack_into(const floating* w, int ld, bint trans, int k, int n,
         pylstm_pack_d(w, ld, trans, k, n, bp)
 
 
+cdef void _pack_w_hh_t(const floating* w_hh, int H, bint grouped,
+                       floating* bp) noexcept nogil:
+    """Pack ``W_hh^T`` (H x 4H) for the forward products into ``bp``.
+
+    ``grouped``: the column panels in the order of a split by units, first
+    the first half of the units of each gate (i, f, g, o), then the second
+    half of each, instead of column order. Each thread of the split then
+    streams one contiguous block of the packed weights per step, not four
+    blocks a quarter of the matrix apart: on the benchmark CPU the four
+    blocks took 1.5-2x as long to read (float32 batch-1 step, two threads,
+    benchmarks/c/gemv_floor.c: H = 128 1059 -> 783 ns, H = 256 3938 -> 2208
+    ns). Each half of a gate must be whole panels (H a multiple of 2 NR).
+    """
+    cdef int hn = H // 2
+    cdef int p, g
+    if not grouped:
+        _pack_into(w_hh, H, True, H, 4 * H, bp)
+        return
+    for p in range(2):
+        for g in range(4):
+            _pack_into(w_hh + <Py_ssize_t> (g * H + p * hn) * H, H, True, H, hn,
+                       bp + <Py_ssize_t> (4 * p + g) * hn * H)
+
+
+cdef inline const floating* _w_hh_t_block(const floating* w_pack, int H, bint grouped,
+                                          int g, int u0) noexcept nogil:
+    """Where the packed columns of gate ``g``, units ``u0 ..``, start (``u0``
+    0 or H / 2 when ``grouped``; else any multiple of the panel width)."""
+    if grouped:
+        return w_pack + (<Py_ssize_t> 4 * u0 + <Py_ssize_t> g * (H // 2)) * H
+    return w_pack + <Py_ssize_t> (g * H + u0) * H
+
+
+cdef inline void _recurrent_packed(int n, int H, const floating* h_cur,
+                                   const floating* w_pack, bint grouped,
+                                   floating* gp) noexcept nogil:
+    """``gp[:n] += h_cur[:n] @ W_hh^T`` (all 4H columns) on the packed weights,
+    as one product, or one per gate and half when they are ``grouped``.
+    Either way each element sums the same terms in the same order."""
+    cdef int hn = H // 2
+    cdef int p, g
+    if not grouped:
+        _gemm_packed(n, 4 * H, H, h_cur, H, w_pack, gp, 4 * H, True)
+        return
+    for p in range(2):
+        for g in range(4):
+            _gemm_packed(n, hn, H, h_cur, H, _w_hh_t_block(w_pack, H, True, g, p * hn),
+                         gp + g * H + p * hn, 4 * H, True)
+
+
 cdef inline Py_ssize_t _packed_len(int k, int n, bint is_float) noexcept nogil:
     if is_float:
         return pylstm_packed_size_f(k, n)
@@ -518,6 +568,7 @@ cdef struct _Loop:
     const void* w_hh
     const void* w_hh_t
     const void* w_pack        # W_hh packed (NULL: BLAS steps)
+    bint grouped              # ... with each half's units together (_pack_w_hh_t)
     const void* ih_pack       # W_ih^T packed, for a split projection
     const void* bias
     void* h
@@ -730,10 +781,10 @@ cdef void _forward(const floating* x, _Loop* a) noexcept nogil:
             elif split:
                 for g in range(4):
                     _gemm_packed(n, hn, H, h_cur, H,
-                                 w_pack + <Py_ssize_t> (g * H + u0) * H,
+                                 _w_hh_t_block(w_pack, H, a.grouped, g, u0),
                                  gp + g * H + u0, G, True)
             elif w_pack != NULL and _packed_rows(n):
-                _gemm_packed(n, G, H, h_cur, H, w_pack, gp, G, True)
+                _recurrent_packed(n, H, h_cur, w_pack, a.grouped, gp)
             elif n == 1:
                 gemv(False, G, H, one, w_hh, H, h_cur, one, gp)
             else:
@@ -1249,13 +1300,15 @@ cdef inline const Py_ssize_t* _bf_pointer(const Py_ssize_t[::1] bf_rows) noexcep
 
 
 cdef Py_ssize_t _pack_cache_len(int I, int H, bint is_float) noexcept nogil:
-    """Elements of a packed-weight cache: both packed factors, then copies of
-    W_hh and W_ih (what they were packed from)."""
+    """Elements of a packed-weight cache: both packed factors, the layout of
+    the first (1: grouped, see _pack_w_hh_t), then copies of W_hh and W_ih
+    (what they were packed from)."""
     cdef Py_ssize_t G = 4 * H
     if is_float:
-        return (pylstm_packed_size_f(H, 4 * H) + pylstm_packed_size_f(I, 4 * H)
+        return (pylstm_packed_size_f(H, 4 * H) + pylstm_packed_size_f(I, 4 * H) + 1
                 + G * H + G * I)
-    return pylstm_packed_size_d(H, 4 * H) + pylstm_packed_size_d(I, 4 * H) + G * H + G * I
+    return (pylstm_packed_size_d(H, 4 * H) + pylstm_packed_size_d(I, 4 * H) + 1
+            + G * H + G * I)
 
 
 def pack_cache_size(int n_in, int hidden, dtype):
@@ -1273,31 +1326,33 @@ def pack_cache_size(int n_in, int hidden, dtype):
 
 
 cdef bint _cached_packs(floating* cache, const floating* w_ih, const floating* w_hh,
-                        int I, int H, floating** w_pack, floating** ih_pack) noexcept nogil:
+                        int I, int H, bint grouped, floating** w_pack,
+                        floating** ih_pack) noexcept nogil:
     """Point ``w_pack``/``ih_pack`` into ``cache``, packing first unless the
-    cache already holds the packs of these very weights. Returns whether it
-    had to pack."""
+    cache already holds the packs of these very weights in this layout
+    (``grouped``: see _pack_w_hh_t). Returns whether it had to pack."""
     cdef Py_ssize_t G = 4 * H
     cdef Py_ssize_t n_hh, n_ih
     cdef floating* saved
+    cdef floating* layout
     if floating is float:
         n_hh, n_ih = pylstm_packed_size_f(H, 4 * H), pylstm_packed_size_f(I, 4 * H)
     else:
         n_hh, n_ih = pylstm_packed_size_d(H, 4 * H), pylstm_packed_size_d(I, 4 * H)
     w_pack[0] = cache
     ih_pack[0] = cache + n_hh
-    saved = cache + n_hh + n_ih
+    layout = cache + n_hh + n_ih
+    saved = layout + 1
     # The copies are written after the packs, so equal copies mean packs made
     # from these weights (a call that stopped half-way leaves a mismatch).
-    if (memcmp(saved, w_hh, <size_t> (G * H) * sizeof(floating)) == 0
+    if (layout[0] == <floating> grouped
+            and memcmp(saved, w_hh, <size_t> (G * H) * sizeof(floating)) == 0
             and memcmp(saved + G * H, w_ih, <size_t> (G * I) * sizeof(floating)) == 0):
         return False
-    if floating is float:
-        pylstm_pack_f(w_hh, H, True, H, 4 * H, w_pack[0])
-        pylstm_pack_f(w_ih, I, True, I, 4 * H, ih_pack[0])
-    else:
-        pylstm_pack_d(w_hh, H, True, H, 4 * H, w_pack[0])
-        pylstm_pack_d(w_ih, I, True, I, 4 * H, ih_pack[0])
+    layout[0] = -1  # no layout until the packs are complete
+    _pack_w_hh_t(w_hh, H, grouped, w_pack[0])
+    _pack_into(w_ih, I, True, I, 4 * H, ih_pack[0])
+    layout[0] = <floating> grouped
     memcpy(saved, w_hh, <size_t> (G * H) * sizeof(floating))
     memcpy(saved + G * H, w_ih, <size_t> (G * I) * sizeof(floating))
     return True
@@ -1391,15 +1446,24 @@ cdef int _run_forward(const floating[:, :] x, const int[::1] lengths,
             # on it: the same products whether one or two threads take the
             # loop, so that results do not depend on the count. (No fallback
             # to BLAS here: the caller made w_hh_t only for BLAS steps.)
+            # Where two threads could split the units, W_hh^T is packed in
+            # the order of the split, whether or not this call splits (see
+            # _pack_w_hh_t): the layout then does not change from call to
+            # call, and the cached packs stay valid.
+            a.grouped = (threads >= 2 and PYLSTM_THREADS and not _by_rows(B)
+                         and H % (2 * nr) == 0)
             if (pack_cache is not None
                     and pack_cache.shape[0] >= _pack_cache_len(I, H, a.is_float)):
                 cached = True
                 with nogil:
                     _cached_packs(&pack_cache[0], &w_ih[0, 0], &w_hh[0, 0], I, H,
-                                  &w_pack, &ih_pack)
+                                  a.grouped, &w_pack, &ih_pack)
             else:
                 with nogil:
-                    w_pack = _packed_weights(&w_hh[0, 0], H, True, H, 4 * H, &ws)
+                    w_pack = <floating*> _take(&ws, _packed_len(H, 4 * H, a.is_float)
+                                               * sizeof(floating))
+                    if w_pack != NULL:
+                        _pack_w_hh_t(&w_hh[0, 0], H, a.grouped, w_pack)
                     ih_pack = _packed_weights(&w_ih[0, 0], I, True, I, 4 * H, &ws)
                 if w_pack == NULL or ih_pack == NULL:
                     raise MemoryError("no memory for the packed weights")

@@ -339,3 +339,51 @@ def test_no_split_while_another_call_runs():
     assert during == 1
     time.sleep(0.1)
     assert call(8, 20, 64) == 2
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("B", [1, 12])
+def test_weights_grouped_for_the_split_any_thread_count(dtype, B):
+    """Where two threads may split the units, W_hh^T is packed with each
+    half's units together (``_pack_w_hh_t``), whether the call then splits
+    or not. One thread on the natural layout, two splitting the grouped one,
+    and one on the grouped layout (a call too small for the split once the
+    size thresholds are on) give the same bits; a kept pack cache follows
+    the layout from call to call."""
+    H = 64 if dtype == np.float32 else 32
+    T, I, G = 30 if B == 1 else 3, 5, 4 * H  # B * 4H * H * T below SPLIT_CALL_MACS
+    rng = np.random.default_rng(B)
+    lengths = np.full(B, T, dtype=np.intc)  # (2-7 active rows would take BLAS steps)
+    N = B * T
+    w_ih = (rng.normal(size=(G, I)) * 0.3).astype(dtype)
+    w_hh = (rng.normal(size=(G, H)) * 0.2).astype(dtype)
+    bias = (rng.normal(size=G) * 0.1).astype(dtype)
+    x = rng.normal(size=(N, I)).astype(dtype)
+    cache = np.zeros(_lstm.pack_cache_size(I, H, dtype), dtype)
+
+    def run(threads, pack_cache, thresholds=False):
+        h, c = np.zeros((B, H), dtype), np.zeros((B, H), dtype)
+        out = np.zeros((N, H), dtype)
+        old = _lstm.set_split_thresholds(thresholds)
+        try:
+            used = _lstm.forward_infer(x, lengths, w_ih, w_hh, np.ascontiguousarray(w_hh.T),
+                                       bias, h, c, out, 0, False, np.zeros(T * B * I, dtype),
+                                       np.zeros(T * B * G, dtype), False, False, None,
+                                       threads, pack_cache)
+        finally:
+            _lstm.set_split_thresholds(old)
+        return used, out, h, c
+
+    results = []
+    for pack_cache in (None, cache):
+        used_one, *one = run(1, pack_cache)
+        used_split, *split = run(2, pack_cache)
+        used_small, *small = run(2, pack_cache, thresholds=True)
+        used_again, *again = run(1, pack_cache)
+        assert (used_one, used_split, used_small, used_again) == (1, 2, 1, 1)
+        for arrays in (split, small, again):
+            for a, b in zip(one, arrays, strict=True):
+                np.testing.assert_array_equal(a, b)
+        results.append(one)
+    for a, b in zip(*results, strict=True):
+        np.testing.assert_array_equal(a, b)

@@ -1,19 +1,25 @@
-/* How fast can a batch-1 LSTM step read its recurrent weights?
+/* How fast can a batch-1 LSTM step read its recurrent weights, and how fast
+ * can this CPU multiply-add at all?
  *
  * At batch 1 each time step multiplies h_{t-1} (H values) by W_hh (H x 4H):
  * every weight is read once per step and used in one multiply-add, so the
  * step's time is bounded below by the time to stream W_hh from wherever it
  * lies (L2 at H = 128 in float32: 256 KiB; partly beyond L2 at H = 256:
- * 1 MiB). This program times pylstm's one-row packed product
- * (pylstm_gemv_packed_* in src/_gemm.h, the kernel of a batch-1 step) on
- * warm weights:
+ * 1 MiB). This program prints three figures for each size:
  *
- *   1 thread        the whole product in one call, as pylstm's one-thread
- *                   loop runs it;
- *   2 threads       each thread its half of every gate's columns, then a
- *                   barrier (pylstm_barrier_wait of src/_parallel.h), with
- *                   h_t exchanged as in the two-thread loop: the lower bound
- *                   of a two-thread batch-1 step.
+ *   gemv        pylstm's one-row packed product (pylstm_gemv_packed_* in
+ *               src/_gemm.h, the kernel of a batch-1 step) on warm weights.
+ *               On 1 thread the whole product in one call, as pylstm's
+ *               one-thread loop runs it; on 2 threads each thread its half
+ *               of every gate's columns, then a barrier (pylstm_barrier_wait
+ *               of src/_parallel.h), with h_t exchanged as in the two-thread
+ *               loop: the lower bound of a two-thread batch-1 step.
+ *   loads only  the same bytes read with plain vector loads and nothing else
+ *               (each thread its half, no barrier): what the caches deliver,
+ *               whatever the kernel. No batch-1 step can be faster.
+ *
+ * and, last, the CPU's multiply-add peak (independent AVX-512 FMAs, no
+ * memory), against which the GEMMs of a training step can be judged.
  *
  * Build and run from the repository root (gcc, Linux, x86-64 with AVX-512):
  *
@@ -30,6 +36,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <time.h>
+#include <immintrin.h>
 
 #include "../../src/_gemm.h"
 #include "../../src/_parallel.h"
@@ -56,8 +63,42 @@ typedef struct {
     void *h[2];        /* h_{t-1} and h_t, alternating, shared */
     void *y;           /* this thread's 4H pre-activations */
     pylstm_barrier *bar;
+    int loads_only;    /* stream this thread's share with loads alone */
     double seconds;
 } job;
+
+/* The bytes at p (64-byte aligned; whole 512-byte blocks) read with 512-bit
+ * loads into eight accumulators: the loads, and an add each that keeps them
+ * from being optimised away. */
+__attribute__((target("avx512f"), noinline))
+static float stream_bytes(const char *p, long bytes)
+{
+    __m512 a[8];
+    for (int i = 0; i < 8; i++)
+        a[i] = _mm512_setzero_ps();
+    for (long o = 0; o + 512 <= bytes; o += 512)
+#pragma GCC unroll 8
+        for (int i = 0; i < 8; i++)
+            a[i] = _mm512_add_ps(a[i], _mm512_load_ps((const float *)(p + o + 64 * i)));
+    for (int i = 1; i < 8; i++)
+        a[0] = _mm512_add_ps(a[0], a[i]);
+    return _mm512_reduce_add_ps(a[0]);
+}
+
+/* Each thread: its half (or all) of the packed weights, STEPS times. */
+static void stream_share(job *j, size_t es)
+{
+    long n = es == sizeof(float) ? pylstm_packed_size_f(j->H, 4 * j->H)
+                                 : pylstm_packed_size_d(j->H, 4 * j->H);
+    long bytes = n * (long)es / j->nparts / 512 * 512;
+    const char *p = (const char *)j->bp + (long)j->part * bytes;
+    volatile float sink = 0;
+    double t0 = now_s();
+    for (int s = 0; s < STEPS; s++)
+        sink += stream_bytes(p, bytes);
+    j->seconds = now_s() - t0;
+    (void)sink;
+}
 
 /* Each thread: for its units u0 .. u0 + hn of every gate, y = h W; then a
  * stand-in for the cell (h_t of its units from y) and the barrier. */
@@ -88,14 +129,16 @@ static void *run(void *arg)
     CPU_ZERO(&set);
     CPU_SET(j->part, &set);
     pthread_setaffinity_np(pthread_self(), sizeof set, &set);
-    if (j->is_float)
+    if (j->loads_only)
+        stream_share(j, j->is_float ? sizeof(float) : sizeof(double));
+    else if (j->is_float)
         STEP_LOOP(float, pylstm_gemv_packed_f)
     else
         STEP_LOOP(double, pylstm_gemv_packed_d)
     return NULL;
 }
 
-static void measure(int H, int is_float, int nparts)
+static void measure(int H, int is_float, int nparts, int loads_only)
 {
     size_t es = is_float ? sizeof(float) : sizeof(double);
     long n = is_float ? pylstm_packed_size_f(H, 4 * H) : pylstm_packed_size_d(H, 4 * H);
@@ -117,7 +160,7 @@ static void measure(int H, int is_float, int nparts)
         pthread_t tid[2];
         for (int p = 0; p < nparts; p++) {
             jobs[p] = (job){H, p, nparts, is_float, bp, {h0, h1},
-                            aligned_alloc(64, 4 * (size_t)H * es), &bar, 0};
+                            aligned_alloc(64, 4 * (size_t)H * es), &bar, loads_only, 0};
             pthread_create(&tid[p], NULL, run, &jobs[p]);
         }
         double worst = 0;
@@ -130,12 +173,74 @@ static void measure(int H, int is_float, int nparts)
     }
     qsort(per_step, RUNS, sizeof per_step[0], cmp_double);
     double t = per_step[RUNS / 2];
-    printf("%-8s H=%-4d W_hh %5ld KiB  %d thread(s): %7.1f ns per step  %6.1f GB/s\n",
-           is_float ? "float32" : "float64", H, n * (long)es / 1024, nparts, t * 1e9,
-           n * (double)es / t / 1e9);
+    printf("%-8s H=%-4d W_hh %5ld KiB  %d thread(s)  %-10s %7.1f ns per step  %6.1f GB/s\n",
+           is_float ? "float32" : "float64", H, n * (long)es / 1024, nparts,
+           loads_only ? "loads only" : "gemv", t * 1e9, n * (double)es / t / 1e9);
     free(bp);
     free(h0);
     free(h1);
+}
+
+/* Independent FMA chains, no memory: the multiply-add peak of one thread. */
+#define FMA_CHAINS 12
+#define FMA_ITERS 50000000L
+typedef struct {
+    int part;
+    double seconds;
+    float sink;
+} fma_job;
+
+__attribute__((target("avx512f"), noinline))
+static float fma_loop(long iters)
+{
+    __m512 a[FMA_CHAINS];
+    __m512 b = _mm512_set1_ps(0.999f), c = _mm512_set1_ps(1e-4f);
+    for (int i = 0; i < FMA_CHAINS; i++)
+        a[i] = _mm512_set1_ps(1e-3f * (float)i);
+    for (long k = 0; k < iters; k++)
+#pragma GCC unroll 12
+        for (int i = 0; i < FMA_CHAINS; i++)
+            a[i] = _mm512_fmadd_ps(a[i], b, c);
+    for (int i = 1; i < FMA_CHAINS; i++)
+        a[0] = _mm512_add_ps(a[0], a[i]);
+    return _mm512_reduce_add_ps(a[0]);
+}
+
+static void *fma_run(void *arg)
+{
+    fma_job *j = arg;
+    cpu_set_t set;
+    CPU_ZERO(&set);
+    CPU_SET(j->part, &set);
+    pthread_setaffinity_np(pthread_self(), sizeof set, &set);
+    double t0 = now_s();
+    j->sink = fma_loop(FMA_ITERS);
+    j->seconds = now_s() - t0;
+    return NULL;
+}
+
+/* float32 multiply-adds per second of nparts threads (best of RUNS); a
+ * float64 FMA does half as many flops in the same time. */
+static void fma_peak(int nparts)
+{
+    double best = 0;
+    for (int r = 0; r < RUNS; r++) {
+        fma_job jobs[2];
+        pthread_t tid[2];
+        for (int p = 0; p < nparts; p++) {
+            jobs[p] = (fma_job){p, 0, 0};
+            pthread_create(&tid[p], NULL, fma_run, &jobs[p]);
+        }
+        double worst = 0;
+        for (int p = 0; p < nparts; p++) {
+            pthread_join(tid[p], NULL);
+            worst = jobs[p].seconds > worst ? jobs[p].seconds : worst;
+        }
+        double gf = 2.0 * 16 * FMA_CHAINS * FMA_ITERS * nparts / worst / 1e9;
+        best = gf > best ? gf : best;
+    }
+    printf("FMA peak  %d thread(s): %6.1f GF/s float32, %6.1f GF/s float64\n", nparts, best,
+           best / 2);
 }
 
 int main(void)
@@ -148,6 +253,9 @@ int main(void)
     for (int is_float = 1; is_float >= 0; is_float--)
         for (int i = 0; i < 2; i++)
             for (int nparts = 1; nparts <= 2; nparts++)
-                measure(sizes[i], is_float, nparts);
+                for (int loads_only = 0; loads_only <= 1; loads_only++)
+                    measure(sizes[i], is_float, nparts, loads_only);
+    for (int nparts = 1; nparts <= 2; nparts++)
+        fma_peak(nparts);
     return 0;
 }
