@@ -13,7 +13,12 @@
  *               one-thread loop runs it; on 2 threads each thread its half
  *               of every gate's columns, then a barrier (pylstm_barrier_wait
  *               of src/_parallel.h), with h_t exchanged as in the two-thread
- *               loop: the lower bound of a two-thread batch-1 step.
+ *               loop: the lower bound of a two-thread batch-1 step. The
+ *               weights lie as pylstm packs them for that split, each
+ *               thread's four gate blocks together (_pack_w_hh_t in
+ *               src/_lstm.pyx);
+ *   gemv apart  (2 threads) the same with the four blocks a quarter of the
+ *               matrix apart, in column order, as pylstm packed them before;
  *   loads only  the same bytes read with plain vector loads and nothing else
  *               (each thread its half, no barrier): what the caches deliver,
  *               whatever the kernel. No batch-1 step can be faster.
@@ -57,13 +62,19 @@ static int cmp_double(const void *a, const void *b)
     return (x > y) - (x < y);
 }
 
+/* What a thread does per step: the product on its half of the units, whose
+ * four gate blocks lie together (GROUPED, pylstm's layout for a split by
+ * units) or a quarter of the matrix apart (APART, column order: pylstm's
+ * layout before); or it streams its share of the bytes with loads alone. */
+enum { GROUPED, APART, LOADS_ONLY };
+
 typedef struct {
     int H, part, nparts, is_float;
     void *bp;          /* packed W_hh^T (H x 4H), shared */
     void *h[2];        /* h_{t-1} and h_t, alternating, shared */
     void *y;           /* this thread's 4H pre-activations */
     pylstm_barrier *bar;
-    int loads_only;    /* stream this thread's share with loads alone */
+    int mode;          /* GROUPED, APART or LOADS_ONLY */
     double seconds;
 } job;
 
@@ -113,7 +124,10 @@ static void stream_share(job *j, size_t es)
                 GEMV(4 * H, H, hc, bp, y, 0);                                       \
             else                                                                    \
                 for (int g = 0; g < 4; g++)                                         \
-                    GEMV(hn, H, hc, bp + (long)(g * H + u0) * H, y + g * H + u0, 0);\
+                    GEMV(hn, H, hc,                                                 \
+                         bp + (j->mode == GROUPED ? (long)(4 * u0 + g * hn) * H     \
+                                                  : (long)(g * H + u0) * H),        \
+                         y + g * H + u0, 0);                                        \
             for (int u = u0; u < u0 + hn; u++)                                      \
                 hx[u] = (T)1e-3 * y[u] + (T)1e-3 * y[3 * H + u];                    \
             if (j->nparts > 1)                                                      \
@@ -129,7 +143,7 @@ static void *run(void *arg)
     CPU_ZERO(&set);
     CPU_SET(j->part, &set);
     pthread_setaffinity_np(pthread_self(), sizeof set, &set);
-    if (j->loads_only)
+    if (j->mode == LOADS_ONLY)
         stream_share(j, j->is_float ? sizeof(float) : sizeof(double));
     else if (j->is_float)
         STEP_LOOP(float, pylstm_gemv_packed_f)
@@ -138,7 +152,7 @@ static void *run(void *arg)
     return NULL;
 }
 
-static void measure(int H, int is_float, int nparts, int loads_only)
+static void measure(int H, int is_float, int nparts, int mode)
 {
     size_t es = is_float ? sizeof(float) : sizeof(double);
     long n = is_float ? pylstm_packed_size_f(H, 4 * H) : pylstm_packed_size_d(H, 4 * H);
@@ -160,7 +174,7 @@ static void measure(int H, int is_float, int nparts, int loads_only)
         pthread_t tid[2];
         for (int p = 0; p < nparts; p++) {
             jobs[p] = (job){H, p, nparts, is_float, bp, {h0, h1},
-                            aligned_alloc(64, 4 * (size_t)H * es), &bar, loads_only, 0};
+                            aligned_alloc(64, 4 * (size_t)H * es), &bar, mode, 0};
             pthread_create(&tid[p], NULL, run, &jobs[p]);
         }
         double worst = 0;
@@ -173,9 +187,10 @@ static void measure(int H, int is_float, int nparts, int loads_only)
     }
     qsort(per_step, RUNS, sizeof per_step[0], cmp_double);
     double t = per_step[RUNS / 2];
+    static const char *names[] = {"gemv", "gemv apart", "loads only"};
     printf("%-8s H=%-4d W_hh %5ld KiB  %d thread(s)  %-10s %7.1f ns per step  %6.1f GB/s\n",
-           is_float ? "float32" : "float64", H, n * (long)es / 1024, nparts,
-           loads_only ? "loads only" : "gemv", t * 1e9, n * (double)es / t / 1e9);
+           is_float ? "float32" : "float64", H, n * (long)es / 1024, nparts, names[mode],
+           t * 1e9, n * (double)es / t / 1e9);
     free(bp);
     free(h0);
     free(h1);
@@ -253,8 +268,9 @@ int main(void)
     for (int is_float = 1; is_float >= 0; is_float--)
         for (int i = 0; i < 2; i++)
             for (int nparts = 1; nparts <= 2; nparts++)
-                for (int loads_only = 0; loads_only <= 1; loads_only++)
-                    measure(sizes[i], is_float, nparts, loads_only);
+                for (int mode = GROUPED; mode <= LOADS_ONLY; mode++)
+                    if (!(nparts == 1 && mode == APART))
+                        measure(sizes[i], is_float, nparts, mode);
     for (int nparts = 1; nparts <= 2; nparts++)
         fma_peak(nparts);
     return 0;
