@@ -136,13 +136,19 @@ static void stream_share(job *j, size_t es)
         j->seconds = now_s() - t0;                                                  \
     }
 
+/* Keep the calling thread on CPU ``cpu``. */
+static void pin_to_cpu(int cpu)
+{
+    cpu_set_t set;
+    CPU_ZERO(&set);
+    CPU_SET(cpu, &set);
+    pthread_setaffinity_np(pthread_self(), sizeof set, &set);
+}
+
 static void *run(void *arg)
 {
     job *j = arg;
-    cpu_set_t set;
-    CPU_ZERO(&set);
-    CPU_SET(j->part, &set);
-    pthread_setaffinity_np(pthread_self(), sizeof set, &set);
+    pin_to_cpu(j->part);
     if (j->mode == LOADS_ONLY)
         stream_share(j, j->is_float ? sizeof(float) : sizeof(double));
     else if (j->is_float)
@@ -224,10 +230,7 @@ static float fma_loop(long iters)
 static void *fma_run(void *arg)
 {
     fma_job *j = arg;
-    cpu_set_t set;
-    CPU_ZERO(&set);
-    CPU_SET(j->part, &set);
-    pthread_setaffinity_np(pthread_self(), sizeof set, &set);
+    pin_to_cpu(j->part);
     double t0 = now_s();
     j->sink = fma_loop(FMA_ITERS);
     j->seconds = now_s() - t0;
