@@ -331,8 +331,8 @@ cdef void _pack_w_hh_t(const floating* w_hh, int H, bint grouped,
     half of each, instead of column order. Each thread of the split then
     streams one contiguous block of the packed weights per step, not four
     blocks a quarter of the matrix apart: on the benchmark CPU the four
-    blocks took 1.5-2x as long to read (float32 batch-1 step, two threads,
-    benchmarks/c/gemv_floor.c: H = 128 1059 -> 783 ns, H = 256 3938 -> 2208
+    blocks took 1.3-1.8x as long to read (float32 batch-1 step, two threads,
+    benchmarks/c/gemv_floor.c: H = 128 1054 -> 799 ns, H = 256 4123 -> 2292
     ns). Each half of a gate must be whole panels (H a multiple of 2 NR).
     """
     cdef int hn = H // 2
