@@ -4,19 +4,20 @@
  *
  * A value is NaN or infinite exactly when all its exponent bits are set; the
  * test is on the integer bits, whose OR-reduction the compiler vectorizes
- * (a floating-point reduction it would not, without reassociation). Compiled
- * for AVX-512, AVX2 and the baseline, chosen at load time (see _cell.h). */
+ * (a floating-point reduction it would not, without reassociation). These
+ * passes are bound by memory, not arithmetic: one baseline build serves every
+ * CPU. */
 #ifndef PYLSTM_ARRAYS_H
 #define PYLSTM_ARRAYS_H
 
 #include <stdint.h>
 #include <string.h>
 
-#include "_cell.h"  /* PYLSTM_CLONES */
+#include "_platform.h"
 
 /* 1 if a[0 .. n-1] holds no NaN or infinity, else 0. */
 #define PYLSTM_ALL_FINITE(NAME, T, U, EXP)                                           \
-PYLSTM_CLONES int NAME(const T *restrict a, long n)                                  \
+static int NAME(const T *PYLSTM_RESTRICT a, long n)                                  \
 {                                                                                    \
     U bad = 0;                                                                       \
     for (long i = 0; i < n; i++) {                                                   \
@@ -29,7 +30,7 @@ PYLSTM_CLONES int NAME(const T *restrict a, long n)                             
 
 /* dst[i] = src[i] for i < n; 1 if none of them is NaN or infinite. */
 #define PYLSTM_COPY_FINITE(NAME, T, U, EXP)                                          \
-PYLSTM_CLONES int NAME(const T *restrict src, T *restrict dst, long n)               \
+static int NAME(const T *PYLSTM_RESTRICT src, T *PYLSTM_RESTRICT dst, long n)        \
 {                                                                                    \
     U bad = 0;                                                                       \
     for (long i = 0; i < n; i++) {                                                   \

@@ -19,7 +19,7 @@ Gate order (i, f, g, o) in blocks of ``H`` along the ``4H`` axis, as in
 ``torch.nn.LSTM``. The caller (``pylstm._layer``) provides every buffer; the
 kernels check the shapes before any work, allocate only the row offsets, the
 packed copies of the weights and a second h array, once per call before the
-time loop (see ``_gemm.h``), and run their whole time loop without the GIL,
+time loop (see ``_kernels.c``), and run their whole time loop without the GIL,
 on one thread or split between two (``_parallel.h``, ``threads=2``).
 
 The forward kernels share one time loop (``_forward``), so training and
@@ -40,10 +40,20 @@ from _blas cimport gemm, gemv
 cdef double SMALL_GEMM = 1e6
 
 
-cdef extern from "_gemm.h" nogil:
+cdef extern from "_kernels.h" nogil:
     int PYLSTM_NR_F
     int PYLSTM_NR_D
-    int pylstm_packed_gemm_ok()
+    int PYLSTM_SIMD_LEVELS
+    int PYLSTM_SIMD_AVX512
+    const char* pylstm_simd_names[]
+    int pylstm_simd_level
+    int pylstm_simd_usable(int level)
+    int pylstm_simd_select(int cap)
+    ctypedef struct pylstm_kernels:
+        const char* name
+        int tile_rows
+    const pylstm_kernels* pylstm_simd_table(int level)
+    int pylstm_cpu_has(int level)
     long pylstm_packed_size_f(int k, int n)
     long pylstm_packed_size_d(int k, int n)
     void pylstm_pack_f(const float* B, int ldb, int trans, int k, int n, float* Bp)
@@ -62,19 +72,91 @@ cdef extern from "_gemm.h" nogil:
     void pylstm_gemm_tn_d(int m, int k, const double* A, long lda, const double* B1,
                           long ldb1, int n1, double* C1, long ldc1, const double* B2,
                           long ldb2, int n2, double* C2, long ldc2)
+    void pylstm_cell_forward_f(const float* gp, const float* bias, const float* h_in,
+                               float* h_out, float* c, float* out, float* gates_keep,
+                               float* c_keep, float* h_prev_keep, int keep,
+                               int n, int S)
+    void pylstm_cell_forward_d(const double* gp, const double* bias,
+                               const double* h_in, double* h_out,
+                               double* c, double* out, double* gates_keep,
+                               double* c_keep, double* h_prev_keep, int keep,
+                               int n, int S)
+    void pylstm_cell_backward_f(float* gp, const float* cn, const float* cp,
+                                const float* dh, float* dc, const float* dout,
+                                int n, int S)
+    void pylstm_cell_backward_d(double* gp, const double* cn, const double* cp,
+                                const double* dh, double* dc,
+                                const double* dout, int n, int S)
+    void pylstm_column_sums_f(const float* a, long rows, int cols, long lda, float* out)
+    void pylstm_column_sums_d(const double* a, long rows, int cols, long lda,
+                              double* out)
+    const char* PYLSTM_COMPILER
 
 
-# Whether the per-step products use the packed-weight GEMM of _gemm.h (needs
-# AVX-512 at run time) instead of BLAS; set_packed_gemm switches it for tests
-# and benchmarks. Below 8 active rows its 8-row tiles run partly empty and
-# BLAS is faster (measured at batch 4), so those steps still call BLAS, except
-# one row, which has its own packed matrix-vector product (1.3-1.5x faster than
-# OpenBLAS's gemv at hidden 128-256). Packing costs about one step's reading
-# of W_hh, so calls of one or two steps (generation) do not pack.
+# The instruction-set level of the kernels: the best that this build and CPU
+# have, capped by the environment variable PYLSTM_SIMD (read once, here).
+_SIMD_NAMES = tuple(pylstm_simd_names[i].decode() for i in range(PYLSTM_SIMD_LEVELS))
+
+
+def simd_levels():
+    """The instruction-set levels that this build compiled and this CPU runs.
+
+    Examples
+    --------
+    >>> from pylstm import _lstm
+    >>> _lstm.simd() in _lstm.simd_levels()
+    True
+    """
+    return [name for i, name in enumerate(_SIMD_NAMES) if pylstm_simd_usable(i)]
+
+
+def simd():
+    """The instruction-set level that the kernels use now."""
+    return _SIMD_NAMES[pylstm_simd_level]
+
+
+def set_simd(level):
+    """Use the best usable level up to ``level`` (a name of :data:`_SIMD_NAMES`).
+
+    Returns the level used before. A level above what the CPU runs gives the
+    best it does run (as ``PYLSTM_SIMD`` does). Not for use while a kernel runs.
+    """
+    if level not in _SIMD_NAMES:
+        raise ValueError(f"level must be one of {_SIMD_NAMES}, got {level!r}")
+    old = simd()
+    pylstm_simd_select(_SIMD_NAMES.index(level))
+    return old
+
+
+def compiler():
+    """The C compiler (name and version) that built the kernels."""
+    return PYLSTM_COMPILER.decode()
+
+
+def _simd_from_environment():
+    import os
+    import warnings
+    want = os.environ.get("PYLSTM_SIMD", "").strip().lower()
+    pylstm_simd_select(PYLSTM_SIMD_AVX512)
+    if not want:
+        return
+    if want not in _SIMD_NAMES:
+        warnings.warn(f"PYLSTM_SIMD={want!r} is not one of {_SIMD_NAMES}; ignored "
+                      f"(using {simd()!r})", RuntimeWarning, stacklevel=2)
+        return
+    set_simd(want)
+    if simd() != want:
+        warnings.warn(f"PYLSTM_SIMD={want!r}: this CPU or build does not run it; "
+                      f"using {simd()!r}", RuntimeWarning, stacklevel=2)
+
+
+_simd_from_environment()
+
+
 cdef enum:
     PACKED_MIN_ROWS = 8
     PACKED_DX_BYTES = 262144      # packed W_ih for the input gradient: up to 256 KiB
-cdef bint _packed_available = pylstm_packed_gemm_ok()
+cdef bint _packed_available = True
 cdef bint _use_packed = _packed_available
 
 
@@ -300,7 +382,7 @@ def work_size(int n_in, int hidden, int batch, dtype):
 
 cdef floating* _packed_weights(const floating* w, int ld, bint trans, int k,
                                int n, _Work* work) noexcept nogil:
-    """A packed copy of the k x n matrix w (see _gemm.h) in scratch from
+    """A packed copy of the k x n matrix w (see _kernels.h) in scratch from
     ``work`` (:func:`_take`), or NULL (out of memory)."""
     cdef long size
     cdef floating* bp
@@ -394,7 +476,7 @@ cdef inline void _gemm_packed(int m, int n, int k, const floating* a, int lda,
 
 cdef inline void _gemm_packed_tiles(int m, int n, int k, const floating* a, int lda,
                                     const floating* bp, floating* c, int ldc) noexcept nogil:
-    """``c = a @ B`` through the tile loop of ``_gemm.h`` even for one row (where
+    """``c = a @ B`` through the tile loop of ``_kernels.c`` even for one row (where
     :func:`_gemm_packed` takes the matrix-vector product, which rounds
     differently): a row's result is then the same in any block of rows."""
     if floating is float:
@@ -407,51 +489,11 @@ cdef inline void _gemm_tn2(int m, int k, const floating* a, Py_ssize_t lda,
                            const floating* b1, Py_ssize_t ldb1, int n1, floating* c1,
                            Py_ssize_t ldc1, const floating* b2, Py_ssize_t ldb2, int n2,
                            floating* c2, Py_ssize_t ldc2) noexcept nogil:
-    """``c1 = a^T b1`` and ``c2 = a^T b2`` through ``pylstm_gemm_tn`` (see _gemm.h)."""
+    """``c1 = a^T b1`` and ``c2 = a^T b2`` through ``pylstm_gemm_tn`` (see _kernels.c)."""
     if floating is float:
         pylstm_gemm_tn_f(m, k, a, lda, b1, ldb1, n1, c1, ldc1, b2, ldb2, n2, c2, ldc2)
     else:
         pylstm_gemm_tn_d(m, k, a, lda, b1, ldb1, n1, c1, ldc1, b2, ldb2, n2, c2, ldc2)
-
-
-cdef extern from "_cell.h" nogil:
-    void pylstm_cell_forward_f(const float* gp, const float* bias, const float* h_in,
-                               float* h_out, float* c, float* out, float* gates_keep,
-                               float* c_keep, float* h_prev_keep, int keep,
-                               int n, int S)
-    void pylstm_cell_forward_d(const double* gp, const double* bias,
-                               const double* h_in, double* h_out,
-                               double* c, double* out, double* gates_keep,
-                               double* c_keep, double* h_prev_keep, int keep,
-                               int n, int S)
-    void pylstm_cell_backward_f(float* gp, const float* cn, const float* cp,
-                                const float* dh, float* dc, const float* dout,
-                                int n, int S)
-    void pylstm_cell_backward_d(double* gp, const double* cn, const double* cp,
-                                const double* dh, double* dc,
-                                const double* dout, int n, int S)
-    int pylstm_cell512_available()
-    int pylstm_cell512_set(int on)
-    void pylstm_column_sums_f(const float* a, long rows, int cols, long lda, float* out)
-    void pylstm_column_sums_d(const double* a, long rows, int cols, long lda,
-                              double* out)
-
-
-# The cell in AVX-512 intrinsics where the CPU has them (_cell512.h).
-pylstm_cell512_set(1)
-
-
-def cell512_available():
-    """Whether this CPU runs the AVX-512 cell of ``_cell512.h``."""
-    return bool(pylstm_cell512_available())
-
-
-def set_cell512(bint enabled):
-    """Use (True) or not (False) the AVX-512 cell; returns the old setting.
-
-    Without AVX-512 the setting stays False. Not for use while a kernel runs.
-    """
-    return bool(pylstm_cell512_set(enabled))
 
 
 cdef extern from "_parallel.h" nogil:
@@ -464,7 +506,6 @@ cdef extern from "_parallel.h" nogil:
     void pylstm_enter()
     void pylstm_leave()
     int pylstm_alone()
-    long long pylstm_now_ns()
     int PYLSTM_THREADS
 
 
@@ -478,7 +519,7 @@ cdef inline void _cell_forward(const floating* gp, const floating* bias,
     ``h_in`` is h_{t-1} and ``h_out`` receives h_t, as does ``out``. When
     ``gates_keep`` is not NULL it receives the activated gates, and
     ``c_keep``/``h_prev_keep`` receive c_t and h_{t-1}, for BPTT. The
-    element-wise work is the vectorized C of ``_cell.h``.
+    element-wise work is the vectorized C of ``_kernels.c``.
     """
     cdef int keep = gates_keep != NULL
     if floating is float:
@@ -493,7 +534,7 @@ cdef inline void _cell_backward(floating* gp, const floating* cn,
                                 const floating* cp, const floating* dh,
                                 floating* dc, const floating* dout,
                                 int n, int S) noexcept nogil:
-    """One row of one BPTT step, units ``0 .. n - 1`` (see ``_cell.h``)."""
+    """One row of one BPTT step, units ``0 .. n - 1`` (see ``_kernels.c``)."""
     if floating is float:
         pylstm_cell_backward_f(gp, cn, cp, dh, dc, dout, n, S)
     else:
@@ -982,8 +1023,8 @@ cdef void _weight_gradients(const floating* typed, _Loop* a, int g0, int rows,
 
 
 cdef enum:
-    # Widest [X | H_prev] (n_in + H) whose weight gradients _gemm.h's
-    # pylstm_gemm_tn makes; wider, BLAS's blocking wins (see _gemm.h).
+    # Widest [X | H_prev] (n_in + H) whose weight gradients _kernels.c's
+    # pylstm_gemm_tn makes; wider, BLAS's blocking wins (benchmarks/bench_lstm.py).
     DIRECT_DW_MAX_WIDTH = 256
 
 
@@ -1008,16 +1049,14 @@ def direct_weight_gradients(int n_in, int hidden):
 
 def _gemm_tn(const floating[:, :] a, const floating[:, :] b1, const floating[:, :] b2,
              floating[:, :] c1, floating[:, :] c2):
-    """``c1 = a.T @ b1`` and ``c2 = a.T @ b2`` through ``_gemm.h``'s
-    ``pylstm_gemm_tn`` (for tests; AVX-512 only). Rows of every argument must
+    """``c1 = a.T @ b1`` and ``c2 = a.T @ b2`` through ``_kernels.c``'s
+    ``pylstm_gemm_tn`` (for tests). Rows of every argument must
     be contiguous; ``a`` is (k, m), ``b1`` (k, n1), ``b2`` (k, n2)."""
     cdef int k = <int> a.shape[0]
     cdef int m = <int> a.shape[1]
     cdef int n1 = <int> b1.shape[1]
     cdef int n2 = <int> b2.shape[1]
     cdef Py_ssize_t s = sizeof(floating)
-    if not _packed_available:
-        raise RuntimeError("needs AVX-512")
     if (b1.shape[0] != k or b2.shape[0] != k or c1.shape[0] != m or c2.shape[0] != m
             or c1.shape[1] != n1 or c2.shape[1] != n2 or k == 0 or m == 0
             or n1 == 0 or n2 == 0):
@@ -1100,89 +1139,6 @@ cdef bint _split_ok(_Loop* a, int threads, int nr) noexcept nogil:
             and not _blas_steps(a.lengths, a.B) and pylstm_alone()):
         return False
     return not _split_sizes or (step >= SPLIT_STEP_MACS and step * a.T >= SPLIT_CALL_MACS)
-
-
-# Whether a split pays is also a matter of the machine at the moment: each
-# step, each thread reads the half of h_t (or of dG) that the other one wrote.
-# On a VM whose two vCPUs the host placed far apart, a barrier round trip took
-# 210-270 ns instead of 30-70, and 32 x 50 x 32 x 64 float32 training took
-# 3.4 ms at two threads against 1.3 ms at one. So for steps of up to
-# TUNE_MAX_STEP_MACS (where that exchange weighs) the choice is measured: per
-# kind of call and size, TUNE_SAMPLES calls split and as many not, then the
-# split is kept unless one thread was more than 10% faster (best time per
-# step of each), for _tune_valid_ns (2 s), after which both are timed again.
-# Results are bit-identical either way; only the speed differs.
-cdef double TUNE_MAX_STEP_MACS = 8e6
-cdef int TUNE_SAMPLES = 5
-cdef long long _tune_valid_ns = 2000000000
-cdef bint _tune_on = True
-_tune_table = {}
-
-
-def set_split_tuning(bint enabled, valid_seconds=None):
-    """Choose the two-thread split of small calls by measurement (True, the
-    default) or by the size thresholds alone (False). Returns the old
-    setting and clears what was measured; ``valid_seconds`` sets how long a
-    choice stands (for tests)."""
-    global _tune_on, _tune_valid_ns
-    old = bool(_tune_on)
-    _tune_on = enabled
-    if valid_seconds is not None:
-        _tune_valid_ns = <long long> (valid_seconds * 1e9)
-    _tune_table.clear()
-    return old
-
-
-cdef int _tune_want(object key, double step_macs):
-    """How the next call of ``key`` should run: 0 no preference (the size
-    thresholds decide), 1 on one thread, 2 split. Holds the GIL."""
-    cdef long long now
-    if not _tune_on or not _split_sizes or step_macs >= TUNE_MAX_STEP_MACS:
-        return 0
-    st = _tune_table.get(key)
-    if st is None:
-        if len(_tune_table) > 256:
-            _tune_table.clear()
-        st = [0, 0, 0.0, 0.0, 0, 0]  # samples 1t, 2t; best ns/step 1t, 2t; choice; until
-        _tune_table[key] = st
-    now = pylstm_now_ns()
-    if st[4]:
-        if now < st[5]:
-            return st[4]
-        st[0] = st[1] = 0
-        st[4] = 0
-    if st[1] < TUNE_SAMPLES:
-        return 2
-    if st[0] < TUNE_SAMPLES:
-        return 1
-    # One thread only when clearly faster: the first split calls also warm
-    # the worker's cache (1 x 100 x 32 x 128 float32 inference: 3.3, 1.9, 1.9
-    # us per step in the first three, 1.7 later, against 1.65 on one thread).
-    st[4] = 1 if st[2] * 1.1 < st[3] else 2
-    st[5] = now + _tune_valid_ns
-    return st[4]
-
-
-cdef void _tune_record(object key, int used, long long elapsed_ns, int steps):
-    """Add a timed call to ``key``'s samples (GIL held)."""
-    cdef double per_step = <double> elapsed_ns / max(steps, 1)
-    cdef int i = 1 if used >= 2 else 0
-    st = _tune_table.get(key)
-    if st is None or st[4]:
-        return
-    if st[i] == 0 or per_step < st[2 + i]:
-        st[2 + i] = per_step
-    st[i] += 1
-
-
-def _tune_choice(key, double step_macs):
-    """:func:`_tune_want` for tests."""
-    return _tune_want(key, step_macs)
-
-
-def _tune_feed(key, int used, double ns_per_step):
-    """:func:`_tune_record` of one call of one step, for tests."""
-    _tune_record(key, used, <long long> ns_per_step, 1)
 
 
 # How two threads share a time loop: by hidden units, with a barrier after
@@ -1391,16 +1347,12 @@ cdef int _run_forward(const floating[:, :] x, const int[::1] lengths,
     cdef int K = _chunk_steps(xbuf.shape[0], gbuf.shape[0], B, I, 4 * H)
     cdef int nr = PYLSTM_NR_F if floating is float else PYLSTM_NR_D
     cdef int T, used
-    cdef bint split
     cdef _Loop a
     cdef floating* w_pack = NULL
     cdef floating* ih_pack = NULL
     cdef floating* h_alt = NULL
     cdef _Work ws
     cdef bint cached = False
-    cdef bint can
-    cdef int want
-    cdef long long t0
     cdef Py_ssize_t* off = _step_offsets(lengths)
     _work_from(&ws, work)
     try:
@@ -1469,18 +1421,10 @@ cdef int _run_forward(const floating[:, :] x, const int[::1] lengths,
                     raise MemoryError("no memory for the packed weights")
         a.w_pack = w_pack
         a.ih_pack = ih_pack
-        key = (gates == NULL, B, H, I, a.is_float)
-        want = _tune_want(key, <double> B * 4 * H * H)
         with nogil:
             pylstm_enter()
-            can = _split_ok(&a, threads, nr)
-            split = can and want != 1
-            t0 = pylstm_now_ns()
-            used = _run_loop(_forward_task, &a, split)
-            t0 = pylstm_now_ns() - t0
+            used = _run_loop(_forward_task, &a, _split_ok(&a, threads, nr))
             pylstm_leave()
-        if can and want:
-            _tune_record(key, used, t0, T)
     finally:
         if not cached:
             _give(&ws, w_pack)
@@ -1728,9 +1672,6 @@ def backward(const floating[:, :] x,
     cdef Py_ssize_t pack_len = 0, tmp_len = 0
     cdef _GateRows rows0, rows1
     cdef Py_ssize_t dx_ld = I
-    cdef bint can = False
-    cdef int want = 0
-    cdef long long t0 = 0
     cdef _Work ws
     cdef Py_ssize_t* off = _step_offsets(lengths)
     _work_from(&ws, work)
@@ -1790,8 +1731,6 @@ def backward(const floating[:, :] x,
         a.dw_hh = &dw_hh[0, 0]
         a.db = &db[0]
         a.n_rows = N
-        key = (2, B, H, I, a.is_float)
-        want = _tune_want(key, <double> B * 4 * H * H)
         with nogil:
             pylstm_enter()
             # One block for the packed W_hh of the time loop and then the fused
@@ -1810,9 +1749,7 @@ def backward(const floating[:, :] x,
                 dw_tmp = block
             a.dw_tmp = dw_tmp
             a.w_pack = w_pack
-            can = _split_ok(&a, threads, nr)
-            split = can and want != 1
-            t0 = pylstm_now_ns()
+            split = _split_ok(&a, threads, nr)
             if split and reverse:
                 # The threads' skew of up to one step needs the step's scratch
                 # copy of dG to alternate between two arrays.
@@ -1835,13 +1772,10 @@ def backward(const floating[:, :] x,
                     pylstm_run_both(_gate_rows_task, &rows0, &rows1)
                 else:
                     _weight_gradients(&x[0, 0], &a, 0, G, 1)
-            t0 = pylstm_now_ns() - t0
             if with_dx:
                 gemm(False, False, <int> N, I, G, <floating> 1.0, &gates[0, 0], G,
                      &w_ih[0, 0], I, <floating> dx_beta, &dx[0, 0], <int> dx_ld)
             pylstm_leave()
-        if can and want:
-            _tune_record(key, used, t0, T)
     finally:
         _give(&ws, block)
         _give(&ws, scratch_alt)

@@ -1,120 +1,107 @@
-/* Two threads on one time loop: a kept worker thread (see pylstm_pool) and
- * a spinning barrier.
+/* Two threads on one time loop: a kept worker thread and a spinning barrier
+ * for two, over the primitives of _platform.h.
  *
- * With two cores, a step's products and gate arithmetic split by rows (from
- * 16 rows: each thread its alternate rows, all units, no barrier between
- * steps) or by hidden units: each thread computes the four gates of its
- * half of the units for every active row, from the whole h_{t-1}, and
- * writes only its half of h_t, c_t and the caches. The one dependency
- * between the halves is that the next step reads all of h_t, hence one
- * barrier per step (in BPTT: all of the step's gate gradients before the
- * product dG W_hh). See _forward in _lstm.pyx.
+ * How a step is shared (by rows, or by hidden units with a barrier per step)
+ * is _lstm.pyx's _forward and _backward_loop; whether a call is shared at all
+ * is decided in one place, _split_ok in _lstm.pyx.
  *
- * A step takes microseconds, so the barrier spins (with the pause hint)
- * rather than sleeping; after many spins it yields the core, so that a
- * machine busier than two threads does not turn the wait into a stall.
+ * A step takes microseconds, so waits spin with the pause hint rather than
+ * sleep; after many spins they yield the core, so that a machine busier than
+ * two threads does not turn the wait into a stall.
  */
 #ifndef PYLSTM_PARALLEL_H
 #define PYLSTM_PARALLEL_H
 
-#if defined(__GNUC__) && defined(__linux__) && !defined(__STDC_NO_ATOMICS__)
-#define PYLSTM_THREADS 1
-#include <pthread.h>
-#include <sched.h>
-#include <time.h>
-#include <stdatomic.h>
+#include "_platform.h"
+
+/* Pause hints before a waiting thread yields: long enough to ride out the
+ * other thread's step, short enough not to starve a third thread on a busy
+ * machine (benchmarks/bench_fit.py, two threads beside torch's workers). */
+#define PYLSTM_SPINS 20000
+/* Pause hints before the idle worker sleeps: a training step's kernel calls
+ * follow each other within microseconds. */
+#define PYLSTM_IDLE_SPINS 2000
 
 typedef struct {
-    atomic_int arrived;
-    atomic_int phase;
+    pylstm_atomic arrived;
+    pylstm_atomic phase;
 } pylstm_barrier;
 
 static inline void pylstm_barrier_init(pylstm_barrier *b)
 {
-    atomic_init(&b->arrived, 0);
-    atomic_init(&b->phase, 0);
+    b->arrived = 0;
+    b->phase = 0;
 }
 
 /* Wait until both threads have arrived (a barrier for two, reusable). */
 static inline void pylstm_barrier_wait(pylstm_barrier *b)
 {
-    int phase = atomic_load_explicit(&b->phase, memory_order_acquire);
-    if (atomic_fetch_add_explicit(&b->arrived, 1, memory_order_acq_rel) == 1) {
-        atomic_store_explicit(&b->arrived, 0, memory_order_relaxed);
-        atomic_store_explicit(&b->phase, phase + 1, memory_order_release);
+    long phase = pylstm_load(&b->phase);
+    long spins = 0;
+    if (pylstm_fetch_add(&b->arrived, 1) == 1) {
+        pylstm_store(&b->arrived, 0);
+        pylstm_store(&b->phase, phase + 1);
         return;
     }
-    /* Up to about half a millisecond of pause hints (PAUSE takes ~65 cycles
-     * on recent AMD cores), then yield: the other thread may not have a core
-     * of its own right now. Shorter spinning (2000 hints, ~50 us) made fits
-     * at two threads up to 1.8x slower when another library's spinning
-     * workers (torch's OpenMP, OpenBLAS) shared the cores: each yield handed
-     * the core to them. */
-    long spins = 0;
-    while (atomic_load_explicit(&b->phase, memory_order_acquire) == phase) {
-        if (++spins < 20000) {
-#if defined(__x86_64__) || defined(__i386__)
-            __builtin_ia32_pause();
-#endif
-        } else {
-            sched_yield();
-        }
+    while (pylstm_load(&b->phase) == phase) {
+        if (++spins < PYLSTM_SPINS)
+            pylstm_pause();
+        else
+            pylstm_yield();
     }
 }
 
-/* The second thread, kept: one worker that waits for a task (spinning a
- * little, ~40 us, since kernel calls of a training step follow each other
- * closely, then asleep on a condition variable) instead of a thread started
- * and joined per kernel call (33 us on the benchmark machine, and a core
- * whose caches start cold). One caller at a time holds it; a second caller
- * meanwhile (another Python thread) runs on its own thread only.
+/* Kernel calls in progress in the process: a call splits its loop only while
+ * it is the only one (two calls at once already take both cores; a third
+ * thread would make every barrier wait for a descheduled partner). */
+static pylstm_atomic pylstm_active_calls;
+
+static inline void pylstm_enter(void) { pylstm_fetch_add(&pylstm_active_calls, 1); }
+static inline void pylstm_leave(void) { pylstm_fetch_add(&pylstm_active_calls, -1); }
+static inline int pylstm_alone(void) { return pylstm_load(&pylstm_active_calls) <= 1; }
+
+#if PYLSTM_THREADS
+
+/* The second thread, kept: it waits for a task (spinning a little, then
+ * asleep) instead of a thread started and joined per kernel call. One caller
+ * at a time holds it; a second caller meanwhile runs on its own thread only.
  * A child process after fork() has no worker: the fork handler resets the
- * state, and the child's first call starts a new one. */
+ * state, and the child's first call starts a new one
+ * (tests/test_fork_safety.py). */
 typedef struct {
-    pthread_mutex_t mu;
-    pthread_cond_t cv;
-    atomic_int busy;       /* a caller holds the worker */
-    atomic_int started;    /* the worker thread exists */
-    atomic_uint seq;       /* tasks posted */
-    atomic_uint done;      /* the last task finished */
-    unsigned base;         /* seq when the worker was started */
+    pylstm_sleeper sleeper;
+    pylstm_atomic busy;     /* a caller holds the worker */
+    pylstm_atomic started;  /* the worker thread exists */
+    pylstm_atomic seq;      /* tasks posted */
+    pylstm_atomic done;     /* the last task finished */
+    long base;              /* seq when the worker was started */
     void (*fn)(void *);
     void *arg;
 } pylstm_pool;
 
-static pylstm_pool pylstm_worker = {PTHREAD_MUTEX_INITIALIZER, PTHREAD_COND_INITIALIZER};
-
-#define PYLSTM_IDLE_SPINS 2000
-
-static inline void pylstm_pause(void)
-{
-#if defined(__x86_64__) || defined(__i386__)
-    __builtin_ia32_pause();
-#endif
-}
+static pylstm_pool pylstm_worker = {PYLSTM_SLEEPER_INIT, 0, 0, 0, 0, 0, NULL, NULL};
 
 static void *pylstm_worker_main(void *unused)
 {
     pylstm_pool *p = &pylstm_worker;
-    unsigned seen = p->base;
+    long seen = p->base;
     (void)unused;
     for (;;) {
-        unsigned s;
-        long spins = 0;
-        while ((s = atomic_load_explicit(&p->seq, memory_order_acquire)) == seen) {
+        long s, spins = 0;
+        while ((s = pylstm_load(&p->seq)) == seen) {
             if (++spins < PYLSTM_IDLE_SPINS) {
                 pylstm_pause();
                 continue;
             }
-            pthread_mutex_lock(&p->mu);
-            while (atomic_load_explicit(&p->seq, memory_order_acquire) == seen)
-                pthread_cond_wait(&p->cv, &p->mu);
-            pthread_mutex_unlock(&p->mu);
+            pylstm_sleeper_lock(&p->sleeper);
+            while (pylstm_load(&p->seq) == seen)
+                pylstm_sleeper_wait(&p->sleeper);
+            pylstm_sleeper_unlock(&p->sleeper);
             spins = 0;
         }
         seen = s;
         p->fn(p->arg);
-        atomic_store_explicit(&p->done, s, memory_order_release);
+        pylstm_store(&p->done, s);
     }
     return NULL;
 }
@@ -122,11 +109,11 @@ static void *pylstm_worker_main(void *unused)
 static void pylstm_pool_after_fork(void)
 {
     pylstm_pool *p = &pylstm_worker;
-    pthread_mutex_init(&p->mu, NULL);
-    pthread_cond_init(&p->cv, NULL);
-    atomic_store(&p->started, 0);
-    atomic_store(&p->busy, 0);
-    atomic_store(&p->done, atomic_load(&p->seq));
+    pylstm_sleeper_reset(&p->sleeper);
+    pylstm_store(&p->started, 0);
+    pylstm_store(&p->busy, 0);
+    pylstm_store(&p->done, pylstm_load(&p->seq));
+    pylstm_store(&pylstm_active_calls, 0);
 }
 
 /* Hold the worker (started if need be); 0 if another caller has it or no
@@ -135,70 +122,25 @@ static int pylstm_pool_acquire(void)
 {
     pylstm_pool *p = &pylstm_worker;
     static int fork_handler = 0;
-    int expected = 0;
-    if (!atomic_compare_exchange_strong(&p->busy, &expected, 1))
+    if (!pylstm_cas(&p->busy, 0, 1))
         return 0;
-    if (!atomic_load(&p->started)) {
-        pthread_t th;
-        pthread_attr_t attr;
-        int ok;
+    if (!pylstm_load(&p->started)) {
         if (!fork_handler) {
-            if (pthread_atfork(NULL, NULL, pylstm_pool_after_fork) != 0) {
-                atomic_store(&p->busy, 0);
+            if (pylstm_at_fork_child(pylstm_pool_after_fork) != 0) {
+                pylstm_store(&p->busy, 0);
                 return 0;
             }
             fork_handler = 1;
         }
-        p->base = atomic_load(&p->seq);
-        atomic_store(&p->done, p->base);
-        pthread_attr_init(&attr);
-        pthread_attr_setdetachstate(&attr, PTHREAD_CREATE_DETACHED);
-        ok = pthread_create(&th, &attr, pylstm_worker_main, NULL) == 0;
-        pthread_attr_destroy(&attr);
-        if (!ok) {
-            atomic_store(&p->busy, 0);
+        p->base = pylstm_load(&p->seq);
+        pylstm_store(&p->done, p->base);
+        if (pylstm_thread_start(pylstm_worker_main) != 0) {
+            pylstm_store(&p->busy, 0);
             return 0;
         }
-        atomic_store(&p->started, 1);
+        pylstm_store(&p->started, 1);
     }
     return 1;
-}
-
-/* Kernel calls in progress in the process. Two calls at once (two Python
- * threads, or the two directions of a bidirectional layer) already take
- * both cores: a call that splits its loop then would put three threads on
- * two cores, whose barriers wait for a descheduled partner (two Python
- * threads training small layers at once ran 10x slower than one after the
- * other). So a call splits only while it is the only one, and none
- * overlapped another lately. */
-static atomic_int pylstm_active_calls;
-static atomic_llong pylstm_crowded_until;    /* ns, CLOCK_MONOTONIC */
-
-/* A call that overlapped another keeps every call from splitting for the
- * next 50 ms: threads that alternate between kernel calls and Python would
- * otherwise each find themselves alone now and then, split, and then share
- * the cores three ways. */
-#define PYLSTM_CROWDED_NS 50000000LL
-
-static inline long long pylstm_now_ns(void)
-{
-    struct timespec t;
-    clock_gettime(CLOCK_MONOTONIC, &t);
-    return (long long)t.tv_sec * 1000000000LL + t.tv_nsec;
-}
-
-static inline void pylstm_enter(void)
-{
-    if (atomic_fetch_add(&pylstm_active_calls, 1) > 0)
-        atomic_store(&pylstm_crowded_until, pylstm_now_ns() + PYLSTM_CROWDED_NS);
-}
-
-static inline void pylstm_leave(void) { atomic_fetch_sub(&pylstm_active_calls, 1); }
-
-static inline int pylstm_alone(void)
-{
-    return atomic_load(&pylstm_active_calls) <= 1
-           && pylstm_now_ns() > atomic_load(&pylstm_crowded_until);
 }
 
 /* fn(arg1) on the worker thread and fn(arg0) on this one, then wait for
@@ -206,29 +148,37 @@ static inline int pylstm_alone(void)
  * another call (or none could be started). */
 static int pylstm_run_pair(void (*fn)(void *), void *arg0, void *arg1)
 {
-    if (pylstm_pool_acquire()) {
-        pylstm_pool *p = &pylstm_worker;
-        unsigned s;
-        long spins = 0;
-        p->fn = fn;
-        p->arg = arg1;
-        pthread_mutex_lock(&p->mu);
-        s = atomic_load(&p->seq) + 1;
-        atomic_store_explicit(&p->seq, s, memory_order_release);
-        pthread_cond_signal(&p->cv);
-        pthread_mutex_unlock(&p->mu);
-        fn(arg0);
-        while (atomic_load_explicit(&p->done, memory_order_acquire) != s) {
-            if (++spins < 20000)
-                pylstm_pause();
-            else
-                sched_yield();
-        }
-        atomic_store(&p->busy, 0);
-        return 0;
+    pylstm_pool *p = &pylstm_worker;
+    long s, spins = 0;
+    if (!pylstm_pool_acquire())
+        return -1;
+    p->fn = fn;
+    p->arg = arg1;
+    pylstm_sleeper_lock(&p->sleeper);
+    s = pylstm_load(&p->seq) + 1;
+    pylstm_store(&p->seq, s);
+    pylstm_sleeper_signal(&p->sleeper);
+    pylstm_sleeper_unlock(&p->sleeper);
+    fn(arg0);
+    while (pylstm_load(&p->done) != s) {
+        if (++spins < PYLSTM_SPINS)
+            pylstm_pause();
+        else
+            pylstm_yield();
     }
+    pylstm_store(&p->busy, 0);
+    return 0;
+}
+
+#else
+
+static int pylstm_run_pair(void (*fn)(void *), void *arg0, void *arg1)
+{
+    (void)fn; (void)arg0; (void)arg1;
     return -1;
 }
+
+#endif
 
 /* fn(arg0) and fn(arg1), independent tasks: on two threads when the worker
  * is free and this is the only call in progress, else one after the other
@@ -242,32 +192,5 @@ static int pylstm_run_both(void (*fn)(void *), void *arg0, void *arg1)
     fn(arg1);
     return 1;
 }
-
-#else
-#define PYLSTM_THREADS 0
-
-typedef struct {
-    int unused;
-} pylstm_barrier;
-
-static inline void pylstm_barrier_init(pylstm_barrier *b) { (void)b; }
-static inline void pylstm_barrier_wait(pylstm_barrier *b) { (void)b; }
-static int pylstm_run_pair(void (*fn)(void *), void *arg0, void *arg1)
-{
-    (void)fn; (void)arg0; (void)arg1;
-    return -1;
-}
-static int pylstm_run_both(void (*fn)(void *), void *arg0, void *arg1)
-{
-    fn(arg0);
-    fn(arg1);
-    return 1;
-}
-static inline void pylstm_enter(void) {}
-static inline void pylstm_leave(void) {}
-static inline int pylstm_alone(void) { return 1; }
-/* No split without threads, so the split is never timed (see _tune_want). */
-static inline long long pylstm_now_ns(void) { return 0; }
-#endif
 
 #endif

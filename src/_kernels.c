@@ -1,0 +1,480 @@
+/* One source of the hot kernels, compiled once per instruction-set level
+ * (see _kernels.h and _simd.h). PYLSTM_TARGET names the level; the file
+ * exports one table, pylstm_kernels_<PYLSTM_TARGET>.
+ *
+ * Rounding: every sum over k (the products) and over rows (the column sums)
+ * adds its terms in order, one multiply-add each, so an element's value does
+ * not depend on how many rows or columns a call covers, nor on which thread
+ * runs it. Between levels results differ in the last bits (fused against
+ * separate multiply-adds, the vectorized exp).
+ */
+#define PYLSTM_KERNELS_TU 1
+#include "_kernels.h"
+#include "_simd.h"
+
+#include <stdint.h>
+#include <string.h>
+
+#ifndef PYLSTM_TARGET
+#error "compile _kernels.c with -DPYLSTM_TARGET=<level>"
+#endif
+
+#define PYLSTM_CAT2(a, b) a##b
+#define PYLSTM_CAT(a, b) PYLSTM_CAT2(a, b)
+#define PYLSTM_STR2(a) #a
+#define PYLSTM_STR(a) PYLSTM_STR2(a)
+
+#if defined(__clang__)
+#define PYLSTM_UNROLL _Pragma("unroll")
+#elif defined(__GNUC__)
+#define PYLSTM_UNROLL _Pragma("GCC unroll 16")
+#else
+#define PYLSTM_UNROLL
+#endif
+
+#define R PYLSTM_R
+#define MR PYLSTM_TMR
+#define NV PYLSTM_TNV
+
+/* ------------------------------------------------------------------------
+ * The cell. exp is evaluated branch-free in plain arithmetic, which the
+ * compiler vectorizes (libm's expf is a scalar call): x = n ln2 + r with
+ * |r| <= ln2/2 (ln2 split in two parts for exactness), e^r by its Taylor
+ * polynomial (degree 7 in float, 13 in double: truncation error below one
+ * ulp), and 2^n by writing the exponent bits. The argument is clamped so
+ * that nothing overflows or goes subnormal.
+ * sigmoid(x) = 1 / (1 + e^-x); tanh(x) = sign(x) (1 - e^-2|x|) / (1 + e^-2|x|).
+ * Near 0 both are accurate to a few ulps of 1 (absolute), which is what the
+ * cell needs: gates and states are bounded by 1 in magnitude.
+ * ------------------------------------------------------------------------ */
+static inline float expf_(float x)
+{
+    x = x < -87.0f ? -87.0f : (x > 87.0f ? 87.0f : x);
+    /* n = round(x / ln2), via truncation of a positive value */
+    int32_t n = (int32_t)(x * 1.44269504088896341f + 128.5f) - 128;
+    float fn = (float)n;
+    float r = x - fn * 0.693145751953125f - fn * 1.428606765330187e-06f;
+    float p = 1.0f / 5040.0f;
+    p = p * r + 1.0f / 720.0f;
+    p = p * r + 1.0f / 120.0f;
+    p = p * r + 1.0f / 24.0f;
+    p = p * r + 1.0f / 6.0f;
+    p = p * r + 0.5f;
+    p = p * r + 1.0f;
+    p = p * r + 1.0f;
+    int32_t bits = (n + 127) << 23;
+    float scale;
+    memcpy(&scale, &bits, sizeof scale);
+    return p * scale;
+}
+
+static inline double exp_(double x)
+{
+    x = x < -708.0 ? -708.0 : (x > 708.0 ? 708.0 : x);
+    /* int32 (not int64) conversion: vectorizable without AVX-512DQ */
+    int32_t n = (int32_t)(x * 1.4426950408889634074 + 1024.5) - 1024;
+    double fn = (double)n;
+    double r = x - fn * 0.6931471803691238164901733 - fn * 1.9082149292705877e-10;
+    double p = 1.0 / 6227020800.0;
+    p = p * r + 1.0 / 479001600.0;
+    p = p * r + 1.0 / 39916800.0;
+    p = p * r + 1.0 / 3628800.0;
+    p = p * r + 1.0 / 362880.0;
+    p = p * r + 1.0 / 40320.0;
+    p = p * r + 1.0 / 5040.0;
+    p = p * r + 1.0 / 720.0;
+    p = p * r + 1.0 / 120.0;
+    p = p * r + 1.0 / 24.0;
+    p = p * r + 1.0 / 6.0;
+    p = p * r + 0.5;
+    p = p * r + 1.0;
+    p = p * r + 1.0;
+    int64_t bits = (int64_t)(n + 1023) << 52;
+    double scale;
+    memcpy(&scale, &bits, sizeof scale);
+    return p * scale;
+}
+
+static inline float sigmoidf_(float x) { return 1.0f / (1.0f + expf_(-x)); }
+static inline double sigmoid_(double x) { return 1.0 / (1.0 + exp_(-x)); }
+
+static inline float tanhf_(float x)
+{
+    float ax = x < 0 ? -x : x;
+    float z = expf_(-2.0f * ax);
+    float t = (1.0f - z) / (1.0f + z);
+    return x < 0 ? -t : t;
+}
+
+static inline double tanh_(double x)
+{
+    double ax = x < 0 ? -x : x;
+    double z = exp_(-2.0 * ax);
+    double t = (1.0 - z) / (1.0 + z);
+    return x < 0 ? -t : t;
+}
+
+/* One row of one forward step, for the units j < n of a row whose gate
+ * blocks (i, f, g, o) lie S apart (S = H; n = H, or a share of the units when
+ * two threads split the step). gp: pre-activations without bias; h_in:
+ * h_{t-1}; h_out receives h_t (a different array: the other thread may still
+ * read h_in); c: state, updated in place; out: receives h_t. With keep != 0,
+ * gates_keep receives the activated gates, c_keep c_t and h_prev_keep
+ * h_{t-1}.
+ *
+ * Two passes, the gates and c_t of every unit, then h_t = o tanh(c_t): in
+ * one pass each vector's tanh(c_t) waits for a chain of five nonlinearities;
+ * apart, the second pass's iterations are independent (benchmarks/bench_lstm.py,
+ * the cell's share of a step). Without keep, h_out holds o between the
+ * passes. */
+#define CELL_FORWARD(NAME, T, SIG, TANH)                                             \
+static void NAME(const T *R gp, const T *R bias, const T *R h_in, T *R h_out,       \
+                 T *R c, T *R out, T *R gates_keep, T *R c_keep, T *R h_prev_keep,  \
+                 int keep, int n, int S)                                             \
+{                                                                                    \
+    if (keep) {                                                                      \
+        for (int j = 0; j < n; j++) {                                                \
+            T ig = SIG(gp[j] + bias[j]);                                             \
+            T fg = SIG(gp[S + j] + bias[S + j]);                                     \
+            T gg = TANH(gp[2 * S + j] + bias[2 * S + j]);                            \
+            T og = SIG(gp[3 * S + j] + bias[3 * S + j]);                             \
+            T cn = fg * c[j] + ig * gg;                                              \
+            gates_keep[j] = ig;                                                      \
+            gates_keep[S + j] = fg;                                                  \
+            gates_keep[2 * S + j] = gg;                                              \
+            gates_keep[3 * S + j] = og;                                              \
+            c_keep[j] = cn;                                                          \
+            h_prev_keep[j] = h_in[j];                                                \
+            c[j] = cn;                                                               \
+        }                                                                            \
+        for (int j = 0; j < n; j++) {                                                \
+            T hn = gates_keep[3 * S + j] * TANH(c[j]);                               \
+            h_out[j] = hn;                                                           \
+            out[j] = hn;                                                             \
+        }                                                                            \
+    } else {                                                                         \
+        for (int j = 0; j < n; j++) {                                                \
+            T ig = SIG(gp[j] + bias[j]);                                             \
+            T fg = SIG(gp[S + j] + bias[S + j]);                                     \
+            T gg = TANH(gp[2 * S + j] + bias[2 * S + j]);                            \
+            c[j] = fg * c[j] + ig * gg;                                              \
+            h_out[j] = SIG(gp[3 * S + j] + bias[3 * S + j]);                         \
+        }                                                                            \
+        for (int j = 0; j < n; j++) {                                                \
+            T hn = h_out[j] * TANH(c[j]);                                            \
+            h_out[j] = hn;                                                           \
+            out[j] = hn;                                                             \
+        }                                                                            \
+    }                                                                                \
+}
+
+CELL_FORWARD(cell_forward_f, float, sigmoidf_, tanhf_)
+CELL_FORWARD(cell_forward_d, double, sigmoid_, tanh_)
+
+/* One row of one BPTT step, units j < n, gate blocks S apart (as above).
+ * gp: activated gates on entry, gate pre-activation gradients on exit; cn:
+ * c_t; cp: c_{t-1}; dh, dc: running gradients (dc is replaced by
+ * dL/dc_{t-1}); dout: dL/dh_t from above. */
+#define CELL_BACKWARD(NAME, T, TANH)                                                 \
+static void NAME(T *R gp, const T *R cn, const T *R cp, const T *R dh, T *R dc,     \
+                 const T *R dout, int n, int S)                                      \
+{                                                                                    \
+    for (int j = 0; j < n; j++) {                                                    \
+        T ig = gp[j], fg = gp[S + j], gg = gp[2 * S + j], og = gp[3 * S + j];        \
+        T tc = TANH(cn[j]);                                                          \
+        T dht = dh[j] + dout[j];                                                     \
+        T dct = dc[j] + dht * og * (1 - tc * tc);                                    \
+        gp[j] = dct * gg * ig * (1 - ig);                                            \
+        gp[S + j] = dct * cp[j] * fg * (1 - fg);                                     \
+        gp[2 * S + j] = dct * ig * (1 - gg * gg);                                    \
+        gp[3 * S + j] = dht * tc * og * (1 - og);                                    \
+        dc[j] = dct * fg;                                                            \
+    }                                                                                \
+}
+
+CELL_BACKWARD(cell_backward_f, float, tanhf_)
+CELL_BACKWARD(cell_backward_d, double, tanh_)
+
+/* out[j] = sum over rows r of a[r * lda + j], j < cols, rows in order (the
+ * bias gradient: the column sums of the gate gradients). */
+#define COLUMN_SUMS(NAME, T)                                                         \
+static void NAME(const T *R a, long rows, int cols, long lda, T *R out)             \
+{                                                                                    \
+    for (int j = 0; j < cols; j++)                                                   \
+        out[j] = 0;                                                                  \
+    for (long r = 0; r < rows; r++) {                                                \
+        const T *R row = a + r * lda;                                                \
+        for (int j = 0; j < cols; j++)                                               \
+            out[j] += row[j];                                                        \
+    }                                                                                \
+}
+
+COLUMN_SUMS(column_sums_f, float)
+COLUMN_SUMS(column_sums_d, double)
+
+/* ------------------------------------------------------------------------
+ * The products of the time loop: C[m, n] = A[m, k] @ B[k, n] (+ C when
+ * accumulate != 0), B packed once per kernel call in panels of NR columns
+ * (pylstm_pack_*): a general BLAS call would copy the weights into its own
+ * layout at every step. A tile is MR rows by NV vectors (CB columns) of
+ * accumulators; a panel (k * NR values) stays in L1 while every block of
+ * rows streams past it. Row and column remainders go through a local tile.
+ * ------------------------------------------------------------------------ */
+
+/* One MR x CB tile: c (row stride ldc) = or += a (rows of stride lda) @ the
+ * CB columns at bp of a panel (row stride NR). With rows < MR the last row is
+ * read again for the missing ones (their results land in c's spare rows,
+ * which the caller discards). */
+#define TILE(NAME, T, V, L, NR, SPLAT)                                               \
+static inline void NAME(int k, const T *R a, long lda, int rows, const T *R bp,     \
+                        T *R c, long ldc, int accumulate)                            \
+{                                                                                    \
+    V acc[MR][NV];                                                                   \
+    const T *ar[MR];                                                                 \
+    PYLSTM_UNROLL                                                                    \
+    for (int r = 0; r < MR; r++) {                                                   \
+        ar[r] = a + (r < rows ? r : rows - 1) * lda;                                 \
+        PYLSTM_UNROLL                                                                \
+        for (int v = 0; v < NV; v++)                                                 \
+            acc[r][v] = SPLAT(0);                                                    \
+    }                                                                                \
+    for (int kk = 0; kk < k; kk++) {                                                 \
+        V b[NV];                                                                     \
+        PYLSTM_UNROLL                                                                \
+        for (int v = 0; v < NV; v++)                                                 \
+            memcpy(&b[v], bp + (long)kk * NR + v * L, sizeof b[v]);                  \
+        PYLSTM_UNROLL                                                                \
+        for (int r = 0; r < MR; r++) {                                               \
+            V av = SPLAT(ar[r][kk]);                                                 \
+            PYLSTM_UNROLL                                                            \
+            for (int v = 0; v < NV; v++)                                             \
+                acc[r][v] += av * b[v];                                              \
+        }                                                                            \
+    }                                                                                \
+    PYLSTM_UNROLL                                                                    \
+    for (int r = 0; r < MR; r++) {                                                   \
+        PYLSTM_UNROLL                                                                \
+        for (int v = 0; v < NV; v++) {                                               \
+            if (accumulate) {                                                        \
+                V cv;                                                                \
+                memcpy(&cv, c + r * ldc + v * L, sizeof cv);                         \
+                acc[r][v] += cv;                                                     \
+            }                                                                        \
+            memcpy(c + r * ldc + v * L, &acc[r][v], sizeof acc[r][v]);               \
+        }                                                                            \
+    }                                                                                \
+}
+
+TILE(tile_f, float, pylstm_vf, PYLSTM_LF, PYLSTM_NR_F, pylstm_splat_f)
+TILE(tile_d, double, pylstm_vd, PYLSTM_LD, PYLSTM_NR_D, pylstm_splat_d)
+
+/* C[m, n] (row stride ldc) = or += A[m, k] (row stride lda) @ packed B. */
+#define GEMM_PACKED(NAME, TILE, T, L, NR)                                            \
+static void NAME(int m, int n, int k, const T *A, int lda, const T *Bp, T *C,       \
+                 int ldc, int accumulate)                                            \
+{                                                                                    \
+    enum { CB = NV * L };                                                            \
+    T c_tile[MR * CB];                                                               \
+    for (int j0 = 0; j0 < n; j0 += CB) {                                             \
+        const T *bp = Bp + (long)(j0 / NR) * NR * k + j0 % NR;                       \
+        int w = n - j0 < CB ? n - j0 : CB;                                           \
+        for (int i0 = 0; i0 < m; i0 += MR) {                                         \
+            int rows = m - i0 < MR ? m - i0 : MR;                                    \
+            const T *a = A + (long)i0 * lda;                                         \
+            if (rows == MR && w == CB) {                                             \
+                TILE(k, a, lda, rows, bp, C + (long)i0 * ldc + j0, ldc, accumulate); \
+                continue;                                                            \
+            }                                                                        \
+            for (int r = 0; r < rows; r++)                                           \
+                for (int j = 0; j < w; j++)                                          \
+                    c_tile[r * CB + j] = C[(long)(i0 + r) * ldc + j0 + j];           \
+            TILE(k, a, lda, rows, bp, c_tile, CB, accumulate);                       \
+            for (int r = 0; r < rows; r++)                                           \
+                for (int j = 0; j < w; j++)                                          \
+                    C[(long)(i0 + r) * ldc + j0 + j] = c_tile[r * CB + j];           \
+        }                                                                            \
+    }                                                                                \
+}
+
+GEMM_PACKED(gemm_packed_f, tile_f, float, PYLSTM_LF, PYLSTM_NR_F)
+GEMM_PACKED(gemm_packed_d, tile_d, double, PYLSTM_LD, PYLSTM_NR_D)
+
+/* y[n] = or += x[k] @ packed B (k x n): the one-row case. Each panel sums
+ * its k terms in Q interleaved partial sums (about 8 independent vectors of
+ * multiply-add chains), added pairwise at the end; B streams through once,
+ * in memory order. */
+#define GEMV_PACKED(NAME, T, V, L, NR, SPLAT)                                        \
+static void NAME(int n, int k, const T *R x, const T *R Bp, T *R y, int accumulate) \
+{                                                                                    \
+    enum { NRV = NR / L, Q = NRV >= 8 ? 1 : (NRV >= 4 ? 2 : 4) };                    \
+    for (int j0 = 0; j0 < n; j0 += NR) {                                             \
+        const T *bp = Bp + (long)j0 * k;                                             \
+        int w = n - j0 < NR ? n - j0 : NR;                                           \
+        V acc[Q][NRV];                                                               \
+        PYLSTM_UNROLL                                                                \
+        for (int q = 0; q < Q; q++) {                                                \
+            PYLSTM_UNROLL                                                            \
+            for (int v = 0; v < NRV; v++)                                            \
+                acc[q][v] = SPLAT(0);                                                \
+        }                                                                            \
+        int kk = 0;                                                                  \
+        for (; kk + Q <= k; kk += Q) {                                               \
+            PYLSTM_UNROLL                                                            \
+            for (int q = 0; q < Q; q++) {                                            \
+                V xv = SPLAT(x[kk + q]);                                             \
+                PYLSTM_UNROLL                                                        \
+                for (int v = 0; v < NRV; v++) {                                      \
+                    V b;                                                             \
+                    memcpy(&b, bp + (long)(kk + q) * NR + v * L, sizeof b);          \
+                    acc[q][v] += xv * b;                                             \
+                }                                                                    \
+            }                                                                        \
+        }                                                                            \
+        for (; kk < k; kk++) {                                                       \
+            V xv = SPLAT(x[kk]);                                                     \
+            PYLSTM_UNROLL                                                            \
+            for (int v = 0; v < NRV; v++) {                                          \
+                V b;                                                                 \
+                memcpy(&b, bp + (long)kk * NR + v * L, sizeof b);                    \
+                acc[0][v] += xv * b;                                                 \
+            }                                                                        \
+        }                                                                            \
+        T out[NR];                                                                   \
+        PYLSTM_UNROLL                                                                \
+        for (int v = 0; v < NRV; v++) {                                              \
+            V s = acc[0][v];                                                         \
+            if (Q == 2)                                                              \
+                s = acc[0][v] + acc[Q - 1][v];                                       \
+            if (Q == 4)                                                              \
+                s = (acc[0][v] + acc[1 % Q][v]) + (acc[2 % Q][v] + acc[3 % Q][v]);   \
+            if (w == NR && accumulate) {                                             \
+                V yv;                                                                \
+                memcpy(&yv, y + j0 + v * L, sizeof yv);                              \
+                s = yv + s;                                                          \
+            }                                                                        \
+            memcpy(out + v * L, &s, sizeof s);                                       \
+        }                                                                            \
+        if (w == NR) {                                                               \
+            memcpy(y + j0, out, sizeof out);                                         \
+            continue;                                                                \
+        }                                                                            \
+        for (int j = 0; j < w; j++)                                                  \
+            y[j0 + j] = accumulate ? y[j0 + j] + out[j] : out[j];                    \
+    }                                                                                \
+}
+
+GEMV_PACKED(gemv_packed_f, float, pylstm_vf, PYLSTM_LF, PYLSTM_NR_F, pylstm_splat_f)
+GEMV_PACKED(gemv_packed_d, double, pylstm_vd, PYLSTM_LD, PYLSTM_NR_D, pylstm_splat_d)
+
+/* ------------------------------------------------------------------------
+ * The weight gradients: C1 = A^T B1 and C2 = A^T B2 over the k valid steps,
+ * A (k x m, row stride lda) the gate gradients, B1 (k x n1) the layer input,
+ * B2 (k x n2) h_{t-1}, each C row-major (m x n, row stride ldc). Neither B is
+ * packed: a tile broadcasts MR contiguous values A[kk, i0 ..] and reads CB
+ * values B[kk, j0 ..] of row kk, so that the transposed A and the row-major
+ * B of the LSTM's layout are read as they lie. The steps are taken in blocks
+ * (a block of B about 64 KiB stays in L2 while every row block of A streams
+ * past it); each element sums its terms in order within a block, and the
+ * blocks' sums are added to C in order.
+ * ------------------------------------------------------------------------ */
+#define PYLSTM_KB_BYTES (64 * 1024)
+
+/* Columns j0 .. j0 + NVX * L - 1 of rows i0 .. i0 + rows - 1 of C, steps
+ * k0 .. k0 + kn - 1. */
+#define TN_BLOCK(NAME, T, V, L, NVX, SPLAT)                                          \
+static inline void NAME(const T *const *ap, int rows, long lda, const T *b, long ldb,\
+                        long kn, T *c, long ldc, int add)                            \
+{                                                                                    \
+    V acc[MR][NVX];                                                                  \
+    PYLSTM_UNROLL                                                                    \
+    for (int r = 0; r < MR; r++) {                                                   \
+        PYLSTM_UNROLL                                                                \
+        for (int v = 0; v < NVX; v++)                                                \
+            acc[r][v] = SPLAT(0);                                                    \
+    }                                                                                \
+    for (long kk = 0; kk < kn; kk++) {                                               \
+        V bv[NVX];                                                                   \
+        long o = kk * lda;                                                           \
+        PYLSTM_UNROLL                                                                \
+        for (int v = 0; v < NVX; v++)                                                \
+            memcpy(&bv[v], b + v * L, sizeof bv[v]);                                 \
+        PYLSTM_UNROLL                                                                \
+        for (int r = 0; r < MR; r++) {                                               \
+            V av = SPLAT(ap[r][o]);                                                  \
+            PYLSTM_UNROLL                                                            \
+            for (int v = 0; v < NVX; v++)                                            \
+                acc[r][v] += av * bv[v];                                             \
+        }                                                                            \
+        b += ldb;                                                                    \
+    }                                                                                \
+    for (int r = 0; r < rows; r++) {                                                 \
+        PYLSTM_UNROLL                                                                \
+        for (int v = 0; v < NVX; v++) {                                              \
+            if (add) {                                                               \
+                V cv;                                                                \
+                memcpy(&cv, c + r * ldc + v * L, sizeof cv);                         \
+                acc[r][v] += cv;                                                     \
+            }                                                                        \
+            memcpy(c + r * ldc + v * L, &acc[r][v], sizeof acc[r][v]);               \
+        }                                                                            \
+    }                                                                                \
+}
+
+TN_BLOCK(tn_wide_f, float, pylstm_vf, PYLSTM_LF, NV, pylstm_splat_f)
+TN_BLOCK(tn_one_f, float, pylstm_vf, PYLSTM_LF, 1, pylstm_splat_f)
+TN_BLOCK(tn_wide_d, double, pylstm_vd, PYLSTM_LD, NV, pylstm_splat_d)
+TN_BLOCK(tn_one_d, double, pylstm_vd, PYLSTM_LD, 1, pylstm_splat_d)
+
+#define GEMM_TN(NAME, T, L, WIDE, ONE)                                               \
+static void NAME##_part(int i0, int rows, long k0, long kn, const T *A, long lda,   \
+                        const T *B, long ldb, int n, T *C, long ldc)                 \
+{                                                                                    \
+    const T *ap[MR];                                                                 \
+    int j0 = 0;                                                                      \
+    for (int r = 0; r < MR; r++)                                                     \
+        ap[r] = A + k0 * lda + i0 + (r < rows ? r : rows - 1);                       \
+    for (; j0 + NV * L <= n; j0 += NV * L)                                           \
+        WIDE(ap, rows, lda, B + k0 * ldb + j0, ldb, kn, C + (long)i0 * ldc + j0,     \
+             ldc, k0 > 0);                                                           \
+    for (; j0 + L <= n; j0 += L)                                                     \
+        ONE(ap, rows, lda, B + k0 * ldb + j0, ldb, kn, C + (long)i0 * ldc + j0,      \
+            ldc, k0 > 0);                                                            \
+    for (; j0 < n; j0++) {                                                           \
+        for (int r = 0; r < rows; r++) {                                             \
+            T s = 0;                                                                 \
+            for (long kk = 0; kk < kn; kk++)                                         \
+                s += ap[r][kk * lda] * B[(k0 + kk) * ldb + j0];                      \
+            T *c = C + (long)(i0 + r) * ldc + j0;                                    \
+            *c = k0 > 0 ? s + *c : s;                                                \
+        }                                                                            \
+    }                                                                                \
+}                                                                                    \
+                                                                                     \
+static void NAME(int m, int k, const T *A, long lda, const T *B1, long ldb1, int n1, \
+                 T *C1, long ldc1, const T *B2, long ldb2, int n2, T *C2, long ldc2) \
+{                                                                                    \
+    int kb = PYLSTM_KB_BYTES / (int)(sizeof(T) * (n1 + n2 > 0 ? n1 + n2 : 1));       \
+    kb = kb < 16 ? 16 : kb;                                                          \
+    for (long k0 = 0; k0 < k; k0 += kb) {                                            \
+        long kn = k - k0 < kb ? k - k0 : kb;                                         \
+        for (int i0 = 0; i0 < m; i0 += MR) {                                         \
+            int rows = m - i0 < MR ? m - i0 : MR;                                    \
+            NAME##_part(i0, rows, k0, kn, A, lda, B1, ldb1, n1, C1, ldc1);           \
+            NAME##_part(i0, rows, k0, kn, A, lda, B2, ldb2, n2, C2, ldc2);           \
+        }                                                                            \
+    }                                                                                \
+}
+
+GEMM_TN(gemm_tn_f, float, PYLSTM_LF, tn_wide_f, tn_one_f)
+GEMM_TN(gemm_tn_d, double, PYLSTM_LD, tn_wide_d, tn_one_d)
+
+const pylstm_kernels PYLSTM_CAT(pylstm_kernels_, PYLSTM_TARGET) = {
+    PYLSTM_STR(PYLSTM_TARGET),
+    MR,
+    gemm_packed_f, gemm_packed_d,
+    gemv_packed_f, gemv_packed_d,
+    gemm_tn_f, gemm_tn_d,
+    cell_forward_f, cell_forward_d,
+    cell_backward_f, cell_backward_d,
+    column_sums_f, column_sums_d,
+};

@@ -1,0 +1,92 @@
+/* The small vector abstraction that _kernels.c is written over.
+ *
+ * _kernels.c is compiled once per instruction-set level with that level's
+ * flags (src/meson.build); this header reads the compiler's own macros to
+ * choose the vector width of the translation unit:
+ *
+ *   __AVX512F__            64 bytes (16 floats, 8 doubles)
+ *   __AVX2__ and __FMA__   32 bytes
+ *   __SSE2__, __ARM_NEON   16 bytes
+ *   otherwise, or MSVC     one element ("vectors" of one lane: plain scalar
+ *                          C that the compiler may still vectorize)
+ *
+ * With GCC and Clang the vectors are the compilers' vector extensions
+ * (vector_size), so +, * and += are element-wise and the compiler emits the
+ * level's instructions, fused multiply-adds included where the level has
+ * them (-ffp-contract=fast). Loads and stores go through memcpy (unaligned,
+ * free of aliasing rules).
+ *
+ * The register blocking follows the register file: PYLSTM_TMR rows by
+ * PYLSTM_TNV vectors of accumulators in a tile, at most 16 of the 32 vector
+ * registers of AVX-512 and NEON and 12 of the 16 of AVX2 and SSE2
+ * (benchmarks/bench_lstm.py --simd compares the levels).
+ */
+#ifndef PYLSTM_SIMD_H
+#define PYLSTM_SIMD_H
+
+#include <string.h>
+
+#include "_platform.h"
+
+#if !PYLSTM_MSVC && defined(__AVX512F__)
+#define PYLSTM_VBYTES 64
+#elif !PYLSTM_MSVC && defined(__AVX2__) && defined(__FMA__)
+#define PYLSTM_VBYTES 32
+#elif !PYLSTM_MSVC && (defined(__SSE2__) || defined(__ARM_NEON) || defined(__ARM_NEON__))
+#define PYLSTM_VBYTES 16
+#else
+#define PYLSTM_VBYTES 0
+#endif
+
+#if PYLSTM_VBYTES
+typedef float pylstm_vf __attribute__((vector_size(PYLSTM_VBYTES), aligned(4)));
+typedef double pylstm_vd __attribute__((vector_size(PYLSTM_VBYTES), aligned(8)));
+#define PYLSTM_LF (PYLSTM_VBYTES / 4)
+#define PYLSTM_LD (PYLSTM_VBYTES / 8)
+#else
+typedef float pylstm_vf;
+typedef double pylstm_vd;
+#define PYLSTM_LF 1
+#define PYLSTM_LD 1
+#endif
+
+/* A vector of copies of x (the loop compiles to one broadcast; "0 + x" would
+ * add, and (v){x} sets one lane). */
+#if PYLSTM_VBYTES
+static inline pylstm_vf pylstm_splat_f(float x)
+{
+    pylstm_vf v;
+    for (int i = 0; i < PYLSTM_LF; i++)
+        v[i] = x;
+    return v;
+}
+static inline pylstm_vd pylstm_splat_d(double x)
+{
+    pylstm_vd v;
+    for (int i = 0; i < PYLSTM_LD; i++)
+        v[i] = x;
+    return v;
+}
+#else
+static inline pylstm_vf pylstm_splat_f(float x) { return x; }
+static inline pylstm_vd pylstm_splat_d(double x) { return x; }
+#endif
+
+#if PYLSTM_VBYTES == 64
+#define PYLSTM_TMR 8
+#define PYLSTM_TNV 2
+#elif PYLSTM_VBYTES == 32
+#define PYLSTM_TMR 6
+#define PYLSTM_TNV 2
+#elif PYLSTM_VBYTES == 16 && (defined(__ARM_NEON) || defined(__ARM_NEON__))
+#define PYLSTM_TMR 8
+#define PYLSTM_TNV 2
+#elif PYLSTM_VBYTES == 16
+#define PYLSTM_TMR 6
+#define PYLSTM_TNV 2
+#else
+#define PYLSTM_TMR 4
+#define PYLSTM_TNV 4
+#endif
+
+#endif
