@@ -38,6 +38,7 @@ def _locate_compiled_package():
 _locate_compiled_package()
 
 from . import datasets, interop  # noqa: E402
+from ._config import show_config  # noqa: E402
 from ._estimators import LSTMClassifier, LSTMRegressor  # noqa: E402
 from ._io import ModelFileError, load, save  # noqa: E402
 from ._language_model import LSTMLanguageModel  # noqa: E402
@@ -57,5 +58,6 @@ __all__ = [
     "interop",
     "load",
     "save",
+    "show_config",
     "__version__",
 ]

@@ -1873,3 +1873,9 @@ def input_gradient(const floating[:, ::1] gates,
         _give(&ws, <void*> first.w_pack)
         pylstm_leave()
     return used
+
+
+def kernel_threads():
+    """How many threads a kernel call can use in this build: 2 where the
+    platform has threads (``_parallel.h``), else 1."""
+    return 2 if PYLSTM_THREADS else 1
