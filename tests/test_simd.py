@@ -151,3 +151,17 @@ def test_one_row_and_many_rows_agree_at_every_level(level, restore_level):
     one, _ = layer.forward(x, training=False)
     many, _ = layer.forward(np.repeat(x, 11, axis=0), training=False)
     np.testing.assert_allclose(many, np.repeat(one, 11, axis=0), rtol=1e-12, atol=1e-13)
+
+
+@pytest.mark.skipif(not os.environ.get("PYLSTM_EXPECT_COMPILER"),
+                    reason="only where CI names the compiler of the build under test")
+def test_the_build_under_test_is_the_expected_compilers():
+    """CI runs the suite against a GCC and a Clang build: each run checks it
+    imported the build it meant to test."""
+    assert _lstm.compiler().split()[0] == os.environ["PYLSTM_EXPECT_COMPILER"]
+
+
+@pytest.mark.skipif(not os.environ.get("PYLSTM_SIMD"), reason="PYLSTM_SIMD is not set")
+def test_the_level_under_test_is_the_one_asked_for():
+    """CI's per-level runs of the kernel tests really ran at that level."""
+    assert _lstm.simd() == os.environ["PYLSTM_SIMD"].strip().lower()
