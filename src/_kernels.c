@@ -225,7 +225,7 @@ COLUMN_SUMS(column_sums_d, double)
  * CB columns at bp of a panel (row stride NR). With rows < MR the last row is
  * read again for the missing ones (their results land in c's spare rows,
  * which the caller discards). */
-#define TILE(NAME, T, V, L, NR, SPLAT)                                               \
+#define TILE(NAME, T, V, L, NR, SPLAT, LOAD, STORE)                                               \
 static inline void NAME(int k, const T *R a, long lda, int rows, const T *R bp,     \
                         T *R c, long ldc, int accumulate)                            \
 {                                                                                    \
@@ -242,7 +242,7 @@ static inline void NAME(int k, const T *R a, long lda, int rows, const T *R bp, 
         V b[NV];                                                                     \
         PYLSTM_UNROLL                                                                \
         for (int v = 0; v < NV; v++)                                                 \
-            memcpy(&b[v], bp + (long)kk * NR + v * L, sizeof b[v]);                  \
+            b[v] = LOAD(bp + (long)kk * NR + v * L);                                 \
         PYLSTM_UNROLL                                                                \
         for (int r = 0; r < MR; r++) {                                               \
             V av = SPLAT(ar[r][kk]);                                                 \
@@ -255,18 +255,17 @@ static inline void NAME(int k, const T *R a, long lda, int rows, const T *R bp, 
     for (int r = 0; r < MR; r++) {                                                   \
         PYLSTM_UNROLL                                                                \
         for (int v = 0; v < NV; v++) {                                               \
-            if (accumulate) {                                                        \
-                V cv;                                                                \
-                memcpy(&cv, c + r * ldc + v * L, sizeof cv);                         \
-                acc[r][v] += cv;                                                     \
-            }                                                                        \
-            memcpy(c + r * ldc + v * L, &acc[r][v], sizeof acc[r][v]);               \
+            if (accumulate)                                                          \
+                acc[r][v] += LOAD(c + r * ldc + v * L);                              \
+            STORE(c + r * ldc + v * L, acc[r][v]);                                   \
         }                                                                            \
     }                                                                                \
 }
 
-TILE(tile_f, float, pylstm_vf, PYLSTM_LF, PYLSTM_NR_F, pylstm_splat_f)
-TILE(tile_d, double, pylstm_vd, PYLSTM_LD, PYLSTM_NR_D, pylstm_splat_d)
+TILE(tile_f, float, pylstm_vf, PYLSTM_LF, PYLSTM_NR_F, pylstm_splat_f, pylstm_load_f,
+     pylstm_store_f)
+TILE(tile_d, double, pylstm_vd, PYLSTM_LD, PYLSTM_NR_D, pylstm_splat_d, pylstm_load_d,
+     pylstm_store_d)
 
 /* C[m, n] (row stride ldc) = or += A[m, k] (row stride lda) @ packed B. */
 #define GEMM_PACKED(NAME, TILE, T, L, NR)                                            \
@@ -303,7 +302,7 @@ GEMM_PACKED(gemm_packed_d, tile_d, double, PYLSTM_LD, PYLSTM_NR_D)
  * its k terms in Q interleaved partial sums (about 8 independent vectors of
  * multiply-add chains), added pairwise at the end; B streams through once,
  * in memory order. */
-#define GEMV_PACKED(NAME, T, V, L, NR, SPLAT)                                        \
+#define GEMV_PACKED(NAME, T, V, L, NR, SPLAT, LOAD, STORE)                                        \
 static void NAME(int n, int k, const T *R x, const T *R Bp, T *R y, int accumulate) \
 {                                                                                    \
     enum { NRV = NR / L, Q = NRV >= 8 ? 1 : (NRV >= 4 ? 2 : 4) };                    \
@@ -323,21 +322,15 @@ static void NAME(int n, int k, const T *R x, const T *R Bp, T *R y, int accumula
             for (int q = 0; q < Q; q++) {                                            \
                 V xv = SPLAT(x[kk + q]);                                             \
                 PYLSTM_UNROLL                                                        \
-                for (int v = 0; v < NRV; v++) {                                      \
-                    V b;                                                             \
-                    memcpy(&b, bp + (long)(kk + q) * NR + v * L, sizeof b);          \
-                    acc[q][v] += xv * b;                                             \
-                }                                                                    \
+                for (int v = 0; v < NRV; v++)                                        \
+                    acc[q][v] += xv * LOAD(bp + (long)(kk + q) * NR + v * L);        \
             }                                                                        \
         }                                                                            \
         for (; kk < k; kk++) {                                                       \
             V xv = SPLAT(x[kk]);                                                     \
             PYLSTM_UNROLL                                                            \
-            for (int v = 0; v < NRV; v++) {                                          \
-                V b;                                                                 \
-                memcpy(&b, bp + (long)kk * NR + v * L, sizeof b);                    \
-                acc[0][v] += xv * b;                                                 \
-            }                                                                        \
+            for (int v = 0; v < NRV; v++)                                            \
+                acc[0][v] += xv * LOAD(bp + (long)kk * NR + v * L);                  \
         }                                                                            \
         T out[NR];                                                                   \
         PYLSTM_UNROLL                                                                \
@@ -347,12 +340,9 @@ static void NAME(int n, int k, const T *R x, const T *R Bp, T *R y, int accumula
                 s = acc[0][v] + acc[Q - 1][v];                                       \
             if (Q == 4)                                                              \
                 s = (acc[0][v] + acc[1 % Q][v]) + (acc[2 % Q][v] + acc[3 % Q][v]);   \
-            if (w == NR && accumulate) {                                             \
-                V yv;                                                                \
-                memcpy(&yv, y + j0 + v * L, sizeof yv);                              \
-                s = yv + s;                                                          \
-            }                                                                        \
-            memcpy(out + v * L, &s, sizeof s);                                       \
+            if (w == NR && accumulate)                                               \
+                s = LOAD(y + j0 + v * L) + s;                                        \
+            STORE(out + v * L, s);                                                   \
         }                                                                            \
         if (w == NR) {                                                               \
             memcpy(y + j0, out, sizeof out);                                         \
@@ -363,8 +353,10 @@ static void NAME(int n, int k, const T *R x, const T *R Bp, T *R y, int accumula
     }                                                                                \
 }
 
-GEMV_PACKED(gemv_packed_f, float, pylstm_vf, PYLSTM_LF, PYLSTM_NR_F, pylstm_splat_f)
-GEMV_PACKED(gemv_packed_d, double, pylstm_vd, PYLSTM_LD, PYLSTM_NR_D, pylstm_splat_d)
+GEMV_PACKED(gemv_packed_f, float, pylstm_vf, PYLSTM_LF, PYLSTM_NR_F, pylstm_splat_f,
+            pylstm_load_f, pylstm_store_f)
+GEMV_PACKED(gemv_packed_d, double, pylstm_vd, PYLSTM_LD, PYLSTM_NR_D, pylstm_splat_d,
+            pylstm_load_d, pylstm_store_d)
 
 /* ------------------------------------------------------------------------
  * The weight gradients: C1 = A^T B1 and C2 = A^T B2 over the k valid steps,
@@ -381,7 +373,7 @@ GEMV_PACKED(gemv_packed_d, double, pylstm_vd, PYLSTM_LD, PYLSTM_NR_D, pylstm_spl
 
 /* Columns j0 .. j0 + NVX * L - 1 of rows i0 .. i0 + rows - 1 of C, steps
  * k0 .. k0 + kn - 1. */
-#define TN_BLOCK(NAME, T, V, L, NVX, SPLAT)                                          \
+#define TN_BLOCK(NAME, T, V, L, NVX, SPLAT, LOAD, STORE)                                          \
 static inline void NAME(const T *const *ap, int rows, long lda, const T *b, long ldb,\
                         long kn, T *c, long ldc, int add)                            \
 {                                                                                    \
@@ -397,7 +389,7 @@ static inline void NAME(const T *const *ap, int rows, long lda, const T *b, long
         long o = kk * lda;                                                           \
         PYLSTM_UNROLL                                                                \
         for (int v = 0; v < NVX; v++)                                                \
-            memcpy(&bv[v], b + v * L, sizeof bv[v]);                                 \
+            bv[v] = LOAD(b + v * L);                                                 \
         PYLSTM_UNROLL                                                                \
         for (int r = 0; r < MR; r++) {                                               \
             V av = SPLAT(ap[r][o]);                                                  \
@@ -410,20 +402,21 @@ static inline void NAME(const T *const *ap, int rows, long lda, const T *b, long
     for (int r = 0; r < rows; r++) {                                                 \
         PYLSTM_UNROLL                                                                \
         for (int v = 0; v < NVX; v++) {                                              \
-            if (add) {                                                               \
-                V cv;                                                                \
-                memcpy(&cv, c + r * ldc + v * L, sizeof cv);                         \
-                acc[r][v] += cv;                                                     \
-            }                                                                        \
-            memcpy(c + r * ldc + v * L, &acc[r][v], sizeof acc[r][v]);               \
+            if (add)                                                                 \
+                acc[r][v] += LOAD(c + r * ldc + v * L);                              \
+            STORE(c + r * ldc + v * L, acc[r][v]);                                   \
         }                                                                            \
     }                                                                                \
 }
 
-TN_BLOCK(tn_wide_f, float, pylstm_vf, PYLSTM_LF, NV, pylstm_splat_f)
-TN_BLOCK(tn_one_f, float, pylstm_vf, PYLSTM_LF, 1, pylstm_splat_f)
-TN_BLOCK(tn_wide_d, double, pylstm_vd, PYLSTM_LD, NV, pylstm_splat_d)
-TN_BLOCK(tn_one_d, double, pylstm_vd, PYLSTM_LD, 1, pylstm_splat_d)
+TN_BLOCK(tn_wide_f, float, pylstm_vf, PYLSTM_LF, NV, pylstm_splat_f, pylstm_load_f,
+         pylstm_store_f)
+TN_BLOCK(tn_one_f, float, pylstm_vf, PYLSTM_LF, 1, pylstm_splat_f, pylstm_load_f,
+         pylstm_store_f)
+TN_BLOCK(tn_wide_d, double, pylstm_vd, PYLSTM_LD, NV, pylstm_splat_d, pylstm_load_d,
+         pylstm_store_d)
+TN_BLOCK(tn_one_d, double, pylstm_vd, PYLSTM_LD, 1, pylstm_splat_d, pylstm_load_d,
+         pylstm_store_d)
 
 #define GEMM_TN(NAME, T, L, WIDE, ONE)                                               \
 static void NAME##_part(int i0, int rows, long k0, long kn, const T *A, long lda,   \

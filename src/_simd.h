@@ -39,8 +39,8 @@
 #endif
 
 #if PYLSTM_VBYTES
-typedef float pylstm_vf __attribute__((vector_size(PYLSTM_VBYTES), aligned(4)));
-typedef double pylstm_vd __attribute__((vector_size(PYLSTM_VBYTES), aligned(8)));
+typedef float pylstm_vf __attribute__((vector_size(PYLSTM_VBYTES)));
+typedef double pylstm_vd __attribute__((vector_size(PYLSTM_VBYTES)));
 #define PYLSTM_LF (PYLSTM_VBYTES / 4)
 #define PYLSTM_LD (PYLSTM_VBYTES / 8)
 #else
@@ -50,27 +50,47 @@ typedef double pylstm_vd;
 #define PYLSTM_LD 1
 #endif
 
-/* A vector of copies of x (the loop compiles to one broadcast; "0 + x" would
- * add, and (v){x} sets one lane). */
+/* A vector of copies of x, written out lane by lane: GCC turns that into one
+ * broadcast, but not a loop over the lanes (a masked broadcast per lane), and
+ * "0 + x" would add. */
+#define PYLSTM_REP2(x) x, x
+#define PYLSTM_REP4(x) PYLSTM_REP2(x), PYLSTM_REP2(x)
+#define PYLSTM_REP8(x) PYLSTM_REP4(x), PYLSTM_REP4(x)
+#define PYLSTM_REP16(x) PYLSTM_REP8(x), PYLSTM_REP8(x)
+#if PYLSTM_VBYTES == 64
+#define PYLSTM_REPF PYLSTM_REP16
+#define PYLSTM_REPD PYLSTM_REP8
+#elif PYLSTM_VBYTES == 32
+#define PYLSTM_REPF PYLSTM_REP8
+#define PYLSTM_REPD PYLSTM_REP4
+#elif PYLSTM_VBYTES == 16
+#define PYLSTM_REPF PYLSTM_REP4
+#define PYLSTM_REPD PYLSTM_REP2
+#endif
 #if PYLSTM_VBYTES
-static inline pylstm_vf pylstm_splat_f(float x)
-{
-    pylstm_vf v;
-    for (int i = 0; i < PYLSTM_LF; i++)
-        v[i] = x;
-    return v;
-}
-static inline pylstm_vd pylstm_splat_d(double x)
-{
-    pylstm_vd v;
-    for (int i = 0; i < PYLSTM_LD; i++)
-        v[i] = x;
-    return v;
-}
+static inline pylstm_vf pylstm_splat_f(float x) { return (pylstm_vf){PYLSTM_REPF(x)}; }
+static inline pylstm_vd pylstm_splat_d(double x) { return (pylstm_vd){PYLSTM_REPD(x)}; }
 #else
 static inline pylstm_vf pylstm_splat_f(float x) { return x; }
 static inline pylstm_vd pylstm_splat_d(double x) { return x; }
 #endif
+
+/* Unaligned loads and stores, by value (a memcpy into an element of an array
+ * of vectors kept that array in memory: GCC 12, AVX2). */
+static inline pylstm_vf pylstm_load_f(const float *p)
+{
+    pylstm_vf v;
+    memcpy(&v, p, sizeof v);
+    return v;
+}
+static inline pylstm_vd pylstm_load_d(const double *p)
+{
+    pylstm_vd v;
+    memcpy(&v, p, sizeof v);
+    return v;
+}
+static inline void pylstm_store_f(float *p, pylstm_vf v) { memcpy(p, &v, sizeof v); }
+static inline void pylstm_store_d(double *p, pylstm_vd v) { memcpy(p, &v, sizeof v); }
 
 #if PYLSTM_VBYTES == 64
 #define PYLSTM_TMR 8
