@@ -418,7 +418,61 @@ TN_BLOCK(tn_wide_d, double, pylstm_vd, PYLSTM_LD, NV, pylstm_splat_d, pylstm_loa
 TN_BLOCK(tn_one_d, double, pylstm_vd, PYLSTM_LD, 1, pylstm_splat_d, pylstm_load_d,
          pylstm_store_d)
 
-#define GEMM_TN(NAME, T, L, WIDE, ONE)                                               \
+/* The columns j0 .. n - 1 (fewer than a vector) of C's rows 0 .. m - 1, steps
+ * k0 .. k0 + kn - 1: vectors along C's column (A's rows), four at a time for
+ * independent chains; each element still sums its steps in order, one
+ * multiply-add each, as in the tiles. */
+#define TN_TAIL(NAME, T, V, L, SPLAT, LOAD, STORE)                                   \
+static void NAME(int m, long k0, long kn, const T *A, long lda, const T *B, long ldb,\
+                 int j0, int n, T *C, long ldc)                                      \
+{                                                                                    \
+    enum { U = 4 };                                                                  \
+    for (int j = j0; j < n; j++) {                                                   \
+        const T *b = B + k0 * ldb + j;                                               \
+        int i = 0;                                                                   \
+        while (i + L <= m) {                                                         \
+            int nv = (m - i) / L < U ? 1 : U;                                        \
+            V acc[U];                                                                \
+            const T *a = A + k0 * lda + i;                                           \
+            PYLSTM_UNROLL                                                            \
+            for (int u = 0; u < U; u++)                                              \
+                acc[u] = SPLAT(0);                                                   \
+            if (nv == U) {                                                           \
+                for (long kk = 0; kk < kn; kk++) {                                   \
+                    V bv = SPLAT(b[kk * ldb]);                                       \
+                    PYLSTM_UNROLL                                                    \
+                    for (int u = 0; u < U; u++)                                      \
+                        acc[u] += LOAD(a + kk * lda + u * L) * bv;                   \
+                }                                                                    \
+            } else {                                                                 \
+                for (long kk = 0; kk < kn; kk++)                                     \
+                    acc[0] += LOAD(a + kk * lda) * SPLAT(b[kk * ldb]);               \
+            }                                                                        \
+            for (int u = 0; u < nv; u++) {                                           \
+                T out[L];                                                            \
+                STORE(out, acc[u]);                                                  \
+                for (int r = 0; r < L; r++) {                                        \
+                    T *c = C + (long)(i + u * L + r) * ldc + j;                      \
+                    *c = k0 > 0 ? out[r] + *c : out[r];                              \
+                }                                                                    \
+            }                                                                        \
+            i += nv * L;                                                             \
+        }                                                                            \
+        for (; i < m; i++) {                                                         \
+            T s = 0;                                                                 \
+            for (long kk = 0; kk < kn; kk++)                                         \
+                s += A[(k0 + kk) * lda + i] * b[kk * ldb];                           \
+            T *c = C + (long)i * ldc + j;                                            \
+            *c = k0 > 0 ? s + *c : s;                                                \
+        }                                                                            \
+    }                                                                                \
+}
+
+TN_TAIL(tn_tail_f, float, pylstm_vf, PYLSTM_LF, pylstm_splat_f, pylstm_load_f, pylstm_store_f)
+TN_TAIL(tn_tail_d, double, pylstm_vd, PYLSTM_LD, pylstm_splat_d, pylstm_load_d, pylstm_store_d)
+
+/* Whole vectors of columns by tiles of MR rows, the rest by TN_TAIL. */
+#define GEMM_TN(NAME, T, L, WIDE, ONE, TAIL)                                         \
 static void NAME##_part(int i0, int rows, long k0, long kn, const T *A, long lda,   \
                         const T *B, long ldb, int n, T *C, long ldc)                 \
 {                                                                                    \
@@ -432,15 +486,6 @@ static void NAME##_part(int i0, int rows, long k0, long kn, const T *A, long lda
     for (; j0 + L <= n; j0 += L)                                                     \
         ONE(ap, rows, lda, B + k0 * ldb + j0, ldb, kn, C + (long)i0 * ldc + j0,      \
             ldc, k0 > 0);                                                            \
-    for (; j0 < n; j0++) {                                                           \
-        for (int r = 0; r < rows; r++) {                                             \
-            T s = 0;                                                                 \
-            for (long kk = 0; kk < kn; kk++)                                         \
-                s += ap[r][kk * lda] * B[(k0 + kk) * ldb + j0];                      \
-            T *c = C + (long)(i0 + r) * ldc + j0;                                    \
-            *c = k0 > 0 ? s + *c : s;                                                \
-        }                                                                            \
-    }                                                                                \
 }                                                                                    \
                                                                                      \
 static void NAME(int m, int k, const T *A, long lda, const T *B1, long ldb1, int n1, \
@@ -455,11 +500,13 @@ static void NAME(int m, int k, const T *A, long lda, const T *B1, long ldb1, int
             NAME##_part(i0, rows, k0, kn, A, lda, B1, ldb1, n1, C1, ldc1);           \
             NAME##_part(i0, rows, k0, kn, A, lda, B2, ldb2, n2, C2, ldc2);           \
         }                                                                            \
+        TAIL(m, k0, kn, A, lda, B1, ldb1, n1 - n1 % L, n1, C1, ldc1);                \
+        TAIL(m, k0, kn, A, lda, B2, ldb2, n2 - n2 % L, n2, C2, ldc2);                \
     }                                                                                \
 }
 
-GEMM_TN(gemm_tn_f, float, PYLSTM_LF, tn_wide_f, tn_one_f)
-GEMM_TN(gemm_tn_d, double, PYLSTM_LD, tn_wide_d, tn_one_d)
+GEMM_TN(gemm_tn_f, float, PYLSTM_LF, tn_wide_f, tn_one_f, tn_tail_f)
+GEMM_TN(gemm_tn_d, double, PYLSTM_LD, tn_wide_d, tn_one_d, tn_tail_d)
 
 const pylstm_kernels PYLSTM_CAT(pylstm_kernels_, PYLSTM_TARGET) = {
     PYLSTM_STR(PYLSTM_TARGET),
