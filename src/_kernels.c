@@ -37,24 +37,25 @@
 #define NV PYLSTM_TNV
 
 /* ------------------------------------------------------------------------
- * The cell. exp is evaluated branch-free in plain arithmetic, which the
- * compiler vectorizes (libm's expf is a scalar call): x = n ln2 + r with
- * |r| <= ln2/2 (ln2 split in two parts for exactness), e^r by its Taylor
+ * The cell, on vectors of L units (the last, partial vector of a row through
+ * a padded local copy). exp is evaluated in plain arithmetic: x = n ln2 + r
+ * with |r| <= ln2/2 (ln2 split in two parts for exactness), e^r by its Taylor
  * polynomial (degree 7 in float, 13 in double: truncation error below one
- * ulp), and 2^n by writing the exponent bits. The argument is clamped so
- * that nothing overflows or goes subnormal.
+ * ulp), and 2^n by writing the exponent bits. The argument is clamped so that
+ * nothing overflows or goes subnormal (a NaN becomes the upper bound).
  * sigmoid(x) = 1 / (1 + e^-x); tanh(x) = sign(x) (1 - e^-2|x|) / (1 + e^-2|x|).
  * Near 0 both are accurate to a few ulps of 1 (absolute), which is what the
  * cell needs: gates and states are bounded by 1 in magnitude.
  * ------------------------------------------------------------------------ */
-static inline float expf_(float x)
+static inline pylstm_vf vexpf(pylstm_vf x)
 {
-    x = x < -87.0f ? -87.0f : (x > 87.0f ? 87.0f : x);
-    /* n = round(x / ln2), via truncation of a positive value */
-    int32_t n = (int32_t)(x * 1.44269504088896341f + 128.5f) - 128;
-    float fn = (float)n;
-    float r = x - fn * 0.693145751953125f - fn * 1.428606765330187e-06f;
-    float p = 1.0f / 5040.0f;
+    x = PYLSTM_MAX_F(PYLSTM_MIN_F(x, pylstm_splat_f(87.0f)), pylstm_splat_f(-87.0f));
+    /* Adding 1.5 * 2^23 rounds x / ln2 to the nearest integer n, which then
+     * sits in the low bits of t's significand. */
+    pylstm_vf t = x * 1.44269504088896341f + 12582912.0f;
+    pylstm_vf fn = t - 12582912.0f;
+    pylstm_vf r = x - fn * 0.693145751953125f - fn * 1.428606765330187e-06f;
+    pylstm_vf p = pylstm_splat_f(1.0f / 5040.0f);
     p = p * r + 1.0f / 720.0f;
     p = p * r + 1.0f / 120.0f;
     p = p * r + 1.0f / 24.0f;
@@ -62,20 +63,17 @@ static inline float expf_(float x)
     p = p * r + 0.5f;
     p = p * r + 1.0f;
     p = p * r + 1.0f;
-    int32_t bits = (n + 127) << 23;
-    float scale;
-    memcpy(&scale, &bits, sizeof scale);
-    return p * scale;
+    return p * PYLSTM_FROM_BITS_F((PYLSTM_BITS_F(t) - 0x4B400000 + 127) << 23);
 }
 
-static inline double exp_(double x)
+static inline pylstm_vd vexpd(pylstm_vd x)
 {
-    x = x < -708.0 ? -708.0 : (x > 708.0 ? 708.0 : x);
-    /* int32 (not int64) conversion: vectorizable without AVX-512DQ */
-    int32_t n = (int32_t)(x * 1.4426950408889634074 + 1024.5) - 1024;
-    double fn = (double)n;
-    double r = x - fn * 0.6931471803691238164901733 - fn * 1.9082149292705877e-10;
-    double p = 1.0 / 6227020800.0;
+    x = PYLSTM_MAX_D(PYLSTM_MIN_D(x, pylstm_splat_d(708.0)), pylstm_splat_d(-708.0));
+    /* 1.5 * 2^52 rounds to an integer as above */
+    pylstm_vd t = x * 1.4426950408889634074 + 6755399441055744.0;
+    pylstm_vd fn = t - 6755399441055744.0;
+    pylstm_vd r = x - fn * 0.6931471803691238164901733 - fn * 1.9082149292705877e-10;
+    pylstm_vd p = pylstm_splat_d(1.0 / 6227020800.0);
     p = p * r + 1.0 / 479001600.0;
     p = p * r + 1.0 / 39916800.0;
     p = p * r + 1.0 / 3628800.0;
@@ -89,29 +87,24 @@ static inline double exp_(double x)
     p = p * r + 0.5;
     p = p * r + 1.0;
     p = p * r + 1.0;
-    int64_t bits = (int64_t)(n + 1023) << 52;
-    double scale;
-    memcpy(&scale, &bits, sizeof scale);
-    return p * scale;
+    return p * PYLSTM_FROM_BITS_D((PYLSTM_BITS_D(t) - 0x4338000000000000LL + 1023) << 52);
 }
 
-static inline float sigmoidf_(float x) { return 1.0f / (1.0f + expf_(-x)); }
-static inline double sigmoid_(double x) { return 1.0 / (1.0 + exp_(-x)); }
+static inline pylstm_vf vsigmoidf(pylstm_vf x) { return 1.0f / (1.0f + vexpf(-x)); }
+static inline pylstm_vd vsigmoidd(pylstm_vd x) { return 1.0 / (1.0 + vexpd(-x)); }
 
-static inline float tanhf_(float x)
+static inline pylstm_vf vtanhf(pylstm_vf x)
 {
-    float ax = x < 0 ? -x : x;
-    float z = expf_(-2.0f * ax);
-    float t = (1.0f - z) / (1.0f + z);
-    return x < 0 ? -t : t;
+    pylstm_vf z = vexpf(-2.0f * PYLSTM_FROM_BITS_F(PYLSTM_BITS_F(x) & INT32_MAX));
+    pylstm_vf t = (1.0f - z) / (1.0f + z);
+    return PYLSTM_FROM_BITS_F(PYLSTM_BITS_F(t) | (PYLSTM_BITS_F(x) & INT32_MIN));
 }
 
-static inline double tanh_(double x)
+static inline pylstm_vd vtanhd(pylstm_vd x)
 {
-    double ax = x < 0 ? -x : x;
-    double z = exp_(-2.0 * ax);
-    double t = (1.0 - z) / (1.0 + z);
-    return x < 0 ? -t : t;
+    pylstm_vd z = vexpd(-2.0 * PYLSTM_FROM_BITS_D(PYLSTM_BITS_D(x) & INT64_MAX));
+    pylstm_vd t = (1.0 - z) / (1.0 + z);
+    return PYLSTM_FROM_BITS_D(PYLSTM_BITS_D(t) | (PYLSTM_BITS_D(x) & INT64_MIN));
 }
 
 /* One row of one forward step, for the units j < n of a row whose gate
@@ -120,80 +113,142 @@ static inline double tanh_(double x)
  * h_{t-1}; h_out receives h_t (a different array: the other thread may still
  * read h_in); c: state, updated in place; out: receives h_t. With keep != 0,
  * gates_keep receives the activated gates, c_keep c_t and h_prev_keep
- * h_{t-1}.
+ * h_{t-1}; without, h_out holds o between the two passes.
  *
  * Two passes, the gates and c_t of every unit, then h_t = o tanh(c_t): in
  * one pass each vector's tanh(c_t) waits for a chain of five nonlinearities;
- * apart, the second pass's iterations are independent (benchmarks/bench_lstm.py,
- * the cell's share of a step). Without keep, h_out holds o between the
- * passes. */
-#define CELL_FORWARD(NAME, T, SIG, TANH)                                             \
+ * apart, the second pass's vectors are independent. */
+#define CELL_FORWARD(NAME, T, V, L, LOAD, STORE, SIG, TANH)                          \
+static inline void NAME##_gates(const T *gp, const T *bias, const T *h_in, T *c,    \
+                                T *gk, T *ck, T *hk, T *o_tmp, int keep, int S)      \
+{                                                                                    \
+    V ig = SIG(LOAD(gp) + LOAD(bias));                                               \
+    V fg = SIG(LOAD(gp + S) + LOAD(bias + S));                                       \
+    V gg = TANH(LOAD(gp + 2 * S) + LOAD(bias + 2 * S));                              \
+    V og = SIG(LOAD(gp + 3 * S) + LOAD(bias + 3 * S));                               \
+    V cn = fg * LOAD(c) + ig * gg;                                                   \
+    if (keep) {                                                                      \
+        STORE(gk, ig);                                                               \
+        STORE(gk + S, fg);                                                           \
+        STORE(gk + 2 * S, gg);                                                       \
+        STORE(gk + 3 * S, og);                                                       \
+        STORE(ck, cn);                                                               \
+        STORE(hk, LOAD(h_in));                                                       \
+    } else {                                                                         \
+        STORE(o_tmp, og);                                                            \
+    }                                                                                \
+    STORE(c, cn);                                                                    \
+}                                                                                    \
+                                                                                     \
 static void NAME(const T *R gp, const T *R bias, const T *R h_in, T *R h_out,       \
                  T *R c, T *R out, T *R gates_keep, T *R c_keep, T *R h_prev_keep,  \
                  int keep, int n, int S)                                             \
 {                                                                                    \
-    if (keep) {                                                                      \
-        for (int j = 0; j < n; j++) {                                                \
-            T ig = SIG(gp[j] + bias[j]);                                             \
-            T fg = SIG(gp[S + j] + bias[S + j]);                                     \
-            T gg = TANH(gp[2 * S + j] + bias[2 * S + j]);                            \
-            T og = SIG(gp[3 * S + j] + bias[3 * S + j]);                             \
-            T cn = fg * c[j] + ig * gg;                                              \
-            gates_keep[j] = ig;                                                      \
-            gates_keep[S + j] = fg;                                                  \
-            gates_keep[2 * S + j] = gg;                                              \
-            gates_keep[3 * S + j] = og;                                              \
-            c_keep[j] = cn;                                                          \
-            h_prev_keep[j] = h_in[j];                                                \
-            c[j] = cn;                                                               \
+    int j = 0;                                                                       \
+    for (; j + L <= n; j += L)                                                       \
+        NAME##_gates(gp + j, bias + j, h_in + j, c + j, gates_keep + j, c_keep + j,  \
+                     h_prev_keep + j, h_out + j, keep, S);                           \
+    if (j < n) {                                                                     \
+        /* the last units, padded: gates, bias, h_in, c, kept gates, c_t, h_{t-1}, o */ \
+        T g[4 * L] = {0}, b[4 * L] = {0}, hi[L] = {0}, cc[L] = {0};                  \
+        T gk[4 * L], ck[L], hk[L], o[L];                                             \
+        int w = n - j;                                                               \
+        for (int u = 0; u < w; u++) {                                                \
+            for (int q = 0; q < 4; q++) {                                            \
+                g[q * L + u] = gp[q * S + j + u];                                    \
+                b[q * L + u] = bias[q * S + j + u];                                  \
+            }                                                                        \
+            hi[u] = h_in[j + u];                                                     \
+            cc[u] = c[j + u];                                                        \
         }                                                                            \
-        for (int j = 0; j < n; j++) {                                                \
-            T hn = gates_keep[3 * S + j] * TANH(c[j]);                               \
-            h_out[j] = hn;                                                           \
-            out[j] = hn;                                                             \
+        NAME##_gates(g, b, hi, cc, gk, ck, hk, o, keep, L);                          \
+        for (int u = 0; u < w; u++) {                                                \
+            c[j + u] = cc[u];                                                        \
+            if (keep) {                                                              \
+                for (int q = 0; q < 4; q++)                                          \
+                    gates_keep[q * S + j + u] = gk[q * L + u];                       \
+                c_keep[j + u] = ck[u];                                               \
+                h_prev_keep[j + u] = hk[u];                                          \
+            } else {                                                                 \
+                h_out[j + u] = o[u];                                                 \
+            }                                                                        \
         }                                                                            \
-    } else {                                                                         \
-        for (int j = 0; j < n; j++) {                                                \
-            T ig = SIG(gp[j] + bias[j]);                                             \
-            T fg = SIG(gp[S + j] + bias[S + j]);                                     \
-            T gg = TANH(gp[2 * S + j] + bias[2 * S + j]);                            \
-            c[j] = fg * c[j] + ig * gg;                                              \
-            h_out[j] = SIG(gp[3 * S + j] + bias[3 * S + j]);                         \
+    }                                                                                \
+    const T *o = keep ? gates_keep + 3 * S : h_out;                                  \
+    for (j = 0; j + L <= n; j += L) {                                                \
+        V hn = LOAD(o + j) * TANH(LOAD(c + j));                                      \
+        STORE(h_out + j, hn);                                                        \
+        STORE(out + j, hn);                                                          \
+    }                                                                                \
+    if (j < n) {                                                                     \
+        T ol[L] = {0}, cl[L] = {0}, hl[L];                                           \
+        for (int u = 0; u < n - j; u++) {                                            \
+            ol[u] = o[j + u];                                                        \
+            cl[u] = c[j + u];                                                        \
         }                                                                            \
-        for (int j = 0; j < n; j++) {                                                \
-            T hn = h_out[j] * TANH(c[j]);                                            \
-            h_out[j] = hn;                                                           \
-            out[j] = hn;                                                             \
+        STORE(hl, LOAD(ol) * TANH(LOAD(cl)));                                        \
+        for (int u = 0; u < n - j; u++) {                                            \
+            h_out[j + u] = hl[u];                                                    \
+            out[j + u] = hl[u];                                                      \
         }                                                                            \
     }                                                                                \
 }
 
-CELL_FORWARD(cell_forward_f, float, sigmoidf_, tanhf_)
-CELL_FORWARD(cell_forward_d, double, sigmoid_, tanh_)
+CELL_FORWARD(cell_forward_f, float, pylstm_vf, PYLSTM_LF, pylstm_load_f, pylstm_store_f,
+             vsigmoidf, vtanhf)
+CELL_FORWARD(cell_forward_d, double, pylstm_vd, PYLSTM_LD, pylstm_load_d, pylstm_store_d,
+             vsigmoidd, vtanhd)
 
 /* One row of one BPTT step, units j < n, gate blocks S apart (as above).
  * gp: activated gates on entry, gate pre-activation gradients on exit; cn:
  * c_t; cp: c_{t-1}; dh, dc: running gradients (dc is replaced by
  * dL/dc_{t-1}); dout: dL/dh_t from above. */
-#define CELL_BACKWARD(NAME, T, TANH)                                                 \
+#define CELL_BACKWARD(NAME, T, V, L, LOAD, STORE, TANH)                              \
+static inline void NAME##_v(T *gp, const T *cn, const T *cp, const T *dh, T *dc,    \
+                            const T *dout, int S)                                    \
+{                                                                                    \
+    V ig = LOAD(gp), fg = LOAD(gp + S), gg = LOAD(gp + 2 * S), og = LOAD(gp + 3 * S);\
+    V tc = TANH(LOAD(cn));                                                           \
+    V dht = LOAD(dh) + LOAD(dout);                                                   \
+    V dct = LOAD(dc) + dht * og * (1 - tc * tc);                                     \
+    STORE(gp, dct * gg * ig * (1 - ig));                                             \
+    STORE(gp + S, dct * LOAD(cp) * fg * (1 - fg));                                   \
+    STORE(gp + 2 * S, dct * ig * (1 - gg * gg));                                     \
+    STORE(gp + 3 * S, dht * tc * og * (1 - og));                                     \
+    STORE(dc, dct * fg);                                                             \
+}                                                                                    \
+                                                                                     \
 static void NAME(T *R gp, const T *R cn, const T *R cp, const T *R dh, T *R dc,     \
                  const T *R dout, int n, int S)                                      \
 {                                                                                    \
-    for (int j = 0; j < n; j++) {                                                    \
-        T ig = gp[j], fg = gp[S + j], gg = gp[2 * S + j], og = gp[3 * S + j];        \
-        T tc = TANH(cn[j]);                                                          \
-        T dht = dh[j] + dout[j];                                                     \
-        T dct = dc[j] + dht * og * (1 - tc * tc);                                    \
-        gp[j] = dct * gg * ig * (1 - ig);                                            \
-        gp[S + j] = dct * cp[j] * fg * (1 - fg);                                     \
-        gp[2 * S + j] = dct * ig * (1 - gg * gg);                                    \
-        gp[3 * S + j] = dht * tc * og * (1 - og);                                    \
-        dc[j] = dct * fg;                                                            \
+    int j = 0;                                                                       \
+    for (; j + L <= n; j += L)                                                       \
+        NAME##_v(gp + j, cn + j, cp + j, dh + j, dc + j, dout + j, S);               \
+    if (j < n) {                                                                     \
+        T g[4 * L] = {0}, a[L] = {0}, p[L] = {0}, h[L] = {0}, d[L] = {0}, o[L] = {0};\
+        int w = n - j;                                                               \
+        for (int u = 0; u < w; u++) {                                                \
+            for (int q = 0; q < 4; q++)                                              \
+                g[q * L + u] = gp[q * S + j + u];                                    \
+            a[u] = cn[j + u];                                                        \
+            p[u] = cp[j + u];                                                        \
+            h[u] = dh[j + u];                                                        \
+            d[u] = dc[j + u];                                                        \
+            o[u] = dout[j + u];                                                      \
+        }                                                                            \
+        NAME##_v(g, a, p, h, d, o, L);                                               \
+        for (int u = 0; u < w; u++) {                                                \
+            for (int q = 0; q < 4; q++)                                              \
+                gp[q * S + j + u] = g[q * L + u];                                    \
+            dc[j + u] = d[u];                                                        \
+        }                                                                            \
     }                                                                                \
 }
 
-CELL_BACKWARD(cell_backward_f, float, tanhf_)
-CELL_BACKWARD(cell_backward_d, double, tanh_)
+CELL_BACKWARD(cell_backward_f, float, pylstm_vf, PYLSTM_LF, pylstm_load_f, pylstm_store_f,
+              vtanhf)
+CELL_BACKWARD(cell_backward_d, double, pylstm_vd, PYLSTM_LD, pylstm_load_d, pylstm_store_d,
+              vtanhd)
 
 /* out[j] = sum over rows r of a[r * lda + j], j < cols, rows in order (the
  * bias gradient: the column sums of the gate gradients). */

@@ -24,6 +24,7 @@
 #ifndef PYLSTM_SIMD_H
 #define PYLSTM_SIMD_H
 
+#include <stdint.h>
 #include <string.h>
 
 #include "_platform.h"
@@ -41,11 +42,15 @@
 #if PYLSTM_VBYTES
 typedef float pylstm_vf __attribute__((vector_size(PYLSTM_VBYTES)));
 typedef double pylstm_vd __attribute__((vector_size(PYLSTM_VBYTES)));
+typedef int32_t pylstm_vfi __attribute__((vector_size(PYLSTM_VBYTES)));
+typedef int64_t pylstm_vdi __attribute__((vector_size(PYLSTM_VBYTES)));
 #define PYLSTM_LF (PYLSTM_VBYTES / 4)
 #define PYLSTM_LD (PYLSTM_VBYTES / 8)
 #else
 typedef float pylstm_vf;
 typedef double pylstm_vd;
+typedef int32_t pylstm_vfi;
+typedef int64_t pylstm_vdi;
 #define PYLSTM_LF 1
 #define PYLSTM_LD 1
 #endif
@@ -91,6 +96,58 @@ static inline pylstm_vd pylstm_load_d(const double *p)
 }
 static inline void pylstm_store_f(float *p, pylstm_vf v) { memcpy(p, &v, sizeof v); }
 static inline void pylstm_store_d(double *p, pylstm_vd v) { memcpy(p, &v, sizeof v); }
+
+/* The bits of a vector as integers and back (a bit cast, no conversion). */
+#if PYLSTM_VBYTES
+#define PYLSTM_BITS_F(v) ((pylstm_vfi)(v))
+#define PYLSTM_BITS_D(v) ((pylstm_vdi)(v))
+#define PYLSTM_FROM_BITS_F(v) ((pylstm_vf)(v))
+#define PYLSTM_FROM_BITS_D(v) ((pylstm_vd)(v))
+#else
+static inline int32_t pylstm_bits_f(float x) { int32_t i; memcpy(&i, &x, 4); return i; }
+static inline int64_t pylstm_bits_d(double x) { int64_t i; memcpy(&i, &x, 8); return i; }
+static inline float pylstm_from_bits_f(int32_t i) { float x; memcpy(&x, &i, 4); return x; }
+static inline double pylstm_from_bits_d(int64_t i) { double x; memcpy(&x, &i, 8); return x; }
+#define PYLSTM_BITS_F(v) pylstm_bits_f(v)
+#define PYLSTM_BITS_D(v) pylstm_bits_d(v)
+#define PYLSTM_FROM_BITS_F(v) pylstm_from_bits_f(v)
+#define PYLSTM_FROM_BITS_D(v) pylstm_from_bits_d(v)
+#endif
+
+/* min(a, b) = a < b ? a : b and max(a, b) = a > b ? a : b, element-wise: the
+ * semantics of x86's min and max instructions (b where a is NaN), which GCC
+ * does not emit for the ternary without -ffinite-math-only (a comparison and
+ * a blend instead). NEON's minnm/maxnm give the same for a NaN a. */
+#if PYLSTM_VBYTES == 64
+#include <immintrin.h>
+#define PYLSTM_MIN_F(a, b) ((pylstm_vf)_mm512_min_ps((__m512)(a), (__m512)(b)))
+#define PYLSTM_MAX_F(a, b) ((pylstm_vf)_mm512_max_ps((__m512)(a), (__m512)(b)))
+#define PYLSTM_MIN_D(a, b) ((pylstm_vd)_mm512_min_pd((__m512d)(a), (__m512d)(b)))
+#define PYLSTM_MAX_D(a, b) ((pylstm_vd)_mm512_max_pd((__m512d)(a), (__m512d)(b)))
+#elif PYLSTM_VBYTES == 32
+#include <immintrin.h>
+#define PYLSTM_MIN_F(a, b) ((pylstm_vf)_mm256_min_ps((__m256)(a), (__m256)(b)))
+#define PYLSTM_MAX_F(a, b) ((pylstm_vf)_mm256_max_ps((__m256)(a), (__m256)(b)))
+#define PYLSTM_MIN_D(a, b) ((pylstm_vd)_mm256_min_pd((__m256d)(a), (__m256d)(b)))
+#define PYLSTM_MAX_D(a, b) ((pylstm_vd)_mm256_max_pd((__m256d)(a), (__m256d)(b)))
+#elif PYLSTM_VBYTES == 16 && (defined(__ARM_NEON) || defined(__ARM_NEON__))
+#include <arm_neon.h>
+#define PYLSTM_MIN_F(a, b) ((pylstm_vf)vminnmq_f32((float32x4_t)(a), (float32x4_t)(b)))
+#define PYLSTM_MAX_F(a, b) ((pylstm_vf)vmaxnmq_f32((float32x4_t)(a), (float32x4_t)(b)))
+#define PYLSTM_MIN_D(a, b) ((pylstm_vd)vminnmq_f64((float64x2_t)(a), (float64x2_t)(b)))
+#define PYLSTM_MAX_D(a, b) ((pylstm_vd)vmaxnmq_f64((float64x2_t)(a), (float64x2_t)(b)))
+#elif PYLSTM_VBYTES == 16
+#include <emmintrin.h>
+#define PYLSTM_MIN_F(a, b) ((pylstm_vf)_mm_min_ps((__m128)(a), (__m128)(b)))
+#define PYLSTM_MAX_F(a, b) ((pylstm_vf)_mm_max_ps((__m128)(a), (__m128)(b)))
+#define PYLSTM_MIN_D(a, b) ((pylstm_vd)_mm_min_pd((__m128d)(a), (__m128d)(b)))
+#define PYLSTM_MAX_D(a, b) ((pylstm_vd)_mm_max_pd((__m128d)(a), (__m128d)(b)))
+#else
+#define PYLSTM_MIN_F(a, b) ((a) < (b) ? (a) : (b))
+#define PYLSTM_MAX_F(a, b) ((a) > (b) ? (a) : (b))
+#define PYLSTM_MIN_D(a, b) ((a) < (b) ? (a) : (b))
+#define PYLSTM_MAX_D(a, b) ((a) > (b) ? (a) : (b))
+#endif
 
 #if PYLSTM_VBYTES == 64
 #define PYLSTM_TMR 8
