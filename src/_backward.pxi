@@ -1,0 +1,520 @@
+# BPTT: the reverse time loop, the weight gradients and the input gradient.
+
+
+cdef void _backward_loop(const floating* typed, _Loop* a) noexcept nogil:
+    """The reverse time loop of BPTT (one thread's part; ``typed`` picks the dtype).
+
+    Per step: the gate gradients of the active rows (in place over the gate
+    cache; for a reverse direction also copied to a contiguous scratch), then
+    ``dh_{s-1} = dG_s W_hh``. With two threads (see :func:`_forward`) each
+    takes its half of the units for the gate pass and its half of the
+    columns of ``dh``; a barrier between the two makes every gate gradient
+    of the step ready before the product reads them. With ``by_rows`` each
+    takes its rows (see :func:`_forward`) for both, without a barrier.
+    """
+    cdef int T = a.T, B = a.B, H = a.H
+    cdef int G = 4 * H
+    cdef const int* lengths = a.lengths
+    cdef const Py_ssize_t* off = a.off
+    cdef const Py_ssize_t* bfr = a.bfr
+    cdef const floating* w_hh = <const floating*> a.w_hh
+    cdef const floating* w_pack = <const floating*> a.w_pack
+    cdef const floating* c0 = <const floating*> a.c0
+    cdef floating* gates = <floating*> a.gates
+    cdef const floating* c_cache = <const floating*> a.c_cache
+    cdef const floating* d_out = <const floating*> a.d_out
+    cdef floating* dh = <floating*> a.dh
+    cdef floating* dc = <floating*> a.dc
+    cdef int dw = a.dout_width
+    cdef Py_ssize_t offset = a.offset
+    cdef bint reverse = a.reverse
+    cdef bint split = a.nparts > 1
+    cdef bint by_rows = split and a.by_rows
+    cdef int hn = H if by_rows else H // a.nparts
+    cdef int u0 = 0 if by_rows else a.part * hn
+    cdef int b0 = a.part if by_rows else 0
+    cdef int bs = 2 if by_rows else 1
+    cdef int n = 0
+    cdef int s, b, bi, t, tp, g, hb, j0, jb
+    cdef Py_ssize_t r
+    cdef floating* gp
+    cdef floating* scr
+    cdef const floating* src
+    cdef const floating* cp
+    for s in range(T - 1, -1, -1):
+        while n < B and lengths[n] > s:
+            n += 1
+        scr = <floating*> (a.scratch if s % 2 == 0 else a.scratch_alt)
+        for bi in range((n - b0 + bs - 1) // bs):
+            b = b0 + bi * bs
+            if reverse:
+                t = lengths[b] - 1 - s
+                tp = t + 1
+            else:
+                t = s
+                tp = t - 1
+            r = off[t] + b
+            gp = gates + r * G
+            cp = c0 + <Py_ssize_t> b * H if s == 0 else c_cache + (off[tp] + b) * H
+            _cell_backward(gp + u0, c_cache + r * H + u0, cp + u0,
+                           dh + <Py_ssize_t> b * H + u0, dc + <Py_ssize_t> b * H + u0,
+                           d_out + offset + u0
+                           + (bfr[b] + t if a.dout_batch_first else r) * dw,
+                           hn, H)
+            if reverse:
+                for g in range(4):
+                    memcpy(scr + <Py_ssize_t> b * G + g * H + u0, gp + g * H + u0,
+                           hn * sizeof(floating))
+        if split and not by_rows:
+            pylstm_barrier_wait(a.bar)
+        src = scr if reverse else gates + off[s] * G
+        # dh_{s-1}[:n] = dG_s[:n] @ w_hh
+        if by_rows:
+            _gemm_packed((n - b0 + 1) // 2, H, G, src + <Py_ssize_t> b0 * G, 2 * G, w_pack,
+                         dh + <Py_ssize_t> b0 * H, 2 * H, False)
+        elif split:
+            _gemm_packed(n, hn, G, src, G, w_pack + <Py_ssize_t> u0 * G, dh + u0, H,
+                         False)
+        elif w_pack != NULL and _packed_rows(n):
+            _gemm_packed(n, H, G, src, G, w_pack, dh, H, False)
+        elif n == 1:
+            gemv(True, G, H, <floating> 1.0, w_hh, H, src, <floating> 0.0, dh)
+        else:
+            hb = _column_block(n, H, G, 16) if floating is float else H
+            j0 = 0
+            while j0 < H:
+                jb = hb if j0 + hb <= H else H - j0
+                gemm(False, False, n, jb, G, <floating> 1.0, src, G,
+                     w_hh + j0, H, <floating> 0.0, dh + j0, H)
+                j0 += jb
+    if split:
+        # The weight gradients by halves of the gate rows, one GEMM per
+        # thread: the shared factor [X | H_prev] is then packed by BLAS once
+        # per thread, not once per gate block (the threads' own unit columns
+        # of dG, four blocks, took four GEMMs each: the 64 x 100 x 64 x 128
+        # float32 backward kernel at two threads, x and h_prev apart, 8.4-8.9
+        # -> 7.8 ms). A half reads
+        # gate gradients of both threads, hence the barrier. (BLAS is held
+        # to one thread, so the two threads' calls run side by side.)
+        pylstm_barrier_wait(a.bar)
+        _weight_gradients(typed, a, a.part * (G // 2), G // 2, 1)
+
+
+cdef void _weight_gradients(const floating* typed, _Loop* a, int g0, int rows,
+                            int n_blocks) noexcept nogil:
+    """dW_ih, dW_hh and the bias gradient for gate rows ``g0 .. g0 + rows - 1``
+    of each of ``n_blocks`` blocks ``H`` apart: whole-sequence GEMMs over the
+    N valid steps (dG^T X, dG^T H_prev) and column sums of dG.
+
+    With ``dw_tmp`` set, each row of h_prev continues its row of x in one
+    array (the layer keeps them so): one GEMM dG^T [X | H_prev] then gives
+    both gradients, and BLAS packs dG once instead of twice (1.2x faster at
+    32 x 50 x 32 x 64).
+    """
+    cdef int H = a.H, I = a.n_in
+    cdef int G = 4 * H
+    cdef int N = <int> a.n_rows
+    cdef int W = I + H
+    cdef int blk, r0, r
+    cdef const floating* dg = <const floating*> a.gates
+    cdef floating* dw_ih = <floating*> a.dw_ih
+    cdef floating* dw_hh = <floating*> a.dw_hh
+    cdef floating* tmp = <floating*> a.dw_tmp
+    cdef floating* db = <floating*> a.db
+    for blk in range(n_blocks):
+        r0 = blk * H + g0
+        if _direct_dw(I, H):
+            _gemm_tn2(rows, N, dg + r0, G, <const floating*> a.x, a.x_ld, I,
+                      dw_ih + <Py_ssize_t> r0 * I, I, <const floating*> a.h_prev, a.hp_ld,
+                      H, dw_hh + <Py_ssize_t> r0 * H, H)
+        elif tmp != NULL:
+            gemm(True, False, rows, W, N, <floating> 1.0, dg + r0, G,
+                 <const floating*> a.x, <int> a.x_ld, <floating> 0.0,
+                 tmp + <Py_ssize_t> r0 * W, W)
+            for r in range(r0, r0 + rows):
+                memcpy(dw_ih + <Py_ssize_t> r * I, tmp + <Py_ssize_t> r * W,
+                       I * sizeof(floating))
+                memcpy(dw_hh + <Py_ssize_t> r * H, tmp + <Py_ssize_t> r * W + I,
+                       H * sizeof(floating))
+        else:
+            gemm(True, False, rows, I, N, <floating> 1.0, dg + r0, G,
+                 <const floating*> a.x, <int> a.x_ld, <floating> 0.0,
+                 dw_ih + <Py_ssize_t> r0 * I, I)
+            gemm(True, False, rows, H, N, <floating> 1.0, dg + r0, G,
+                 <const floating*> a.h_prev, <int> a.hp_ld, <floating> 0.0,
+                 dw_hh + <Py_ssize_t> r0 * H, H)
+        if floating is float:
+            pylstm_column_sums_f(dg + r0, N, rows, G, db + r0)
+        else:
+            pylstm_column_sums_d(dg + r0, N, rows, G, db + r0)
+
+
+cdef enum:
+    # Widest [X | H_prev] (n_in + H) whose weight gradients _kernels.c's
+    # pylstm_gemm_tn makes; wider, BLAS's blocking wins (benchmarks/bench_lstm.py).
+    DIRECT_DW_MAX_WIDTH = 256
+
+
+cdef inline bint _direct_dw(int I, int H) noexcept nogil:
+    return _use_packed and I + H <= DIRECT_DW_MAX_WIDTH
+
+
+def direct_weight_gradients(int n_in, int hidden):
+    """Whether :func:`backward` writes the weight gradients with its own
+    kernel, straight into ``dw_ih`` and ``dw_hh`` (AVX-512, ``n_in +
+    hidden`` at most 256): then it never needs the scratch of the fused
+    GEMM (``fuse`` is ignored).
+
+    Examples
+    --------
+    >>> from pylstm import _lstm
+    >>> _lstm.direct_weight_gradients(10**6, 4)
+    False
+    """
+    return bool(_direct_dw(n_in, hidden))
+
+
+def _gemm_tn(const floating[:, :] a, const floating[:, :] b1, const floating[:, :] b2,
+             floating[:, :] c1, floating[:, :] c2):
+    """``c1 = a.T @ b1`` and ``c2 = a.T @ b2`` through ``_kernels.c``'s
+    ``pylstm_gemm_tn`` (for tests). Rows of every argument must
+    be contiguous; ``a`` is (k, m), ``b1`` (k, n1), ``b2`` (k, n2)."""
+    cdef int k = <int> a.shape[0]
+    cdef int m = <int> a.shape[1]
+    cdef int n1 = <int> b1.shape[1]
+    cdef int n2 = <int> b2.shape[1]
+    cdef Py_ssize_t s = sizeof(floating)
+    if (b1.shape[0] != k or b2.shape[0] != k or c1.shape[0] != m or c2.shape[0] != m
+            or c1.shape[1] != n1 or c2.shape[1] != n2 or k == 0 or m == 0
+            or n1 == 0 or n2 == 0):
+        raise ValueError("shapes do not match")
+    cdef Py_ssize_t lda = _row_stride(k, m, a.strides[0], a.strides[1], s, "a")
+    cdef Py_ssize_t l1 = _row_stride(k, n1, b1.strides[0], b1.strides[1], s, "b1")
+    cdef Py_ssize_t l2 = _row_stride(k, n2, b2.strides[0], b2.strides[1], s, "b2")
+    cdef Py_ssize_t o1 = _row_stride(m, n1, c1.strides[0], c1.strides[1], s, "c1")
+    cdef Py_ssize_t o2 = _row_stride(m, n2, c2.strides[0], c2.strides[1], s, "c2")
+    with nogil:
+        _gemm_tn2(m, k, &a[0, 0], lda, &b1[0, 0], l1, n1, &c1[0, 0], o1,
+                  &b2[0, 0], l2, n2, &c2[0, 0], o2)
+
+
+cdef struct _GateRows:
+    # One thread's gate rows of the weight gradients (after an unsplit loop).
+    _Loop* a
+    int g0, rows
+
+
+cdef void _gate_rows_task(void* p) noexcept nogil:
+    """:func:`_weight_gradients` for the ``_GateRows`` at ``p`` (a thread's entry point)."""
+    cdef _GateRows* r = <_GateRows*> p
+    if r.a.is_float:
+        _weight_gradients(<const float*> r.a.x, r.a, r.g0, r.rows, 1)
+    else:
+        _weight_gradients(<const double*> r.a.x, r.a, r.g0, r.rows, 1)
+
+
+cdef void _backward_task(void* p) noexcept nogil:
+    """Run :func:`_backward_loop` for the ``_Loop`` at ``p`` (a thread's entry point)."""
+    cdef _Loop* a = <_Loop*> p
+    if a.is_float:
+        _backward_loop(<const float*> a.x, a)
+    else:
+        _backward_loop(<const double*> a.x, a)
+
+
+def backward(const floating[:, :] x,
+             const int[::1] lengths,
+             const floating[:, ::1] w_ih,
+             const floating[:, ::1] w_hh,
+             const floating[:, ::1] c0,
+             floating[:, ::1] gates,
+             const floating[:, ::1] c_cache,
+             const floating[:, :] h_prev_cache,
+             const floating[:, :] d_out,
+             Py_ssize_t offset,
+             bint reverse,
+             floating[:, ::1] dh,
+             floating[:, ::1] dc,
+             floating[:, :] dx,
+             double dx_beta,
+             floating[:, ::1] dw_ih,
+             floating[:, ::1] dw_hh,
+             floating[::1] db,
+             floating[:, ::1] scratch,
+             bint dout_batch_first=False,
+             const Py_ssize_t[::1] bf_rows=None,
+             bint with_dx=True,
+             int threads=1,
+             floating[::1] work=None,
+             bint fuse=True):
+    """Backpropagation through time for one direction.
+
+    Parameters
+    ----------
+    x, lengths, w_ih, w_hh, offset, reverse
+        As given to :func:`forward_train` (packed layout, see there).
+    c0 : (B, H) array
+        Initial cell state of that forward call.
+    gates, c_cache, h_prev_cache
+        The caches filled by :func:`forward_train`; ``gates`` is overwritten
+        with the gradients of the gate pre-activations (so one cache serves
+        one backward).
+    d_out : (N, D*H) array
+        Gradient of the loss with respect to ``out``, packed layout.
+    dh, dc : (B, H) arrays
+        Gradients with respect to the final states on entry; with respect to
+        the initial states on exit.
+    dx : (N, I) array
+        Receives ``dL/dx + dx_beta * dx`` (``dx_beta = 1`` accumulates the
+        second direction of a bidirectional layer).
+    dw_ih, dw_hh, db : arrays
+        Receive the weight gradients; ``db`` serves both biases.
+    scratch : (B, 4H) array
+        Work space.
+    dout_batch_first : bool, default False
+        ``d_out`` is the caller's batch-first (B * T', D*H) gradient instead,
+        time ``t`` of sorted row ``b`` at row ``bf_rows[b] + t``.
+    bf_rows : (B,) intp array, default None
+        As in :func:`forward_train`; needed with ``dout_batch_first``.
+    with_dx : bool, default True
+        Compute ``dx``; with False it is left alone, and the caller forms it
+        from the gate gradients left in ``gates`` (:func:`input_gradient`),
+        for example in the place of ``x`` once every direction is done.
+    threads : int, default 1
+        As in :func:`forward_train`: two threads may share the time loop;
+        then, or else for at least a million multiply-adds, they also share the
+        weight-gradient GEMMs after it, by gate rows (BLAS held to one thread
+        by the caller). The input gradient uses BLAS's own threads.
+    work : 1-D array, default None
+        As in :func:`forward_train`. It may be the array whose head holds
+        ``dw_ih``, ``dw_hh`` and ``db`` (see :func:`gradient_work_size`):
+        its scratch is dead before they are written.
+    fuse : bool, default True
+        When ``h_prev_cache`` continues the rows of ``x`` (see
+        :func:`forward_train`), make both weight gradients with one GEMM
+        into a scratch block of their size, then copy them out; with False
+        (or where that block would overlap the gradients) two GEMMs write
+        them in place.
+
+    Returns
+    -------
+    int
+        The number of threads that ran the time loop (1 or 2).
+    """
+    cdef int B = <int> lengths.shape[0]
+    cdef int I = <int> x.shape[1]
+    cdef int G = <int> w_ih.shape[0]
+    cdef int H = G // 4
+    cdef int nr = PYLSTM_NR_F if floating is float else PYLSTM_NR_D
+    cdef int T, used
+    cdef bint split
+    cdef Py_ssize_t N
+    cdef _Loop a
+    cdef floating* w_pack = NULL
+    cdef floating* scratch_alt = NULL
+    cdef floating* dw_tmp = NULL
+    cdef floating* block = NULL
+    cdef Py_ssize_t pack_len = 0, tmp_len = 0
+    cdef _GateRows rows0, rows1
+    cdef Py_ssize_t dx_ld = I
+    cdef _Work ws
+    cdef Py_ssize_t* off = _step_offsets(lengths)
+    _work_from(&ws, work)
+    try:
+        T = lengths[0]
+        N = off[T]
+        _check_forward(lengths, off, bf_rows, x.shape[0], I, w_ih.shape[1], H,
+                       dh.shape[0], dc.shape[0], d_out.shape[0], d_out.shape[1], offset,
+                       False, dout_batch_first)
+        _check_rows(gates.shape[0], gates.shape[1], N, G, "gates")
+        _check_rows(c_cache.shape[0], c_cache.shape[1], N, H, "c_cache")
+        _check_rows(h_prev_cache.shape[0], h_prev_cache.shape[1], N, H, "h_prev_cache")
+        if with_dx:
+            _check_rows(dx.shape[0], dx.shape[1], N, I, "dx")
+            dx_ld = _row_stride(N, I, dx.strides[0], dx.strides[1], sizeof(floating), "dx")
+        _check_rows(c0.shape[0], c0.shape[1], B, H, "c0")
+        _check_rows(scratch.shape[0], scratch.shape[1], B, G, "scratch")
+        if (w_hh.shape[0] != G or w_hh.shape[1] != H or dw_ih.shape[0] != G
+                or dw_ih.shape[1] != I or dw_hh.shape[0] != G or dw_hh.shape[1] != H
+                or db.shape[0] != G):
+            raise ValueError("weight or gradient arrays do not match 4H x (I, H)")
+        memset(&a, 0, sizeof(a))
+        a.is_float = floating is float
+        a.nparts = 1
+        a.T, a.B, a.n_in, a.H = T, B, I, H
+        a.lengths = &lengths[0]
+        a.off = off
+        a.bfr = _bf_pointer(bf_rows)
+        a.w_hh = &w_hh[0, 0]
+        a.c0 = &c0[0, 0]
+        a.gates = &gates[0, 0]
+        a.c_cache = <void*> &c_cache[0, 0]
+        a.d_out = &d_out[0, 0]
+        a.dout_width = <int> _row_stride(d_out.shape[0], d_out.shape[1], d_out.strides[0],
+                                         d_out.strides[1], sizeof(floating), "d_out")
+        a.dout_batch_first = dout_batch_first
+        a.offset = offset
+        a.reverse = reverse
+        a.dh = &dh[0, 0]
+        a.dc = &dc[0, 0]
+        a.scratch = &scratch[0, 0]
+        a.scratch_alt = &scratch[0, 0]
+        a.x = &x[0, 0]
+        a.x_ld = _row_stride(N, I, x.strides[0], x.strides[1], sizeof(floating), "x")
+        a.n_in = I
+        a.h_prev = <void*> &h_prev_cache[0, 0]
+        a.hp_ld = _row_stride(N, H, h_prev_cache.strides[0], h_prev_cache.strides[1],
+                              sizeof(floating), "h_prev_cache")
+        if fuse and not _direct_dw(I, H) and N > 1 and a.hp_ld == a.x_ld and a.x_ld == I + H \
+                and <const floating*> a.h_prev == &x[0, 0] + I:
+            # Rows of h_prev continue those of x: one GEMM for both weight
+            # gradients (see _weight_gradients).
+            tmp_len = <Py_ssize_t> G * (I + H)
+        if _packs(T, B):
+            pack_len = _packed_len(G, H, floating is float)
+        a.dw_ih = &dw_ih[0, 0]
+        a.dw_hh = &dw_hh[0, 0]
+        a.db = &db[0]
+        a.n_rows = N
+        with nogil:
+            pylstm_enter()
+            # One block for the packed W_hh of the time loop and then the fused
+            # weight gradient: every thread has left the loop (a barrier, or the
+            # loop's end) before the weight gradients are written.
+            if tmp_len and _fused_overlaps(&ws, max(pack_len, tmp_len), tmp_len,
+                                           &dw_ih[0, 0], &dw_hh[0, 0], &db[0], G, I, H):
+                tmp_len = 0  # the caller's work holds the gradients: two GEMMs
+            if pack_len or tmp_len:
+                block = <floating*> _take(&ws, <size_t> max(pack_len, tmp_len)
+                                          * sizeof(floating))
+            if block != NULL and pack_len:
+                w_pack = block
+                _pack_into(&w_hh[0, 0], H, False, G, H, w_pack)
+            if block != NULL and tmp_len:
+                dw_tmp = block
+            a.dw_tmp = dw_tmp
+            a.w_pack = w_pack
+            split = _split_ok(&a, threads, nr)
+            if split and reverse:
+                # The threads' skew of up to one step needs the step's scratch
+                # copy of dG to alternate between two arrays.
+                scratch_alt = <floating*> _take(&ws, <size_t> B * G * sizeof(floating))
+                split = scratch_alt != NULL
+                a.scratch_alt = scratch_alt if split else a.scratch
+            used = _run_loop(_backward_task, &a, split)
+            # Whole-sequence products over the N valid steps (a split loop's
+            # threads have made the weight gradients already). A loop too
+            # short to split still makes them by the same halves of the gate
+            # rows, on two threads when it can (with a thread per call: 32 x
+            # 50 x 32 x 64 float32 training at two threads 1.47 -> 1.40 ms),
+            # so that the results do not depend on other calls in progress.
+            if used == 1:
+                rows0.a, rows0.g0, rows0.rows = &a, 0, G // 2
+                rows1.a, rows1.g0, rows1.rows = &a, G // 2, G - G // 2
+                if (threads >= 2 and PYLSTM_THREADS
+                        and (not _split_sizes
+                             or <double> N * G * (I + H) >= SPLIT_CALL_MACS)):
+                    pylstm_run_both(_gate_rows_task, &rows0, &rows1)
+                else:
+                    _weight_gradients(&x[0, 0], &a, 0, G, 1)
+            if with_dx:
+                gemm(False, False, <int> N, I, G, <floating> 1.0, &gates[0, 0], G,
+                     &w_ih[0, 0], I, <floating> dx_beta, &dx[0, 0], <int> dx_ld)
+            pylstm_leave()
+    finally:
+        _give(&ws, block)
+        _give(&ws, scratch_alt)
+        free(off)
+    return used
+
+
+cdef struct _Rows:
+    # One thread's rows of the input gradient dx = dG @ W_ih + beta * dx.
+    bint is_float
+    const void* gates
+    const void* w_ih
+    void* dx
+    double beta
+    int r0, r1, G, n_in
+    Py_ssize_t dx_ld
+    const void* w_pack        # W_ih packed as the (4H, I) right-hand factor, or NULL
+
+
+cdef void _input_gradient_rows(const floating* gates, _Rows* a) noexcept nogil:
+    """Rows ``r0 .. r1 - 1`` of the input gradient (one GEMM)."""
+    if a.r1 > a.r0 and a.w_pack != NULL:
+        _gemm_packed(a.r1 - a.r0, a.n_in, a.G, gates + <Py_ssize_t> a.r0 * a.G, a.G,
+                     <const floating*> a.w_pack, <floating*> a.dx + a.r0 * a.dx_ld,
+                     <int> a.dx_ld, a.beta != 0.0)
+    elif a.r1 > a.r0:
+        gemm(False, False, a.r1 - a.r0, a.n_in, a.G, <floating> 1.0,
+             gates + <Py_ssize_t> a.r0 * a.G, a.G, <const floating*> a.w_ih, a.n_in,
+             <floating> a.beta, <floating*> a.dx + a.r0 * a.dx_ld, <int> a.dx_ld)
+
+
+cdef void _input_gradient_task(void* p) noexcept nogil:
+    cdef _Rows* a = <_Rows*> p
+    if a.is_float:
+        _input_gradient_rows(<const float*> a.gates, a)
+    else:
+        _input_gradient_rows(<const double*> a.gates, a)
+
+
+def input_gradient(const floating[:, ::1] gates,
+                   const floating[:, ::1] w_ih,
+                   floating[:, :] dx,
+                   double beta,
+                   int threads=1,
+                   floating[::1] work=None):
+    """``dx = gates @ w_ih + beta * dx``: the input gradient of one direction.
+
+    ``gates`` holds the gate gradients that :func:`backward` left, (N, 4H);
+    ``w_ih`` is (4H, I) and ``dx`` (N, I). ``dx`` may be the layer input
+    that the backward calls have finished reading. With ``threads=2`` (and
+    BLAS held to one thread by the caller) two threads take half of the rows
+    each; the halves may round differently from one call over all rows.
+    ``work`` as in :func:`forward_train`. Returns the number of threads used.
+    """
+    cdef int N = <int> gates.shape[0]
+    cdef int G = <int> gates.shape[1]
+    cdef int I = <int> w_ih.shape[1]
+    cdef _Rows first, second
+    cdef int used = 1
+    cdef _Work ws
+    _work_from(&ws, work)
+    if w_ih.shape[0] != G or dx.shape[0] != N or dx.shape[1] != I:
+        raise ValueError(f"shapes ({N}, {G}) @ ({w_ih.shape[0]}, {I}) -> "
+                         f"({dx.shape[0]}, {dx.shape[1]}) do not match")
+    if N == 0:
+        return 1
+    first.is_float = floating is float
+    first.gates = &gates[0, 0]
+    first.w_ih = &w_ih[0, 0]
+    first.dx = &dx[0, 0]
+    first.beta = beta
+    first.G, first.n_in, first.r0, first.r1 = G, I, 0, N
+    first.dx_ld = _row_stride(N, I, dx.strides[0], dx.strides[1], sizeof(floating), "dx")
+    first.w_pack = NULL
+    with nogil:
+        pylstm_enter()
+        if (_use_packed and N >= PACKED_MIN_ROWS and (beta == 0.0 or beta == 1.0)
+                and <double> G * I * sizeof(floating) <= PACKED_DX_BYTES):
+            # W_ih, the right-hand factor of every row block, packed once:
+            # while it sits in L2 the packed kernel beats BLAS at the LSTM's
+            # narrow I (one thread, dG (N, 4H) @ W_ih (4H, I): float32 1600 x
+            # 256 x 32 1.27x, 6400 x 512 x 64 1.32x; float64 1.26-1.74x).
+            # Larger, BLAS's blocking wins (float64 6400 x 512 x 256: 0.68x).
+            first.w_pack = _packed_weights(&w_ih[0, 0], I, False, G, I, &ws)
+        if (threads >= 2 and PYLSTM_THREADS
+                and (not _split_sizes or <double> N * G * I >= SPLIT_CALL_MACS)):
+            # By halves of the rows, on two threads when it can: the same
+            # products either way.
+            second = first
+            first.r1 = N // 2
+            second.r0 = N // 2
+            used = pylstm_run_both(_input_gradient_task, &first, &second)
+        else:
+            _input_gradient_task(&first)
+        _give(&ws, <void*> first.w_pack)
+        pylstm_leave()
+    return used

@@ -1,0 +1,111 @@
+# Two threads on one time loop: whether a call is split (_split_ok, the one
+# place that decides), how (by rows or by units), and running it.
+
+
+cdef extern from "_parallel.h" nogil:
+    ctypedef struct pylstm_barrier:
+        pass
+    void pylstm_barrier_init(pylstm_barrier* b)
+    void pylstm_barrier_wait(pylstm_barrier* b)
+    int pylstm_run_pair(void (*fn)(void*) noexcept nogil, void* arg0, void* arg1)
+    int pylstm_run_both(void (*fn)(void*) noexcept nogil, void* arg0, void* arg1)
+    void pylstm_enter()
+    void pylstm_leave()
+    int pylstm_alone()
+    int PYLSTM_THREADS
+
+
+# A split pays once a step's work outweighs the barrier between steps and the
+# call's outweighs waking the worker thread (benchmarks/bench_lstm.py
+# --threads 1,2; the figures are in docs/user_guide/performance.rst).
+cdef enum:
+    SPLIT_STEP_MACS = 16384
+    SPLIT_CALL_MACS = 1000000
+cdef bint _split_sizes = True
+
+
+def set_split_thresholds(bint enabled):
+    """Apply (True) or not (False) the work thresholds of the two-thread loop.
+
+    Returns the old setting. Without them any call that can split does (for
+    tests, whose calls are small).
+    """
+    global _split_sizes
+    old = bool(_split_sizes)
+    _split_sizes = enabled
+    return old
+
+
+cdef bint _split_ok(_Loop* a, int threads, int nr) noexcept nogil:
+    """Whether two threads share this call's time loop: the one rule.
+
+    A call splits when its caller allows two threads, every step's product
+    runs on packed weights (BLAS is not called from two threads at once), its
+    shape allows a split (by rows: two rows or more; by units: each half of
+    the units whole panels of ``nr`` columns), no other kernel call is in
+    progress (that one holds the other core), and a step has at least
+    SPLIT_STEP_MACS multiply-adds and the call SPLIT_CALL_MACS.
+    """
+    cdef double step = <double> a.B * 4 * a.H * a.H
+    cdef bint possible = (a.B >= 2 if _by_rows(a.B) else a.H % (2 * nr) == 0)
+    if not (threads >= 2 and PYLSTM_THREADS and a.w_pack != NULL and possible
+            and not _blas_steps(a.lengths, a.B) and pylstm_alone()):
+        return False
+    return not _split_sizes or (step >= SPLIT_STEP_MACS and step * a.T >= SPLIT_CALL_MACS)
+
+
+# How two threads share a time loop: by hidden units, with a barrier after
+# every step (each step's product needs the h_{t-1} that both wrote), or by
+# rows, each thread its alternate rows with the whole weight matrix and no
+# barrier between steps. By rows from ROW_SPLIT_MIN_ROWS rows on, where
+# each thread has at least one full block of rows of the packed product
+# (PYLSTM_MR), and for any H; by units below, down to one row, for H a
+# multiple of two column panels.
+cdef int ROW_SPLIT_MIN_ROWS = 16
+cdef int _split_mode = 0  # 0: by the batch size as above, 1: by units, 2: by rows
+_SPLIT_MODES = ("auto", "units", "rows")
+
+
+cdef inline bint _by_rows(int B) noexcept nogil:
+    """Whether two threads share a loop over B rows by rows (else by units)."""
+    return (_split_mode == 2 and B >= 2) or (_split_mode == 0 and B >= ROW_SPLIT_MIN_ROWS)
+
+
+def set_split_mode(mode):
+    """How two threads share a time loop: ``"auto"`` (the default: by rows
+    from 16 rows on, else by units), ``"units"`` or ``"rows"`` (from two rows
+    on, else by units); returns the old setting. Results are bit-identical
+    in every mode (for tests and benchmarks; not while a kernel runs)."""
+    global _split_mode
+    if mode not in _SPLIT_MODES:
+        raise ValueError(f"mode must be one of {_SPLIT_MODES}, got {mode!r}")
+    old = _SPLIT_MODES[_split_mode]
+    _split_mode = _SPLIT_MODES.index(mode)
+    return old
+
+
+cdef int _run_loop(void (*task)(void*) noexcept nogil, _Loop* a, bint split) noexcept nogil:
+    """Run ``task`` on ``a``: on two threads if ``split`` (and one can be started)."""
+    cdef _Loop second
+    cdef pylstm_barrier bar
+    if split:
+        pylstm_barrier_init(&bar)
+        a.by_rows = _by_rows(a.B)
+        second = a[0]
+        a.nparts = 2
+        a.part = 0
+        a.bar = &bar
+        second.nparts = 2
+        second.part = 1
+        second.bar = &bar
+        if pylstm_run_pair(task, a, &second) == 0:
+            return 2
+        a.nparts = 1
+    task(a)
+    return 1
+
+
+def kernel_threads():
+    """How many threads a kernel call can use in this build: 2 where the
+    platform has threads (``_parallel.h``), else 1."""
+    return 2 if PYLSTM_THREADS else 1
