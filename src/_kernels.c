@@ -4,8 +4,8 @@
  *
  * Rounding: every sum over k (the products) and over rows (the column sums)
  * adds its terms in order, one multiply-add each, so an element's value does
- * not depend on how many rows or columns a call covers, nor on which thread
- * runs it. Between levels results differ in the last bits (fused against
+ * not depend on how many rows a call covers, nor on which thread runs it
+ * (tests/c/test_kernels.c, split_calls). Between levels results differ in the last bits (fused against
  * separate multiply-adds, the vectorized exp).
  */
 #define PYLSTM_KERNELS_TU 1
@@ -146,8 +146,9 @@ static void NAME(const T *R gp, const T *R bias, const T *R h_in, T *R h_out,   
 {                                                                                    \
     int j = 0;                                                                       \
     for (; j + L <= n; j += L)                                                       \
-        NAME##_gates(gp + j, bias + j, h_in + j, c + j, gates_keep + j, c_keep + j,  \
-                     h_prev_keep + j, h_out + j, keep, S);                           \
+        NAME##_gates(gp + j, bias + j, h_in + j, c + j, keep ? gates_keep + j : NULL,\
+                     keep ? c_keep + j : NULL, keep ? h_prev_keep + j : NULL,        \
+                     h_out + j, keep, S);                                            \
     if (j < n) {                                                                     \
         /* the last units, padded: gates, bias, h_in, c, kept gates, c_t, h_{t-1}, o */ \
         T g[4 * L] = {0}, b[4 * L] = {0}, hi[L] = {0}, cc[L] = {0};                  \

@@ -7,8 +7,9 @@
  * lies (L2 at H = 128 in float32: 256 KiB; partly beyond L2 at H = 256:
  * 1 MiB). This program prints three figures for each size:
  *
- *   gemv        pylstm's one-row packed product (pylstm_gemv_packed_* in
- *               src/_gemm.h, the kernel of a batch-1 step) on warm weights.
+ *   gemv        pylstm's one-row packed product (gemv_packed_* of the
+ *               AVX-512 table of src/_kernels.c, the kernel of a batch-1
+ *               step, called as the extension calls it) on warm weights.
  *               On 1 thread the whole product in one call, as pylstm's
  *               one-thread loop runs it; on 2 threads each thread its half
  *               of every gate's columns, then a barrier (pylstm_barrier_wait
@@ -30,6 +31,11 @@
  *
  *   gcc -O2 -pthread -o /tmp/gemv_floor benchmarks/c/gemv_floor.c && /tmp/gemv_floor
  *
+ * The program compiles src/_kernels.c into itself for the AVX-512 level: a
+ * target pragma stands in for that level's flags in src/meson.build, so no
+ * flag is needed and the rest of the program runs on any x86-64 CPU (it
+ * stops with a message where AVX-512 is missing).
+ *
  * Prints nanoseconds per step (median of 7 runs of 20000 steps) and the
  * weight bytes streamed per second. Dividing torch's measured time per step
  * (bench_lstm.py, T = 1000 minus T = 100) by these gives the largest ratio a
@@ -43,7 +49,24 @@
 #include <time.h>
 #include <immintrin.h>
 
-#include "../../src/_gemm.h"
+/* The kernels' dispatch (_kernels.h) with the one table compiled below. */
+#define PYLSTM_HAVE_AVX512 1
+#include "../../src/_kernels.h"
+
+/* _kernels.c for the AVX-512 level: under the pragma, GCC defines
+ * __AVX512F__ and the rest, from which _simd.h takes the vector width. */
+#pragma GCC push_options
+#pragma GCC target("avx512f,avx512bw,avx512dq,avx512vl,avx2,fma,prefer-vector-width=512")
+#define PYLSTM_TARGET avx512
+#include "../../src/_kernels.c"
+#if PYLSTM_VBYTES != 64
+#error "the AVX-512 kernels need GCC here (its target pragma sets __AVX512F__)"
+#endif
+#pragma GCC pop_options
+#undef R
+#undef MR
+#undef NV
+
 #include "../../src/_parallel.h"
 
 #define STEPS 20000
@@ -263,10 +286,11 @@ static void fma_peak(int nparts)
 
 int main(void)
 {
-    if (!pylstm_packed_gemm_ok()) {
-        printf("no AVX-512: the packed kernels are not used on this CPU\n");
+    if (!pylstm_cpu_has(PYLSTM_SIMD_AVX512)) {
+        printf("no AVX-512: this program measures the AVX-512 kernels\n");
         return 0;
     }
+    pylstm_simd_select(PYLSTM_SIMD_AVX512);  /* pylstm_gemv_packed_* call its table */
     int sizes[] = {128, 256};
     for (int is_float = 1; is_float >= 0; is_float--)
         for (int i = 0; i < 2; i++)
