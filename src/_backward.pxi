@@ -161,8 +161,8 @@ cdef inline bint _direct_dw(int I, int H) noexcept nogil:
 
 def direct_weight_gradients(int n_in, int hidden):
     """Whether :func:`backward` writes the weight gradients with its own
-    kernel, straight into ``dw_ih`` and ``dw_hh`` (AVX-512, ``n_in +
-    hidden`` at most 256): then it never needs the scratch of the fused
+    kernel, straight into ``dw_ih`` and ``dw_hh`` (``n_in + hidden`` at
+    most 256, with the packed products on): then it never needs the scratch of the fused
     GEMM (``fuse`` is ignored).
 
     Examples

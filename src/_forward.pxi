@@ -390,9 +390,8 @@ def forward_train(const floating[:, :] x,
         batch-first flag.
     threads : int, default 1
         With 2, two threads share the time loop, each computing half of the
-        hidden units (see ``_parallel.h``) where the packed products allow
-        it (AVX-512, no BLAS step, H a multiple of 64 in float32 or 32 in
-        float64); results are bit-identical to one thread's.
+        rows or the hidden units where ``_split_ok`` (``_split.pxi``)
+        allows it; results are bit-identical to one thread's.
     work : 1-D array, default None
         Scratch kept by the caller, at least :func:`work_size` elements:
         the call then allocates nothing of the size of the weights (see

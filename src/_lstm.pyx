@@ -17,9 +17,10 @@ time loop of BPTT the weight gradients are whole-sequence GEMMs.
 
 Gate order (i, f, g, o) in blocks of ``H`` along the ``4H`` axis, as in
 ``torch.nn.LSTM``. The caller (``pylstm._layer``) provides every buffer; the
-kernels check the shapes before any work, allocate only the row offsets, the
-packed copies of the weights and a second h array, once per call before the
-time loop (see ``_kernels.c``), and run their whole time loop without the GIL,
+kernels check the shapes before any work, take the packed copies of the
+weights and a second h array from the caller's work array (``_scratch.pxi``;
+``malloc`` only without one) and the row offsets, once per call before the
+time loop, and run their whole time loop without the GIL,
 on one thread or split between two (``_parallel.h``, ``threads=2``).
 
 The forward kernels share one time loop (``_forward``), so training and

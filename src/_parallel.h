@@ -2,8 +2,8 @@
  * for two, over the primitives of _platform.h.
  *
  * How a step is shared (by rows, or by hidden units with a barrier per step)
- * is _lstm.pyx's _forward and _backward_loop; whether a call is shared at all
- * is decided in one place, _split_ok in _lstm.pyx.
+ * is _forward (_forward.pxi) and _backward_loop (_backward.pxi); whether a
+ * call is shared at all is decided in one place, _split_ok (_split.pxi).
  *
  * A step takes microseconds, so waits spin with the pause hint rather than
  * sleep; after many spins they yield the core, so that a machine busier than

@@ -14,8 +14,7 @@ cdef double SMALL_GEMM = 1e6
 cdef enum:
     PACKED_MIN_ROWS = 8
     PACKED_DX_BYTES = 262144      # packed W_ih for the input gradient: up to 256 KiB
-cdef bint _packed_available = True
-cdef bint _use_packed = _packed_available
+cdef bint _use_packed = True
 
 
 cdef inline bint _packs(int T, int B) noexcept nogil:
@@ -60,19 +59,13 @@ cdef bint _blas_steps(const int* lengths, int B) noexcept nogil:
     return False
 
 
-def packed_gemm_available():
-    """Whether this CPU runs the packed-weight GEMM of the time loop."""
-    return bool(_packed_available)
-
-
 def set_packed_gemm(bint enabled):
-    """Use (True) or not (False) the packed-weight GEMM; returns the old setting.
-
-    Without AVX-512 the setting stays False.
-    """
+    """Use (True, the default) or not (False: BLAS for every per-step
+    product) the packed-weight products; returns the old setting (for tests
+    and benchmarks; not while a kernel runs)."""
     global _use_packed
     old = bool(_use_packed)
-    _use_packed = enabled and _packed_available
+    _use_packed = enabled
     return old
 
 

@@ -19,7 +19,7 @@
  * The register blocking follows the register file: PYLSTM_TMR rows by
  * PYLSTM_TNV vectors of accumulators in a tile, at most 16 of the 32 vector
  * registers of AVX-512 and NEON and 12 of the 16 of AVX2 and SSE2
- * (benchmarks/bench_lstm.py --simd compares the levels).
+ * (benchmarks/bench_simd.py compares the levels).
  */
 #ifndef PYLSTM_SIMD_H
 #define PYLSTM_SIMD_H

@@ -58,9 +58,9 @@ cdef bint _split_ok(_Loop* a, int threads, int nr) noexcept nogil:
 # every step (each step's product needs the h_{t-1} that both wrote), or by
 # rows, each thread its alternate rows with the whole weight matrix and no
 # barrier between steps. By rows from ROW_SPLIT_MIN_ROWS rows on, where
-# each thread has at least one full block of rows of the packed product
-# (PYLSTM_MR), and for any H; by units below, down to one row, for H a
-# multiple of two column panels.
+# each thread has at least one whole tile of rows of the packed product (8
+# or fewer rows, by level: _simd.h), and for any H; by units below, down to
+# one row, for H a multiple of two column panels.
 cdef int ROW_SPLIT_MIN_ROWS = 16
 cdef int _split_mode = 0  # 0: by the batch size as above, 1: by units, 2: by rows
 _SPLIT_MODES = ("auto", "units", "rows")

@@ -12,9 +12,6 @@ import pytest
 from pylstm import LSTM, _lstm
 from pylstm._workspace import Workspace
 
-pytestmark = pytest.mark.skipif(not _lstm.packed_gemm_available(),
-                                reason="the packed GEMM needs AVX-512")
-
 
 def _problem(dtype, B=8, T=9, I=5, H=16, seed=0):
     # B = 1 or B >= 8 and T > 2: the calls that pack (``_lstm._packs``).

@@ -1,6 +1,6 @@
-"""The packed-weight GEMM of the time loop (src/_gemm.h) against the BLAS path.
+"""The packed-weight GEMM of the time loop (src/_kernels.c) against the BLAS path.
 
-With AVX-512 the kernels multiply the per-step rows by a copy of W_hh packed
+At every SIMD level the kernels multiply the per-step rows by a copy of W_hh packed
 once per call; ``pylstm._lstm.set_packed_gemm(False)`` makes them call BLAS
 for every step instead. Both must give the same results to rounding, for
 every shape (tails of the 8-row and 32/16-column tiles, the one-row
@@ -13,9 +13,6 @@ import numpy as np
 import pytest
 
 from pylstm import LSTM, _lstm
-
-pytestmark = pytest.mark.skipif(not _lstm.packed_gemm_available(),
-                                reason="the packed GEMM needs AVX-512")
 
 TOL = {np.float32: 2e-5, np.float64: 1e-12}
 

@@ -27,9 +27,6 @@ def _assert_same(one, two, exact, dtype):
         scale = max(1.0, float(np.abs(one).max()))
         np.testing.assert_allclose(one, two, rtol=0, atol=TOL[np.dtype(dtype).type] * scale)
 
-pytestmark = pytest.mark.skipif(not _lstm.packed_gemm_available(),
-                                reason="the split loop runs on the packed products (AVX-512)")
-
 
 @pytest.fixture(autouse=True)
 def split_small_calls():

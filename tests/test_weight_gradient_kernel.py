@@ -1,4 +1,4 @@
-"""The weight-gradient kernel of ``src/_gemm.h`` (``pylstm_gemm_tn``).
+"""The weight-gradient kernel of ``src/_kernels.c`` (``pylstm_gemm_tn``).
 
 It makes ``dW_ih = dG^T X`` and ``dW_hh = dG^T H_prev`` from the gate
 gradients and the layer's per-step arrays as they lie (dG's columns are a
@@ -16,9 +16,6 @@ from hypothesis import strategies as st
 
 from pylstm import _lstm
 
-needs_avx512 = pytest.mark.skipif(not _lstm.packed_gemm_available(),
-                                  reason="the kernel needs AVX-512")
-
 SHAPES = [  # k steps, gate rows, n_in, hidden: partial panels, short tiles, k-blocks
     (1, 8, 3, 4), (37, 20, 5, 16), (100, 64, 32, 128), (1500, 44, 7, 33), (700, 96, 40, 24),
 ]
@@ -31,7 +28,6 @@ def _problem(dtype, k, G, n_in, H, seed=0):
     return dg, xh[:, :n_in], xh[:, n_in:n_in + H]
 
 
-@needs_avx512
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 @pytest.mark.parametrize(("k", "G", "n_in", "H"), SHAPES)
 def test_matches_numpy(dtype, k, G, n_in, H):
@@ -50,7 +46,6 @@ def test_matches_numpy(dtype, k, G, n_in, H):
         assert (np.abs(got - ref) <= bound + np.finfo(dtype).tiny).all()
 
 
-@needs_avx512
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 @pytest.mark.parametrize("split", [1, 5, 8, 13])
 def test_rows_do_not_depend_on_the_call(dtype, split):
@@ -65,7 +60,6 @@ def test_rows_do_not_depend_on_the_call(dtype, split):
     np.testing.assert_array_equal(parts2, whole2)
 
 
-@needs_avx512
 def test_backward_uses_it_within_its_width():
     assert _lstm.direct_weight_gradients(32, 64)
     assert _lstm.direct_weight_gradients(128, 128)
@@ -77,7 +71,6 @@ def test_backward_uses_it_within_its_width():
         _lstm.set_packed_gemm(old)
 
 
-@needs_avx512
 @settings(max_examples=60, deadline=None)
 @given(k=st.integers(1, 300), m=st.integers(1, 40), n1=st.integers(1, 70),
        n2=st.integers(1, 70), col=st.integers(0, 5), dtype=st.sampled_from([np.float32,
