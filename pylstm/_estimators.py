@@ -24,6 +24,7 @@ from ._network import SequenceNetwork, log_softmax, softmax_cross_entropy, squar
 from ._optim import clip_grad_norm, clip_grad_value, make_optimizer
 from ._progress import EpochProgress
 from ._sequences import as_sequence_array, is_ragged, pad_sequences
+from ._threads import run_to_completion
 from ._validation import check_dtype
 
 __all__ = ["LSTMClassifier", "LSTMRegressor"]
@@ -342,7 +343,38 @@ class _BaseLSTMEstimator(BaseEstimator):
             self.validation_scores_ = None
             self.best_validation_score_ = None
 
+    #: Training bookkeeping that an interrupted epoch rolls back with the weights.
+    _EPOCH_ATTRS = ("t_", "n_iter_", "loss_curve_", "best_loss_", "_no_improvement_count",
+                    "validation_scores_", "best_validation_score_", "_best_state")
+
+    def _epoch_snapshot(self):
+        """What an interruption during the next epoch falls back to."""
+        attrs = {}
+        for name in self._EPOCH_ATTRS:
+            value = getattr(self, name, None)
+            attrs[name] = list(value) if isinstance(value, list) else value
+        return self.network_.get_state(), self._optimizer.state_dict(), attrs
+
+    def _roll_back(self, snapshot):
+        """Back to :meth:`_epoch_snapshot`'s state (idempotent: may be run again)."""
+        weights, optimizer, attrs = snapshot
+        self.network_.set_state(weights)
+        self._optimizer.load_state_dict(optimizer)
+        self.__dict__.update(attrs)  # one call: all of them or none
+
     def _fit(self, X, y, incremental, classes=None):
+        # An error or an interrupt before the training loop leaves the
+        # estimator as it was: one assignment puts every attribute back.
+        before = self.__dict__.copy()
+        try:
+            prepared = self._prepare_fit(X, y, incremental, classes)
+        except BaseException:
+            self.__dict__ = before
+            raise
+        return self._train(incremental, *prepared)
+
+    def _prepare_fit(self, X, y, incremental, classes):
+        """Validate, encode and (re)initialize; the arrays that :meth:`_train` needs."""
         dtype = self._check_params()
         fitted = hasattr(self, "network_")
         reset = not (fitted and (incremental or self.warm_start))
@@ -373,18 +405,26 @@ class _BaseLSTMEstimator(BaseEstimator):
         # Re-bind after unpickling by joblib, which copies arrays separately.
         self._optimizer.params = self.network_.parameters()
 
-        X_val = None
+        X_val = len_val = Y_val = None
         if self.early_stopping and not incremental:
             Xp, X_val, lengths, len_val, Y, Y_val = self._split_validation(Xp, lengths, Y)
-        n_epochs = 1 if incremental else self.max_iter
         self._check_memory(Xp, lengths)
+        return Xp, lengths, Y, X_val, len_val, Y_val
+
+    def _train(self, incremental, Xp, lengths, Y, X_val, len_val, Y_val):
+        """The epochs of :meth:`fit` / :meth:`partial_fit`.
+
+        A ``KeyboardInterrupt`` at any point of an epoch rolls the weights,
+        the optimizer and the bookkeeping (``n_iter_``, ``loss_curve_``, ...)
+        back to the end of the last completed epoch, with a warning.
+        """
+        n_epochs = 1 if incremental else self.max_iter
         bar = EpochProgress(n_epochs) if self.verbose else None
         net = self.network_
         snapshot = None
         try:
             for i in range(n_epochs):
-                # What an interruption during this epoch falls back to.
-                snapshot = (net.get_state(), self._optimizer.state_dict(), self.t_)
+                snapshot = self._epoch_snapshot()
                 epoch = self.n_iter_ + 1
                 rng = np.random.RandomState([self._seed, self.n_iter_])
                 total = 0.0
@@ -398,6 +438,7 @@ class _BaseLSTMEstimator(BaseEstimator):
                     val_score = self._score_padded(X_val, len_val, Y_val)
                     self.validation_scores_.append(val_score)
                 stop = self._update_no_improvement(loss, val_score)
+                snapshot = None  # the epoch is complete: nothing to roll back
                 if bar is not None:
                     bar.update(i + 1, loss=loss,
                                validation_score=val_score)
@@ -410,23 +451,21 @@ class _BaseLSTMEstimator(BaseEstimator):
                     warnings.warn(
                         f"Stochastic optimizer: maximum iterations ({self.max_iter}) reached "
                         "and the optimization hasn't converged yet.",
-                        ConvergenceWarning, stacklevel=3)
+                        ConvergenceWarning, stacklevel=4)
         except KeyboardInterrupt:
             if snapshot is not None:
-                net.set_state(snapshot[0])
-                self._optimizer.load_state_dict(snapshot[1])
-                self.t_ = snapshot[2]
+                run_to_completion(self._roll_back, snapshot)
             warnings.warn(
                 f"training interrupted during epoch {self.n_iter_ + 1}; the estimator keeps "
                 f"the weights of the last completed epoch ({self.n_iter_}) and stays usable",
-                UserWarning, stacklevel=3)
+                UserWarning, stacklevel=4)
         finally:
             for layer in net.layers:
                 layer.free_workspace()
             self._optimizer._workspace.clear()  # the updates' scratch
             net._cache = None
         if X_val is not None and getattr(self, "_best_state", None) is not None:
-            net.set_state(self._best_state)
+            run_to_completion(net.set_state, self._best_state)
         self._best_state = None
         return self
 

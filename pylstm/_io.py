@@ -1025,14 +1025,17 @@ def _atomic_write(path, header, chunks):
     path = os.fspath(path)
     folder, base = os.path.split(os.path.abspath(path))
     flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0)
-    while True:
-        tmp = os.path.join(folder, f".{base}.{secrets.token_hex(6)}.tmp")
-        try:
-            fd = os.open(tmp, flags, 0o666)  # the umask applies, as for open()
-            break
-        except FileExistsError:  # pragma: no cover - 48 random bits
-            continue
+    # Named before it is created, so that an interrupt at any point (even
+    # right after os.open) removes it: ``path`` is replaced whole or untouched,
+    # and no temporary file is left behind.
+    tmp = fd = None
     try:
+        while fd is None:
+            tmp = os.path.join(folder, f".{base}.{secrets.token_hex(6)}.tmp")
+            try:
+                fd = os.open(tmp, flags, 0o666)  # the umask applies, as for open()
+            except FileExistsError:  # pragma: no cover - 48 random bits
+                tmp = None  # someone else's
         with os.fdopen(fd, "wb") as f:
             f.write(header)
             for chunk in chunks:
@@ -1041,8 +1044,9 @@ def _atomic_write(path, header, chunks):
             os.fsync(f.fileno())
         os.replace(tmp, path)
     except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
+        if tmp is not None:
+            with contextlib.suppress(OSError):
+                os.unlink(tmp)
         raise
     with contextlib.suppress(OSError, AttributeError):  # make the rename durable (POSIX)
         dir_fd = os.open(folder, os.O_RDONLY)

@@ -20,6 +20,7 @@ from sklearn.utils.validation import check_is_fitted
 from ._network import LanguageNetwork, log_softmax, softmax_cross_entropy
 from ._optim import clip_grad_norm, make_optimizer
 from ._progress import EpochProgress
+from ._threads import run_to_completion
 from ._validation import check_dtype
 
 __all__ = ["LSTMLanguageModel"]
@@ -237,6 +238,18 @@ class LSTMLanguageModel(BaseEstimator):
         self.n_iter_ = 0
 
     def _fit(self, texts, incremental):
+        # An error or an interrupt before the training loop leaves the model
+        # as it was: one assignment puts every attribute back.
+        before = self.__dict__.copy()
+        try:
+            prepared = self._prepare_fit(texts, incremental)
+        except BaseException:
+            self.__dict__ = before
+            raise
+        return self._train(incremental, *prepared)
+
+    def _prepare_fit(self, texts, incremental):
+        """Tokenize, split and (re)build; the encoded streams that :meth:`_train` needs."""
         dtype = self._check_params()
         texts = self._as_texts(texts)
         token_lists = [self._tokenize(t) for t in texts]
@@ -259,12 +272,26 @@ class LSTMLanguageModel(BaseEstimator):
             )
         val_streams = [np.concatenate([[1], self._encode(t)]) for t in val if t]
         self._optimizer.params = self.network_.parameters()
+        return streams, val_streams
+
+    def _train(self, incremental, streams, val_streams):
+        """The epochs of :meth:`fit` / :meth:`partial_fit`.
+
+        A ``KeyboardInterrupt`` during an epoch rolls the weights, the
+        optimizer, ``n_iter_``, ``loss_curve_`` and
+        ``validation_perplexities_`` back to the end of the last completed
+        epoch before it propagates.
+        """
         n_epochs = 1 if incremental else self.max_iter
         bar = EpochProgress(n_epochs) if self.verbose else None
         best, best_state, no_improve = np.inf, None, 0
         stopped = False
+        snapshot = None
         try:
             for i in range(n_epochs):
+                snapshot = (self.network_.get_state(), self._optimizer.state_dict(),
+                            {"n_iter_": self.n_iter_, "loss_curve_": list(self.loss_curve_),
+                             "validation_perplexities_": list(self.validation_perplexities_)})
                 rng = np.random.RandomState([self._seed, self.n_iter_])
                 loss = self._epoch(streams, rng, self.n_iter_ + 1)
                 self.n_iter_ += 1
@@ -279,23 +306,35 @@ class LSTMLanguageModel(BaseEstimator):
                             best_state = self.network_.get_state()
                     else:
                         no_improve += 1
+                snapshot = None  # the epoch is complete: nothing to roll back
                 if bar is not None:
                     bar.update(i + 1, loss=loss, perplexity=float(np.exp(loss)),
                                validation_perplexity=ppl)
                 if self.early_stopping and no_improve >= self.n_iter_no_change:
                     stopped = True
                     break
+        except KeyboardInterrupt:
+            if snapshot is not None:
+                run_to_completion(self._roll_back, snapshot)
+            raise
         finally:
             for layer in self.network_.layers:
                 layer.free_workspace()
             self._optimizer._workspace.clear()  # the updates' scratch
             self.network_._cache = None
         if best_state is not None:
-            self.network_.set_state(best_state)
+            run_to_completion(self.network_.set_state, best_state)
         if not incremental and self.early_stopping and not stopped:
             warnings.warn(f"max_iter ({self.max_iter}) reached before early stopping",
-                          ConvergenceWarning, stacklevel=3)
+                          ConvergenceWarning, stacklevel=4)
         return self
+
+    def _roll_back(self, snapshot):
+        """Back to an epoch's start (idempotent: may be run again)."""
+        weights, optimizer, attrs = snapshot
+        self.network_.set_state(weights)
+        self._optimizer.load_state_dict(optimizer)
+        self.__dict__.update(attrs)  # one call: all of them or none
 
     def _lanes(self, streams, rng):
         """Streams in a random order, concatenated and cut into batch_size lanes."""

@@ -16,6 +16,7 @@ from sklearn.utils import check_random_state
 from . import _lstm
 from ._arrays import to_batch_first, to_time_major
 from ._threads import (
+    model_call,
     run_directions,
     single_threaded_blas,
     thread_plan,
@@ -344,6 +345,7 @@ class LSTM:
         check_finite(arr, name)
         return arr
 
+    @model_call
     def forward(self, X, lengths=None, h0=None, c0=None, training=True):
         """Run the layer over a batch of sequences.
 
@@ -681,6 +683,7 @@ class LSTM:
         return layer_in, (h, c)
 
     # ------------------------------------------------------------------ backward
+    @model_call
     def backward(self, d_out, d_h_n=None, d_c_n=None):
         """Backpropagate through time for the most recent ``forward(training=True)``.
 

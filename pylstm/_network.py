@@ -9,6 +9,7 @@ of arrays; losses live here too. It knows nothing of scikit-learn.
 import numpy as np
 
 from ._layer import LSTM
+from ._threads import model_call
 
 __all__ = ["SequenceNetwork", "log_softmax", "softmax_cross_entropy", "squared_error"]
 
@@ -134,6 +135,7 @@ class SequenceNetwork:
             p[...] = s
 
     # ------------------------------------------------------------------ passes
+    @model_call
     def features(self, X, lengths, training=False, rng=None, final_states=None):
         """Run the LSTM stack; return (B, D*H) final states or (B, T, D*H) outputs.
 
@@ -161,6 +163,7 @@ class SequenceNetwork:
             return h
         return np.ascontiguousarray(h_n.transpose(1, 0, 2).reshape(h_n.shape[1], -1))
 
+    @model_call
     def forward(self, X, lengths, training=False, rng=None):
         """Network output: (B, n_outputs), or (B, T, n_outputs) per step."""
         feats = self.features(X, lengths, training=training, rng=rng)
@@ -168,6 +171,7 @@ class SequenceNetwork:
             self._cache["feats"] = feats
         return feats @ self.coef + self.intercept
 
+    @model_call
     def backward(self, d_output):
         """Gradients (aligned with :meth:`parameters`) for the last training forward."""
         cache, self._cache = self._cache, None
@@ -269,6 +273,7 @@ class LanguageNetwork:
         gemm_rm(False, False, 1.0, flat, self.coef, 1.0, logits)
         return flat, logits
 
+    @model_call
     def forward(self, tokens, state, training=False, rng=None):
         """Logits (B, T, V) for token windows (B, T) and the state after them.
 
@@ -295,6 +300,7 @@ class LanguageNetwork:
             self._cache = {"tokens": tokens, "flat": flat, "masks": masks, "shape": h.shape}
         return logits.reshape(h.shape[0], h.shape[1], -1), new_state
 
+    @model_call
     def backward(self, d_logits):
         """Gradients aligned with :meth:`parameters` for the last training forward."""
         from ._blas import gemm_rm
@@ -330,6 +336,7 @@ class LanguageNetwork:
         grads += [g for gs in reversed(layer_grads) for g in gs]
         return grads + [d_coef, d_intercept.astype(self.dtype, copy=False)]
 
+    @model_call
     def step(self, token_ids, state):
         """Logits (B, V) after one more token per row, and the new state."""
         h = self.embedding[token_ids]

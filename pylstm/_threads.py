@@ -6,28 +6,55 @@ than it saves below a size, and on a busy machine it costs many times the
 work itself. The kernels therefore run single-threaded BLAS when a per-step
 product that BLAS computes is small (:func:`thread_plan`), and leave BLAS's
 own setting alone otherwise: the products of pylstm's packed-weight loop
-(``src/_gemm.h``) never call BLAS, and the whole-sequence GEMMs are large.
+(``src/_kernels.c``) never call BLAS, and the whole-sequence GEMMs are large.
 
 The switch applies to the BLAS library that the kernels call (SciPy's, see
 :func:`_kernel_libraries`), through its C functions where it is OpenBLAS. It
 is reference-counted under a lock, so concurrent calls from several Python
 threads restore the caller's setting exactly once, when the last of them
 leaves.
+
+Interrupts and fork
+-------------------
+A ``KeyboardInterrupt`` is raised in the main thread between any two
+bytecodes, also inside a context manager's ``__enter__`` or ``__exit__`` and
+between a lock's acquisition and the ``try`` meant to release it. Nothing
+here may then be left held: the module lock is only ever taken by ``with``
+(atomic for a C lock), a BLAS switch is recorded as a weak reference to its
+context manager, so that one whose ``__exit__`` never ran is noticed (the
+reference dies with the interrupted frame) and the setting given back, and
+:func:`run_directions` does not return, normally or by an exception, while
+its second direction still runs on the worker thread and writes into the
+layer's work arrays.
+
+After ``os.fork()`` the child has none of the parent's threads: the helper
+threads of :func:`run_directions` are forgotten (the child starts its own
+when it needs one), the module lock is replaced, and the switches made by
+threads that the child does not have are given back
+(:func:`_after_fork_in_child`). The compiled kernels' worker thread is reset
+by their own ``pthread_atfork`` handler (``src/_parallel.h``).
 """
 
+import _thread
 import ctypes
+import functools
 import itertools
 import os
+import queue
 import threading
-from concurrent.futures import ThreadPoolExecutor
+import weakref
 from pathlib import Path
 
 #: Per-step recurrent GEMM size (B * 4H * H multiply-adds) below which one
 #: BLAS thread is used.
 SINGLE_THREAD_BELOW = 16_000_000
 
-_lock = threading.Lock()
-_state = {"controller": None, "depth": 0, "restore": None}
+# Reentrant: a hold's weak-reference callback may run in a thread that holds
+# it already (when the garbage collector frees an abandoned switch there).
+_lock = threading.RLock()
+#: ``restore``: the settings that the first switch replaced, given back when
+#: no hold is left; ``holds``: weak references to the entered switches.
+_state = {"controller": None, "holds": [], "restore": None}
 
 
 class _Blas:
@@ -119,11 +146,49 @@ def _set_num_threads(lib, n):
         clear()
 
 
+def _give_back():
+    """Restore the caller's BLAS setting if no switch is held any more (holds ``_lock``).
+
+    Weak references to switches that were never left (their frame ended by
+    an exception before ``__exit__`` ran) are dropped first.
+    """
+    holds = _state["holds"]
+    if holds:
+        holds[:] = [ref for ref in holds if ref() is not None]
+    restore = _state["restore"]
+    if not holds and restore is not None:
+        for lib, n in restore:
+            if n != 1:
+                lib.set_num_threads(n)
+        _state["restore"] = None
+
+
+def _hold_ended(ref):
+    """Weak-reference callback: a switch object died while still held.
+
+    That is a block whose ``__exit__`` never ran (normally ``__exit__``
+    drops the reference first, and a dropped reference calls nothing).
+    """
+    if ref in _state["holds"]:
+        with _lock:
+            _give_back()
+
+
+def _drop_hold(cm):
+    holds = _state["holds"]
+    for i, ref in enumerate(holds):
+        if ref() is cm:
+            del holds[i]
+            break
+
+
 class single_threaded_blas:  # noqa: N801 - used as a function, like contextlib's
     """Run the block with one BLAS thread when ``active`` (nested and thread safe).
 
     A class rather than a generator-based context manager: it is entered
     twice per training step (with a switch: 2.4 -> 1.8 us per entry and exit).
+    A block left by an exception that skipped ``__exit__`` (an interrupt at
+    its first bytecode) gives the setting back when this object dies.
 
     Examples
     --------
@@ -132,7 +197,7 @@ class single_threaded_blas:  # noqa: N801 - used as a function, like contextlib'
     ...     pass
     """
 
-    __slots__ = ("active",)
+    __slots__ = ("active", "__weakref__")
 
     def __init__(self, active=True):
         self.active = active
@@ -141,26 +206,59 @@ class single_threaded_blas:  # noqa: N801 - used as a function, like contextlib'
         if not self.active:
             return None
         with _lock:
-            ctl = _controller()
-            if ctl and _state["depth"] == 0:
-                _state["restore"] = [(lib, lib.num_threads) for lib in ctl[1]]
-                for lib, n in _state["restore"]:
-                    if n != 1:
-                        lib.set_num_threads(1)
-            _state["depth"] += 1
+            _give_back()
+            holds = _state["holds"]
+            first = not holds
+            # Registered before the switch: an interrupt from here on leaves
+            # a hold that dies with this object, and the setting comes back.
+            holds.append(weakref.ref(self, _hold_ended))
+            if first:
+                try:
+                    ctl = _controller()
+                    if ctl:
+                        _state["restore"] = [(lib, lib.num_threads) for lib in ctl[1]]
+                        for lib, n in _state["restore"]:
+                            if n != 1:
+                                lib.set_num_threads(1)
+                except BaseException:
+                    # Not entered: undone at once (a traceback kept by the
+                    # caller would keep this object, and its hold, alive).
+                    _drop_hold(self)
+                    _give_back()
+                    raise
         return None
 
     def __exit__(self, *exc):
         if not self.active:
             return False
         with _lock:
-            _state["depth"] -= 1
-            if _state["depth"] == 0 and _state["restore"]:
-                for lib, n in _state["restore"]:
-                    if n != 1:
-                        lib.set_num_threads(n)
-                _state["restore"] = None
+            _drop_hold(self)
+            _give_back()
         return False
+
+
+def run_to_completion(fn, *args):
+    """``fn(*args)``, called again if an interrupt cuts it short; then the interrupt.
+
+    For restoring steps (copying saved weights back) that must not stop
+    half-way; ``fn`` must be idempotent. A ``KeyboardInterrupt`` raised
+    meanwhile is re-raised once ``fn`` has run to its end.
+
+    Examples
+    --------
+    >>> from pylstm._threads import run_to_completion
+    >>> run_to_completion(print, "restored")
+    restored
+    """
+    interrupted = None
+    while True:
+        try:
+            fn(*args)
+            break
+        except KeyboardInterrupt as exc:
+            interrupted = exc
+    if interrupted is not None:
+        raise interrupted
 
 
 def wants_single_thread(batch, hidden):
@@ -193,7 +291,8 @@ def caller_threads():
     1
     """
     with _lock:
-        restore = _state["restore"] if _state["depth"] else None
+        _give_back()
+        restore = _state["restore"]
         if restore:
             return max(n for _, n in restore)
         ctl = _controller()
@@ -234,6 +333,40 @@ def usable_cpus():
 WHOLE_SEQUENCE_ONE_THREAD_BELOW = 100_000_000
 
 
+_local = threading.local()
+#: Python threads inside a pylstm model call (:func:`model_call`) now.
+_callers = {"threads": 0}
+_callers_lock = _thread.allocate_lock()
+
+
+def model_call(method):
+    """Count the calling thread as inside pylstm while ``method`` runs.
+
+    A model's forward and backward passes (the layer's, and the networks'
+    around it) are counted, nested calls once per thread. While two threads
+    are inside, no call splits its time loop: each thread already has a core,
+    and a split would put three threads on two cores, whose barriers wait for
+    a descheduled partner (``tests/test_concurrency.py``). Counting whole
+    model calls, not kernel calls, covers the Python between a thread's
+    kernel calls, where the other thread would otherwise find itself alone.
+    """
+    @functools.wraps(method)
+    def counted(*args, **kwargs):
+        depth = getattr(_local, "depth", 0)
+        if depth == 0:
+            with _callers_lock:
+                _callers["threads"] += 1
+        _local.depth = depth + 1
+        try:
+            return method(*args, **kwargs)
+        finally:
+            _local.depth = depth
+            if depth == 0:
+                with _callers_lock:
+                    _callers["threads"] -= 1
+    return counted
+
+
 def thread_plan(batch, hidden, directions, blas_steps, work=None):
     """How the kernel calls of one batch use threads.
 
@@ -245,7 +378,9 @@ def thread_plan(batch, hidden, directions, blas_steps, work=None):
     directions already take a core each. Otherwise the whole-sequence
     GEMMs (input projection, weight and input gradients) use the caller's
     threads, and, when the caller allows two or more, two threads share each
-    kernel's time loop (``loop_threads = 2``, see ``src/_parallel.h``).
+    kernel's time loop (``loop_threads = 2``; whether it then splits is
+    ``_split_ok`` in ``src/_split.pxi``) unless another thread is inside a
+    pylstm model call (:func:`model_call`).
     ``work``, the multiply-adds of the whole-sequence products when given,
     keeps small calls on one BLAS thread
     (:data:`WHOLE_SEQUENCE_ONE_THREAD_BELOW`).
@@ -260,21 +395,113 @@ def thread_plan(batch, hidden, directions, blas_steps, work=None):
     """
     parallel = directions == 2 and parallel_directions(batch, hidden)
     split = (not parallel and not blas_steps and usable_cpus() >= 2
-             and caller_threads() >= 2)
+             and _callers["threads"] <= 1 and caller_threads() >= 2)
     one_thread = (split or (wants_single_thread(batch, hidden) and (blas_steps or parallel))
                   or (work is not None and work < WHOLE_SEQUENCE_ONE_THREAD_BELOW))
     return one_thread, parallel, 2 if split else 1
 
 
-_pool = {"executor": None}
+class _Job:
+    """``fn(arg)`` for a helper thread, which may run it, or skip it if claimed first.
+
+    ``claim`` decides who runs it (the helper, or the caller that takes it
+    back); ``finished`` and ``done`` (released then) tell that the helper is
+    through with it, run or skipped. All of them are C-level operations, so
+    an interrupt between two bytecodes of the caller cannot leave the
+    hand-over half done.
+    """
+
+    __slots__ = ("fn", "arg", "result", "error", "finished", "done", "claim")
+
+    def __init__(self, fn, arg):
+        self.fn, self.arg = fn, arg
+        self.result = self.error = None
+        self.finished = False
+        self.claim = _thread.allocate_lock()
+        self.done = _thread.allocate_lock()
+        self.done.acquire()
+
+    def settle(self):
+        """Return once the job will not run, or has run, on the helper.
+
+        Takes the job back if the helper has not started it (it then never
+        will), else waits for the helper to finish. An interrupt meanwhile
+        (Python runs signal handlers in the main thread, here) does not cut
+        the wait short: it is re-raised once the helper is through, so that
+        no caller goes on while the helper still writes into arrays that the
+        next call may be given.
+        """
+        interrupted = None
+        while True:
+            try:
+                if not self.claim.acquire(blocking=False):
+                    while not self.finished:
+                        self.done.acquire()
+                break
+            except BaseException as exc:  # noqa: BLE001 - re-raised below
+                interrupted = exc
+        if interrupted is not None:
+            raise interrupted
+
+
+class _Helper:
+    """A daemon thread running :class:`_Job` objects from its queue, one at a time."""
+
+    def __init__(self):
+        self.jobs = queue.SimpleQueue()
+        self.thread = threading.Thread(target=self._main, name="pylstm-directions",
+                                       daemon=True)
+        self.thread.start()
+
+    def _main(self):
+        jobs = self.jobs
+        while True:
+            job = jobs.get()
+            if job.claim.acquire(blocking=False):
+                try:
+                    job.result = job.fn(job.arg)
+                except BaseException as exc:  # noqa: BLE001 - handed to the caller
+                    job.error = exc
+            _pool["idle"].append(self)  # before the caller may look for a helper again
+            job.finished = True
+            job.done.release()
+            # Not kept while idle: the job's function holds the layer's work arrays.
+            job = None
+
+
+#: Helper threads: those waiting for work (list operations are atomic under
+#: the GIL), and all of them. One per caller running directions at a time,
+#: started on demand, up to one per usable CPU.
+_pool = {"idle": [], "all": []}
+
+
+def _take_helper():
+    """An idle helper, else a new one, else (as many as CPUs) any: the job then
+    waits in its queue, and the caller takes it back if it is not started in time."""
+    try:
+        return _pool["idle"].pop()
+    except IndexError:
+        pass
+    helpers = _pool["all"]
+    if len(helpers) < max(2, usable_cpus()):
+        helper = _Helper()
+        helpers.append(helper)
+        return helper
+    return helpers[next(_turns) % len(helpers)]
+
+
+_turns = itertools.count()
 
 
 def run_directions(run, n_directions, parallel):
-    """``[run(0), run(1), ...]``, running direction 1 on a worker thread if ``parallel``.
+    """``[run(0), run(1), ...]``, running direction 1 on a helper thread if ``parallel``.
 
     The two directions of a bidirectional layer are independent and the
     kernels release the GIL, so on two or more cores they run side by side
-    (each with one BLAS thread). Results are the same either way.
+    (each with one BLAS thread). Results are the same either way. The
+    calling thread takes direction 1 back if the helper has not started it
+    when direction 0 is done. Whether it returns or raises (an interrupt
+    included), direction 1 is over: run, or never started.
 
     Examples
     --------
@@ -284,11 +511,37 @@ def run_directions(run, n_directions, parallel):
     """
     if n_directions == 1 or not parallel or usable_cpus() < 2:
         return [run(d) for d in range(n_directions)]
-    with _lock:
-        if _pool["executor"] is None:
-            _pool["executor"] = ThreadPoolExecutor(max_workers=2,
-                                                   thread_name_prefix="pylstm")
-        executor = _pool["executor"]
-    future = executor.submit(run, 1)
-    first = run(0)
-    return [first, future.result()]
+    job = _Job(run, 1)
+    try:
+        _take_helper().jobs.put(job)
+        first = run(0)
+        if job.claim.acquire(blocking=False):  # not started yet: run it here
+            job.finished = True  # for settle(): the helper will skip it
+            return [first, run(1)]
+    finally:
+        job.settle()
+    if job.error is not None:
+        raise job.error
+    return [first, job.result]
+
+
+def _after_fork_in_child():
+    """Forget the parent's threads in a forked child (see the module docstring).
+
+    The helper threads do not exist in the child, nor do the threads that
+    held a BLAS switch: their holds are dropped and the caller's setting
+    comes back at the next use of the lock (:func:`_give_back`). The lock
+    may have been held by one of those threads: a new one replaces it.
+    """
+    global _lock, _callers_lock
+    _lock = threading.RLock()
+    _callers_lock = _thread.allocate_lock()
+    _pool["idle"] = []
+    _pool["all"] = []
+    _state["holds"] = []
+    _callers["threads"] = 0
+    _local.depth = 0
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork_in_child)

@@ -116,21 +116,28 @@ static void pylstm_pool_after_fork(void)
     pylstm_store(&pylstm_active_calls, 0);
 }
 
+/* Register the fork handler; the extension calls this at import, so that a
+ * child forked while another thread is in a kernel call (before any worker
+ * was started) does not inherit that call's count. 0 on success. */
+static int pylstm_parallel_init(void)
+{
+    static int fork_handler = 0;
+    if (!fork_handler && pylstm_at_fork_child(pylstm_pool_after_fork) == 0)
+        fork_handler = 1;
+    return fork_handler ? 0 : -1;
+}
+
 /* Hold the worker (started if need be); 0 if another caller has it or no
  * thread could be started. */
 static int pylstm_pool_acquire(void)
 {
     pylstm_pool *p = &pylstm_worker;
-    static int fork_handler = 0;
     if (!pylstm_cas(&p->busy, 0, 1))
         return 0;
     if (!pylstm_load(&p->started)) {
-        if (!fork_handler) {
-            if (pylstm_at_fork_child(pylstm_pool_after_fork) != 0) {
-                pylstm_store(&p->busy, 0);
-                return 0;
-            }
-            fork_handler = 1;
+        if (pylstm_parallel_init() != 0) {
+            pylstm_store(&p->busy, 0);
+            return 0;
         }
         p->base = pylstm_load(&p->seq);
         pylstm_store(&p->done, p->base);
@@ -171,6 +178,8 @@ static int pylstm_run_pair(void (*fn)(void *), void *arg0, void *arg1)
 }
 
 #else
+
+static int pylstm_parallel_init(void) { return 0; }
 
 static int pylstm_run_pair(void (*fn)(void *), void *arg0, void *arg1)
 {

@@ -12,7 +12,11 @@ cdef extern from "_parallel.h" nogil:
     void pylstm_enter()
     void pylstm_leave()
     int pylstm_alone()
+    int pylstm_parallel_init()
     int PYLSTM_THREADS
+
+
+pylstm_parallel_init()
 
 
 # A split pays once a step's work outweighs the barrier between steps and the
