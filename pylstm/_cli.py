@@ -199,7 +199,11 @@ def _add_charnn(sub):
 
 def build_parser():
     """Return the argument parser of ``python -m pylstm``."""
+    from ._version import __version__
+
     parser = argparse.ArgumentParser(prog="python -m pylstm", description=__doc__)
+    parser.add_argument("--version", action="version", version=f"pylstm {__version__}",
+                        help="print the version of pylstm and exit")
     sub = parser.add_subparsers(dest="command", required=True)
     demo = sub.add_parser(
         "demo", help="train an LSTMClassifier on built-in data and report its accuracy")
@@ -223,7 +227,7 @@ def main(argv=None):
     int
         0 on success; 2 for a user error (a file that cannot be read or is not
         a model file, an invalid option value), whose message goes to stderr.
-        ``--help`` and unparsable options exit through :class:`SystemExit`
+        ``--help``, ``--version`` and unparsable options exit through :class:`SystemExit`
         as argparse does (status 0 and 2).
 
     Examples
