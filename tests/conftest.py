@@ -1,6 +1,8 @@
 """Fixtures shared by the test modules (which, under ``--import-mode=importlib``,
 cannot import one another)."""
 
+import faulthandler
+
 import numpy as np
 import pytest
 
@@ -30,3 +32,19 @@ def _kernel_problem(dtype, B, T, I, H, seed):
 def kernel_problem():
     """``kernel_problem(dtype, B, T, I, H, seed)``: a dict of kernel inputs."""
     return _kernel_problem
+
+
+@pytest.fixture(autouse=True)
+def _watchdog_without_plugin(request):
+    """A test's ``timeout`` mark arms :func:`faulthandler.dump_traceback_later`
+    where pytest-timeout (a test dependency) is not installed: a hang then
+    ends the run with every thread's stack instead of freezing it."""
+    mark = request.node.get_closest_marker("timeout")
+    if mark is None or request.config.pluginmanager.hasplugin("timeout"):
+        yield
+        return
+    faulthandler.dump_traceback_later(mark.args[0], exit=True)
+    try:
+        yield
+    finally:
+        faulthandler.cancel_dump_traceback_later()

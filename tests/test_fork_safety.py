@@ -55,36 +55,6 @@ pytestmark = [
 #: Seconds a child may take (it needs well under one) before it counts as hung.
 CHILD_TIMEOUT = 30
 
-# ---------------------------------------------------------------------- watchdog
-#: pytest-timeout loaded (plugins are imported before the test modules).
-_TIMEOUT_PLUGIN = "pytest_timeout" in sys.modules
-
-
-def watchdog(seconds):
-    """Fail a test that runs longer than ``seconds`` instead of freezing the run.
-
-    pytest-timeout's mark when the plugin is installed; otherwise the
-    ``_watchdog`` fixture below arms :func:`faulthandler.dump_traceback_later`.
-    """
-    def mark(test):
-        test.watchdog_seconds = seconds
-        return pytest.mark.timeout(seconds)(test) if _TIMEOUT_PLUGIN else test
-    return mark
-
-
-@pytest.fixture(autouse=True)
-def _watchdog(request):
-    seconds = getattr(request.function, "watchdog_seconds", None)
-    if seconds is None or request.config.pluginmanager.hasplugin("timeout"):
-        yield
-        return
-    faulthandler.dump_traceback_later(seconds, exit=True)
-    try:
-        yield
-    finally:
-        faulthandler.cancel_dump_traceback_later()
-
-
 # ---------------------------------------------------------------------- children
 def _child_main(conn, target, args):
     """Run in the forked child: report ``target(*args)`` or its traceback."""
@@ -210,7 +180,7 @@ def _child_uses_the_model(model, data, expected, folder):
 MODES = ["unidirectional", "bidirectional", "stacked", "split", "language model"]
 
 
-@watchdog(120)
+@pytest.mark.timeout(120)
 @pytest.mark.parametrize("mode", MODES)
 def test_child_predicts_fits_and_saves(mode, tmp_path):
     """Fork after the parent has run each kind of model (so its threads exist);
@@ -242,7 +212,7 @@ def _issue_repro_child(model, X):
     return model.predict(X[:5]).tolist()
 
 
-@watchdog(60)
+@pytest.mark.timeout(60)
 def test_issue_repro_bidirectional_child_predicts():
     """The report's reproducer: a bidirectional model fitted and used for
     ``predict`` in the parent, then ``predict`` in a forked child."""
@@ -261,7 +231,7 @@ def _pool_predict(chunk):
     return _POOL_MODEL["model"].predict_proba(chunk)
 
 
-@watchdog(120)
+@pytest.mark.timeout(120)
 @pytest.mark.parametrize("bidirectional", [False, True], ids=["uni", "bi"])
 def test_fork_pool_maps_predict(bidirectional):
     """``multiprocessing.get_context("fork").Pool(2).map(...)`` over ``predict``."""
@@ -300,7 +270,7 @@ def _child_after_busy_fork(model, X, y):
     return caller_threads()
 
 
-@watchdog(150)
+@pytest.mark.timeout(150)
 def test_fork_while_another_thread_runs_kernels():
     """Children forked at staggered moments while a second parent thread keeps
     predicting and training with bidirectional and split models (so that the
@@ -353,7 +323,7 @@ def _kernel_blas_threads():
     return max(lib.num_threads for lib in _controller()[1])
 
 
-@watchdog(60)
+@pytest.mark.timeout(60)
 def test_child_blas_setting_is_the_callers():
     """A fork inside a BLAS switch of another thread: the child gets the
     caller's thread count back, not the kernels' temporary one."""

@@ -28,12 +28,10 @@ so that a hang fails instead of freezing the run.
 """
 
 import copy
-import faulthandler
 import gc
 import os
 import queue
 import signal
-import sys
 import threading
 import time
 import warnings
@@ -55,36 +53,6 @@ pytestmark = [
 needs_signals = pytest.mark.skipif(
     not (hasattr(signal, "SIGUSR1") and hasattr(signal, "pthread_kill")),
     reason="needs POSIX signals")
-
-# ---------------------------------------------------------------------- watchdog
-#: pytest-timeout loaded (plugins are imported before the test modules).
-_TIMEOUT_PLUGIN = "pytest_timeout" in sys.modules
-
-
-def watchdog(seconds):
-    """Fail a test that runs longer than ``seconds`` instead of freezing the run.
-
-    pytest-timeout's mark when the plugin is installed; otherwise the
-    ``_watchdog`` fixture below arms :func:`faulthandler.dump_traceback_later`.
-    """
-    def mark(test):
-        test.watchdog_seconds = seconds
-        return pytest.mark.timeout(seconds)(test) if _TIMEOUT_PLUGIN else test
-    return mark
-
-
-@pytest.fixture(autouse=True)
-def _watchdog(request):
-    seconds = getattr(request.function, "watchdog_seconds", None)
-    if seconds is None or request.config.pluginmanager.hasplugin("timeout"):
-        yield
-        return
-    faulthandler.dump_traceback_later(seconds, exit=True)
-    try:
-        yield
-    finally:
-        faulthandler.cancel_dump_traceback_later()
-
 
 # ---------------------------------------------------------------------- interrupts
 class Interrupter:
@@ -210,7 +178,7 @@ def _data(n=96, T=15, F=3, seed=0):
 
 
 # ---------------------------------------------------------------------- mechanisms
-@watchdog(30)
+@pytest.mark.timeout(30)
 def test_blas_switch_given_back_when_exit_is_skipped():
     """A switch to one BLAS thread whose ``__exit__`` never runs (an interrupt
     at its first bytecode) gives the caller's setting back when it dies."""
@@ -229,7 +197,7 @@ def test_blas_switch_given_back_when_exit_is_skipped():
         assert _kernel_blas_threads() == 2
 
 
-@watchdog(30)
+@pytest.mark.timeout(30)
 def test_workspace_free_when_exit_is_skipped():
     """A borrow whose ``__exit__`` never runs does not keep the arrays from the
     next call, and ``clear`` does not wait for it."""
@@ -246,7 +214,7 @@ def test_workspace_free_when_exit_is_skipped():
     assert ws.nbytes == 0
 
 
-@watchdog(30)
+@pytest.mark.timeout(30)
 def test_interrupted_direction_waits_for_the_other():
     """An interrupt in the forward direction surfaces only once the reverse
     one, on the helper thread, is over: it writes into work arrays that the
@@ -271,7 +239,7 @@ def test_interrupted_direction_waits_for_the_other():
     assert _threads.run_directions(lambda d: d, 2, parallel=True) == [0, 1]
 
 
-@watchdog(30)
+@pytest.mark.timeout(30)
 def test_interrupt_while_waiting_for_the_other_direction(interrupter):
     """A signal while the caller waits for the helper: the wait goes on to the
     end, then the interrupt is raised."""
@@ -306,7 +274,7 @@ def test_direction_errors_propagate():
     assert _threads.run_directions(lambda d: d, 2, parallel=True) == [0, 1]
 
 
-@watchdog(60)
+@pytest.mark.timeout(60)
 def test_interrupt_in_epoch_bookkeeping(monkeypatch):
     """An interrupt after an epoch's weights are done but before its bookkeeping
     is: the estimator is back at the end of the previous epoch, all of it."""
@@ -336,7 +304,7 @@ def test_interrupt_in_epoch_bookkeeping(monkeypatch):
     np.testing.assert_array_equal(est.predict_proba(X), reference.predict_proba(X))
 
 
-@watchdog(60)
+@pytest.mark.timeout(60)
 @pytest.mark.parametrize("where", ["_check_memory", "_initialize"])
 def test_interrupt_before_training_keeps_the_fitted_model(monkeypatch, where):
     """A refit interrupted before its first epoch leaves the fitted model as it was."""
@@ -358,7 +326,7 @@ def test_interrupt_before_training_keeps_the_fitted_model(monkeypatch, where):
     np.testing.assert_array_equal(est.predict_proba(X), before)
 
 
-@watchdog(30)
+@pytest.mark.timeout(30)
 def test_interrupted_save_leaves_no_file(monkeypatch, tmp_path):
     """An interrupt right after ``save`` created its temporary file: the target
     is untouched and no temporary file stays behind."""
@@ -403,7 +371,7 @@ STORM_MODELS = {
 
 
 @needs_signals
-@watchdog(120)
+@pytest.mark.timeout(120)
 @pytest.mark.parametrize("kind", list(STORM_MODELS))
 def test_interrupt_storm(kind, interrupter):
     """About 260 interrupts at random moments of fit, partial_fit and predict,
@@ -432,7 +400,7 @@ def test_interrupt_storm(kind, interrupter):
 
 
 @needs_signals
-@watchdog(120)
+@pytest.mark.timeout(120)
 def test_issue_storm_bidirectional_fits(interrupter):
     """The report's storm: 30 fits in a row of one bidirectional classifier on
     600 sequences of 20 steps, interrupted after 10 ms, 23 ms, 36 ms, ..."""
@@ -452,7 +420,7 @@ def _generate(model, prompt):
 
 
 @needs_signals
-@watchdog(120)
+@pytest.mark.timeout(120)
 def test_interrupt_storm_language_model(interrupter):
     """Interrupts at random moments of a language model's fit, partial_fit and
     generate: consistent afterwards, and generating alike in a deep copy."""
@@ -477,7 +445,7 @@ def test_interrupt_storm_language_model(interrupter):
 
 
 @needs_signals
-@watchdog(120)
+@pytest.mark.timeout(120)
 def test_interrupt_storm_save(interrupter, tmp_path):
     """Interrupts at random moments of ``save``: the file is the previous one or
     the complete new one, it loads, and no temporary file stays behind."""
