@@ -89,13 +89,11 @@ cdef void _backward_loop(const floating* typed, _Loop* a) noexcept nogil:
                 j0 += jb
     if split:
         # The weight gradients by halves of the gate rows, one GEMM per
-        # thread: the shared factor [X | H_prev] is then packed by BLAS once
-        # per thread, not once per gate block (the threads' own unit columns
-        # of dG, four blocks, took four GEMMs each: the 64 x 100 x 64 x 128
-        # float32 backward kernel at two threads, x and h_prev apart, 8.4-8.9
-        # -> 7.8 ms). A half reads
-        # gate gradients of both threads, hence the barrier. (BLAS is held
-        # to one thread, so the two threads' calls run side by side.)
+        # thread: BLAS then packs the shared factor [X | H_prev] once per
+        # thread, not once per gate block (benchmarks/bench_lstm.py --threads
+        # 2). A half reads gate gradients of both threads, hence the barrier.
+        # (BLAS is held to one thread, so the two threads' calls run side by
+        # side.)
         pylstm_barrier_wait(a.bar)
         _weight_gradients(typed, a, a.part * (G // 2), G // 2, 1)
 
@@ -108,8 +106,8 @@ cdef void _weight_gradients(const floating* typed, _Loop* a, int g0, int rows,
 
     With ``dw_tmp`` set, each row of h_prev continues its row of x in one
     array (the layer keeps them so): one GEMM dG^T [X | H_prev] then gives
-    both gradients, and BLAS packs dG once instead of twice (1.2x faster at
-    32 x 50 x 32 x 64).
+    both gradients, and BLAS packs dG once instead of twice
+    (benchmarks/bench_lstm.py).
     """
     cdef int H = a.H, I = a.n_in
     cdef int G = 4 * H
@@ -405,9 +403,8 @@ def backward(const floating[:, :] x,
             # Whole-sequence products over the N valid steps (a split loop's
             # threads have made the weight gradients already). A loop too
             # short to split still makes them by the same halves of the gate
-            # rows, on two threads when it can (with a thread per call: 32 x
-            # 50 x 32 x 64 float32 training at two threads 1.47 -> 1.40 ms),
-            # so that the results do not depend on other calls in progress.
+            # rows, on two threads when it can, so that the results do not
+            # depend on other calls in progress.
             if used == 1:
                 rows0.a, rows0.g0, rows0.rows = &a, 0, G // 2
                 rows1.a, rows1.g0, rows1.rows = &a, G // 2, G - G // 2
@@ -500,10 +497,9 @@ def input_gradient(const floating[:, ::1] gates,
         if (_use_packed and N >= PACKED_MIN_ROWS and (beta == 0.0 or beta == 1.0)
                 and <double> G * I * sizeof(floating) <= PACKED_DX_BYTES):
             # W_ih, the right-hand factor of every row block, packed once:
-            # while it sits in L2 the packed kernel beats BLAS at the LSTM's
-            # narrow I (one thread, dG (N, 4H) @ W_ih (4H, I): float32 1600 x
-            # 256 x 32 1.27x, 6400 x 512 x 64 1.32x; float64 1.26-1.74x).
-            # Larger, BLAS's blocking wins (float64 6400 x 512 x 256: 0.68x).
+            # while it sits in L2 (PACKED_DX_BYTES) the packed kernel beats
+            # BLAS at the LSTM's narrow I; larger, BLAS's blocking wins
+            # (benchmarks/bench_lstm.py; figures in docs/architecture.rst).
             first.w_pack = _packed_weights(&w_ih[0, 0], I, False, G, I, &ws)
         if (threads >= 2 and PYLSTM_THREADS
                 and (not _split_sizes or <double> N * G * I >= SPLIT_CALL_MACS)):

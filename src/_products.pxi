@@ -2,12 +2,11 @@
 # the packing of W_hh^T and W_ih^T, and the inference calls' kept packs.
 
 
-# OpenBLAS (0.3.17 on, x86-64 AVX-512 builds) multiplies without packing its
-# operands when m * n * k <= 1e6 and A is not transposed; above that, every
-# call copies the weight matrix into its own layout first. The per-step
-# products of float32 up to 4e6 are therefore cut into column blocks under
-# that size: 20-25% faster at batch 32 and hidden 128 (the language model's
-# shape); larger products lose more to thin blocks than they gain.
+# OpenBLAS (0.3.17 on) multiplies without packing its operands when m * n * k
+# <= 1e6 and A is not transposed, and copies the weights into its own layout
+# on every call above that: the BLAS steps' products of float32 up to 16e6
+# are cut into column blocks under that size (_column_block; measured by
+# benchmarks/bench_lm.py at the language model's batch 32, hidden 128).
 cdef double SMALL_GEMM = 1e6
 
 
@@ -101,10 +100,9 @@ cdef void _pack_w_hh_t(const floating* w_hh, int H, bint grouped,
     the first half of the units of each gate (i, f, g, o), then the second
     half of each, instead of column order. Each thread of the split then
     streams one contiguous block of the packed weights per step, not four
-    blocks a quarter of the matrix apart: on the benchmark CPU the four
-    blocks took 1.3-1.8x as long to read (float32 batch-1 step, two threads,
-    benchmarks/c/gemv_floor.c: H = 128 1054 -> 799 ns, H = 256 4123 -> 2292
-    ns). Each half of a gate must be whole panels (H a multiple of 2 NR).
+    blocks a quarter of the matrix apart, which take longer to read
+    (benchmarks/c/gemv_floor.c, "gemv" against "gemv apart"). Each half of
+    a gate must be whole panels (H a multiple of 2 NR).
     """
     cdef int hn = H // 2
     cdef int p, g
