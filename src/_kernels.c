@@ -566,7 +566,6 @@ GEMM_TN(gemm_tn_d, double, PYLSTM_LD, tn_wide_d, tn_one_d, tn_tail_d)
 
 const pylstm_kernels PYLSTM_CAT(pylstm_kernels_, PYLSTM_TARGET) = {
     PYLSTM_STR(PYLSTM_TARGET),
-    MR,
     gemm_packed_f, gemm_packed_d,
     gemv_packed_f, gemv_packed_d,
     gemm_tn_f, gemm_tn_d,

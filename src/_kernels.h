@@ -35,7 +35,6 @@ enum {
 
 typedef struct {
     const char *name;
-    int tile_rows;
     void (*gemm_packed_f)(int m, int n, int k, const float *A, int lda, const float *Bp,
                           float *C, int ldc, int accumulate);
     void (*gemm_packed_d)(int m, int n, int k, const double *A, int lda, const double *Bp,

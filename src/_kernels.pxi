@@ -11,11 +11,6 @@ cdef extern from "_kernels.h" nogil:
     int pylstm_simd_level
     int pylstm_simd_usable(int level)
     int pylstm_simd_select(int cap)
-    ctypedef struct pylstm_kernels:
-        const char* name
-        int tile_rows
-    const pylstm_kernels* pylstm_simd_table(int level)
-    int pylstm_cpu_has(int level)
     long pylstm_packed_size_f(int k, int n)
     long pylstm_packed_size_d(int k, int n)
     void pylstm_pack_f(const float* B, int ldb, int trans, int k, int n, float* Bp)
