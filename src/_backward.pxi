@@ -1,7 +1,7 @@
 # BPTT: the reverse time loop, the weight gradients and the input gradient.
 
 
-cdef void _backward_loop(const floating* typed, _Loop* a) noexcept nogil:
+cdef void _backward_loop(const floating* typed, _BackwardLoop* a) noexcept nogil:
     """The reverse time loop of BPTT (one thread's part; ``typed`` picks the dtype).
 
     Per step: the gate gradients of the active rows (in place over the gate
@@ -12,27 +12,27 @@ cdef void _backward_loop(const floating* typed, _Loop* a) noexcept nogil:
     of the step ready before the product reads them. With ``by_rows`` each
     takes its rows (see :func:`_forward`) for both, without a barrier.
     """
-    cdef int T = a.T, B = a.B, H = a.H
+    cdef int T = a.s.T, B = a.s.B, H = a.s.H
     cdef int G = 4 * H
-    cdef const int* lengths = a.lengths
-    cdef const Py_ssize_t* off = a.off
-    cdef const Py_ssize_t* bfr = a.bfr
-    cdef const floating* w_hh = <const floating*> a.w_hh
-    cdef const floating* w_pack = <const floating*> a.w_pack
+    cdef const int* lengths = a.s.lengths
+    cdef const Py_ssize_t* off = a.s.off
+    cdef const Py_ssize_t* bfr = a.s.bfr
+    cdef const floating* w_hh = <const floating*> a.s.w_hh
+    cdef const floating* w_pack = <const floating*> a.s.w_pack
     cdef const floating* c0 = <const floating*> a.c0
-    cdef floating* gates = <floating*> a.gates
-    cdef const floating* c_cache = <const floating*> a.c_cache
+    cdef floating* gates = <floating*> a.s.gates
+    cdef const floating* c_cache = <const floating*> a.s.c_cache
     cdef const floating* d_out = <const floating*> a.d_out
     cdef floating* dh = <floating*> a.dh
     cdef floating* dc = <floating*> a.dc
     cdef int dw = a.dout_width
-    cdef Py_ssize_t offset = a.offset
-    cdef bint reverse = a.reverse
-    cdef bint split = a.nparts > 1
-    cdef bint by_rows = split and a.by_rows
-    cdef int hn = H if by_rows else H // a.nparts
-    cdef int u0 = 0 if by_rows else a.part * hn
-    cdef int b0 = a.part if by_rows else 0
+    cdef Py_ssize_t offset = a.s.offset
+    cdef bint reverse = a.s.reverse
+    cdef bint split = a.s.nparts > 1
+    cdef bint by_rows = split and a.s.by_rows
+    cdef int hn = H if by_rows else H // a.s.nparts
+    cdef int u0 = 0 if by_rows else a.s.part * hn
+    cdef int b0 = a.s.part if by_rows else 0
     cdef int bs = 2 if by_rows else 1
     cdef int n = 0
     cdef int s, b, bi, t, tp, g, hb, j0, jb
@@ -66,7 +66,7 @@ cdef void _backward_loop(const floating* typed, _Loop* a) noexcept nogil:
                     memcpy(scr + <Py_ssize_t> b * G + g * H + u0, gp + g * H + u0,
                            hn * sizeof(floating))
         if split and not by_rows:
-            pylstm_barrier_wait(a.bar)
+            pylstm_barrier_wait(a.s.bar)
         src = scr if reverse else gates + off[s] * G
         # dh_{s-1}[:n] = dG_s[:n] @ w_hh
         if by_rows:
@@ -94,11 +94,11 @@ cdef void _backward_loop(const floating* typed, _Loop* a) noexcept nogil:
         # 2). A half reads gate gradients of both threads, hence the barrier.
         # (BLAS is held to one thread, so the two threads' calls run side by
         # side.)
-        pylstm_barrier_wait(a.bar)
-        _weight_gradients(typed, a, a.part * (G // 2), G // 2, 1)
+        pylstm_barrier_wait(a.s.bar)
+        _weight_gradients(typed, a, a.s.part * (G // 2), G // 2, 1)
 
 
-cdef void _weight_gradients(const floating* typed, _Loop* a, int g0, int rows,
+cdef void _weight_gradients(const floating* typed, _BackwardLoop* a, int g0, int rows,
                             int n_blocks) noexcept nogil:
     """dW_ih, dW_hh and the bias gradient for gate rows ``g0 .. g0 + rows - 1``
     of each of ``n_blocks`` blocks ``H`` apart: whole-sequence GEMMs over the
@@ -109,12 +109,12 @@ cdef void _weight_gradients(const floating* typed, _Loop* a, int g0, int rows,
     both gradients, and BLAS packs dG once instead of twice
     (benchmarks/bench_lstm.py).
     """
-    cdef int H = a.H, I = a.n_in
+    cdef int H = a.s.H, I = a.s.n_in
     cdef int G = 4 * H
     cdef int N = <int> a.n_rows
     cdef int W = I + H
     cdef int blk, r0, r
-    cdef const floating* dg = <const floating*> a.gates
+    cdef const floating* dg = <const floating*> a.s.gates
     cdef floating* dw_ih = <floating*> a.dw_ih
     cdef floating* dw_hh = <floating*> a.dw_hh
     cdef floating* tmp = <floating*> a.dw_tmp
@@ -122,12 +122,12 @@ cdef void _weight_gradients(const floating* typed, _Loop* a, int g0, int rows,
     for blk in range(n_blocks):
         r0 = blk * H + g0
         if _direct_dw(I, H):
-            _gemm_tn2(rows, N, dg + r0, G, <const floating*> a.x, a.x_ld, I,
-                      dw_ih + <Py_ssize_t> r0 * I, I, <const floating*> a.h_prev, a.hp_ld,
+            _gemm_tn2(rows, N, dg + r0, G, <const floating*> a.s.x, a.s.x_ld, I,
+                      dw_ih + <Py_ssize_t> r0 * I, I, <const floating*> a.s.h_prev, a.s.hp_ld,
                       H, dw_hh + <Py_ssize_t> r0 * H, H)
         elif tmp != NULL:
             gemm(True, False, rows, W, N, <floating> 1.0, dg + r0, G,
-                 <const floating*> a.x, <int> a.x_ld, <floating> 0.0,
+                 <const floating*> a.s.x, <int> a.s.x_ld, <floating> 0.0,
                  tmp + <Py_ssize_t> r0 * W, W)
             for r in range(r0, r0 + rows):
                 memcpy(dw_ih + <Py_ssize_t> r * I, tmp + <Py_ssize_t> r * W,
@@ -136,10 +136,10 @@ cdef void _weight_gradients(const floating* typed, _Loop* a, int g0, int rows,
                        H * sizeof(floating))
         else:
             gemm(True, False, rows, I, N, <floating> 1.0, dg + r0, G,
-                 <const floating*> a.x, <int> a.x_ld, <floating> 0.0,
+                 <const floating*> a.s.x, <int> a.s.x_ld, <floating> 0.0,
                  dw_ih + <Py_ssize_t> r0 * I, I)
             gemm(True, False, rows, H, N, <floating> 1.0, dg + r0, G,
-                 <const floating*> a.h_prev, <int> a.hp_ld, <floating> 0.0,
+                 <const floating*> a.s.h_prev, <int> a.s.hp_ld, <floating> 0.0,
                  dw_hh + <Py_ssize_t> r0 * H, H)
         if floating is float:
             pylstm_column_sums_f(dg + r0, N, rows, G, db + r0)
@@ -198,26 +198,26 @@ def _gemm_tn(const floating[:, :] a, const floating[:, :] b1, const floating[:, 
 
 cdef struct _GateRows:
     # One thread's gate rows of the weight gradients (after an unsplit loop).
-    _Loop* a
+    _BackwardLoop* a
     int g0, rows
 
 
 cdef void _gate_rows_task(void* p) noexcept nogil:
     """:func:`_weight_gradients` for the ``_GateRows`` at ``p`` (a thread's entry point)."""
     cdef _GateRows* r = <_GateRows*> p
-    if r.a.is_float:
-        _weight_gradients(<const float*> r.a.x, r.a, r.g0, r.rows, 1)
+    if r.a.s.is_float:
+        _weight_gradients(<const float*> r.a.s.x, r.a, r.g0, r.rows, 1)
     else:
-        _weight_gradients(<const double*> r.a.x, r.a, r.g0, r.rows, 1)
+        _weight_gradients(<const double*> r.a.s.x, r.a, r.g0, r.rows, 1)
 
 
 cdef void _backward_task(void* p) noexcept nogil:
-    """Run :func:`_backward_loop` for the ``_Loop`` at ``p`` (a thread's entry point)."""
-    cdef _Loop* a = <_Loop*> p
-    if a.is_float:
-        _backward_loop(<const float*> a.x, a)
+    """Run :func:`_backward_loop` for the ``_BackwardLoop`` at ``p`` (a thread's entry point)."""
+    cdef _BackwardLoop* a = <_BackwardLoop*> p
+    if a.s.is_float:
+        _backward_loop(<const float*> a.s.x, a)
     else:
-        _backward_loop(<const double*> a.x, a)
+        _backward_loop(<const double*> a.s.x, a)
 
 
 def backward(const floating[:, :] x,
@@ -307,7 +307,7 @@ def backward(const floating[:, :] x,
     cdef int T, used
     cdef bint split
     cdef Py_ssize_t N
-    cdef _Loop a
+    cdef _BackwardLoop a, second
     cdef floating* w_pack = NULL
     cdef floating* scratch_alt = NULL
     cdef floating* dw_tmp = NULL
@@ -337,34 +337,34 @@ def backward(const floating[:, :] x,
                 or db.shape[0] != G):
             raise ValueError("weight or gradient arrays do not match 4H x (I, H)")
         memset(&a, 0, sizeof(a))
-        a.is_float = floating is float
-        a.nparts = 1
-        a.T, a.B, a.n_in, a.H = T, B, I, H
-        a.lengths = &lengths[0]
-        a.off = off
-        a.bfr = _bf_pointer(bf_rows)
-        a.w_hh = &w_hh[0, 0]
+        a.s.is_float = floating is float
+        a.s.nparts = 1
+        a.s.T, a.s.B, a.s.n_in, a.s.H = T, B, I, H
+        a.s.lengths = &lengths[0]
+        a.s.off = off
+        a.s.bfr = _bf_pointer(bf_rows)
+        a.s.w_hh = &w_hh[0, 0]
         a.c0 = &c0[0, 0]
-        a.gates = &gates[0, 0]
-        a.c_cache = <void*> &c_cache[0, 0]
+        a.s.gates = &gates[0, 0]
+        a.s.c_cache = <void*> &c_cache[0, 0]
         a.d_out = &d_out[0, 0]
         a.dout_width = <int> _row_stride(d_out.shape[0], d_out.shape[1], d_out.strides[0],
                                          d_out.strides[1], sizeof(floating), "d_out")
         a.dout_batch_first = dout_batch_first
-        a.offset = offset
-        a.reverse = reverse
+        a.s.offset = offset
+        a.s.reverse = reverse
         a.dh = &dh[0, 0]
         a.dc = &dc[0, 0]
         a.scratch = &scratch[0, 0]
         a.scratch_alt = &scratch[0, 0]
-        a.x = &x[0, 0]
-        a.x_ld = _row_stride(N, I, x.strides[0], x.strides[1], sizeof(floating), "x")
-        a.n_in = I
-        a.h_prev = <void*> &h_prev_cache[0, 0]
-        a.hp_ld = _row_stride(N, H, h_prev_cache.strides[0], h_prev_cache.strides[1],
-                              sizeof(floating), "h_prev_cache")
-        if fuse and not _direct_dw(I, H) and N > 1 and a.hp_ld == a.x_ld and a.x_ld == I + H \
-                and <const floating*> a.h_prev == &x[0, 0] + I:
+        a.s.x = &x[0, 0]
+        a.s.x_ld = _row_stride(N, I, x.strides[0], x.strides[1], sizeof(floating), "x")
+        a.s.n_in = I
+        a.s.h_prev = <void*> &h_prev_cache[0, 0]
+        a.s.hp_ld = _row_stride(N, H, h_prev_cache.strides[0], h_prev_cache.strides[1],
+                                sizeof(floating), "h_prev_cache")
+        if fuse and not _direct_dw(I, H) and N > 1 and a.s.hp_ld == a.s.x_ld and a.s.x_ld == I + H \
+                and <const floating*> a.s.h_prev == &x[0, 0] + I:
             # Rows of h_prev continue those of x: one GEMM for both weight
             # gradients (see _weight_gradients).
             tmp_len = <Py_ssize_t> G * (I + H)
@@ -391,15 +391,16 @@ def backward(const floating[:, :] x,
             if block != NULL and tmp_len:
                 dw_tmp = block
             a.dw_tmp = dw_tmp
-            a.w_pack = w_pack
-            split = _split_ok(&a, threads, nr)
+            a.s.w_pack = w_pack
+            split = _split_ok(&a.s, threads, nr)
             if split and reverse:
                 # The threads' skew of up to one step needs the step's scratch
                 # copy of dG to alternate between two arrays.
                 scratch_alt = <floating*> _take(&ws, <size_t> B * G * sizeof(floating))
                 split = scratch_alt != NULL
                 a.scratch_alt = scratch_alt if split else a.scratch
-            used = _run_loop(_backward_task, &a, split)
+            second = a
+            used = _run_loop(_backward_task, &a, &second, &a.s, &second.s, split)
             # Whole-sequence products over the N valid steps (a split loop's
             # threads have made the weight gradients already). A loop too
             # short to split still makes them by the same halves of the gate

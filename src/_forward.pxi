@@ -2,7 +2,7 @@
 # points forward_train and forward_infer.
 
 
-cdef void _forward(const floating* x, _Loop* a) noexcept nogil:
+cdef void _forward(const floating* x, _ForwardLoop* a) noexcept nogil:
     """The forward time loop shared by training and inference (one thread's part).
 
     Steps are taken in chunks of ``K``: the chunk's active input rows are
@@ -29,15 +29,15 @@ cdef void _forward(const floating* x, _Loop* a) noexcept nogil:
     with fewer rows than the last. Results are bit-identical to one
     thread's either way.
     """
-    cdef int T = a.T, B = a.B, I = a.n_in, H = a.H, K = a.K
+    cdef int T = a.s.T, B = a.s.B, I = a.s.n_in, H = a.s.H, K = a.K
     cdef int G = 4 * H
-    cdef const int* lengths = a.lengths
-    cdef const Py_ssize_t* off = a.off
-    cdef const Py_ssize_t* bfr = a.bfr
+    cdef const int* lengths = a.s.lengths
+    cdef const Py_ssize_t* off = a.s.off
+    cdef const Py_ssize_t* bfr = a.s.bfr
     cdef const floating* w_ih = <const floating*> a.w_ih
-    cdef const floating* w_hh = <const floating*> a.w_hh
+    cdef const floating* w_hh = <const floating*> a.s.w_hh
     cdef const floating* w_hh_t = <const floating*> a.w_hh_t
-    cdef const floating* w_pack = <const floating*> a.w_pack
+    cdef const floating* w_pack = <const floating*> a.s.w_pack
     cdef const floating* ih_pack = <const floating*> a.ih_pack
     cdef const floating* bias = <const floating*> a.bias
     cdef floating* h = <floating*> a.h
@@ -46,21 +46,21 @@ cdef void _forward(const floating* x, _Loop* a) noexcept nogil:
     cdef floating* out = <floating*> a.out
     cdef floating* xbuf = <floating*> a.xbuf
     cdef floating* gbuf = <floating*> a.gbuf
-    cdef floating* gates = <floating*> a.gates
-    cdef floating* c_cache = <floating*> a.c_cache
-    cdef floating* h_prev = <floating*> a.h_prev
+    cdef floating* gates = <floating*> a.s.gates
+    cdef floating* c_cache = <floating*> a.s.c_cache
+    cdef floating* h_prev = <floating*> a.s.h_prev
     cdef int out_width = a.out_width
-    cdef Py_ssize_t offset = a.offset
-    cdef Py_ssize_t x_ld = a.x_ld
-    cdef Py_ssize_t hp_ld = a.hp_ld
-    cdef bint reverse = a.reverse
-    cdef bint split = a.nparts > 1
-    cdef bint by_rows = split and a.by_rows
-    cdef int pn = H // a.nparts            # units of this thread's projection
-    cdef int pu0 = a.part * pn
+    cdef Py_ssize_t offset = a.s.offset
+    cdef Py_ssize_t x_ld = a.s.x_ld
+    cdef Py_ssize_t hp_ld = a.s.hp_ld
+    cdef bint reverse = a.s.reverse
+    cdef bint split = a.s.nparts > 1
+    cdef bint by_rows = split and a.s.by_rows
+    cdef int pn = H // a.s.nparts            # units of this thread's projection
+    cdef int pu0 = a.s.part * pn
     cdef int hn = H if by_rows else pn     # units of its products and gate pass
     cdef int u0 = 0 if by_rows else pu0
-    cdef int b0 = a.part if by_rows else 0  # its rows: b0, b0 + bs, ...
+    cdef int b0 = a.s.part if by_rows else 0  # its rows: b0, b0 + bs, ...
     cdef int bs = 2 if by_rows else 1
     cdef int last_chunk = 0
     cdef int n = B
@@ -106,9 +106,9 @@ cdef void _forward(const floating* x, _Loop* a) noexcept nogil:
             # the last do a thread's rows of the buffers move (to where the
             # other's were): then both must have left the last chunk.
             if n_chunk != last_chunk and last_chunk > 0:
-                pylstm_barrier_wait(a.bar)
+                pylstm_barrier_wait(a.s.bar)
             last_chunk = n_chunk
-        for k in range(kk if not direct and (by_rows or a.part == 0) else 0):
+        for k in range(kk if not direct and (by_rows or a.s.part == 0) else 0):
             s = s0 + k
             if not by_rows and not reverse and not a.x_batch_first and x_ld == I:
                 ns = <int> (off[s + 1] - off[s])
@@ -137,7 +137,7 @@ cdef void _forward(const floating* x, _Loop* a) noexcept nogil:
                     _gemm_packed_tiles((n_chunk - b0 + 1) // 2, G, I, xa + tb * xa_ld,
                                        <int> (2 * xa_ld), ih_pack, gbuf + tb * G, 2 * G)
         elif split:
-            pylstm_barrier_wait(a.bar)
+            pylstm_barrier_wait(a.s.bar)
             for g in range(4):
                 _gemm_packed(kk * n_chunk, pn, I, xa, <int> xa_ld,
                              ih_pack + <Py_ssize_t> (g * H + pu0) * I,
@@ -194,7 +194,7 @@ cdef void _forward(const floating* x, _Loop* a) noexcept nogil:
                               c + <Py_ssize_t> b * H + u0,
                               out + ob * out_width + offset + u0, gk, ck, hk, hn, H)
             if split and not by_rows:
-                pylstm_barrier_wait(a.bar)
+                pylstm_barrier_wait(a.s.bar)
             swap = h_cur
             h_cur = h_nxt
             h_nxt = swap
@@ -208,12 +208,12 @@ cdef void _forward(const floating* x, _Loop* a) noexcept nogil:
 
 
 cdef void _forward_task(void* p) noexcept nogil:
-    """Run :func:`_forward` for the ``_Loop`` at ``p`` (a thread's entry point)."""
-    cdef _Loop* a = <_Loop*> p
-    if a.is_float:
-        _forward(<const float*> a.x, a)
+    """Run :func:`_forward` for the ``_ForwardLoop`` at ``p`` (a thread's entry point)."""
+    cdef _ForwardLoop* a = <_ForwardLoop*> p
+    if a.s.is_float:
+        _forward(<const float*> a.s.x, a)
     else:
-        _forward(<const double*> a.x, a)
+        _forward(<const double*> a.s.x, a)
 
 
 cdef int _run_forward(const floating[:, :] x, const int[::1] lengths,
@@ -234,7 +234,7 @@ cdef int _run_forward(const floating[:, :] x, const int[::1] lengths,
     cdef int K = _chunk_steps(xbuf.shape[0], gbuf.shape[0], B, I, 4 * H)
     cdef int nr = PYLSTM_NR_F if floating is float else PYLSTM_NR_D
     cdef int T, used
-    cdef _Loop a
+    cdef _ForwardLoop a, second
     cdef floating* w_pack = NULL
     cdef floating* ih_pack = NULL
     cdef floating* h_alt = NULL
@@ -249,24 +249,24 @@ cdef int _run_forward(const floating[:, :] x, const int[::1] lengths,
                        x_batch_first, out_batch_first)
         _check_rows(bias.shape[0], 1, 4 * H, 1, "bias")
         memset(&a, 0, sizeof(a))
-        a.gates = gates
-        a.c_cache = c_cache
-        a.h_prev = h_prev
-        a.hp_ld = hp_ld
-        a.x_ld = _row_stride(x.shape[0], I, x.strides[0], x.strides[1], sizeof(floating),
-                             "x")
+        a.s.gates = gates
+        a.s.c_cache = c_cache
+        a.s.h_prev = h_prev
+        a.s.hp_ld = hp_ld
+        a.s.x_ld = _row_stride(x.shape[0], I, x.strides[0], x.strides[1],
+                               sizeof(floating), "x")
         h_alt = <floating*> _take(&ws, <size_t> B * H * sizeof(floating))
         if h_alt == NULL:
             raise MemoryError()
-        a.is_float = floating is float
-        a.nparts = 1
-        a.T, a.B, a.n_in, a.H, a.K = T, B, I, H, K
-        a.lengths = &lengths[0]
-        a.off = off
-        a.bfr = _bf_pointer(bf_rows)
-        a.x = &x[0, 0]
+        a.s.is_float = floating is float
+        a.s.nparts = 1
+        a.s.T, a.s.B, a.s.n_in, a.s.H, a.K = T, B, I, H, K
+        a.s.lengths = &lengths[0]
+        a.s.off = off
+        a.s.bfr = _bf_pointer(bf_rows)
+        a.s.x = &x[0, 0]
         a.w_ih = &w_ih[0, 0]
-        a.w_hh = &w_hh[0, 0]
+        a.s.w_hh = &w_hh[0, 0]
         a.w_hh_t = &w_hh_t[0, 0]
         a.bias = &bias[0]
         a.h = &h[0, 0]
@@ -274,8 +274,8 @@ cdef int _run_forward(const floating[:, :] x, const int[::1] lengths,
         a.c = &c[0, 0]
         a.out = &out[0, 0]
         a.out_width = <int> out.shape[1]
-        a.offset = offset
-        a.reverse = reverse
+        a.s.offset = offset
+        a.s.reverse = reverse
         a.x_batch_first = x_batch_first
         a.out_batch_first = out_batch_first
         a.xbuf = &xbuf[0]
@@ -292,25 +292,27 @@ cdef int _run_forward(const floating[:, :] x, const int[::1] lengths,
             a.grouped = (threads >= 2 and PYLSTM_THREADS and not _by_rows(B)
                          and H % (2 * nr) == 0)
             if (pack_cache is not None
-                    and pack_cache.shape[0] >= _pack_cache_len(I, H, a.is_float)):
+                    and pack_cache.shape[0] >= _pack_cache_len(I, H, a.s.is_float)):
                 cached = True
                 with nogil:
                     _cached_packs(&pack_cache[0], &w_ih[0, 0], &w_hh[0, 0], I, H,
                                   a.grouped, &w_pack, &ih_pack)
             else:
                 with nogil:
-                    w_pack = <floating*> _take(&ws, _packed_len(H, 4 * H, a.is_float)
+                    w_pack = <floating*> _take(&ws, _packed_len(H, 4 * H, a.s.is_float)
                                                * sizeof(floating))
                     if w_pack != NULL:
                         _pack_w_hh_t(&w_hh[0, 0], H, a.grouped, w_pack)
                     ih_pack = _packed_weights(&w_ih[0, 0], I, True, I, 4 * H, &ws)
                 if w_pack == NULL or ih_pack == NULL:
                     raise MemoryError("no memory for the packed weights")
-        a.w_pack = w_pack
+        a.s.w_pack = w_pack
         a.ih_pack = ih_pack
         with nogil:
             pylstm_enter()
-            used = _run_loop(_forward_task, &a, _split_ok(&a, threads, nr))
+            second = a
+            used = _run_loop(_forward_task, &a, &second, &a.s, &second.s,
+                             _split_ok(&a.s, threads, nr))
             pylstm_leave()
     finally:
         if not cached:

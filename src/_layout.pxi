@@ -1,5 +1,6 @@
 # The packed time-major layout: row offsets, row strides and the shape
-# checks of the entry points; the state of one thread's time loop (_Loop).
+# checks of the entry points; the state of one thread's time loop (_Loop and
+# the forward and backward loops' own parts).
 
 
 cdef Py_ssize_t* _step_offsets(const int[::1] lengths) except NULL:
@@ -38,24 +39,36 @@ cdef int _check_rows(Py_ssize_t rows, Py_ssize_t width, Py_ssize_t need_rows,
 
 
 cdef struct _Loop:
-    # What one thread of a time loop needs: sizes, and pointers to the
-    # arrays of the call's dtype (cast back by the fused loop bodies).
+    # What both time loops need of one thread's share: sizes, layout, and
+    # pointers to the arrays of the call's dtype (cast back by the fused loop
+    # bodies). Each loop's own arguments extend it (_ForwardLoop, _BackwardLoop).
     bint is_float
     int part                  # this thread's share (0 or 1) of the hidden units ...
     int nparts                # ... out of 1 or 2
     bint by_rows              # with 2: of the rows (b % 2 == part) instead
     pylstm_barrier* bar
-    int T, B, n_in, H, K       # (n_in: a member named I clashes with complex.h's macro)
+    int T, B, n_in, H          # (n_in: a member named I clashes with complex.h's macro)
     const int* lengths
     const Py_ssize_t* off
     const Py_ssize_t* bfr
     const void* x
     Py_ssize_t x_ld           # row stride of x, in elements (I, or more for a view)
-    const void* w_ih
     const void* w_hh
-    const void* w_hh_t
     const void* w_pack        # W_hh packed (NULL: BLAS steps)
-    bint grouped              # ... with each half's units together (_pack_w_hh_t)
+    Py_ssize_t offset
+    bint reverse
+    void* gates
+    void* c_cache
+    void* h_prev
+    Py_ssize_t hp_ld          # row stride of h_prev
+
+
+cdef struct _ForwardLoop:
+    _Loop s
+    int K                     # steps per chunk of the input projection
+    const void* w_ih
+    const void* w_hh_t
+    bint grouped              # W_hh packed with each half's units together (_pack_w_hh_t)
     const void* ih_pack       # W_ih^T packed, for a split projection
     const void* bias
     void* h
@@ -63,17 +76,14 @@ cdef struct _Loop:
     void* c
     void* out
     int out_width
-    Py_ssize_t offset
-    bint reverse
     bint x_batch_first
     bint out_batch_first
     void* xbuf
     void* gbuf
-    void* gates
-    void* c_cache
-    void* h_prev
-    Py_ssize_t hp_ld          # row stride of h_prev
-    # backward only
+
+
+cdef struct _BackwardLoop:
+    _Loop s
     const void* c0
     const void* d_out
     int dout_width
@@ -89,21 +99,21 @@ cdef struct _Loop:
     Py_ssize_t n_rows         # valid steps, N
 
 
-cdef inline void _gather_row(const floating* x, const _Loop* a, floating* dst, int b,
+cdef inline void _gather_row(const floating* x, const _ForwardLoop* a, floating* dst, int b,
                              int s) noexcept nogil:
     """``dst`` receives the input of sorted row ``b`` at step ``s`` (time
     ``lengths[b] - 1 - s`` in reverse), or zeros past its length."""
     cdef int t
     cdef const floating* src
-    if a.lengths[b] > s:
-        t = a.lengths[b] - 1 - s if a.reverse else s
+    if a.s.lengths[b] > s:
+        t = a.s.lengths[b] - 1 - s if a.s.reverse else s
         if a.x_batch_first:
-            src = x + (a.bfr[b] + t) * a.x_ld
+            src = x + (a.s.bfr[b] + t) * a.s.x_ld
         else:
-            src = x + (a.off[t] + b) * a.x_ld
-        memcpy(dst, src, a.n_in * sizeof(floating))
+            src = x + (a.s.off[t] + b) * a.s.x_ld
+        memcpy(dst, src, a.s.n_in * sizeof(floating))
     else:
-        memset(dst, 0, a.n_in * sizeof(floating))
+        memset(dst, 0, a.s.n_in * sizeof(floating))
 
 
 cdef int _chunk_steps(Py_ssize_t xbuf_size, Py_ssize_t gbuf_size, int B, int I,

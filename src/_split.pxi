@@ -88,24 +88,22 @@ def set_split_mode(mode):
     return old
 
 
-cdef int _run_loop(void (*task)(void*) noexcept nogil, _Loop* a, bint split) noexcept nogil:
-    """Run ``task`` on ``a``: on two threads if ``split`` (and one can be started)."""
-    cdef _Loop second
+cdef int _run_loop(void (*task)(void*) noexcept nogil, void* first, void* second,
+                   _Loop* s0, _Loop* s1, bint split) noexcept nogil:
+    """Run ``task`` on ``first``: on two threads if ``split`` (and one can be
+    started), ``second`` being a copy of ``first`` for the other thread and
+    ``s0``, ``s1`` the shared parts of the two."""
     cdef pylstm_barrier bar
     if split:
         pylstm_barrier_init(&bar)
-        a.by_rows = _by_rows(a.B)
-        second = a[0]
-        a.nparts = 2
-        a.part = 0
-        a.bar = &bar
-        second.nparts = 2
-        second.part = 1
-        second.bar = &bar
-        if pylstm_run_pair(task, a, &second) == 0:
+        s0.by_rows = s1.by_rows = _by_rows(s0.B)
+        s0.nparts = s1.nparts = 2
+        s0.part, s1.part = 0, 1
+        s0.bar = s1.bar = &bar
+        if pylstm_run_pair(task, first, second) == 0:
             return 2
-        a.nparts = 1
-    task(a)
+        s0.nparts = 1
+    task(first)
     return 1
 
 
