@@ -277,18 +277,18 @@ COLUMN_SUMS(column_sums_d, double)
  * rows streams past it. Row and column remainders go through a local tile.
  * ------------------------------------------------------------------------ */
 
-/* One MR x CB tile: c (row stride ldc) = or += a (rows of stride lda) @ the
- * CB columns at bp of a panel (row stride NR). With rows < MR the last row is
+/* One TR x CB tile: c (row stride ldc) = or += a (rows of stride lda) @ the
+ * CB columns at bp of a panel (row stride NR). With rows < TR the last row is
  * read again for the missing ones (their results land in c's spare rows,
  * which the caller discards). */
-#define TILE(NAME, T, V, L, NR, SPLAT, LOAD, STORE)                                               \
+#define TILE(NAME, TR, T, V, L, NR, SPLAT, LOAD, STORE)                                           \
 static inline void NAME(int k, const T *R a, long lda, int rows, const T *R bp,     \
                         T *R c, long ldc, int accumulate)                            \
 {                                                                                    \
-    V acc[MR][NV];                                                                   \
-    const T *ar[MR];                                                                 \
+    V acc[TR][NV];                                                                   \
+    const T *ar[TR];                                                                 \
     PYLSTM_UNROLL                                                                    \
-    for (int r = 0; r < MR; r++) {                                                   \
+    for (int r = 0; r < TR; r++) {                                                   \
         ar[r] = a + (r < rows ? r : rows - 1) * lda;                                 \
         PYLSTM_UNROLL                                                                \
         for (int v = 0; v < NV; v++)                                                 \
@@ -300,7 +300,7 @@ static inline void NAME(int k, const T *R a, long lda, int rows, const T *R bp, 
         for (int v = 0; v < NV; v++)                                                 \
             b[v] = LOAD(bp + (long)kk * NR + v * L);                                 \
         PYLSTM_UNROLL                                                                \
-        for (int r = 0; r < MR; r++) {                                               \
+        for (int r = 0; r < TR; r++) {                                               \
             V av = SPLAT(ar[r][kk]);                                                 \
             PYLSTM_UNROLL                                                            \
             for (int v = 0; v < NV; v++)                                             \
@@ -308,7 +308,7 @@ static inline void NAME(int k, const T *R a, long lda, int rows, const T *R bp, 
         }                                                                            \
     }                                                                                \
     PYLSTM_UNROLL                                                                    \
-    for (int r = 0; r < MR; r++) {                                                   \
+    for (int r = 0; r < TR; r++) {                                                   \
         PYLSTM_UNROLL                                                                \
         for (int v = 0; v < NV; v++) {                                               \
             if (accumulate)                                                          \
@@ -318,13 +318,26 @@ static inline void NAME(int k, const T *R a, long lda, int rows, const T *R bp, 
     }                                                                                \
 }
 
-TILE(tile_f, float, pylstm_vf, PYLSTM_LF, PYLSTM_NR_F, pylstm_splat_f, pylstm_load_f,
+TILE(tile_f, MR, float, pylstm_vf, PYLSTM_LF, PYLSTM_NR_F, pylstm_splat_f, pylstm_load_f,
      pylstm_store_f)
-TILE(tile_d, double, pylstm_vd, PYLSTM_LD, PYLSTM_NR_D, pylstm_splat_d, pylstm_load_d,
+TILE(tile_d, MR, double, pylstm_vd, PYLSTM_LD, PYLSTM_NR_D, pylstm_splat_d, pylstm_load_d,
+     pylstm_store_d)
+TILE(tile4_f, 4, float, pylstm_vf, PYLSTM_LF, PYLSTM_NR_F, pylstm_splat_f, pylstm_load_f,
+     pylstm_store_f)
+TILE(tile4_d, 4, double, pylstm_vd, PYLSTM_LD, PYLSTM_NR_D, pylstm_splat_d, pylstm_load_d,
      pylstm_store_d)
 
+/* The rows of the next tile when `left` rows remain: MR while more than 8
+ * remain or MR rows take the rest without a 4-row tile doing it better,
+ * else 4, so that few rows are computed and dropped (32 rows, a thread's
+ * share of 64 at AVX2: 6+6+6+6+4+4, not 6 x 6; bench_simd.py, avx2). */
+static inline int tile_rows(int left)
+{
+    return (left > 8 || left % MR == 0 || (left > 4 && left <= MR)) ? MR : 4;
+}
+
 /* C[m, n] (row stride ldc) = or += A[m, k] (row stride lda) @ packed B. */
-#define GEMM_PACKED(NAME, TILE, T, L, NR)                                            \
+#define GEMM_PACKED(NAME, TILE, TILE4, T, L, NR)                                      \
 static void NAME(int m, int n, int k, const T *A, int lda, const T *Bp, T *C,       \
                  int ldc, int accumulate)                                            \
 {                                                                                    \
@@ -333,17 +346,25 @@ static void NAME(int m, int n, int k, const T *A, int lda, const T *Bp, T *C,   
     for (int j0 = 0; j0 < n; j0 += CB) {                                             \
         const T *bp = Bp + (long)(j0 / NR) * NR * k + j0 % NR;                       \
         int w = n - j0 < CB ? n - j0 : CB;                                           \
-        for (int i0 = 0; i0 < m; i0 += MR) {                                         \
-            int rows = m - i0 < MR ? m - i0 : MR;                                    \
+        for (int i0 = 0, tr; i0 < m; i0 += tr) {                                     \
+            tr = tile_rows(m - i0);                                                  \
+            int rows = m - i0 < tr ? m - i0 : tr;                                    \
             const T *a = A + (long)i0 * lda;                                         \
-            if (rows == MR && w == CB) {                                             \
-                TILE(k, a, lda, rows, bp, C + (long)i0 * ldc + j0, ldc, accumulate); \
+            if (rows == tr && w == CB) {                                             \
+                T *c = C + (long)i0 * ldc + j0;                                      \
+                if (tr == MR)                                                        \
+                    TILE(k, a, lda, rows, bp, c, ldc, accumulate);                   \
+                else                                                                 \
+                    TILE4(k, a, lda, rows, bp, c, ldc, accumulate);                  \
                 continue;                                                            \
             }                                                                        \
             for (int r = 0; r < rows; r++)                                           \
                 for (int j = 0; j < w; j++)                                          \
                     c_tile[r * CB + j] = C[(long)(i0 + r) * ldc + j0 + j];           \
-            TILE(k, a, lda, rows, bp, c_tile, CB, accumulate);                       \
+            if (tr == MR)                                                            \
+                TILE(k, a, lda, rows, bp, c_tile, CB, accumulate);                   \
+            else                                                                     \
+                TILE4(k, a, lda, rows, bp, c_tile, CB, accumulate);                  \
             for (int r = 0; r < rows; r++)                                           \
                 for (int j = 0; j < w; j++)                                          \
                     C[(long)(i0 + r) * ldc + j0 + j] = c_tile[r * CB + j];           \
@@ -351,8 +372,8 @@ static void NAME(int m, int n, int k, const T *A, int lda, const T *Bp, T *C,   
     }                                                                                \
 }
 
-GEMM_PACKED(gemm_packed_f, tile_f, float, PYLSTM_LF, PYLSTM_NR_F)
-GEMM_PACKED(gemm_packed_d, tile_d, double, PYLSTM_LD, PYLSTM_NR_D)
+GEMM_PACKED(gemm_packed_f, tile_f, tile4_f, float, PYLSTM_LF, PYLSTM_NR_F)
+GEMM_PACKED(gemm_packed_d, tile_d, tile4_d, double, PYLSTM_LD, PYLSTM_NR_D)
 
 /* y[n] = or += x[k] @ packed B (k x n): the one-row case. Each panel sums
  * its k terms in Q interleaved partial sums (about 8 independent vectors of

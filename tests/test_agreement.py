@@ -6,7 +6,6 @@ words back, not with the nearer "dogs". A word-level LSTMLanguageModel trained o
 agreeing verb ("was" or "were") the higher probability at the main verb.
 """
 
-import time
 
 import numpy as np
 import pytest
@@ -42,15 +41,13 @@ def nearest_noun_baseline(sentences, info):
 def test_lstm_prefers_the_agreeing_verb_across_attractors():
     train, _ = make_agreement(6000, max_attractors=2, random_state=0)
     test, info = make_agreement(800, max_attractors=3, random_state=1)
-    start = time.perf_counter()
     # Seeds 0-19 of these settings all scored 1.00 with 0, 1 and 2 attractors
-    # (and 1.00 with 3, a depth never seen in training); fit 8-12 s on 2 cores.
+    # (and 1.00 with 3, a depth never seen in training).
     lm = LSTMLanguageModel(level="word", embedding_dim=16, hidden_size=64, seq_len=32,
                            batch_size=16, max_iter=20, learning_rate_init=0.01,
                            random_state=0)
     lm.fit(train)
     correct = agreement_accuracy(lm, test, info)
-    elapsed = time.perf_counter() - start
     baseline = nearest_noun_baseline(test, info)
     by_attractors = {
         k: (float(correct[info.n_attractors == k].mean()), int((info.n_attractors == k).sum()))
@@ -67,7 +64,6 @@ def test_lstm_prefers_the_agreeing_verb_across_attractors():
     one = info.n_attractors == 1
     assert baseline[one & (info.n_clauses == 1)].mean() == 0.0
     assert correct[one].mean() > baseline[one].mean() + 0.5
-    assert elapsed < 60, elapsed
 
 
 def test_make_agreement_sentences_are_grammatical():

@@ -218,13 +218,14 @@ static void tn_free(tn_call *g)
 /* ---- the checks --------------------------------------------------------- */
 
 /* gemm_packed over pylstm_pack (B as k x n and as the transpose of n x k):
- * odd shapes, fewer rows than a tile, partial panels, k = 1, accumulate 0
+ * odd shapes, fewer rows than a tile, row counts that end in 4-row tiles
+ * (7, 8, 13, 16, 32 at MR 6), partial panels, k = 1, accumulate 0
  * and 1, strides wider than the matrices; nothing outside C's m x n changes. */
 static void check_gemm_packed(const pylstm_kernels *t, const char *lv, int dbl)
 {
     static const int shapes[][3] = {{1, 1, 1},   {3, 33, 1},   {5, 17, 7},    {7, 31, 19},
                                     {9, 32, 2},  {13, 65, 37}, {16, 64, 40},  {23, 100, 64},
-                                    {2, 16, 300}};
+                                    {2, 16, 300}, {8, 40, 9},    {32, 64, 20}};
     char what[40], ctx[80];
     begin();
     for (size_t s = 0; s < sizeof shapes / sizeof shapes[0]; s++)
