@@ -82,9 +82,11 @@ _SHARED_PARAMS_DOC = """
         models.
     verbose : int, default=0
         1 prints a progress line per epoch (loss, validation score, time).
-    dtype : {'float32', 'float64'}, default='float64'
-        Precision of the weights and computations; 'float32' is about twice
-        as fast.
+    dtype : {'float32', 'float64'}, default='float32'
+        Precision of the weights and computations. 'float32', as in PyTorch
+        and Keras, is about twice as fast; 'float64' for gradient checks or
+        long sequences whose sums need the extra precision. Input of either
+        dtype is converted.
     return_sequences : bool, default=False
         False: one prediction per sequence, from its last valid step.
         True: a prediction at every valid step (sequence tagging); y then
@@ -151,7 +153,7 @@ class _BaseLSTMEstimator(BaseEstimator):
                  nesterovs_momentum=True, batch_size=32, max_iter=100, alpha=1e-4,
                  clip_norm=5.0, clip_value=None, shuffle=True, early_stopping=False,
                  validation_fraction=0.1, n_iter_no_change=10, tol=1e-4,
-                 warm_start=False, random_state=None, verbose=0, dtype="float64",
+                 warm_start=False, random_state=None, verbose=0, dtype="float32",
                  return_sequences=False, n_features=None):
         self.hidden_size = hidden_size
         self.num_layers = num_layers
@@ -1014,10 +1016,13 @@ class LSTMRegressor(RegressorMixin, _BaseLSTMEstimator):
         Returns
         -------
         ndarray of shape (n_samples,) or (n_samples, n_outputs)
-            With ``return_sequences``: (n_samples, n_timesteps[, n_outputs]) or a
-            list of per-sequence arrays.
+            float64 whatever ``dtype`` (targets are float64, as in
+            scikit-learn's regressors). With ``return_sequences``:
+            (n_samples, n_timesteps[, n_outputs]) or a list of per-sequence
+            arrays.
         """
         out, lengths, ragged = self._raw_output(X)
+        out = out.astype(np.float64, copy=False)
         if self._y_squeeze:
             out = out[..., 0]
         return self._unpad(out, lengths, ragged) if self.return_sequences else out

@@ -9,7 +9,7 @@ of arrays; losses live here too. It knows nothing of scikit-learn.
 import numpy as np
 
 from ._layer import LSTM
-from ._threads import model_call
+from ._threads import WHOLE_SEQUENCE_ONE_THREAD_BELOW, model_call, single_threaded_blas
 
 __all__ = ["SequenceNetwork", "log_softmax", "softmax_cross_entropy", "squared_error"]
 
@@ -264,13 +264,26 @@ class LanguageNetwork:
         for p, s in zip(self.parameters(), state, strict=True):
             p[...] = s
 
+    def _head_blas(self, rows):
+        """The BLAS switch for the head's products on ``rows`` rows.
+
+        A small head runs on one BLAS thread, as the kernels' small products
+        do: woken BLAS workers keep spinning on the other core after the
+        call, and the next kernel call, which splits its loop over both
+        cores, then runs at about half speed (benchmarks/bench_quality.py,
+        lm; tests/test_language_model.py::test_head_blas_threads).
+        """
+        work = rows * self.coef.shape[0] * self.coef.shape[1]
+        return single_threaded_blas(work < WHOLE_SEQUENCE_ONE_THREAD_BELOW)
+
     def _head(self, hidden):
         from ._blas import gemm_rm
 
         flat = np.ascontiguousarray(hidden.reshape(-1, hidden.shape[-1]))
         logits = np.empty((flat.shape[0], self.coef.shape[1]), dtype=self.dtype)
         logits[...] = self.intercept
-        gemm_rm(False, False, 1.0, flat, self.coef, 1.0, logits)
+        with self._head_blas(flat.shape[0]):
+            gemm_rm(False, False, 1.0, flat, self.coef, 1.0, logits)
         return flat, logits
 
     @model_call
@@ -309,10 +322,11 @@ class LanguageNetwork:
         flat = cache["flat"]
         d_flat = np.ascontiguousarray(d_logits.reshape(flat.shape[0], -1), dtype=self.dtype)
         d_coef = np.empty_like(self.coef)
-        gemm_rm(True, False, 1.0, flat, d_flat, 0.0, d_coef)
-        d_intercept = d_flat.sum(axis=0)
         d_hidden = np.empty_like(flat)
-        gemm_rm(False, True, 1.0, d_flat, self.coef, 0.0, d_hidden)
+        with self._head_blas(flat.shape[0]):
+            gemm_rm(True, False, 1.0, flat, d_flat, 0.0, d_coef)
+            gemm_rm(False, True, 1.0, d_flat, self.coef, 0.0, d_hidden)
+        d_intercept = d_flat.sum(axis=0)
         d_out = d_hidden.reshape(cache["shape"])
         layer_grads = []
         for k in range(len(self.layers) - 1, -1, -1):

@@ -17,10 +17,10 @@
 
 /* 1 if a[0 .. n-1] holds no NaN or infinity, else 0. */
 #define PYLSTM_ALL_FINITE(NAME, T, U, EXP)                                           \
-static int NAME(const T *PYLSTM_RESTRICT a, long n)                                  \
+static int NAME(const T *PYLSTM_RESTRICT a, ptrdiff_t n)                                  \
 {                                                                                    \
     U bad = 0;                                                                       \
-    for (long i = 0; i < n; i++) {                                                   \
+    for (ptrdiff_t i = 0; i < n; i++) {                                                   \
         U u;                                                                         \
         memcpy(&u, a + i, sizeof u);                                                 \
         bad |= (U)((u & EXP) == EXP);                                                \
@@ -30,10 +30,10 @@ static int NAME(const T *PYLSTM_RESTRICT a, long n)                             
 
 /* dst[i] = src[i] for i < n; 1 if none of them is NaN or infinite. */
 #define PYLSTM_COPY_FINITE(NAME, T, U, EXP)                                          \
-static int NAME(const T *PYLSTM_RESTRICT src, T *PYLSTM_RESTRICT dst, long n)        \
+static int NAME(const T *PYLSTM_RESTRICT src, T *PYLSTM_RESTRICT dst, ptrdiff_t n)        \
 {                                                                                    \
     U bad = 0;                                                                       \
-    for (long i = 0; i < n; i++) {                                                   \
+    for (ptrdiff_t i = 0; i < n; i++) {                                                   \
         U u;                                                                         \
         memcpy(&u, src + i, sizeof u);                                               \
         bad |= (U)((u & EXP) == EXP);                                                \

@@ -11,13 +11,13 @@ from cython cimport floating
 
 
 cdef extern from "_arrays.h" nogil:
-    int pylstm_all_finite_f(const float* a, long n)
-    int pylstm_all_finite_d(const double* a, long n)
-    int pylstm_copy_finite_f(const float* src, float* dst, long n)
-    int pylstm_copy_finite_d(const double* src, double* dst, long n)
+    int pylstm_all_finite_f(const float* a, Py_ssize_t n)
+    int pylstm_all_finite_d(const double* a, Py_ssize_t n)
+    int pylstm_copy_finite_f(const float* src, float* dst, Py_ssize_t n)
+    int pylstm_copy_finite_d(const double* src, double* dst, Py_ssize_t n)
 
 
-cdef inline int _copy_finite(const floating* src, floating* dst, long n) noexcept nogil:
+cdef inline int _copy_finite(const floating* src, floating* dst, Py_ssize_t n) noexcept nogil:
     if floating is float:
         return pylstm_copy_finite_f(src, dst, n)
     else:
@@ -47,7 +47,7 @@ def all_finite(const floating[::1] a):
     >>> all_finite(np.array([0.0, 1e300])), all_finite(np.array([1.0, np.inf]))
     (True, False)
     """
-    cdef long n = a.shape[0]
+    cdef Py_ssize_t n = a.shape[0]
     cdef int ok = 1
     if n == 0:
         return True

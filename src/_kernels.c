@@ -254,11 +254,11 @@ CELL_BACKWARD(cell_backward_d, double, pylstm_vd, PYLSTM_LD, pylstm_load_d, pyls
 /* out[j] = sum over rows r of a[r * lda + j], j < cols, rows in order (the
  * bias gradient: the column sums of the gate gradients). */
 #define COLUMN_SUMS(NAME, T)                                                         \
-static void NAME(const T *R a, long rows, int cols, long lda, T *R out)             \
+static void NAME(const T *R a, ptrdiff_t rows, int cols, ptrdiff_t lda, T *R out)             \
 {                                                                                    \
     for (int j = 0; j < cols; j++)                                                   \
         out[j] = 0;                                                                  \
-    for (long r = 0; r < rows; r++) {                                                \
+    for (ptrdiff_t r = 0; r < rows; r++) {                                                \
         const T *R row = a + r * lda;                                                \
         for (int j = 0; j < cols; j++)                                               \
             out[j] += row[j];                                                        \
@@ -282,8 +282,8 @@ COLUMN_SUMS(column_sums_d, double)
  * read again for the missing ones (their results land in c's spare rows,
  * which the caller discards). */
 #define TILE(NAME, TR, T, V, L, NR, SPLAT, LOAD, STORE)                                           \
-static inline void NAME(int k, const T *R a, long lda, int rows, const T *R bp,     \
-                        T *R c, long ldc, int accumulate)                            \
+static inline void NAME(int k, const T *R a, ptrdiff_t lda, int rows, const T *R bp,     \
+                        T *R c, ptrdiff_t ldc, int accumulate)                            \
 {                                                                                    \
     V acc[TR][NV];                                                                   \
     const T *ar[TR];                                                                 \
@@ -298,7 +298,7 @@ static inline void NAME(int k, const T *R a, long lda, int rows, const T *R bp, 
         V b[NV];                                                                     \
         PYLSTM_UNROLL                                                                \
         for (int v = 0; v < NV; v++)                                                 \
-            b[v] = LOAD(bp + (long)kk * NR + v * L);                                 \
+            b[v] = LOAD(bp + (ptrdiff_t)kk * NR + v * L);                                 \
         PYLSTM_UNROLL                                                                \
         for (int r = 0; r < TR; r++) {                                               \
             V av = SPLAT(ar[r][kk]);                                                 \
@@ -344,14 +344,14 @@ static void NAME(int m, int n, int k, const T *A, int lda, const T *Bp, T *C,   
     enum { CB = NV * L };                                                            \
     T c_tile[MR * CB];                                                               \
     for (int j0 = 0; j0 < n; j0 += CB) {                                             \
-        const T *bp = Bp + (long)(j0 / NR) * NR * k + j0 % NR;                       \
+        const T *bp = Bp + (ptrdiff_t)(j0 / NR) * NR * k + j0 % NR;                       \
         int w = n - j0 < CB ? n - j0 : CB;                                           \
         for (int i0 = 0, tr; i0 < m; i0 += tr) {                                     \
             tr = tile_rows(m - i0);                                                  \
             int rows = m - i0 < tr ? m - i0 : tr;                                    \
-            const T *a = A + (long)i0 * lda;                                         \
+            const T *a = A + (ptrdiff_t)i0 * lda;                                         \
             if (rows == tr && w == CB) {                                             \
-                T *c = C + (long)i0 * ldc + j0;                                      \
+                T *c = C + (ptrdiff_t)i0 * ldc + j0;                                      \
                 if (tr == MR)                                                        \
                     TILE(k, a, lda, rows, bp, c, ldc, accumulate);                   \
                 else                                                                 \
@@ -360,14 +360,14 @@ static void NAME(int m, int n, int k, const T *A, int lda, const T *Bp, T *C,   
             }                                                                        \
             for (int r = 0; r < rows; r++)                                           \
                 for (int j = 0; j < w; j++)                                          \
-                    c_tile[r * CB + j] = C[(long)(i0 + r) * ldc + j0 + j];           \
+                    c_tile[r * CB + j] = C[(ptrdiff_t)(i0 + r) * ldc + j0 + j];           \
             if (tr == MR)                                                            \
                 TILE(k, a, lda, rows, bp, c_tile, CB, accumulate);                   \
             else                                                                     \
                 TILE4(k, a, lda, rows, bp, c_tile, CB, accumulate);                  \
             for (int r = 0; r < rows; r++)                                           \
                 for (int j = 0; j < w; j++)                                          \
-                    C[(long)(i0 + r) * ldc + j0 + j] = c_tile[r * CB + j];           \
+                    C[(ptrdiff_t)(i0 + r) * ldc + j0 + j] = c_tile[r * CB + j];           \
         }                                                                            \
     }                                                                                \
 }
@@ -384,7 +384,7 @@ static void NAME(int n, int k, const T *R x, const T *R Bp, T *R y, int accumula
 {                                                                                    \
     enum { NRV = NR / L, Q = NRV >= 8 ? 1 : (NRV >= 4 ? 2 : 4) };                    \
     for (int j0 = 0; j0 < n; j0 += NR) {                                             \
-        const T *bp = Bp + (long)j0 * k;                                             \
+        const T *bp = Bp + (ptrdiff_t)j0 * k;                                             \
         int w = n - j0 < NR ? n - j0 : NR;                                           \
         V acc[Q][NRV];                                                               \
         PYLSTM_UNROLL                                                                \
@@ -400,14 +400,14 @@ static void NAME(int n, int k, const T *R x, const T *R Bp, T *R y, int accumula
                 V xv = SPLAT(x[kk + q]);                                             \
                 PYLSTM_UNROLL                                                        \
                 for (int v = 0; v < NRV; v++)                                        \
-                    acc[q][v] += xv * LOAD(bp + (long)(kk + q) * NR + v * L);        \
+                    acc[q][v] += xv * LOAD(bp + (ptrdiff_t)(kk + q) * NR + v * L);        \
             }                                                                        \
         }                                                                            \
         for (; kk < k; kk++) {                                                       \
             V xv = SPLAT(x[kk]);                                                     \
             PYLSTM_UNROLL                                                            \
             for (int v = 0; v < NRV; v++)                                            \
-                acc[0][v] += xv * LOAD(bp + (long)kk * NR + v * L);                  \
+                acc[0][v] += xv * LOAD(bp + (ptrdiff_t)kk * NR + v * L);                  \
         }                                                                            \
         T out[NR];                                                                   \
         PYLSTM_UNROLL                                                                \
@@ -451,8 +451,8 @@ GEMV_PACKED(gemv_packed_d, double, pylstm_vd, PYLSTM_LD, PYLSTM_NR_D, pylstm_spl
 /* Columns j0 .. j0 + NVX * L - 1 of rows i0 .. i0 + rows - 1 of C, steps
  * k0 .. k0 + kn - 1. */
 #define TN_BLOCK(NAME, T, V, L, NVX, SPLAT, LOAD, STORE)                                          \
-static inline void NAME(const T *const *ap, int rows, long lda, const T *b, long ldb,\
-                        long kn, T *c, long ldc, int add)                            \
+static inline void NAME(const T *const *ap, int rows, ptrdiff_t lda, const T *b, ptrdiff_t ldb,\
+                        ptrdiff_t kn, T *c, ptrdiff_t ldc, int add)                            \
 {                                                                                    \
     V acc[MR][NVX];                                                                  \
     PYLSTM_UNROLL                                                                    \
@@ -461,9 +461,9 @@ static inline void NAME(const T *const *ap, int rows, long lda, const T *b, long
         for (int v = 0; v < NVX; v++)                                                \
             acc[r][v] = SPLAT(0);                                                    \
     }                                                                                \
-    for (long kk = 0; kk < kn; kk++) {                                               \
+    for (ptrdiff_t kk = 0; kk < kn; kk++) {                                               \
         V bv[NVX];                                                                   \
-        long o = kk * lda;                                                           \
+        ptrdiff_t o = kk * lda;                                                           \
         PYLSTM_UNROLL                                                                \
         for (int v = 0; v < NVX; v++)                                                \
             bv[v] = LOAD(b + v * L);                                                 \
@@ -500,8 +500,8 @@ TN_BLOCK(tn_one_d, double, pylstm_vd, PYLSTM_LD, 1, pylstm_splat_d, pylstm_load_
  * independent chains; each element still sums its steps in order, one
  * multiply-add each, as in the tiles. */
 #define TN_TAIL(NAME, T, V, L, SPLAT, LOAD, STORE)                                   \
-static void NAME(int m, long k0, long kn, const T *A, long lda, const T *B, long ldb,\
-                 int j0, int n, T *C, long ldc)                                      \
+static void NAME(int m, ptrdiff_t k0, ptrdiff_t kn, const T *A, ptrdiff_t lda, const T *B, ptrdiff_t ldb,\
+                 int j0, int n, T *C, ptrdiff_t ldc)                                      \
 {                                                                                    \
     enum { U = 4 };                                                                  \
     for (int j = j0; j < n; j++) {                                                   \
@@ -515,21 +515,21 @@ static void NAME(int m, long k0, long kn, const T *A, long lda, const T *B, long
             for (int u = 0; u < U; u++)                                              \
                 acc[u] = SPLAT(0);                                                   \
             if (nv == U) {                                                           \
-                for (long kk = 0; kk < kn; kk++) {                                   \
+                for (ptrdiff_t kk = 0; kk < kn; kk++) {                                   \
                     V bv = SPLAT(b[kk * ldb]);                                       \
                     PYLSTM_UNROLL                                                    \
                     for (int u = 0; u < U; u++)                                      \
                         acc[u] += LOAD(a + kk * lda + u * L) * bv;                   \
                 }                                                                    \
             } else {                                                                 \
-                for (long kk = 0; kk < kn; kk++)                                     \
+                for (ptrdiff_t kk = 0; kk < kn; kk++)                                     \
                     acc[0] += LOAD(a + kk * lda) * SPLAT(b[kk * ldb]);               \
             }                                                                        \
             for (int u = 0; u < nv; u++) {                                           \
                 T out[L];                                                            \
                 STORE(out, acc[u]);                                                  \
                 for (int r = 0; r < L; r++) {                                        \
-                    T *c = C + (long)(i + u * L + r) * ldc + j;                      \
+                    T *c = C + (ptrdiff_t)(i + u * L + r) * ldc + j;                      \
                     *c = k0 > 0 ? out[r] + *c : out[r];                              \
                 }                                                                    \
             }                                                                        \
@@ -537,9 +537,9 @@ static void NAME(int m, long k0, long kn, const T *A, long lda, const T *B, long
         }                                                                            \
         for (; i < m; i++) {                                                         \
             T s = 0;                                                                 \
-            for (long kk = 0; kk < kn; kk++)                                         \
+            for (ptrdiff_t kk = 0; kk < kn; kk++)                                         \
                 s += A[(k0 + kk) * lda + i] * b[kk * ldb];                           \
-            T *c = C + (long)i * ldc + j;                                            \
+            T *c = C + (ptrdiff_t)i * ldc + j;                                            \
             *c = k0 > 0 ? s + *c : s;                                                \
         }                                                                            \
     }                                                                                \
@@ -550,28 +550,28 @@ TN_TAIL(tn_tail_d, double, pylstm_vd, PYLSTM_LD, pylstm_splat_d, pylstm_load_d, 
 
 /* Whole vectors of columns by tiles of MR rows, the rest by TN_TAIL. */
 #define GEMM_TN(NAME, T, L, WIDE, ONE, TAIL)                                         \
-static void NAME##_part(int i0, int rows, long k0, long kn, const T *A, long lda,   \
-                        const T *B, long ldb, int n, T *C, long ldc)                 \
+static void NAME##_part(int i0, int rows, ptrdiff_t k0, ptrdiff_t kn, const T *A, ptrdiff_t lda,   \
+                        const T *B, ptrdiff_t ldb, int n, T *C, ptrdiff_t ldc)                 \
 {                                                                                    \
     const T *ap[MR];                                                                 \
     int j0 = 0;                                                                      \
     for (int r = 0; r < MR; r++)                                                     \
         ap[r] = A + k0 * lda + i0 + (r < rows ? r : rows - 1);                       \
     for (; j0 + NV * L <= n; j0 += NV * L)                                           \
-        WIDE(ap, rows, lda, B + k0 * ldb + j0, ldb, kn, C + (long)i0 * ldc + j0,     \
+        WIDE(ap, rows, lda, B + k0 * ldb + j0, ldb, kn, C + (ptrdiff_t)i0 * ldc + j0,     \
              ldc, k0 > 0);                                                           \
     for (; j0 + L <= n; j0 += L)                                                     \
-        ONE(ap, rows, lda, B + k0 * ldb + j0, ldb, kn, C + (long)i0 * ldc + j0,      \
+        ONE(ap, rows, lda, B + k0 * ldb + j0, ldb, kn, C + (ptrdiff_t)i0 * ldc + j0,      \
             ldc, k0 > 0);                                                            \
 }                                                                                    \
                                                                                      \
-static void NAME(int m, int k, const T *A, long lda, const T *B1, long ldb1, int n1, \
-                 T *C1, long ldc1, const T *B2, long ldb2, int n2, T *C2, long ldc2) \
+static void NAME(int m, int k, const T *A, ptrdiff_t lda, const T *B1, ptrdiff_t ldb1, int n1, \
+                 T *C1, ptrdiff_t ldc1, const T *B2, ptrdiff_t ldb2, int n2, T *C2, ptrdiff_t ldc2) \
 {                                                                                    \
     int kb = PYLSTM_KB_BYTES / (int)(sizeof(T) * (n1 + n2 > 0 ? n1 + n2 : 1));       \
     kb = kb < 16 ? 16 : kb;                                                          \
-    for (long k0 = 0; k0 < k; k0 += kb) {                                            \
-        long kn = k - k0 < kb ? k - k0 : kb;                                         \
+    for (ptrdiff_t k0 = 0; k0 < k; k0 += kb) {                                            \
+        ptrdiff_t kn = k - k0 < kb ? k - k0 : kb;                                         \
         for (int i0 = 0; i0 < m; i0 += MR) {                                         \
             int rows = m - i0 < MR ? m - i0 : MR;                                    \
             NAME##_part(i0, rows, k0, kn, A, lda, B1, ldb1, n1, C1, ldc1);           \

@@ -43,12 +43,12 @@ typedef struct {
                           int accumulate);
     void (*gemv_packed_d)(int n, int k, const double *x, const double *Bp, double *y,
                           int accumulate);
-    void (*gemm_tn_f)(int m, int k, const float *A, long lda, const float *B1, long ldb1,
-                      int n1, float *C1, long ldc1, const float *B2, long ldb2, int n2,
-                      float *C2, long ldc2);
-    void (*gemm_tn_d)(int m, int k, const double *A, long lda, const double *B1, long ldb1,
-                      int n1, double *C1, long ldc1, const double *B2, long ldb2, int n2,
-                      double *C2, long ldc2);
+    void (*gemm_tn_f)(int m, int k, const float *A, ptrdiff_t lda, const float *B1, ptrdiff_t ldb1,
+                      int n1, float *C1, ptrdiff_t ldc1, const float *B2, ptrdiff_t ldb2, int n2,
+                      float *C2, ptrdiff_t ldc2);
+    void (*gemm_tn_d)(int m, int k, const double *A, ptrdiff_t lda, const double *B1, ptrdiff_t ldb1,
+                      int n1, double *C1, ptrdiff_t ldc1, const double *B2, ptrdiff_t ldb2, int n2,
+                      double *C2, ptrdiff_t ldc2);
     void (*cell_forward_f)(const float *gp, const float *bias, const float *h_in,
                            float *h_out, float *c, float *out, float *gates_keep,
                            float *c_keep, float *h_prev_keep, int keep, int n, int S);
@@ -59,8 +59,8 @@ typedef struct {
                             float *dc, const float *dout, int n, int S);
     void (*cell_backward_d)(double *gp, const double *cn, const double *cp, const double *dh,
                             double *dc, const double *dout, int n, int S);
-    void (*column_sums_f)(const float *a, long rows, int cols, long lda, float *out);
-    void (*column_sums_d)(const double *a, long rows, int cols, long lda, double *out);
+    void (*column_sums_f)(const float *a, ptrdiff_t rows, int cols, ptrdiff_t lda, float *out);
+    void (*column_sums_d)(const double *a, ptrdiff_t rows, int cols, ptrdiff_t lda, double *out);
 } pylstm_kernels;
 
 /* The tables that this build compiled (src/meson.build defines
@@ -205,16 +205,16 @@ static inline void pylstm_gemv_packed_d(int n, int k, const double *x, const dou
 {
     pylstm_k->gemv_packed_d(n, k, x, Bp, y, accumulate);
 }
-static inline void pylstm_gemm_tn_f(int m, int k, const float *A, long lda, const float *B1,
-                                    long ldb1, int n1, float *C1, long ldc1, const float *B2,
-                                    long ldb2, int n2, float *C2, long ldc2)
+static inline void pylstm_gemm_tn_f(int m, int k, const float *A, ptrdiff_t lda, const float *B1,
+                                    ptrdiff_t ldb1, int n1, float *C1, ptrdiff_t ldc1, const float *B2,
+                                    ptrdiff_t ldb2, int n2, float *C2, ptrdiff_t ldc2)
 {
     pylstm_k->gemm_tn_f(m, k, A, lda, B1, ldb1, n1, C1, ldc1, B2, ldb2, n2, C2, ldc2);
 }
-static inline void pylstm_gemm_tn_d(int m, int k, const double *A, long lda,
-                                    const double *B1, long ldb1, int n1, double *C1,
-                                    long ldc1, const double *B2, long ldb2, int n2,
-                                    double *C2, long ldc2)
+static inline void pylstm_gemm_tn_d(int m, int k, const double *A, ptrdiff_t lda,
+                                    const double *B1, ptrdiff_t ldb1, int n1, double *C1,
+                                    ptrdiff_t ldc1, const double *B2, ptrdiff_t ldb2, int n2,
+                                    double *C2, ptrdiff_t ldc2)
 {
     pylstm_k->gemm_tn_d(m, k, A, lda, B1, ldb1, n1, C1, ldc1, B2, ldb2, n2, C2, ldc2);
 }
@@ -246,26 +246,26 @@ static inline void pylstm_cell_backward_d(double *gp, const double *cn, const do
 {
     pylstm_k->cell_backward_d(gp, cn, cp, dh, dc, dout, n, S);
 }
-static inline void pylstm_column_sums_f(const float *a, long rows, int cols, long lda,
+static inline void pylstm_column_sums_f(const float *a, ptrdiff_t rows, int cols, ptrdiff_t lda,
                                         float *out)
 {
     pylstm_k->column_sums_f(a, rows, cols, lda, out);
 }
-static inline void pylstm_column_sums_d(const double *a, long rows, int cols, long lda,
+static inline void pylstm_column_sums_d(const double *a, ptrdiff_t rows, int cols, ptrdiff_t lda,
                                         double *out)
 {
     pylstm_k->column_sums_d(a, rows, cols, lda, out);
 }
 
 /* Number of elements of the packed copy of a k x n matrix. */
-static inline long pylstm_packed_size_f(int k, int n)
+static inline ptrdiff_t pylstm_packed_size_f(int k, int n)
 {
-    return (long)((n + PYLSTM_NR_F - 1) / PYLSTM_NR_F) * PYLSTM_NR_F * k;
+    return (ptrdiff_t)((n + PYLSTM_NR_F - 1) / PYLSTM_NR_F) * PYLSTM_NR_F * k;
 }
 
-static inline long pylstm_packed_size_d(int k, int n)
+static inline ptrdiff_t pylstm_packed_size_d(int k, int n)
 {
-    return (long)((n + PYLSTM_NR_D - 1) / PYLSTM_NR_D) * PYLSTM_NR_D * k;
+    return (ptrdiff_t)((n + PYLSTM_NR_D - 1) / PYLSTM_NR_D) * PYLSTM_NR_D * k;
 }
 
 /* Pack B (k x n, row stride ldb; with trans != 0, B is read as the transpose
@@ -276,15 +276,15 @@ static inline long pylstm_packed_size_d(int k, int n)
 static void NAME(const T *B, int ldb, int trans, int k, int n, T *Bp)                 \
 {                                                                                     \
     for (int p = 0; p * NR < n; p++) {                                                \
-        T *dst = Bp + (long)p * NR * k;                                               \
+        T *dst = Bp + (ptrdiff_t)p * NR * k;                                               \
         int j0 = p * NR;                                                              \
         int w = n - j0 < NR ? n - j0 : NR;                                            \
         for (int kk = 0; kk < k; kk++) {                                              \
             for (int j = 0; j < w; j++)                                               \
-                dst[(long)kk * NR + j] = trans ? B[(long)(j0 + j) * ldb + kk]         \
-                                               : B[(long)kk * ldb + j0 + j];          \
+                dst[(ptrdiff_t)kk * NR + j] = trans ? B[(ptrdiff_t)(j0 + j) * ldb + kk]         \
+                                               : B[(ptrdiff_t)kk * ldb + j0 + j];          \
             for (int j = w; j < NR; j++)                                              \
-                dst[(long)kk * NR + j] = 0;                                           \
+                dst[(ptrdiff_t)kk * NR + j] = 0;                                           \
         }                                                                             \
     }                                                                                 \
 }

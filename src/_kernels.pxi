@@ -11,8 +11,8 @@ cdef extern from "_kernels.h" nogil:
     int pylstm_simd_level
     int pylstm_simd_usable(int level)
     int pylstm_simd_select(int cap)
-    long pylstm_packed_size_f(int k, int n)
-    long pylstm_packed_size_d(int k, int n)
+    Py_ssize_t pylstm_packed_size_f(int k, int n)
+    Py_ssize_t pylstm_packed_size_d(int k, int n)
     void pylstm_pack_f(const float* B, int ldb, int trans, int k, int n, float* Bp)
     void pylstm_pack_d(const double* B, int ldb, int trans, int k, int n, double* Bp)
     void pylstm_gemm_packed_f(int m, int n, int k, const float* A, int lda,
@@ -23,12 +23,12 @@ cdef extern from "_kernels.h" nogil:
                               float* y, int accumulate)
     void pylstm_gemv_packed_d(int n, int k, const double* x, const double* Bp,
                               double* y, int accumulate)
-    void pylstm_gemm_tn_f(int m, int k, const float* A, long lda, const float* B1,
-                          long ldb1, int n1, float* C1, long ldc1, const float* B2,
-                          long ldb2, int n2, float* C2, long ldc2)
-    void pylstm_gemm_tn_d(int m, int k, const double* A, long lda, const double* B1,
-                          long ldb1, int n1, double* C1, long ldc1, const double* B2,
-                          long ldb2, int n2, double* C2, long ldc2)
+    void pylstm_gemm_tn_f(int m, int k, const float* A, Py_ssize_t lda, const float* B1,
+                          Py_ssize_t ldb1, int n1, float* C1, Py_ssize_t ldc1, const float* B2,
+                          Py_ssize_t ldb2, int n2, float* C2, Py_ssize_t ldc2)
+    void pylstm_gemm_tn_d(int m, int k, const double* A, Py_ssize_t lda, const double* B1,
+                          Py_ssize_t ldb1, int n1, double* C1, Py_ssize_t ldc1, const double* B2,
+                          Py_ssize_t ldb2, int n2, double* C2, Py_ssize_t ldc2)
     void pylstm_cell_forward_f(const float* gp, const float* bias, const float* h_in,
                                float* h_out, float* c, float* out, float* gates_keep,
                                float* c_keep, float* h_prev_keep, int keep,
@@ -44,8 +44,8 @@ cdef extern from "_kernels.h" nogil:
     void pylstm_cell_backward_d(double* gp, const double* cn, const double* cp,
                                 const double* dh, double* dc,
                                 const double* dout, int n, int S)
-    void pylstm_column_sums_f(const float* a, long rows, int cols, long lda, float* out)
-    void pylstm_column_sums_d(const double* a, long rows, int cols, long lda,
+    void pylstm_column_sums_f(const float* a, Py_ssize_t rows, int cols, Py_ssize_t lda, float* out)
+    void pylstm_column_sums_d(const double* a, Py_ssize_t rows, int cols, Py_ssize_t lda,
                               double* out)
     const char* PYLSTM_COMPILER
 

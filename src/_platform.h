@@ -10,6 +10,7 @@
 #ifndef PYLSTM_PLATFORM_H
 #define PYLSTM_PLATFORM_H
 
+#include <stddef.h>
 #include <stdlib.h>
 
 #if defined(_MSC_VER) && !defined(__clang__)

@@ -72,7 +72,7 @@ cdef floating* _packed_weights(const floating* w, int ld, bint trans, int k,
                                int n, _Work* work) noexcept nogil:
     """A packed copy of the k x n matrix w (see _kernels.h) in scratch from
     ``work`` (:func:`_take`), or NULL (out of memory)."""
-    cdef long size
+    cdef Py_ssize_t size
     cdef floating* bp
     if floating is float:
         size = pylstm_packed_size_f(k, n)

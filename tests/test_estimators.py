@@ -26,6 +26,9 @@ ESTIMATORS = [LSTMClassifier, LSTMRegressor]
 KINDS = ["3d", "list"]
 N, T, F = 40, 6, 2
 SMALL = {"hidden_size": 4, "max_iter": 3, "random_state": 0}
+# Tests that compare predictions at float64 rounding (rtol 1e-7) ask for it;
+# float32, the default, agrees to float32 rounding (test_float32).
+SMALL64 = {**SMALL, "dtype": "float64"}
 
 
 # ---------------------------------------------------------------------------
@@ -172,7 +175,7 @@ def _per_row(est, method, X):
 @pytest.mark.parametrize("Est", ESTIMATORS)
 def test_subset_invariance_3d(Est):
     X, y = _data("3d", Est)
-    est = Est(**SMALL).fit(X, y)
+    est = Est(**SMALL64).fit(X, y)
     methods = ["predict", "transform"] + (["predict_proba", "predict_log_proba"]
                                            if Est is LSTMClassifier else [])
     for method in methods:
@@ -189,7 +192,7 @@ def test_subset_invariance_3d(Est):
 def test_variable_length_equals_each_sequence_alone(Est):
     X, y = _data("list", Est)
     assert len({len(x) for x in X}) > 3  # mixed lengths
-    est = Est(**SMALL).fit(X, y)
+    est = Est(**SMALL64).fit(X, y)
     methods = ["predict", "transform"] + (["predict_proba"] if Est is LSTMClassifier else [])
     for method in methods:
         together = getattr(est, method)(X)
@@ -525,14 +528,15 @@ def test_pipeline(Est, kind):
 @pytest.mark.parametrize("kind", KINDS)
 def test_transform_feeds_logistic_regression(kind):
     X, y = _data(kind, LSTMClassifier)
-    est = LSTMClassifier(hidden_size=5, max_iter=5, random_state=0).fit(X, y)
+    est = LSTMClassifier(hidden_size=5, max_iter=5, random_state=0, dtype="float64").fit(X, y)
     Z = est.transform(X)
     assert Z.shape == (N, 5)
     assert Z.dtype == np.float64
     assert np.all(np.abs(Z) < 1)  # hidden states are tanh-bounded
     np.testing.assert_array_equal(est.fit_transform(X, y), Z)
-    pipe = make_pipeline(LSTMClassifier(hidden_size=5, max_iter=5, random_state=0),
-                         LogisticRegression())
+    pipe = make_pipeline(
+        LSTMClassifier(hidden_size=5, max_iter=5, random_state=0, dtype="float64"),
+        LogisticRegression())
     pipe.fit(X, y)
     np.testing.assert_array_equal(pipe[0].transform(X), Z)
     ref = LogisticRegression().fit(Z, y)
@@ -745,7 +749,7 @@ def test_dropout_two_layers(kind):
 @pytest.mark.parametrize("Est", ESTIMATORS)
 def test_bidirectional(Est, kind):
     X, y = _data(kind, Est)
-    est = Est(hidden_size=4, bidirectional=True, num_layers=2, max_iter=10,
+    est = Est(hidden_size=4, bidirectional=True, num_layers=2, max_iter=10, dtype="float64",
               learning_rate_init=0.02, random_state=0).fit(X, y)
     assert est.transform(X).shape == (N, 8)
     assert est.loss_curve_[-1] < est.loss_curve_[0]
@@ -753,7 +757,7 @@ def test_bidirectional(Est, kind):
     assert pred.shape == (N,)
     np.testing.assert_allclose(np.concatenate([est.predict([x]) for x in X]), pred,
                                rtol=1e-7, atol=1e-12)
-    uni = Est(hidden_size=4, num_layers=2, max_iter=10, learning_rate_init=0.02,
+    uni = Est(hidden_size=4, num_layers=2, max_iter=10, dtype="float64", learning_rate_init=0.02,
               random_state=0).fit(X, y)
     assert len(_params(est)) > len(_params(uni))
 
@@ -766,7 +770,7 @@ def test_bidirectional(Est, kind):
 def test_classifier_per_step_labels_list():
     X = _make_list(n=60, f=1, seed=2, min_len=2, max_len=10)
     y = [np.where(x[:, 0] > 0, "pos", "neg") for x in X]
-    est = LSTMClassifier(hidden_size=8, max_iter=30, learning_rate_init=0.02,
+    est = LSTMClassifier(hidden_size=8, max_iter=30, learning_rate_init=0.02, dtype="float64",
                          return_sequences=True, random_state=0).fit(X, y)
     np.testing.assert_array_equal(est.classes_, ["neg", "pos"])
     pred = est.predict(X)
@@ -794,7 +798,7 @@ def test_classifier_per_step_labels_list():
 def test_regressor_per_step_3d(rule):
     X = _make_3d(n=60, t=8, f=1, seed=4)
     y = 2 * X[:, :, 0] if rule == "double" else np.cumsum(X[:, :, 0], axis=1)
-    est = LSTMRegressor(hidden_size=8, max_iter=30, learning_rate_init=0.02,
+    est = LSTMRegressor(hidden_size=8, max_iter=30, learning_rate_init=0.02, dtype="float64",
                         return_sequences=True, random_state=0).fit(X, y)
     pred = est.predict(X)
     assert pred.shape == (60, 8)
@@ -821,8 +825,19 @@ def test_regressor_per_step_list_multioutput():
 # ---------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("kind", KINDS)
 @pytest.mark.parametrize("Est", ESTIMATORS)
+def test_default_dtype_is_float32(Est):
+    X, y = _data("3d", Est)
+    est = Est(**SMALL).fit(X, y)
+    assert est.get_params()["dtype"] == "float32"
+    assert all(p.dtype == np.float32 for p in est.network_.parameters())
+    assert est.transform(X).dtype == np.float32
+    out = est.predict(X) if Est is LSTMRegressor else est.predict_proba(X)
+    assert out.dtype == np.float64
+
+
+@pytest.mark.parametrize("Est", ESTIMATORS)
+@pytest.mark.parametrize("kind", KINDS)
 def test_float32(Est, kind):
     X, y = _data(kind, Est)
     est = Est(hidden_size=6, max_iter=10, learning_rate_init=0.02, dtype="float32",
@@ -831,12 +846,13 @@ def test_float32(Est, kind):
     assert est.transform(X).dtype == np.float32
     assert est.loss_curve_[-1] < est.loss_curve_[0]
     if Est is LSTMRegressor:
-        assert est.predict(X).dtype == np.float32
+        assert est.predict(X).dtype == np.float64  # targets' dtype, as scikit-learn
     else:
         proba = est.predict_proba(X)
         np.testing.assert_allclose(proba.sum(axis=1), 1.0, rtol=1e-6)
     # close to the float64 model with the same seed
-    ref = Est(hidden_size=6, max_iter=10, learning_rate_init=0.02, random_state=0).fit(X, y)
+    ref = Est(hidden_size=6, max_iter=10, learning_rate_init=0.02, dtype="float64",
+              random_state=0).fit(X, y)
     np.testing.assert_allclose(est.transform(X), ref.transform(X), atol=1e-3)
     # deterministic too
     _assert_identical_params(est, clone(est).fit(X, y))

@@ -165,7 +165,7 @@ def test_estimator_trained_here_runs_in_torch(bidirectional):
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         clf = LSTMClassifier(hidden_size=5, num_layers=2, bidirectional=bidirectional,
-                             max_iter=3, random_state=0).fit(X, y)
+                             max_iter=3, random_state=0, dtype="float64").fit(X, y)
     modules = [to_torch(layer) for layer in clf.network_.layers]
     lengths = np.array([len(s) for s in X])
     Xp = np.zeros((len(X), lengths.max(), 2))

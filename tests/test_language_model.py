@@ -518,3 +518,30 @@ def test_docstring_examples():
     for module in (lm_module, network_module):
         result = doctest.testmod(module)
         assert result.attempted > 0 and result.failed == 0, module.__name__
+
+
+@pytest.mark.parametrize("vocab, expect_one", [(50, True), (40_000, False)])
+def test_head_blas_threads(monkeypatch, vocab, expect_one):
+    """A small head's products run on one BLAS thread, a large one's on the caller's."""
+    import pylstm._blas as blas_module
+    from threadpoolctl import threadpool_limits
+
+    from pylstm import _threads
+
+    kernel_libs = _threads._controller()
+    if not kernel_libs or not kernel_libs[1]:
+        pytest.skip("threadpoolctl does not see the kernels' BLAS")
+    seen, real = [], blas_module.gemm_rm
+
+    def spy(*args):
+        seen.append(max(lib.num_threads for lib in kernel_libs[1]))
+        return real(*args)
+
+    monkeypatch.setattr(blas_module, "gemm_rm", spy)
+    net = LanguageNetwork(vocab, 4, 8, 1, 0.0, np.float32, np.random.RandomState(0))
+    tokens = np.zeros((16, 160), dtype=np.int64)  # 2560 rows: 8 x 2560 x 40000 > 1e8
+    with threadpool_limits(limits=2, user_api="blas"):
+        logits, _ = net.forward(tokens, None, training=True)
+        net.backward(np.zeros_like(logits))
+    assert len(seen) == 3
+    assert seen == [1] * 3 if expect_one else all(n >= 2 for n in seen), seen
