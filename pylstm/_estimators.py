@@ -66,12 +66,14 @@ _SHARED_PARAMS_DOC = """
         Shuffle the mini-batches every epoch.
     early_stopping : bool, default=False
         Hold out ``validation_fraction`` of the data (stratified for the
-        classifier), stop when its score has not improved by ``tol`` for
-        ``n_iter_no_change`` epochs and restore the best weights.
+        classifier), stop once its score has not improved by ``tol`` for
+        more than ``n_iter_no_change`` consecutive epochs (scikit-learn's
+        MLP rule) and restore the best weights.
     validation_fraction : float in (0, 1), default=0.1
         Share of the data held out with ``early_stopping``.
     n_iter_no_change : int, default=10
-        Epochs without improvement before stopping.
+        Epochs without improvement allowed (the training loss's, or the
+        validation score's with ``early_stopping``).
     tol : float, default=1e-4
         Least improvement of the training loss (or validation score) that counts.
     warm_start : bool, default=False

@@ -65,10 +65,11 @@ class LSTMLanguageModel(BaseEstimator):
         Share of each text's tail held out to report validation perplexity
         after every epoch (0 disables; required > 0 by ``early_stopping``).
     early_stopping : bool, default=False
-        Stop when validation perplexity has not improved for
-        ``n_iter_no_change`` epochs, and restore the best weights.
+        Stop once the validation perplexity has not improved for more than
+        ``n_iter_no_change`` consecutive epochs (the rule of the estimators
+        and of scikit-learn's MLP), and restore the best weights.
     n_iter_no_change : int, default=3
-        Patience of ``early_stopping``.
+        Epochs without improvement allowed by ``early_stopping``.
     random_state : int, RandomState instance or None, default=None
         Seeds weights, stream order and dropout.
     verbose : int, default=0
@@ -310,7 +311,7 @@ class LSTMLanguageModel(BaseEstimator):
                 if bar is not None:
                     bar.update(i + 1, loss=loss, perplexity=float(np.exp(loss)),
                                validation_perplexity=ppl)
-                if self.early_stopping and no_improve >= self.n_iter_no_change:
+                if self.early_stopping and no_improve > self.n_iter_no_change:
                     stopped = True
                     break
         except KeyboardInterrupt:
