@@ -48,3 +48,23 @@ def _watchdog_without_plugin(request):
         yield
     finally:
         faulthandler.cancel_dump_traceback_later()
+
+
+#: ``fuzz_report()`` of the collected test modules that have one.
+_REPORTERS = []
+
+
+def pytest_collection_modifyitems(session, config, items):
+    """Note the test modules whose ``fuzz_report()`` says what their fuzzing tried."""
+    for module in dict.fromkeys(getattr(item, "module", None) for item in items):
+        if hasattr(module, "fuzz_report"):
+            _REPORTERS.append(module.fuzz_report)
+
+
+def pytest_terminal_summary(terminalreporter):
+    """The fuzz tests' counts, after the run (a report, not a test)."""
+    lines = [line for report in _REPORTERS for line in report()]
+    if lines:
+        terminalreporter.section("fuzz counts")
+        for line in lines:
+            terminalreporter.write_line(line)

@@ -102,14 +102,24 @@ class Stats:
         self.counts = collections.Counter()
         self.messages = collections.Counter()
 
-    def report(self, title):
+    def lines(self, title):
         total = sum(v for k, v in self.counts.items() if k.startswith("case:"))
-        print(f"\n{title}: {total} cases")
-        for key, value in sorted(self.counts.items()):
-            print(f"  {key}: {value}")
-        print("  most frequent refusals:")
-        for msg, n in self.messages.most_common(12):
-            print(f"    {n:5d}  {msg}")
+        if not total:
+            return []
+        out = [f"{title}: {total} cases"]
+        out += [f"  {key}: {value}" for key, value in sorted(self.counts.items())]
+        out.append("  most frequent refusals:")
+        out += [f"    {n:5d}  {msg}" for msg, n in self.messages.most_common(12)]
+        return out
+
+
+#: (title, Stats) of this session's fuzz tests, for :func:`fuzz_report`.
+_REPORTS = []
+
+
+def fuzz_report():
+    """What the fuzz tests tried: printed after the run (conftest.py)."""
+    return [line for title, stats in _REPORTS for line in stats.lines(title)]
 
 
 def _message_kind(exc):
@@ -380,7 +390,7 @@ def test_fuzz_blind_mutations(bases, tmp_path):
         for _ in range(rnd.choice([1, 1, 1, 2, 3])):
             mutant = mutation(mutant, rnd) if mutant else mutant
         _run(path, mutant, encoding, True, stats, mutation.__name__)
-    stats.report(f"blind mutations ({time.perf_counter() - start:.1f} s)")
+    _REPORTS.append((f"blind mutations ({time.perf_counter() - start:.1f} s)", stats))
     assert sum(v for k, v in stats.counts.items() if k.startswith("case:")) >= min(
         BLIND_CASES, 500)
 
@@ -399,11 +409,12 @@ def test_fuzz_aware_mutations(bases, tmp_path):
         mutant, blind = mutate_aware(data, rnd)
         _run(path, mutant, encoding, blind, stats, "aware-stale-checksum" if blind
              else "aware-new-checksum")
-    stats.report(f"aware mutations ({time.perf_counter() - start:.1f} s)")
+    _REPORTS.append((f"aware mutations ({time.perf_counter() - start:.1f} s)", stats))
     assert stats.counts["refused (ModelFileError)"] > AWARE_CASES // 2
 
 
 _HYPOTHESIS_STATS = Stats()
+_REPORTS.append(("hypothesis", _HYPOTHESIS_STATS))
 BASE_NAMES = ["classifier", "classifier-2d", "layer", "lm-char", "lm-word", "regressor"]
 
 
@@ -467,8 +478,3 @@ def test_fuzz_hypothesis_header_values(bases, tmp_path, base, pick, value, in_ta
     mutant = io_module._pack_header(metadata, table) + buf
     _run(tmp_path / "mutant.pylstm", mutant, encoding, False, _HYPOTHESIS_STATS,
          "hypothesis-json")
-
-
-def test_zz_report_hypothesis_counts():
-    """Print the counts of the two hypothesis tests (run after them, in file order)."""
-    _HYPOTHESIS_STATS.report("hypothesis")

@@ -18,7 +18,7 @@ TOL = {np.float32: 2e-5, np.float64: 1e-12}
 
 
 @pytest.fixture
-def blas_path():
+def restore_packed_setting():
     """Leave the packed-GEMM setting as it was before the test."""
     old = _lstm.set_packed_gemm(True)
     yield
@@ -43,7 +43,7 @@ def _step(layer, X, lengths):
     (32, 64, False, True),
     (64, 33, True, True),      # 4H = 132: a 4-column tail in float32
 ])
-def test_packed_equals_blas(blas_path, dtype, B, H, var, bidi):
+def test_packed_equals_blas(restore_packed_setting, dtype, B, H, var, bidi):
     rng = np.random.default_rng(B * 100 + H)
     T, n_in = 13, 7
     X = rng.normal(size=(B, T, n_in)).astype(dtype)
@@ -56,14 +56,16 @@ def test_packed_equals_blas(blas_path, dtype, B, H, var, bidi):
     for a, b in zip(*results, strict=True):
         scale = max(1.0, float(np.abs(a).max()))
         np.testing.assert_allclose(a, b, rtol=0, atol=TOL[dtype] * scale)
-    # The two paths are really different code (not the same rounding
-    # everywhere). In float64 both can round alike (both use FMA), so the
-    # difference is required in float32 only.
-    if dtype is np.float32:
-        assert any(not np.array_equal(a, b) for a, b in zip(*results, strict=True))
+    # The switch really changes the path: without packing, steps of two or
+    # more rows go through BLAS (and need the transposed copy of W_hh).
+    full = np.full(max(B, 2), T, dtype=np.intc)
+    _lstm.set_packed_gemm(False)
+    assert _lstm.needs_w_hh_t(full)
+    _lstm.set_packed_gemm(True)
+    assert not _lstm.needs_w_hh_t(full) or max(B, 2) < 8
 
 
-def test_switch_returns_the_old_setting(blas_path):
+def test_switch_returns_the_old_setting(restore_packed_setting):
     assert _lstm.set_packed_gemm(False) is True
     assert _lstm.set_packed_gemm(True) is False
     assert _lstm.set_packed_gemm(True) is True
@@ -77,7 +79,7 @@ def test_switch_returns_the_old_setting(blas_path):
     (20, 2048, 64),    # W_ih over 256 KiB in float32 too: BLAS
 ])
 @pytest.mark.parametrize("beta", [0.0, 1.0])
-def test_input_gradient_packed_equals_blas(blas_path, dtype, N, G, I, beta):
+def test_input_gradient_packed_equals_blas(restore_packed_setting, dtype, N, G, I, beta):
     """``input_gradient`` packs W_ih while it is small; both paths agree, in place too."""
     rng = np.random.default_rng(N + G)
     gates = rng.normal(size=(N, G)).astype(dtype)
