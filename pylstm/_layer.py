@@ -42,9 +42,9 @@ _CHUNK_STEPS = 32
 #: small next to the BPTT cache.
 _CHUNK_ELEMENTS = 2**15
 #: Valid steps (rows) of an inference call up to which the layer keeps the
-#: packed weights for the next call. Packing costs about 30 / n of a call of
-#: n rows (15% at 1 x 100 x 32 x 128 float32), 1.5% at 2048: beyond, the
-#: cache (twice the weights) would cost memory for nothing.
+#: packed weights for the next call: packing costs a share of about 30 / n of
+#: a call of n rows, so beyond this the cache (twice the weights) would cost
+#: memory for little (bench_lstm.py, batch-1 inference; performance.rst).
 _PACK_CACHE_MAX_ROWS = 2048
 
 

@@ -62,10 +62,10 @@ class _Blas:
 
     For OpenBLAS with its own (pthreads) pool, through the library's C
     functions (``openblas_get_num_threads`` / ``openblas_set_num_threads``,
-    under SciPy's and NumPy's symbol prefixes and suffixes): 0.4 us for a
-    read and two sets, against 10 us through threadpoolctl's Python layers,
-    which small training steps paid twice each. Other libraries go through
-    threadpoolctl.
+    under SciPy's and NumPy's symbol prefixes and suffixes): a small
+    training step switches twice, and threadpoolctl's Python layers cost
+    more than the step's own Python (bench_lstm.py, 1 x 100 x 32 x 128).
+    Other libraries go through threadpoolctl.
     """
 
     def __init__(self, lib):
@@ -186,7 +186,7 @@ class single_threaded_blas:  # noqa: N801 - used as a function, like contextlib'
     """Run the block with one BLAS thread when ``active`` (nested and thread safe).
 
     A class rather than a generator-based context manager: it is entered
-    twice per training step (with a switch: 2.4 -> 1.8 us per entry and exit).
+    twice per training step, and the class costs less per entry and exit.
     A block left by an exception that skipped ``__exit__`` (an interrupt at
     its first bytecode) gives the setting back when this object dies.
 
@@ -328,8 +328,8 @@ def usable_cpus():
 
 #: Multiply-adds of a call's whole-sequence products (about ``n 4H (I + H)``
 #: for n valid steps) below which BLAS stays on one thread: waking its workers
-#: costs more than they save there (1 x 100 x 32 x 128 training, 8M: 0.57 ms
-#: on one thread, 0.77 ms on two; 32 x 50 x 32 x 64, 39M: 1.54 against 1.64).
+#: costs more than they save there (bench_lstm.py --threads 1,2: training at
+#: 1 x 100 x 32 x 128 and 32 x 50 x 32 x 64 is faster with one BLAS thread).
 WHOLE_SEQUENCE_ONE_THREAD_BELOW = 100_000_000
 
 
