@@ -22,6 +22,7 @@ from ._threads import (
     thread_plan,
     wants_single_thread,
 )
+from ._tuning import CHUNK_ELEMENTS, CHUNK_STEPS, PACK_CACHE_MAX_ROWS
 from ._validation import (
     BLAS_INT_MAX,
     as_float_array,
@@ -34,18 +35,6 @@ from ._workspace import Workspace, aligned_empty, aligned_zeros
 
 __all__ = ["LSTM"]
 
-#: Steps whose input projection the kernels compute with one GEMM (at most).
-_CHUNK_STEPS = 32
-#: Elements of the projection buffer (chunk steps x batch x 4H) worth keeping
-#: to: wide layers take fewer steps per chunk (a GEMM of at least 2**15 / 4H
-#: rows, 64 at H = 128, still runs near BLAS's peak), so the buffer stays
-#: small next to the BPTT cache.
-_CHUNK_ELEMENTS = 2**15
-#: Valid steps (rows) of an inference call up to which the layer keeps the
-#: packed weights for the next call: packing costs a share of about 30 / n of
-#: a call of n rows, so beyond this the cache (twice the weights) would cost
-#: memory for little (bench_lstm.py, batch-1 inference; performance.rst).
-_PACK_CACHE_MAX_ROWS = 2048
 
 
 def _chunk_steps(T, B, H):
@@ -56,7 +45,7 @@ def _chunk_steps(T, B, H):
     for its T steps anyway. Training and inference take the same chunks, so
     their results are bit-identical.
     """
-    return max(1, min(_CHUNK_STEPS, T, _CHUNK_ELEMENTS // (B * 4 * H)))
+    return max(1, min(CHUNK_STEPS, T, CHUNK_ELEMENTS // (B * 4 * H)))
 
 
 def _packed_rows(lens_sorted, order, T):
@@ -506,7 +495,7 @@ class LSTM:
                 gbuf = arrays.empty(f"gbuf{k}", (K * B * 4 * H,), dt)
                 kept = None
                 packs = None
-                if (not training and N <= _PACK_CACHE_MAX_ROWS
+                if (not training and N <= PACK_CACHE_MAX_ROWS
                         and _lstm.packs_weights(T_eff, B)):
                     # Packed weights kept for the next call with the same weights.
                     packs = arrays.kept(

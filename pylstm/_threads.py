@@ -45,9 +45,7 @@ import threading
 import weakref
 from pathlib import Path
 
-#: Per-step recurrent GEMM size (B * 4H * H multiply-adds) below which one
-#: BLAS thread is used.
-SINGLE_THREAD_BELOW = 16_000_000
+from ._tuning import SINGLE_THREAD_BELOW, WHOLE_SEQUENCE_ONE_THREAD_BELOW
 
 # Reentrant: a hold's weak-reference callback may run in a thread that holds
 # it already (when the garbage collector frees an abandoned switch there).
@@ -326,11 +324,6 @@ def usable_cpus():
         return os.cpu_count() or 1
 
 
-#: Multiply-adds of a call's whole-sequence products (about ``n 4H (I + H)``
-#: for n valid steps) below which BLAS stays on one thread: waking its workers
-#: costs more than they save there (bench_lstm.py --threads 1,2: training at
-#: 1 x 100 x 32 x 128 and 32 x 50 x 32 x 64 is faster with one BLAS thread).
-WHOLE_SEQUENCE_ONE_THREAD_BELOW = 100_000_000
 
 
 _local = threading.local()

@@ -147,12 +147,6 @@ cdef void _weight_gradients(const floating* typed, _BackwardLoop* a, int g0, int
             pylstm_column_sums_d(dg + r0, N, rows, G, db + r0)
 
 
-cdef enum:
-    # Widest [X | H_prev] (n_in + H) whose weight gradients _kernels.c's
-    # pylstm_gemm_tn makes; wider, BLAS's blocking wins (benchmarks/bench_lstm.py).
-    DIRECT_DW_MAX_WIDTH = 256
-
-
 cdef inline bint _direct_dw(int I, int H) noexcept nogil:
     return _use_packed and I + H <= DIRECT_DW_MAX_WIDTH
 

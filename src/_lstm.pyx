@@ -37,6 +37,7 @@ from libc.string cimport memcmp, memcpy, memset
 
 from _blas cimport gemm, gemv
 
+include "_tuning.pxi"
 include "_kernels.pxi"
 include "_scratch.pxi"
 include "_products.pxi"

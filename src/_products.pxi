@@ -2,17 +2,6 @@
 # the packing of W_hh^T and W_ih^T, and the inference calls' kept packs.
 
 
-# OpenBLAS (0.3.17 on) multiplies without packing its operands when m * n * k
-# <= 1e6 and A is not transposed, and copies the weights into its own layout
-# on every call above that: the BLAS steps' products of float32 up to 16e6
-# are cut into column blocks under that size (_column_block; measured by
-# benchmarks/bench_lm.py at the language model's batch 32, hidden 128).
-cdef double SMALL_GEMM = 1e6
-
-
-cdef enum:
-    PACKED_MIN_ROWS = 8
-    PACKED_DX_BYTES = 262144      # packed W_ih for the input gradient: up to 256 KiB
 cdef bint _use_packed = True
 
 

@@ -19,12 +19,6 @@ cdef extern from "_parallel.h" nogil:
 pylstm_parallel_init()
 
 
-# A split pays once a step's work outweighs the barrier between steps and the
-# call's outweighs waking the worker thread (benchmarks/bench_lstm.py
-# --threads 1,2; the figures are in docs/user_guide/performance.rst).
-cdef enum:
-    SPLIT_STEP_MACS = 16384
-    SPLIT_CALL_MACS = 1000000
 cdef bint _split_sizes = True
 
 
@@ -61,11 +55,8 @@ cdef bint _split_ok(_Loop* a, int threads, int nr) noexcept nogil:
 # How two threads share a time loop: by hidden units, with a barrier after
 # every step (each step's product needs the h_{t-1} that both wrote), or by
 # rows, each thread its alternate rows with the whole weight matrix and no
-# barrier between steps. By rows from ROW_SPLIT_MIN_ROWS rows on, where
-# each thread has at least one whole tile of rows of the packed product (8
-# or fewer rows, by level: _simd.h), and for any H; by units below, down to
-# one row, for H a multiple of two column panels.
-cdef int ROW_SPLIT_MIN_ROWS = 16
+# barrier between steps. By rows from ROW_SPLIT_MIN_ROWS rows on, and for any
+# H; by units below, down to one row, for H a multiple of two column panels.
 cdef int _split_mode = 0  # 0: by the batch size as above, 1: by units, 2: by rows
 _SPLIT_MODES = ("auto", "units", "rows")
 

@@ -16,7 +16,6 @@
 """
 
 import copy
-import hashlib
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -289,52 +288,6 @@ def test_blas_single_threaded_in_small_kernels_from_any_thread(monkeypatch):
     assert seen and all(n and n == (1,) * len(n) for n in seen), (
         f"BLAS thread counts seen inside the kernels from worker threads: {sorted(set(seen))}")
     assert after == before
-
-
-def _machine_speedup():
-    """Speed-up of two threads over sequential for GIL-free C work (hashlib), best of 3."""
-    data = bytes(64 * 2**20)
-    seq, par = [], []
-    for _ in range(3):
-        t0 = time.perf_counter()
-        hashlib.sha256(data).digest()
-        hashlib.sha256(data).digest()
-        seq.append(time.perf_counter() - t0)
-        t0 = time.perf_counter()
-        _run_threads(lambda _: hashlib.sha256(data).digest(), range(2), n_threads=2)
-        par.append(time.perf_counter() - t0)
-    return min(seq) / min(par)
-
-
-def test_two_threads_predict_faster_than_one_after_the_other():
-    """Measure (and print) 2 predictions sequentially vs on 2 threads at once.
-
-    The assertion is loose (2 threads take less than 1.5 times the sequential
-    time, best of 3): a shared machine's load makes the speed-up itself vary,
-    so the speed-up of GIL-free hashing is printed beside it for calibration;
-    on an idle 2-core machine both are close to 2.
-    """
-    rng = np.random.default_rng(0)
-    X = rng.normal(size=(64, 20, 8))
-    clf = LSTMClassifier(hidden_size=48, max_iter=1, random_state=0).fit(X, _labels(X))
-    Xb = rng.normal(size=(512, 40, 8))
-    clf.predict_proba(Xb)
-    seq, par = [], []
-    for _ in range(3):
-        t0 = time.perf_counter()
-        clf.predict_proba(Xb)
-        clf.predict_proba(Xb)
-        seq.append(time.perf_counter() - t0)
-        t0 = time.perf_counter()
-        _run_threads(lambda _: clf.predict_proba(Xb), range(2), n_threads=2)
-        par.append(time.perf_counter() - t0)
-    blas = [lib.num_threads for lib in _blas_controllers()]
-    print(f"\n2 x predict_proba on {Xb.shape}: sequential {min(seq):.3f} s, "
-          f"2 threads {min(par):.3f} s (speed-up {min(seq) / min(par):.2f}x; "
-          f"BLAS threads {blas}; all runs: seq {[round(t, 3) for t in seq]}, "
-          f"2 threads {[round(t, 3) for t in par]}); the machine's speed-up for "
-          f"GIL-free hashing now: {_machine_speedup():.2f}x")
-    assert min(par) < 1.5 * min(seq)
 
 
 @pytest.mark.parametrize("limit", [1, 2])

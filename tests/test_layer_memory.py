@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from pylstm import LSTM, _lstm
-from pylstm._layer import _PACK_CACHE_MAX_ROWS
+from pylstm._tuning import PACK_CACHE_MAX_ROWS
 
 MIB = 2**20
 
@@ -134,9 +134,9 @@ def test_dense_inference_needs_nothing_of_size_T_but_the_result(dtype, B):
     # is 16 or 32 MB at T = 16000).
     # One row (B = 1) keeps the packed weights from call to call (two
     # directions, each with copies of the weights they come from) in calls of
-    # up to _PACK_CACHE_MAX_ROWS rows: a constant, not a growth with T.
+    # up to PACK_CACHE_MAX_ROWS rows: a constant, not a growth with T.
     packs = [2 * _lstm.pack_cache_size(n_in, H, dtype) * itemsize
-             if _lstm.packs_weights(T, B) and B * T <= _PACK_CACHE_MAX_ROWS else 0
+             if _lstm.packs_weights(T, B) and B * T <= PACK_CACHE_MAX_ROWS else 0
              for T in (40, 2000, 16000)]
     assert packs[-1] == 0
     extra = [e - p for e, p in zip(extra, packs, strict=True)]
