@@ -24,8 +24,9 @@
  *               (each thread its half, no barrier): what the caches deliver,
  *               whatever the kernel. No batch-1 step can be faster.
  *
- * and, last, the CPU's multiply-add peak (independent AVX-512 FMAs, no
- * memory), against which the GEMMs of a training step can be judged.
+ * and, last, the CPU's multiply-add peak (independent AVX-512 FMAs, and
+ * AVX2 FMAs, no memory), against which the GEMMs of a training step can be
+ * judged at each level.
  *
  * Build and run from the repository root (gcc, Linux, x86-64 with AVX-512):
  *
@@ -229,7 +230,7 @@ static void measure(int H, int is_float, int nparts, int mode)
 #define FMA_CHAINS 12
 #define FMA_ITERS 50000000L
 typedef struct {
-    int part;
+    int part, lanes;   /* lanes: 16 (AVX-512) or 8 (AVX2) floats per FMA */
     double seconds;
     float sink;
 } fma_job;
@@ -250,26 +251,45 @@ static float fma_loop(long iters)
     return _mm512_reduce_add_ps(a[0]);
 }
 
+/* The same with 256-bit FMAs: the peak of the AVX2 level. */
+__attribute__((target("avx2,fma"), noinline))
+static float fma_loop256(long iters)
+{
+    __m256 a[FMA_CHAINS];
+    __m256 b = _mm256_set1_ps(0.999f), c = _mm256_set1_ps(1e-4f);
+    for (int i = 0; i < FMA_CHAINS; i++)
+        a[i] = _mm256_set1_ps(1e-3f * (float)i);
+    for (long k = 0; k < iters; k++)
+#pragma GCC unroll 12
+        for (int i = 0; i < FMA_CHAINS; i++)
+            a[i] = _mm256_fmadd_ps(a[i], b, c);
+    for (int i = 1; i < FMA_CHAINS; i++)
+        a[0] = _mm256_add_ps(a[0], a[i]);
+    float out[8];
+    _mm256_storeu_ps(out, a[0]);
+    return out[0] + out[7];
+}
+
 static void *fma_run(void *arg)
 {
     fma_job *j = arg;
     pin_to_cpu(j->part);
     double t0 = now_s();
-    j->sink = fma_loop(FMA_ITERS);
+    j->sink = j->lanes == 16 ? fma_loop(FMA_ITERS) : fma_loop256(FMA_ITERS);
     j->seconds = now_s() - t0;
     return NULL;
 }
 
 /* float32 multiply-adds per second of nparts threads (best of RUNS); a
  * float64 FMA does half as many flops in the same time. */
-static void fma_peak(int nparts)
+static void fma_peak(int nparts, int lanes)
 {
     double best = 0;
     for (int r = 0; r < RUNS; r++) {
         fma_job jobs[2];
         pthread_t tid[2];
         for (int p = 0; p < nparts; p++) {
-            jobs[p] = (fma_job){p, 0, 0};
+            jobs[p] = (fma_job){p, lanes, 0, 0};
             pthread_create(&tid[p], NULL, fma_run, &jobs[p]);
         }
         double worst = 0;
@@ -277,11 +297,11 @@ static void fma_peak(int nparts)
             pthread_join(tid[p], NULL);
             worst = jobs[p].seconds > worst ? jobs[p].seconds : worst;
         }
-        double gf = 2.0 * 16 * FMA_CHAINS * FMA_ITERS * nparts / worst / 1e9;
+        double gf = 2.0 * lanes * FMA_CHAINS * FMA_ITERS * nparts / worst / 1e9;
         best = gf > best ? gf : best;
     }
-    printf("FMA peak  %d thread(s): %6.1f GF/s float32, %6.1f GF/s float64\n", nparts, best,
-           best / 2);
+    printf("FMA peak %s %d thread(s): %6.1f GF/s float32, %6.1f GF/s float64\n",
+           lanes == 16 ? "AVX-512" : "AVX2   ", nparts, best, best / 2);
 }
 
 int main(void)
@@ -298,7 +318,8 @@ int main(void)
                 for (int mode = GROUPED; mode <= LOADS_ONLY; mode++)
                     if (!(nparts == 1 && mode == APART))
                         measure(sizes[i], is_float, nparts, mode);
-    for (int nparts = 1; nparts <= 2; nparts++)
-        fma_peak(nparts);
+    for (int lanes = 16; lanes >= 8; lanes -= 8)
+        for (int nparts = 1; nparts <= 2; nparts++)
+            fma_peak(nparts, lanes);
     return 0;
 }
