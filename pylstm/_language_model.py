@@ -137,9 +137,10 @@ class LSTMLanguageModel(BaseEstimator):
             v = getattr(self, name)
             if not isinstance(v, numbers.Real) or not low <= v < high:
                 raise ValueError(f"{name} must be in [{low}, {high}), got {v!r}")
-        if not isinstance(self.learning_rate_init, numbers.Real) or not (
-                self.learning_rate_init > 0):
-            raise ValueError(f"learning_rate_init must be > 0, got {self.learning_rate_init!r}")
+        # Finite, as the estimators require: an infinite step makes every weight NaN.
+        lr = self.learning_rate_init
+        if isinstance(lr, bool) or not isinstance(lr, numbers.Real) or not 0 < lr < np.inf:
+            raise ValueError(f"learning_rate_init must be > 0 and finite, got {lr!r}")
         if self.clip_norm is not None and (
                 isinstance(self.clip_norm, bool) or not isinstance(self.clip_norm, numbers.Real)
                 or not self.clip_norm > 0):
@@ -224,6 +225,13 @@ class LSTMLanguageModel(BaseEstimator):
         counts = Counter(tok for toks in token_lists for tok in toks)
         vocab = [UNK, BOS] + sorted(t for t, n in counts.items()
                                    if n >= self.min_frequency and t not in (UNK, BOS))
+        if len(vocab) == 2:
+            # A model of '<unk>' alone could never generate: those tokens are not emitted.
+            raise ValueError(
+                f"min_frequency={self.min_frequency} leaves no token in the vocabulary: the "
+                f"most frequent token of the training text occurs "
+                f"{max(counts.values(), default=0)} times; lower min_frequency or give more text"
+            )
         self.vocabulary_ = vocab
         self._index = {tok: i for i, tok in enumerate(vocab)}
         rng = check_random_state(self.random_state)
@@ -277,10 +285,11 @@ class LSTMLanguageModel(BaseEstimator):
     def _train(self, incremental, streams, val_streams):
         """The epochs of :meth:`fit` / :meth:`partial_fit`.
 
-        A ``KeyboardInterrupt`` during an epoch rolls the weights, the
-        optimizer, ``n_iter_``, ``loss_curve_`` and
-        ``validation_perplexities_`` back to the end of the last completed
-        epoch before it propagates.
+        A ``KeyboardInterrupt`` or a ``FloatingPointError`` (the training
+        diverged) during an epoch rolls the weights, the optimizer,
+        ``n_iter_``, ``loss_curve_`` and ``validation_perplexities_`` back to
+        the end of the last completed epoch before it propagates, so the
+        model keeps finite weights.
         """
         n_epochs = 1 if incremental else self.max_iter
         bar = EpochProgress(n_epochs) if self.verbose else None
@@ -313,7 +322,7 @@ class LSTMLanguageModel(BaseEstimator):
                 if self.early_stopping and no_improve >= self.n_iter_no_change:
                     stopped = True
                     break
-        except KeyboardInterrupt:
+        except (KeyboardInterrupt, FloatingPointError):
             if snapshot is not None:
                 run_to_completion(self._roll_back, snapshot)
             raise
@@ -354,7 +363,17 @@ class LSTMLanguageModel(BaseEstimator):
         for start in range(0, width, self.seq_len):
             x = inputs[:, start:start + self.seq_len]
             y = targets[:, start:start + self.seq_len]
-            logits, state = net.forward(x, state, training=True, rng=rng)
+            try:
+                logits, state = net.forward(x, state, training=True, rng=rng)
+            except ValueError as exc:
+                # The tokens are valid: a non-finite layer input or state comes from
+                # weights that the last update made non-finite.
+                if "NaN" in str(exc) or "infinity" in str(exc):
+                    raise FloatingPointError(
+                        f"the weights became non-finite in epoch {epoch}: lower "
+                        f"learning_rate_init (now {self.learning_rate_init!r}) or set "
+                        "clip_norm") from exc
+                raise
             V = logits.shape[-1]
             n = y.size
             loss, dz = softmax_cross_entropy(logits.reshape(n, V), y.ravel(), np.full(n, 1.0 / n))
@@ -468,6 +487,7 @@ class LSTMLanguageModel(BaseEstimator):
             Tokens to generate.
         temperature : float >= 0, default=1.0
             Divides the logits; 0 means greedy decoding (the most likely token).
+            Must be finite.
         top_k : int or None, default=None
             Sample only among the k most likely tokens.
         random_state : int, RandomState instance or None, default=None
@@ -484,10 +504,14 @@ class LSTMLanguageModel(BaseEstimator):
         if isinstance(n_tokens, bool) or not isinstance(n_tokens, numbers.Integral) or (
                 n_tokens < 0):
             raise ValueError(f"n_tokens must be an integer >= 0, got {n_tokens!r}")
-        if not isinstance(temperature, numbers.Real) or not temperature >= 0:
-            raise ValueError(f"temperature must be >= 0, got {temperature!r}")
+        if (isinstance(temperature, bool) or not isinstance(temperature, numbers.Real)
+                or not 0 <= temperature < np.inf):
+            raise ValueError(f"temperature must be >= 0 and finite, got {temperature!r}")
         if top_k is not None and (not isinstance(top_k, numbers.Integral) or top_k < 1):
             raise ValueError(f"top_k must be None or an integer >= 1, got {top_k!r}")
+        if len(self.vocabulary_) <= 2:  # a model file of an older fit may have one
+            raise ValueError("the vocabulary holds no token to generate, only '<unk>' and "
+                             "'<bos>': refit with a lower min_frequency")
         rng = check_random_state(random_state)
         logits, state = self._prime(prompt)
         out = []
@@ -498,11 +522,16 @@ class LSTMLanguageModel(BaseEstimator):
             if temperature == 0:
                 token = int(np.argmax(z))
             else:
-                z = z / temperature
+                # Shifted before the division: the most likely token's term is
+                # exp(0) = 1 at any temperature, so the sum never overflows or
+                # vanishes (a tiny temperature overflows the others to -inf).
+                z -= z.max()
+                with np.errstate(over="ignore"):
+                    z /= temperature
                 if top_k is not None and top_k < len(z):
                     cut = np.partition(z, -top_k)[-top_k]
                     z[z < cut] = -np.inf
-                p = np.exp(z - z.max())
+                p = np.exp(z)
                 p /= p.sum()
                 token = int(rng.choice(len(p), p=p))
             out.append(self.vocabulary_[token])
