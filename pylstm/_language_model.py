@@ -28,6 +28,10 @@ __all__ = ["LSTMLanguageModel"]
 UNK = "<unk>"
 BOS = "<bos>"
 _WORD_RE = re.compile(r"\w+|[^\w\s]")
+#: Tokens per forward call when reading a text at inference (scoring, priming a
+#: prompt): a call's logits are (tokens x vocabulary), so long texts go in chunks
+#: carrying the state, and memory does not grow with the text's length.
+_CHUNK_TOKENS = 4096
 
 
 class LSTMLanguageModel(BaseEstimator):
@@ -401,9 +405,9 @@ class LSTMLanguageModel(BaseEstimator):
                 continue
             state = None
             inputs, targets = s[:-1], s[1:]
-            for start in range(0, len(inputs), 4096):
-                x = inputs[None, start:start + 4096]
-                y = targets[start:start + 4096]
+            for start in range(0, len(inputs), _CHUNK_TOKENS):
+                x = inputs[None, start:start + _CHUNK_TOKENS]
+                y = targets[start:start + _CHUNK_TOKENS]
                 logits, state = self.network_.forward(x, state, training=False)
                 logp = log_softmax(logits[0].astype(np.float64))
                 total += float(logp[np.arange(len(y)), y].sum())
@@ -442,9 +446,18 @@ class LSTMLanguageModel(BaseEstimator):
         return float(np.exp(-self.score(texts)))
 
     def _prime(self, prefix):
+        """Logits (V,) of the token after ``prefix``, and the state after it.
+
+        Only the last token's logits are needed: the head runs on that row
+        alone, and the prompt is read in chunks carrying the state, so memory
+        does not grow with the prompt's length.
+        """
         tokens = np.concatenate([[1], self._encode(self._tokenize(prefix))])
-        logits, state = self.network_.forward(tokens[None], None, training=False)
-        return logits[0, -1], state
+        state = None
+        for start in range(0, len(tokens), _CHUNK_TOKENS):
+            logits, state = self.network_.forward(tokens[None, start:start + _CHUNK_TOKENS],
+                                                  state, training=False, last_only=True)
+        return logits[0], state
 
     def predict_proba(self, prefix, as_dict=False):
         """Distribution of the next token after ``prefix``.

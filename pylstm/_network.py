@@ -274,11 +274,13 @@ class LanguageNetwork:
         return flat, logits
 
     @model_call
-    def forward(self, tokens, state, training=False, rng=None):
+    def forward(self, tokens, state, training=False, rng=None, last_only=False):
         """Logits (B, T, V) for token windows (B, T) and the state after them.
 
         ``state`` is None (zeros) or a list of (h, c) pairs, one per layer,
-        each of shape (1, B, hidden_size).
+        each of shape (1, B, hidden_size). With ``last_only`` (inference), the
+        logits (B, V) of the last step alone: the head, whose result has a
+        row per step and a column per token, then runs on one row.
         """
         h = self.embedding[tokens]
         new_state, masks = [], []
@@ -295,6 +297,8 @@ class LanguageNetwork:
             elif k < top:
                 masks.append(None)
             h = out
+        if last_only and not training:
+            return self._head(h[:, -1])[1], new_state
         flat, logits = self._head(h)
         if training:
             self._cache = {"tokens": tokens, "flat": flat, "masks": masks, "shape": h.shape}

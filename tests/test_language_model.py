@@ -2,6 +2,7 @@
 
 import math
 import time
+import tracemalloc
 from collections import Counter
 
 import numpy as np
@@ -509,6 +510,40 @@ def test_generation_is_one_step_call_per_token(char_model, monkeypatch):
         # Each step is fed the token just emitted.
         fed = "".join(char_model.vocabulary_[int(ids[0])] for ids in step_inputs)
         assert fed == out
+
+
+def _peak_bytes(fn):
+    """Run fn() under tracemalloc (NumPy reports its arrays to it); return
+    (result, peak traced bytes above the start)."""
+    tracemalloc.start()
+    try:
+        start = tracemalloc.get_traced_memory()[0]
+        result = fn()
+        return result, tracemalloc.get_traced_memory()[1] - start
+    finally:
+        tracemalloc.stop()
+
+
+@pytest.mark.timeout(120)
+def test_long_prompt_memory_does_not_hold_logits_for_every_token():
+    rng = np.random.default_rng(0)
+    words = [f"w{i}" for i in range(1500)]
+    lm = _fresh(level="word", seq_len=16, batch_size=8, dtype="float64")
+    lm.fit(" ".join(rng.choice(words, size=6000)))
+    V = len(lm.vocabulary_)
+    prompt = " ".join(rng.choice(words, size=10_000))
+    T = len(prompt.split()) + 1
+    proba, peak = _peak_bytes(lambda: lm.predict_proba(prompt))
+    # Logits of every prompt token would take T x V x 8 bytes (120 MB); only the
+    # last token's are needed.
+    assert peak < T * V * 8 / 10, peak
+    # Same distribution as the logits of one forward over the whole prompt.
+    tokens = np.concatenate([[BOS], lm._encode(lm._tokenize(prompt))])
+    logits, _ = lm.network_.forward(tokens[None], None, training=False)
+    expected = np.exp(logits[0, -1] - logits[0, -1].max())
+    np.testing.assert_allclose(proba, expected / expected.sum(), rtol=1e-9, atol=1e-15)
+    _, peak_generate = _peak_bytes(lambda: lm.generate(prompt, n_tokens=2, random_state=0))
+    assert peak_generate < T * V * 8 / 10, peak_generate
 
 
 # ---------------------------------------------------------------------------
