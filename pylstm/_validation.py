@@ -150,11 +150,12 @@ def check_lengths(lengths, n_samples, n_timesteps):
             raise ValueError("lengths must be whole numbers")
     elif arr.dtype.kind not in "iu":
         raise TypeError(f"lengths must be integers, got dtype {arr.dtype}")
-    arr = arr.astype(np.int64)
+    # The range is checked in the caller's dtype: a cast to int64 first would
+    # wrap 1e20 or 2**64 - 1 to a negative length and name that instead.
     if n_samples and arr.min() < 1:
         raise ValueError(f"lengths must be >= 1, got a length of {arr.min()}")
     if n_samples and arr.max() > n_timesteps:
         raise ValueError(
             f"lengths must be <= n_timesteps={n_timesteps}, got a length of {arr.max()}"
         )
-    return arr
+    return arr.astype(np.int64)
