@@ -286,6 +286,35 @@ def test_inference_forward_drops_training_cache(layer, X):
         layer.backward(np.zeros((B, T, H)))
 
 
+@pytest.mark.parametrize(("bad_call", "match"), [
+    (lambda layer, X: layer.forward(X, lengths=[0, 2, 3]), "lengths must be >= 1"),
+    (lambda layer, X: layer.forward(X[:, :, :2]), "features per step"),
+    (lambda layer, X: layer.forward(np.where(X > 1, np.nan, X), lengths=[5, 2, 3]), "NaN"),
+    (lambda layer, X: layer.forward(X, h0=np.zeros((1, B, H + 1))), "h0 must have shape"),
+])
+def test_backward_after_a_failed_forward_does_not_use_the_one_before(layer, X, bad_call,
+                                                                     match):
+    layer.forward(X)
+    with pytest.raises(ValueError, match=match):
+        bad_call(layer, X)
+    with pytest.raises(RuntimeError, match=r"backward\(\) needs a preceding forward"):
+        layer.backward(np.zeros((B, T, H)))
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_finite_d_out_that_overflows_the_gradients_is_refused(X, dtype):
+    layer = LSTM(I_SIZE, H, num_layers=2, dtype=dtype, random_state=0)
+    out, _ = layer.forward(X.astype(dtype))
+    huge = np.finfo(dtype).max / 2
+    with pytest.raises(ValueError, match=rf"gradients overflowed {np.dtype(dtype).name} "
+                                         r"\(.* contains (infinity|NaN)\).*scale d_out"):
+        layer.backward(np.full_like(out, huge))
+    # An ordinary gradient after it is fine.
+    layer.forward(X.astype(dtype))
+    dX, grads = layer.backward(np.ones_like(out))
+    assert np.isfinite(dX).all() and all(np.isfinite(g).all() for g in grads.values())
+
+
 def test_second_backward(layer, X):
     out, _ = layer.forward(X)
     layer.backward(np.ones_like(out))
