@@ -23,9 +23,9 @@ from sklearn.utils.validation import check_is_fitted, column_or_1d, validate_dat
 from ._network import SequenceNetwork, log_softmax, softmax_cross_entropy, squared_error
 from ._optim import clip_grad_norm, clip_grad_value, make_optimizer
 from ._progress import EpochProgress
-from ._sequences import as_sequence_array, is_ragged, pad_sequences
+from ._sequences import as_sequence_array, check_sequence_list, is_ragged, pad_sequences
 from ._threads import run_to_completion
-from ._validation import check_dtype
+from ._validation import check_dtype, check_numeric
 
 __all__ = ["LSTMClassifier", "LSTMRegressor"]
 
@@ -130,6 +130,28 @@ def _ndim(X):
         return -1
 
 
+def _check_labels(labels, name="y"):
+    """ValueError for object labels that are missing (None, NaN) or of mixed kinds.
+
+    Classes are sorted (``np.unique``): None, NaN or strings among numbers
+    would fail there with a bare comparison TypeError.
+    """
+    labels = np.asarray(labels)
+    if labels.dtype.kind != "O" or labels.size == 0:
+        return
+    flat = labels.ravel()
+    missing = [i for i, v in enumerate(flat) if v is None or (isinstance(v, float) and v != v)
+               or type(v).__name__ == "NAType"]
+    if missing:
+        raise ValueError(f"{name} contains missing labels (None or NaN), first at index "
+                         f"{missing[0]}: every sample needs a label")
+    kinds = {"str" if isinstance(v, str) else "number" if isinstance(v, numbers.Number)
+             else type(v).__name__ for v in flat}
+    if len(kinds) > 1:
+        raise ValueError(f"{name} must hold labels of one kind, all strings or all numbers; "
+                         f"got {', '.join(sorted(kinds))}")
+
+
 def _real_array(y):
     """``y`` as a float64 array, converting numeric object arrays."""
     arr = np.asarray(y)
@@ -228,10 +250,14 @@ class _BaseLSTMEstimator(BaseEstimator):
         dtype = check_dtype(self.dtype) if reset else self._dtype
         if isinstance(X, (list, tuple)) and len(X) == 0:
             raise ValueError("X is empty: found 0 sequences")
+        check_sequence_list(X)
         if is_ragged(X):
             Xp, lengths = pad_sequences(X, dtype)
             layout = "seq"
         else:
+            # Before any conversion to float, which would read numeric strings
+            # and dates (as counts of their unit) as numbers.
+            check_numeric(X)
             if hasattr(X, "iloc") or _ndim(X) == 2:
                 fitted_2d = not reset and self._input_layout == "2d"
                 if reset or fitted_2d:
@@ -759,6 +785,8 @@ class LSTMClassifier(ClassifierMixin, _BaseLSTMEstimator):
         """
         if not hasattr(self, "network_") and classes is None:
             raise ValueError("classes must be passed on the first call to partial_fit")
+        if classes is not None:
+            _check_labels(classes, "classes")
         if hasattr(self, "network_") and classes is not None and not np.array_equal(
                 np.unique(classes), self.classes_):
             raise ValueError(
@@ -779,6 +807,7 @@ class LSTMClassifier(ClassifierMixin, _BaseLSTMEstimator):
             flat = column_or_1d(y, warn=True)
         if flat.dtype.kind == "f" and not np.isfinite(flat).all():
             raise ValueError("Input y contains NaN or infinity.")
+        _check_labels(flat)
         check_classification_targets(flat)
         if reset:
             encoder = LabelEncoder()
@@ -976,6 +1005,9 @@ class LSTMRegressor(RegressorMixin, _BaseLSTMEstimator):
                 Y = Y[:, None]
         if not np.isfinite(Y).all():
             raise ValueError("Input y contains NaN or infinity.")
+        if Y.shape[-1] == 0:
+            raise ValueError(f"y has 0 outputs (shape {np.shape(y)}): every sample (or step) "
+                             "needs at least one target")
         if reset:
             self._y_squeeze = squeeze
             self.n_outputs_ = Y.shape[-1]
