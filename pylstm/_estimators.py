@@ -434,6 +434,7 @@ class _BaseLSTMEstimator(BaseEstimator):
         X_val = len_val = Y_val = None
         if self.early_stopping and not incremental:
             Xp, X_val, lengths, len_val, Y, Y_val = self._split_validation(Xp, lengths, Y)
+            self._check_validation_set(len(Xp) + len(X_val), len_val)
         self._check_memory(Xp, lengths)
         return Xp, lengths, Y, X_val, len_val, Y_val
 
@@ -528,6 +529,9 @@ class _BaseLSTMEstimator(BaseEstimator):
             parts = train_test_split(Xp, lengths, Y, test_size=n_val, random_state=rs)
         X_tr, X_val, l_tr, l_val, Y_tr, Y_val = parts
         return X_tr, X_val, l_tr, l_val, Y_tr, Y_val
+
+    def _check_validation_set(self, n_samples, len_val):
+        """Refuse a validation set that the score cannot rate (the subclass's rule)."""
 
     def _batches(self, lengths, rng):
         """Index arrays of mini-batches; ragged data is bucketed by length."""
@@ -1018,6 +1022,18 @@ class LSTMRegressor(RegressorMixin, _BaseLSTMEstimator):
 
     def _n_outputs(self):
         return self.n_outputs_
+
+    def _check_validation_set(self, n_samples, len_val):
+        # R^2 of fewer than 2 values is NaN: every epoch would score NaN, none
+        # would count as an improvement, and early stopping would never stop.
+        n_scored = int(len_val.sum()) if self.return_sequences else len(len_val)
+        if n_scored < 2:
+            what = "step" if self.return_sequences else "sample"
+            raise ValueError(
+                f"early_stopping holds out {len(len_val)} of {n_samples} samples "
+                f"(validation_fraction={self.validation_fraction}), {n_scored} {what} to score, "
+                "and R^2 needs at least 2: raise validation_fraction or pass more samples"
+            )
 
     def _loss(self, out, Y, lengths):
         if self.return_sequences:

@@ -707,6 +707,28 @@ def test_early_stopping_restores_best_weights(Est, kind):
     assert plain.validation_scores_ is None and plain.best_validation_score_ is None
 
 
+@pytest.mark.parametrize(("n", "fraction", "return_sequences", "T_val"), [
+    (12, 0.05, False, T), (40, 0.01, False, T), (12, 0.05, True, 1)])
+def test_regressor_early_stopping_refuses_a_validation_set_r2_cannot_score(
+        n, fraction, return_sequences, T_val):
+    X = _make_3d(n=n, t=T_val)
+    y = X.sum(axis=2) if return_sequences else X.sum(axis=(1, 2))
+    est = LSTMRegressor(**{**SMALL, "max_iter": 20}, early_stopping=True,
+                        validation_fraction=fraction, return_sequences=return_sequences)
+    with pytest.raises(ValueError, match=r"early_stopping holds out 1 of \d+ samples .*, 1 "
+                                         r"(sample|step) to score, and R\^2 needs at least 2"):
+        est.fit(X, y)
+    assert not hasattr(est, "network_")
+
+
+def test_regressor_early_stopping_scores_one_sequence_of_several_steps():
+    X = _make_3d(n=12)
+    est = LSTMRegressor(**{**SMALL, "max_iter": 20}, early_stopping=True, n_iter_no_change=2,
+                        validation_fraction=0.05, return_sequences=True)
+    est.fit(X, X.sum(axis=2))  # 1 held-out sequence, 6 steps: R^2 is defined
+    assert all(np.isfinite(est.validation_scores_))
+
+
 # ---------------------------------------------------------------------------
 # warnings and progress output
 # ---------------------------------------------------------------------------
