@@ -21,7 +21,7 @@ from sklearn.utils.multiclass import check_classification_targets
 from sklearn.utils.validation import check_is_fitted, column_or_1d, validate_data
 
 from ._network import SequenceNetwork, log_softmax, softmax_cross_entropy, squared_error
-from ._optim import clip_grad_norm, clip_grad_value, make_optimizer
+from ._optim import clip_grad_norm, clip_grad_value, make_optimizer, reconfigure_optimizer
 from ._progress import EpochProgress
 from ._sequences import as_sequence_array, check_sequence_list, is_ragged, pad_sequences
 from ._threads import run_to_completion
@@ -75,7 +75,12 @@ _SHARED_PARAMS_DOC = """
     tol : float, default=1e-4
         Least improvement of the training loss (or validation score) that counts.
     warm_start : bool, default=False
-        Continue from the previous fit's weights and optimizer state.
+        Continue from the previous fit's weights and optimizer state. A
+        ``learning_rate_init``, ``momentum`` or ``nesterovs_momentum`` changed
+        since (``set_params``) applies from the next update on, the
+        optimizer's state kept; a changed ``solver`` starts a new optimizer,
+        as scikit-learn's MLP does. The same holds for ``partial_fit`` (where
+        the MLP ignores such changes).
     random_state : int, RandomState instance or None, default=None
         Seeds the weights, the shuffling, dropout and the validation split.
         Same seed, same data and same BLAS thread count give bit-identical
@@ -436,6 +441,11 @@ class _BaseLSTMEstimator(BaseEstimator):
             Xp, X_val, lengths, len_val, Y, Y_val = self._split_validation(Xp, lengths, Y)
             self._check_validation_set(len(Xp) + len(X_val), len_val)
         self._check_memory(Xp, lengths)
+        if not reset:  # last: nothing can fail after this change in place
+            self._optimizer = reconfigure_optimizer(
+                self._optimizer, self.solver, self.network_.parameters(),
+                self.learning_rate_init, momentum=self.momentum,
+                nesterovs_momentum=self.nesterovs_momentum)
         return Xp, lengths, Y, X_val, len_val, Y_val
 
     def _train(self, incremental, Xp, lengths, Y, X_val, len_val, Y_val):
@@ -774,6 +784,9 @@ class LSTMClassifier(ClassifierMixin, _BaseLSTMEstimator):
     def partial_fit(self, X, y, classes=None):
         """Run one epoch over (X, y), continuing from the current state.
 
+        Optimizer settings changed since the last call apply as described
+        under ``warm_start``.
+
         Parameters
         ----------
         X : array-like or list of sequences
@@ -978,6 +991,9 @@ class LSTMRegressor(RegressorMixin, _BaseLSTMEstimator):
 
     def partial_fit(self, X, y):
         """Run one epoch over (X, y), continuing from the current state.
+
+        Optimizer settings changed since the last call apply as described
+        under ``warm_start``.
 
         Parameters
         ----------

@@ -18,7 +18,7 @@ from sklearn.utils import check_random_state
 from sklearn.utils.validation import check_is_fitted
 
 from ._network import LanguageNetwork, log_softmax, softmax_cross_entropy
-from ._optim import clip_grad_norm, make_optimizer
+from ._optim import clip_grad_norm, make_optimizer, reconfigure_optimizer
 from ._progress import EpochProgress
 from ._threads import run_to_completion
 from ._validation import check_dtype
@@ -213,7 +213,9 @@ class LSTMLanguageModel(BaseEstimator):
         """Train one more epoch on ``texts``, keeping the vocabulary.
 
         Unknown tokens map to ``'<unk>'``. On an unfitted model, builds the
-        vocabulary from ``texts`` first.
+        vocabulary from ``texts`` first. A ``learning_rate_init`` changed
+        since the last call applies from the next update on, the optimizer's
+        state kept; a changed ``solver`` starts a new optimizer.
 
         Parameters
         ----------
@@ -284,6 +286,10 @@ class LSTMLanguageModel(BaseEstimator):
             )
         val_streams = [np.concatenate([[1], self._encode(t)]) for t in val if t]
         self._optimizer.params = self.network_.parameters()
+        if incremental and fitted:  # a changed solver or learning rate applies
+            self._optimizer = reconfigure_optimizer(self._optimizer, self.solver,
+                                                    self.network_.parameters(),
+                                                    self.learning_rate_init)
         return streams, val_streams
 
     def _train(self, incremental, streams, val_streams):

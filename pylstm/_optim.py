@@ -36,6 +36,7 @@ __all__ = [
     "clip_grad_norm",
     "clip_grad_value",
     "make_optimizer",
+    "reconfigure_optimizer",
 ]
 
 _OPTIMIZER_NAMES = ("adam", "rmsprop", "sgd")
@@ -507,6 +508,51 @@ def make_optimizer(name, params, learning_rate_init, momentum=0.9, nesterovs_mom
         return RMSpropOptimizer(params, learning_rate_init=learning_rate_init)
     allowed = ", ".join(repr(n) for n in _OPTIMIZER_NAMES)
     raise ValueError(f"optimizer name must be one of {allowed}; got {name!r}")
+
+
+def reconfigure_optimizer(optimizer, name, params, learning_rate_init, momentum=0.9,
+                          nesterovs_momentum=True):
+    """The optimizer to continue training with, under settings that may have changed.
+
+    For ``warm_start`` and ``partial_fit`` after ``set_params``. The same
+    solver keeps ``optimizer`` and its state (counter, moments, velocities)
+    and takes the new learning rate (and SGD's momentum settings) from the
+    next update on, as a learning-rate schedule would. Another solver gets a
+    new optimizer from :func:`make_optimizer`, as scikit-learn's MLP builds
+    one: the state of one solver means nothing to another.
+
+    Parameters
+    ----------
+    optimizer : SGDOptimizer, AdamOptimizer or RMSpropOptimizer
+        The optimizer of the fitted model.
+    name, params, learning_rate_init, momentum, nesterovs_momentum
+        As in :func:`make_optimizer`.
+
+    Returns
+    -------
+    SGDOptimizer, AdamOptimizer or RMSpropOptimizer
+        ``optimizer`` itself, updated, or a new one.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from pylstm._optim import make_optimizer, reconfigure_optimizer
+    >>> opt = make_optimizer('adam', [np.zeros(3)], 0.1)
+    >>> reconfigure_optimizer(opt, 'adam', opt.params, 0.01) is opt, opt.learning_rate
+    (True, 0.01)
+    >>> type(reconfigure_optimizer(opt, 'sgd', opt.params, 0.01)).__name__
+    'SGDOptimizer'
+    """
+    if name != optimizer._name:
+        return make_optimizer(name, params, learning_rate_init, momentum=momentum,
+                              nesterovs_momentum=nesterovs_momentum)
+    lr = _check_real(learning_rate_init, "learning_rate_init", 0.0, math.inf, low_closed=False)
+    if lr != optimizer.learning_rate_init:  # else any rate the state holds goes on
+        optimizer.learning_rate_init = optimizer.learning_rate = lr
+    if name == "sgd":
+        optimizer.momentum = _check_real(momentum, "momentum", 0.0, 1.0)
+        optimizer.nesterov = bool(nesterovs_momentum)
+    return optimizer
 
 
 def _global_norm_parts(grads):

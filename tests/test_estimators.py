@@ -646,6 +646,43 @@ def test_partial_fit_stream(Est, kind):
     assert est.loss_curve_ == full.loss_curve_
 
 
+@pytest.mark.parametrize("how", ["partial_fit", "warm_start"])
+@pytest.mark.parametrize("Est", ESTIMATORS)
+def test_changed_learning_rate_applies_and_keeps_the_optimizer_state(Est, how):
+    X, y = _data("3d", Est)
+    kw = {"classes": [0, 1]} if Est is LSTMClassifier and how == "partial_fit" else {}
+    est = Est(**{**SMALL, "max_iter": 1}, warm_start=how == "warm_start")
+    step = est.partial_fit if how == "partial_fit" else est.fit
+    step(X, y, **kw)
+    optimizer, t = est._optimizer, est._optimizer.t
+    before = [p.copy() for p in est.network_.parameters()]
+    est.set_params(learning_rate_init=1e-12)
+    step(X, y, **kw)
+    assert est._optimizer is optimizer and optimizer.t > t  # state kept, counter goes on
+    assert optimizer.learning_rate == optimizer.learning_rate_init == 1e-12
+    # Steps of 1e-12 (Adam's steps are about the learning rate) barely move the weights.
+    moved = max(np.abs(p - q).max() for p, q in zip(est.network_.parameters(), before,
+                                                    strict=True))
+    assert moved < 1e-9
+
+
+@pytest.mark.parametrize("how", ["partial_fit", "warm_start"])
+def test_changed_solver_starts_a_new_optimizer(how):
+    X, y = _data("3d", LSTMRegressor)
+    est = LSTMRegressor(**{**SMALL, "max_iter": 1}, warm_start=how == "warm_start")
+    step = est.partial_fit if how == "partial_fit" else est.fit
+    step(X, y)
+    assert type(est._optimizer).__name__ == "AdamOptimizer"
+    est.set_params(solver="sgd", momentum=0.5, nesterovs_momentum=False)
+    step(X, y)
+    opt = est._optimizer
+    assert type(opt).__name__ == "SGDOptimizer"
+    assert (opt.momentum, opt.nesterov, opt.t) == (0.5, False, 2)  # 2 batches of 20
+    est.set_params(momentum=0.0)
+    step(X, y)
+    assert est._optimizer is opt and opt.momentum == 0.0
+
+
 def test_partial_fit_chunks_missing_a_class():
     X, y = _data("list", LSTMClassifier)
     est = LSTMClassifier(**SMALL)

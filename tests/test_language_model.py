@@ -257,6 +257,22 @@ def test_partial_fit_continues_with_the_same_vocabulary(docs):
     assert lm.n_iter_ == n_iter + 2 and lm.vocabulary_ == vocab
 
 
+def test_partial_fit_applies_a_changed_solver_or_learning_rate():
+    text = "abcabcabdabcabcabcab" * 10
+    lm = _fresh().partial_fit(text)
+    optimizer = lm._optimizer
+    lm.set_params(learning_rate_init=1e-12)
+    before = lm.network_.get_state()
+    lm.partial_fit(text)
+    assert lm._optimizer is optimizer and optimizer.learning_rate == 1e-12
+    assert max(np.abs(p - q).max() for p, q in zip(lm.network_.parameters(), before,
+                                                   strict=True)) < 1e-9
+    lm.set_params(solver="rmsprop", learning_rate_init=0.01)
+    lm.partial_fit(text)
+    assert type(lm._optimizer).__name__ == "RMSpropOptimizer"
+    assert lm._optimizer.learning_rate == 0.01
+
+
 def test_partial_fit_on_an_unfitted_model_builds_the_vocabulary():
     lm = _fresh().partial_fit("abcd" * 20)
     assert lm.vocabulary_ == ["<unk>", "<bos>", "a", "b", "c", "d"]
