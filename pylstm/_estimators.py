@@ -21,7 +21,13 @@ from sklearn.utils.multiclass import check_classification_targets
 from sklearn.utils.validation import check_is_fitted, column_or_1d, validate_data
 
 from ._network import SequenceNetwork, log_softmax, softmax_cross_entropy, squared_error
-from ._optim import clip_grad_norm, clip_grad_value, make_optimizer, reconfigure_optimizer
+from ._optim import (
+    clip_grad_norm,
+    clip_grad_value,
+    make_optimizer,
+    reconfigure_optimizer,
+    warn_if_diverging,
+)
 from ._progress import EpochProgress
 from ._sequences import as_sequence_array, check_sequence_list, is_ragged, pad_sequences
 from ._threads import run_to_completion
@@ -453,12 +459,16 @@ class _BaseLSTMEstimator(BaseEstimator):
 
         A ``KeyboardInterrupt`` at any point of an epoch rolls the weights,
         the optimizer and the bookkeeping (``n_iter_``, ``loss_curve_``, ...)
-        back to the end of the last completed epoch, with a warning.
+        back to the end of the last completed epoch, with a warning; a
+        ``FloatingPointError`` (non-finite loss or gradients) does the same
+        and propagates. A loss that grows by :data:`pylstm._optim.DIVERGENCE_FACTOR`
+        over the call's first batch is warned about once.
         """
         n_epochs = 1 if incremental else self.max_iter
         bar = EpochProgress(n_epochs) if self.verbose else None
         net = self.network_
         snapshot = None
+        first_loss, diverging = None, False
         try:
             for i in range(n_epochs):
                 snapshot = self._epoch_snapshot()
@@ -466,9 +476,15 @@ class _BaseLSTMEstimator(BaseEstimator):
                 rng = np.random.RandomState([self._seed, self.n_iter_])
                 total = 0.0
                 for idx in self._batches(lengths, rng):
-                    total += self._train_batch(Xp, lengths, Y, idx, rng, epoch) * len(idx)
+                    batch_loss = self._train_batch(Xp, lengths, Y, idx, rng, epoch)
+                    if first_loss is None:
+                        first_loss = batch_loss
+                    total += batch_loss * len(idx)
                 self.n_iter_ = epoch
                 loss = total / len(Xp)
+                diverging = diverging or warn_if_diverging(loss, first_loss, epoch,
+                                                           self.learning_rate_init,
+                                                           stacklevel=4)
                 self.loss_curve_.append(loss)
                 val_score = None
                 if X_val is not None:
@@ -489,6 +505,10 @@ class _BaseLSTMEstimator(BaseEstimator):
                         f"Stochastic optimizer: maximum iterations ({self.max_iter}) reached "
                         "and the optimization hasn't converged yet.",
                         ConvergenceWarning, stacklevel=4)
+        except FloatingPointError:
+            if snapshot is not None:  # finite weights, as the error message says
+                run_to_completion(self._roll_back, snapshot)
+            raise
         except KeyboardInterrupt:
             if snapshot is not None:
                 run_to_completion(self._roll_back, snapshot)
@@ -561,7 +581,12 @@ class _BaseLSTMEstimator(BaseEstimator):
         net = self.network_
         lb = lengths[idx]
         T = int(lb.max())
-        out = net.forward(Xp[idx, :T], lb, training=True, rng=rng)
+        try:
+            out = net.forward(Xp[idx, :T], lb, training=True, rng=rng)
+        except ValueError as exc:  # X is checked: a layer's input is the one below's output
+            if "NaN" in str(exc) or "infinity" in str(exc):
+                raise self._non_finite_error(epoch, np.nan) from exc
+            raise
         loss, d_out = self._loss(out, Y[idx][:, :T] if self.return_sequences else Y[idx], lb)
         if not (np.isfinite(loss) and np.isfinite(d_out).all()):
             raise self._non_finite_error(epoch, loss)
@@ -592,7 +617,8 @@ class _BaseLSTMEstimator(BaseEstimator):
             "gradients became non-finite")
         return FloatingPointError(
             f"the training {what} in epoch {epoch}: lower learning_rate_init, or set "
-            "clip_norm / clip_value; the estimator keeps its last finite weights"
+            "clip_norm / clip_value; the estimator keeps the weights of its last completed "
+            "epoch"
         )
 
     def _update_no_improvement(self, loss, val_score):

@@ -18,7 +18,7 @@ from sklearn.utils import check_random_state
 from sklearn.utils.validation import check_is_fitted
 
 from ._network import LanguageNetwork, log_softmax, softmax_cross_entropy
-from ._optim import clip_grad_norm, make_optimizer, reconfigure_optimizer
+from ._optim import clip_grad_norm, make_optimizer, reconfigure_optimizer, warn_if_diverging
 from ._progress import EpochProgress
 from ._threads import run_to_completion
 from ._validation import check_dtype
@@ -299,12 +299,15 @@ class LSTMLanguageModel(BaseEstimator):
         diverged) during an epoch rolls the weights, the optimizer,
         ``n_iter_``, ``loss_curve_`` and ``validation_perplexities_`` back to
         the end of the last completed epoch before it propagates, so the
-        model keeps finite weights.
+        model keeps finite weights. A loss that grows by
+        :data:`pylstm._optim.DIVERGENCE_FACTOR` over the call's first window
+        is warned about once.
         """
         n_epochs = 1 if incremental else self.max_iter
         bar = EpochProgress(n_epochs) if self.verbose else None
         best, best_state, no_improve = np.inf, None, 0
         stopped = False
+        first_loss, diverging = None, False
         snapshot = None
         try:
             for i in range(n_epochs):
@@ -312,7 +315,10 @@ class LSTMLanguageModel(BaseEstimator):
                             {"n_iter_": self.n_iter_, "loss_curve_": list(self.loss_curve_),
                              "validation_perplexities_": list(self.validation_perplexities_)})
                 rng = np.random.RandomState([self._seed, self.n_iter_])
-                loss = self._epoch(streams, rng, self.n_iter_ + 1)
+                loss, first = self._epoch(streams, rng, self.n_iter_ + 1)
+                first_loss = first if first_loss is None else first_loss
+                diverging = diverging or warn_if_diverging(
+                    loss, first_loss, self.n_iter_ + 1, self.learning_rate_init, stacklevel=4)
                 self.n_iter_ += 1
                 self.loss_curve_.append(loss)
                 ppl = None
@@ -366,10 +372,11 @@ class LSTMLanguageModel(BaseEstimator):
         return inputs, targets
 
     def _epoch(self, streams, rng, epoch):
+        """One pass over the streams: the mean loss per token, and the first window's."""
         net = self.network_
         inputs, targets = self._lanes(streams, rng)
         B, width = inputs.shape
-        state, total, count = None, 0.0, 0
+        state, total, count, first = None, 0.0, 0, None
         for start in range(0, width, self.seq_len):
             x = inputs[:, start:start + self.seq_len]
             y = targets[:, start:start + self.seq_len]
@@ -391,16 +398,24 @@ class LSTMLanguageModel(BaseEstimator):
                 raise FloatingPointError(
                     f"the training loss became non-finite in epoch {epoch}: lower "
                     "learning_rate_init or set clip_norm")
-            grads = net.backward(dz.reshape(logits.shape))
-            norm = clip_grad_norm(grads, self.clip_norm if self.clip_norm else np.inf)
+            try:
+                grads = net.backward(dz.reshape(logits.shape))
+            except ValueError as exc:  # a gradient overflowed on its way down
+                if "NaN" in str(exc) or "infinity" in str(exc):
+                    norm = np.nan
+                else:
+                    raise
+            else:
+                norm = clip_grad_norm(grads, self.clip_norm if self.clip_norm else np.inf)
             if not np.isfinite(norm):
                 raise FloatingPointError(
                     f"the gradients became non-finite in epoch {epoch}: lower "
                     "learning_rate_init or set clip_norm")
             self._optimizer.update_params(grads)
+            first = float(loss) if first is None else first
             total += float(loss) * n
             count += n
-        return total / count
+        return total / count, first
 
     # ------------------------------------------------------------------ inference
     def _mean_log_likelihood(self, streams):

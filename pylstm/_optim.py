@@ -24,6 +24,7 @@ the current learning rate and the buffers, so that a run can be continued
 
 import math
 import numbers
+import warnings
 
 import numpy as np
 
@@ -37,7 +38,12 @@ __all__ = [
     "clip_grad_value",
     "make_optimizer",
     "reconfigure_optimizer",
+    "warn_if_diverging",
 ]
+
+#: An epoch's mean loss this many times the first batch's loss of a fit is taken
+#: for divergence: no optimizer that converges climbs ten orders of magnitude.
+DIVERGENCE_FACTOR = 1e10
 
 _OPTIMIZER_NAMES = ("adam", "rmsprop", "sgd")
 
@@ -553,6 +559,33 @@ def reconfigure_optimizer(optimizer, name, params, learning_rate_init, momentum=
         optimizer.momentum = _check_real(momentum, "momentum", 0.0, 1.0)
         optimizer.nesterov = bool(nesterovs_momentum)
     return optimizer
+
+
+def warn_if_diverging(loss, first_loss, epoch, learning_rate_init, stacklevel=2):
+    """Warn (RuntimeWarning) if ``loss`` is :data:`DIVERGENCE_FACTOR` times ``first_loss``.
+
+    For a loss that stays finite while the training diverges (a learning rate
+    far too large with gradient clipping); a non-finite loss is an error of
+    its own. Returns whether it warned.
+
+    Examples
+    --------
+    >>> import warnings
+    >>> from pylstm._optim import warn_if_diverging
+    >>> with warnings.catch_warnings(record=True) as caught:
+    ...     warnings.simplefilter("always")
+    ...     warn_if_diverging(4e61, 0.47, 3, 1e30)
+    True
+    >>> print(str(caught[0].message).split(":")[0])
+    the training loss grew from 0.47 (first batch) to 4e+61 (epoch 3)
+    """
+    if not (first_loss > 0 and loss > DIVERGENCE_FACTOR * first_loss):
+        return False
+    warnings.warn(
+        f"the training loss grew from {first_loss:.3g} (first batch) to {loss:.3g} (epoch "
+        f"{epoch}): the training diverges; lower learning_rate_init (now "
+        f"{learning_rate_init!r})", RuntimeWarning, stacklevel=stacklevel + 1)
+    return True
 
 
 def _global_norm_parts(grads):

@@ -424,6 +424,13 @@ def test_diverging_fit_names_the_learning_rate_and_keeps_finite_weights(solver, 
     assert len(lm.generate("the", n_tokens=5, random_state=0)) == 5
 
 
+def test_diverging_loss_that_stays_finite_is_warned_about():
+    lm = _fresh(learning_rate_init=1e300, dtype="float64", max_iter=2)
+    with np.errstate(all="ignore"), pytest.warns(
+            RuntimeWarning, match=r"training loss grew .* learning_rate_init \(now 1e\+300\)"):
+        lm.fit("the quick brown fox jumps over the lazy dog " * 20)
+
+
 @settings(max_examples=30, deadline=None,
           suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(temperature=st.one_of(st.floats(min_value=0.0, max_value=1e-300),
