@@ -30,7 +30,7 @@ from ._optim import (
 )
 from ._progress import EpochProgress
 from ._sequences import as_sequence_array, check_sequence_list, is_ragged, pad_sequences
-from ._threads import run_to_completion
+from ._threads import inference, model_use, run_to_completion
 from ._validation import check_dtype, check_numeric
 
 __all__ = ["LSTMClassifier", "LSTMRegressor"]
@@ -400,15 +400,16 @@ class _BaseLSTMEstimator(BaseEstimator):
         self.__dict__.update(attrs)  # one call: all of them or none
 
     def _fit(self, X, y, incremental, classes=None):
-        # An error or an interrupt before the training loop leaves the
-        # estimator as it was: one assignment puts every attribute back.
-        before = self.__dict__.copy()
-        try:
-            prepared = self._prepare_fit(X, y, incremental, classes)
-        except BaseException:
-            self.__dict__ = before
-            raise
-        return self._train(incremental, *prepared)
+        with model_use(self, "partial_fit" if incremental else "fit", fitting=True):
+            # An error or an interrupt before the training loop leaves the
+            # estimator as it was: one assignment puts every attribute back.
+            before = self.__dict__.copy()
+            try:
+                prepared = self._prepare_fit(X, y, incremental, classes)
+            except BaseException:
+                self.__dict__ = before
+                raise
+            return self._train(incremental, *prepared)
 
     def _prepare_fit(self, X, y, incremental, classes):
         """Validate, encode and (re)initialize; the arrays that :meth:`_train` needs."""
@@ -682,6 +683,7 @@ class _BaseLSTMEstimator(BaseEstimator):
             return [arr[i, :n] for i, n in enumerate(lengths)]
         return arr
 
+    @inference
     def gate_activations(self, X):
         """Per-step gate activations and cell states of the fitted LSTM layers.
 
@@ -737,6 +739,7 @@ class _BaseLSTMEstimator(BaseEstimator):
         """
         return self.fit(X, y).transform(X)
 
+    @inference
     def transform(self, X):
         """Final hidden-state features of each sequence.
 
@@ -893,6 +896,7 @@ class LSTMClassifier(ClassifierMixin, _BaseLSTMEstimator):
             return float(np.mean(pred[mask] == Y[mask]))
         return float(np.mean(pred == Y))
 
+    @inference
     def predict_log_proba(self, X):
         """Log-probabilities of the classes.
 
@@ -911,6 +915,7 @@ class LSTMClassifier(ClassifierMixin, _BaseLSTMEstimator):
         logp = log_softmax(out.astype(np.float64))
         return self._unpad(logp, lengths, ragged) if self.return_sequences else logp
 
+    @inference
     def predict_proba(self, X):
         """Class probabilities (same shapes as :meth:`predict_log_proba`).
 
@@ -927,6 +932,7 @@ class LSTMClassifier(ClassifierMixin, _BaseLSTMEstimator):
         proba = np.exp(log_softmax(out.astype(np.float64)))
         return self._unpad(proba, lengths, ragged) if self.return_sequences else proba
 
+    @inference
     def predict(self, X):
         """Predicted class of each sequence (or of each valid step).
 
@@ -945,6 +951,7 @@ class LSTMClassifier(ClassifierMixin, _BaseLSTMEstimator):
         labels = self.classes_[out.argmax(axis=-1)]
         return self._unpad(labels, lengths, ragged) if self.return_sequences else labels
 
+    @inference
     def score(self, X, y, sample_weight=None):
         """Mean accuracy (over all valid steps with ``return_sequences``).
 
@@ -1093,6 +1100,7 @@ class LSTMRegressor(RegressorMixin, _BaseLSTMEstimator):
             return float(r2_score(Y[mask], pred[mask]))
         return float(r2_score(Y, pred))
 
+    @inference
     def predict(self, X):
         """Predicted targets.
 
@@ -1112,6 +1120,7 @@ class LSTMRegressor(RegressorMixin, _BaseLSTMEstimator):
             out = out[..., 0]
         return self._unpad(out, lengths, ragged) if self.return_sequences else out
 
+    @inference
     def score(self, X, y, sample_weight=None):
         """Coefficient of determination R^2 (over all valid steps with ``return_sequences``).
 

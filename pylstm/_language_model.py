@@ -20,7 +20,7 @@ from sklearn.utils.validation import check_is_fitted
 from ._network import LanguageNetwork, log_softmax, softmax_cross_entropy
 from ._optim import clip_grad_norm, make_optimizer, reconfigure_optimizer, warn_if_diverging
 from ._progress import EpochProgress
-from ._threads import run_to_completion
+from ._threads import inference, model_use, run_to_completion
 from ._validation import check_dtype
 
 __all__ = ["LSTMLanguageModel"]
@@ -252,15 +252,16 @@ class LSTMLanguageModel(BaseEstimator):
         self.n_iter_ = 0
 
     def _fit(self, texts, incremental):
-        # An error or an interrupt before the training loop leaves the model
-        # as it was: one assignment puts every attribute back.
-        before = self.__dict__.copy()
-        try:
-            prepared = self._prepare_fit(texts, incremental)
-        except BaseException:
-            self.__dict__ = before
-            raise
-        return self._train(incremental, *prepared)
+        with model_use(self, "partial_fit" if incremental else "fit", fitting=True):
+            # An error or an interrupt before the training loop leaves the model
+            # as it was: one assignment puts every attribute back.
+            before = self.__dict__.copy()
+            try:
+                prepared = self._prepare_fit(texts, incremental)
+            except BaseException:
+                self.__dict__ = before
+                raise
+            return self._train(incremental, *prepared)
 
     def _prepare_fit(self, texts, incremental):
         """Tokenize, split and (re)build; the encoded streams that :meth:`_train` needs."""
@@ -437,6 +438,7 @@ class LSTMLanguageModel(BaseEstimator):
             raise ValueError("texts hold no token to score")
         return total / count
 
+    @inference
     def score(self, texts):
         """Mean log-likelihood per token (nats; greater is better).
 
@@ -480,6 +482,7 @@ class LSTMLanguageModel(BaseEstimator):
                                                   state, training=False, last_only=True)
         return logits[0], state
 
+    @inference
     def predict_proba(self, prefix, as_dict=False):
         """Distribution of the next token after ``prefix``.
 
@@ -506,6 +509,7 @@ class LSTMLanguageModel(BaseEstimator):
             return dict(zip(self.vocabulary_, proba.tolist(), strict=True))
         return proba
 
+    @inference
     def generate(self, prompt="", n_tokens=200, temperature=1.0, top_k=None,
                  random_state=None):
         """Sample a continuation of ``prompt``.
