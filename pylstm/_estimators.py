@@ -21,11 +21,17 @@ from sklearn.utils.multiclass import check_classification_targets
 from sklearn.utils.validation import check_is_fitted, column_or_1d, validate_data
 
 from ._network import SequenceNetwork, log_softmax, softmax_cross_entropy, squared_error
-from ._optim import clip_grad_norm, clip_grad_value, make_optimizer
+from ._optim import (
+    clip_grad_norm,
+    clip_grad_value,
+    make_optimizer,
+    reconfigure_optimizer,
+    warn_if_diverging,
+)
 from ._progress import EpochProgress
-from ._sequences import as_sequence_array, is_ragged, pad_sequences
-from ._threads import run_to_completion
-from ._validation import check_dtype
+from ._sequences import as_sequence_array, check_sequence_list, is_ragged, pad_sequences
+from ._threads import inference, model_use, run_to_completion
+from ._validation import check_dtype, check_numeric
 
 __all__ = ["LSTMClassifier", "LSTMRegressor"]
 
@@ -77,7 +83,12 @@ _SHARED_PARAMS_DOC = """
     tol : float, default=1e-4
         Least improvement of the training loss (or validation score) that counts.
     warm_start : bool, default=False
-        Continue from the previous fit's weights and optimizer state.
+        Continue from the previous fit's weights and optimizer state. A
+        ``learning_rate_init``, ``momentum`` or ``nesterovs_momentum`` changed
+        since (``set_params``) applies from the next update on, the
+        optimizer's state kept; a changed ``solver`` starts a new optimizer,
+        as scikit-learn's MLP does. The same holds for ``partial_fit`` (where
+        the MLP ignores such changes).
     random_state : int, RandomState instance or None, default=None
         Seeds the weights, the shuffling, dropout and the validation split.
         Same seed, same data and same BLAS thread count give bit-identical
@@ -132,6 +143,28 @@ def _ndim(X):
         return np.asarray(X).ndim
     except (ValueError, TypeError):
         return -1
+
+
+def _check_labels(labels, name="y"):
+    """ValueError for object labels that are missing (None, NaN) or of mixed kinds.
+
+    Classes are sorted (``np.unique``): None, NaN or strings among numbers
+    would fail there with a bare comparison TypeError.
+    """
+    labels = np.asarray(labels)
+    if labels.dtype.kind != "O" or labels.size == 0:
+        return
+    flat = labels.ravel()
+    missing = [i for i, v in enumerate(flat) if v is None or (isinstance(v, float) and v != v)
+               or type(v).__name__ == "NAType"]
+    if missing:
+        raise ValueError(f"{name} contains missing labels (None or NaN), first at index "
+                         f"{missing[0]}: every sample needs a label")
+    kinds = {"str" if isinstance(v, str) else "number" if isinstance(v, numbers.Number)
+             else type(v).__name__ for v in flat}
+    if len(kinds) > 1:
+        raise ValueError(f"{name} must hold labels of one kind, all strings or all numbers; "
+                         f"got {', '.join(sorted(kinds))}")
 
 
 def _real_array(y):
@@ -232,10 +265,14 @@ class _BaseLSTMEstimator(BaseEstimator):
         dtype = check_dtype(self.dtype) if reset else self._dtype
         if isinstance(X, (list, tuple)) and len(X) == 0:
             raise ValueError("X is empty: found 0 sequences")
+        check_sequence_list(X)
         if is_ragged(X):
             Xp, lengths = pad_sequences(X, dtype)
             layout = "seq"
         else:
+            # Before any conversion to float, which would read numeric strings
+            # and dates (as counts of their unit) as numbers.
+            check_numeric(X)
             if hasattr(X, "iloc") or _ndim(X) == 2:
                 fitted_2d = not reset and self._input_layout == "2d"
                 if reset or fitted_2d:
@@ -367,15 +404,16 @@ class _BaseLSTMEstimator(BaseEstimator):
         self.__dict__.update(attrs)  # one call: all of them or none
 
     def _fit(self, X, y, incremental, classes=None):
-        # An error or an interrupt before the training loop leaves the
-        # estimator as it was: one assignment puts every attribute back.
-        before = self.__dict__.copy()
-        try:
-            prepared = self._prepare_fit(X, y, incremental, classes)
-        except BaseException:
-            self.__dict__ = before
-            raise
-        return self._train(incremental, *prepared)
+        with model_use(self, "partial_fit" if incremental else "fit", fitting=True):
+            # An error or an interrupt before the training loop leaves the
+            # estimator as it was: one assignment puts every attribute back.
+            before = self.__dict__.copy()
+            try:
+                prepared = self._prepare_fit(X, y, incremental, classes)
+            except BaseException:
+                self.__dict__ = before
+                raise
+            return self._train(incremental, *prepared)
 
     def _prepare_fit(self, X, y, incremental, classes):
         """Validate, encode and (re)initialize; the arrays that :meth:`_train` needs."""
@@ -412,7 +450,13 @@ class _BaseLSTMEstimator(BaseEstimator):
         X_val = len_val = Y_val = None
         if self.early_stopping and not incremental:
             Xp, X_val, lengths, len_val, Y, Y_val = self._split_validation(Xp, lengths, Y)
+            self._check_validation_set(len(Xp) + len(X_val), len_val)
         self._check_memory(Xp, lengths)
+        if not reset:  # last: nothing can fail after this change in place
+            self._optimizer = reconfigure_optimizer(
+                self._optimizer, self.solver, self.network_.parameters(),
+                self.learning_rate_init, momentum=self.momentum,
+                nesterovs_momentum=self.nesterovs_momentum)
         return Xp, lengths, Y, X_val, len_val, Y_val
 
     def _train(self, incremental, Xp, lengths, Y, X_val, len_val, Y_val):
@@ -420,12 +464,16 @@ class _BaseLSTMEstimator(BaseEstimator):
 
         A ``KeyboardInterrupt`` at any point of an epoch rolls the weights,
         the optimizer and the bookkeeping (``n_iter_``, ``loss_curve_``, ...)
-        back to the end of the last completed epoch, with a warning.
+        back to the end of the last completed epoch, with a warning; a
+        ``FloatingPointError`` (non-finite loss or gradients) does the same
+        and propagates. A loss that grows by :data:`pylstm._optim.DIVERGENCE_FACTOR`
+        over the call's first batch is warned about once.
         """
         n_epochs = 1 if incremental else self.max_iter
         bar = EpochProgress(n_epochs) if self.verbose else None
         net = self.network_
         snapshot = None
+        first_loss, diverging = None, False
         try:
             for i in range(n_epochs):
                 snapshot = self._epoch_snapshot()
@@ -433,9 +481,15 @@ class _BaseLSTMEstimator(BaseEstimator):
                 rng = np.random.RandomState([self._seed, self.n_iter_])
                 total = 0.0
                 for idx in self._batches(lengths, rng):
-                    total += self._train_batch(Xp, lengths, Y, idx, rng, epoch) * len(idx)
+                    batch_loss = self._train_batch(Xp, lengths, Y, idx, rng, epoch)
+                    if first_loss is None:
+                        first_loss = batch_loss
+                    total += batch_loss * len(idx)
                 self.n_iter_ = epoch
                 loss = total / len(Xp)
+                diverging = diverging or warn_if_diverging(loss, first_loss, epoch,
+                                                           self.learning_rate_init,
+                                                           stacklevel=4)
                 self.loss_curve_.append(loss)
                 val_score = None
                 if X_val is not None:
@@ -456,6 +510,10 @@ class _BaseLSTMEstimator(BaseEstimator):
                         f"Stochastic optimizer: maximum iterations ({self.max_iter}) reached "
                         "and the optimization hasn't converged yet.",
                         ConvergenceWarning, stacklevel=4)
+        except FloatingPointError:
+            if snapshot is not None:  # finite weights, as the error message says
+                run_to_completion(self._roll_back, snapshot)
+            raise
         except KeyboardInterrupt:
             if snapshot is not None:
                 run_to_completion(self._roll_back, snapshot)
@@ -507,6 +565,9 @@ class _BaseLSTMEstimator(BaseEstimator):
         X_tr, X_val, l_tr, l_val, Y_tr, Y_val = parts
         return X_tr, X_val, l_tr, l_val, Y_tr, Y_val
 
+    def _check_validation_set(self, n_samples, len_val):
+        """Refuse a validation set that the score cannot rate (the subclass's rule)."""
+
     def _batches(self, lengths, rng):
         """Index arrays of mini-batches; ragged data is bucketed by length."""
         n = len(lengths)
@@ -525,7 +586,12 @@ class _BaseLSTMEstimator(BaseEstimator):
         net = self.network_
         lb = lengths[idx]
         T = int(lb.max())
-        out = net.forward(Xp[idx, :T], lb, training=True, rng=rng)
+        try:
+            out = net.forward(Xp[idx, :T], lb, training=True, rng=rng)
+        except ValueError as exc:  # X is checked: a layer's input is the one below's output
+            if "NaN" in str(exc) or "infinity" in str(exc):
+                raise self._non_finite_error(epoch, np.nan) from exc
+            raise
         loss, d_out = self._loss(out, Y[idx][:, :T] if self.return_sequences else Y[idx], lb)
         if not (np.isfinite(loss) and np.isfinite(d_out).all()):
             raise self._non_finite_error(epoch, loss)
@@ -556,7 +622,8 @@ class _BaseLSTMEstimator(BaseEstimator):
             "gradients became non-finite")
         return FloatingPointError(
             f"the training {what} in epoch {epoch}: lower learning_rate_init, or set "
-            "clip_norm / clip_value; the estimator keeps its last finite weights"
+            "clip_norm / clip_value; the estimator keeps the weights of its last completed "
+            "epoch"
         )
 
     def _update_no_improvement(self, loss, val_score):
@@ -620,6 +687,7 @@ class _BaseLSTMEstimator(BaseEstimator):
             return [arr[i, :n] for i, n in enumerate(lengths)]
         return arr
 
+    @inference
     def gate_activations(self, X):
         """Per-step gate activations and cell states of the fitted LSTM layers.
 
@@ -675,6 +743,7 @@ class _BaseLSTMEstimator(BaseEstimator):
         """
         return self.fit(X, y).transform(X)
 
+    @inference
     def transform(self, X):
         """Final hidden-state features of each sequence.
 
@@ -748,6 +817,9 @@ class LSTMClassifier(ClassifierMixin, _BaseLSTMEstimator):
     def partial_fit(self, X, y, classes=None):
         """Run one epoch over (X, y), continuing from the current state.
 
+        Optimizer settings changed since the last call apply as described
+        under ``warm_start``.
+
         Parameters
         ----------
         X : array-like or list of sequences
@@ -763,6 +835,8 @@ class LSTMClassifier(ClassifierMixin, _BaseLSTMEstimator):
         """
         if not hasattr(self, "network_") and classes is None:
             raise ValueError("classes must be passed on the first call to partial_fit")
+        if classes is not None:
+            _check_labels(classes, "classes")
         if hasattr(self, "network_") and classes is not None and not np.array_equal(
                 np.unique(classes), self.classes_):
             raise ValueError(
@@ -783,6 +857,7 @@ class LSTMClassifier(ClassifierMixin, _BaseLSTMEstimator):
             flat = column_or_1d(y, warn=True)
         if flat.dtype.kind == "f" and not np.isfinite(flat).all():
             raise ValueError("Input y contains NaN or infinity.")
+        _check_labels(flat)
         check_classification_targets(flat)
         if reset:
             encoder = LabelEncoder()
@@ -825,6 +900,7 @@ class LSTMClassifier(ClassifierMixin, _BaseLSTMEstimator):
             return float(np.mean(pred[mask] == Y[mask]))
         return float(np.mean(pred == Y))
 
+    @inference
     def predict_log_proba(self, X):
         """Log-probabilities of the classes.
 
@@ -843,6 +919,7 @@ class LSTMClassifier(ClassifierMixin, _BaseLSTMEstimator):
         logp = log_softmax(out.astype(np.float64))
         return self._unpad(logp, lengths, ragged) if self.return_sequences else logp
 
+    @inference
     def predict_proba(self, X):
         """Class probabilities (same shapes as :meth:`predict_log_proba`).
 
@@ -859,6 +936,7 @@ class LSTMClassifier(ClassifierMixin, _BaseLSTMEstimator):
         proba = np.exp(log_softmax(out.astype(np.float64)))
         return self._unpad(proba, lengths, ragged) if self.return_sequences else proba
 
+    @inference
     def predict(self, X):
         """Predicted class of each sequence (or of each valid step).
 
@@ -877,6 +955,7 @@ class LSTMClassifier(ClassifierMixin, _BaseLSTMEstimator):
         labels = self.classes_[out.argmax(axis=-1)]
         return self._unpad(labels, lengths, ragged) if self.return_sequences else labels
 
+    @inference
     def score(self, X, y, sample_weight=None):
         """Mean accuracy (over all valid steps with ``return_sequences``).
 
@@ -950,6 +1029,9 @@ class LSTMRegressor(RegressorMixin, _BaseLSTMEstimator):
     def partial_fit(self, X, y):
         """Run one epoch over (X, y), continuing from the current state.
 
+        Optimizer settings changed since the last call apply as described
+        under ``warm_start``.
+
         Parameters
         ----------
         X : array-like or list of sequences
@@ -980,6 +1062,9 @@ class LSTMRegressor(RegressorMixin, _BaseLSTMEstimator):
                 Y = Y[:, None]
         if not np.isfinite(Y).all():
             raise ValueError("Input y contains NaN or infinity.")
+        if Y.shape[-1] == 0:
+            raise ValueError(f"y has 0 outputs (shape {np.shape(y)}): every sample (or step) "
+                             "needs at least one target")
         if reset:
             self._y_squeeze = squeeze
             self.n_outputs_ = Y.shape[-1]
@@ -990,6 +1075,18 @@ class LSTMRegressor(RegressorMixin, _BaseLSTMEstimator):
 
     def _n_outputs(self):
         return self.n_outputs_
+
+    def _check_validation_set(self, n_samples, len_val):
+        # R^2 of fewer than 2 values is NaN: every epoch would score NaN, none
+        # would count as an improvement, and early stopping would never stop.
+        n_scored = int(len_val.sum()) if self.return_sequences else len(len_val)
+        if n_scored < 2:
+            what = "step" if self.return_sequences else "sample"
+            raise ValueError(
+                f"early_stopping holds out {len(len_val)} of {n_samples} samples "
+                f"(validation_fraction={self.validation_fraction}), {n_scored} {what} to score, "
+                "and R^2 needs at least 2: raise validation_fraction or pass more samples"
+            )
 
     def _loss(self, out, Y, lengths):
         if self.return_sequences:
@@ -1007,6 +1104,7 @@ class LSTMRegressor(RegressorMixin, _BaseLSTMEstimator):
             return float(r2_score(Y[mask], pred[mask]))
         return float(r2_score(Y, pred))
 
+    @inference
     def predict(self, X):
         """Predicted targets.
 
@@ -1029,6 +1127,7 @@ class LSTMRegressor(RegressorMixin, _BaseLSTMEstimator):
             out = out[..., 0]
         return self._unpad(out, lengths, ragged) if self.return_sequences else out
 
+    @inference
     def score(self, X, y, sample_weight=None):
         """Coefficient of determination R^2 (over all valid steps with ``return_sequences``).
 

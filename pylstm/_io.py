@@ -59,6 +59,7 @@ import re
 import secrets
 import stat
 import struct
+import time
 import warnings
 from typing import NamedTuple
 
@@ -1020,10 +1021,43 @@ def _codec_for(obj):
                     f"{', '.join(sorted(_REGISTRY))}")
 
 
+#: Seconds after which a temporary file of :func:`_atomic_write` (``.<name>.<12 hex
+#: digits>.tmp``) is taken for the orphan of a save that was killed before its
+#: rename (SIGKILL, power loss) and removed by the next save of ``<name>``. A save
+#: in progress rewrites its file all along, so its modification time stays recent.
+STALE_TEMPORARY_SECONDS = 3600
+
+
+def _remove_stale_temporaries(folder, base):
+    """Remove our temporary files of ``base`` in ``folder`` older than
+    :data:`STALE_TEMPORARY_SECONDS`; other files, and any error, are left alone."""
+    pattern = re.compile(re.escape(f".{base}.") + r"[0-9a-f]{12}\.tmp")
+    cutoff = time.time() - STALE_TEMPORARY_SECONDS
+    with contextlib.suppress(OSError), os.scandir(folder) as entries:
+        for entry in entries:
+            if not pattern.fullmatch(entry.name):
+                continue
+            with contextlib.suppress(OSError):
+                info = entry.stat(follow_symlinks=False)
+                if stat.S_ISREG(info.st_mode) and info.st_mtime < cutoff:
+                    os.unlink(entry.path)
+
+
 def _atomic_write(path, header, chunks):
-    """Write to a new file next to ``path``, flush it to disk, then rename it over ``path``."""
-    path = os.fspath(path)
-    folder, base = os.path.split(os.path.abspath(path))
+    """Write to a new file next to ``path``, flush it to disk, then rename it over ``path``.
+
+    A symbolic link at ``path`` is followed: the file it points to is replaced
+    (and keeps its permission bits, as a file rewritten in place would), the
+    link stays. Errors name ``path``, not the temporary file.
+    """
+    requested = os.fsdecode(os.fspath(path))  # bytes too, as open() takes them
+    target = os.path.realpath(requested)
+    folder, base = os.path.split(target)
+    try:
+        mode = stat.S_IMODE(os.stat(target).st_mode)
+    except OSError:  # a new file: the umask applies, as for open()
+        mode = None
+    _remove_stale_temporaries(folder, base)
     flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0)
     # Named before it is created, so that an interrupt at any point (even
     # right after os.open) removes it: ``path`` is replaced whole or untouched,
@@ -1042,11 +1076,16 @@ def _atomic_write(path, header, chunks):
                 f.write(chunk)
             f.flush()
             os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
+        if mode is not None:
+            os.chmod(tmp, mode)
+        os.replace(tmp, target)
+    except BaseException as exc:
         if tmp is not None:
             with contextlib.suppress(OSError):
                 os.unlink(tmp)
+        if isinstance(exc, OSError) and exc.errno is not None:
+            # The same error (OSError picks the subclass from errno) about the caller's path.
+            raise OSError(exc.errno, exc.strerror, requested) from None
         raise
     with contextlib.suppress(OSError, AttributeError):  # make the rename durable (POSIX)
         dir_fd = os.open(folder, os.O_RDONLY)
@@ -1070,7 +1109,10 @@ def save(obj, path):
     The file is written under a temporary name in the same folder, flushed to
     disk and then renamed to ``path``, so an interrupted save never leaves a
     partial model at ``path`` (an existing file there stays intact until the
-    rename replaces it).
+    rename replaces it). A save killed outright (SIGKILL, power loss) can
+    leave its temporary file, ``.<name>.<12 hex digits>.tmp``: the next save
+    to the same path removes those older than an hour
+    (:data:`STALE_TEMPORARY_SECONDS`).
 
     Parameters
     ----------
@@ -1079,8 +1121,10 @@ def save(obj, path):
         must be None, bool, int, float or str (NumPy scalars and dtypes are
         converted); a ``random_state`` that is a RandomState instance is
         saved as None with a warning.
-    path : str or path-like
-        Where to write; an existing file is replaced.
+    path : str, bytes or path-like
+        Where to write; an existing file is replaced and keeps its permission
+        bits. A symbolic link is followed: the file it points to is replaced,
+        the link stays.
 
     Raises
     ------
@@ -1093,7 +1137,7 @@ def save(obj, path):
         If a weight is NaN or infinite, or the hyperparameters are invalid
         (a file that :func:`load` would refuse is never written).
     OSError
-        If the file cannot be written.
+        If the file cannot be written (the error names ``path``).
 
     See Also
     --------

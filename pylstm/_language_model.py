@@ -18,9 +18,9 @@ from sklearn.utils import check_random_state
 from sklearn.utils.validation import check_is_fitted
 
 from ._network import LanguageNetwork, log_softmax, softmax_cross_entropy
-from ._optim import clip_grad_norm, make_optimizer
+from ._optim import clip_grad_norm, make_optimizer, reconfigure_optimizer, warn_if_diverging
 from ._progress import EpochProgress
-from ._threads import run_to_completion
+from ._threads import inference, model_use, run_to_completion
 from ._validation import check_dtype
 
 __all__ = ["LSTMLanguageModel"]
@@ -28,6 +28,10 @@ __all__ = ["LSTMLanguageModel"]
 UNK = "<unk>"
 BOS = "<bos>"
 _WORD_RE = re.compile(r"\w+|[^\w\s]")
+#: Tokens per forward call when reading a text at inference (scoring, priming a
+#: prompt): a call's logits are (tokens x vocabulary), so long texts go in chunks
+#: carrying the state, and memory does not grow with the text's length.
+_CHUNK_TOKENS = 4096
 
 
 class LSTMLanguageModel(BaseEstimator):
@@ -138,9 +142,10 @@ class LSTMLanguageModel(BaseEstimator):
             v = getattr(self, name)
             if not isinstance(v, numbers.Real) or not low <= v < high:
                 raise ValueError(f"{name} must be in [{low}, {high}), got {v!r}")
-        if not isinstance(self.learning_rate_init, numbers.Real) or not (
-                self.learning_rate_init > 0):
-            raise ValueError(f"learning_rate_init must be > 0, got {self.learning_rate_init!r}")
+        # Finite, as the estimators require: an infinite step makes every weight NaN.
+        lr = self.learning_rate_init
+        if isinstance(lr, bool) or not isinstance(lr, numbers.Real) or not 0 < lr < np.inf:
+            raise ValueError(f"learning_rate_init must be > 0 and finite, got {lr!r}")
         if self.clip_norm is not None and (
                 isinstance(self.clip_norm, bool) or not isinstance(self.clip_norm, numbers.Real)
                 or not self.clip_norm > 0):
@@ -209,7 +214,9 @@ class LSTMLanguageModel(BaseEstimator):
         """Train one more epoch on ``texts``, keeping the vocabulary.
 
         Unknown tokens map to ``'<unk>'``. On an unfitted model, builds the
-        vocabulary from ``texts`` first.
+        vocabulary from ``texts`` first. A ``learning_rate_init`` changed
+        since the last call applies from the next update on, the optimizer's
+        state kept; a changed ``solver`` starts a new optimizer.
 
         Parameters
         ----------
@@ -225,6 +232,13 @@ class LSTMLanguageModel(BaseEstimator):
         counts = Counter(tok for toks in token_lists for tok in toks)
         vocab = [UNK, BOS] + sorted(t for t, n in counts.items()
                                    if n >= self.min_frequency and t not in (UNK, BOS))
+        if len(vocab) == 2:
+            # A model of '<unk>' alone could never generate: those tokens are not emitted.
+            raise ValueError(
+                f"min_frequency={self.min_frequency} leaves no token in the vocabulary: the "
+                f"most frequent token of the training text occurs "
+                f"{max(counts.values(), default=0)} times; lower min_frequency or give more text"
+            )
         self.vocabulary_ = vocab
         self._index = {tok: i for i, tok in enumerate(vocab)}
         rng = check_random_state(self.random_state)
@@ -239,15 +253,16 @@ class LSTMLanguageModel(BaseEstimator):
         self.n_iter_ = 0
 
     def _fit(self, texts, incremental):
-        # An error or an interrupt before the training loop leaves the model
-        # as it was: one assignment puts every attribute back.
-        before = self.__dict__.copy()
-        try:
-            prepared = self._prepare_fit(texts, incremental)
-        except BaseException:
-            self.__dict__ = before
-            raise
-        return self._train(incremental, *prepared)
+        with model_use(self, "partial_fit" if incremental else "fit", fitting=True):
+            # An error or an interrupt before the training loop leaves the model
+            # as it was: one assignment puts every attribute back.
+            before = self.__dict__.copy()
+            try:
+                prepared = self._prepare_fit(texts, incremental)
+            except BaseException:
+                self.__dict__ = before
+                raise
+            return self._train(incremental, *prepared)
 
     def _prepare_fit(self, texts, incremental):
         """Tokenize, split and (re)build; the encoded streams that :meth:`_train` needs."""
@@ -273,20 +288,28 @@ class LSTMLanguageModel(BaseEstimator):
             )
         val_streams = [np.concatenate([[1], self._encode(t)]) for t in val if t]
         self._optimizer.params = self.network_.parameters()
+        if incremental and fitted:  # a changed solver or learning rate applies
+            self._optimizer = reconfigure_optimizer(self._optimizer, self.solver,
+                                                    self.network_.parameters(),
+                                                    self.learning_rate_init)
         return streams, val_streams
 
     def _train(self, incremental, streams, val_streams):
         """The epochs of :meth:`fit` / :meth:`partial_fit`.
 
-        A ``KeyboardInterrupt`` during an epoch rolls the weights, the
-        optimizer, ``n_iter_``, ``loss_curve_`` and
-        ``validation_perplexities_`` back to the end of the last completed
-        epoch before it propagates.
+        A ``KeyboardInterrupt`` or a ``FloatingPointError`` (the training
+        diverged) during an epoch rolls the weights, the optimizer,
+        ``n_iter_``, ``loss_curve_`` and ``validation_perplexities_`` back to
+        the end of the last completed epoch before it propagates, so the
+        model keeps finite weights. A loss that grows by
+        :data:`pylstm._optim.DIVERGENCE_FACTOR` over the call's first window
+        is warned about once.
         """
         n_epochs = 1 if incremental else self.max_iter
         bar = EpochProgress(n_epochs) if self.verbose else None
         best, best_state, no_improve = np.inf, None, 0
         stopped = False
+        first_loss, diverging = None, False
         snapshot = None
         try:
             for i in range(n_epochs):
@@ -294,7 +317,10 @@ class LSTMLanguageModel(BaseEstimator):
                             {"n_iter_": self.n_iter_, "loss_curve_": list(self.loss_curve_),
                              "validation_perplexities_": list(self.validation_perplexities_)})
                 rng = np.random.RandomState([self._seed, self.n_iter_])
-                loss = self._epoch(streams, rng, self.n_iter_ + 1)
+                loss, first = self._epoch(streams, rng, self.n_iter_ + 1)
+                first_loss = first if first_loss is None else first_loss
+                diverging = diverging or warn_if_diverging(
+                    loss, first_loss, self.n_iter_ + 1, self.learning_rate_init, stacklevel=4)
                 self.n_iter_ += 1
                 self.loss_curve_.append(loss)
                 ppl = None
@@ -314,7 +340,7 @@ class LSTMLanguageModel(BaseEstimator):
                 if self.early_stopping and no_improve > self.n_iter_no_change:
                     stopped = True
                     break
-        except KeyboardInterrupt:
+        except (KeyboardInterrupt, FloatingPointError):
             if snapshot is not None:
                 run_to_completion(self._roll_back, snapshot)
             raise
@@ -348,14 +374,25 @@ class LSTMLanguageModel(BaseEstimator):
         return inputs, targets
 
     def _epoch(self, streams, rng, epoch):
+        """One pass over the streams: the mean loss per token, and the first window's."""
         net = self.network_
         inputs, targets = self._lanes(streams, rng)
         B, width = inputs.shape
-        state, total, count = None, 0.0, 0
+        state, total, count, first = None, 0.0, 0, None
         for start in range(0, width, self.seq_len):
             x = inputs[:, start:start + self.seq_len]
             y = targets[:, start:start + self.seq_len]
-            logits, state = net.forward(x, state, training=True, rng=rng)
+            try:
+                logits, state = net.forward(x, state, training=True, rng=rng)
+            except ValueError as exc:
+                # The tokens are valid: a non-finite layer input or state comes from
+                # weights that the last update made non-finite.
+                if "NaN" in str(exc) or "infinity" in str(exc):
+                    raise FloatingPointError(
+                        f"the weights became non-finite in epoch {epoch}: lower "
+                        f"learning_rate_init (now {self.learning_rate_init!r}) or set "
+                        "clip_norm") from exc
+                raise
             V = logits.shape[-1]
             n = y.size
             loss, dz = softmax_cross_entropy(logits.reshape(n, V), y.ravel(), np.full(n, 1.0 / n))
@@ -363,16 +400,24 @@ class LSTMLanguageModel(BaseEstimator):
                 raise FloatingPointError(
                     f"the training loss became non-finite in epoch {epoch}: lower "
                     "learning_rate_init or set clip_norm")
-            grads = net.backward(dz.reshape(logits.shape))
-            norm = clip_grad_norm(grads, self.clip_norm if self.clip_norm else np.inf)
+            try:
+                grads = net.backward(dz.reshape(logits.shape))
+            except ValueError as exc:  # a gradient overflowed on its way down
+                if "NaN" in str(exc) or "infinity" in str(exc):
+                    norm = np.nan
+                else:
+                    raise
+            else:
+                norm = clip_grad_norm(grads, self.clip_norm if self.clip_norm else np.inf)
             if not np.isfinite(norm):
                 raise FloatingPointError(
                     f"the gradients became non-finite in epoch {epoch}: lower "
                     "learning_rate_init or set clip_norm")
             self._optimizer.update_params(grads)
+            first = float(loss) if first is None else first
             total += float(loss) * n
             count += n
-        return total / count
+        return total / count, first
 
     # ------------------------------------------------------------------ inference
     def _mean_log_likelihood(self, streams):
@@ -383,9 +428,9 @@ class LSTMLanguageModel(BaseEstimator):
                 continue
             state = None
             inputs, targets = s[:-1], s[1:]
-            for start in range(0, len(inputs), 4096):
-                x = inputs[None, start:start + 4096]
-                y = targets[start:start + 4096]
+            for start in range(0, len(inputs), _CHUNK_TOKENS):
+                x = inputs[None, start:start + _CHUNK_TOKENS]
+                y = targets[start:start + _CHUNK_TOKENS]
                 logits, state = self.network_.forward(x, state, training=False)
                 logp = log_softmax(logits[0].astype(np.float64))
                 total += float(logp[np.arange(len(y)), y].sum())
@@ -394,6 +439,7 @@ class LSTMLanguageModel(BaseEstimator):
             raise ValueError("texts hold no token to score")
         return total / count
 
+    @inference
     def score(self, texts):
         """Mean log-likelihood per token (nats; greater is better).
 
@@ -424,10 +470,20 @@ class LSTMLanguageModel(BaseEstimator):
         return float(np.exp(-self.score(texts)))
 
     def _prime(self, prefix):
-        tokens = np.concatenate([[1], self._encode(self._tokenize(prefix))])
-        logits, state = self.network_.forward(tokens[None], None, training=False)
-        return logits[0, -1], state
+        """Logits (V,) of the token after ``prefix``, and the state after it.
 
+        Only the last token's logits are needed: the head runs on that row
+        alone, and the prompt is read in chunks carrying the state, so memory
+        does not grow with the prompt's length.
+        """
+        tokens = np.concatenate([[1], self._encode(self._tokenize(prefix))])
+        state = None
+        for start in range(0, len(tokens), _CHUNK_TOKENS):
+            logits, state = self.network_.forward(tokens[None, start:start + _CHUNK_TOKENS],
+                                                  state, training=False, last_only=True)
+        return logits[0], state
+
+    @inference
     def predict_proba(self, prefix, as_dict=False):
         """Distribution of the next token after ``prefix``.
 
@@ -454,6 +510,7 @@ class LSTMLanguageModel(BaseEstimator):
             return dict(zip(self.vocabulary_, proba.tolist(), strict=True))
         return proba
 
+    @inference
     def generate(self, prompt="", n_tokens=200, temperature=1.0, top_k=None,
                  random_state=None):
         """Sample a continuation of ``prompt``.
@@ -469,6 +526,7 @@ class LSTMLanguageModel(BaseEstimator):
             Tokens to generate.
         temperature : float >= 0, default=1.0
             Divides the logits; 0 means greedy decoding (the most likely token).
+            Must be finite.
         top_k : int or None, default=None
             Sample only among the k most likely tokens.
         random_state : int, RandomState instance or None, default=None
@@ -485,10 +543,14 @@ class LSTMLanguageModel(BaseEstimator):
         if isinstance(n_tokens, bool) or not isinstance(n_tokens, numbers.Integral) or (
                 n_tokens < 0):
             raise ValueError(f"n_tokens must be an integer >= 0, got {n_tokens!r}")
-        if not isinstance(temperature, numbers.Real) or not temperature >= 0:
-            raise ValueError(f"temperature must be >= 0, got {temperature!r}")
+        if (isinstance(temperature, bool) or not isinstance(temperature, numbers.Real)
+                or not 0 <= temperature < np.inf):
+            raise ValueError(f"temperature must be >= 0 and finite, got {temperature!r}")
         if top_k is not None and (not isinstance(top_k, numbers.Integral) or top_k < 1):
             raise ValueError(f"top_k must be None or an integer >= 1, got {top_k!r}")
+        if len(self.vocabulary_) <= 2:  # a model file of an older fit may have one
+            raise ValueError("the vocabulary holds no token to generate, only '<unk>' and "
+                             "'<bos>': refit with a lower min_frequency")
         rng = check_random_state(random_state)
         logits, state = self._prime(prompt)
         out = []
@@ -499,11 +561,16 @@ class LSTMLanguageModel(BaseEstimator):
             if temperature == 0:
                 token = int(np.argmax(z))
             else:
-                z = z / temperature
+                # Shifted before the division: the most likely token's term is
+                # exp(0) = 1 at any temperature, so the sum never overflows or
+                # vanishes (a tiny temperature overflows the others to -inf).
+                z -= z.max()
+                with np.errstate(over="ignore"):
+                    z /= temperature
                 if top_k is not None and top_k < len(z):
                     cut = np.partition(z, -top_k)[-top_k]
                     z[z < cut] = -np.inf
-                p = np.exp(z - z.max())
+                p = np.exp(z)
                 p /= p.sum()
                 token = int(rng.choice(len(p), p=p))
             out.append(self.vocabulary_[token])

@@ -350,7 +350,8 @@ class LSTM:
             Initial states (zeros when None); D = 2 when bidirectional.
         training : bool, default=True
             Keep the cache that :meth:`backward` needs. With False, the
-            inference kernel runs and keeps no per-step state.
+            inference kernel runs and keeps no per-step state. Every call,
+            even one that fails its checks, drops the previous call's cache.
 
         Returns
         -------
@@ -367,6 +368,9 @@ class LSTM:
         TypeError
             Non-numeric input.
         """
+        # Dropped first, whatever follows: a backward after a call that fails its
+        # checks must not use the cache of the call before it.
+        self._cache = None
         shape = np.shape(X)
         if len(shape) == 3 and shape[0] * shape[1] > BLAS_INT_MAX:
             raise ValueError("X is too large for 32-bit BLAS integers (B * T must be < 2**31)")
@@ -401,7 +405,6 @@ class LSTM:
         # result does not grow with T. Training keeps X with one row per valid
         # step, in the packed time-major layout of the weight-gradient GEMM.
         with self._workspace.borrow() as arrays:
-            self._cache = None
             result = (aligned_empty if dense else aligned_zeros)((B, T, D * H), self.dtype)
             if not training:
                 x = X.reshape(B * T, I)
@@ -695,9 +698,11 @@ class LSTM:
         Raises
         ------
         RuntimeError
-            If there was no ``forward(training=True)`` since the last backward.
+            If there was no ``forward(training=True)`` since the last backward,
+            or the last forward failed.
         ValueError
-            If a gradient has the wrong shape or is not finite.
+            If a gradient has the wrong shape or is not finite, or a finite
+            ``d_out`` is so large that the gradients overflow the layer's dtype.
         """
         with self._workspace.borrow() as arrays:
             cache = self._cache
@@ -734,6 +739,16 @@ class LSTM:
         grads = {name: grads[name] for name in self._params}
         grads["h0"] = g_h0
         grads["c0"] = g_c0
+        # A finite d_out can still overflow on its way down (3e38 in float32):
+        # say so rather than return infinity or NaN as gradients.
+        for name, arr in (("dX", dX), *grads.items()):
+            try:
+                check_finite(arr, name)
+            except ValueError as exc:
+                raise ValueError(
+                    f"the gradients overflowed {self.dtype.name} ({exc}) although d_out is "
+                    "finite: scale d_out (the loss) down"
+                ) from None
         return dX, grads
 
     def _backward_layers(self, arrays, cache, grad_out, d_h_n, d_c_n, parallel,

@@ -13,6 +13,14 @@ from ._threads import WHOLE_SEQUENCE_ONE_THREAD_BELOW, model_call, single_thread
 
 __all__ = ["SequenceNetwork", "log_softmax", "softmax_cross_entropy", "squared_error"]
 
+#: Elements (rows x steps x units) of the layer outputs that an inference of final
+#: states holds at a time. A layer's forward returns its output at every step;
+#: for longer batches, unidirectional stacks read the sequences in chunks of steps
+#: carrying each layer's (h, c), so that memory does not grow with their length.
+_FINAL_STATE_CHUNK_ELEMENTS = 2**22
+#: Fewest steps per such chunk: each chunk costs a kernel call per layer.
+_MIN_CHUNK_STEPS = 32
+
 
 def log_softmax(z):
     """Row-wise log-softmax along the last axis, stable for any finite input.
@@ -139,10 +147,16 @@ class SequenceNetwork:
     def features(self, X, lengths, training=False, rng=None, final_states=None):
         """Run the LSTM stack; return (B, D*H) final states or (B, T, D*H) outputs.
 
-        ``final_states`` defaults to ``not return_sequences``.
+        ``final_states`` defaults to ``not return_sequences``. Final states at
+        inference keep O(B x H) memory whatever T for unidirectional stacks
+        (:meth:`_final_states_in_chunks`).
         """
         if final_states is None:
             final_states = not self.return_sequences
+        if final_states and not training and not self.layers[0].bidirectional:
+            steps = self._chunk_steps(X.shape[0])
+            if X.shape[1] > steps:
+                return self._final_states_in_chunks(X, lengths, steps)
         masks = []
         h = X
         top = len(self.layers) - 1
@@ -162,6 +176,34 @@ class SequenceNetwork:
         if not final_states:
             return h
         return np.ascontiguousarray(h_n.transpose(1, 0, 2).reshape(h_n.shape[1], -1))
+
+    def _chunk_steps(self, batch):
+        """Steps per chunk of :meth:`_final_states_in_chunks` for ``batch`` rows."""
+        widest = max(max(layer.input_size, layer.hidden_size) for layer in self.layers)
+        return max(_MIN_CHUNK_STEPS, _FINAL_STATE_CHUNK_ELEMENTS // (batch * widest))
+
+    def _final_states_in_chunks(self, X, lengths, steps):
+        """(B, H) final states of a unidirectional stack, reading ``steps`` steps at a time.
+
+        Each chunk runs every layer on the rows still active, from the (h, c)
+        that the previous chunk left; a row's state stops at its last valid
+        step as in one call. The reverse direction of a bidirectional layer
+        starts from each sequence's end, so those stacks take one call.
+        """
+        B, T = X.shape[:2]
+        lengths = np.full(B, T) if lengths is None else np.asarray(lengths)
+        states = [(np.zeros((1, B, layer.hidden_size), self.dtype),
+                   np.zeros((1, B, layer.hidden_size), self.dtype)) for layer in self.layers]
+        for start in range(0, int(lengths.max()), steps):
+            rows = np.flatnonzero(lengths > start)
+            chunk_lengths = np.minimum(lengths[rows] - start, steps)
+            h = X[rows, start:start + int(chunk_lengths.max())]
+            for layer, (h_all, c_all) in zip(self.layers, states, strict=True):
+                h, (h_n, c_n) = layer.forward(h, lengths=chunk_lengths, h0=h_all[:, rows],
+                                              c0=c_all[:, rows], training=False)
+                h_all[:, rows] = h_n
+                c_all[:, rows] = c_n
+        return np.ascontiguousarray(states[-1][0][0])
 
     @model_call
     def forward(self, X, lengths, training=False, rng=None):
@@ -287,11 +329,13 @@ class LanguageNetwork:
         return flat, logits
 
     @model_call
-    def forward(self, tokens, state, training=False, rng=None):
+    def forward(self, tokens, state, training=False, rng=None, last_only=False):
         """Logits (B, T, V) for token windows (B, T) and the state after them.
 
         ``state`` is None (zeros) or a list of (h, c) pairs, one per layer,
-        each of shape (1, B, hidden_size).
+        each of shape (1, B, hidden_size). With ``last_only`` (inference), the
+        logits (B, V) of the last step alone: the head, whose result has a
+        row per step and a column per token, then runs on one row.
         """
         h = self.embedding[tokens]
         new_state, masks = [], []
@@ -308,6 +352,8 @@ class LanguageNetwork:
             elif k < top:
                 masks.append(None)
             h = out
+        if last_only and not training:
+            return self._head(h[:, -1])[1], new_state
         flat, logits = self._head(h)
         if training:
             self._cache = {"tokens": tokens, "flat": flat, "masks": masks, "shape": h.shape}

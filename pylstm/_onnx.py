@@ -7,7 +7,11 @@ estimator's dense output layer. The ``onnx`` package builds it; onnxruntime
 (or any ONNX runtime) runs it.
 """
 
+import numbers
+
 import numpy as np
+
+from ._validation import check_dtype
 
 __all__ = ["export_onnx"]
 
@@ -51,23 +55,36 @@ def _lstm_weights(layer, dtype):
 
 
 def _classes_tensor(onnx, classes):
-    """classes_ as an ONNX constant for Gather, and its element type."""
+    """classes_ as an ONNX constant for Gather, and its element type.
+
+    Raises ValueError for labels that no ONNX tensor holds exactly, rather
+    than export a graph that predicts other labels than ``predict``.
+    """
     from onnx import TensorProto
 
     classes = np.asarray(classes)
-    if classes.dtype.kind in "iu":
+    kind = classes.dtype.kind
+    if kind == "i":
         arr, elem = classes.astype(np.int64), TensorProto.INT64
-    elif classes.dtype.kind == "b":
+    elif kind == "u":
+        # Unsigned labels stay unsigned: int64 would wrap those >= 2**63 to negatives.
+        arr, elem = classes.astype(np.uint64), TensorProto.UINT64
+    elif kind == "b":
         arr, elem = classes, TensorProto.BOOL
-    elif classes.dtype.kind == "f":
+    elif kind == "f":
         arr, elem = classes.astype(np.float64), TensorProto.DOUBLE
-    elif classes.dtype.kind in "US" or (
-            classes.dtype.kind == "O" and all(isinstance(c, str) for c in classes)):
+    elif kind == "U" or (kind == "O" and all(isinstance(c, str) for c in classes)):
         arr, elem = np.array([str(c) for c in classes], dtype=object), TensorProto.STRING
     else:
+        # Bytes among them: an ONNX string comes back as str, not as the bytes label.
         raise ValueError(
             f"classes_ of dtype {classes.dtype} cannot be stored in an ONNX graph; use integer, "
             "float, boolean or string labels"
+        )
+    if kind in "iuf" and not np.array_equal(arr.astype(classes.dtype), classes):
+        raise ValueError(  # long double labels that float64 rounds
+            f"classes_ of dtype {classes.dtype} cannot be stored exactly in an ONNX graph "
+            f"(as {arr.dtype}); use integer, float64, boolean or string labels"
         )
     return onnx.numpy_helper.from_array(arr, "classes"), elem
 
@@ -100,7 +117,8 @@ def export_onnx(estimator, path=None, *, dtype="float32", sequence_lens=True,
         :meth:`pylstm.LSTM.forward`. With False, every sequence is taken to
         fill all steps of ``X``.
     opset : int, default=17
-        ONNX opset of the model (13 or later).
+        ONNX opset of the model: 13 or later, up to the newest that the
+        installed ``onnx`` package knows.
 
     Returns
     -------
@@ -164,12 +182,19 @@ def export_onnx(estimator, path=None, *, dtype="float32", sequence_lens=True,
             f"{type(estimator).__name__}"
         )
     check_is_fitted(estimator, "network_")
-    dtype = np.dtype(dtype)
-    if dtype not in (np.float32, np.float64):
-        raise ValueError(f"dtype must be 'float32' or 'float64', got {dtype}")
+    try:
+        dtype = check_dtype(dtype)
+    except TypeError:
+        raise ValueError(f"dtype must be 'float32' or 'float64', got {dtype!r}") from None
+    newest = onnx.defs.onnx_opset_version()
+    if isinstance(opset, bool) or not isinstance(opset, numbers.Integral):
+        raise ValueError(f"opset must be an integer from 13 to {newest}, got {opset!r}")
     opset = int(opset)
     if opset < 13:
         raise ValueError(f"opset must be 13 or later, got {opset}")
+    if opset > newest:
+        raise ValueError(f"opset must be at most {newest}, the newest that the installed onnx "
+                         f"package knows, got {opset}")
     elem = TensorProto.FLOAT if dtype == np.float32 else TensorProto.DOUBLE
     net = estimator.network_
     classifier = isinstance(estimator, LSTMClassifier)

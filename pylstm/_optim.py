@@ -24,6 +24,7 @@ the current learning rate and the buffers, so that a run can be continued
 
 import math
 import numbers
+import warnings
 
 import numpy as np
 
@@ -36,7 +37,13 @@ __all__ = [
     "clip_grad_norm",
     "clip_grad_value",
     "make_optimizer",
+    "reconfigure_optimizer",
+    "warn_if_diverging",
 ]
+
+#: An epoch's mean loss this many times the first batch's loss of a fit is taken
+#: for divergence: no optimizer that converges climbs ten orders of magnitude.
+DIVERGENCE_FACTOR = 1e10
 
 _OPTIMIZER_NAMES = ("adam", "rmsprop", "sgd")
 
@@ -507,6 +514,78 @@ def make_optimizer(name, params, learning_rate_init, momentum=0.9, nesterovs_mom
         return RMSpropOptimizer(params, learning_rate_init=learning_rate_init)
     allowed = ", ".join(repr(n) for n in _OPTIMIZER_NAMES)
     raise ValueError(f"optimizer name must be one of {allowed}; got {name!r}")
+
+
+def reconfigure_optimizer(optimizer, name, params, learning_rate_init, momentum=0.9,
+                          nesterovs_momentum=True):
+    """The optimizer to continue training with, under settings that may have changed.
+
+    For ``warm_start`` and ``partial_fit`` after ``set_params``. The same
+    solver keeps ``optimizer`` and its state (counter, moments, velocities)
+    and takes the new learning rate (and SGD's momentum settings) from the
+    next update on, as a learning-rate schedule would. Another solver gets a
+    new optimizer from :func:`make_optimizer`, as scikit-learn's MLP builds
+    one: the state of one solver means nothing to another.
+
+    Parameters
+    ----------
+    optimizer : SGDOptimizer, AdamOptimizer or RMSpropOptimizer
+        The optimizer of the fitted model.
+    name, params, learning_rate_init, momentum, nesterovs_momentum
+        As in :func:`make_optimizer`.
+
+    Returns
+    -------
+    SGDOptimizer, AdamOptimizer or RMSpropOptimizer
+        ``optimizer`` itself, updated, or a new one.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from pylstm._optim import make_optimizer, reconfigure_optimizer
+    >>> opt = make_optimizer('adam', [np.zeros(3)], 0.1)
+    >>> reconfigure_optimizer(opt, 'adam', opt.params, 0.01) is opt, opt.learning_rate
+    (True, 0.01)
+    >>> type(reconfigure_optimizer(opt, 'sgd', opt.params, 0.01)).__name__
+    'SGDOptimizer'
+    """
+    if name != optimizer._name:
+        return make_optimizer(name, params, learning_rate_init, momentum=momentum,
+                              nesterovs_momentum=nesterovs_momentum)
+    lr = _check_real(learning_rate_init, "learning_rate_init", 0.0, math.inf, low_closed=False)
+    if lr != optimizer.learning_rate_init:  # else any rate the state holds goes on
+        optimizer.learning_rate_init = optimizer.learning_rate = lr
+    if name == "sgd":
+        optimizer.momentum = _check_real(momentum, "momentum", 0.0, 1.0)
+        optimizer.nesterov = bool(nesterovs_momentum)
+    return optimizer
+
+
+def warn_if_diverging(loss, first_loss, epoch, learning_rate_init, stacklevel=2):
+    """Warn (RuntimeWarning) if ``loss`` is :data:`DIVERGENCE_FACTOR` times ``first_loss``.
+
+    For a loss that stays finite while the training diverges (a learning rate
+    far too large with gradient clipping); a non-finite loss is an error of
+    its own. Returns whether it warned.
+
+    Examples
+    --------
+    >>> import warnings
+    >>> from pylstm._optim import warn_if_diverging
+    >>> with warnings.catch_warnings(record=True) as caught:
+    ...     warnings.simplefilter("always")
+    ...     warn_if_diverging(4e61, 0.47, 3, 1e30)
+    True
+    >>> print(str(caught[0].message).split(":")[0])
+    the training loss grew from 0.47 (first batch) to 4e+61 (epoch 3)
+    """
+    if not (first_loss > 0 and loss > DIVERGENCE_FACTOR * first_loss):
+        return False
+    warnings.warn(
+        f"the training loss grew from {first_loss:.3g} (first batch) to {loss:.3g} (epoch "
+        f"{epoch}): the training diverges; lower learning_rate_init (now "
+        f"{learning_rate_init!r})", RuntimeWarning, stacklevel=stacklevel + 1)
+    return True
 
 
 def _global_norm_parts(grads):

@@ -9,7 +9,7 @@ dtype (zeros past each length) and an int64 array of lengths.
 import numpy as np
 from sklearn.utils.validation import check_array
 
-from ._validation import check_finite
+from ._validation import check_finite, check_numeric
 
 
 def is_ragged(X):
@@ -31,10 +31,43 @@ def is_ragged(X):
     for seq in X:
         if isinstance(seq, str) or not hasattr(seq, "__len__"):
             return False
-        shapes.add(np.shape(seq))
+        try:
+            shapes.add(np.shape(seq))
+        except ValueError:  # itself ragged: pad_sequences names it
+            return True
         if len(shapes) > 1:
             return True
     return False
+
+
+def check_sequence_list(X, name="X"):
+    """Raise ``ValueError`` if an element of the list ``X`` cannot be a sequence.
+
+    A list of sequences holds array-likes: None, strings, bytes, or a number
+    among sequences are refused by name, rather than left to NumPy's
+    "inhomogeneous shape" error. A list of numbers (a 1-D X) is left alone.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from pylstm._sequences import check_sequence_list
+    >>> try:
+    ...     check_sequence_list([np.zeros((3, 2)), None])
+    ... except ValueError as exc:
+    ...     print(str(exc).split(":")[0])
+    X[1] is None, not a sequence
+    """
+    if not isinstance(X, (list, tuple)) or len(X) == 0:
+        return
+    sequences = hasattr(X[0], "__len__") and not isinstance(X[0], (str, bytes))
+    for i, seq in enumerate(X):
+        if (seq is None or isinstance(seq, (str, bytes))
+                or (sequences and not hasattr(seq, "__len__"))):
+            what = "None" if seq is None else f"a {type(seq).__name__}"
+            raise ValueError(
+                f"{name}[{i}] is {what}, not a sequence: each element of a list {name} is one "
+                "sequence, an array-like of shape (n_timesteps, n_features) or (n_timesteps,)"
+            )
 
 
 def pad_sequences(seqs, dtype, name="X"):
@@ -58,9 +91,9 @@ def pad_sequences(seqs, dtype, name="X"):
     ------
     ValueError
         On an empty list, an empty sequence, sequences with different numbers
-        of features or of the wrong ndim, NaN or infinity.
+        of features or of the wrong ndim, strings, dates, NaN or infinity.
     TypeError
-        On non-numeric values.
+        On other values that are not numbers (in object arrays).
 
     Examples
     --------
@@ -74,9 +107,16 @@ def pad_sequences(seqs, dtype, name="X"):
     arrays = []
     n_features = None
     for i, seq in enumerate(seqs):
-        arr = np.asarray(seq)
-        if arr.dtype.kind not in "biuf":
-            raise TypeError(f"{name}[{i}] must hold real numbers, got dtype {arr.dtype}")
+        try:
+            arr = np.asarray(seq)
+        except ValueError:  # NumPy's "inhomogeneous shape"
+            raise ValueError(
+                f"{name}[{i}] is not a rectangular array: its steps have different numbers "
+                "of features (each sequence is an array of shape (n_timesteps, n_features))"
+            ) from None
+        check_numeric(arr, f"{name}[{i}]")
+        if arr.dtype.kind not in "biufO":  # complex
+            raise ValueError(f"{name}[{i}] must hold real numbers, got dtype {arr.dtype}")
         if arr.ndim == 1:
             arr = arr[:, None]
         if arr.ndim != 2:

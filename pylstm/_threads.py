@@ -27,6 +27,10 @@ reference dies with the interrupted frame) and the setting given back, and
 its second direction still runs on the worker thread and writes into the
 layer's work arrays.
 
+A public method of an estimator runs inside :class:`model_use`, which refuses
+a call made while another thread fits the same model (with a
+``RuntimeError`` that names both) rather than let it drop the fit's caches.
+
 After ``os.fork()`` the child has none of the parent's threads: the helper
 threads of :func:`run_directions` are forgotten (the child starts its own
 when it needs one), the module lock is replaced, and the switches made by
@@ -518,17 +522,116 @@ def run_directions(run, n_directions, parallel):
     return [first, job.result]
 
 
+#: The models in use by a public method now: id(model) -> weak references to the
+#: :class:`model_use` objects of those calls (a call whose ``__exit__`` never ran
+#: stops counting when its frame, and so its object, dies).
+_uses = {}
+_uses_changed = threading.Condition(threading.Lock())
+#: Seconds between looks at the calls that a fit waits for (a call whose object
+#: died without ``__exit__`` notifies nobody).
+_USE_POLL_SECONDS = 0.05
+
+
+def _live_uses(key):
+    """The live :class:`model_use` objects of model ``key`` (holds ``_uses_changed``)."""
+    refs = [ref for ref in _uses.get(key, ()) if ref() is not None]
+    if refs:
+        _uses[key] = refs
+    else:
+        _uses.pop(key, None)
+    return [use for use in (ref() for ref in refs) if use is not None]
+
+
+class model_use:  # noqa: N801 - used as a function, like contextlib's
+    """A public method's use of a model, refused while another thread fits it.
+
+    Training changes the weights in place and keeps the layers' BPTT caches
+    between the forward and the backward pass of each batch; an inference
+    call from another thread meanwhile reads half-updated weights and drops
+    those caches, which broke the fit with an internal error. So a call made
+    while another thread runs ``fit``/``partial_fit`` on the same model
+    raises a ``RuntimeError`` naming both; a fit that starts while other
+    threads run inference on the model waits for those calls to return
+    (new ones are refused from then on). Calls of one thread never exclude
+    each other, and any number of inference calls run together.
+
+    Examples
+    --------
+    >>> from pylstm._threads import model_use
+    >>> model = object()
+    >>> with model_use(model, "predict"):
+    ...     pass
+    """
+
+    __slots__ = ("key", "owner", "method", "fitting", "thread", "__weakref__")
+
+    def __init__(self, model, method, fitting=False):
+        self.key = id(model)
+        self.owner = type(model).__name__
+        self.method = method
+        self.fitting = fitting
+        self.thread = threading.get_ident()
+
+    def _others(self, fitting):
+        return [use for use in _live_uses(self.key)
+                if use.fitting == fitting and use.thread != self.thread]
+
+    def __enter__(self):
+        with _uses_changed:
+            fits = self._others(fitting=True)
+            if fits:
+                raise RuntimeError(
+                    f"{self.owner}.{self.method} was called while {fits[0].method} is running "
+                    "on the same estimator in another thread; wait for it to return, or use "
+                    "a copy of the estimator (copy.deepcopy) in this thread"
+                )
+            _uses.setdefault(self.key, []).append(weakref.ref(self))
+            if self.fitting:
+                try:
+                    while self._others(fitting=False):
+                        _uses_changed.wait(_USE_POLL_SECONDS)
+                except BaseException:  # an interrupt while waiting: not entered
+                    self._leave()
+                    raise
+        return self
+
+    def _leave(self):
+        refs = _uses.get(self.key, [])
+        refs[:] = [ref for ref in refs if ref() is not None and ref() is not self]
+        if not refs:
+            _uses.pop(self.key, None)
+        _uses_changed.notify_all()
+
+    def __exit__(self, *exc):
+        with _uses_changed:
+            self._leave()
+        return False
+
+
+def inference(method):
+    """Run the model's public ``method`` as a :class:`model_use`: a fit in
+    another thread makes it raise a clear error instead of breaking that fit."""
+    @functools.wraps(method)
+    def used(self, *args, **kwargs):
+        with model_use(self, method.__name__):
+            return method(self, *args, **kwargs)
+    return used
+
+
 def _after_fork_in_child():
     """Forget the parent's threads in a forked child (see the module docstring).
 
     The helper threads do not exist in the child, nor do the threads that
     held a BLAS switch: their holds are dropped and the caller's setting
     comes back at the next use of the lock (:func:`_give_back`). The lock
-    may have been held by one of those threads: a new one replaces it.
+    may have been held by one of those threads: a new one replaces it. The
+    models' uses (:class:`model_use`) were the parent threads' too.
     """
-    global _lock, _callers_lock
+    global _lock, _callers_lock, _uses_changed
     _lock = threading.RLock()
     _callers_lock = _thread.allocate_lock()
+    _uses_changed = threading.Condition(threading.Lock())
+    _uses.clear()
     _pool["idle"] = []
     _pool["all"] = []
     _state["holds"] = []

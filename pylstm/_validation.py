@@ -4,6 +4,7 @@ Every check runs before any kernel call and raises ``ValueError`` or
 ``TypeError`` with a message naming the argument and what was expected.
 """
 
+import datetime
 import numbers
 
 import numpy as np
@@ -90,6 +91,54 @@ def as_float_array(a, name, dtype, ndim):
     return np.ascontiguousarray(arr, dtype=dtype)
 
 
+#: dtype kinds that are not numbers, though NumPy converts most of them to float
+#: (numeric strings, dates as counts of their unit): refused rather than read as numbers.
+_NON_NUMERIC_KINDS = {"U": "strings", "S": "bytes", "M": "dates (datetime64)",
+                      "m": "durations (timedelta64)", "V": "raw or structured records"}
+#: Values of an object array that are not numbers, for the same reason.
+_NON_NUMERIC_TYPES = (str, bytes, datetime.date, datetime.time, datetime.timedelta,
+                      np.datetime64, np.timedelta64)
+
+
+def check_numeric(X, name="X"):
+    """Raise ``ValueError`` if array-like ``X`` holds strings, bytes, dates or durations.
+
+    Object arrays (and a DataFrame's object columns) are looked at value by
+    value; other values that are not numbers are left to the conversion to
+    float, which raises its own error. Something that is not an array is left
+    to the caller's conversion too.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from pylstm._validation import check_numeric
+    >>> check_numeric(np.array([["1", "2"]]))
+    Traceback (most recent call last):
+    ...
+    ValueError: X must hold real numbers, got strings (dtype <U1); convert them to numbers first
+    """
+    columns = getattr(X, "dtypes", None)
+    if hasattr(X, "iloc") and columns is not None and np.ndim(columns) == 1:  # a DataFrame
+        for j, dtype in enumerate(columns):
+            kind = getattr(dtype, "kind", "O")
+            if kind in _NON_NUMERIC_KINDS or kind == "O":
+                check_numeric(np.asarray(X.iloc[:, j]), f"{name}[:, {j}]")
+        return
+    try:
+        arr = np.asarray(X)
+    except (ValueError, TypeError):
+        return
+    kind = arr.dtype.kind
+    if kind in _NON_NUMERIC_KINDS:
+        raise ValueError(f"{name} must hold real numbers, got {_NON_NUMERIC_KINDS[kind]} "
+                         f"(dtype {arr.dtype}); convert them to numbers first")
+    if kind == "O":
+        bad = next((v for v in arr.flat if isinstance(v, _NON_NUMERIC_TYPES)), None)
+        if bad is not None:
+            raise ValueError(f"{name} must hold real numbers, got an object array holding "
+                             f"{type(bad).__name__} values such as {bad!r}")
+
+
 def check_finite(arr, name):
     """Raise ``ValueError`` if ``arr`` holds NaN or infinity.
 
@@ -150,11 +199,12 @@ def check_lengths(lengths, n_samples, n_timesteps):
             raise ValueError("lengths must be whole numbers")
     elif arr.dtype.kind not in "iu":
         raise TypeError(f"lengths must be integers, got dtype {arr.dtype}")
-    arr = arr.astype(np.int64)
+    # The range is checked in the caller's dtype: a cast to int64 first would
+    # wrap 1e20 or 2**64 - 1 to a negative length and name that instead.
     if n_samples and arr.min() < 1:
         raise ValueError(f"lengths must be >= 1, got a length of {arr.min()}")
     if n_samples and arr.max() > n_timesteps:
         raise ValueError(
             f"lengths must be <= n_timesteps={n_timesteps}, got a length of {arr.max()}"
         )
-    return arr
+    return arr.astype(np.int64)

@@ -18,6 +18,7 @@
 import copy
 import threading
 import time
+import warnings
 from concurrent.futures import ThreadPoolExecutor
 
 import joblib
@@ -29,7 +30,8 @@ from threadpoolctl import ThreadpoolController, threadpool_limits
 
 import pylstm._layer as layer_module
 import pylstm._threads as threads_module
-from pylstm import LSTM, LSTMClassifier, LSTMRegressor
+from pylstm import LSTM, LSTMClassifier, LSTMLanguageModel, LSTMRegressor
+from pylstm._network import LanguageNetwork, SequenceNetwork
 from pylstm._workspace import Workspace
 
 pytestmark = pytest.mark.filterwarnings("ignore::sklearn.exceptions.ConvergenceWarning")
@@ -328,3 +330,135 @@ def test_blas_switch_touches_only_the_kernels_blas():
         assert b.num_threads == b.lib.num_threads
         if b.lib.internal_api == "openblas" and b.lib.threading_layer == "pthreads":
             assert b._set is not None
+
+
+# ---------------------------------------------------------------- fit and use from two threads
+def _paused_fit(monkeypatch, est, fit):
+    """Start ``fit()`` in a thread, paused inside its first backward pass.
+
+    Returns (release, join): ``release()`` lets the fit go on, ``join()``
+    waits for it and returns the exception it raised (None).
+    """
+    network = type(est.network_)
+    original = network.backward
+    paused, go = threading.Event(), threading.Event()
+
+    def pausing_backward(self, d_output):
+        if not paused.is_set():
+            paused.set()
+            assert go.wait(30)
+        return original(self, d_output)
+
+    monkeypatch.setattr(network, "backward", pausing_backward)
+    errors = []
+
+    def run():
+        try:
+            fit()
+        except BaseException as exc:  # noqa: BLE001 - reported by join()
+            errors.append(exc)
+
+    thread = threading.Thread(target=run)
+    thread.start()
+    assert paused.wait(30)
+
+    def join():
+        thread.join(30)
+        assert not thread.is_alive()
+        return errors[0] if errors else None
+
+    return go.set, join
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize("fit_method", ["fit", "partial_fit"])
+def test_use_while_another_thread_fits_raises_a_clear_error(monkeypatch, fit_method):
+    X = _sequences("3d")
+    y = _labels(X)
+    est = LSTMClassifier(hidden_size=4, max_iter=2, random_state=0).fit(X, y)
+    reference = copy.deepcopy(est)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        getattr(reference, fit_method)(X, y)
+    release, join = _paused_fit(monkeypatch, est, lambda: getattr(est, fit_method)(X, y))
+    try:
+        calls = {"predict": (X,), "predict_proba": (X,), "predict_log_proba": (X,),
+                 "transform": (X,), "score": (X, y), "gate_activations": (X[:2],),
+                 "fit": (X, y), "partial_fit": (X, y)}
+        for method, args in calls.items():
+            with pytest.raises(RuntimeError, match=rf"^LSTMClassifier\.{method} was called "
+                                                   rf"while {fit_method} is running on the "
+                                                   "same estimator in another thread"):
+                getattr(est, method)(*args)
+    finally:
+        release()
+    # The fit was not disturbed: it ends as it would have alone.
+    assert join() is None
+    for p, q in zip(est.network_.parameters(), reference.network_.parameters(), strict=True):
+        np.testing.assert_array_equal(p, q)
+    np.testing.assert_array_equal(est.predict_proba(X), reference.predict_proba(X))
+
+
+@pytest.mark.timeout(120)
+def test_fit_waits_for_predictions_running_in_other_threads(monkeypatch):
+    X = _sequences("list")
+    y = _labels(X)
+    est = LSTMRegressor(hidden_size=4, max_iter=2, random_state=0).fit(X, y.astype(float))
+    expected = est.predict(X)
+    original = SequenceNetwork.features
+    predicting, go, events = threading.Event(), threading.Event(), []
+
+    def slow_features(self, X, lengths, training=False, **kwargs):
+        if not training and not predicting.is_set():
+            predicting.set()
+            assert go.wait(30)
+            result = original(self, X, lengths, training=training, **kwargs)
+            events.append("prediction")
+            return result
+        if training and "fit" not in events:
+            events.append("fit")
+        return original(self, X, lengths, training=training, **kwargs)
+
+    monkeypatch.setattr(SequenceNetwork, "features", slow_features)
+    with ThreadPoolExecutor(2) as pool:
+        prediction = pool.submit(est.predict, X)
+        assert predicting.wait(30)
+        fitting = pool.submit(est.partial_fit, X, y.astype(float))
+        time.sleep(0.2)  # the fit is waiting: it has not started to train
+        assert events == []
+        go.set()
+        np.testing.assert_array_equal(prediction.result(timeout=30), expected)
+        fitting.result(timeout=30)
+    assert events == ["prediction", "fit"]
+    assert est.n_iter_ == 3
+
+
+@pytest.mark.timeout(120)
+def test_language_model_use_while_another_thread_fits(monkeypatch):
+    text = "the quick brown fox jumps over the lazy dog " * 10
+    lm = LSTMLanguageModel(hidden_size=8, embedding_dim=4, seq_len=8, batch_size=4,
+                           max_iter=1, random_state=0).fit(text)
+    original = LanguageNetwork.backward
+    paused, go = threading.Event(), threading.Event()
+
+    def pausing_backward(self, d_logits):
+        if not paused.is_set():
+            paused.set()
+            assert go.wait(30)
+        return original(self, d_logits)
+
+    monkeypatch.setattr(LanguageNetwork, "backward", pausing_backward)
+    with ThreadPoolExecutor(1) as pool:
+        fitting = pool.submit(lm.partial_fit, text)
+        assert paused.wait(30)
+        try:
+            for method, args in {"generate": ("the",), "predict_proba": ("the",),
+                                 "score": (text,), "perplexity": (text,)}.items():
+                with pytest.raises(RuntimeError, match=r"LSTMLanguageModel\.(generate|"
+                                                       r"predict_proba|score) was called while "
+                                                       "partial_fit is running"):
+                    getattr(lm, method)(*args)
+        finally:
+            go.set()
+        fitting.result(timeout=30)
+    assert lm.n_iter_ == 2

@@ -11,6 +11,9 @@ import joblib
 import numpy as np
 import pytest
 import scipy.sparse as sp
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from hypothesis.extra import numpy as hnp
 from sklearn.base import clone
 from sklearn.exceptions import ConvergenceWarning, NotFittedError
 from sklearn.linear_model import LogisticRegression
@@ -307,8 +310,24 @@ def _bad_fit_cases():
         ("4-d", np.zeros((4, 3, 2, 2)), [0, 1, 0, 1], ValueError, r"shape \(4, 3, 2, 2\)"),
         ("strings-3d", np.array([[["a"], ["b"]], [["c"], ["d"]]]), [0, 1], ValueError,
          "string"),
-        ("strings-list", [np.array(["a", "b"]), np.array(["c"])], [0, 1], TypeError,
+        ("strings-list", [np.array(["a", "b"]), np.array(["c"])], [0, 1], ValueError,
          "real numbers"),
+        ("numeric-strings-2d", np.array([["1", "2"], ["3", "4"]]), [0, 1], ValueError,
+         "real numbers, got strings"),
+        ("bytes-3d", np.array([[[b"1"], [b"2"]], [[b"3"], [b"4"]]]), [0, 1], ValueError,
+         "real numbers, got bytes"),
+        ("datetime-2d", np.array([[1, 2], [3, 4]], dtype="datetime64[s]"), [0, 1], ValueError,
+         r"real numbers, got dates \(datetime64\)"),
+        ("object-with-strings", np.array([[1.0, "2"], [3.0, 4.0]], dtype=object), [0, 1],
+         ValueError, "object array holding str values such as '2'"),
+        ("nested-ragged-list", [[[1.0], [2.0, 3.0]], [[1.0]]], [0, 1], ValueError,
+         r"X\[0\] is not a rectangular array"),
+        ("str-in-list", [np.zeros((3, 2)), "abc"], [0, 1], ValueError,
+         r"X\[1\] is a str, not a sequence"),
+        ("none-in-list", [np.zeros((3, 2)), None], [0, 1], ValueError,
+         r"X\[1\] is None, not a sequence"),
+        ("number-in-list", [np.zeros((3, 2)), 5.0], [0, 1], ValueError,
+         r"X\[1\] is a float, not a sequence"),
         ("sparse", sp.csr_matrix(np.eye(4)), [0, 1, 0, 1], TypeError, "dense data"),
         ("y-too-short-3d", X3, y[:-1], ValueError, "inconsistent numbers of samples"),
         ("y-too-long-list", XL, np.r_[y, 0], ValueError, "inconsistent numbers of samples"),
@@ -324,6 +343,63 @@ def test_bad_input_raises_clear_error(Est, X, y, exc, match):
     with pytest.raises(exc, match=match):
         est.fit(X, y)
     assert not hasattr(est, "network_")
+
+
+_NON_NUMERIC_DTYPES = st.one_of(hnp.unicode_string_dtypes(), hnp.byte_string_dtypes(),
+                                hnp.datetime64_dtypes(), hnp.timedelta64_dtypes())
+
+
+@settings(max_examples=40, deadline=None)
+@given(X=hnp.arrays(_NON_NUMERIC_DTYPES, st.sampled_from([(4, 3), (4, 3, 2)])),
+       as_list=st.booleans(), where=st.sampled_from(["fit", "predict"]))
+def test_non_numeric_X_is_refused_before_any_conversion(X, as_list, where):
+    """Strings (even numeric ones), bytes, dates and durations are not read as numbers."""
+    y = np.array([0, 1, 0, 1])
+    Xin = [X[0], X[1, :2], X[2], X[3]] if as_list else X
+    est = LSTMClassifier(**SMALL)
+    if where == "predict":
+        est.fit(np.zeros(X.shape), y)
+    with pytest.raises(ValueError, match="must hold real numbers"):
+        getattr(est, where)(*((Xin, y) if where == "fit" else (Xin,)))
+
+
+def test_dataframe_with_a_text_or_date_column_is_refused():
+    pd = pytest.importorskip("pandas")
+    X = pd.DataFrame({"a": [1.0, 2.0, 3.0, 4.0], "b": ["1", "2", "3", "4"]})
+    with pytest.raises(ValueError, match=r"X\[:, 1\] must hold real numbers"):
+        LSTMClassifier(**SMALL).fit(X, [0, 1, 0, 1])
+    X["b"] = pd.to_datetime(["2024-01-01"] * 4)
+    with pytest.raises(ValueError, match=r"X\[:, 1\] must hold real numbers, got dates"):
+        LSTMClassifier(**SMALL).fit(X, [0, 1, 0, 1])
+    X["b"] = np.array([1, 2, 3, 4], dtype=object)  # numbers in an object column are fine
+    LSTMClassifier(**SMALL).fit(X, [0, 1, 0, 1])
+
+
+@pytest.mark.parametrize(("labels", "match"), [
+    (["a", None], r"y contains missing labels \(None or NaN\), first at index 1"),
+    (["a", np.nan], "y contains missing labels"),
+    ([1, None], "y contains missing labels"),
+    (["a", 1], "y must hold labels of one kind, all strings or all numbers; got number, str"),
+])
+def test_missing_or_mixed_object_labels_are_named(labels, match):
+    X = _make_3d()
+    y = np.array(labels * (N // 2), dtype=object)
+    with pytest.raises(ValueError, match=match):
+        LSTMClassifier(**SMALL).fit(X, y)
+    with pytest.raises(ValueError, match=match.replace("y ", "classes ", 1)):
+        LSTMClassifier(**SMALL).partial_fit(X, np.zeros(N), classes=np.array(labels,
+                                                                               dtype=object))
+    est = LSTMClassifier(**SMALL).partial_fit(X, np.arange(N) % 2, classes=[0, 1])
+    with pytest.raises(ValueError, match=match.replace("y ", "classes ", 1)):
+        est.partial_fit(X, np.arange(N) % 2, classes=np.array(labels, dtype=object))
+
+
+@pytest.mark.parametrize("return_sequences", [False, True])
+def test_regressor_targets_without_outputs_are_refused(return_sequences):
+    X = _make_3d()
+    y = np.zeros((N, T, 0) if return_sequences else (N, 0))
+    with pytest.raises(ValueError, match=r"y has 0 outputs \(shape \(40, (6, )?0\)\)"):
+        LSTMRegressor(**SMALL, return_sequences=return_sequences).fit(X, y)
 
 
 @pytest.mark.parametrize("Est", ESTIMATORS)
@@ -466,6 +542,7 @@ def test_non_finite_loss_raises_floating_point_error(scale):
     assert pred.shape == (30,)
 
 
+@pytest.mark.filterwarnings("ignore:the training loss grew:RuntimeWarning")  # on its way
 @pytest.mark.parametrize("dtype, scale", [("float32", 1e6), ("float64", 1e6),
                                           ("float64", 1e100)])
 def test_non_finite_gradient_raises_floating_point_error(dtype, scale):
@@ -574,6 +651,43 @@ def test_partial_fit_stream(Est, kind):
     assert est.loss_curve_ == full.loss_curve_
 
 
+@pytest.mark.parametrize("how", ["partial_fit", "warm_start"])
+@pytest.mark.parametrize("Est", ESTIMATORS)
+def test_changed_learning_rate_applies_and_keeps_the_optimizer_state(Est, how):
+    X, y = _data("3d", Est)
+    kw = {"classes": [0, 1]} if Est is LSTMClassifier and how == "partial_fit" else {}
+    est = Est(**{**SMALL, "max_iter": 1}, warm_start=how == "warm_start")
+    step = est.partial_fit if how == "partial_fit" else est.fit
+    step(X, y, **kw)
+    optimizer, t = est._optimizer, est._optimizer.t
+    before = [p.copy() for p in est.network_.parameters()]
+    est.set_params(learning_rate_init=1e-12)
+    step(X, y, **kw)
+    assert est._optimizer is optimizer and optimizer.t > t  # state kept, counter goes on
+    assert optimizer.learning_rate == optimizer.learning_rate_init == 1e-12
+    # Steps of 1e-12 (Adam's steps are about the learning rate) barely move the weights.
+    moved = max(np.abs(p - q).max() for p, q in zip(est.network_.parameters(), before,
+                                                    strict=True))
+    assert moved < 1e-9
+
+
+@pytest.mark.parametrize("how", ["partial_fit", "warm_start"])
+def test_changed_solver_starts_a_new_optimizer(how):
+    X, y = _data("3d", LSTMRegressor)
+    est = LSTMRegressor(**{**SMALL, "max_iter": 1}, warm_start=how == "warm_start")
+    step = est.partial_fit if how == "partial_fit" else est.fit
+    step(X, y)
+    assert type(est._optimizer).__name__ == "AdamOptimizer"
+    est.set_params(solver="sgd", momentum=0.5, nesterovs_momentum=False)
+    step(X, y)
+    opt = est._optimizer
+    assert type(opt).__name__ == "SGDOptimizer"
+    assert (opt.momentum, opt.nesterov, opt.t) == (0.5, False, 2)  # 2 batches of 20
+    est.set_params(momentum=0.0)
+    step(X, y)
+    assert est._optimizer is opt and opt.momentum == 0.0
+
+
 def test_partial_fit_chunks_missing_a_class():
     X, y = _data("list", LSTMClassifier)
     est = LSTMClassifier(**SMALL)
@@ -633,6 +747,28 @@ def test_early_stopping_restores_best_weights(Est, kind):
 
     plain = Est(**SMALL).fit(X, y)
     assert plain.validation_scores_ is None and plain.best_validation_score_ is None
+
+
+@pytest.mark.parametrize(("n", "fraction", "return_sequences", "T_val"), [
+    (12, 0.05, False, T), (40, 0.01, False, T), (12, 0.05, True, 1)])
+def test_regressor_early_stopping_refuses_a_validation_set_r2_cannot_score(
+        n, fraction, return_sequences, T_val):
+    X = _make_3d(n=n, t=T_val)
+    y = X.sum(axis=2) if return_sequences else X.sum(axis=(1, 2))
+    est = LSTMRegressor(**{**SMALL, "max_iter": 20}, early_stopping=True,
+                        validation_fraction=fraction, return_sequences=return_sequences)
+    with pytest.raises(ValueError, match=r"early_stopping holds out 1 of \d+ samples .*, 1 "
+                                         r"(sample|step) to score, and R\^2 needs at least 2"):
+        est.fit(X, y)
+    assert not hasattr(est, "network_")
+
+
+def test_regressor_early_stopping_scores_one_sequence_of_several_steps():
+    X = _make_3d(n=12)
+    est = LSTMRegressor(**{**SMALL, "max_iter": 20}, early_stopping=True, n_iter_no_change=2,
+                        validation_fraction=0.05, return_sequences=True)
+    est.fit(X, X.sum(axis=2))  # 1 held-out sequence, 6 steps: R^2 is defined
+    assert all(np.isfinite(est.validation_scores_))
 
 
 # ---------------------------------------------------------------------------

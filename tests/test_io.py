@@ -10,8 +10,12 @@ import json
 import math
 import os
 import pickle
+import signal
 import struct
+import subprocess
 import sys
+import textwrap
+import time
 import warnings
 
 import joblib
@@ -504,6 +508,112 @@ def test_saved_file_permissions_follow_the_umask(tmp_path):
     finally:
         os.umask(old)
     assert os.stat(tmp_path / "m.pylstm").st_mode & 0o777 == 0o644
+
+
+def assert_same_layer(a, b):
+    assert sorted(a.state_dict()) == sorted(b.state_dict())
+    for name, arr in a.state_dict().items():
+        np.testing.assert_array_equal(arr, b.state_dict()[name])
+
+
+def test_save_accepts_bytes_paths(tmp_path):
+    layer = LSTM(2, 3, random_state=0)
+    save(layer, os.fsencode(tmp_path / "m.pylstm"))
+    assert sorted(os.listdir(tmp_path)) == ["m.pylstm"]
+    assert_same_layer(load(os.fsencode(tmp_path / "m.pylstm")), layer)
+
+
+def test_save_errors_name_the_requested_path(tmp_path):
+    path = tmp_path / "missing" / "m.pylstm"
+    with pytest.raises(FileNotFoundError) as info:
+        save(LSTM(2, 3), path)
+    assert info.value.filename == str(path)
+    assert ".tmp" not in str(info.value) and str(path) in str(info.value)
+    (tmp_path / "folder").mkdir()
+    with pytest.raises(IsADirectoryError if os.name == "posix" else OSError) as info:
+        save(LSTM(2, 3), tmp_path / "folder")
+    assert info.value.filename == str(tmp_path / "folder")
+    assert sorted(os.listdir(tmp_path)) == ["folder"]  # no temporary file left
+
+
+@pytest.mark.skipif(not hasattr(os, "symlink") or os.name != "posix",
+                    reason="POSIX symbolic links")
+@pytest.mark.parametrize("dangling", [False, True])
+def test_save_through_a_symlink_replaces_its_target(tmp_path, dangling):
+    (tmp_path / "store").mkdir()
+    target = tmp_path / "store" / "real.pylstm"
+    if not dangling:
+        save(LSTM(2, 3, random_state=0), target)
+    link = tmp_path / "link.pylstm"
+    link.symlink_to(os.path.relpath(target, tmp_path))
+    new = LSTM(2, 3, random_state=1)
+    save(new, link)
+    # The link stays a link, and the file it points to holds the new model.
+    assert link.is_symlink() and os.path.samefile(link, target)
+    assert_same_layer(load(target), new)
+    assert sorted(os.listdir(tmp_path / "store")) == ["real.pylstm"]
+    assert sorted(os.listdir(tmp_path)) == ["link.pylstm", "store"]
+
+
+@pytest.mark.skipif(os.name != "posix", reason="POSIX permissions")
+@pytest.mark.parametrize("mode", [0o600, 0o640, 0o444])
+def test_save_keeps_the_permissions_of_the_file_it_replaces(tmp_path, mode):
+    path = tmp_path / "m.pylstm"
+    save(LSTM(2, 3), path)
+    os.chmod(path, mode)
+    old = os.umask(0o022)
+    try:
+        save(LSTM(2, 3, random_state=1), path)
+    finally:
+        os.umask(old)
+    assert os.stat(path).st_mode & 0o777 == mode
+
+
+def test_save_removes_its_own_stale_temporary_files(tmp_path):
+    path = tmp_path / "m.pylstm"
+    old = time.time() - io_module.STALE_TEMPORARY_SECONDS - 60
+    names = {"stale": ".m.pylstm.0123456789ab.tmp", "fresh": ".m.pylstm.ba9876543210.tmp",
+             "other model": ".n.pylstm.0123456789ab.tmp", "not ours": ".m.pylstm.tmp",
+             "not hex": ".m.pylstm.0123456789xy.tmp"}
+    for name in names.values():
+        (tmp_path / name).write_bytes(b"partial")
+        if name != names["fresh"]:
+            os.utime(tmp_path / name, (old, old))
+    save(LSTM(2, 3), path)
+    left = set(os.listdir(tmp_path))
+    assert left == {"m.pylstm"} | (set(names.values()) - {names["stale"]})
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.skipif(not hasattr(signal, "SIGKILL"), reason="needs SIGKILL")
+def test_orphan_of_a_killed_save_is_removed_by_a_later_save(tmp_path):
+    path = tmp_path / "m.pylstm"
+    code = textwrap.dedent(f"""
+        import os, time
+        import pylstm
+
+        def stall(fd):
+            print("writing", flush=True)
+            time.sleep(120)
+
+        os.fsync = stall
+        pylstm.save(pylstm.LSTM(2, 3), {str(path)!r})
+    """)
+    proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout.readline().strip() == "writing"
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+        proc.stdout.close()
+    (orphan,) = os.listdir(tmp_path)
+    assert orphan.startswith(".m.pylstm.") and orphan.endswith(".tmp")
+    save(LSTM(2, 3), path)  # a save in progress, for all it knows: left alone
+    assert sorted(os.listdir(tmp_path)) == sorted([orphan, "m.pylstm"])
+    old = time.time() - io_module.STALE_TEMPORARY_SECONDS - 1
+    os.utime(tmp_path / orphan, (old, old))
+    save(LSTM(2, 3), path)
+    assert os.listdir(tmp_path) == ["m.pylstm"]
 
 
 @pytest.mark.parametrize("failure", ["replace", "fsync", "write"])

@@ -2,10 +2,13 @@
 
 import math
 import time
+import tracemalloc
 from collections import Counter
 
 import numpy as np
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from sklearn.base import clone
 from sklearn.exceptions import ConvergenceWarning, NotFittedError
 from sklearn.model_selection import GridSearchCV
@@ -254,6 +257,22 @@ def test_partial_fit_continues_with_the_same_vocabulary(docs):
     assert lm.n_iter_ == n_iter + 2 and lm.vocabulary_ == vocab
 
 
+def test_partial_fit_applies_a_changed_solver_or_learning_rate():
+    text = "abcabcabdabcabcabcab" * 10
+    lm = _fresh().partial_fit(text)
+    optimizer = lm._optimizer
+    lm.set_params(learning_rate_init=1e-12)
+    before = lm.network_.get_state()
+    lm.partial_fit(text)
+    assert lm._optimizer is optimizer and optimizer.learning_rate == 1e-12
+    assert max(np.abs(p - q).max() for p, q in zip(lm.network_.parameters(), before,
+                                                   strict=True)) < 1e-9
+    lm.set_params(solver="rmsprop", learning_rate_init=0.01)
+    lm.partial_fit(text)
+    assert type(lm._optimizer).__name__ == "RMSpropOptimizer"
+    assert lm._optimizer.learning_rate == 0.01
+
+
 def test_partial_fit_on_an_unfitted_model_builds_the_vocabulary():
     lm = _fresh().partial_fit("abcd" * 20)
     assert lm.vocabulary_ == ["<unk>", "<bos>", "a", "b", "c", "d"]
@@ -354,6 +373,8 @@ def test_text_of_exactly_one_window_is_enough():
         ({"validation_fraction": -0.1}, r"validation_fraction must be in \[0, 1\)"),
         ({"learning_rate_init": 0.0}, "learning_rate_init must be > 0"),
         ({"learning_rate_init": float("nan")}, "learning_rate_init must be > 0"),
+        ({"learning_rate_init": float("inf")}, "learning_rate_init must be > 0 and finite"),
+        ({"learning_rate_init": True}, "learning_rate_init must be > 0"),
         ({"clip_norm": -1.0}, "clip_norm must be > 0 or None"),
         ({"clip_norm": "big"}, "clip_norm must be > 0 or None"),
         ({"solver": "lbfgs"}, "solver must be"),
@@ -380,6 +401,7 @@ def test_use_before_fit_raises_not_fitted(method):
         ({"n_tokens": 2.0}, ValueError, "n_tokens must be an integer >= 0"),
         ({"temperature": -0.5}, ValueError, "temperature must be >= 0"),
         ({"temperature": float("nan")}, ValueError, "temperature must be >= 0"),
+        ({"temperature": float("inf")}, ValueError, "temperature must be >= 0 and finite"),
         ({"top_k": 0}, ValueError, "top_k must be None or an integer >= 1"),
         ({"top_k": 1.5}, ValueError, "top_k must be None or an integer >= 1"),
     ],
@@ -387,6 +409,58 @@ def test_use_before_fit_raises_not_fitted(method):
 def test_bad_generate_arguments(char_model, kwargs, error, match):
     with pytest.raises(error, match=match):
         char_model.generate(**kwargs)
+
+
+@pytest.mark.parametrize("solver", ["adam", "sgd"])
+@pytest.mark.parametrize(("dtype", "lr"), [("float32", 1e300), ("float64", 1.7e308)])
+def test_diverging_fit_names_the_learning_rate_and_keeps_finite_weights(solver, dtype, lr):
+    lm = _fresh(learning_rate_init=lr, solver=solver, dtype=dtype, max_iter=3)
+    text = "the quick brown fox jumps over the lazy dog " * 20
+    with np.errstate(all="ignore"), pytest.raises(FloatingPointError,
+                                                  match="learning_rate_init"):
+        lm.fit(text)
+    # Rolled back to the last completed epoch: the model stays usable.
+    assert all(np.isfinite(p).all() for p in lm.network_.parameters())
+    assert len(lm.generate("the", n_tokens=5, random_state=0)) == 5
+
+
+def test_diverging_loss_that_stays_finite_is_warned_about():
+    lm = _fresh(learning_rate_init=1e300, dtype="float64", max_iter=2)
+    with np.errstate(all="ignore"), pytest.warns(
+            RuntimeWarning, match=r"training loss grew .* learning_rate_init \(now 1e\+300\)"):
+        lm.fit("the quick brown fox jumps over the lazy dog " * 20)
+
+
+@settings(max_examples=30, deadline=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(temperature=st.one_of(st.floats(min_value=0.0, max_value=1e-300),
+                             st.floats(min_value=1e300, allow_infinity=False),
+                             st.sampled_from([5e-324, 1e-320, 1e-30, 1e30])),
+       top_k=st.one_of(st.none(), st.integers(1, 5)))
+def test_extreme_temperatures_sample_valid_tokens(char_model, temperature, top_k):
+    out = char_model.generate("the ", n_tokens=8, temperature=temperature, top_k=top_k,
+                              random_state=0)
+    assert len(out) == 8 and set(out) <= set(char_model.vocabulary_[2:])
+    if 0 < temperature <= 1e-300:  # as cold as it gets: greedy decoding
+        assert out == char_model.generate("the ", n_tokens=8, temperature=0)
+
+
+def test_min_frequency_above_every_count_is_refused():
+    text = "abcdefghij" * 3  # every character 3 times
+    with pytest.raises(ValueError, match=r"min_frequency=4 leaves no token.*occurs 3 times"):
+        _fresh(min_frequency=4).fit(text)
+    lm = _fresh(min_frequency=4)
+    with pytest.raises(ValueError, match="min_frequency=4 leaves no token"):
+        lm.partial_fit(text)
+    assert not hasattr(lm, "network_")
+    assert _fresh(min_frequency=3).fit(text).vocabulary_[2:] == list("abcdefghij")
+
+
+def test_generate_refuses_a_vocabulary_of_special_tokens_only():
+    lm = _fresh(min_frequency=3).fit("abcdefghij" * 3)
+    lm.vocabulary_ = lm.vocabulary_[:2]  # as a file from a fit that allowed it holds
+    with pytest.raises(ValueError, match="no token to generate"):
+        lm.generate("ab", n_tokens=3, temperature=0)
 
 
 def test_bad_prefix_and_score_input(char_model):
@@ -459,6 +533,40 @@ def test_generation_is_one_step_call_per_token(char_model, monkeypatch):
         # Each step is fed the token just emitted.
         fed = "".join(char_model.vocabulary_[int(ids[0])] for ids in step_inputs)
         assert fed == out
+
+
+def _peak_bytes(fn):
+    """Run fn() under tracemalloc (NumPy reports its arrays to it); return
+    (result, peak traced bytes above the start)."""
+    tracemalloc.start()
+    try:
+        start = tracemalloc.get_traced_memory()[0]
+        result = fn()
+        return result, tracemalloc.get_traced_memory()[1] - start
+    finally:
+        tracemalloc.stop()
+
+
+@pytest.mark.timeout(120)
+def test_long_prompt_memory_does_not_hold_logits_for_every_token():
+    rng = np.random.default_rng(0)
+    words = [f"w{i}" for i in range(1500)]
+    lm = _fresh(level="word", seq_len=16, batch_size=8, dtype="float64")
+    lm.fit(" ".join(rng.choice(words, size=6000)))
+    V = len(lm.vocabulary_)
+    prompt = " ".join(rng.choice(words, size=10_000))
+    T = len(prompt.split()) + 1
+    proba, peak = _peak_bytes(lambda: lm.predict_proba(prompt))
+    # Logits of every prompt token would take T x V x 8 bytes (120 MB); only the
+    # last token's are needed.
+    assert peak < T * V * 8 / 10, peak
+    # Same distribution as the logits of one forward over the whole prompt.
+    tokens = np.concatenate([[BOS], lm._encode(lm._tokenize(prompt))])
+    logits, _ = lm.network_.forward(tokens[None], None, training=False)
+    expected = np.exp(logits[0, -1] - logits[0, -1].max())
+    np.testing.assert_allclose(proba, expected / expected.sum(), rtol=1e-9, atol=1e-15)
+    _, peak_generate = _peak_bytes(lambda: lm.generate(prompt, n_tokens=2, random_state=0))
+    assert peak_generate < T * V * 8 / 10, peak_generate
 
 
 # ---------------------------------------------------------------------------

@@ -2,6 +2,7 @@
 
 import json
 import os
+import re
 import subprocess
 import sys
 import textwrap
@@ -9,6 +10,8 @@ import warnings
 
 import numpy as np
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from scipy.special import expit
 
 from pylstm import LSTM
@@ -123,6 +126,22 @@ def test_state_not_finite(layer, X, name, value, what):
 def test_bad_lengths(layer, X, lengths, exc, match):
     with pytest.raises(exc, match=match):
         layer.forward(X, lengths=lengths)
+
+
+@settings(max_examples=40, deadline=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(value=st.one_of(
+    st.integers(T + 1, 2**64 - 1).map(lambda v: np.array([v, 2, 3], dtype=np.uint64)),
+    st.integers(-(2**63), 0).map(lambda v: np.array([2, v, 3], dtype=np.int64)),
+    st.floats(T + 1, 1e300).map(lambda v: np.array([np.floor(v), 2, 3])),
+    st.floats(-1e300, 0).map(lambda v: np.array([2, 3, np.floor(v)]))))
+def test_out_of_range_lengths_are_named_as_given(layer, X, value):
+    # Checked before any cast: 1e20 or 2**64 - 1 do not wrap to a negative length.
+    bad = value[(value < 1) | (value > T)][0]
+    side = ">= 1" if bad < 1 else f"<= n_timesteps={T}"
+    with pytest.raises(ValueError, match=rf"lengths must be {side}, got a length of "
+                                         rf"{re.escape(str(bad))}$"):
+        layer.forward(X, lengths=value)
 
 
 def test_whole_float_and_unsigned_lengths_accepted(layer, X):
@@ -265,6 +284,35 @@ def test_inference_forward_drops_training_cache(layer, X):
     layer.forward(X, training=False)
     with pytest.raises(RuntimeError, match="training=True"):
         layer.backward(np.zeros((B, T, H)))
+
+
+@pytest.mark.parametrize(("bad_call", "match"), [
+    (lambda layer, X: layer.forward(X, lengths=[0, 2, 3]), "lengths must be >= 1"),
+    (lambda layer, X: layer.forward(X[:, :, :2]), "features per step"),
+    (lambda layer, X: layer.forward(np.where(X > 1, np.nan, X), lengths=[5, 2, 3]), "NaN"),
+    (lambda layer, X: layer.forward(X, h0=np.zeros((1, B, H + 1))), "h0 must have shape"),
+])
+def test_backward_after_a_failed_forward_does_not_use_the_one_before(layer, X, bad_call,
+                                                                     match):
+    layer.forward(X)
+    with pytest.raises(ValueError, match=match):
+        bad_call(layer, X)
+    with pytest.raises(RuntimeError, match=r"backward\(\) needs a preceding forward"):
+        layer.backward(np.zeros((B, T, H)))
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_finite_d_out_that_overflows_the_gradients_is_refused(X, dtype):
+    layer = LSTM(I_SIZE, H, num_layers=2, dtype=dtype, random_state=0)
+    out, _ = layer.forward(X.astype(dtype))
+    huge = np.finfo(dtype).max / 2
+    with pytest.raises(ValueError, match=rf"gradients overflowed {np.dtype(dtype).name} "
+                                         r"\(.* contains (infinity|NaN)\).*scale d_out"):
+        layer.backward(np.full_like(out, huge))
+    # An ordinary gradient after it is fine.
+    layer.forward(X.astype(dtype))
+    dX, grads = layer.backward(np.ones_like(out))
+    assert np.isfinite(dX).all() and all(np.isfinite(g).all() for g in grads.values())
 
 
 def test_second_backward(layer, X):

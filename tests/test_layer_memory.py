@@ -6,11 +6,17 @@ checks that this holds here; the others skip if it does not.
 """
 
 import tracemalloc
+import warnings
+from unittest import mock
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
-from pylstm import LSTM, _lstm
+import pylstm._network as network_module
+from pylstm import LSTM, LSTMRegressor, _lstm
+from pylstm._network import SequenceNetwork
 from pylstm._tuning import PACK_CACHE_MAX_ROWS
 
 MIB = 2**20
@@ -143,6 +149,55 @@ def test_dense_inference_needs_nothing_of_size_T_but_the_result(dtype, B):
     work = 2 * (32 * B * (4 * H + n_in) + 4 * H * H + 4 * B * H) * itemsize
     assert max(extra) < 1.5 * work, (extra, work)
     assert max(extra) - min(extra) < 16 * 1024, extra
+
+
+# ---------------------------------------------------------------- sequence-level prediction
+@needs_tracing
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_predict_memory_does_not_grow_with_length(monkeypatch, dtype):
+    """Only the final states are needed: read in chunks, O(B x H) state is carried."""
+    # Chunks of 512 steps here, so that a test-sized T spans many of them.
+    monkeypatch.setattr(network_module, "_FINAL_STATE_CHUNK_ELEMENTS", 512 * 32, raising=False)
+    H = 32
+    itemsize = np.dtype(dtype).itemsize
+    rng = np.random.default_rng(0)
+    est = LSTMRegressor(hidden_size=H, num_layers=2, max_iter=1, dtype=dtype, random_state=0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # max_iter=1 does not converge
+        est.fit(rng.normal(size=(20, 10, 1)), rng.normal(size=20))
+    peaks, results = [], {}
+    for T in (20_000, 80_000):
+        X = rng.normal(size=(2, T, 1)).astype(dtype)
+        for name, method in (("predict", est.predict), ("transform", est.transform)):
+            results[name, T], peak = _peak(lambda X=X, method=method: method(X))
+            peaks.append(peak)
+    # Layer outputs of every step would add 60_000 x H x itemsize per row and layer
+    # (15 or 31 MB); what grows is the copy of X's batch (60_000 x itemsize per row).
+    growth = max(peaks[2] - peaks[0], peaks[3] - peaks[1])
+    assert growth < 2 * 60_000 * (H * itemsize) / 8, peaks
+    # The chunks give the result of one call, to rounding.
+    monkeypatch.setattr(network_module, "_FINAL_STATE_CHUNK_ELEMENTS", 2**40)
+    np.testing.assert_allclose(results["predict", 80_000], est.predict(X),
+                               rtol=1e-5 if dtype == "float32" else 1e-12)
+
+
+@settings(max_examples=30, deadline=None)
+@given(data=st.data(), num_layers=st.integers(1, 3), steps=st.integers(1, 12),
+       dtype=st.sampled_from([np.float32, np.float64]))
+def test_final_states_in_chunks_equal_one_call(data, num_layers, steps, dtype):
+    B = data.draw(st.integers(1, 6))
+    lengths = np.array(data.draw(st.lists(st.integers(1, 40), min_size=B, max_size=B)))
+    T = int(lengths.max()) + data.draw(st.integers(0, 3))
+    rng = np.random.RandomState(data.draw(st.integers(0, 2**16)))
+    net = SequenceNetwork(3, 2, 5, num_layers, False, 0.0, False, dtype, rng)
+    X = rng.normal(size=(B, T, 3)).astype(dtype)
+    whole = net.features(X, lengths, final_states=True)
+    with mock.patch.object(network_module, "_FINAL_STATE_CHUNK_ELEMENTS", 0), \
+            mock.patch.object(network_module, "_MIN_CHUNK_STEPS", steps):
+        assert net._chunk_steps(B) == steps
+        chunked = net.features(X, lengths, final_states=True)
+    np.testing.assert_allclose(chunked, whole, rtol=0,
+                               atol=1e-6 if dtype == np.float32 else 1e-14)
 
 
 @needs_tracing

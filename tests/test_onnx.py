@@ -7,11 +7,14 @@ tolerance; ``dtype='float64'`` graphs are checked with onnx's own reference
 evaluator on full-length batches (it ignores ``sequence_lens``).
 """
 
+import copy
 import sys
 import warnings
 
 import numpy as np
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from sklearn.exceptions import NotFittedError
 
 from pylstm import LSTMClassifier, LSTMRegressor, export_onnx
@@ -168,6 +171,56 @@ def test_classifier_labels_map_to_classes(labels):
     label, proba = _run(export_onnx(clf), Xp, lengths, ["label", "probabilities"])
     _assert_labels_match(label, proba, clf.predict(X))
     assert set(label.tolist()) <= set(clf.classes_.tolist())
+
+
+@pytest.fixture(scope="module")
+def three_class_model():
+    X, y = _data(5)
+    clf = _fit(LSTMClassifier(hidden_size=5, max_iter=4, dtype="float32", random_state=0), X, y)
+    return clf, X
+
+
+@settings(max_examples=25, deadline=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(dtype=st.sampled_from([np.uint8, np.uint32, np.uint64, np.int64]), data=st.data())
+def test_integer_labels_of_every_width_are_exported_exactly(three_class_model, dtype, data):
+    pytest.importorskip("onnx")
+    clf, X = three_class_model
+    info = np.iinfo(dtype)
+    values = data.draw(st.lists(st.integers(int(info.min), int(info.max)), min_size=3,
+                                max_size=3, unique=True))
+    model = copy.deepcopy(clf)
+    model.classes_ = np.sort(np.array(values, dtype=dtype))
+    Xp, lengths = _pad(X)
+    (label,) = _run(export_onnx(model), Xp, lengths, ["label"])
+    # Exactly predict's labels: no wrap of unsigned labels >= 2**63 to negatives.
+    np.testing.assert_array_equal(label, model.predict(X))
+    assert label.dtype.kind == np.dtype(dtype).kind
+
+
+def test_labels_onnx_cannot_hold_exactly_are_refused(three_class_model):
+    pytest.importorskip("onnx")
+    clf = copy.deepcopy(three_class_model[0])
+    clf.classes_ = np.array([b"cat", b"dog", b"eel"])  # would come back as str
+    with pytest.raises(ValueError, match=r"classes_ of dtype \|S3 cannot be stored"):
+        export_onnx(clf)
+    if np.finfo(np.longdouble).eps < np.finfo(np.float64).eps:
+        clf.classes_ = np.array([1, 1 + np.finfo(np.longdouble).eps, 2], dtype=np.longdouble)
+        with pytest.raises(ValueError, match="cannot be stored exactly"):
+            export_onnx(clf)
+
+
+@pytest.mark.parametrize(("kwargs", "match"), [
+    ({"opset": "abc"}, "opset must be an integer from 13 to"),
+    ({"opset": 17.0}, "opset must be an integer"),
+    ({"opset": True}, "opset must be an integer"),
+    ({"opset": 10**6}, "opset must be at most"),
+    ({"dtype": "abc"}, "dtype must be 'float32' or 'float64', got 'abc'"),
+])
+def test_bad_export_arguments_are_named(three_class_model, kwargs, match):
+    pytest.importorskip("onnx")
+    with pytest.raises(ValueError, match=match):
+        export_onnx(three_class_model[0], **kwargs)
 
 
 def test_model_fitted_on_2d_input_takes_one_feature_per_step():

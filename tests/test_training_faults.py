@@ -4,6 +4,7 @@ import warnings
 
 import numpy as np
 import pytest
+from sklearn.exceptions import ConvergenceWarning
 
 import pylstm._estimators as estimators_module
 from pylstm import LSTMClassifier, LSTMRegressor
@@ -55,6 +56,7 @@ def test_batch_too_large_for_memory_fails_early(monkeypatch):
         LSTMRegressor(hidden_size=8, max_iter=1).fit(X, y.astype(float))
 
 
+@pytest.mark.filterwarnings("ignore:the training loss grew:RuntimeWarning")  # on its way
 def test_non_finite_loss_names_epoch_and_keeps_finite_weights():
     rng = np.random.default_rng(0)
     X = rng.normal(size=(30, 5, 1))
@@ -73,3 +75,38 @@ def test_partial_fit_rejects_changed_classes():
     clf.partial_fit(X, y, classes=[0, 1])  # the same classes again are fine
     with pytest.raises(ValueError, match="differs from the classes"):
         clf.partial_fit(X, y, classes=[0, 1, 2])
+
+
+@pytest.mark.filterwarnings("ignore::sklearn.exceptions.ConvergenceWarning")
+@pytest.mark.parametrize("Est", [LSTMClassifier, LSTMRegressor])
+def test_diverging_sgd_warns_naming_the_learning_rate(Est):
+    X, y = _data()
+    est = Est(hidden_size=3, max_iter=5, solver="sgd", learning_rate_init=1e30, random_state=0)
+    with np.errstate(all="ignore"), pytest.warns(
+            RuntimeWarning, match=r"training loss grew from .* \(first batch\) to .* "
+                                  r"\(epoch \d\).*learning_rate_init \(now 1e\+30\)"):
+        est.fit(X, y if Est is LSTMClassifier else y.astype(float))
+
+
+@pytest.mark.parametrize("Est", [LSTMClassifier, LSTMRegressor])
+def test_converging_fit_does_not_warn_of_divergence(Est):
+    X, y = _data()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", RuntimeWarning)
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        Est(hidden_size=4, max_iter=5, solver="sgd", random_state=0).fit(X, y)
+
+
+@pytest.mark.parametrize("num_layers", [1, 2])
+@pytest.mark.parametrize("solver", ["adam", "sgd", "rmsprop"])
+def test_float32_overflow_rolls_back_to_finite_weights(solver, num_layers):
+    X, y = _data()
+    reg = LSTMRegressor(hidden_size=4, num_layers=num_layers, learning_rate_init=1e300,
+                        solver=solver, max_iter=5, dtype="float32", random_state=0)
+    with np.errstate(all="ignore"), pytest.raises(
+            FloatingPointError, match=r"epoch 1.*learning_rate_init.*last completed epoch"):
+        reg.fit(X, y.astype(float))
+    # The weights of the last completed epoch (here the initial ones), and usable.
+    assert all(np.isfinite(p).all() for p in reg.network_.parameters())
+    assert reg.n_iter_ == 0 and reg.loss_curve_ == []
+    assert np.isfinite(reg.predict(X)).all()
