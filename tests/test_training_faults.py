@@ -81,7 +81,10 @@ def test_partial_fit_rejects_changed_classes():
 @pytest.mark.parametrize("Est", [LSTMClassifier, LSTMRegressor])
 def test_diverging_sgd_warns_naming_the_learning_rate(Est):
     X, y = _data()
-    est = Est(hidden_size=3, max_iter=5, solver="sgd", learning_rate_init=1e30, random_state=0)
+    # float64: the loss grows a long way and stays finite (float32 overflows to
+    # inf and raises, test_float32_overflow_rolls_back_to_finite_weights).
+    est = Est(hidden_size=3, max_iter=5, solver="sgd", learning_rate_init=1e30,
+              random_state=0, dtype="float64")
     with np.errstate(all="ignore"), pytest.warns(
             RuntimeWarning, match=r"training loss grew from .* \(first batch\) to .* "
                                   r"\(epoch \d\).*learning_rate_init \(now 1e\+30\)"):
