@@ -898,7 +898,9 @@ EDITS = {
     "no-checksum": (dict(meta=set_meta("sha256", KeyError)), "missing keys"),
     "bad-checksum-syntax": (dict(meta=set_meta("sha256", "xyz"), checksum=False), "sha256"),
     "unknown-type": (dict(meta=set_meta("type", "os.system")), "unknown model type"),
-    "other-type": (dict(meta=set_meta("type", "LSTMRegressor")), "missing keys"),
+    # The classifier's params have class_weight, which the regressor's have not.
+    "other-type": (dict(meta=set_meta("type", "LSTMRegressor")),
+                   r"params has unexpected keys \['class_weight'\]"),
     "layer-type": (dict(meta=set_meta("type", "LSTM")), "model has unexpected keys"),
     "model-not-json": (dict(meta=set_meta("model", "{'a': 1}")), "model description is not"),
     "model-nan": (dict(meta=set_meta("model", '{"a": NaN}')), "non-standard JSON constant"),
