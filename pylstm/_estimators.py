@@ -992,7 +992,7 @@ class LSTMClassifier(ClassifierMixin, _BaseLSTMEstimator):
                 raise ValueError(
                     f"{type(self).__name__} needs samples of at least 2 classes with "
                     "non-zero weight (sample_weight times class_weight), but only class "
-                    f"{list(self.classes_[present])} has any")
+                    f"{self.classes_[present].tolist()} has any")
         if not self.return_sequences:
             W = sample_weight * class_weight[Y]
             return W, W
