@@ -186,13 +186,12 @@ def _real_array(y):
     return arr.astype(np.float64)
 
 
-_CLASS_WEIGHT_DOC = """
-    class_weight : dict, 'balanced' or None, default=None
+_CLASS_WEIGHT_DOC = """    class_weight : dict, 'balanced' or None, default=None
         Weight of each class, multiplying ``sample_weight`` in the loss and in
         the validation score of ``early_stopping``: a dict ``{label:
         weight}`` (labels left out weigh 1), 'balanced' for
         ``n_samples / (n_classes * np.bincount(y))`` computed from the labels
-        (and sample weights) of each ``fit``, or None for 1. It is
+        (and sample weights) of each ``fit``, or None (all weigh 1). It is
         scikit-learn's :func:`~sklearn.utils.class_weight.compute_class_weight`.
         With ``return_sequences`` it weighs each step by its label.
         ``partial_fit`` refuses 'balanced', as
@@ -866,11 +865,13 @@ class LSTMClassifier(ClassifierMixin, _BaseLSTMEstimator):
     feature_names_in_ : ndarray of str
         Column names, when fitted on a DataFrame.
     loss_curve_ : list of float
-        Mean training loss of each epoch.
+        Mean training loss of each epoch (weighted by ``sample_weight`` and
+        ``class_weight``).
     best_loss_ : float
         Smallest value in ``loss_curve_``.
     validation_scores_ : list of float or None
-        Held-out accuracy after each epoch (``early_stopping`` only).
+        Held-out accuracy after each epoch, weighted as the loss is
+        (``early_stopping`` only).
     best_validation_score_ : float or None
         Best of ``validation_scores_``.
     n_iter_ : int
@@ -1165,11 +1166,13 @@ class LSTMRegressor(RegressorMixin, _BaseLSTMEstimator):
     n_outputs_ : int
         Number of regression targets.
     loss_curve_ : list of float
-        Mean training loss (half the squared error) of each epoch.
+        Mean training loss (half the squared error) of each epoch (weighted
+        by ``sample_weight``).
     best_loss_ : float
         Smallest value in ``loss_curve_``.
     validation_scores_ : list of float or None
-        Held-out R^2 after each epoch (``early_stopping`` only).
+        Held-out R^2 after each epoch, weighted by ``sample_weight``
+        (``early_stopping`` only).
     best_validation_score_ : float or None
         Best of ``validation_scores_``.
     n_iter_ : int
