@@ -17,8 +17,14 @@ from sklearn.metrics import accuracy_score, r2_score
 from sklearn.model_selection import train_test_split
 from sklearn.preprocessing import LabelEncoder
 from sklearn.utils import TransformerTags, check_random_state
+from sklearn.utils.class_weight import compute_class_weight
 from sklearn.utils.multiclass import check_classification_targets
-from sklearn.utils.validation import check_is_fitted, column_or_1d, validate_data
+from sklearn.utils.validation import (
+    _check_sample_weight,
+    check_is_fitted,
+    column_or_1d,
+    validate_data,
+)
 
 from ._network import SequenceNetwork, log_softmax, softmax_cross_entropy, squared_error
 from ._optim import (
@@ -178,6 +184,20 @@ def _real_array(y):
     except (TypeError, ValueError):
         raise ValueError(f"y must hold real numbers, got dtype {arr.dtype}") from None
     return arr.astype(np.float64)
+
+
+_CLASS_WEIGHT_DOC = """    class_weight : dict, 'balanced' or None, default=None
+        Weight of each class, multiplying ``sample_weight`` in the loss and in
+        the validation score of ``early_stopping``: a dict ``{label:
+        weight}`` (labels left out weigh 1), 'balanced' for
+        ``n_samples / (n_classes * np.bincount(y))`` computed from the labels
+        (and sample weights) of each ``fit``, or None (all weigh 1). It is
+        scikit-learn's :func:`~sklearn.utils.class_weight.compute_class_weight`.
+        With ``return_sequences`` it weighs each step by its label.
+        ``partial_fit`` refuses 'balanced', as
+        :class:`~sklearn.linear_model.SGDClassifier` does: one call's labels
+        need not represent the whole data; pass a dict instead.
+"""
 
 
 class _BaseLSTMEstimator(BaseEstimator):
@@ -347,7 +367,7 @@ class _BaseLSTMEstimator(BaseEstimator):
         return out
 
     # ------------------------------------------------------------------ training
-    def fit(self, X, y):
+    def fit(self, X, y, sample_weight=None):
         """Train on sequences X with targets y for up to ``max_iter`` epochs.
 
         Parameters
@@ -356,13 +376,22 @@ class _BaseLSTMEstimator(BaseEstimator):
             Sequences (see the class docstring for the layouts).
         y : array-like
             Targets: one per sequence, or per step with ``return_sequences``.
+        sample_weight : array-like of shape (n_samples,), default=None
+            Non-negative weight of each sequence (None: all 1). Each batch's
+            loss is the weighted mean ``sum(w_i * loss_i) / sum(w_i)`` (the
+            L2 penalty is divided by ``sum(w_i)`` too), as in scikit-learn's
+            MLP: a weight of 0 removes the sample, an integer weight ``k``
+            acts as ``k`` copies of it (exactly so when every epoch is one
+            batch). With ``return_sequences`` a sequence's weight applies to
+            each of its steps. The validation score of ``early_stopping`` is
+            weighted too.
 
         Returns
         -------
         self : object
             The fitted estimator.
         """
-        return self._fit(X, y, incremental=False)
+        return self._fit(X, y, incremental=False, sample_weight=sample_weight)
 
     def _initialize(self, n_outputs, rng):
         self.network_ = SequenceNetwork(
@@ -403,19 +432,19 @@ class _BaseLSTMEstimator(BaseEstimator):
         self._optimizer.load_state_dict(optimizer)
         self.__dict__.update(attrs)  # one call: all of them or none
 
-    def _fit(self, X, y, incremental, classes=None):
+    def _fit(self, X, y, incremental, classes=None, sample_weight=None):
         with model_use(self, "partial_fit" if incremental else "fit", fitting=True):
             # An error or an interrupt before the training loop leaves the
             # estimator as it was: one assignment puts every attribute back.
             before = self.__dict__.copy()
             try:
-                prepared = self._prepare_fit(X, y, incremental, classes)
+                prepared = self._prepare_fit(X, y, incremental, classes, sample_weight)
             except BaseException:
                 self.__dict__ = before
                 raise
             return self._train(incremental, *prepared)
 
-    def _prepare_fit(self, X, y, incremental, classes):
+    def _prepare_fit(self, X, y, incremental, classes, sample_weight):
         """Validate, encode and (re)initialize; the arrays that :meth:`_train` needs."""
         dtype = self._check_params()
         fitted = hasattr(self, "network_")
@@ -433,6 +462,15 @@ class _BaseLSTMEstimator(BaseEstimator):
             raise ValueError(
                 f"X and y have inconsistent numbers of samples: {len(Xp)} and {len(Y)}"
             )
+        # Shape (n_samples,), finite, non-negative, not all zero; float64 so
+        # that the weighted means round alike whatever ``dtype``.
+        sample_weight = _check_sample_weight(sample_weight, Xp, dtype=np.float64,
+                                             ensure_non_negative=True)
+        W, S = self._training_weights(sample_weight, Y, lengths,
+                                      new_fit=reset and not incremental)
+        if not W.any():
+            raise ValueError("the sample weights times the class weights are all zero: "
+                             "at least one sample needs a non-zero weight")
         arch = (self.hidden_size, self.num_layers, bool(self.bidirectional),
                 bool(self.return_sequences), dtype.name)
         if reset:
@@ -447,19 +485,39 @@ class _BaseLSTMEstimator(BaseEstimator):
         # Re-bind after unpickling by joblib, which copies arrays separately.
         self._optimizer.params = self.network_.parameters()
 
-        X_val = len_val = Y_val = None
+        X_val = len_val = Y_val = W_val = None
         if self.early_stopping and not incremental:
-            Xp, X_val, lengths, len_val, Y, Y_val = self._split_validation(Xp, lengths, Y)
+            (Xp, X_val, lengths, len_val, Y, Y_val, W, W_val, S, _) = self._split_validation(
+                Xp, lengths, Y, W, S)
             self._check_validation_set(len(Xp) + len(X_val), len_val)
+            for part, weights in (("training", W), ("validation", W_val)):
+                if not weights.any():
+                    raise ValueError(
+                        f"early_stopping's {part} part of the data has only zero sample "
+                        "weights (after class_weight): change validation_fraction or "
+                        "random_state, or give those samples non-zero weights")
         self._check_memory(Xp, lengths)
         if not reset:  # last: nothing can fail after this change in place
             self._optimizer = reconfigure_optimizer(
                 self._optimizer, self.solver, self.network_.parameters(),
                 self.learning_rate_init, momentum=self.momentum,
                 nesterovs_momentum=self.nesterovs_momentum)
-        return Xp, lengths, Y, X_val, len_val, Y_val
+        return Xp, lengths, Y, W, S, X_val, len_val, Y_val, W_val
 
-    def _train(self, incremental, Xp, lengths, Y, X_val, len_val, Y_val):
+    def _training_weights(self, sample_weight, Y, lengths, new_fit):
+        """Loss weights ``W`` and penalty weights ``S`` of the training samples.
+
+        ``W`` has shape (n_samples,), or (n_samples, n_timesteps) with
+        ``return_sequences`` (0 past each sequence's end); ``S`` (n_samples,)
+        is each sequence's share of the L2 penalty's divisor. Subclasses fold
+        class weights into them; ``new_fit`` is True for a ``fit`` from scratch.
+        """
+        if not self.return_sequences:
+            return sample_weight, sample_weight
+        W = sample_weight[:, None] * _valid_steps(lengths, Y.shape[1])
+        return W, sample_weight
+
+    def _train(self, incremental, Xp, lengths, Y, W, S, X_val, len_val, Y_val, W_val):
         """The epochs of :meth:`fit` / :meth:`partial_fit`.
 
         A ``KeyboardInterrupt`` at any point of an epoch rolls the weights,
@@ -479,21 +537,27 @@ class _BaseLSTMEstimator(BaseEstimator):
                 snapshot = self._epoch_snapshot()
                 epoch = self.n_iter_ + 1
                 rng = np.random.RandomState([self._seed, self.n_iter_])
-                total = 0.0
+                total = seen = 0.0
                 for idx in self._batches(lengths, rng):
-                    batch_loss = self._train_batch(Xp, lengths, Y, idx, rng, epoch)
+                    # A batch of zero total weight has no loss to descend: it
+                    # is skipped (its samples have no effect, as promised).
+                    if not W[idx].any():
+                        continue
+                    batch_loss = self._train_batch(Xp, lengths, Y, W, S, idx, rng, epoch)
                     if first_loss is None:
                         first_loss = batch_loss
-                    total += batch_loss * len(idx)
+                    batch_weight = float(S[idx].sum())
+                    total += batch_loss * batch_weight
+                    seen += batch_weight
                 self.n_iter_ = epoch
-                loss = total / len(Xp)
+                loss = total / seen
                 diverging = diverging or warn_if_diverging(loss, first_loss, epoch,
                                                            self.learning_rate_init,
                                                            stacklevel=4)
                 self.loss_curve_.append(loss)
                 val_score = None
                 if X_val is not None:
-                    val_score = self._score_padded(X_val, len_val, Y_val)
+                    val_score = self._score_padded(X_val, len_val, Y_val, W_val)
                     self.validation_scores_.append(val_score)
                 stop = self._update_no_improvement(loss, val_score)
                 snapshot = None  # the epoch is complete: nothing to roll back
@@ -549,7 +613,8 @@ class _BaseLSTMEstimator(BaseEstimator):
                 "with partial_fit"
             )
 
-    def _split_validation(self, Xp, lengths, Y):
+    def _split_validation(self, Xp, lengths, Y, *weights):
+        """Training and validation parts of Xp, lengths, Y and each weight array."""
         stratify = None
         if isinstance(self, ClassifierMixin) and not self.return_sequences:
             stratify = Y
@@ -558,12 +623,11 @@ class _BaseLSTMEstimator(BaseEstimator):
             raise ValueError("too few samples to hold out a validation set for early_stopping")
         rs = np.random.RandomState([self._seed, 2**20])
         try:
-            parts = train_test_split(Xp, lengths, Y, test_size=n_val, random_state=rs,
-                                     stratify=stratify)
+            return train_test_split(Xp, lengths, Y, *weights, test_size=n_val,
+                                    random_state=rs, stratify=stratify)
         except ValueError:
-            parts = train_test_split(Xp, lengths, Y, test_size=n_val, random_state=rs)
-        X_tr, X_val, l_tr, l_val, Y_tr, Y_val = parts
-        return X_tr, X_val, l_tr, l_val, Y_tr, Y_val
+            return train_test_split(Xp, lengths, Y, *weights, test_size=n_val,
+                                    random_state=rs)
 
     def _check_validation_set(self, n_samples, len_val):
         """Refuse a validation set that the score cannot rate (the subclass's rule)."""
@@ -582,7 +646,7 @@ class _BaseLSTMEstimator(BaseEstimator):
             batches = [batches[i] for i in rng.permutation(len(batches))]
         return batches
 
-    def _train_batch(self, Xp, lengths, Y, idx, rng, epoch):
+    def _train_batch(self, Xp, lengths, Y, W, S, idx, rng, epoch):
         net = self.network_
         lb = lengths[idx]
         T = int(lb.max())
@@ -592,7 +656,12 @@ class _BaseLSTMEstimator(BaseEstimator):
             if "NaN" in str(exc) or "infinity" in str(exc):
                 raise self._non_finite_error(epoch, np.nan) from exc
             raise
-        loss, d_out = self._loss(out, Y[idx][:, :T] if self.return_sequences else Y[idx], lb)
+        if self.return_sequences:
+            Yb, Wb = Y[idx][:, :T], W[idx][:, :T]
+        else:
+            Yb, Wb = Y[idx], W[idx]
+        # The weighted mean over the batch: sum(w_i * loss_i) / sum(w_i).
+        loss, d_out = self._loss(out, Yb, (Wb / Wb.sum()).ravel())
         if not (np.isfinite(loss) and np.isfinite(d_out).all()):
             raise self._non_finite_error(epoch, loss)
         try:
@@ -602,7 +671,9 @@ class _BaseLSTMEstimator(BaseEstimator):
                 raise self._non_finite_error(epoch, loss) from exc
             raise
         if self.alpha:
-            scale = self.alpha / len(idx)
+            # Divided by the batch's total weight, as scikit-learn's MLP does:
+            # weights then act as repetitions, penalty included.
+            scale = self.alpha / S[idx].sum()
             for p, g, pen in zip(net.parameters(), grads, net.penalised(), strict=True):
                 if pen:
                     loss += 0.5 * scale * float(np.dot(p.ravel(), p.ravel()))
@@ -673,12 +744,23 @@ class _BaseLSTMEstimator(BaseEstimator):
         Xp, lengths = self._validate_X(X, reset=False)
         return self._forward_padded(Xp, lengths), lengths, is_ragged(X)
 
-    def _score_sequences(self, X, y):
-        """The subclass's score over all valid steps (``return_sequences=True``)."""
+    def _score_sequences(self, X, y, sample_weight):
+        """The subclass's score over all valid steps (``return_sequences=True``).
+
+        A sequence's weight applies to each of its steps.
+        """
         check_is_fitted(self, "network_")
         Xp, lengths = self._validate_X(X, reset=False)
         Y = self._encode_targets(y, lengths, reset=False, classes=None, incremental=False)
-        return self._score_padded(Xp, lengths, Y)
+        W = None
+        if sample_weight is not None:
+            if len(Y) != len(Xp):
+                raise ValueError(f"X and y have inconsistent numbers of samples: {len(Xp)} "
+                                 f"and {len(Y)}")
+            sample_weight = _check_sample_weight(sample_weight, Xp, dtype=np.float64,
+                                                 ensure_non_negative=True)
+            W = sample_weight[:, None] * _valid_steps(lengths, Y.shape[1])
+        return self._score_padded(Xp, lengths, Y, W)
 
     @staticmethod
     def _unpad(arr, lengths, ragged):
@@ -729,19 +811,21 @@ class _BaseLSTMEstimator(BaseEstimator):
             h = np.concatenate([gates[name]["h"] for name in gates], axis=2)
         return result
 
-    def fit_transform(self, X, y):
+    def fit_transform(self, X, y, sample_weight=None):
         """Fit, then return :meth:`transform` of X.
 
         Parameters
         ----------
         X : array-like or list of sequences
         y : array-like
+        sample_weight : array-like of shape (n_samples,), default=None
+            As in :meth:`fit`.
 
         Returns
         -------
         ndarray of shape (n_samples, hidden_size * D)
         """
-        return self.fit(X, y).transform(X)
+        return self.fit(X, y, sample_weight=sample_weight).transform(X)
 
     @inference
     def transform(self, X):
@@ -771,7 +855,7 @@ class LSTMClassifier(ClassifierMixin, _BaseLSTMEstimator):
     kernels.
 """ + _INPUT_DOC + """
     Parameters
-    ----------""" + _SHARED_PARAMS_DOC + """
+    ----------""" + _SHARED_PARAMS_DOC + _CLASS_WEIGHT_DOC + """
     Attributes
     ----------
     classes_ : ndarray of shape (n_classes,)
@@ -781,11 +865,13 @@ class LSTMClassifier(ClassifierMixin, _BaseLSTMEstimator):
     feature_names_in_ : ndarray of str
         Column names, when fitted on a DataFrame.
     loss_curve_ : list of float
-        Mean training loss of each epoch.
+        Mean training loss of each epoch (weighted by ``sample_weight`` and
+        ``class_weight``).
     best_loss_ : float
         Smallest value in ``loss_curve_``.
     validation_scores_ : list of float or None
-        Held-out accuracy after each epoch (``early_stopping`` only).
+        Held-out accuracy after each epoch, weighted as the loss is
+        (``early_stopping`` only).
     best_validation_score_ : float or None
         Best of ``validation_scores_``.
     n_iter_ : int
@@ -809,12 +895,47 @@ class LSTMClassifier(ClassifierMixin, _BaseLSTMEstimator):
     (3,)
     """
 
+    # scikit-learn reads the parameters from this signature: the shared ones,
+    # then class_weight (last, so that positional arguments keep their place).
+    def __init__(self, hidden_size=64, num_layers=1, bidirectional=False, dropout=0.0,
+                 solver="adam", learning_rate_init=0.005, momentum=0.9,
+                 nesterovs_momentum=True, batch_size=32, max_iter=100, alpha=1e-4,
+                 clip_norm=5.0, clip_value=None, shuffle=True, early_stopping=False,
+                 validation_fraction=0.1, n_iter_no_change=10, tol=1e-4,
+                 warm_start=False, random_state=None, verbose=0, dtype="float32",
+                 return_sequences=False, n_features=None, class_weight=None):
+        super().__init__(
+            hidden_size=hidden_size, num_layers=num_layers, bidirectional=bidirectional,
+            dropout=dropout, solver=solver, learning_rate_init=learning_rate_init,
+            momentum=momentum, nesterovs_momentum=nesterovs_momentum,
+            batch_size=batch_size, max_iter=max_iter, alpha=alpha, clip_norm=clip_norm,
+            clip_value=clip_value, shuffle=shuffle, early_stopping=early_stopping,
+            validation_fraction=validation_fraction, n_iter_no_change=n_iter_no_change,
+            tol=tol, warm_start=warm_start, random_state=random_state, verbose=verbose,
+            dtype=dtype, return_sequences=return_sequences, n_features=n_features)
+        self.class_weight = class_weight
+
     def __sklearn_tags__(self):
         tags = super().__sklearn_tags__()
         tags.classifier_tags.multi_label = False
         return tags
 
-    def partial_fit(self, X, y, classes=None):
+    def _check_params(self):
+        dtype = super()._check_params()
+        cw = self.class_weight
+        if cw is None or (isinstance(cw, str) and cw == "balanced"):
+            return dtype
+        if not isinstance(cw, dict):
+            raise ValueError(f"class_weight must be None, 'balanced' or a dict of class "
+                             f"label to weight, got {cw!r}")
+        for label, weight in cw.items():
+            if (isinstance(weight, bool) or not isinstance(weight, numbers.Real)
+                    or not np.isfinite(weight) or weight < 0):
+                raise ValueError(f"class_weight[{label!r}] must be a finite number >= 0, "
+                                 f"got {weight!r}")
+        return dtype
+
+    def partial_fit(self, X, y, classes=None, sample_weight=None):
         """Run one epoch over (X, y), continuing from the current state.
 
         Optimizer settings changed since the last call apply as described
@@ -828,11 +949,21 @@ class LSTMClassifier(ClassifierMixin, _BaseLSTMEstimator):
             Targets.
         classes : array-like of shape (n_classes,), default=None
             Every class of the whole data; required on the first call.
+        sample_weight : array-like of shape (n_samples,), default=None
+            As in :meth:`fit`; multiplied by ``class_weight`` (a dict or None:
+            'balanced' is refused here).
 
         Returns
         -------
         self : object
         """
+        if isinstance(self.class_weight, str) and self.class_weight == "balanced":
+            # One call's labels need not represent the whole data (SGDClassifier's rule).
+            raise ValueError(
+                "class_weight='balanced' is not supported by partial_fit: compute the "
+                "weights from the labels of the whole data (or a large sample of them) "
+                "with sklearn.utils.class_weight.compute_class_weight('balanced', "
+                "classes=classes, y=y) and pass them as a dict class_weight")
         if not hasattr(self, "network_") and classes is None:
             raise ValueError("classes must be passed on the first call to partial_fit")
         if classes is not None:
@@ -843,7 +974,49 @@ class LSTMClassifier(ClassifierMixin, _BaseLSTMEstimator):
                 f"classes={list(np.unique(classes))} differs from the classes of the first "
                 f"call to partial_fit, {list(self.classes_)}"
             )
-        return self._fit(X, y, incremental=True, classes=classes)
+        return self._fit(X, y, incremental=True, classes=classes,
+                         sample_weight=sample_weight)
+
+    def _training_weights(self, sample_weight, Y, lengths, new_fit):
+        """Sample weights times class weights (per step with ``return_sequences``)."""
+        if self.return_sequences:
+            mask = _valid_steps(lengths, Y.shape[1])
+            codes = Y[mask]
+            step_weight = np.broadcast_to(sample_weight[:, None], mask.shape)[mask]
+        else:
+            codes, step_weight = Y, sample_weight
+        class_weight = self._class_weights(codes, step_weight)
+        if new_fit:
+            present = np.unique(codes[step_weight * class_weight[codes] > 0])
+            if len(present) == 1:  # none at all: _prepare_fit's error
+                # Zero weights remove samples: fit refuses one class, weighted or not.
+                raise ValueError(
+                    f"{type(self).__name__} needs samples of at least 2 classes with "
+                    "non-zero weight (sample_weight times class_weight), but only class "
+                    f"{self.classes_[present].tolist()} has any")
+        if not self.return_sequences:
+            W = sample_weight * class_weight[Y]
+            return W, W
+        W = np.zeros(mask.shape)
+        W[mask] = step_weight * class_weight[codes]
+        return W, sample_weight
+
+    def _class_weights(self, codes, weight):
+        """``class_weight`` as one weight per class of ``classes_``.
+
+        'balanced' counts the samples (steps) of non-zero weight only, weighted,
+        so that zero weights act as removed samples here too.
+        """
+        cw = self.class_weight
+        if not (isinstance(cw, str) and cw == "balanced"):
+            return compute_class_weight(cw, classes=self.classes_,
+                                        y=self.classes_[codes]).astype(np.float64)
+        keep = weight > 0
+        present = np.unique(codes[keep])
+        out = np.ones(len(self.classes_))
+        out[present] = compute_class_weight("balanced", classes=present, y=codes[keep],
+                                            sample_weight=weight[keep])
+        return out
 
     def _encode_targets(self, y, lengths, reset, classes, incremental):
         if self.return_sequences:
@@ -884,21 +1057,20 @@ class LSTMClassifier(ClassifierMixin, _BaseLSTMEstimator):
     def _n_outputs(self):
         return len(self.classes_)
 
-    def _loss(self, out, Y, lengths):
+    def _loss(self, out, Y, weight):
+        """Loss and its gradient; ``weight`` (one per row or step) sums to 1."""
         if self.return_sequences:
-            mask = _valid_steps(lengths, out.shape[1])
-            weight = (mask / mask.sum()).ravel()
             flat = out.reshape(-1, out.shape[2])
             loss, dz = softmax_cross_entropy(flat, Y.ravel(), weight)
             return loss, dz.reshape(out.shape)
-        return softmax_cross_entropy(out, Y, np.full(len(Y), 1.0 / len(Y)))
+        return softmax_cross_entropy(out, Y, weight)
 
-    def _score_padded(self, Xp, lengths, Y):
+    def _score_padded(self, Xp, lengths, Y, W=None):
         pred = self._forward_padded(Xp, lengths).argmax(axis=-1)
         if self.return_sequences:
             mask = _valid_steps(lengths, Y.shape[1])
-            return float(np.mean(pred[mask] == Y[mask]))
-        return float(np.mean(pred == Y))
+            pred, Y, W = pred[mask], Y[mask], None if W is None else W[mask]
+        return float(accuracy_score(Y, pred, sample_weight=W))
 
     @inference
     def predict_log_proba(self, X):
@@ -964,7 +1136,8 @@ class LSTMClassifier(ClassifierMixin, _BaseLSTMEstimator):
         X : array-like or list of sequences
         y : array-like
         sample_weight : array-like of shape (n_samples,), default=None
-            Only without ``return_sequences``.
+            Weight of each sequence (with ``return_sequences``, of each of its
+            steps).
 
         Returns
         -------
@@ -972,7 +1145,7 @@ class LSTMClassifier(ClassifierMixin, _BaseLSTMEstimator):
         """
         if not self.return_sequences:
             return accuracy_score(y, self.predict(X), sample_weight=sample_weight)
-        return self._score_sequences(X, y)
+        return self._score_sequences(X, y, sample_weight)
 
 
 class LSTMRegressor(RegressorMixin, _BaseLSTMEstimator):
@@ -993,11 +1166,13 @@ class LSTMRegressor(RegressorMixin, _BaseLSTMEstimator):
     n_outputs_ : int
         Number of regression targets.
     loss_curve_ : list of float
-        Mean training loss (half the squared error) of each epoch.
+        Mean training loss (half the squared error) of each epoch (weighted
+        by ``sample_weight``).
     best_loss_ : float
         Smallest value in ``loss_curve_``.
     validation_scores_ : list of float or None
-        Held-out R^2 after each epoch (``early_stopping`` only).
+        Held-out R^2 after each epoch, weighted by ``sample_weight``
+        (``early_stopping`` only).
     best_validation_score_ : float or None
         Best of ``validation_scores_``.
     n_iter_ : int
@@ -1026,7 +1201,7 @@ class LSTMRegressor(RegressorMixin, _BaseLSTMEstimator):
         tags.target_tags.multi_output = True
         return tags
 
-    def partial_fit(self, X, y):
+    def partial_fit(self, X, y, sample_weight=None):
         """Run one epoch over (X, y), continuing from the current state.
 
         Optimizer settings changed since the last call apply as described
@@ -1038,12 +1213,14 @@ class LSTMRegressor(RegressorMixin, _BaseLSTMEstimator):
             As in :meth:`fit`.
         y : array-like
             Targets.
+        sample_weight : array-like of shape (n_samples,), default=None
+            As in :meth:`fit`.
 
         Returns
         -------
         self : object
         """
-        return self._fit(X, y, incremental=True)
+        return self._fit(X, y, incremental=True, sample_weight=sample_weight)
 
     def _encode_targets(self, y, lengths, reset, classes, incremental):
         if self.return_sequences:
@@ -1088,21 +1265,20 @@ class LSTMRegressor(RegressorMixin, _BaseLSTMEstimator):
                 "and R^2 needs at least 2: raise validation_fraction or pass more samples"
             )
 
-    def _loss(self, out, Y, lengths):
+    def _loss(self, out, Y, weight):
+        """Loss and its gradient; ``weight`` (one per row or step) sums to 1."""
         if self.return_sequences:
-            mask = _valid_steps(lengths, out.shape[1])
-            weight = (mask / mask.sum()).ravel()
             loss, dz = squared_error(out.reshape(-1, out.shape[2]),
                                      Y.reshape(-1, Y.shape[2]), weight)
             return loss, dz.reshape(out.shape)
-        return squared_error(out, Y, np.full(len(Y), 1.0 / len(Y)))
+        return squared_error(out, Y, weight)
 
-    def _score_padded(self, Xp, lengths, Y):
+    def _score_padded(self, Xp, lengths, Y, W=None):
         pred = self._forward_padded(Xp, lengths)
         if self.return_sequences:
             mask = _valid_steps(lengths, Y.shape[1])
-            return float(r2_score(Y[mask], pred[mask]))
-        return float(r2_score(Y, pred))
+            pred, Y, W = pred[mask], Y[mask], None if W is None else W[mask]
+        return float(r2_score(Y, pred, sample_weight=W))
 
     @inference
     def predict(self, X):
@@ -1136,7 +1312,8 @@ class LSTMRegressor(RegressorMixin, _BaseLSTMEstimator):
         X : array-like or list of sequences
         y : array-like
         sample_weight : array-like of shape (n_samples,), default=None
-            Only without ``return_sequences``.
+            Weight of each sequence (with ``return_sequences``, of each of its
+            steps).
 
         Returns
         -------
@@ -1144,4 +1321,4 @@ class LSTMRegressor(RegressorMixin, _BaseLSTMEstimator):
         """
         if not self.return_sequences:
             return r2_score(y, self.predict(X), sample_weight=sample_weight)
-        return self._score_sequences(X, y)
+        return self._score_sequences(X, y, sample_weight)

@@ -22,7 +22,9 @@ file, written and read by this module alone (no dependency):
        "<array name>": {"dtype": "F32", "shape": [20, 3], "data_offsets": [0, 240]},
        ...}
 
-  ``model`` is itself JSON: the hyperparameters (``params``) and, for
+  ``model`` is itself JSON: the hyperparameters (``params``; a dict
+  ``class_weight`` as a list of ``[label, weight]`` pairs, and one missing
+  from a file written before it existed means None) and, for
   estimators and language models, the fitted values (``fitted``: ``classes_``,
   ``vocabulary_``, ``loss_curve_`` ...; non-finite floats as the strings
   ``"inf"``, ``"-inf"`` and ``"nan"``), the network's dropout and the
@@ -338,10 +340,67 @@ _NAMES_FIELD = _optional(_Field(lambda a: [str(x) for x in a], _decode_names))
 
 
 # ---------------------------------------------------------------------- hyperparameters
+#: Hyperparameters added since format version 1 came out, with the value that
+#: a file saved before them (which lacks them) meant.
+_ADDED_PARAMS = {"class_weight": None}
+
+#: JSON types of a class label in a saved ``class_weight``.
+_LABEL_TYPES = (str, bool, int, float)
+
+
+def _encode_class_weight(class_weight):
+    """A dict ``class_weight`` as a list of ``[label, weight]`` pairs.
+
+    JSON object keys are strings only: pairs keep integer, float and boolean
+    labels apart from the strings that spell them.
+    """
+    pairs = []
+    for label, weight in class_weight.items():
+        label = label.item() if isinstance(label, np.generic) else label
+        weight = weight.item() if isinstance(weight, np.generic) else weight
+        if not isinstance(label, _LABEL_TYPES) or (
+                isinstance(label, float) and not math.isfinite(label)):
+            raise TypeError(f"cannot save class_weight label {_short(label)} of type "
+                            f"{type(label).__name__}: only str, int, finite float and bool")
+        if isinstance(weight, bool) or not isinstance(weight, (int, float)) or not (
+                math.isfinite(weight) and weight >= 0):
+            raise ValueError(f"cannot save class_weight[{_short(label)}]={_short(weight)}: "
+                             "class weights must be finite numbers >= 0")
+        pairs.append([label, weight])
+    return pairs
+
+
+def _decode_class_weight(v, where):
+    """``class_weight`` read from a file: None, 'balanced' or pairs -> dict."""
+    if v is None or v == "balanced":
+        return v
+    if not isinstance(v, list):
+        raise ModelFileError(f"{where} must be null, \"balanced\" or a list of [label, "
+                             f"weight] pairs, got {_short(v)}")
+    out = {}
+    for i, pair in enumerate(v):
+        w = f"{where}[{i}]"
+        if not isinstance(pair, list) or len(pair) != 2:
+            raise ModelFileError(f"{w} must be a [label, weight] pair, got {_short(pair)}")
+        label, weight = pair
+        if not isinstance(label, _LABEL_TYPES) or (
+                isinstance(label, float) and not math.isfinite(label)):
+            raise ModelFileError(f"{w}: the label must be a string, number or boolean, "
+                                 f"got {_short(label)}")
+        if label in out:  # also 1, 1.0 and true, which are one dict key
+            raise ModelFileError(f"{w}: label {_short(label)} is given twice")
+        out[label] = _float(weight, f"{w} (weight)", lo=0.0) if isinstance(weight, float) \
+            else _int(weight, f"{w} (weight)", 0, _INT64_MAX)
+    return out
+
+
 def _encode_params(params, owner):
     """``get_params()`` values as JSON scalars (numpy scalars and dtypes converted)."""
     out = {}
     for name, value in params.items():
+        if name == "class_weight" and isinstance(value, dict):
+            out[name] = _encode_class_weight(value)
+            continue
         if name == "dtype" and value not in ("float32", "float64"):
             value = check_dtype(value).name  # 'f4', np.float32 ... -> 'float32'
         elif isinstance(value, np.generic):
@@ -363,10 +422,20 @@ def _encode_params(params, owner):
 
 
 def _decode_estimator_params(cls, v, where):
-    """Hyperparameters of an estimator: exactly its get_params() keys, JSON scalars."""
-    v = _dict(v, where, cls().get_params(deep=False))
+    """Hyperparameters of an estimator: exactly its get_params() keys, JSON scalars.
+
+    A parameter of :data:`_ADDED_PARAMS` may be missing (the file predates it).
+    """
+    keys = cls().get_params(deep=False)
+    if isinstance(v, dict):
+        v = {**{k: d for k, d in _ADDED_PARAMS.items() if k in keys}, **v}
+    v = _dict(v, where, keys)
+    if "class_weight" in v:
+        v["class_weight"] = _decode_class_weight(v["class_weight"], f"{where}.class_weight")
     for name, value in v.items():
         w = f"{where}.{name}"
+        if name == "class_weight":
+            continue
         if value is not None and not isinstance(value, (bool, int, float, str)):
             raise ModelFileError(f"{w} must be a JSON scalar, got {_short(value)}")
         if isinstance(value, float) and not math.isfinite(value):

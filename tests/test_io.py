@@ -328,6 +328,48 @@ def test_numpy_hyperparameters_are_converted(tmp_path):
     assert np.array_equal(clf.predict_proba(X), loaded.predict_proba(X))
 
 
+@pytest.mark.parametrize("labels,class_weight", [
+    (None, {0: 2.0, 1: 0.5}),
+    (None, {np.int64(1): np.float64(3.0)}),  # numpy keys and values: saved as Python's
+    (None, {0: 2, 1: 1}),  # integer weights stay integers
+    (["no", "yes"], {"yes": 4.0}),
+    ([1.0, 2.0], {1.0: 1.0, 2.0: 2.0}),  # float labels stay floats
+    (None, "balanced"),
+])
+def test_class_weight_roundtrip(tmp_path, labels, class_weight):
+    clf, X, y = fit_classifier(labels=labels, class_weight=class_weight)
+    loaded = roundtrip(clf, tmp_path)
+    assert_same_estimator(clf, loaded)
+    assert [type(k) for k in loaded.class_weight or ()] == [
+        type(np.asarray(k).item()) for k in clf.class_weight or ()]
+    assert np.array_equal(clf.predict_proba(X), loaded.predict_proba(X))
+    # and it keeps training with the same weights
+    clf.set_params(warm_start=True, max_iter=1).fit(X, y)
+    loaded.set_params(warm_start=True, max_iter=1).fit(X, y)
+    assert_same_estimator(clf, loaded)
+
+
+def test_class_weight_labels_a_file_cannot_hold_are_refused_at_save(tmp_path):
+    clf, X, y = fit_classifier()
+    for cw, error, message in (({(0, 1): 2.0}, TypeError, "class_weight label"),
+                               ({float("nan"): 2.0}, TypeError, "class_weight label"),
+                               ({0: float("inf")}, ValueError, "finite numbers >= 0")):
+        clf.class_weight = cw
+        with pytest.raises(error, match=message):
+            save(clf, tmp_path / "m.pylstm")
+        assert not os.listdir(tmp_path)
+
+
+def test_file_without_class_weight_loads_as_none(tmp_path, saved_files):
+    """Files written before class_weight existed have no such key."""
+    path = tmp_path / "old.pylstm"
+    path.write_bytes(saved_files["classifier"].read_bytes())
+    rewrite(path, model=set_in(["params", "class_weight"], KeyError))
+    old = load(path)
+    assert old.class_weight is None
+    assert_same_estimator(old, load(saved_files["classifier"]))
+
+
 def test_random_state_instance_is_saved_as_none_with_a_warning(tmp_path):
     clf, X, y = fit_classifier()
     clf.set_params(random_state=np.random.RandomState(0))
@@ -898,7 +940,9 @@ EDITS = {
     "no-checksum": (dict(meta=set_meta("sha256", KeyError)), "missing keys"),
     "bad-checksum-syntax": (dict(meta=set_meta("sha256", "xyz"), checksum=False), "sha256"),
     "unknown-type": (dict(meta=set_meta("type", "os.system")), "unknown model type"),
-    "other-type": (dict(meta=set_meta("type", "LSTMRegressor")), "missing keys"),
+    # The classifier's params have class_weight, which the regressor's have not.
+    "other-type": (dict(meta=set_meta("type", "LSTMRegressor")),
+                   r"params has unexpected keys \['class_weight'\]"),
     "layer-type": (dict(meta=set_meta("type", "LSTM")), "model has unexpected keys"),
     "model-not-json": (dict(meta=set_meta("model", "{'a': 1}")), "model description is not"),
     "model-nan": (dict(meta=set_meta("model", '{"a": NaN}')), "non-standard JSON constant"),
@@ -945,6 +989,20 @@ EDITS = {
     "random-state": (dict(model=set_in(["params", "random_state"], -1)), "random_state"),
     "param-dtype": (dict(model=set_in(["params", "dtype"], ",f8")), "model.params.dtype"),
     "param-dtype-alias": (dict(model=set_in(["params", "dtype"], "f8")), "model.params.dtype"),
+    "class-weight-text": (dict(model=set_in(["params", "class_weight"], "auto")),
+                          "class_weight must be null"),
+    "class-weight-object": (dict(model=set_in(["params", "class_weight"], {"0": 1.0})),
+                            "class_weight must be null"),
+    "class-weight-pair": (dict(model=set_in(["params", "class_weight"], [[0]])),
+                          r"class_weight\[0\] must be a \[label, weight\] pair"),
+    "class-weight-label": (dict(model=set_in(["params", "class_weight"], [[[0], 1.0]])),
+                           r"class_weight\[0\]: the label must be"),
+    "class-weight-negative": (dict(model=set_in(["params", "class_weight"], [[0, -1.0]])),
+                              r"class_weight\[0\] \(weight\) must be a finite number"),
+    "class-weight-bool": (dict(model=set_in(["params", "class_weight"], [[0, True]])),
+                          r"class_weight\[0\] \(weight\) must be an integer"),
+    "class-weight-twice": (dict(model=set_in(["params", "class_weight"],
+                                             [[1, 1.0], [1.0, 2.0]])), "given twice"),
     # fitted values
     "n-iter-negative": (dict(model=set_in(["fitted", "n_iter_"], -1)), "n_iter_"),
     "n-iter-bool": (dict(model=set_in(["fitted", "n_iter_"], True)), "n_iter_"),
