@@ -278,17 +278,20 @@ class LanguageNetwork:
                  rng):
         self.dtype = np.dtype(dtype)
         self.dropout = float(dropout)
-        self.embedding = rng.normal(0.0, 0.1, size=(vocab_size, embedding_dim)).astype(
-            self.dtype)
+        # PyTorch's default initialisation of nn.Embedding, nn.LSTM and
+        # nn.Linear (benchmarks/lm_parity.py): with Adam, whose steps have a
+        # size set by the learning rate whatever the weights' scale, a smaller
+        # start (an embedding from N(0, 0.1^2)) takes many epochs to catch up.
+        self.embedding = rng.standard_normal((vocab_size, embedding_dim)).astype(self.dtype)
         self.layers = []
         in_size = embedding_dim
         for _ in range(num_layers):
             self.layers.append(LSTM(in_size, hidden_size, 1, False, self.dtype,
-                                    random_state=rng, unit_forget_bias=True))
+                                    random_state=rng))
             in_size = hidden_size
-        bound = np.sqrt(6.0 / (hidden_size + vocab_size))
+        bound = 1.0 / np.sqrt(hidden_size)
         self.coef = rng.uniform(-bound, bound, size=(hidden_size, vocab_size)).astype(self.dtype)
-        self.intercept = np.zeros(vocab_size, dtype=self.dtype)
+        self.intercept = rng.uniform(-bound, bound, size=vocab_size).astype(self.dtype)
         self._cache = None
 
     def parameters(self):
