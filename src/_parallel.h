@@ -59,6 +59,7 @@ static pylstm_atomic pylstm_active_calls;
 static inline void pylstm_enter(void) { pylstm_fetch_add(&pylstm_active_calls, 1); }
 static inline void pylstm_leave(void) { pylstm_fetch_add(&pylstm_active_calls, -1); }
 static inline int pylstm_alone(void) { return pylstm_load(&pylstm_active_calls) <= 1; }
+static inline long pylstm_calls(void) { return pylstm_load(&pylstm_active_calls); }
 
 #if PYLSTM_THREADS
 

@@ -12,6 +12,7 @@ cdef extern from "_parallel.h" nogil:
     void pylstm_enter()
     void pylstm_leave()
     int pylstm_alone()
+    long pylstm_calls()
     int pylstm_parallel_init()
     int PYLSTM_THREADS
 
@@ -96,6 +97,11 @@ cdef int _run_loop(void (*task)(void*) noexcept nogil, void* first, void* second
         s0.nparts = 1
     task(first)
     return 1
+
+
+def calls_in_progress():
+    """Kernel calls running now in this process (for tests)."""
+    return pylstm_calls()
 
 
 def kernel_threads():

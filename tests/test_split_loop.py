@@ -328,10 +328,12 @@ def test_no_split_while_another_call_runs():
     # On one thread: the worker stays free, so only the overlap can stop a split.
     long_call = threading.Thread(target=call, args=(64, 3000, 128, 1))
     long_call.start()
-    time.sleep(0.05)
-    during = call(8, 20, 64) if long_call.is_alive() else None
+    while long_call.is_alive() and _lstm.calls_in_progress() == 0:
+        time.sleep(0.001)  # until the long call is inside its kernel
+    during = call(8, 20, 64)
+    overlapped = _lstm.calls_in_progress() == 1  # the long call is still running
     long_call.join()
-    if during is None:
+    if not overlapped:
         pytest.skip("the long call ended too soon to overlap")
     assert during == 1
     time.sleep(0.1)
