@@ -359,9 +359,7 @@ class _BaseLSTMEstimator(BaseEstimator):
                 trail = s.shape[1:]
             elif s.shape[1:] != trail:
                 raise ValueError(f"all per-step targets must have the same shape: {name}[{i}]")
-        out = np.zeros((n, T) + trail, dtype=seqs[0].dtype if seqs[0].dtype.kind != "U"
-                       else object)
-        out = out.astype(np.result_type(*[s.dtype for s in seqs]))
+        out = np.zeros((n, T) + trail, dtype=np.result_type(*[s.dtype for s in seqs]))
         for i, s in enumerate(seqs):
             out[i, : s.shape[0]] = s
         return out
