@@ -528,7 +528,7 @@ def _layer_from_arrays(params, arrays):
 # -- estimators
 #: Fitted attributes of both estimators: name -> how it is stored. Attributes not
 #: listed here (nor hyperparameters, network_, _optimizer, _best_state) are not saved;
-#: tests/test_io.py checks that fit sets no others.
+#: tests/io/test_io.py checks that fit sets no others.
 _ESTIMATOR_FITTED = {
     "n_features_in_": _int_field(1, BLAS_INT_MAX),
     "feature_names_in_": _NAMES_FIELD,
@@ -768,7 +768,7 @@ _VOCABULARY_FIELD = _Field(list, _decode_vocabulary)
 #: Fitted attributes of LSTMLanguageModel: name -> how it is stored. Besides these and
 #: the hyperparameters, fit sets network_ and _optimizer (saved as arrays and
 #: model.network / model.optimizer) and _index (rebuilt from vocabulary_ on load);
-#: tests/test_io.py checks that fit sets no others.
+#: tests/io/test_io.py checks that fit sets no others.
 _LM_FITTED = {
     "vocabulary_": _VOCABULARY_FIELD,
     "_dtype": _DTYPE_FIELD,

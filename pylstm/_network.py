@@ -316,7 +316,7 @@ class LanguageNetwork:
         do: woken BLAS workers keep spinning on the other core after the
         call, and the next kernel call, which splits its loop over both
         cores, then runs at about half speed (benchmarks/bench_quality.py,
-        lm; tests/test_language_model.py::test_head_blas_threads).
+        lm; tests/language_model/test_language_model.py::test_head_blas_threads).
         """
         work = rows * self.coef.shape[0] * self.coef.shape[1]
         return single_threaded_blas(work < WHOLE_SEQUENCE_ONE_THREAD_BELOW)

@@ -343,7 +343,7 @@ def model_call(method):
     around it) are counted, nested calls once per thread. While two threads
     are inside, no call splits its time loop: each thread already has a core,
     and a split would put three threads on two cores, whose barriers wait for
-    a descheduled partner (``tests/test_concurrency.py``). Counting whole
+    a descheduled partner (``tests/threads/test_concurrency.py``). Counting whole
     model calls, not kernel calls, covers the Python between a thread's
     kernel calls, where the other thread would otherwise find itself alone.
     """

@@ -68,7 +68,7 @@ static inline long pylstm_calls(void) { return pylstm_load(&pylstm_active_calls)
  * at a time holds it; a second caller meanwhile runs on its own thread only.
  * A child process after fork() has no worker: the fork handler resets the
  * state, and the child's first call starts a new one
- * (tests/test_fork_safety.py). */
+ * (tests/threads/test_fork_safety.py). */
 typedef struct {
     pylstm_sleeper sleeper;
     pylstm_atomic busy;     /* a caller holds the worker */

@@ -2,7 +2,7 @@
 
 Run from anywhere with ``python tests/data/make_torch_reference.py``. This
 script is the only place torch is used: the test suite
-(``tests/test_torch_parity.py``) reads the committed ``.npz`` files and never
+(``tests/layer/test_torch_parity.py``) reads the committed ``.npz`` files and never
 imports torch.
 
 Each case builds ``torch.nn.LSTM(input_size, hidden_size, num_layers,

@@ -23,7 +23,7 @@ import pytest
 
 import pylstm
 
-CHECKOUT = pathlib.Path(__file__).resolve().parents[1]
+CHECKOUT = pathlib.Path(__file__).resolve().parents[2]
 
 
 def _python(args, cwd, isolated=False):

@@ -1,6 +1,6 @@
 """Behaviour of LSTMClassifier and LSTMRegressor beyond sklearn's API checks.
 
-scikit-learn's estimator checks (tests/test_estimator_checks.py) only feed 2-D
+scikit-learn's estimator checks (tests/estimators/test_estimator_checks.py) only feed 2-D
 input; these tests use 3-D arrays and lists of variable-length sequences.
 """
 

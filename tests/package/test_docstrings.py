@@ -42,7 +42,7 @@ MODULES = [
     "pylstm._cli",
 ]
 
-DOCS = Path(__file__).resolve().parent.parent / "docs"
+DOCS = Path(__file__).resolve().parents[2] / "docs"
 #: Documentation pages whose examples run here (other pages test themselves).
 GUIDE_PAGES = ["index.rst"] + sorted(
     str(p.relative_to(DOCS)) for p in (DOCS / "user_guide").glob("*.rst"))

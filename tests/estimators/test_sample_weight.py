@@ -7,7 +7,7 @@ rounding, when every epoch is one batch (batch_size >= n_samples): the two
 fits then take the same steps from the same initial weights, and only the
 order of the sums in a batch differs. Such comparisons run in float64 and
 allow rtol 1e-9 (observed: about 1e-13 over the few epochs run here; a
-longer fit amplifies rounding, see tests/test_estimator_checks.py).
+longer fit amplifies rounding, see tests/estimators/test_estimator_checks.py).
 """
 
 import numpy as np

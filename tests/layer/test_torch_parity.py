@@ -17,7 +17,7 @@ import pytest
 
 import pylstm
 
-DATA_DIR = pathlib.Path(__file__).resolve().parent / "data" / "torch_ref"
+DATA_DIR = pathlib.Path(__file__).resolve().parents[1] / "data" / "torch_ref"
 FIXTURES = sorted(DATA_DIR.glob("*.npz"))
 
 # max|a - b| / max|ref| must stay below this

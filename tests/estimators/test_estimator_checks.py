@@ -1,7 +1,7 @@
 """scikit-learn's API compliance suite on LSTMClassifier and LSTMRegressor.
 
 These checks only feed 2-D input (univariate sequences, one column per time
-step); tests/test_estimators.py covers 3-D and list (variable-length) input.
+step); tests/estimators/test_estimators.py covers 3-D and list (variable-length) input.
 """
 
 import pytest

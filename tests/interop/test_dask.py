@@ -245,7 +245,7 @@ def test_scaling_guide_runs():
     import doctest
     from pathlib import Path
 
-    guide = Path(__file__).resolve().parents[1] / "docs" / "scaling.rst"
+    guide = Path(__file__).resolve().parents[2] / "docs" / "scaling.rst"
     if not guide.exists():
         pytest.skip("docs/scaling.rst is not next to the tests")
     before = dict(os.environ)  # the guide's LocalCluster writes thread variables here
