@@ -9,7 +9,8 @@ of arrays; losses live here too. It knows nothing of scikit-learn.
 import numpy as np
 
 from ._layer import LSTM
-from ._threads import WHOLE_SEQUENCE_ONE_THREAD_BELOW, model_call, single_threaded_blas
+from ._threads import model_call, single_threaded_blas
+from ._tuning import WHOLE_SEQUENCE_ONE_THREAD_BELOW
 
 __all__ = ["SequenceNetwork", "log_softmax", "softmax_cross_entropy", "squared_error"]
 
@@ -315,7 +316,7 @@ class LanguageNetwork:
         A small head runs on one BLAS thread, as the kernels' small products
         do: woken BLAS workers keep spinning on the other core after the
         call, and the next kernel call, which splits its loop over both
-        cores, then runs at about half speed (benchmarks/bench_quality.py,
+        cores, then waits for them (benchmarks/bench_quality.py,
         lm; tests/language_model/test_language_model.py::test_head_blas_threads).
         """
         work = rows * self.coef.shape[0] * self.coef.shape[1]
