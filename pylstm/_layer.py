@@ -26,6 +26,7 @@ from ._tuning import CHUNK_ELEMENTS, CHUNK_STEPS, PACK_CACHE_MAX_ROWS
 from ._validation import (
     BLAS_INT_MAX,
     as_float_array,
+    check_dropout,
     check_dtype,
     check_finite,
     check_lengths,
@@ -155,6 +156,14 @@ class LSTM:
         Start with a total forget-gate bias of 1 (``bias_ih`` forget block set
         to 1, ``bias_hh`` forget block to 0), which helps long-range memory
         early in training (Jozefowicz et al., 2015).
+    recurrent_dropout : float in [0, 1), default=0.0
+        Variational recurrent dropout (Gal & Ghahramani, 2016), Keras'
+        ``LSTM(recurrent_dropout=...)``: in a training :meth:`forward`, each
+        sequence, layer and direction draws one mask that zeroes each unit of
+        h_{t-1} with this probability and scales the others by
+        ``1 / (1 - recurrent_dropout)``, where h_{t-1} enters the recurrent
+        product, the same mask at every step. The outputs and final states
+        are the unmasked h_t; inference (``training=False``) drops nothing.
 
     Attributes
     ----------
@@ -176,7 +185,8 @@ class LSTM:
     """
 
     def __init__(self, input_size, hidden_size, num_layers=1, bidirectional=False,
-                 dtype=np.float32, random_state=None, unit_forget_bias=False):
+                 dtype=np.float32, random_state=None, unit_forget_bias=False,
+                 recurrent_dropout=0.0):
         self.input_size = check_positive_int(input_size, "input_size")
         self.hidden_size = check_positive_int(hidden_size, "hidden_size")
         if 4 * self.hidden_size > BLAS_INT_MAX:
@@ -185,6 +195,7 @@ class LSTM:
         self.bidirectional = bool(bidirectional)
         self.dtype = check_dtype(dtype)
         self.unit_forget_bias = bool(unit_forget_bias)
+        self.recurrent_dropout = check_dropout(recurrent_dropout, "recurrent_dropout")
         self._cache = None
         self._workspace = Workspace()
         rng = check_random_state(random_state)
@@ -199,16 +210,20 @@ class LSTM:
             if self.unit_forget_bias:
                 self._params[names[2]][H:2 * H] = 1.0
                 self._params[names[3]][H:2 * H] = 0.0
+        # Draws the recurrent-dropout masks of calls that bring no generator.
+        self._dropout_rng = rng
+
+    def __setstate__(self, state):
+        state.setdefault("recurrent_dropout", 0.0)  # saved before it existed
+        state.setdefault("_dropout_rng", np.random.RandomState())
+        self.__dict__.update(state)
+        self._workspace = Workspace()
 
     def __getstate__(self):
         state = self.__dict__.copy()
         state["_cache"] = None
         state["_workspace"] = None  # scratch arrays, not state
         return state
-
-    def __setstate__(self, state):
-        self.__dict__.update(state)
-        self._workspace = Workspace()
 
     def free_workspace(self):
         """Release the work arrays kept from the last call.
@@ -334,8 +349,24 @@ class LSTM:
         check_finite(arr, name)
         return arr
 
+    def _recurrent_masks(self, rng, batch):
+        """The recurrent-dropout masks of one training call, (L * D, B, H).
+
+        One uniform draw per unit of each sequence, layer and direction, in
+        that order (``rng.random((L * D, B, H))``): a unit is kept, scaled
+        by ``1 / (1 - p)``, where its draw is at least ``p``.
+        """
+        p = self.recurrent_dropout
+        if rng is None:
+            rng = self._dropout_rng
+        elif not isinstance(rng, np.random.Generator):
+            rng = check_random_state(rng)
+        shape = (self.num_layers * self.num_directions, batch, self.hidden_size)
+        keep = rng.random(shape) >= p
+        return keep.astype(self.dtype) * self.dtype.type(1.0 / (1.0 - p))
+
     @model_call
-    def forward(self, X, lengths=None, h0=None, c0=None, training=True):
+    def forward(self, X, lengths=None, h0=None, c0=None, training=True, rng=None):
         """Run the layer over a batch of sequences.
 
         Parameters
@@ -349,9 +380,14 @@ class LSTM:
         h0, c0 : array-like of shape (num_layers * D, B, hidden_size), default=None
             Initial states (zeros when None); D = 2 when bidirectional.
         training : bool, default=True
-            Keep the cache that :meth:`backward` needs. With False, the
-            inference kernel runs and keeps no per-step state. Every call,
-            even one that fails its checks, drops the previous call's cache.
+            Keep the cache that :meth:`backward` needs, and apply recurrent
+            dropout if the layer has it. With False, the inference kernel
+            runs and keeps no per-step state. Every call, even one that fails
+            its checks, drops the previous call's cache.
+        rng : int, numpy.random.Generator, RandomState or None, default=None
+            Draws the recurrent-dropout masks of a training call (unused
+            otherwise); None takes them from the layer's own generator,
+            seeded by ``random_state``. The same seed gives the same masks.
 
         Returns
         -------
@@ -368,6 +404,11 @@ class LSTM:
         TypeError
             Non-numeric input.
         """
+        return self._forward(X, lengths, h0, c0, training,
+                             training and self.recurrent_dropout > 0, rng)
+
+    def _forward(self, X, lengths, h0, c0, training, dropout, rng):
+        """:meth:`forward`, with recurrent dropout only where ``dropout``."""
         # Dropped first, whatever follows: a backward after a call that fails its
         # checks must not use the cache of the call before it.
         self._cache = None
@@ -392,6 +433,9 @@ class LSTM:
             order = np.argsort(-lens, kind="stable")
             lens_sorted = np.ascontiguousarray(lens[order], dtype=np.intc)
         T_eff = int(lens_sorted[0])
+        masks = None
+        if dropout:  # in the kernels' row order
+            masks = [np.ascontiguousarray(m[order]) for m in self._recurrent_masks(rng, B)]
         # Every step of every row valid and no reordering: plain copies suffice.
         dense = bool(lens_sorted[-1] == T)
         h_n = np.empty((self.num_layers * D, B, H), dtype=self.dtype)
@@ -428,7 +472,7 @@ class LSTM:
                 caches = self._forward_layers(
                     arrays, x, lens_sorted, n_valid, order, bf_rows, h0, c0, h_n, c_n,
                     training, result.reshape(B * T, D * H), not training, blas_steps,
-                    parallel, loop_threads)
+                    parallel, loop_threads, masks)
             if training:
                 self._cache = {"order": order, "lengths": lens_sorted, "shape": (B, T),
                                "dense": dense, "rows": rows, "bf_rows": bf_rows,
@@ -436,7 +480,8 @@ class LSTM:
         return result, (h_n, c_n)
 
     def _forward_layers(self, arrays, x, lens_sorted, N, order, bf_rows, h0, c0, h_n, c_n,
-                        training, result, x_batch_first, need_t, parallel, loop_threads):
+                        training, result, x_batch_first, need_t, parallel, loop_threads,
+                        masks=None):
         """Kernel calls of :meth:`forward`, layer by layer; directions may run concurrently.
 
         Work arrays come from ``arrays`` (the layer's :class:`Workspace`);
@@ -452,8 +497,9 @@ class LSTM:
         by the transposed ``W_hh`` (:func:`pylstm._lstm.needs_w_hh_t`);
         ``parallel``: run the two directions side by side; ``loop_threads``:
         threads sharing each kernel's time loop; ``N``: valid steps, the rows
-        of the per-step arrays; ``h0`` / ``c0`` None: zero initial states.
-        Returns the training caches.
+        of the per-step arrays; ``h0`` / ``c0`` None: zero initial states;
+        ``masks``: per layer and direction, the sorted rows' recurrent-dropout
+        mask (None: no dropout). Returns the training caches.
         """
         B, T_eff = len(lens_sorted), int(lens_sorted[0])
         D, H, L = self.num_directions, self.hidden_size, self.num_layers
@@ -518,10 +564,11 @@ class LSTM:
                         h_prev = wide[:, layer_in.shape[1]:]
                     else:
                         h_prev = new(f"h_prev{k}", (N, H), dt)
+                    mask = None if masks is None else masks[k]
                     _lstm.forward_train(layer_in, lens_sorted, w_ih, w_hh, w_hh_t, bias, h, c,
                                         out, d * H, bool(d), xbuf, gbuf, gates, c_cache,
-                                        h_prev, out_bf, bf_rows, loop_threads, work)
-                    kept = (c_start, gates, c_cache, h_prev, work, fuse)
+                                        h_prev, out_bf, bf_rows, loop_threads, work, mask)
+                    kept = (c_start, gates, c_cache, h_prev, work, fuse, mask)
                 else:
                     # The kernels' scratch (packed weights, ...: see
                     # _lstm.work_size), kept so that no call maps fresh pages
@@ -546,6 +593,7 @@ class LSTM:
                 layer_in = out
         return caches
 
+    @model_call
     def gate_activations(self, X, lengths=None, h0=None, c0=None):
         """Per-step gate activations and states, for looking inside the cell.
 
@@ -572,7 +620,7 @@ class LSTM:
         >>> sorted(gates['l0']), gates['l0']['forget'].shape
         (['c', 'cell', 'forget', 'h', 'input', 'output'], (1, 4, 3))
         """
-        out, _ = self.forward(X, lengths=lengths, h0=h0, c0=c0, training=True)
+        out, _ = self._forward(X, lengths, h0, c0, True, False, None)
         cache, self._cache = self._cache, None
         B, T = cache["shape"]
         order = cache["order"]
@@ -776,7 +824,7 @@ class LSTM:
                 sfx = f"_l{layer}" + ("_reverse" if d else "")
                 w_ih = self._params["weight_ih" + sfx]
                 w_hh = self._params["weight_hh" + sfx]
-                c_start, gates, c_cache, h_prev, grad_work, fuse = layer_cache[d]
+                c_start, gates, c_cache, h_prev, grad_work, fuse, mask = layer_cache[d]
                 dh, dc = (np.zeros((B, H), self.dtype) if g is None else g[k][order]
                           for g in (d_h_n, d_c_n))
                 dw_ih, dw_hh, db = _grad_arrays(grad_work, *w_ih.shape)
@@ -788,7 +836,7 @@ class LSTM:
                 _lstm.backward(layer_in, lens, w_ih, w_hh, c_start, gates, c_cache, h_prev,
                                grad_out, d * H, bool(d), dh, dc, layer_in, 0.0,
                                dw_ih, dw_hh, db, scratch, g_bf, bf_rows, False,
-                               loop_threads, work if fuse else grad_work, fuse)
+                               loop_threads, work if fuse else grad_work, fuse, mask)
                 grads["weight_ih" + sfx] = dw_ih
                 grads["weight_hh" + sfx] = dw_hh
                 grads["bias_ih" + sfx] = db

@@ -68,6 +68,22 @@ def check_positive_int(value, name, minimum=1):
     return int(value)
 
 
+def check_dropout(value, name):
+    """Return ``value`` as a float, checking that it is a real number in [0, 1).
+
+    Examples
+    --------
+    >>> from pylstm._validation import check_dropout
+    >>> check_dropout(0.25, 'recurrent_dropout')
+    0.25
+    """
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise TypeError(f"{name} must be a real number, got {type(value).__name__}")
+    if not 0.0 <= value < 1.0:
+        raise ValueError(f"{name} must be in [0, 1), got {value}")
+    return float(value)
+
+
 def as_float_array(a, name, dtype, ndim):
     """Convert ``a`` to a C-contiguous array of ``dtype`` with ``ndim`` dimensions.
 

@@ -41,6 +41,7 @@ cdef void _backward_loop(const floating* typed, _BackwardLoop* a) noexcept nogil
     cdef floating* scr
     cdef const floating* src
     cdef const floating* cp
+    cdef const floating* mask = <const floating*> a.s.mask
     for s in range(T - 1, -1, -1):
         while n < B and lengths[n] > s:
             n += 1
@@ -87,6 +88,12 @@ cdef void _backward_loop(const floating* typed, _BackwardLoop* a) noexcept nogil
                 gemm(False, False, n, jb, G, <floating> 1.0, src, G,
                      w_hh + j0, H, <floating> 0.0, dh + j0, H)
                 j0 += jb
+        if mask != NULL:
+            # The product gave dL/d(masked h_{s-1}); through the mask to h_{s-1}
+            # (the part of dh this thread wrote; see _forward).
+            for bi in range((n - b0 + bs - 1) // bs):
+                b = b0 + bi * bs
+                _mask_row(dh + <Py_ssize_t> b * H + u0, mask + <Py_ssize_t> b * H + u0, hn)
     if split:
         # The weight gradients by halves of the gate rows, one GEMM per
         # thread: BLAS then packs the shared factor [X | H_prev] once per
@@ -238,7 +245,8 @@ def backward(const floating[:, :] x,
              bint with_dx=True,
              int threads=1,
              floating[::1] work=None,
-             bint fuse=True):
+             bint fuse=True,
+             const floating[:, ::1] mask=None):
     """Backpropagation through time for one direction.
 
     Parameters
@@ -287,6 +295,8 @@ def backward(const floating[:, :] x,
         into a scratch block of their size, then copy them out; with False
         (or where that block would overlap the gradients) two GEMMs write
         them in place.
+    mask : (B, H) array, default None
+        The recurrent-dropout mask given to :func:`forward_train`.
 
     Returns
     -------
@@ -326,6 +336,7 @@ def backward(const floating[:, :] x,
             dx_ld = _row_stride(N, I, dx.strides[0], dx.strides[1], sizeof(floating), "dx")
         _check_rows(c0.shape[0], c0.shape[1], B, H, "c0")
         _check_rows(scratch.shape[0], scratch.shape[1], B, G, "scratch")
+        _check_mask(mask, B, H)
         if (w_hh.shape[0] != G or w_hh.shape[1] != H or dw_ih.shape[0] != G
                 or dw_ih.shape[1] != I or dw_hh.shape[0] != G or dw_hh.shape[1] != H
                 or db.shape[0] != G):
@@ -368,6 +379,7 @@ def backward(const floating[:, :] x,
         a.dw_hh = &dw_hh[0, 0]
         a.db = &db[0]
         a.n_rows = N
+        a.s.mask = &mask[0, 0] if mask is not None else NULL
         with nogil:
             pylstm_enter()
             # One block for the packed W_hh of the time loop and then the fused

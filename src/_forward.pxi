@@ -49,6 +49,7 @@ cdef void _forward(const floating* x, _ForwardLoop* a) noexcept nogil:
     cdef floating* gates = <floating*> a.s.gates
     cdef floating* c_cache = <floating*> a.s.c_cache
     cdef floating* h_prev = <floating*> a.s.h_prev
+    cdef const floating* mask = <const floating*> a.s.mask
     cdef int out_width = a.out_width
     cdef Py_ssize_t offset = a.s.offset
     cdef Py_ssize_t x_ld = a.s.x_ld
@@ -78,6 +79,13 @@ cdef void _forward(const floating* x, _ForwardLoop* a) noexcept nogil:
     cdef floating* swap
     cdef floating one = 1.0
     cdef floating zero = 0.0
+    if mask != NULL:
+        # Recurrent dropout: h_{t-1} enters the recurrent product (and the
+        # cache of dW_hh) through the row's mask, h0 included; each thread
+        # masks what it wrote, before the barrier that lets the other read it.
+        for bi in range((B - b0 + bs - 1) // bs):
+            b = b0 + bi * bs
+            _mask_row(h + <Py_ssize_t> b * H + u0, mask + <Py_ssize_t> b * H + u0, hn)
     s0 = 0
     while s0 < T:
         while n > 0 and lengths[n - 1] <= s0:
@@ -193,6 +201,9 @@ cdef void _forward(const floating* x, _ForwardLoop* a) noexcept nogil:
                               h_nxt + <Py_ssize_t> b * H + u0,
                               c + <Py_ssize_t> b * H + u0,
                               out + ob * out_width + offset + u0, gk, ck, hk, hn, H)
+                if mask != NULL:
+                    _mask_row(h_nxt + <Py_ssize_t> b * H + u0,
+                              mask + <Py_ssize_t> b * H + u0, hn)
             if split and not by_rows:
                 pylstm_barrier_wait(a.s.bar)
             swap = h_cur
@@ -202,7 +213,12 @@ cdef void _forward(const floating* x, _ForwardLoop* a) noexcept nogil:
     # A row of odd length took its last step into h_alt: its final state to h.
     for bi in range((B - b0 + bs - 1) // bs):
         b = b0 + bi * bs
-        if lengths[b] % 2 == 1:
+        if mask != NULL:  # the final state is h_t itself, unmasked, as out has it
+            t = 0 if reverse else lengths[b] - 1
+            ob = bfr[b] + t if a.out_batch_first else off[t] + b
+            memcpy(h + <Py_ssize_t> b * H + u0, out + ob * out_width + offset + u0,
+                   hn * sizeof(floating))
+        elif lengths[b] % 2 == 1:
             memcpy(h + <Py_ssize_t> b * H + u0, h_alt + <Py_ssize_t> b * H + u0,
                    hn * sizeof(floating))
 
@@ -225,7 +241,7 @@ cdef int _run_forward(const floating[:, :] x, const int[::1] lengths,
                       floating* h_prev, Py_ssize_t hp_ld, bint x_batch_first,
                       bint out_batch_first, const Py_ssize_t[::1] bf_rows,
                       int threads, floating[::1] pack_cache=None,
-                      floating[::1] work=None) except -1:
+                      floating[::1] work=None, const floating* mask=NULL) except -1:
     """Check, set up and run one forward call (caches NULL: inference; the
     caller has checked their sizes). Returns the threads that ran the loop."""
     cdef int B = <int> lengths.shape[0]
@@ -253,6 +269,7 @@ cdef int _run_forward(const floating[:, :] x, const int[::1] lengths,
         a.s.c_cache = c_cache
         a.s.h_prev = h_prev
         a.s.hp_ld = hp_ld
+        a.s.mask = mask
         a.s.x_ld = _row_stride(x.shape[0], I, x.strides[0], x.strides[1],
                                sizeof(floating), "x")
         h_alt = <floating*> _take(&ws, <size_t> B * H * sizeof(floating))
@@ -342,7 +359,8 @@ def forward_train(const floating[:, :] x,
                   bint out_batch_first=False,
                   const Py_ssize_t[::1] bf_rows=None,
                   int threads=1,
-                  floating[::1] work=None):
+                  floating[::1] work=None,
+                  const floating[:, ::1] mask=None):
     """Forward pass of one direction, keeping what BPTT needs.
 
     Per-step arrays are 2-D, one row per valid step of one sequence, in the
@@ -398,6 +416,12 @@ def forward_train(const floating[:, :] x,
         Scratch kept by the caller, at least :func:`work_size` elements:
         the call then allocates nothing of the size of the weights (see
         :func:`work_size`). Its contents on entry do not matter.
+    mask : (B, H) array, default None
+        Recurrent dropout (Gal & Ghahramani): row ``b`` of h_{t-1} is
+        multiplied by ``mask[b]`` wherever it enters the recurrent product,
+        at every step, h0 included; ``h_prev_cache`` keeps the masked rows
+        and ``out`` and the final ``h`` the unmasked h_t. Give the same
+        mask to :func:`backward`.
 
     Returns
     -------
@@ -415,9 +439,11 @@ def forward_train(const floating[:, :] x,
     _check_rows(h_prev_cache.shape[0], h_prev_cache.shape[1], N, H, "h_prev_cache")
     hp_ld = _row_stride(N, H, h_prev_cache.strides[0], h_prev_cache.strides[1],
                         sizeof(floating), "h_prev_cache")
+    _check_mask(mask, lengths.shape[0], H)
     return _run_forward(x, lengths, w_ih, w_hh, w_hh_t, bias, h, c, out, offset, reverse,
                         xbuf, gbuf, &gates[0, 0], &c_cache[0, 0], &h_prev_cache[0, 0],
-                        hp_ld, False, out_batch_first, bf_rows, threads, no_cache, work)
+                        hp_ld, False, out_batch_first, bf_rows, threads, no_cache, work,
+                        &mask[0, 0] if mask is not None else NULL)
 
 
 def forward_infer(const floating[:, :] x,

@@ -61,6 +61,7 @@ cdef struct _Loop:
     void* c_cache
     void* h_prev
     Py_ssize_t hp_ld          # row stride of h_prev
+    const void* mask          # (B, H) recurrent-dropout mask on h_{t-1} (NULL: none)
 
 
 cdef struct _ForwardLoop:
@@ -97,6 +98,22 @@ cdef struct _BackwardLoop:
     void* db
     void* dw_tmp              # (4H, I + H), for [dW_ih | dW_hh] in one GEMM (see backward)
     Py_ssize_t n_rows         # valid steps, N
+
+
+cdef int _check_mask(const floating[:, ::1] mask, Py_ssize_t B, int H) except -1:
+    """ValueError unless a recurrent-dropout mask is None or (B, H)."""
+    if mask is not None and (mask.shape[0] != B or mask.shape[1] != H):
+        raise ValueError(f"mask has shape ({mask.shape[0]}, {mask.shape[1]}); "
+                         f"({B}, {H}) needed")
+    return 0
+
+
+cdef inline void _mask_row(floating* v, const floating* m, int n) noexcept nogil:
+    """``v[:n] *= m[:n]``: a row of h_{t-1} (or of its gradient) through the
+    recurrent-dropout mask."""
+    cdef int j
+    for j in range(n):
+        v[j] *= m[j]
 
 
 cdef inline void _gather_row(const floating* x, const _ForwardLoop* a, floating* dst, int b,
