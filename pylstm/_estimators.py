@@ -199,6 +199,15 @@ _CLASS_WEIGHT_DOC = """    class_weight : dict, 'balanced' or None, default=None
         need not represent the whole data; pass a dict instead.
 """
 
+_RECURRENT_DROPOUT_DOC = """    recurrent_dropout : float in [0, 1), default=0.0
+        Variational dropout on the recurrent state (Keras'
+        ``recurrent_dropout``, Gal & Ghahramani 2016): in training, each
+        sequence, layer and direction draws one mask over the units of
+        h_{t-1} where it enters the recurrent product, the same at every
+        step, redrawn each batch; off in prediction. ``dropout`` acts
+        between layers instead, on each layer's outputs at every step.
+"""
+
 
 class _BaseLSTMEstimator(BaseEstimator):
     """Shared training loop of LSTMClassifier and LSTMRegressor."""
@@ -209,7 +218,7 @@ class _BaseLSTMEstimator(BaseEstimator):
                  clip_norm=5.0, clip_value=None, shuffle=True, early_stopping=False,
                  validation_fraction=0.1, n_iter_no_change=10, tol=1e-4,
                  warm_start=False, random_state=None, verbose=0, dtype="float32",
-                 return_sequences=False, n_features=None):
+                 return_sequences=False, n_features=None, recurrent_dropout=0.0):
         self.hidden_size = hidden_size
         self.num_layers = num_layers
         self.bidirectional = bidirectional
@@ -234,6 +243,7 @@ class _BaseLSTMEstimator(BaseEstimator):
         self.dtype = dtype
         self.return_sequences = return_sequences
         self.n_features = n_features
+        self.recurrent_dropout = recurrent_dropout
 
     def __sklearn_tags__(self):
         tags = super().__sklearn_tags__()
@@ -264,6 +274,7 @@ class _BaseLSTMEstimator(BaseEstimator):
         for name in ("hidden_size", "num_layers", "batch_size", "max_iter", "n_iter_no_change"):
             integer(name, 1)
         real("dropout", 0, 1, high_open=True)
+        real("recurrent_dropout", 0, 1, high_open=True)
         real("learning_rate_init", 0, np.inf, low_open=True, high_open=True)
         real("momentum", 0, 1)
         real("alpha", 0, np.inf, high_open=True)
@@ -394,7 +405,8 @@ class _BaseLSTMEstimator(BaseEstimator):
     def _initialize(self, n_outputs, rng):
         self.network_ = SequenceNetwork(
             self._n_step_features, n_outputs, self.hidden_size, self.num_layers,
-            self.bidirectional, self.dropout, self.return_sequences, self._dtype, rng)
+            self.bidirectional, self.dropout, self.return_sequences, self._dtype, rng,
+            recurrent_dropout=self.recurrent_dropout)
         self._optimizer = make_optimizer(
             self.solver, self.network_.parameters(), self.learning_rate_init,
             momentum=self.momentum, nesterovs_momentum=self.nesterovs_momentum)
@@ -853,7 +865,7 @@ class LSTMClassifier(ClassifierMixin, _BaseLSTMEstimator):
     kernels.
 """ + _INPUT_DOC + """
     Parameters
-    ----------""" + _SHARED_PARAMS_DOC + _CLASS_WEIGHT_DOC + """
+    ----------""" + _SHARED_PARAMS_DOC + _CLASS_WEIGHT_DOC + _RECURRENT_DROPOUT_DOC + """
     Attributes
     ----------
     classes_ : ndarray of shape (n_classes,)
@@ -901,7 +913,8 @@ class LSTMClassifier(ClassifierMixin, _BaseLSTMEstimator):
                  clip_norm=5.0, clip_value=None, shuffle=True, early_stopping=False,
                  validation_fraction=0.1, n_iter_no_change=10, tol=1e-4,
                  warm_start=False, random_state=None, verbose=0, dtype="float32",
-                 return_sequences=False, n_features=None, class_weight=None):
+                 return_sequences=False, n_features=None, class_weight=None,
+                 recurrent_dropout=0.0):
         super().__init__(
             hidden_size=hidden_size, num_layers=num_layers, bidirectional=bidirectional,
             dropout=dropout, solver=solver, learning_rate_init=learning_rate_init,
@@ -910,7 +923,8 @@ class LSTMClassifier(ClassifierMixin, _BaseLSTMEstimator):
             clip_value=clip_value, shuffle=shuffle, early_stopping=early_stopping,
             validation_fraction=validation_fraction, n_iter_no_change=n_iter_no_change,
             tol=tol, warm_start=warm_start, random_state=random_state, verbose=verbose,
-            dtype=dtype, return_sequences=return_sequences, n_features=n_features)
+            dtype=dtype, return_sequences=return_sequences, n_features=n_features,
+            recurrent_dropout=recurrent_dropout)
         self.class_weight = class_weight
 
     def __sklearn_tags__(self):
@@ -1154,7 +1168,7 @@ class LSTMRegressor(RegressorMixin, _BaseLSTMEstimator):
     ``return_sequences``.
 """ + _INPUT_DOC + """
     Parameters
-    ----------""" + _SHARED_PARAMS_DOC + """
+    ----------""" + _SHARED_PARAMS_DOC + _RECURRENT_DROPOUT_DOC + """
     Attributes
     ----------
     n_features_in_ : int

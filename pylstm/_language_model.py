@@ -80,6 +80,13 @@ class LSTMLanguageModel(BaseEstimator):
         1 prints a progress line per epoch with the validation perplexity.
     dtype : {'float32', 'float64'}, default='float32'
         Precision.
+    recurrent_dropout : float in [0, 1), default=0.0
+        Variational dropout on the recurrent state (Keras'
+        ``recurrent_dropout``): in training, each stream and layer draws one
+        mask over the units of h_{t-1} where it enters the recurrent
+        product, the same at every step of a window, redrawn each batch; the
+        state carried to the next window is unmasked. Off in evaluation and
+        generation. ``dropout`` acts between layers instead.
 
     Attributes
     ----------
@@ -108,7 +115,7 @@ class LSTMLanguageModel(BaseEstimator):
                  dropout=0.0, seq_len=64, batch_size=32, max_iter=10, solver="adam",
                  learning_rate_init=0.003, clip_norm=5.0, min_frequency=1, lowercase=False,
                  validation_fraction=0.0, early_stopping=False, n_iter_no_change=3,
-                 random_state=None, verbose=0, dtype="float32"):
+                 random_state=None, verbose=0, dtype="float32", recurrent_dropout=0.0):
         self.level = level
         self.embedding_dim = embedding_dim
         self.hidden_size = hidden_size
@@ -128,6 +135,7 @@ class LSTMLanguageModel(BaseEstimator):
         self.random_state = random_state
         self.verbose = verbose
         self.dtype = dtype
+        self.recurrent_dropout = recurrent_dropout
 
     # ------------------------------------------------------------------ text
     def _check_params(self):
@@ -138,7 +146,8 @@ class LSTMLanguageModel(BaseEstimator):
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, numbers.Integral) or v < 1:
                 raise ValueError(f"{name} must be an integer >= 1, got {v!r}")
-        for name, low, high in (("dropout", 0, 1), ("validation_fraction", 0, 1)):
+        for name, low, high in (("dropout", 0, 1), ("validation_fraction", 0, 1),
+                                ("recurrent_dropout", 0, 1)):
             v = getattr(self, name)
             if not isinstance(v, numbers.Real) or not low <= v < high:
                 raise ValueError(f"{name} must be in [{low}, {high}), got {v!r}")
@@ -244,7 +253,8 @@ class LSTMLanguageModel(BaseEstimator):
         rng = check_random_state(self.random_state)
         self._dtype = dtype
         self.network_ = LanguageNetwork(len(vocab), self.embedding_dim, self.hidden_size,
-                                        self.num_layers, self.dropout, dtype, rng)
+                                        self.num_layers, self.dropout, dtype, rng,
+                                        recurrent_dropout=self.recurrent_dropout)
         self._optimizer = make_optimizer(self.solver, self.network_.parameters(),
                                          self.learning_rate_init)
         self._seed = int(rng.randint(np.iinfo(np.int32).max))

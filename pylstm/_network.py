@@ -96,6 +96,9 @@ class SequenceNetwork:
         float32 or float64.
     rng : numpy.random.RandomState
         Source of the initial weights.
+    recurrent_dropout : float, default=0.0
+        As in the estimators: the layers' masks come from the ``rng`` of
+        each training :meth:`forward`.
 
     Examples
     --------
@@ -108,7 +111,7 @@ class SequenceNetwork:
     """
 
     def __init__(self, n_inputs, n_outputs, hidden_size, num_layers, bidirectional,
-                 dropout, return_sequences, dtype, rng):
+                 dropout, return_sequences, dtype, rng, recurrent_dropout=0.0):
         self.dtype = np.dtype(dtype)
         self.dropout = float(dropout)
         self.return_sequences = bool(return_sequences)
@@ -116,7 +119,7 @@ class SequenceNetwork:
         in_size = n_inputs
         for _ in range(num_layers):
             layer = LSTM(in_size, hidden_size, 1, bidirectional, self.dtype,
-                         random_state=rng)
+                         random_state=rng, recurrent_dropout=recurrent_dropout)
             self.layers.append(layer)
             in_size = hidden_size * layer.num_directions
         bound = np.sqrt(6.0 / (in_size + n_outputs))
@@ -162,7 +165,7 @@ class SequenceNetwork:
         h = X
         top = len(self.layers) - 1
         for k, layer in enumerate(self.layers):
-            out, (h_n, _) = layer.forward(h, lengths=lengths, training=training)
+            out, (h_n, _) = layer.forward(h, lengths=lengths, training=training, rng=rng)
             if k < top:
                 if training and self.dropout > 0:
                     keep = 1.0 - self.dropout
@@ -264,6 +267,9 @@ class LanguageNetwork:
         float32 or float64.
     rng : numpy.random.RandomState
         Source of the initial weights.
+    recurrent_dropout : float, default=0.0
+        As in :class:`~pylstm.LSTMLanguageModel`: the layers' masks come from
+        the ``rng`` of each training :meth:`forward`.
 
     Examples
     --------
@@ -276,7 +282,7 @@ class LanguageNetwork:
     """
 
     def __init__(self, vocab_size, embedding_dim, hidden_size, num_layers, dropout, dtype,
-                 rng):
+                 rng, recurrent_dropout=0.0):
         self.dtype = np.dtype(dtype)
         self.dropout = float(dropout)
         # PyTorch's default initialisation of nn.Embedding, nn.LSTM and
@@ -288,7 +294,7 @@ class LanguageNetwork:
         in_size = embedding_dim
         for _ in range(num_layers):
             self.layers.append(LSTM(in_size, hidden_size, 1, False, self.dtype,
-                                    random_state=rng))
+                                    random_state=rng, recurrent_dropout=recurrent_dropout))
             in_size = hidden_size
         bound = 1.0 / np.sqrt(hidden_size)
         self.coef = rng.uniform(-bound, bound, size=(hidden_size, vocab_size)).astype(self.dtype)
@@ -346,7 +352,7 @@ class LanguageNetwork:
         top = len(self.layers) - 1
         for k, layer in enumerate(self.layers):
             h0, c0 = (None, None) if state is None else state[k]
-            out, (h_n, c_n) = layer.forward(h, h0=h0, c0=c0, training=training)
+            out, (h_n, c_n) = layer.forward(h, h0=h0, c0=c0, training=training, rng=rng)
             new_state.append((h_n, c_n))
             if k < top and training and self.dropout > 0:
                 keep = 1.0 - self.dropout
