@@ -405,8 +405,7 @@ class _BaseLSTMEstimator(BaseEstimator):
     def _initialize(self, n_outputs, rng):
         self.network_ = SequenceNetwork(
             self._n_step_features, n_outputs, self.hidden_size, self.num_layers,
-            self.bidirectional, self.dropout, self.return_sequences, self._dtype, rng,
-            recurrent_dropout=self.recurrent_dropout)
+            self.bidirectional, self.dropout, self.return_sequences, self._dtype, rng)
         self._optimizer = make_optimizer(
             self.solver, self.network_.parameters(), self.learning_rate_init,
             momentum=self.momentum, nesterovs_momentum=self.nesterovs_momentum)
@@ -494,6 +493,10 @@ class _BaseLSTMEstimator(BaseEstimator):
             )
         # Re-bind after unpickling by joblib, which copies arrays separately.
         self._optimizer.params = self.network_.parameters()
+        # The layers draw their masks in training; a continued fit takes the
+        # value set now (set_params, a loaded model).
+        for layer in self.network_.layers:
+            layer.recurrent_dropout = float(self.recurrent_dropout)
 
         X_val = len_val = Y_val = W_val = None
         if self.early_stopping and not incremental:

@@ -253,8 +253,7 @@ class LSTMLanguageModel(BaseEstimator):
         rng = check_random_state(self.random_state)
         self._dtype = dtype
         self.network_ = LanguageNetwork(len(vocab), self.embedding_dim, self.hidden_size,
-                                        self.num_layers, self.dropout, dtype, rng,
-                                        recurrent_dropout=self.recurrent_dropout)
+                                        self.num_layers, self.dropout, dtype, rng)
         self._optimizer = make_optimizer(self.solver, self.network_.parameters(),
                                          self.learning_rate_init)
         self._seed = int(rng.randint(np.iinfo(np.int32).max))
@@ -298,6 +297,10 @@ class LSTMLanguageModel(BaseEstimator):
             )
         val_streams = [np.concatenate([[1], self._encode(t)]) for t in val if t]
         self._optimizer.params = self.network_.parameters()
+        # The layers draw their masks in training; a continued fit takes the
+        # value set now (set_params, a loaded model).
+        for layer in self.network_.layers:
+            layer.recurrent_dropout = float(self.recurrent_dropout)
         if incremental and fitted:  # a changed solver or learning rate applies
             self._optimizer = reconfigure_optimizer(self._optimizer, self.solver,
                                                     self.network_.parameters(),

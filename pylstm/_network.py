@@ -96,9 +96,6 @@ class SequenceNetwork:
         float32 or float64.
     rng : numpy.random.RandomState
         Source of the initial weights.
-    recurrent_dropout : float, default=0.0
-        As in the estimators: the layers' masks come from the ``rng`` of
-        each training :meth:`forward`.
 
     Examples
     --------
@@ -111,7 +108,7 @@ class SequenceNetwork:
     """
 
     def __init__(self, n_inputs, n_outputs, hidden_size, num_layers, bidirectional,
-                 dropout, return_sequences, dtype, rng, recurrent_dropout=0.0):
+                 dropout, return_sequences, dtype, rng):
         self.dtype = np.dtype(dtype)
         self.dropout = float(dropout)
         self.return_sequences = bool(return_sequences)
@@ -119,7 +116,7 @@ class SequenceNetwork:
         in_size = n_inputs
         for _ in range(num_layers):
             layer = LSTM(in_size, hidden_size, 1, bidirectional, self.dtype,
-                         random_state=rng, recurrent_dropout=recurrent_dropout)
+                         random_state=rng)
             self.layers.append(layer)
             in_size = hidden_size * layer.num_directions
         bound = np.sqrt(6.0 / (in_size + n_outputs))
@@ -267,9 +264,6 @@ class LanguageNetwork:
         float32 or float64.
     rng : numpy.random.RandomState
         Source of the initial weights.
-    recurrent_dropout : float, default=0.0
-        As in :class:`~pylstm.LSTMLanguageModel`: the layers' masks come from
-        the ``rng`` of each training :meth:`forward`.
 
     Examples
     --------
@@ -282,7 +276,7 @@ class LanguageNetwork:
     """
 
     def __init__(self, vocab_size, embedding_dim, hidden_size, num_layers, dropout, dtype,
-                 rng, recurrent_dropout=0.0):
+                 rng):
         self.dtype = np.dtype(dtype)
         self.dropout = float(dropout)
         # PyTorch's default initialisation of nn.Embedding, nn.LSTM and
@@ -294,7 +288,7 @@ class LanguageNetwork:
         in_size = embedding_dim
         for _ in range(num_layers):
             self.layers.append(LSTM(in_size, hidden_size, 1, False, self.dtype,
-                                    random_state=rng, recurrent_dropout=recurrent_dropout))
+                                    random_state=rng))
             in_size = hidden_size
         bound = 1.0 / np.sqrt(hidden_size)
         self.coef = rng.uniform(-bound, bound, size=(hidden_size, vocab_size)).astype(self.dtype)

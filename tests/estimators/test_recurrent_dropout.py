@@ -65,3 +65,15 @@ def test_language_model_trains_with_recurrent_dropout():
     assert a.loss_curve_ != c.loss_curve_
     assert np.isfinite(a.loss_curve_).all()
     assert a.perplexity(text[:200]) == a.perplexity(text[:200])
+
+
+def test_continued_fit_takes_the_value_set_now():
+    X, y, _ = _data(2)
+    est = LSTMRegressor(hidden_size=4, max_iter=1, random_state=0).fit(X, y)
+    assert est.network_.layers[0].recurrent_dropout == 0.0
+    est.set_params(recurrent_dropout=0.4).partial_fit(X, y)
+    assert est.network_.layers[0].recurrent_dropout == 0.4
+    lm = LSTMLanguageModel(hidden_size=8, seq_len=8, max_iter=1, random_state=0)
+    lm.fit("abcabcabc" * 10)
+    lm.set_params(recurrent_dropout=0.3).partial_fit("abcabcabc" * 10)
+    assert lm.network_.layers[0].recurrent_dropout == 0.3
