@@ -169,6 +169,7 @@ class LSTMStream:
 
     @property
     def n_steps_seen(self):
+        """Steps of each sequence read since the stream was made or last reset."""
         return self._carry[1]
 
     def reset(self):
