@@ -128,11 +128,14 @@ class LSTMStream:
     """
 
     def __init__(self, estimator, n_streams=1):
+        if getattr(type(estimator), "stream", None) is None:
+            raise TypeError(f"estimator must be an LSTMClassifier or LSTMRegressor, got "
+                            f"{type(estimator).__name__}")
         check_is_fitted(estimator, "network_")
         network = estimator.network_
         if not isinstance(network, SequenceNetwork):
             raise TypeError(f"estimator must be a fitted LSTMClassifier or LSTMRegressor, "
-                            f"got {type(estimator).__name__}")
+                            f"got a network_ of type {type(network).__name__}")
         if network.layers[0].bidirectional:
             raise ValueError(
                 f"stream() needs a unidirectional model, but this {type(estimator).__name__} "
@@ -283,6 +286,12 @@ class LSTMStream:
         and whether it came without the stream axis."""
         check_numeric(X, "X")
         arr = np.asarray(X)
+        if arr.dtype.kind == "O":  # numbers in an object array, as the estimators take
+            try:
+                arr = arr.astype(self._dtype)
+            except (TypeError, ValueError):
+                raise ValueError("X must hold real numbers, got an object array holding "
+                                 "other values") from None
         if arr.dtype.kind not in "biuf":
             raise ValueError(f"X must hold real numbers, got an array of dtype {arr.dtype}")
         S, F = self.n_streams, self._n_features

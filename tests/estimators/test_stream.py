@@ -289,6 +289,27 @@ def test_unfitted_estimator_raises_not_fitted(Est):
         LSTMStream(Est())
 
 
+def test_other_estimators_are_refused():
+    from sklearn.linear_model import LinearRegression
+
+    linear = LinearRegression().fit(np.zeros((4, 3)), np.arange(4))
+    with pytest.raises(TypeError, match="must be an LSTMClassifier or LSTMRegressor, got "
+                                        "LinearRegression"):
+        LSTMStream(linear)
+
+
+def test_object_and_list_chunks_of_numbers_are_read():
+    clf = _fitted("classifier", "float64")
+    x = np.random.default_rng(12).normal(size=(4, F))
+    expected = clf.stream().predict_proba(x)
+    np.testing.assert_array_equal(clf.stream().predict_proba(x.astype(object)), expected)
+    np.testing.assert_array_equal(clf.stream().predict_proba(x.tolist()), expected)
+    with pytest.raises(ValueError, match="X must hold real numbers"):
+        clf.stream().predict(np.array([[1.0, object(), 2.0]], dtype=object))
+    with pytest.raises(ValueError, match="X contains NaN"):  # None reads as NaN
+        clf.stream().predict(np.array([[1.0, None, 2.0]], dtype=object))
+
+
 @pytest.mark.parametrize("n_streams, error", [(0, ValueError), (-2, ValueError),
                                               (1.5, TypeError), (True, TypeError),
                                               ("2", TypeError), (None, TypeError)])
