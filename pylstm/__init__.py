@@ -67,6 +67,7 @@ if _installed_package_for_checkout() is None:
     from ._language_model import LSTMLanguageModel
     from ._layer import LSTM
     from ._onnx import export_onnx
+    from ._stream import LSTMStream
     from ._version import __version__
 
     __all__ = [
@@ -74,6 +75,7 @@ if _installed_package_for_checkout() is None:
         "LSTMClassifier",
         "LSTMLanguageModel",
         "LSTMRegressor",
+        "LSTMStream",
         "ModelFileError",
         "datasets",
         "export_onnx",

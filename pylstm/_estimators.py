@@ -36,6 +36,7 @@ from ._optim import (
 )
 from ._progress import EpochProgress
 from ._sequences import as_sequence_array, check_sequence_list, is_ragged, pad_sequences
+from ._stream import LSTMStream
 from ._threads import inference, model_use, run_to_completion
 from ._validation import check_dtype, check_numeric
 
@@ -859,6 +860,51 @@ class _BaseLSTMEstimator(BaseEstimator):
         check_is_fitted(self, "network_")
         Xp, lengths = self._validate_X(X, reset=False)
         return self._forward_padded(Xp, lengths, sequences="features")
+
+    def stream(self, n_streams=1):
+        """Predict while sequences arrive: a stream that reads them a chunk of steps at a time.
+
+        ``stream.predict(chunk)`` (and, for the classifier,
+        ``stream.predict_proba(chunk)``) reads the next steps of each
+        sequence and returns, for each of those steps, what :meth:`predict`
+        returns for the sequence read so far; the LSTM state is kept between
+        calls, and ``stream.reset()`` starts over. See
+        :class:`~pylstm.LSTMStream` for the shapes, and
+        :ref:`streaming` in the user guide.
+
+        Parameters
+        ----------
+        n_streams : int, default=1
+            Number of sequences read side by side, each with its own state.
+
+        Returns
+        -------
+        stream : LSTMStream
+            A new stream, at the start of its sequences.
+
+        Raises
+        ------
+        sklearn.exceptions.NotFittedError
+            If the estimator is not fitted.
+        ValueError
+            If the model is bidirectional (its reverse direction reads each
+            sequence from the end: nothing can be carried forward), or
+            ``n_streams < 1``.
+
+        Examples
+        --------
+        >>> import numpy as np
+        >>> from pylstm import LSTMRegressor
+        >>> X = np.random.default_rng(0).normal(size=(50, 8, 2))
+        >>> reg = LSTMRegressor(hidden_size=8, max_iter=2, random_state=0)
+        >>> reg = reg.fit(X, X[:, :, 0].mean(axis=1))
+        >>> stream = reg.stream()
+        >>> per_step = stream.predict(X[0])   # after steps 1, 2, ..., 8 of X[0]
+        >>> bool(np.allclose(per_step[-1], reg.predict(X[:1])[0], atol=1e-5))
+        True
+        """
+        with model_use(self, "stream"):
+            return LSTMStream(self, n_streams=n_streams)
 
 
 class LSTMClassifier(ClassifierMixin, _BaseLSTMEstimator):

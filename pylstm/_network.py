@@ -215,6 +215,52 @@ class SequenceNetwork:
         return feats @ self.coef + self.intercept
 
     @model_call
+    def forward_from(self, X, state):
+        """Output at every step of X (B, T, n_outputs), read on from ``state``; the new state.
+
+        Inference of a unidirectional stack (streaming, :mod:`pylstm._stream`):
+        one kernel call per layer for all T steps (:meth:`LSTM.forward
+        <pylstm.LSTM.forward>`, or :meth:`LSTM.step <pylstm.LSTM.step>` for
+        one step of one sequence), started from ``state``
+        (None: zeros, or a list of (h, c) pairs, one per layer, each of shape
+        (1, B, hidden_size)), and the head on every step's top-layer output in
+        one matrix product. Step ``t``'s output is what :meth:`forward` gives
+        for the sequence read up to ``t``. The input ``state`` is not modified.
+
+        Examples
+        --------
+        >>> import numpy as np
+        >>> from pylstm._network import SequenceNetwork
+        >>> net = SequenceNetwork(2, 3, 4, 2, False, 0.0, False, np.float64,
+        ...                       np.random.RandomState(0))
+        >>> X = np.random.RandomState(1).normal(size=(5, 6, 2))
+        >>> head, state = net.forward_from(X[:, :4], None)
+        >>> tail, state = net.forward_from(X[:, 4:], state)
+        >>> bool(np.allclose(tail[:, -1], net.forward(X, np.full(5, 6))))
+        True
+        """
+        if self.layers[0].bidirectional:
+            raise ValueError("forward_from() needs a unidirectional stack")
+        B, T = X.shape[:2]
+        # One step of one sequence (a signal read sample by sample) takes the
+        # layers' one-step path: the same kernel call, bit for bit, without
+        # the sorting and work-array bookkeeping of forward, which at one step
+        # cost more than the step itself. More rows would make it copy W_hh.
+        one_step = B == 1 and T == 1
+        h = X[:, 0] if one_step else X
+        new_state = []
+        for k, layer in enumerate(self.layers):
+            h0, c0 = (None, None) if state is None else state[k]
+            if one_step:
+                h, (h_n, c_n) = layer.step(h, h0, c0)
+            else:
+                h, (h_n, c_n) = layer.forward(h, h0=h0, c0=c0, training=False)
+            new_state.append((h_n, c_n))
+        width = h.shape[-1]
+        out = h.reshape(B * T, width) @ self.coef + self.intercept
+        return out.reshape(B, T, -1), new_state
+
+    @model_call
     def backward(self, d_output):
         """Gradients (aligned with :meth:`parameters`) for the last training forward."""
         cache, self._cache = self._cache, None

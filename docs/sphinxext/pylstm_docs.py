@@ -31,6 +31,7 @@ class GalleryOrder:
     ORDER = (
         "plot_digits.py",
         "plot_forecasting.py",
+        "plot_streaming_sensor.py",
         "plot_adding_problem.py",
         "plot_gates.py",
         "plot_text_generation.py",

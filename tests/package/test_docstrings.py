@@ -33,6 +33,7 @@ MODULES = [
     "pylstm._optim",
     "pylstm._validation",
     "pylstm._sequences",
+    "pylstm._stream",
     "pylstm._progress",
     "pylstm._threads",
     "pylstm.datasets",
