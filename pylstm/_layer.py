@@ -111,15 +111,16 @@ def _grad_arrays(work, gates, n_in):
             work[b:b + gates])
 
 
-def _param_names(num_layers, bidirectional):
-    """Names of the parameters in PyTorch's order, as (layer, direction, names)."""
+def _param_names(num_layers, bidirectional, projected=False):
+    """Names of the parameters in PyTorch's order, as (layer, direction, names);
+    ``weight_hr`` last in each group when ``projected``."""
+    kinds = ("weight_ih", "weight_hh", "bias_ih", "bias_hh") + (
+        ("weight_hr",) if projected else ())
     out = []
     for layer in range(num_layers):
         for direction in range(2 if bidirectional else 1):
             sfx = f"_l{layer}" + ("_reverse" if direction else "")
-            out.append((layer, direction, tuple(
-                f"{kind}{sfx}" for kind in ("weight_ih", "weight_hh", "bias_ih", "bias_hh")
-            )))
+            out.append((layer, direction, tuple(f"{kind}{sfx}" for kind in kinds)))
     return out
 
 
@@ -156,6 +157,13 @@ class LSTM:
         Start with a total forget-gate bias of 1 (``bias_ih`` forget block set
         to 1, ``bias_hh`` forget block to 0), which helps long-range memory
         early in training (Jozefowicz et al., 2015).
+    proj_size : int, default=0
+        With ``proj_size > 0``, an LSTM with projections (Sak, Senior &
+        Beaufays, 2014), as ``torch.nn.LSTM(proj_size=...)``: h_t =
+        W_hr (o_t * tanh(c_t)) has ``proj_size`` units (fewer than
+        ``hidden_size``), and so have the outputs, ``h0`` and ``h_n``;
+        ``weight_hh_l{k}`` is (4H, proj_size) and each layer and direction
+        has a ``weight_hr_l{k}`` (proj_size, H). ``c`` keeps ``hidden_size``.
     recurrent_dropout : float in [0, 1), default=0.0
         Variational recurrent dropout (Gal & Ghahramani, 2016), Keras'
         ``LSTM(recurrent_dropout=...)``: in a training :meth:`forward`, each
@@ -186,7 +194,7 @@ class LSTM:
 
     def __init__(self, input_size, hidden_size, num_layers=1, bidirectional=False,
                  dtype=np.float32, random_state=None, unit_forget_bias=False,
-                 recurrent_dropout=0.0):
+                 recurrent_dropout=0.0, proj_size=0):
         self.input_size = check_positive_int(input_size, "input_size")
         self.hidden_size = check_positive_int(hidden_size, "hidden_size")
         if 4 * self.hidden_size > BLAS_INT_MAX:
@@ -196,16 +204,21 @@ class LSTM:
         self.dtype = check_dtype(dtype)
         self.unit_forget_bias = bool(unit_forget_bias)
         self.recurrent_dropout = check_dropout(recurrent_dropout, "recurrent_dropout")
+        self.proj_size = check_positive_int(proj_size, "proj_size", minimum=0)
+        if self.proj_size >= self.hidden_size:
+            raise ValueError(f"proj_size must be smaller than hidden_size "
+                             f"({self.hidden_size}), got {self.proj_size}")
         self._cache = None
         self._workspace = Workspace()
         rng = check_random_state(random_state)
-        H = self.hidden_size
+        H, P = self.hidden_size, self.proj_size
         bound = 1.0 / np.sqrt(H)
         self._params = {}
-        for layer, _, names in _param_names(self.num_layers, self.bidirectional):
-            in_size = self.input_size if layer == 0 else H * self.num_directions
-            shapes = ((4 * H, in_size), (4 * H, H), (4 * H,), (4 * H,))
-            for name, shape in zip(names, shapes, strict=True):
+        for layer, _, names in _param_names(self.num_layers, self.bidirectional, P > 0):
+            in_size = self.input_size if layer == 0 else self.output_size * self.num_directions
+            shapes = ((4 * H, in_size), (4 * H, self.output_size), (4 * H,), (4 * H,),
+                      (P, H))
+            for name, shape in zip(names, shapes[:len(names)], strict=True):
                 self._params[name] = rng.uniform(-bound, bound, size=shape).astype(self.dtype)
             if self.unit_forget_bias:
                 self._params[names[2]][H:2 * H] = 1.0
@@ -214,7 +227,9 @@ class LSTM:
         self._dropout_rng = rng
 
     def __setstate__(self, state):
-        state.setdefault("recurrent_dropout", 0.0)  # saved before it existed
+        # Pickled before these existed.
+        state.setdefault("proj_size", 0)
+        state.setdefault("recurrent_dropout", 0.0)
         state.setdefault("_dropout_rng", np.random.RandomState())
         self.__dict__.update(state)
         self._workspace = Workspace()
@@ -258,6 +273,11 @@ class LSTM:
     def num_directions(self):
         return 2 if self.bidirectional else 1
 
+    @property
+    def output_size(self):
+        """Units of h per direction: ``proj_size`` if it is set, else ``hidden_size``."""
+        return self.proj_size or self.hidden_size
+
     # ------------------------------------------------------------------ parameters
     def state_dict(self):
         """Return copies of the parameters under PyTorch's names.
@@ -266,8 +286,10 @@ class LSTM:
         -------
         dict of str to ndarray
             ``weight_ih_l{k}`` (4H, in), ``weight_hh_l{k}`` (4H, H),
-            ``bias_ih_l{k}`` and ``bias_hh_l{k}`` (4H,), with ``_reverse``
-            suffixes for the backward direction; gate order (i, f, g, o).
+            ``bias_ih_l{k}`` and ``bias_hh_l{k}`` (4H,), and with projections
+            ``weight_hr_l{k}`` (proj_size, H) (``weight_hh_l{k}`` is then
+            (4H, proj_size)), with ``_reverse`` suffixes for the backward
+            direction; gate order (i, f, g, o).
 
         Examples
         --------
@@ -337,7 +359,10 @@ class LSTM:
 
     # ------------------------------------------------------------------ forward
     def _check_state(self, state, name, batch):
-        shape = (self.num_layers * self.num_directions, batch, self.hidden_size)
+        """``state`` (h or c, or their gradients: named for ``name``'s first
+        letter) as a checked array of the layer's dtype; zeros for None."""
+        width = self.output_size if name in ("h0", "h", "d_h_n") else self.hidden_size
+        shape = (self.num_layers * self.num_directions, batch, width)
         if state is None:
             return np.zeros(shape, dtype=self.dtype)
         arr = np.asarray(state)
@@ -361,7 +386,7 @@ class LSTM:
             rng = self._dropout_rng
         elif not isinstance(rng, np.random.Generator):
             rng = check_random_state(rng)
-        shape = (self.num_layers * self.num_directions, batch, self.hidden_size)
+        shape = (self.num_layers * self.num_directions, batch, self.output_size)
         keep = rng.random(shape) >= p
         return keep.astype(self.dtype) * self.dtype.type(1.0 / (1.0 - p))
 
@@ -421,7 +446,7 @@ class LSTM:
             raise ValueError(f"X has {I} features per step, but input_size is {self.input_size}")
         if B == 0 or T == 0:
             raise ValueError(f"X must have at least one sequence and one step, got shape {X.shape}")
-        D, H = self.num_directions, self.hidden_size
+        D, H = self.num_directions, self.output_size
         # Zero initial states stay None: the kernels' state arrays are zeroed.
         h0 = None if h0 is None else self._check_state(h0, "h0", B)
         c0 = None if c0 is None else self._check_state(c0, "c0", B)
@@ -439,9 +464,14 @@ class LSTM:
         # Every step of every row valid and no reordering: plain copies suffice.
         dense = bool(lens_sorted[-1] == T)
         h_n = np.empty((self.num_layers * D, B, H), dtype=self.dtype)
-        c_n = np.empty_like(h_n)
+        c_n = np.empty((self.num_layers * D, B, self.hidden_size), dtype=self.dtype)
         # Steps past a length are never read, NaN or not, and cost nothing.
         rows = None if dense else _packed_rows(lens_sorted, order, T)
+        if self.proj_size:
+            _check_steps_finite(X, rows, "X")
+            result = self._forward_projected(X, lens_sorted, order, h0, c0, h_n, c_n,
+                                             training, masks)
+            return result, (h_n, c_n)
         if not (training and dense):  # else checked by the copy below
             _check_steps_finite(X, rows, "X")
         # The last layer writes the batch-first result in place, and inference
@@ -592,6 +622,91 @@ class LSTM:
             else:
                 layer_in = out
         return caches
+
+    def _forward_projected(self, X, lens_sorted, order, h0, c0, h_n, c_n, training, masks):
+        """:meth:`forward` of a layer with projections (``_lstm.forward_projected``).
+
+        Every layer reads and writes per-step arrays in the packed layout
+        (:func:`_packed_rows`), made here: the input's valid steps, one
+        (N, D * P) output per layer, and in training the caches of
+        :meth:`_backward_projected`. Returns the batch-first result.
+        """
+        B, T, I = X.shape
+        D, H, P, L = self.num_directions, self.hidden_size, self.proj_size, self.num_layers
+        dt = self.dtype
+        rows = _packed_rows(lens_sorted, order, T)
+        N = len(rows)
+        layer_in = X.reshape(B * T, I)[rows]
+        caches = []
+        for layer in range(L):
+            out = np.empty((N, D * P), dt)
+            kept = []
+            for d in range(D):
+                k = layer * D + d
+                sfx = f"_l{layer}" + ("_reverse" if d else "")
+                h = np.zeros((B, P), dt) if h0 is None else h0[k][order]
+                c = np.zeros((B, H), dt) if c0 is None else c0[k][order]
+                weights = (self._params["weight_ih" + sfx], self._params["weight_hh" + sfx],
+                           self._params["bias_ih" + sfx] + self._params["bias_hh" + sfx],
+                           self._params["weight_hr" + sfx])
+                if training:
+                    mask = None if masks is None else masks[k]
+                    caches_d = (np.empty((N, 4 * H), dt), np.empty((N, H), dt),
+                                np.empty((N, H), dt), np.empty((N, P), dt))
+                    kept.append((c.copy(), *caches_d, mask))
+                    _lstm.forward_projected(layer_in, lens_sorted, *weights, h, c, out,
+                                            d * P, bool(d), *caches_d, mask)
+                else:
+                    _lstm.forward_projected(layer_in, lens_sorted, *weights, h, c, out,
+                                            d * P, bool(d))
+                h_n[k, order] = h
+                c_n[k, order] = c
+            caches.append((layer_in, kept))
+            layer_in = out
+        result = np.zeros((B, T, D * P), dt)
+        result.reshape(B * T, D * P)[rows] = layer_in
+        if training:
+            self._cache = {"order": order, "lengths": lens_sorted, "shape": (B, T),
+                           "dense": False, "rows": rows, "projected": True,
+                           "layers": caches}
+        return result
+
+    def _backward_projected(self, cache, d_out, d_h_n, d_c_n):
+        """:meth:`backward` of a layer with projections (``_lstm.backward_projected``):
+        the parameter and initial-state gradients and the packed input gradient."""
+        B, T = cache["shape"]
+        D, H, P, L = self.num_directions, self.hidden_size, self.proj_size, self.num_layers
+        dt = self.dtype
+        order, lens, rows = cache["order"], cache["lengths"], cache["rows"]
+        grad = np.ascontiguousarray(d_out.reshape(B * T, D * P)[rows])
+        grads = {}
+        g_h0 = np.empty((L * D, B, P), dt)
+        g_c0 = np.empty((L * D, B, H), dt)
+        for layer in range(L - 1, -1, -1):
+            layer_in, kept = cache["layers"][layer]
+            d_in = np.empty(layer_in.shape, dt)
+            for d in range(D):
+                k = layer * D + d
+                sfx = f"_l{layer}" + ("_reverse" if d else "")
+                w_ih = self._params["weight_ih" + sfx]
+                c_start, gates, c_cache, m_cache, h_prev, mask = kept[d]
+                dh = np.zeros((B, P), dt) if d_h_n is None else d_h_n[k][order]
+                dc = np.zeros((B, H), dt) if d_c_n is None else d_c_n[k][order]
+                dw = (np.empty_like(w_ih), np.empty((4 * H, P), dt), np.empty(4 * H, dt),
+                      np.empty((P, H), dt))
+                _lstm.backward_projected(layer_in, lens, self._params["weight_hh" + sfx],
+                                         self._params["weight_hr" + sfx], c_start, gates,
+                                         c_cache, m_cache, h_prev, grad, d * P, bool(d),
+                                         dh, dc, *dw, mask)
+                _lstm.input_gradient(gates, w_ih, d_in, float(d > 0))
+                for name, g in zip(("weight_ih", "weight_hh", "bias_ih", "weight_hr"), dw,
+                                   strict=True):
+                    grads[name + sfx] = g
+                grads["bias_hh" + sfx] = dw[2].copy()
+                g_h0[k, order] = dh
+                g_c0[k, order] = dc
+            grad = d_in
+        return grads, g_h0, g_c0, grad
 
     @model_call
     def gate_activations(self, X, lengths=None, h0=None, c0=None):
@@ -760,7 +875,7 @@ class LSTM:
                     "used up by each backward and not kept by training=False"
                 )
             B, T = cache["shape"]
-            D, H = self.num_directions, self.hidden_size
+            D, H = self.num_directions, self.output_size
             d_out = np.asarray(d_out)
             if d_out.shape != (B, T, D * H):
                 raise ValueError(f"d_out must have shape {(B, T, D * H)}, got {d_out.shape}")
@@ -771,12 +886,16 @@ class LSTM:
             # layer reads the caller's gradient in place.
             _check_steps_finite(d_out, cache["rows"], "d_out")
             self._cache = None
-            one_thread, parallel, loop_threads = thread_plan(B, H, D, cache["blas_steps"],
-                                                             cache["work"])
-            with single_threaded_blas(one_thread):
-                grads, g_h0, g_c0, grad_out = self._backward_layers(
-                    arrays, cache, d_out.reshape(B * T, D * H), d_h_n, d_c_n, parallel,
-                    loop_threads)
+            if cache.get("projected"):
+                grads, g_h0, g_c0, grad_out = self._backward_projected(cache, d_out, d_h_n,
+                                                                       d_c_n)
+            else:
+                one_thread, parallel, loop_threads = thread_plan(
+                    B, H, D, cache["blas_steps"], cache["work"])
+                with single_threaded_blas(one_thread):
+                    grads, g_h0, g_c0, grad_out = self._backward_layers(
+                        arrays, cache, d_out.reshape(B * T, D * H), d_h_n, d_c_n, parallel,
+                        loop_threads)
             n_in = self.input_size
             if cache["dense"]:
                 dX = aligned_empty((B, T, n_in), self.dtype)
