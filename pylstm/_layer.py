@@ -403,7 +403,8 @@ class LSTM:
             Valid steps of each sequence (``1 <= lengths[b] <= T``); steps past
             a length are ignored (PyTorch's packed-sequence semantics).
         h0, c0 : array-like of shape (num_layers * D, B, hidden_size), default=None
-            Initial states (zeros when None); D = 2 when bidirectional.
+            Initial states (zeros when None); D = 2 when bidirectional. With
+            projections ``h0`` is (num_layers * D, B, proj_size).
         training : bool, default=True
             Keep the cache that :meth:`backward` needs, and apply recurrent
             dropout if the layer has it. With False, the inference kernel
@@ -416,11 +417,13 @@ class LSTM:
 
         Returns
         -------
-        out : ndarray of shape (B, T, D * hidden_size)
-            Last layer's h_t, zero past each sequence's length.
+        out : ndarray of shape (B, T, D * output_size)
+            Last layer's h_t, zero past each sequence's length
+            (:attr:`output_size` is ``proj_size`` if set, else ``hidden_size``).
         (h_n, c_n) : tuple of ndarrays of shape (num_layers * D, B, hidden_size)
             States at each sequence's last valid step (for the reverse
-            direction, after reading the sequence's first step).
+            direction, after reading the sequence's first step); ``h_n`` is
+            (num_layers * D, B, output_size).
 
         Raises
         ------
@@ -723,7 +726,8 @@ class LSTM:
             One entry per layer and direction, named like the parameters'
             suffixes (``'l0'``, ``'l0_reverse'``, ...), each a dict with the
             arrays ``'input'``, ``'forget'``, ``'cell'`` (the candidate g),
-            ``'output'``, ``'c'`` and ``'h'`` of shape (B, T, hidden_size), in
+            ``'output'`` and ``'c'`` of shape (B, T, hidden_size) and ``'h'``
+            of shape (B, T, :attr:`output_size`), in
             the input's time order and zero past each sequence's length.
 
         Examples
@@ -739,7 +743,7 @@ class LSTM:
         cache, self._cache = self._cache, None
         B, T = cache["shape"]
         order = cache["order"]
-        H = self.hidden_size
+        H = self.output_size
         result = {}
 
         rows = cache["rows"]
@@ -756,7 +760,7 @@ class LSTM:
                        else None)
             for d, (_, gates, c_cache, *_) in enumerate(layer_cache):
                 name = f"l{layer}" + ("_reverse" if d else "")
-                g = gates.reshape(-1, 4, H)
+                g = gates.reshape(-1, 4, self.hidden_size)
                 entry = {kind: batch_first(g[:, j]) for j, kind in
                          enumerate(("input", "forget", "cell", "output"))}
                 entry["c"] = batch_first(c_cache)
@@ -777,15 +781,16 @@ class LSTM:
         ----------
         x : array-like of shape (B, input_size)
             The input of this step.
-        h, c : arrays of shape (num_layers, B, hidden_size), default=None
-            The state after the previous step (zeros when None).
+        h, c : arrays of shape (num_layers, B, output_size), (num_layers, B, hidden_size)
+            The state after the previous step (zeros when None, the default).
 
         Returns
         -------
-        out : ndarray of shape (B, hidden_size)
+        out : ndarray of shape (B, output_size)
             The last layer's h_t.
-        (h, c) : tuple of ndarrays of shape (num_layers, B, hidden_size)
-            The new state (new arrays; the inputs are not modified).
+        (h, c) : tuple of ndarrays
+            The new state, shaped as ``h`` and ``c`` (new arrays; the inputs
+            are not modified).
 
         Raises
         ------
@@ -824,6 +829,14 @@ class LSTM:
             for layer in range(self.num_layers):
                 sfx = f"_l{layer}"
                 bias = self._params["bias_ih" + sfx] + self._params["bias_hh" + sfx]
+                if self.proj_size:
+                    out = np.empty((B, self.proj_size), dtype=self.dtype)
+                    _lstm.forward_projected(layer_in, lengths, self._params["weight_ih" + sfx],
+                                            self._params["weight_hh" + sfx], bias,
+                                            self._params["weight_hr" + sfx], h[layer],
+                                            c[layer], out, 0, False)
+                    layer_in = out
+                    continue
                 out = np.empty((B, H), dtype=self.dtype)
                 xbuf = np.empty(B * layer_in.shape[1], dtype=self.dtype)
                 gbuf = np.empty(B * 4 * H, dtype=self.dtype)
@@ -844,11 +857,12 @@ class LSTM:
 
         Parameters
         ----------
-        d_out : array-like of shape (B, T, D * hidden_size)
+        d_out : array-like of shape (B, T, D * output_size)
             Gradient of the loss with respect to ``out`` (entries past a
             sequence's length are ignored).
         d_h_n, d_c_n : array-like of shape (num_layers * D, B, hidden_size), default=None
-            Gradients with respect to ``h_n`` and ``c_n`` (zeros when None).
+            Gradients with respect to ``h_n`` and ``c_n`` (zeros when None);
+            ``d_h_n`` has ``h_n``'s shape.
 
         Returns
         -------

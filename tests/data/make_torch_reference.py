@@ -1,12 +1,14 @@
 """Generate the torch.nn.LSTM parity fixtures in ``tests/data/torch_ref/``.
 
-Run from anywhere with ``python tests/data/make_torch_reference.py``. This
+Run from anywhere with ``python tests/data/make_torch_reference.py [CASE ...]``
+(all cases, or the named ones). This
 script is the only place torch is used: the test suite
 (``tests/layer/test_torch_parity.py``) reads the committed ``.npz`` files and never
 imports torch.
 
 Each case builds ``torch.nn.LSTM(input_size, hidden_size, num_layers,
-bidirectional=..., batch_first=True)`` in float32 or float64 with fixed seeds,
+bidirectional=..., proj_size=..., batch_first=True)`` in float32 or float64
+with fixed seeds,
 runs it forward (through ``pack_padded_sequence(enforce_sorted=False)`` /
 ``pad_packed_sequence(total_length=T)`` when the case has lengths) and
 backward on the loss::
@@ -20,13 +22,16 @@ grad: a case without a given initial state uses zeros (and stores no ``h0``
 Keys of each ``.npz`` (all plain arrays, ``allow_pickle=False`` works):
 
 * config, 0-d arrays: ``case`` (str), ``input_size``, ``hidden_size``,
-  ``num_layers`` (int64), ``bidirectional``, ``has_lengths``, ``has_h0``
+  ``num_layers``, ``proj_size`` (int64; absent in the files of cases
+  without projections written before it, read as 0), ``bidirectional``,
+  ``has_lengths``, ``has_h0``
   (bool), ``dtype`` (str, ``"float32"``/``"float64"``), ``batch_first``;
 * inputs: ``x`` (B, T, I), ``lengths`` (B,) int64 (only if ``has_lengths``),
-  ``h0``/``c0`` (num_layers * D, B, H) (only if ``has_h0``), ``d_out``
-  (B, T, D * H), ``d_h_n``, ``d_c_n`` (num_layers * D, B, H);
+  ``h0``/``c0`` (num_layers * D, B, P or H) and (num_layers * D, B, H)
+  (only if ``has_h0``), ``d_out`` (B, T, D * P or D * H), ``d_h_n``,
+  ``d_c_n`` shaped as ``h0`` and ``c0`` (P: ``proj_size`` when > 0);
 * parameters ``param__<torch name>`` (``weight_ih_l0``, ``weight_hh_l0``,
-  ``bias_ih_l0``, ``bias_hh_l0``, ``..._reverse``, ...);
+  ``bias_ih_l0``, ``bias_hh_l0``, ``weight_hr_l0``, ``..._reverse``, ...);
 * outputs ``out`` (B, T, D * H), ``h_n``, ``c_n``;
 * gradients ``grad__<torch name>`` for every parameter, ``grad__x``,
   ``grad__h0``, ``grad__c0``.
@@ -35,6 +40,7 @@ Keys of each ``.npz`` (all plain arrays, ``allow_pickle=False`` works):
 from __future__ import annotations
 
 import pathlib
+import sys
 import zlib
 
 import numpy as np
@@ -43,7 +49,7 @@ from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
 OUT_DIR = pathlib.Path(__file__).resolve().parent / "torch_ref"
 
-# name: (B, T, I, H, num_layers, bidirectional, lengths or None, has_h0)
+# name: (B, T, I, H, num_layers, bidirectional, lengths or None, has_h0[, proj_size])
 CASES = {
     "plain_1layer": (3, 5, 4, 6, 1, False, None, False),
     "stacked_2layer": (3, 6, 5, 4, 2, False, None, False),
@@ -52,6 +58,9 @@ CASES = {
     "seq_len_1": (2, 1, 3, 4, 2, True, None, True),
     "hidden_1": (3, 6, 4, 1, 2, False, [6, 3, 4], False),
     "unsorted_lengths": (4, 7, 5, 5, 1, False, [3, 1, 6, 4], False),
+    "proj_1layer": (3, 5, 4, 6, 1, False, None, False, 3),
+    "proj_bidir_2layer_lengths_h0": (4, 7, 3, 5, 2, True, [5, 7, 2, 4], True, 2),
+    "proj_stacked_unsorted_h0": (5, 6, 2, 4, 3, False, [2, 6, 1, 6, 3], True, 1),
 }
 
 DTYPES = {"float32": torch.float32, "float64": torch.float64}
@@ -63,23 +72,26 @@ def _seed(name: str, dtype_name: str) -> int:
 
 
 def run_case(name: str, dtype_name: str) -> dict[str, np.ndarray]:
-    B, T, n_in, H, L, bidir, lengths, has_h0 = CASES[name]
+    B, T, n_in, H, L, bidir, lengths, has_h0, *proj = CASES[name]
+    P = proj[0] if proj else 0
+    R = P or H  # units of h
     D = 2 if bidir else 1
     dtype = DTYPES[dtype_name]
     seed = _seed(name, dtype_name)
 
     torch.manual_seed(seed)
-    lstm = torch.nn.LSTM(n_in, H, L, bidirectional=bidir, batch_first=True, dtype=dtype)
+    lstm = torch.nn.LSTM(n_in, H, L, bidirectional=bidir, batch_first=True, dtype=dtype,
+                         proj_size=P)
     lstm.train()
 
     # inputs drawn in float64 by numpy, then cast: independent of torch's RNG
     rng = np.random.default_rng(seed)
     np_dtype = np.dtype(dtype_name)
     x_np = rng.standard_normal((B, T, n_in)).astype(np_dtype)
-    h0_np = (0.5 * rng.standard_normal((L * D, B, H))).astype(np_dtype)
+    h0_np = (0.5 * rng.standard_normal((L * D, B, R))).astype(np_dtype)
     c0_np = (0.5 * rng.standard_normal((L * D, B, H))).astype(np_dtype)
-    d_out_np = rng.standard_normal((B, T, D * H)).astype(np_dtype)
-    d_h_n_np = rng.standard_normal((L * D, B, H)).astype(np_dtype)
+    d_out_np = rng.standard_normal((B, T, D * R)).astype(np_dtype)
+    d_h_n_np = rng.standard_normal((L * D, B, R)).astype(np_dtype)
     d_c_n_np = rng.standard_normal((L * D, B, H)).astype(np_dtype)
     if lengths is not None:
         lengths_np = np.asarray(lengths, dtype=np.int64)
@@ -105,7 +117,7 @@ def run_case(name: str, dtype_name: str) -> dict[str, np.ndarray]:
     else:
         out, (h_n, c_n) = lstm(x, (h0, c0))
 
-    assert out.shape == (B, T, D * H) and h_n.shape == (L * D, B, H)
+    assert out.shape == (B, T, D * R) and h_n.shape == (L * D, B, R)
     loss = (
         (out * torch.from_numpy(d_out_np)).sum()
         + (h_n * torch.from_numpy(d_h_n_np)).sum()
@@ -134,6 +146,8 @@ def run_case(name: str, dtype_name: str) -> dict[str, np.ndarray]:
         "grad__h0": h0.grad.numpy().copy(),
         "grad__c0": c0.grad.numpy().copy(),
     }
+    if P:
+        res["proj_size"] = np.array(P, dtype=np.int64)
     if lengths_np is not None:
         res["lengths"] = lengths_np
     if has_h0:
@@ -155,7 +169,7 @@ def main() -> None:
     torch.use_deterministic_algorithms(True)
     OUT_DIR.mkdir(parents=True, exist_ok=True)
     total = 0
-    for name in CASES:
+    for name in sys.argv[1:] or CASES:
         for dtype_name in DTYPES:
             res = run_case(name, dtype_name)
             # determinism check: an independent second run must agree bitwise

@@ -39,6 +39,7 @@ def _config(ref: dict[str, np.ndarray]) -> dict:
         "hidden_size": int(ref["hidden_size"]),
         "num_layers": int(ref["num_layers"]),
         "bidirectional": bool(ref["bidirectional"]),
+        "proj_size": int(ref["proj_size"]) if "proj_size" in ref else 0,
         "dtype": dtype,
     }
 
@@ -64,6 +65,7 @@ def _make_layer(ref: dict[str, np.ndarray]):
         cfg["hidden_size"],
         num_layers=cfg["num_layers"],
         bidirectional=cfg["bidirectional"],
+        proj_size=cfg["proj_size"],
         dtype=cfg["dtype"].type,
     )
     layer.load_state_dict(_state_dict(ref))
@@ -92,6 +94,8 @@ def test_fixtures_present():
     assert FIXTURES, f"no torch reference fixtures in {DATA_DIR}"
     dtypes = {str(_load(p)["dtype"]) for p in FIXTURES}
     assert dtypes == {"float32", "float64"}
+    projected = {str(_load(p)["dtype"]) for p in FIXTURES if "proj_size" in _load(p)}
+    assert projected == {"float32", "float64"}
 
 
 @pytest.fixture(params=FIXTURES, ids=[p.stem for p in FIXTURES])
