@@ -207,6 +207,12 @@ _RECURRENT_DROPOUT_DOC = """    recurrent_dropout : float in [0, 1), default=0.0
         h_{t-1} where it enters the recurrent product, the same at every
         step, redrawn each batch; off in prediction. ``dropout`` acts
         between layers instead, on each layer's outputs at every step.
+    proj_size : int, default=0
+        With ``proj_size > 0`` (smaller than ``hidden_size``), each layer
+        is an LSTM with projections, as ``torch.nn.LSTM(proj_size=...)``:
+        its h_t, which the next layer and the output layer read, is a
+        learned projection of ``o_t * tanh(c_t)`` to ``proj_size`` units
+        (fewer weights in the recurrent and following products).
 """
 
 
@@ -219,7 +225,8 @@ class _BaseLSTMEstimator(BaseEstimator):
                  clip_norm=5.0, clip_value=None, shuffle=True, early_stopping=False,
                  validation_fraction=0.1, n_iter_no_change=10, tol=1e-4,
                  warm_start=False, random_state=None, verbose=0, dtype="float32",
-                 return_sequences=False, n_features=None, recurrent_dropout=0.0):
+                 return_sequences=False, n_features=None, recurrent_dropout=0.0,
+                 proj_size=0):
         self.hidden_size = hidden_size
         self.num_layers = num_layers
         self.bidirectional = bidirectional
@@ -245,6 +252,7 @@ class _BaseLSTMEstimator(BaseEstimator):
         self.return_sequences = return_sequences
         self.n_features = n_features
         self.recurrent_dropout = recurrent_dropout
+        self.proj_size = proj_size
 
     def __sklearn_tags__(self):
         tags = super().__sklearn_tags__()
@@ -276,6 +284,11 @@ class _BaseLSTMEstimator(BaseEstimator):
             integer(name, 1)
         real("dropout", 0, 1, high_open=True)
         real("recurrent_dropout", 0, 1, high_open=True)
+        p = self.proj_size
+        if (isinstance(p, bool) or not isinstance(p, numbers.Integral) or p < 0
+                or p >= self.hidden_size):
+            raise ValueError(f"proj_size must be an integer >= 0 and smaller than hidden_size "
+                             f"({self.hidden_size}), got {p!r}")
         real("learning_rate_init", 0, np.inf, low_open=True, high_open=True)
         real("momentum", 0, 1)
         real("alpha", 0, np.inf, high_open=True)
@@ -406,7 +419,8 @@ class _BaseLSTMEstimator(BaseEstimator):
     def _initialize(self, n_outputs, rng):
         self.network_ = SequenceNetwork(
             self._n_step_features, n_outputs, self.hidden_size, self.num_layers,
-            self.bidirectional, self.dropout, self.return_sequences, self._dtype, rng)
+            self.bidirectional, self.dropout, self.return_sequences, self._dtype, rng,
+            proj_size=self.proj_size)
         self._optimizer = make_optimizer(
             self.solver, self.network_.parameters(), self.learning_rate_init,
             momentum=self.momentum, nesterovs_momentum=self.nesterovs_momentum)
@@ -491,6 +505,12 @@ class _BaseLSTMEstimator(BaseEstimator):
                 "warm_start and partial_fit continue the fitted network, whose (hidden_size, "
                 f"num_layers, bidirectional, return_sequences, dtype) are {self._architecture};"
                 f" the parameters now ask for {arch}: refit from scratch instead"
+            )
+        elif self.proj_size != self.network_.layers[0].proj_size:
+            raise ValueError(
+                "warm_start and partial_fit continue the fitted network, whose proj_size is "
+                f"{self.network_.layers[0].proj_size}; the parameters now ask for "
+                f"{self.proj_size}: refit from scratch instead"
             )
         # Re-bind after unpickling by joblib, which copies arrays separately.
         self._optimizer.params = self.network_.parameters()
@@ -963,7 +983,7 @@ class LSTMClassifier(ClassifierMixin, _BaseLSTMEstimator):
                  validation_fraction=0.1, n_iter_no_change=10, tol=1e-4,
                  warm_start=False, random_state=None, verbose=0, dtype="float32",
                  return_sequences=False, n_features=None, class_weight=None,
-                 recurrent_dropout=0.0):
+                 recurrent_dropout=0.0, proj_size=0):
         super().__init__(
             hidden_size=hidden_size, num_layers=num_layers, bidirectional=bidirectional,
             dropout=dropout, solver=solver, learning_rate_init=learning_rate_init,
@@ -973,7 +993,7 @@ class LSTMClassifier(ClassifierMixin, _BaseLSTMEstimator):
             validation_fraction=validation_fraction, n_iter_no_change=n_iter_no_change,
             tol=tol, warm_start=warm_start, random_state=random_state, verbose=verbose,
             dtype=dtype, return_sequences=return_sequences, n_features=n_features,
-            recurrent_dropout=recurrent_dropout)
+            recurrent_dropout=recurrent_dropout, proj_size=proj_size)
         self.class_weight = class_weight
 
     def __sklearn_tags__(self):

@@ -87,6 +87,11 @@ class LSTMLanguageModel(BaseEstimator):
         product, the same at every step of a window, redrawn each batch; the
         state carried to the next window is unmasked. Off in evaluation and
         generation. ``dropout`` acts between layers instead.
+    proj_size : int, default=0
+        With ``proj_size > 0`` (smaller than ``hidden_size``), LSTM layers
+        with projections, as ``torch.nn.LSTM(proj_size=...)``: the state
+        h_t that the next layer and the softmax head read has ``proj_size``
+        units, a learned projection of ``o_t * tanh(c_t)``.
 
     Attributes
     ----------
@@ -115,7 +120,8 @@ class LSTMLanguageModel(BaseEstimator):
                  dropout=0.0, seq_len=64, batch_size=32, max_iter=10, solver="adam",
                  learning_rate_init=0.003, clip_norm=5.0, min_frequency=1, lowercase=False,
                  validation_fraction=0.0, early_stopping=False, n_iter_no_change=3,
-                 random_state=None, verbose=0, dtype="float32", recurrent_dropout=0.0):
+                 random_state=None, verbose=0, dtype="float32", recurrent_dropout=0.0,
+                 proj_size=0):
         self.level = level
         self.embedding_dim = embedding_dim
         self.hidden_size = hidden_size
@@ -136,6 +142,7 @@ class LSTMLanguageModel(BaseEstimator):
         self.verbose = verbose
         self.dtype = dtype
         self.recurrent_dropout = recurrent_dropout
+        self.proj_size = proj_size
 
     # ------------------------------------------------------------------ text
     def _check_params(self):
@@ -146,6 +153,11 @@ class LSTMLanguageModel(BaseEstimator):
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, numbers.Integral) or v < 1:
                 raise ValueError(f"{name} must be an integer >= 1, got {v!r}")
+        p = self.proj_size
+        if (isinstance(p, bool) or not isinstance(p, numbers.Integral) or p < 0
+                or p >= self.hidden_size):
+            raise ValueError(f"proj_size must be an integer >= 0 and smaller than hidden_size "
+                             f"({self.hidden_size}), got {p!r}")
         for name, low, high in (("dropout", 0, 1), ("validation_fraction", 0, 1),
                                 ("recurrent_dropout", 0, 1)):
             v = getattr(self, name)
@@ -253,7 +265,8 @@ class LSTMLanguageModel(BaseEstimator):
         rng = check_random_state(self.random_state)
         self._dtype = dtype
         self.network_ = LanguageNetwork(len(vocab), self.embedding_dim, self.hidden_size,
-                                        self.num_layers, self.dropout, dtype, rng)
+                                        self.num_layers, self.dropout, dtype, rng,
+                                        proj_size=self.proj_size)
         self._optimizer = make_optimizer(self.solver, self.network_.parameters(),
                                          self.learning_rate_init)
         self._seed = int(rng.randint(np.iinfo(np.int32).max))

@@ -96,6 +96,8 @@ class SequenceNetwork:
         float32 or float64.
     rng : numpy.random.RandomState
         Source of the initial weights.
+    proj_size : int, default=0
+        The layers' projection (:class:`pylstm.LSTM`); 0: none.
 
     Examples
     --------
@@ -108,7 +110,7 @@ class SequenceNetwork:
     """
 
     def __init__(self, n_inputs, n_outputs, hidden_size, num_layers, bidirectional,
-                 dropout, return_sequences, dtype, rng):
+                 dropout, return_sequences, dtype, rng, proj_size=0):
         self.dtype = np.dtype(dtype)
         self.dropout = float(dropout)
         self.return_sequences = bool(return_sequences)
@@ -116,9 +118,9 @@ class SequenceNetwork:
         in_size = n_inputs
         for _ in range(num_layers):
             layer = LSTM(in_size, hidden_size, 1, bidirectional, self.dtype,
-                         random_state=rng)
+                         random_state=rng, proj_size=proj_size)
             self.layers.append(layer)
-            in_size = hidden_size * layer.num_directions
+            in_size = layer.output_size * layer.num_directions
         bound = np.sqrt(6.0 / (in_size + n_outputs))
         self.coef = rng.uniform(-bound, bound, size=(in_size, n_outputs)).astype(self.dtype)
         self.intercept = np.zeros(n_outputs, dtype=self.dtype)
@@ -193,7 +195,7 @@ class SequenceNetwork:
         """
         B, T = X.shape[:2]
         lengths = np.full(B, T) if lengths is None else np.asarray(lengths)
-        states = [(np.zeros((1, B, layer.hidden_size), self.dtype),
+        states = [(np.zeros((1, B, layer.output_size), self.dtype),
                    np.zeros((1, B, layer.hidden_size), self.dtype)) for layer in self.layers]
         for start in range(0, int(lengths.max()), steps):
             rows = np.flatnonzero(lengths > start)
@@ -276,7 +278,7 @@ class SequenceNetwork:
             d_out, d_h_n = d_feats, None
         else:
             d_out = np.zeros((B, T, width), dtype=self.dtype)
-            d_h_n = d_feats.reshape(B, top.num_directions, top.hidden_size).transpose(1, 0, 2)
+            d_h_n = d_feats.reshape(B, top.num_directions, top.output_size).transpose(1, 0, 2)
         grads_per_layer = []
         for k in range(len(self.layers) - 1, -1, -1):
             layer = self.layers[k]
@@ -310,6 +312,8 @@ class LanguageNetwork:
         float32 or float64.
     rng : numpy.random.RandomState
         Source of the initial weights.
+    proj_size : int, default=0
+        The layers' projection (:class:`pylstm.LSTM`); 0: none.
 
     Examples
     --------
@@ -322,7 +326,7 @@ class LanguageNetwork:
     """
 
     def __init__(self, vocab_size, embedding_dim, hidden_size, num_layers, dropout, dtype,
-                 rng):
+                 rng, proj_size=0):
         self.dtype = np.dtype(dtype)
         self.dropout = float(dropout)
         # PyTorch's default initialisation of nn.Embedding, nn.LSTM and
@@ -334,10 +338,10 @@ class LanguageNetwork:
         in_size = embedding_dim
         for _ in range(num_layers):
             self.layers.append(LSTM(in_size, hidden_size, 1, False, self.dtype,
-                                    random_state=rng))
-            in_size = hidden_size
-        bound = 1.0 / np.sqrt(hidden_size)
-        self.coef = rng.uniform(-bound, bound, size=(hidden_size, vocab_size)).astype(self.dtype)
+                                    random_state=rng, proj_size=proj_size))
+            in_size = self.layers[-1].output_size
+        bound = 1.0 / np.sqrt(in_size)
+        self.coef = rng.uniform(-bound, bound, size=(in_size, vocab_size)).astype(self.dtype)
         self.intercept = rng.uniform(-bound, bound, size=vocab_size).astype(self.dtype)
         self._cache = None
 

@@ -134,8 +134,9 @@ def export_onnx(estimator, path=None, *, dtype="float32", sequence_lens=True,
     sklearn.exceptions.NotFittedError
         If the estimator is not fitted.
     ValueError
-        For classifier labels ONNX cannot store, or an unsupported dtype or
-        opset.
+        For classifier labels ONNX cannot store, an unsupported dtype or
+        opset, or a model with ``proj_size > 0`` (ONNX's ``LSTM`` operator
+        has no projection).
 
     Notes
     -----
@@ -182,6 +183,12 @@ def export_onnx(estimator, path=None, *, dtype="float32", sequence_lens=True,
             f"{type(estimator).__name__}"
         )
     check_is_fitted(estimator, "network_")
+    proj_size = estimator.network_.layers[0].proj_size
+    if proj_size:
+        raise ValueError(
+            f"the model has proj_size={proj_size}: ONNX's LSTM operator has no "
+            "projection of the hidden state, so export_onnx cannot express it"
+        )
     try:
         dtype = check_dtype(dtype)
     except TypeError:

@@ -57,7 +57,7 @@ def from_torch(module, dtype=None):
         ``torch.nn.LSTM(batch_first=True)``. ``bias=False`` gives zero biases.
         The module's ``dropout`` (between layers, in training only) is not
         carried over: :class:`pylstm.LSTM` has none, and inference outputs are
-        the same.
+        the same. ``proj_size`` is: the layer has the same projections.
     dtype : {np.float32, np.float64} or None, default=None
         dtype of the layer; None takes float64 for a float64 module and
         float32 otherwise (half-precision weights are widened to float32).
@@ -73,9 +73,6 @@ def from_torch(module, dtype=None):
         If PyTorch is not installed.
     TypeError
         If ``module`` is not a ``torch.nn.LSTM``.
-    ValueError
-        If the module has ``proj_size > 0`` (projected hidden states), which
-        pylstm does not implement.
 
     See Also
     --------
@@ -102,18 +99,14 @@ def from_torch(module, dtype=None):
         raise TypeError(
             f"from_torch converts a torch.nn.LSTM, got {type(module).__name__}"
         )
-    if getattr(module, "proj_size", 0):
-        raise ValueError(
-            f"the module has proj_size={module.proj_size}: LSTMs with projections are not "
-            "supported by pylstm"
-        )
     params = {name: p.detach() for name, p in module.named_parameters()}
     if dtype is None:
         first = next(iter(params.values()))
         dtype = np.float64 if first.dtype == torch.float64 else np.float32
     dtype = check_dtype(dtype)
     layer = LSTM(module.input_size, module.hidden_size, num_layers=module.num_layers,
-                 bidirectional=module.bidirectional, dtype=dtype)
+                 bidirectional=module.bidirectional, dtype=dtype,
+                 proj_size=getattr(module, "proj_size", 0))
     state = {}
     for name, ref in layer.state_dict().items():
         if name in params:
@@ -143,8 +136,9 @@ def to_torch(layer):
     -------
     torch.nn.LSTM
         A CPU module with ``batch_first=True``, ``bias=True``, the layer's
-        sizes and dtype (``torch.float32`` or ``torch.float64``) and a copy of
-        its weights; its outputs equal ``layer.forward``'s to float tolerance
+        sizes (``proj_size`` included) and dtype (``torch.float32`` or
+        ``torch.float64``) and a copy of its weights; its outputs equal
+        ``layer.forward``'s to float tolerance
         (use ``torch.nn.utils.rnn.pack_padded_sequence`` for ``lengths``).
 
     Raises
@@ -179,7 +173,7 @@ def to_torch(layer):
     tdtype = torch.float64 if layer.dtype == np.float64 else torch.float32
     module = torch.nn.LSTM(layer.input_size, layer.hidden_size, num_layers=layer.num_layers,
                            bias=True, batch_first=True, bidirectional=layer.bidirectional,
-                           dtype=tdtype)
+                           proj_size=layer.proj_size, dtype=tdtype)
     state = {name: torch.from_numpy(np.ascontiguousarray(arr))
              for name, arr in layer.state_dict().items()}
     module.load_state_dict(state)

@@ -39,6 +39,7 @@ def _expected_failed_checks(estimator):
         LSTMRegressor(hidden_size=16, dtype="float64", random_state=0),
         LSTMClassifier(hidden_size=16, random_state=0),
         LSTMRegressor(hidden_size=16, random_state=0),
+        LSTMRegressor(hidden_size=16, proj_size=4, dtype="float64", random_state=0),
     ],
     expected_failed_checks=_expected_failed_checks,
 )
