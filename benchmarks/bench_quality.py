@@ -152,7 +152,12 @@ def main(argv=None):
         values = [v for v in values if v is not None]
         return float(np.median(values)) if values else float("nan")
 
-    lines = [f"{'task':8} {'target':>18} {'pylstm s':>9} {'ep':>4} {'torch s':>9} {'ep':>4} "
+    blas = [f"{lib['api']} {lib['version']} {lib['architecture']}" for lib in env["libraries"]
+            if lib["api"] != "openmp"]
+    lines = [f"bench_quality.py | {env['cpu']} | pylstm {env['pylstm']} | torch "
+             f"{env['torch']['version']} | threads {args.threads} | seeds {args.seeds}",
+             f"BLAS: {'; '.join(blas)}", "",
+             f"{'task':8} {'target':>18} {'pylstm s':>9} {'ep':>4} {'torch s':>9} {'ep':>4} "
              f"{'pylstm/torch':>13}"]
     summary = {}
     for task, sides in results.items():

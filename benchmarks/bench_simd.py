@@ -25,9 +25,9 @@ import numpy as np
 from _common import (
     add_common_options,
     apply_quick,
-    cpu_model,
     progress,
     set_threads,
+    start,
     steady_malloc,
     threadpoolctl,
     write_json,
@@ -175,14 +175,10 @@ def main(argv=None):
     if args.levels is None and len(builds) == 1:
         args.levels = pylstm.show_config(mode="dicts")["simd_available"]
     specs = [(n, path, lv) for lv in (args.levels or [None]) for n, path in builds]
-    print("=" * 100)
-    print(f"bench_simd.py: {'builds' if len(builds) > 1 else 'levels'} | cpu {cpu_model()} "
-          f"({os.cpu_count()} logical cpus) | python {sys.version.split()[0]} | threads "
-          f"{args.threads} | {args.repeats} samples x {args.rounds} rounds per worker")
-    print("parent environment: " + ", ".join(f"{k}={os.environ.get(k, 'unset')}" for k in
-                                               ("OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE",
-                                                "PYLSTM_SIMD")))
-    print("=" * 100)
+    what = "builds" if len(builds) > 1 else "levels"
+    _, env = start(argparse.Namespace(threads=args.threads),
+                   f"bench_simd.py: {what}, {args.repeats} samples x {args.rounds} rounds per "
+                   "worker (the header: the parent's environment)", "no")
     results = {s: [] for s in specs}
     for r in range(args.rounds):
         for spec in specs if r % 2 == 0 else specs[::-1]:
@@ -228,7 +224,7 @@ def main(argv=None):
                 f" {row[k]:>13.3f}" if row[k] else f" {'-':>13}" for k in keys))
     if args.json:
         write_json(args.json, {"script": "bench_simd.py", "args": sys.argv[1:],
-                               "workers": workers, "figures": rows})
+                               "environment": env, "workers": workers, "figures": rows})
     return 0
 
 
