@@ -21,15 +21,11 @@ import time
 from pathlib import Path
 
 import numpy as np
-
-try:
-    import threadpoolctl
-except ImportError:  # pragma: no cover - message for the user
-    sys.exit(f"{Path(sys.argv[0]).name} needs threadpoolctl: pip install threadpoolctl")
+import threadpoolctl  # installed with scikit-learn
 
 # Imported before any thread cap is set: threadpoolctl caps only the BLAS libraries
 # already loaded, and pylstm loads SciPy's.
-import pylstm  # noqa: E402
+import pylstm
 
 #: Variables that change what the BLAS/OpenMP libraries do; the header shows them.
 ENV_VARS = ("OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE", "OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS",
@@ -259,6 +255,23 @@ def geomean(values):
     """Geometric mean of positive numbers (nan when there are none)."""
     values = [v for v in values if v is not None]
     return float(np.exp(np.mean(np.log(values)))) if values else float("nan")
+
+
+def table(columns, rows):
+    """A table's lines: heading, rule, then one line per row.
+
+    ``columns`` are ``(heading, spec, cell)``: ``spec`` a format spec starting with
+    the alignment and width (``"<24"``, ``">9.2f"``), ``cell`` a key of the row or a
+    function of it; a missing value (None) shows as ``-``.
+    """
+    specs = [(spec[0], int(re.match(r"\d+", spec[1:]).group()), spec) for _, spec, _ in columns]
+    head = " ".join(f"{h:{a}{w}}" for (h, _, _), (a, w, _) in zip(columns, specs, strict=True))
+    lines = [head, "-" * len(head)]
+    for row in rows:
+        values = [cell(row) if callable(cell) else row.get(cell) for _, _, cell in columns]
+        lines.append(" ".join(f"{'-':{a}{w}}" if v is None else format(v, spec)
+                              for v, (a, w, spec) in zip(values, specs, strict=True)).rstrip())
+    return lines
 
 
 def _rounded(value):

@@ -17,8 +17,8 @@ import sys
 import time
 import warnings
 
+import _common as common
 import numpy as np
-from _common import apply_quick, start, write_json
 
 import pylstm
 from pylstm.datasets import load_digits_sequences
@@ -85,8 +85,8 @@ def main(argv=None):
     p.add_argument("--chunk", type=int, default=150, help="rows per Dask block (Incremental)")
     p.add_argument("--json", metavar="PATH", help="write the figures here")
     p.add_argument("--quick", action="store_true", help="tiny sizes: checks that it runs")
-    args = apply_quick(p.parse_args(argv), hidden=[8], lr=[0.01], max_iter=1, repeats=1,
-                       no_malloc=True, epochs=1, workers=1)
+    args = common.apply_quick(p.parse_args(argv), hidden=[8], lr=[0.01], max_iter=1, repeats=1,
+                              no_malloc=True, epochs=1, workers=1)
     import dask.array as da
     import joblib
     from dask_ml.wrappers import Incremental
@@ -100,9 +100,9 @@ def main(argv=None):
     X_train, X_test, y_train, y_test = train_test_split(X, y, test_size=0.25, random_state=0,
                                                         stratify=y)
     n, T, F = X_train.shape
-    _, env = start(argparse.Namespace(threads=None), "bench_dask.py: GridSearchCV on Dask, "
-                   "and Incremental, with LSTMClassifier (serial and loky fits: one BLAS "
-                   "thread)", "no")
+    _, env = common.start(argparse.Namespace(threads=None), "bench_dask.py: GridSearchCV on Dask, "
+                          "and Incremental, with LSTMClassifier (serial and loky fits: one BLAS "
+                          "thread)", "no")
     clusters = {}
     try:
         clusters["dask"] = start_cluster(args)
@@ -174,7 +174,7 @@ def main(argv=None):
             if cluster is not None:
                 cluster.close()
     if args.json:
-        write_json(args.json, {"script": "bench_dask.py", "args": sys.argv[1:],
+        common.write_json(args.json, {"script": "bench_dask.py", "args": sys.argv[1:],
                                "environment": env, "grid_search": grid_rows,
                                "incremental": {"accuracy": acc_inc, "seconds": t_inc,
                                                "accuracy_in_memory": acc_mem,

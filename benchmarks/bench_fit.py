@@ -15,18 +15,8 @@ import argparse
 import sys
 import warnings
 
+import _common as common
 import numpy as np
-from _common import (
-    add_common_options,
-    alternate,
-    apply_quick,
-    geomean,
-    progress,
-    start,
-    torch_step,
-    torch_twins,
-    write_json,
-)
 from sklearn.exceptions import ConvergenceWarning
 from sklearn.model_selection import train_test_split
 
@@ -84,7 +74,7 @@ def torch_fit(torch, data, hidden, batch, dtype, args):
     X, lengths = torch_tensors(torch, data[1], dtype)
     classes, codes = np.unique(data[3], return_inverse=True)
     y = torch.as_tensor(codes)
-    model = torch_twins(torch)[0](X.shape[2], hidden, len(classes), X.dtype)
+    model = common.torch_twins(torch)[0](X.shape[2], hidden, len(classes), X.dtype)
     params = list(model.parameters())
     optimizer = torch.optim.Adam(params, lr=args.lr)
     for _ in range(args.epochs):
@@ -92,7 +82,7 @@ def torch_fit(torch, data, hidden, batch, dtype, args):
         for idx in torch.randperm(len(y)).split(batch):
             out = model(X[idx], None if lengths is None else lengths[idx])
             loss = torch.nn.functional.cross_entropy(out, y[idx])
-            torch_step(torch, params, optimizer, loss)
+            common.torch_step(torch, params, optimizer, loss)
             total += loss.item() * len(idx)  # the epoch's loss, as pylstm's loss_curve_
     return model, classes
 
@@ -102,7 +92,7 @@ def run_config(torch, data, hidden, batch, dtype, args):
     calls = {"pylstm": lambda: pylstm_fit(data, hidden, batch, dtype, args)}
     if torch is not None:
         calls["torch"] = lambda: torch_fit(torch, data, hidden, batch, dtype, args)
-    wall, _, fitted = alternate(calls, args.repeats)
+    wall, _, fitted = common.alternate(calls, args.repeats)
     row = {"case": data[0], "hidden": hidden, "batch": batch, "dtype": dtype, "pylstm": None,
            "torch": None, "ratio": None, "ratio_best": None}
     for impl, seconds in wall.items():
@@ -120,22 +110,22 @@ def run_config(torch, data, hidden, batch, dtype, args):
 
 
 def print_table(rows):
+    """Epochs per second of both sides, their ratios and accuracies; geometric means."""
+    def get(impl, key):
+        return lambda r: (r[impl] or {}).get(key)
     print("Epochs per second of a whole fit (median); ratio = pylstm / torch (> 1: pylstm "
           "faster), best = from each side's fastest fit")
-    head = (f"{'case':<10} {'H':>4} {'batch':>5} {'dtype':<8} {'pylstm ep/s':>12} "
-            f"{'torch ep/s':>11} {'ratio':>6} {'best':>6} {'acc pylstm':>10} {'acc torch':>9}")
-    print(head + "\n" + "-" * len(head))
-    for r in rows:
-        t = r["torch"] or dict.fromkeys(("epochs_per_s", "accuracy"), float("nan"))
-        print(f"{r['case']:<10} {r['hidden']:>4} {r['batch']:>5} {r['dtype']:<8} "
-              f"{r['pylstm']['epochs_per_s']:>12.3f} {t['epochs_per_s']:>11.3f} "
-              f"{r['ratio'] or float('nan'):>6.2f} {r['ratio_best'] or float('nan'):>6.2f} "
-              f"{r['pylstm']['accuracy']:>10.3f} {t['accuracy']:>9.3f}")
+    print("\n".join(common.table([
+        ("case", "<10", "case"), ("H", ">4", "hidden"), ("batch", ">5", "batch"),
+        ("dtype", "<8", "dtype"), ("pylstm ep/s", ">12.3f", get("pylstm", "epochs_per_s")),
+        ("torch ep/s", ">11.3f", get("torch", "epochs_per_s")), ("ratio", ">6.2f", "ratio"),
+        ("best", ">6.2f", "ratio_best"), ("acc pylstm", ">10.3f", get("pylstm", "accuracy")),
+        ("acc torch", ">9.3f", get("torch", "accuracy"))], rows)))
     for dtype in dict.fromkeys(r["dtype"] for r in rows):
         if rows[0]["ratio"] is not None:
-            print(f"geometric mean pylstm/torch {dtype}: median "
-                  f"{geomean([r['ratio'] for r in rows if r['dtype'] == dtype]):.2f}, best "
-                  f"{geomean([r['ratio_best'] for r in rows if r['dtype'] == dtype]):.2f}")
+            print(f"geometric mean pylstm/torch {dtype}: " + ", ".join(
+                f"{k} {common.geomean([r[key] for r in rows if r['dtype'] == dtype]):.2f}"
+                for k, key in (("median", "ratio"), ("best", "ratio_best"))))
     print()
 
 
@@ -152,11 +142,12 @@ def main(argv=None):
     p.add_argument("--n-varlen", type=int, default=800)
     p.add_argument("--lr", type=float, default=0.005, help="learning rate (pylstm's default)")
     p.add_argument("--no-torch", action="store_true", help="time pylstm only")
-    add_common_options(p)
-    args = apply_quick(p.parse_args(argv), cases=["digits", "varlen"], hidden=[8],
-                       batch_sizes=[128], dtypes=["float32"], epochs=1, repeats=1, n_varlen=60)
-    torch, env = start(args, "bench_fit.py: LSTMClassifier.fit vs the equivalent torch "
-                       "training loop", "no" if args.no_torch else "wanted")
+    common.add_common_options(p)
+    args = common.apply_quick(p.parse_args(argv), cases=["digits", "varlen"], hidden=[8],
+                              batch_sizes=[128], dtypes=["float32"], epochs=1, repeats=1,
+                              n_varlen=60)
+    torch, env = common.start(args, "bench_fit.py: LSTMClassifier.fit vs the equivalent torch "
+                              "training loop", "no" if args.no_torch else "wanted")
     rows = []
     for case in args.cases:
         desc, *split = make_data(case, args)
@@ -167,12 +158,12 @@ def main(argv=None):
         for hidden in args.hidden or HIDDEN[case]:
             for batch in args.batch_sizes:
                 for dtype in args.dtypes:
-                    progress(f"  {case} H={hidden} batch={batch} {dtype} ...")
+                    common.progress(f"  {case} H={hidden} batch={batch} {dtype} ...")
                     rows.append(run_config(torch, (case, *split), hidden, batch, dtype, args))
     print(f"{args.epochs} epochs per fit, {args.repeats} fits per figure")
     print_table(rows)
     if args.json:
-        write_json(args.json, {"script": "bench_fit.py", "args": sys.argv[1:],
+        common.write_json(args.json, {"script": "bench_fit.py", "args": sys.argv[1:],
                                "environment": env, "results": rows})
     return 0
 

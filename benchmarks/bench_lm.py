@@ -15,19 +15,8 @@ from __future__ import annotations
 import argparse
 import sys
 
+import _common as common
 import numpy as np
-from _common import (
-    add_common_options,
-    alternate,
-    apply_quick,
-    char_lanes,
-    copy_lm_weights,
-    progress,
-    start,
-    torch_lm_epoch,
-    torch_twins,
-    write_json,
-)
 
 from pylstm import LSTMLanguageModel
 from pylstm._network import LanguageNetwork
@@ -47,13 +36,13 @@ def pylstm_fit(text, cfg, args, epochs):
 def torch_fit(torch, text, cfg, args, epochs, init=None):
     """The torch loop; ``init``, a pylstm network, gives its initial weights."""
     torch.manual_seed(args.seed)
-    vocab, inputs, targets = char_lanes(text, args.batch_size, args.seq_len)
-    model = torch_twins(torch)[1](len(vocab), args.embedding_dim, *cfg)
+    vocab, inputs, targets = common.char_lanes(text, args.batch_size, args.seq_len)
+    model = common.torch_twins(torch)[1](len(vocab), args.embedding_dim, *cfg)
     if init is not None:
-        copy_lm_weights(torch, model, init)
+        common.copy_lm_weights(torch, model, init)
     optimizer = torch.optim.Adam(model.parameters(), lr=args.lr)
     inputs, targets = torch.from_numpy(inputs), torch.from_numpy(targets)
-    losses = [torch_lm_epoch(torch, model, optimizer, inputs, targets, args.seq_len)
+    losses = [common.torch_lm_epoch(torch, model, optimizer, inputs, targets, args.seq_len)
               for _ in range(epochs)]
     return model, losses
 
@@ -91,18 +80,18 @@ def with_ratios(part):
 
 
 def run_config(torch, text, cfg, args):
-    vocab, inputs, _ = char_lanes(text, args.batch_size, args.seq_len)
+    vocab, inputs, _ = common.char_lanes(text, args.batch_size, args.seq_len)
     init = LanguageNetwork(len(vocab), args.embedding_dim, cfg[0], cfg[1], 0.0, np.float32,
                            np.random.RandomState(args.seed))  # what fit draws first
-    wall, cpu, last = alternate({
+    wall, cpu, last = common.alternate({
         "pylstm": lambda: pylstm_fit(text, cfg, args, args.epochs),
         "torch": lambda: torch_fit(torch, text, cfg, args, args.epochs, init)}, args.repeats)
     train = with_ratios(summary(wall, cpu, inputs.size * args.epochs))
     lm = last["pylstm"]
     train["pylstm"]["loss"], train["torch"]["loss"] = lm.loss_curve_[-1], last["torch"][1][-1]
 
-    model = torch_twins(torch)[1](len(vocab), args.embedding_dim, *cfg)
-    copy_lm_weights(torch, model, lm.network_)
+    model = common.torch_twins(torch)[1](len(vocab), args.embedding_dim, *cfg)
+    common.copy_lm_weights(torch, model, lm.network_)
     model.eval()
     with torch.inference_mode():
         index = {tok: i for i, tok in enumerate(vocab)}
@@ -112,29 +101,34 @@ def run_config(torch, text, cfg, args):
     calls = {"pylstm": lambda: lm.generate(PROMPT, n_tokens=args.gen_tokens, temperature=1.0,
                                            random_state=0),
              "torch": lambda: torch_generate(torch, model, vocab, args.gen_tokens)}
-    alternate(calls, 1)  # untimed: first calls
-    wall, cpu, _ = alternate(calls, args.gen_repeats)
+    common.alternate(calls, 1)  # untimed: first calls
+    wall, cpu, _ = common.alternate(calls, args.gen_repeats)
     generate = with_ratios(summary(wall, cpu, args.gen_tokens))
     generate["max_abs_dp"] = max_dp
     return {"hidden": cfg[0], "layers": cfg[1], "train": train, "generate": generate}
 
 
 def print_tables(rows):
+    """The training and the generation table."""
+    def get(*keys):
+        def cell(row):
+            for key in keys:
+                row = row[key]
+            return row
+        return cell
     for part, title, extra in (
-            ("train", "Training: tokens per second of a whole fit", ("loss pl", "loss torch")),
-            ("generate", "Generation: tokens per second of generate()", ("max|dp|",))):
+            ("train", "Training: tokens per second of a whole fit",
+             [("loss pl", ">10.4f", get("train", "pylstm", "loss")),
+              ("loss torch", ">10.4f", get("train", "torch", "loss"))]),
+            ("generate", "Generation: tokens per second of generate()",
+             [("max|dp|", ">10.1e", get("generate", "max_abs_dp"))])):
         print(f"{title} (median); ratio = pylstm / torch (> 1: pylstm faster)")
-        head = (f"{'H':>4} {'L':>2} {'pylstm tok/s':>13} {'torch tok/s':>12} {'ratio':>6} "
-                f"{'best':>6} {'cpu':>6} " + " ".join(f"{e:>10}" for e in extra))
-        print(head + "\n" + "-" * len(head))
-        for r in rows:
-            e = r[part]
-            cells = ([f"{e['pylstm']['loss']:>10.4f}", f"{e['torch']['loss']:>10.4f}"]
-                     if part == "train" else [f"{e['max_abs_dp']:>10.1e}"])
-            print(f"{r['hidden']:>4} {r['layers']:>2} {e['pylstm']['tokens_per_s']:>13,.0f} "
-                  f"{e['torch']['tokens_per_s']:>12,.0f} {e['ratio']:>6.2f} "
-                  f"{e['ratio_best']:>6.2f} {e['ratio_cpu']:>6.2f} " + " ".join(cells))
-        print()
+        print("\n".join(common.table([
+            ("H", ">4", "hidden"), ("L", ">2", "layers"),
+            ("pylstm tok/s", ">13,.0f", get(part, "pylstm", "tokens_per_s")),
+            ("torch tok/s", ">12,.0f", get(part, "torch", "tokens_per_s")),
+            ("ratio", ">6.2f", get(part, "ratio")), ("best", ">6.2f", get(part, "ratio_best")),
+            ("cpu", ">6.2f", get(part, "ratio_cpu"))] + extra, rows)) + "\n")
 
 
 def parse_config(spec):
@@ -159,11 +153,11 @@ def main(argv=None):
     p.add_argument("--repeats", type=int, default=5, help="fits per figure (default 5)")
     p.add_argument("--gen-tokens", type=int, default=1000, help="tokens per generate call")
     p.add_argument("--gen-repeats", type=int, default=7, help="generate calls per figure")
-    add_common_options(p)
-    args = apply_quick(p.parse_args(argv), configs=[(16, 1)], chars=5000, repeats=1,
-                       gen_tokens=20, gen_repeats=1)
-    torch, env = start(args, "bench_lm.py: LSTMLanguageModel vs the equivalent torch model",
-                       "needed")
+    common.add_common_options(p)
+    args = common.apply_quick(p.parse_args(argv), configs=[(16, 1)], chars=5000, repeats=1,
+                              gen_tokens=20, gen_repeats=1)
+    torch, env = common.start(args, "bench_lm.py: LSTMLanguageModel vs the equivalent torch model",
+                              "needed")
     text = load_python_docs()[:args.chars]
     print(f"data: {len(text)} characters of load_python_docs(); embedding "
           f"{args.embedding_dim}, batch {args.batch_size}, seq_len {args.seq_len}, float32, "
@@ -174,13 +168,13 @@ def main(argv=None):
         torch_fit(torch, text[:5000], (16, 1), args, 1)
     rows = []
     for cfg in args.configs:
-        progress(f"  H={cfg[0]} L={cfg[1]} ...")
+        common.progress(f"  H={cfg[0]} L={cfg[1]} ...")
         rows.append(run_config(torch, text, cfg, args))
     print_tables(rows)
     print("loss: mean training cross-entropy of the last epoch, both from pylstm's initial "
           "weights; max|dp|: largest difference of the next-token distributions")
     if args.json:
-        write_json(args.json, {"script": "bench_lm.py", "args": sys.argv[1:],
+        common.write_json(args.json, {"script": "bench_lm.py", "args": sys.argv[1:],
                                "environment": env, "results": rows})
     return 0
 

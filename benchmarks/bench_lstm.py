@@ -20,20 +20,8 @@ import sys
 import tracemalloc
 from dataclasses import dataclass
 
+import _common as common
 import numpy as np
-from _common import (
-    add_common_options,
-    apply_quick,
-    geomean,
-    measure,
-    median_iqr,
-    numpy_reference,
-    progress,
-    set_threads,
-    start,
-    torch_lstm,
-    write_json,
-)
 
 import pylstm
 
@@ -91,7 +79,7 @@ def torch_calls(torch, case, state_dict, X, lengths):
     """torch's ``(module, infer, train)`` for one case, with pylstm's weights."""
     from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
-    module = torch_lstm(torch, state_dict, X.dtype)
+    module = common.torch_lstm(torch, state_dict, X.dtype)
     xt = torch.from_numpy(X)
     ones = None
 
@@ -137,7 +125,7 @@ def run_case(case, dtype, args, torch, threads, keep_samples=False):
     layer = pylstm.LSTM(case.I, case.H, num_layers=case.num_layers,
                         bidirectional=case.bidirectional, dtype=dtype, random_state=args.seed)
     state = layer.state_dict()
-    ref = numpy_reference()(state, dtype)
+    ref = common.numpy_reference()(state, dtype)
     out, (h, c) = layer.forward(X, lengths=lengths, training=True)
     ones = np.ones_like(out)
     dX, grads = layer.backward(ones)
@@ -171,9 +159,12 @@ def run_case(case, dtype, args, torch, threads, keep_samples=False):
                "threads": threads}
         for impl in IMPLS:  # one after another: no library's spinning threads slow the next
             if (impl, mode) in calls:
-                progress(f"  {case.label:<24} {row['dtype']:<8} {mode:<6} {impl} ...")
-                samples = measure(calls[impl, mode], args.repeats, args.warmup, args.min_time)
-                row[impl] = median_iqr(samples) | ({"samples": samples} if keep_samples else {})
+                common.progress(f"  {case.label:<24} {row['dtype']:<8} {mode:<6} {impl} ...")
+                samples = common.measure(calls[impl, mode], args.repeats, args.warmup,
+                                         args.min_time)
+                row[impl] = common.median_iqr(samples)
+                if keep_samples:
+                    row[impl]["samples"] = samples
         for impl in ("numpy", "torch"):
             row[f"{impl}_over_pylstm"] = (row[impl]["median_ms"] / row["pylstm"]["median_ms"]
                                           if impl in row else None)
@@ -212,66 +203,62 @@ def memory_ratio(case, dtype, seed):
             "bptt_mb": minimum / 1e6}
 
 
-def fmt(t):
-    digits = 3 if t["median_ms"] < 10 else 2
-    return f"{t['median_ms']:.{digits}f} ({t['iqr_ms']:.{digits}f})"
+#: The first columns of every table.
+CASE_COLUMNS = [("case (BxTxIxH)", "<24", "case"), ("dtype", "<8", "dtype"), ("mode", "<6", "mode")]
 
 
 def print_timings(rows):
     """The timings of one thread count and their geometric means."""
+    def ms(impl):
+        def cell(r):
+            t, digits = r.get(impl), 3 if r.get(impl, {}).get("median_ms", 0) < 10 else 2
+            return t and f"{t['median_ms']:.{digits}f} ({t['iqr_ms']:.{digits}f})"
+        return impl, ">17", cell
     print(f"Median ms per call (IQR), threads: {rows[0]['threads'] or 'library defaults'}; "
           "ratios above 1: pylstm faster")
-    head = (f"{'case (BxTxIxH)':<24} {'dtype':<8} {'mode':<6} {'pylstm':>17} {'numpy':>17} "
-            f"{'torch':>17} {'numpy/pl':>9} {'torch/pl':>9}")
-    print(head + "\n" + "-" * len(head))
-    for r in rows:
-        print(f"{r['case']:<24} {r['dtype']:<8} {r['mode']:<6} " + " ".join(
-            f"{fmt(r[i]) if i in r else '-':>17}" for i in IMPLS) + "".join(
-            f" {r[k]:>9.2f}" if r[k] else f" {'-':>9}"
-            for k in ("numpy_over_pylstm", "torch_over_pylstm")))
+    print("\n".join(common.table(CASE_COLUMNS + [ms(i) for i in IMPLS] + [
+        (f"{i}/pl", ">9.2f", f"{i}_over_pylstm") for i in ("numpy", "torch")], rows)))
     for key in ("torch_over_pylstm", "numpy_over_pylstm"):
         groups = {}
         for r in rows:
             groups.setdefault(f"{r['dtype']} {r['mode']}", []).append(r[key])
         if any(r[key] for r in rows):
             print(f"geometric mean {key.replace('_over_', '/')}: "
-                  + ", ".join(f"{g} {geomean(v):.2f}" for g, v in groups.items()))
+                  + ", ".join(f"{g} {common.geomean(v):.2f}" for g, v in groups.items()))
     print()
 
 
 def print_agreement(checks):
     """The agreement of every case and dtype, flagged above :data:`TOLERANCE`."""
+    names = ("torch_out", "torch_grad", "numpy_out", "numpy_grad", "infer_vs_train")
+
+    def status(c):
+        bad = [n for n in names if c.get(n, 0) > TOLERANCE[c["dtype"]]]
+        return "CHECK " + ",".join(bad) if bad else "ok"
     print("Agreement: max|a-b|/max|b| of out, h_n, c_n (out) and of dX and all weight "
           "gradients (grad)")
-    names = ("torch_out", "torch_grad", "numpy_out", "numpy_grad", "infer_vs_train")
-    head = f"{'case (BxTxIxH)':<24} {'dtype':<8} " + " ".join(f"{n:>14}" for n in names)
-    print(head + "  status\n" + "-" * (len(head) + 8))
-    for c in checks:
-        bad = [n for n in names if c.get(n, 0) > TOLERANCE[c["dtype"]]]
-        print(f"{c['case']:<24} {c['dtype']:<8} " + " ".join(
-            f"{c[n]:>14.2e}" if n in c else f"{'-':>14}" for n in names)
-            + ("  ok" if not bad else "  CHECK " + ",".join(bad)))
-    print()
+    print("\n".join(common.table(CASE_COLUMNS[:2] + [(n, ">14.2e", n) for n in names]
+                                 + [("status", "<6", status)], checks)) + "\n")
 
 
 def print_scaling(rows, counts):
     """Per case, dtype and mode: pylstm's and torch's ms at every thread count."""
+    by_key = {(r["case"], r["dtype"], r["mode"], r["threads"]): r for r in rows}
+    scaled, columns = [], list(CASE_COLUMNS)
+    for impl in ("pylstm", "torch"):
+        columns += [(f"{impl} {n}t", ">10.3f", f"{impl} {n}t") for n in counts]
+        columns += [("speedup", ">8.2f", f"{impl} speedup")]
+    for r in (r for r in rows if r["threads"] == counts[0]):
+        row = dict(r)
+        for impl in ("pylstm", "torch"):
+            ms = [by_key[r["case"], r["dtype"], r["mode"], n].get(impl, {}).get("median_ms")
+                  for n in counts]
+            row.update({f"{impl} {n}t": v for n, v in zip(counts, ms, strict=True)})
+            row[f"{impl} speedup"] = ms[0] / ms[-1] if ms[0] and ms[-1] else None
+        scaled.append(row)
     print(f"Thread scaling: median ms at {', '.join(map(str, counts))} thread(s); speedup = "
           f"ms at {counts[0]} / ms at {counts[-1]}")
-    head = f"{'case (BxTxIxH)':<24} {'dtype':<8} {'mode':<6}" + "".join(
-        "".join(f" {f'{impl} {n}t':>10}" for n in counts) + f" {'speedup':>8}"
-        for impl in ("pylstm", "torch"))
-    print(head + "\n" + "-" * len(head))
-    by_key = {(r["case"], r["dtype"], r["mode"], r["threads"]): r for r in rows}
-    for r in (r for r in rows if r["threads"] == counts[0]):
-        line = f"{r['case']:<24} {r['dtype']:<8} {r['mode']:<6}"
-        for impl in ("pylstm", "torch"):
-            ms = [by_key[r["case"], r["dtype"], r["mode"], n].get(impl, {}).get("median_ms",
-                                                                                float("nan"))
-                  for n in counts]
-            line += "".join(f" {v:>10.3f}" for v in ms) + f" {ms[0] / ms[-1]:>8.2f}"
-        print(line)
-    print()
+    print("\n".join(common.table(columns, scaled)) + "\n")
 
 
 def parse_threads(text):
@@ -299,21 +286,22 @@ def main(argv=None):
     p.add_argument("--no-numpy", action="store_true", help="skip timing the NumPy reference")
     p.add_argument("--memory", action="store_true",
                    help="add a training step's peak memory over the BPTT minimum")
-    add_common_options(p, threads_type=parse_threads)
+    common.add_common_options(p, threads_type=parse_threads)
     args = p.parse_args(argv)
     cases = args.cases or [Case(*c) for c in DEFAULT_CASES]
     cases += [Case(*c) for c in LARGE_CASES] * args.large + [BIDI_CASE] * args.bidi
-    if apply_quick(args, repeats=1, warmup=1, min_time=0.0, threads=args.threads or [1]).quick:
+    if common.apply_quick(args, repeats=1, warmup=1, min_time=0.0,
+                          threads=args.threads or [1]).quick:
         cases = [Case(2, 4, 3, 4), Case(3, 5, 2, 4, 2, True, True)]
-    torch, env = start(args, "bench_lstm.py: pylstm.LSTM vs torch.nn.LSTM vs the NumPy "
-                       "reference LSTM", "no" if args.no_torch else "wanted")
+    torch, env = common.start(args, "bench_lstm.py: pylstm.LSTM vs torch.nn.LSTM vs the NumPy "
+                              "reference LSTM", "no" if args.no_torch else "wanted")
     rows, checks, counts = [], [], args.threads or [None]
     for n in counts:
-        set_threads(n, torch)
+        common.set_threads(n, torch)
         run_rows = []
         for case in cases:
             for dt in args.dtypes:
-                progress(f"{case.label} {dt} ({n or 'default'} threads)")
+                common.progress(f"{case.label} {dt} ({n or 'default'} threads)")
                 check, case_rows = run_case(case, np.dtype(dt).type, args, torch, n)
                 run_rows += case_rows
                 checks += [{"case": case.label, "dtype": dt, **check}] * (n == counts[0])
@@ -326,14 +314,12 @@ def main(argv=None):
     if args.memory:
         memory = [memory_ratio(case, np.dtype(dt).type, args.seed)
                   for case in cases for dt in args.dtypes]
-        print("Memory of a training step (tracemalloc, fresh layer; MB = 1e6 bytes): peak, "
-              "the BPTT minimum, their ratio")
-        for m in memory:
-            print(f"{m['case']:<24} {m['dtype']:<8} {m['peak_mb']:>9.2f} {m['bptt_mb']:>9.2f} "
-                  f"{m['peak_mb'] / m['bptt_mb']:>6.2f}x")
-        print()
+        print("Memory of a training step (tracemalloc, fresh layer; MB = 1e6 bytes)")
+        print("\n".join(common.table(CASE_COLUMNS[:2] + [
+            ("peak MB", ">9.2f", "peak_mb"), ("BPTT MB", ">9.2f", "bptt_mb"),
+            ("peak/BPTT", ">9.2f", lambda m: m["peak_mb"] / m["bptt_mb"])], memory)) + "\n")
     if args.json:
-        write_json(args.json, {"script": "bench_lstm.py", "args": sys.argv[1:],
+        common.write_json(args.json, {"script": "bench_lstm.py", "args": sys.argv[1:],
                                "environment": env, "timings": rows, "agreement": checks,
                                "memory": memory})
     return 0

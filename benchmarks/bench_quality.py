@@ -18,17 +18,8 @@ import time
 from functools import partial
 from pathlib import Path
 
+import _common as common
 import numpy as np
-from _common import (
-    add_common_options,
-    apply_quick,
-    char_lanes,
-    start,
-    torch_lm_epoch,
-    torch_step,
-    torch_twins,
-    write_json,
-)
 from sklearn.model_selection import train_test_split
 
 import pylstm
@@ -86,15 +77,15 @@ def torch_run(torch, task, data, seed, hidden):
     """The PyTorch loop a user would write; yields as :func:`pylstm_run`."""
     _, _, _, _, _, batch, lr = TASKS[task]
     torch.manual_seed(seed)
-    Sequence, LanguageModel = torch_twins(torch)
+    Sequence, LanguageModel = common.torch_twins(torch)
     if task == "lm":
-        vocab, inputs, targets = char_lanes(data[0], batch, 64)
-        val_in, val_out = (torch.from_numpy(a) for a in char_lanes(data[1], 1, 1, vocab)[1:])
+        vocab, inputs, targets = common.char_lanes(data[0], batch, 64)
+        val_in, val_out = (torch.from_numpy(a) for a in common.char_lanes(data[1], 1, 1, vocab)[1:])
         model = LanguageModel(len(vocab), 32, hidden)
         opt = torch.optim.Adam(model.parameters(), lr=lr)
         inputs, targets = torch.from_numpy(inputs), torch.from_numpy(targets)
         while True:
-            torch_lm_epoch(torch, model, opt, inputs, targets, 64)
+            common.torch_lm_epoch(torch, model, opt, inputs, targets, 64)
             with torch.no_grad():  # the validation text as one stream, as perplexity() reads it
                 logits, _ = model(val_in)
                 yield math.exp(float(torch.nn.functional.cross_entropy(logits[0], val_out[0])))
@@ -107,7 +98,7 @@ def torch_run(torch, task, data, seed, hidden):
     loss_fn = torch.nn.functional.cross_entropy if classify else torch.nn.functional.mse_loss
     while True:
         for idx in torch.randperm(len(Xtr)).split(batch):
-            torch_step(torch, params, opt, loss_fn(model(Xtr[idx]), ytr[idx]))
+            common.torch_step(torch, params, opt, loss_fn(model(Xtr[idx]), ytr[idx]))
         with torch.no_grad():
             out = model(Xva)
             yield (float((out.argmax(1) == yva).float().mean()) if classify
@@ -131,11 +122,11 @@ def main(argv=None):
     p.add_argument("--tasks", nargs="+", choices=tuple(TASKS), default=list(TASKS))
     p.add_argument("--seeds", type=int, default=3)
     p.add_argument("--save", metavar="PREFIX", help="write PREFIX.txt and PREFIX.json")
-    add_common_options(p, threads_default=2, timing=False)
-    args = apply_quick(p.parse_args(argv), seeds=1)
+    common.add_common_options(p, threads_default=2, timing=False)
+    args = common.apply_quick(p.parse_args(argv), seeds=1)
     scale, hidden_scale, max_epochs = (0.03, 0.125, 1) if args.quick else (1, 1, None)
-    torch, env = start(args, "bench_quality.py: time to a target validation metric, pylstm "
-                       "vs torch", "needed")
+    torch, env = common.start(args, "bench_quality.py: time to a target validation metric, pylstm "
+                              "vs torch", "needed")
     results = {}
     for task in args.tasks:
         data, hidden = load(task, scale), int(TASKS[task][4] * hidden_scale)
@@ -181,7 +172,7 @@ def main(argv=None):
     print("\n" + "\n".join(lines))
     if args.save:
         Path(args.save + ".txt").write_text("\n".join(lines) + "\n")
-        write_json(args.save + ".json", {"script": "bench_quality.py", "args": sys.argv[1:],
+        common.write_json(args.save + ".json", {"script": "bench_quality.py", "args": sys.argv[1:],
                                          "environment": env, "tasks": summary})
     return 0
 

@@ -21,18 +21,9 @@ import subprocess
 import sys
 import tempfile
 
+import _common as common
 import numpy as np
-from _common import (
-    add_common_options,
-    apply_quick,
-    progress,
-    set_threads,
-    start,
-    steady_malloc,
-    threadpoolctl,
-    write_json,
-)
-from bench_lstm import DEFAULT_CASES, TOLERANCE, Case, parse_case, run_case
+from bench_lstm import CASE_COLUMNS, DEFAULT_CASES, TOLERANCE, Case, parse_case, run_case
 
 import pylstm
 
@@ -73,7 +64,7 @@ def onednn_isa(torch):
 
 
 def worker(args):
-    malloc = steady_malloc() if args.steady_malloc else "glibc defaults"
+    malloc = common.steady_malloc() if args.steady_malloc else "glibc defaults"
     torch, torch_error = None, "disabled"
     if not args.no_torch:
         try:
@@ -82,7 +73,7 @@ def worker(args):
             torch_error = f"{type(exc).__name__}: {exc}"
     from pylstm import _lstm
 
-    blas = [i for i in threadpoolctl.threadpool_info()
+    blas = [i for i in common.threadpoolctl.threadpool_info()
             if i["user_api"] == "blas" and "scipy" in os.path.dirname(i["filepath"] or "")]
     info = {"simd": getattr(_lstm, "simd", lambda: "n/a")(),  # n/a: builds older than it
             "compiler": getattr(_lstm, "compiler", lambda: "n/a")(),
@@ -91,7 +82,7 @@ def worker(args):
             "env": {k: os.environ.get(k, "unset") for k in ("PYLSTM_SIMD", *LEVEL_ENV["avx2"])}}
     if torch is not None:
         info["torch"] = f"{torch.backends.cpu.get_cpu_capability()}, oneDNN {onednn_isa(torch)}"
-    set_threads(args.threads, torch)
+    common.set_threads(args.threads, torch)
     args.no_numpy, args.warmup = True, 2
     rows = []
     for case in args.cases:
@@ -122,7 +113,7 @@ def run_worker(name, path, level, args):
            "--threads", str(args.threads), "--min-time", str(args.min_time),
            "--seed", str(args.seed)] + ["--no-torch"] * args.no_torch \
         + ["--steady-malloc"] * args.steady_malloc
-    progress(f"worker {name} at level {level or 'default'} ...")
+    common.progress(f"worker {name} at level {level or 'default'} ...")
     proc = subprocess.run(cmd, env=env, stdout=subprocess.PIPE, text=True)
     lines = [ln for ln in proc.stdout.splitlines() if ln.startswith(MARK)]
     if proc.returncode or not lines:
@@ -164,21 +155,21 @@ def main(argv=None):
     p.add_argument("--min-time", type=float, default=0.05, help="seconds a sample lasts at least")
     p.add_argument("--no-torch", action="store_true", help="time pylstm only")
     p.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
-    add_common_options(p, threads_default=1)
+    common.add_common_options(p, threads_default=1)
     args = p.parse_args(argv)
     if args.worker:
         return worker(args)
-    if apply_quick(args, cases=[Case(2, 4, 3, 4)], dtypes=["float32"], repeats=1, rounds=1,
-                   min_time=0.0).quick:
+    if common.apply_quick(args, cases=[Case(2, 4, 3, 4)], dtypes=["float32"], repeats=1, rounds=1,
+                          min_time=0.0).quick:
         args.levels = args.levels or [pylstm.show_config(mode="dicts")["simd"]]
     builds = args.builds or [("installed", "installed")]
     if args.levels is None and len(builds) == 1:
         args.levels = pylstm.show_config(mode="dicts")["simd_available"]
     specs = [(n, path, lv) for lv in (args.levels or [None]) for n, path in builds]
     what = "builds" if len(builds) > 1 else "levels"
-    _, env = start(argparse.Namespace(threads=args.threads),
-                   f"bench_simd.py: {what}, {args.repeats} samples x {args.rounds} rounds per "
-                   "worker (the header: the parent's environment)", "no")
+    _, env = common.start(argparse.Namespace(threads=args.threads),
+                          f"bench_simd.py: {what}, {args.repeats} samples x {args.rounds} "
+                          "rounds per worker (the header: the parent's environment)", "no")
     results = {s: [] for s in specs}
     for r in range(args.rounds):
         for spec in specs if r % 2 == 0 else specs[::-1]:
@@ -217,13 +208,10 @@ def main(argv=None):
                 row["torch/pl"] = row[f"torch_{first}_ms"] / row[f"{first}_ms"]
             rows.append(row)
         keys = [k for k in rows[-1] if k not in ("case", "dtype", "mode", "level")]
-        head = f"{'case':<24} {'dtype':<8} {'mode':<6}" + "".join(f" {k:>13}" for k in keys)
-        print(head + "\n" + "-" * len(head))
-        for row in rows[-len(args.cases) * len(args.dtypes) * len(MODES):]:
-            print(f"{row['case']:<24} {row['dtype']:<8} {row['mode']:<6}" + "".join(
-                f" {row[k]:>13.3f}" if row[k] else f" {'-':>13}" for k in keys))
+        print("\n".join(common.table(CASE_COLUMNS + [(k, ">13.3f", k) for k in keys],
+                                     rows[-len(args.cases) * len(args.dtypes) * len(MODES):])))
     if args.json:
-        write_json(args.json, {"script": "bench_simd.py", "args": sys.argv[1:],
+        common.write_json(args.json, {"script": "bench_simd.py", "args": sys.argv[1:],
                                "environment": env, "workers": workers, "figures": rows})
     return 0
 

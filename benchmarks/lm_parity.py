@@ -16,15 +16,8 @@ import inspect
 import sys
 import time
 
+import _common as common
 import numpy as np
-from _common import (
-    add_common_options,
-    apply_quick,
-    copy_lm_weights,
-    start,
-    torch_lm_epoch,
-    torch_twins,
-)
 
 from pylstm import LSTMLanguageModel
 from pylstm.datasets import load_python_docs
@@ -57,9 +50,9 @@ def run(torch, text, args, seed):
     streams, _ = lm._prepare_fit(train, incremental=False)  # vocabulary and network
     former_init(lm.network_, args.former)
     torch.manual_seed(seed)
-    model = torch_twins(torch)[1](len(lm.vocabulary_), args.embedding, args.hidden)
-    copy_lm_weights(torch, model, lm.network_, args.torch_from_pylstm, to_torch=True)
-    copy_lm_weights(torch, model, lm.network_, args.pylstm_from_torch, to_torch=False)
+    model = common.torch_twins(torch)[1](len(lm.vocabulary_), args.embedding, args.hidden)
+    common.copy_lm_weights(torch, model, lm.network_, args.torch_from_pylstm, to_torch=True)
+    common.copy_lm_weights(torch, model, lm.network_, args.pylstm_from_torch, to_torch=False)
     # pylstm's own lanes (one stream: the permutation does not matter).
     inputs, targets = (torch.from_numpy(a) for a in lm._lanes(streams, np.random.RandomState(0)))
     val = torch.from_numpy(np.concatenate([[1], lm._encode(lm._tokenize(val_text))]))
@@ -68,7 +61,7 @@ def run(torch, text, args, seed):
     for _ in range(args.epochs):
         lm._train(True, streams, [])
         out["pylstm"].append(lm.perplexity(val_text))
-        torch_lm_epoch(torch, model, optimizer, inputs, targets, args.seq_len)
+        common.torch_lm_epoch(torch, model, optimizer, inputs, targets, args.seq_len)
         with torch.no_grad():
             logits, _ = model(val[None, :-1])
             nll = torch.nn.functional.cross_entropy(logits[0].double(), val[1:])
@@ -98,10 +91,11 @@ def main(argv=None):
     p.add_argument("--torch-from-pylstm", type=parts, default=[])
     p.add_argument("--pylstm-from-torch", type=parts, default=[])
     p.add_argument("--former", type=parts, default=[])
-    add_common_options(p, threads_default=1, timing=False)
-    args = apply_quick(p.parse_args(argv), chars=3000, val=500, hidden=16, epochs=1, seeds=[0])
-    torch, _ = start(args, "lm_parity.py: validation perplexity, LSTMLanguageModel vs the "
-                     "same torch model", "needed")
+    common.add_common_options(p, threads_default=1, timing=False)
+    args = common.apply_quick(p.parse_args(argv), chars=3000, val=500, hidden=16, epochs=1,
+                              seeds=[0])
+    torch, _ = common.start(args, "lm_parity.py: validation perplexity, LSTMLanguageModel vs the "
+                            "same torch model", "needed")
     text = load_python_docs() if args.corpus == "pydocs" else "\n\n".join(
         inspect.getsource(importlib.import_module(m)) for m in STDLIB)
     print(f"corpus {args.corpus} ({len(text)} chars): train {args.chars}, val {args.val}; "

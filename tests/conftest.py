@@ -14,7 +14,8 @@ def _load_reference():
     """``tests/reference.py``, loaded by path: the test folder is not on ``sys.path``."""
     name = "pylstm_tests_reference"
     if name not in sys.modules:
-        spec = importlib.util.spec_from_file_location(name, Path(__file__).with_name("reference.py"))
+        path = Path(__file__).with_name("reference.py")
+        spec = importlib.util.spec_from_file_location(name, path)
         module = importlib.util.module_from_spec(spec)
         spec.loader.exec_module(module)
         sys.modules[name] = module
