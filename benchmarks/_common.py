@@ -1,500 +1,424 @@
-"""Scaffolding shared by the benchmark scripts ``bench_lstm.py``, ``bench_fit.py`` and
-``bench_lm.py``.
+"""What the benchmark scripts share: the NumPy reference, the run's settings and header,
+timing, the summary file, and PyTorch's twins of pylstm's models with their training steps.
 
-Not a package module: the scripts are run as files (``python benchmarks/bench_lm.py``),
-so their folder is first on ``sys.path`` and they ``import _common`` directly.
-
-``threadpoolctl`` (which every script needs) is imported here: when it is
-missing, importing this module ends the script with a message that names it.
-Scripts that call threadpoolctl themselves take it from here
-(``from _common import threadpoolctl``).
-
-What is here:
-
-* measuring other processes' load: :class:`ForeignCPU`, :func:`idle_share`,
-  :func:`load_average` and the threshold :data:`BUSY`;
-* timing: :func:`timed` (one call) and :func:`timed_alternately` (two or more
-  implementations, alternating within each repeat), :func:`profile_top`;
-* the machine and libraries: :func:`cpu_model`, :func:`system_info`,
-  :func:`torch_details`, :func:`environment_variables`, :func:`library_summaries`,
-  :func:`environment`, :func:`import_libraries`;
-* settings of the run: :func:`thread_limits`, :func:`steady_malloc`,
-  :func:`malloc_setting`, :func:`add_profile_option`, :func:`add_common_options`;
-* output: :func:`progress`, the header pieces (:func:`print_title`,
-  :func:`print_environment`, :func:`print_malloc`, :func:`print_foreign_start`),
-  :func:`print_column_heads`, :func:`save_json`, :func:`geometric_mean`.
+Not a package module: the scripts run as files (``python benchmarks/bench_lstm.py``), so
+their folder comes first on ``sys.path`` and they ``import _common``.
 """
 
 from __future__ import annotations
 
-import contextlib
-import cProfile
 import ctypes
 import ctypes.util
+import functools
 import gc
-import importlib
-import io
+import importlib.util
 import json
 import os
 import platform
-import pstats
 import re
 import sys
 import time
+from pathlib import Path
 
 import numpy as np
+import threadpoolctl  # installed with scikit-learn
 
-try:
-    import threadpoolctl
-except ImportError:  # pragma: no cover - message for the user
-    sys.exit(f"{os.path.basename(sys.argv[0])} needs threadpoolctl: pip install threadpoolctl")
+# Imported before any thread cap is set: threadpoolctl caps only the BLAS libraries
+# already loaded, and pylstm loads SciPy's.
+import pylstm
 
-#: Figures are marked when other processes took more than this share of the CPUs.
-BUSY = 0.15
-#: Environment variables that change what the BLAS/OpenMP libraries do; the header shows them.
-ENV_VARS = ("OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE", "OPENBLAS_NUM_THREADS",
-            "OMP_NUM_THREADS", "MKL_NUM_THREADS")
-#: The two of ENV_VARS that override OpenBLAS's own choice of kernel and cache size.
-OPENBLAS_OVERRIDES = ("OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE")
+#: Variables that change what the BLAS/OpenMP libraries do; the header shows them.
+ENV_VARS = ("OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE", "OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS",
+            "MKL_NUM_THREADS", "PYLSTM_SIMD")
 
 
-# --------------------------------------------------------------------------- output
 def progress(msg):
     """Print a progress message to stderr (the tables go to stdout)."""
     print(msg, file=sys.stderr, flush=True)
 
 
-def save_json(path, payload):
-    """Write ``payload`` to ``path`` as indented JSON, creating its folder.
+def numpy_reference():
+    """The ``NumpyLSTM`` class of ``tests/reference.py``, the tests' oracle.
 
-    Parameters
-    ----------
-    path : str
-        The file to write.
-    payload : dict
-        What to write; values JSON does not know are written as ``str(value)``.
+    Loaded by path: the repository root on ``sys.path`` would make ``import pylstm``
+    find the uncompiled sources instead of the installed package.
     """
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    with open(path, "w") as fh:
-        json.dump(payload, fh, indent=2, default=str)
-    print(f"wrote {path}")
-
-
-def print_column_heads(head):
-    """Print a table's column headings and a rule of the same width under them."""
-    print(head)
-    print("-" * len(head))
-
-
-def geometric_mean(values):
-    """Geometric mean of positive numbers, as a float."""
-    return float(np.exp(np.mean(np.log(values))))
-
-
-# --------------------------------------------------------------------------- load
-class ForeignCPU:
-    """Share of the machine's CPU time used by other processes between start and stop.
-
-    Linux only (``/proc/stat``); ``stop`` returns None elsewhere. Our own
-    threads, spinning BLAS/OpenMP workers included, are not counted.
-    """
-
-    def __init__(self):
-        self._t0 = self._busy0 = self._self0 = None
-
-    @staticmethod
-    def _busy_seconds():
-        try:
-            with open("/proc/stat") as fh:
-                fields = [int(v) for v in fh.readline().split()[1:]]
-        except (OSError, ValueError):
-            return None
-        # user nice system idle iowait irq softirq steal [guest guest_nice]
-        busy = sum(fields[:3]) + sum(fields[5:8])
-        return busy / os.sysconf("SC_CLK_TCK")
-
-    @staticmethod
-    def _self_seconds():
-        t = os.times()
-        return t.user + t.system
-
-    def start(self):
-        """Start measuring; returns ``self``."""
-        self._t0 = time.perf_counter()
-        self._busy0 = self._busy_seconds()
-        self._self0 = self._self_seconds()
-        return self
-
-    def stop(self):
-        """Share of the CPUs (0 to 1) that other processes used, or None."""
-        busy = self._busy_seconds()
-        if busy is None or self._busy0 is None:
-            return None
-        wall = time.perf_counter() - self._t0
-        foreign = (busy - self._busy0) - (self._self_seconds() - self._self0)
-        return max(0.0, foreign) / (wall * (os.cpu_count() or 1)) if wall > 0 else None
-
-    def wall(self):
-        """Seconds since :meth:`start`."""
-        return time.perf_counter() - self._t0
-
-
-def idle_share(seconds=0.5):
-    """Share of the CPUs other processes use while this one sleeps ``seconds``."""
-    meter = ForeignCPU().start()
-    time.sleep(seconds)
-    return meter.stop()
-
-
-def load_average():
-    """``os.getloadavg()``, or None where the system does not provide it."""
-    try:
-        return os.getloadavg()
-    except OSError:
-        return None
-
-
-# --------------------------------------------------------------------------- timing
-def timed(fn):
-    """Run ``fn`` after a full collection, measuring other processes' load meanwhile.
-
-    The garbage collector stays on during the call, as it is for a user.
-
-    Returns
-    -------
-    result
-        What ``fn`` returned.
-    share : float or None
-        Share of the CPUs other processes used during the call (:class:`ForeignCPU`).
-    cpu : float
-        CPU seconds this process used (``time.process_time``).
-    """
-    gc.collect()
-    meter = ForeignCPU().start()
-    cpu0 = time.process_time()
-    result = fn()
-    cpu = time.process_time() - cpu0
-    return result, meter.stop(), cpu
-
-
-def timed_alternately(calls, repeats):
-    """Time several implementations ``repeats`` times each, alternating their order.
-
-    Within even repeats the implementations run in the order of ``calls``,
-    within odd ones in reverse, so that all see the same background load.
-
-    Parameters
-    ----------
-    calls : dict
-        Name -> function without arguments that returns ``(seconds, result)``.
-    repeats : int
-        Calls per implementation.
-
-    Returns
-    -------
-    samples, shares, cpus : dict
-        Name -> list over repeats of the seconds ``fn`` reported, of the
-        other processes' CPU share and of this process's CPU seconds (see
-        :func:`timed`).
-    last : dict
-        Name -> the ``result`` of its last call.
-    """
-    names = list(calls)
-    samples, shares, cpus = ({name: [] for name in names} for _ in range(3))
-    last = {}
-    for r in range(repeats):
-        for name in (names if r % 2 == 0 else names[::-1]):
-            (elapsed, last[name]), share, cpu = timed(calls[name])
-            samples[name].append(elapsed)
-            shares[name].append(share)
-            cpus[name].append(cpu)
-    return samples, shares, cpus, last
-
-
-def profile_top(fn, top):
-    """Call ``fn`` under cProfile; its top ``top`` functions by own time, as text.
-
-    Paths inside the folder that holds the installed ``pylstm`` are shown
-    relative to it.
-    """
-    prof = cProfile.Profile()
-    prof.enable()
-    try:
-        fn()
-    finally:
-        prof.disable()
-    buf = io.StringIO()
-    pstats.Stats(prof, stream=buf).sort_stats("tottime").print_stats(top)
-    root = os.path.dirname(os.path.dirname(importlib.import_module("pylstm").__file__))
-    return buf.getvalue().replace(root + os.sep, "")
-
-
-# --------------------------------------------------------------------------- environment
-def cpu_model():
-    """The CPU's model name from ``/proc/cpuinfo`` (or what ``platform`` knows)."""
-    try:
-        with open("/proc/cpuinfo") as fh:
-            for line in fh:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
-def system_info(pylstm):
-    """Python, platform and CPU, and the versions of numpy, scipy, pylstm and threadpoolctl.
-
-    Returns
-    -------
-    dict
-        ``python``, ``platform``, ``cpu``, ``cpu_count``, ``numpy``, ``scipy``,
-        ``pylstm``, ``pylstm_path`` (the folder of the imported package) and
-        ``threadpoolctl``.
-    """
-    import scipy
-
-    return {
-        "python": platform.python_version(),
-        "platform": platform.platform(),
-        "cpu": cpu_model(),
-        "cpu_count": os.cpu_count(),
-        "numpy": np.__version__,
-        "scipy": scipy.__version__,
-        "pylstm": getattr(pylstm, "__version__", "?"),
-        "pylstm_path": os.path.dirname(pylstm.__file__),
-        "threadpoolctl": threadpoolctl.__version__,
-    }
-
-
-def torch_details(torch):
-    """torch's version, thread count, CPU capability, BLAS and whether oneDNN is on.
-
-    Returns
-    -------
-    dict
-        ``version``, ``num_threads``, ``cpu_capability`` (``"?"`` when torch
-        cannot tell), ``blas`` (e.g. ``mkl 2024.2-Product``) and ``mkldnn``.
-    """
-    info = {"version": torch.__version__, "num_threads": torch.get_num_threads()}
-    try:
-        info["cpu_capability"] = torch.backends.cpu.get_cpu_capability()
-    except Exception:
-        info["cpu_capability"] = "?"
-    config = torch.__config__.show()
-    m = re.search(r"BLAS_INFO=(\w+)", config)
-    info["blas"] = m.group(1) if m else "?"
-    m = re.search(r"Math Kernel Library Version ([^\s]+)", config)
-    if m:
-        info["blas"] += f" {m.group(1)}"
-    info["mkldnn"] = bool(torch.backends.mkldnn.is_available()
-                          and torch.backends.mkldnn.enabled)
-    return info
-
-
-def environment_variables():
-    """The value of each of :data:`ENV_VARS`, ``"unset"`` where absent."""
-    return {k: os.environ.get(k, "unset") for k in ENV_VARS}
-
-
-def library_summaries():
-    """The BLAS/OpenMP libraries threadpoolctl finds, with the fields the headers show."""
-    keys = ("user_api", "internal_api", "prefix", "version", "architecture", "num_threads",
-            "threading_layer", "filepath")
-    return [{k: info.get(k) for k in keys} for info in threadpoolctl.threadpool_info()]
-
-
-def environment(pylstm, torch, torch_error, threads):
-    """What ``bench_fit.py`` and ``bench_lm.py`` report about the machine and libraries.
-
-    Parameters
-    ----------
-    pylstm : module
-        The imported package.
-    torch : module or None
-        torch, or None when it is not used.
-    torch_error : str or None
-        Why torch could not be imported.
-    threads : int or None
-        The ``--threads`` option.
-
-    Returns
-    -------
-    dict
-        :func:`system_info` plus ``sklearn``, ``torch`` (:func:`torch_details`
-        or None), ``torch_error``, ``threads_option``, ``env``
-        (:func:`environment_variables`), ``libraries``
-        (:func:`library_summaries`) and ``foreign_cpu_start``
-        (:func:`idle_share`).
-    """
-    import sklearn
-
-    return {
-        **system_info(pylstm),
-        "sklearn": sklearn.__version__,
-        "torch": torch_details(torch) if torch is not None else None,
-        "torch_error": torch_error,
-        "threads_option": threads,
-        "env": environment_variables(),
-        "libraries": library_summaries(),
-        "foreign_cpu_start": idle_share(),
-    }
-
-
-def import_libraries(use_torch):
-    """Import scipy's BLAS, pylstm and (with ``use_torch``) torch.
-
-    Returns
-    -------
-    pylstm : module
-    torch : module or None
-        None when not asked for or when the import failed.
-    error : str or None
-        ``"ExceptionName: message"`` of a failed torch import.
-    """
-    importlib.import_module("scipy.linalg.cython_blas")
-    pylstm = importlib.import_module("pylstm")
-    torch, error = None, None
-    if use_torch:
-        try:
-            torch = importlib.import_module("torch")
-        except Exception as exc:  # any failure means "no torch"
-            error = f"{type(exc).__name__}: {exc}"
-    return pylstm, torch, error
-
-
-# --------------------------------------------------------------------------- header
-def print_title(title, width, env):
-    """The top of every header: the title between rules, Python, platform and CPU."""
-    print("=" * width)
-    print(title)
-    print("=" * width)
-    print(f"python {env['python']}  |  {env['platform']}")
-    print(f"cpu: {env['cpu']}  ({env['cpu_count']} logical cpus)")
-
-
-def print_environment(env):
-    """The versions, torch, environment, malloc and library lines of an :func:`environment`."""
-    t = env["torch"]
-    tv = t["version"] if t else f"not available ({env['torch_error'] or 'disabled'})"
-    print(f"numpy {env['numpy']}  |  scipy {env['scipy']}  |  scikit-learn {env['sklearn']}  |  "
-          f"pylstm {env['pylstm']} ({env['pylstm_path']})  |  torch {tv}")
-    if t:
-        print(f"torch: BLAS {t['blas']}, cpu capability {t['cpu_capability']}, "
-              f"mkldnn {'on' if t['mkldnn'] else 'off'}, "
-              f"torch.get_num_threads() = {t['num_threads']}")
-    e = env["env"]
-    for key in OPENBLAS_OVERRIDES:
-        state = "unset" if e[key] == "unset" else f"SET to {e[key]!r}"
-        print(f"{key}: {state}")
-    others = ", ".join(f"{k}={v}" for k, v in e.items() if k not in OPENBLAS_OVERRIDES)
-    print(f"other environment: {others}")
-    print_malloc(env)
-    print("threadpoolctl (BLAS / OpenMP libraries, after --threads):")
-    for lib in env["libraries"]:
-        print(f"  - {lib['internal_api']} {lib['version']} [{lib['user_api']}] "
-              f"architecture={lib['architecture'] or '-'} num_threads={lib['num_threads']} "
-              f"({os.path.basename(lib['filepath'] or '?')})")
-    opt = env["threads_option"]
-    print(f"--threads: {opt if opt is not None else 'not given (library defaults)'}")
-
-
-def print_malloc(env):
-    """The ``malloc:`` line: :func:`steady_malloc`'s outcome, or glibc's defaults."""
-    print(f"malloc: {env.get('malloc', 'glibc defaults')}")
-
-
-def print_foreign_start(env):
-    """The share of the CPUs other processes used before the run.
-
-    Followed by the load average when ``env`` has one (``load_average_start``).
-    """
-    share = env["foreign_cpu_start"]
-    if share is None:
-        return
-    load = env.get("load_average_start")
-    print(f"CPU used by other processes before the run: {100 * share:.0f}%"
-          + (f"  (load average {load[0]:.2f} {load[1]:.2f} {load[2]:.2f})" if load else ""))
+    name = "pylstm_tests_reference"
+    if name not in sys.modules:
+        path = Path(__file__).resolve().parent.parent / "tests" / "reference.py"
+        spec = importlib.util.spec_from_file_location(name, path)
+        sys.modules[name] = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(sys.modules[name])
+    return sys.modules[name].NumpyLSTM
 
 
 # --------------------------------------------------------------------------- settings
-@contextlib.contextmanager
-def thread_limits(n_threads, torch=None, cap_pools=True):
-    """Cap the BLAS/OpenMP pools at ``n_threads`` and set torch's thread count.
+def add_common_options(parser, threads_type=int, threads_default=None, timing=True):
+    """Add ``--threads`` and ``--quick``; with ``timing``, ``--seed``, ``--json`` and
+    ``--steady-malloc`` too."""
+    parser.add_argument("--threads", type=threads_type, default=threads_default,
+                        help="cap every BLAS/OpenMP pool (threadpoolctl) and torch's threads "
+                             f"(default: {threads_default or 'the libraries own'})")
+    parser.add_argument("--quick", action="store_true",
+                        help="tiny sizes, one sample: checks that the script runs (no figures)")
+    if timing:
+        parser.add_argument("--seed", type=int, default=0)
+        parser.add_argument("--json", metavar="PATH", help="write the medians and ratios here")
+        parser.add_argument("--steady-malloc", action="store_true",
+                            help="keep freed memory in the process (glibc mallopt), so that no "
+                                 "library pays page faults for fresh temporaries on every call")
 
-    Parameters
-    ----------
-    n_threads : int or None
-        Threads per pool; None leaves every library at its default.
-    torch : module or None
-        Gets ``torch.set_num_threads(n_threads)``.
-    cap_pools : bool
-        False leaves the BLAS/OpenMP pools alone (torch is still set).
 
-    The pools' limits are restored on exit; torch's count is not.
+def apply_quick(args, **settings):
+    """With ``--quick``, replace the given options and run on one thread (a smoke test
+    on a shared machine should not wait for busy cores)."""
+    if args.quick:
+        for name, value in settings.items():
+            setattr(args, name, value)
+        if getattr(args, "threads", 1) is None:
+            args.threads = 1
+    return args
+
+
+def set_threads(n_threads, torch=None):
+    """Cap every BLAS/OpenMP pool and torch at ``n_threads`` (None: leave the defaults).
+
+    Both sides get the same cap, so that neither runs on more cores than the other.
     """
-    limiter = None
-    if n_threads is not None and cap_pools:
-        limiter = threadpoolctl.threadpool_limits(limits=n_threads)
-    if n_threads is not None and torch is not None:
-        torch.set_num_threads(n_threads)
-    try:
-        yield
-    finally:
-        if limiter is not None:
-            limiter.restore_original_limits()
+    if n_threads is not None:
+        threadpoolctl.threadpool_limits(limits=n_threads)
+        if torch is not None:
+            torch.set_num_threads(n_threads)
 
 
 def steady_malloc():
-    """Keep freed memory in the process (glibc mallopt); a description, or why not.
+    """Make glibc's malloc keep freed memory in the process; returns what the header shows.
 
-    Sets M_MMAP_THRESHOLD to glibc's maximum (32 MiB on 64-bit), so that
-    smaller blocks come from the heap, and M_TOP_PAD and M_TRIM_THRESHOLD
-    to 1 GiB, so that the heap keeps what is freed: later allocations reuse
-    pages already mapped instead of faulting in fresh ones. (Measured with
-    torch 2.13 at 64x100x64x128 float32: a training step takes 37 ms with
-    glibc's defaults and 23 ms with these settings; M_TOP_PAD is the one
-    that matters, M_TRIM_THRESHOLD alone makes it slower, 53 ms.)
+    Blocks up to glibc's largest mmap threshold then come from a heap that is never
+    trimmed: a library that allocates its temporaries afresh on every call (torch, the
+    NumPy reference) reuses warm pages instead of faulting in new ones, as pylstm, which
+    keeps its work arrays, does anyway.
+    """
+    try:
+        mallopt = ctypes.CDLL(ctypes.util.find_library("c")).mallopt
+    except (OSError, AttributeError, TypeError):
+        return "glibc defaults (no mallopt here)"
+    m_trim_threshold, m_top_pad, m_mmap_threshold = -1, -2, -3
+    mmap_max = 4 * 1024 * 1024 * ctypes.sizeof(ctypes.c_long)
+    settings = ((m_mmap_threshold, mmap_max), (m_top_pad, 2**30), (m_trim_threshold, 2**30))
+    if not all(mallopt(key, value) == 1 for key, value in settings):
+        return "glibc defaults (mallopt refused)"
+    return f"steady (M_MMAP_THRESHOLD={mmap_max}, M_TOP_PAD=M_TRIM_THRESHOLD=2**30)"
+
+
+def start(args, title, torch="wanted"):
+    """Set a run up from ``args`` (malloc, torch, thread caps) and print its header.
+
+    ``torch`` is ``"wanted"``, ``"needed"`` (without it the script ends, saying why) or
+    ``"no"``. Returns torch (or None) and the :func:`environment` of the run.
+    """
+    malloc = steady_malloc() if getattr(args, "steady_malloc", False) else "glibc defaults"
+    module, why = None, "disabled"
+    if torch != "no":
+        try:
+            import torch as module
+        except Exception as exc:  # any failure means "no torch"
+            why = f"{type(exc).__name__}: {exc}"
+        if module is None and torch == "needed":
+            sys.exit(f"{Path(sys.argv[0]).name} needs torch: {why}")
+    threads = getattr(args, "threads", None)
+    set_threads(threads[0] if isinstance(threads, list) else threads, module)
+    env = environment(module, None if module else why, threads, malloc)
+    print_header(title, env)
+    return module, env
+
+
+# --------------------------------------------------------------------------- header
+def cpu_model():
+    """The CPU's model name from ``/proc/cpuinfo``, or what ``platform`` knows."""
+    try:
+        with open("/proc/cpuinfo") as fh:
+            return next(ln.split(":", 1)[1].strip() for ln in fh if ln.startswith("model name"))
+    except (OSError, StopIteration):
+        return platform.processor() or platform.machine()
+
+
+def environment(torch=None, torch_error=None, threads=None, malloc="glibc defaults"):
+    """What a result depends on, as a dict: machine and load, the versions of numpy,
+    scipy, pylstm (SIMD level, compiler) and ``torch`` (threads, CPU capability, BLAS),
+    ``torch_error`` (why no torch), the ``threads`` option, ``malloc``, the variables
+    :data:`ENV_VARS` and the BLAS/OpenMP ``libraries`` threadpoolctl finds."""
+    import scipy
+
+    config = pylstm.show_config(mode="dicts")
+    env = {
+        "python": platform.python_version(), "platform": platform.platform(),
+        "cpu": cpu_model(), "cpu_count": os.cpu_count(),
+        "load_average": os.getloadavg() if hasattr(os, "getloadavg") else None,
+        "numpy": np.__version__, "scipy": scipy.__version__,
+        "pylstm": f"{pylstm.__version__} ({config['simd']}, {config['compiler']})",
+        "torch": None, "torch_error": torch_error, "threads": threads, "malloc": malloc,
+        "env": {k: os.environ.get(k, "unset") for k in ENV_VARS},
+        "libraries": [
+            {"api": i.get("internal_api"), "version": i.get("version"),
+             "architecture": i.get("architecture"), "num_threads": i.get("num_threads"),
+             "file": "/".join(Path(i.get("filepath") or "?").parts[-2:])}
+            for i in threadpoolctl.threadpool_info()],
+    }
+    if torch is not None:
+        blas = re.search(r"BLAS_INFO=(\w+)", torch.__config__.show())
+        env["torch"] = {"version": torch.__version__, "num_threads": torch.get_num_threads(),
+                        "cpu_capability": torch.backends.cpu.get_cpu_capability(),
+                        "blas": blas.group(1) if blas else "?"}
+    return env
+
+
+def print_header(title, env):
+    """Print ``title`` and the :func:`environment` lines above a script's tables."""
+    print("=" * 100)
+    print(title)
+    print("=" * 100)
+    load = env["load_average"]
+    print(f"python {env['python']} | {env['platform']} | cpu {env['cpu']} "
+          f"({env['cpu_count']} logical cpus)"
+          + (f" | load average {load[0]:.2f} {load[1]:.2f} {load[2]:.2f}" if load else ""))
+    t = env["torch"]
+    torch_text = (f"{t['version']} (cpu capability {t['cpu_capability']}, BLAS {t['blas']}, "
+                  f"{t['num_threads']} threads)" if t else f"not used ({env['torch_error']})")
+    print(f"numpy {env['numpy']} | scipy {env['scipy']} | pylstm {env['pylstm']} | "
+          f"torch {torch_text}")
+    print("environment: " + ", ".join(f"{k}={v}" for k, v in env["env"].items())
+          + f" | malloc: {env['malloc']}")
+    print("BLAS / OpenMP libraries (threadpoolctl, under the run's thread cap):")
+    for lib in env["libraries"]:
+        print(f"  - {lib['api']} {lib['version']}, kernel {lib['architecture'] or '-'}, "
+              f"{lib['num_threads']} thread(s): {lib['file']}")
+    print(f"--threads: {env['threads'] if env['threads'] is not None else 'library defaults'}")
+    print()
+
+
+# --------------------------------------------------------------------------- timing
+def measure(fn, repeats, warmup=2, min_time=0.05):
+    """Milliseconds per call of ``fn``, one figure per sample.
+
+    ``warmup`` untimed calls come first; the last of them sets how many calls a
+    sample loops over so that it lasts about ``min_time`` seconds. The garbage
+    collector is off while sampling, so that no sample pays for another's garbage.
+    """
+    last = 0.0
+    for _ in range(max(1, warmup)):
+        t0 = time.perf_counter()
+        fn()
+        last = time.perf_counter() - t0
+    number = max(1, int(np.ceil(min_time / max(last, 1e-9))))
+    samples = []
+    gc_was_on = gc.isenabled()
+    gc.disable()
+    try:
+        for _ in range(repeats):
+            t0 = time.perf_counter()
+            for _ in range(number):
+                fn()
+            samples.append(1e3 * (time.perf_counter() - t0) / number)
+    finally:
+        if gc_was_on:
+            gc.enable()
+    return samples
+
+
+def median_iqr(samples):
+    """``{"median_ms": ..., "iqr_ms": ...}`` of samples in milliseconds."""
+    q1, med, q3 = np.percentile(samples, [25, 50, 75])
+    return {"median_ms": float(med), "iqr_ms": float(q3 - q1)}
+
+
+def alternate(calls, repeats):
+    """Call each of ``calls`` (name -> function) ``repeats`` times, in order in even
+    rounds and reversed in odd ones, so that a drift of the load falls on all alike.
+
+    Returns ``wall`` and ``cpu``, name -> seconds of wall time and of this process's
+    CPU time per call, and ``last``, name -> what its last call returned.
+    """
+    names = list(calls)
+    wall, cpu, last = {n: [] for n in names}, {n: [] for n in names}, {}
+    for r in range(repeats):
+        for name in names if r % 2 == 0 else names[::-1]:
+            gc.collect()
+            t0, c0 = time.perf_counter(), time.process_time()
+            last[name] = calls[name]()
+            wall[name].append(time.perf_counter() - t0)
+            cpu[name].append(time.process_time() - c0)
+    return wall, cpu, last
+
+
+def geomean(values):
+    """Geometric mean of positive numbers (nan when there are none)."""
+    values = [v for v in values if v is not None]
+    return float(np.exp(np.mean(np.log(values)))) if values else float("nan")
+
+
+def table(columns, rows):
+    """A table's lines: heading, rule, then one line per row.
+
+    ``columns`` are ``(heading, spec, cell)``: ``spec`` a format spec starting with
+    the alignment and width (``"<24"``, ``">9.2f"``), ``cell`` a key of the row or a
+    function of it; a missing value (None) shows as ``-``.
+    """
+    specs = [(spec[0], int(re.match(r"\d+", spec[1:]).group()), spec) for _, spec, _ in columns]
+    head = " ".join(f"{h:{a}{w}}" for (h, _, _), (a, w, _) in zip(columns, specs, strict=True))
+    lines = [head, "-" * len(head)]
+    for row in rows:
+        values = [cell(row) if callable(cell) else row.get(cell) for _, _, cell in columns]
+        lines.append(" ".join(f"{'-':{a}{w}}" if v is None else format(v, spec)
+                              for v, (a, w, spec) in zip(values, specs, strict=True)).rstrip())
+    return lines
+
+
+def _rounded(value):
+    if isinstance(value, float):
+        return float(f"{value:.4g}")
+    if isinstance(value, dict):
+        return {k: _rounded(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_rounded(v) for v in value]
+    return value
+
+
+def write_json(path, payload):
+    """Write a summary to ``path``: four significant digits (as the tables print them),
+    one line per top-level key and per row of a table (a list of dicts)."""
+    lines = []
+    for key, value in _rounded(payload).items():
+        if isinstance(value, list) and value and all(isinstance(v, dict) for v in value):
+            rows = ",\n  ".join(json.dumps(v, default=str) for v in value)
+            lines.append(f" {json.dumps(key)}: [\n  {rows}\n ]")
+        else:
+            lines.append(f" {json.dumps(key)}: {json.dumps(value, default=str)}")
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    Path(path).write_text("{\n" + ",\n".join(lines) + "\n}\n")
+    print(f"wrote {path}")
+
+
+# --------------------------------------------------------------------------- torch twins
+def torch_lstm(torch, state_dict, dtype):
+    """``torch.nn.LSTM(batch_first=True)`` holding the weights of a pylstm ``state_dict``."""
+    names = list(state_dict)
+    module = torch.nn.LSTM(
+        state_dict["weight_ih_l0"].shape[1], state_dict["weight_hh_l0"].shape[1],
+        num_layers=sum(n.startswith("weight_ih") and "reverse" not in n for n in names),
+        bidirectional="weight_ih_l0_reverse" in names, batch_first=True,
+        dtype=torch.float32 if np.dtype(dtype) == np.float32 else torch.float64)
+    module.load_state_dict({k: torch.from_numpy(np.ascontiguousarray(v, dtype=dtype))
+                            for k, v in state_dict.items()})
+    return module
+
+
+@functools.cache
+def torch_twins(torch):
+    """PyTorch's versions of pylstm's estimator models, as ``(Sequence, LanguageModel)``.
+
+    ``Sequence(n_in, hidden, n_out, dtype)``: ``LSTMClassifier``'s and
+    ``LSTMRegressor``'s model, an LSTM and a linear layer on the last layer's final
+    hidden state (``forward(x, lengths=None)``, lengths through a packed sequence).
+    ``LanguageModel(vocab, embedding, hidden, layers)``: ``LSTMLanguageModel``'s,
+    embedding, LSTM and a linear head on every step (``forward(x, state=None)``).
+    """
+    nn = torch.nn
+
+    class Sequence(nn.Module):
+        def __init__(self, n_in, hidden, n_out, dtype=None):
+            super().__init__()
+            self.lstm = nn.LSTM(n_in, hidden, batch_first=True, dtype=dtype)
+            self.head = nn.Linear(hidden, n_out, dtype=dtype)
+
+        def forward(self, x, lengths=None):
+            if lengths is not None:
+                x = nn.utils.rnn.pack_padded_sequence(x, lengths, batch_first=True,
+                                                      enforce_sorted=False)
+            _, (h_n, _) = self.lstm(x)
+            return self.head(h_n[-1])
+
+    class LanguageModel(nn.Module):
+        def __init__(self, vocab_size, embedding_dim, hidden, layers=1):
+            super().__init__()
+            self.embedding = nn.Embedding(vocab_size, embedding_dim)
+            self.lstm = nn.LSTM(embedding_dim, hidden, num_layers=layers, batch_first=True)
+            self.head = nn.Linear(hidden, vocab_size)
+
+        def forward(self, x, state=None):
+            out, state = self.lstm(self.embedding(x), state)
+            return self.head(out), state
+
+    return Sequence, LanguageModel
+
+
+def torch_step(torch, params, optimizer, loss):
+    """One update as pylstm's estimators make it: gradients, clipping to norm 5
+    (pylstm's default ``clip_norm``), the optimizer's step."""
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(params, 5.0)
+    optimizer.step()
+
+
+def torch_lm_epoch(torch, model, optimizer, inputs, targets, seq_len):
+    """One epoch of stateful truncated BPTT, as ``LSTMLanguageModel`` trains.
+
+    Windows of ``seq_len`` steps over the lanes, the detached ``(h, c)`` carried
+    from one window to the next (reset each epoch), mean cross-entropy per token.
+    Returns the epoch's mean training loss.
+    """
+    params = list(model.parameters())
+    state, total, count = None, 0.0, 0
+    for start in range(0, inputs.shape[1], seq_len):
+        x, y = inputs[:, start:start + seq_len], targets[:, start:start + seq_len]
+        logits, state = model(x, state)
+        loss = torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]),
+                                                 y.reshape(-1))
+        torch_step(torch, params, optimizer, loss)
+        state = tuple(s.detach() for s in state)
+        total += loss.item() * y.numel()
+        count += y.numel()
+    return total / count
+
+
+def char_lanes(text, batch_size, seq_len, vocab=None):
+    """pylstm's character pipeline: vocabulary, and the lanes of ``<bos>`` + text.
+
+    The vocabulary is ``<unk>``, ``<bos>``, then the text's sorted characters (or
+    ``vocab``); the token stream is cut into ``batch_size`` lanes of equal width,
+    the targets one token ahead, as ``LSTMLanguageModel`` cuts it.
 
     Returns
     -------
-    str
-        What the ``malloc:`` header line shows.
+    vocab : list of str
+    inputs, targets : ndarray of int64 of shape (lanes, width)
     """
-    name = ctypes.util.find_library("c")
-    try:
-        libc = ctypes.CDLL(name)
-        mallopt = libc.mallopt
-    except (OSError, AttributeError, TypeError):
-        return "not available (no glibc mallopt)"
-    m_trim_threshold, m_top_pad, m_mmap_threshold = -1, -2, -3
-    mmap_max = 4 * 1024 * 1024 * ctypes.sizeof(ctypes.c_long)
-    settings = {m_mmap_threshold: mmap_max, m_top_pad: 2**30, m_trim_threshold: 2**30}
-    if not all(mallopt(key, value) == 1 for key, value in settings.items()):
-        return "mallopt refused the settings"
-    return (f"steady (mallopt M_MMAP_THRESHOLD={mmap_max}, M_TOP_PAD={2**30}, "
-            f"M_TRIM_THRESHOLD={2**30})")
+    vocab = vocab or ["<unk>", "<bos>"] + sorted(set(text) - {"<unk>", "<bos>"})
+    index = {tok: i for i, tok in enumerate(vocab)}
+    data = np.array([1] + [index.get(ch, 0) for ch in text], dtype=np.int64)
+    lanes = max(1, min(batch_size, (len(data) - 1) // seq_len))
+    width = (len(data) - 1) // lanes
+    return (vocab, data[:lanes * width].reshape(lanes, width),
+            data[1:lanes * width + 1].reshape(lanes, width))
 
 
-def malloc_setting(args):
-    """:func:`steady_malloc` with ``--steady-malloc``, else ``"glibc defaults"``."""
-    return steady_malloc() if args.steady_malloc else "glibc defaults"
+def copy_lm_weights(torch, model, net, parts=("embedding", "lstm", "head"), to_torch=True):
+    """Copy weights between a :func:`torch_twins` language model and a pylstm network.
 
-
-def add_profile_option(parser):
-    """Add ``--profile N``: one cProfile'd pylstm fit per configuration (:func:`profile_top`)."""
-    parser.add_argument("--profile", type=int, default=0, metavar="N",
-                        help="also print the top N functions of one cProfile'd pylstm fit per "
-                             "configuration")
-
-
-def add_common_options(parser):
-    """Add ``--seed``, ``--json`` and ``--steady-malloc``, the last options of every script."""
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--json", metavar="PATH", help="write every figure to this JSON file")
-    parser.add_argument(
-        "--steady-malloc",
-        action="store_true",
-        help="keep freed memory in the process (glibc mallopt), so that no library "
-        "pays page faults for fresh temporaries on every call (see the module docstring)",
-    )
+    ``net`` is a fitted model's ``network_`` (``LanguageNetwork``: ``embedding``,
+    ``layers`` of one-layer ``LSTM``, ``coef`` and ``intercept``); ``parts`` any of
+    ``embedding``, ``lstm`` and ``head``; ``to_torch=False`` copies into pylstm.
+    """
+    lstm = [(getattr(model.lstm, name[:-1] + str(k)), arr)
+            for k, layer in enumerate(net.layers)
+            for name, arr in zip(layer.state_dict(), layer.parameters(), strict=True)]
+    pairs = {"embedding": [(model.embedding.weight, net.embedding)], "lstm": lstm,
+             "head": [(model.head.weight, net.coef.T), (model.head.bias, net.intercept)]}
+    with torch.no_grad():
+        for part in parts:
+            for tensor, arr in pairs[part]:
+                if to_torch:
+                    tensor.copy_(torch.from_numpy(np.ascontiguousarray(arr)))
+                else:
+                    arr[...] = tensor.numpy()

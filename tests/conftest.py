@@ -2,9 +2,30 @@
 cannot import one another)."""
 
 import faulthandler
+import importlib.util
+import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
+
+
+def _load_reference():
+    """``tests/reference.py``, loaded by path: the test folder is not on ``sys.path``."""
+    name = "pylstm_tests_reference"
+    if name not in sys.modules:
+        path = Path(__file__).with_name("reference.py")
+        spec = importlib.util.spec_from_file_location(name, path)
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+        sys.modules[name] = module
+    return sys.modules[name]
+
+
+@pytest.fixture
+def numpy_lstm():
+    """The NumPy reference LSTM class of ``tests/reference.py`` (also the benchmarks')."""
+    return _load_reference().NumpyLSTM
 
 
 def _kernel_problem(dtype, B, T, I, H, seed):

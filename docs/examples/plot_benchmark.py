@@ -267,7 +267,8 @@ if not runs:
 ratios = (("numpy_over_pylstm", "NumPy / pylstm", "tab:orange"),
           ("torch_over_pylstm", "PyTorch / pylstm", "tab:green"))
 for name, rows in runs:
-    labels = [f"{r['case']} {r['dtype']} {r['mode']}" for r in rows]
+    labels = [f"{r['case']} {r['dtype']} {r['mode']}"
+              + (f" {r['threads']}t" if r.get("threads") else "") for r in rows]
     fig, ax = plt.subplots(figsize=(9, 0.3 * len(rows) + 1.5),
                            layout="constrained")
     y = np.arange(len(rows))

@@ -5,10 +5,10 @@
   ``set_*_request`` methods) are left out. Their docstrings point into
   scikit-learn's user guide, which an offline build cannot link to, and they
   are documented there.
-* ``.. benchmark-tables::`` renders the JSON files that ``benchmarks/bench_lstm.py``,
+* ``.. benchmark-tables::`` renders the JSON summaries that ``benchmarks/bench_lstm.py``,
   ``bench_fit.py`` and ``bench_lm.py`` write with ``--json`` into
-  ``benchmarks/results/`` (ignored by git, so present only where someone ran
-  them) as tables, or says that there are none.
+  ``benchmarks/results/`` (the committed runs, and any run since) as tables, or says
+  that there are none.
 * :class:`GalleryOrder` orders the gallery's examples.
 """
 
@@ -101,10 +101,10 @@ def _lstm_table(name, data):
     rows = []
     for r in data["timings"]:
         cells = [r.get(impl) or {} for impl in ("pylstm", "numpy", "torch")]
-        rows.append([r["case"], r["dtype"], r["mode"]]
+        rows.append([r["case"], r["dtype"], r["mode"], str(r.get("threads") or "-")]
                     + [_ms(c.get("median_ms")) for c in cells]
                     + [_ratio(r.get("numpy_over_pylstm")), _ratio(r.get("torch_over_pylstm"))])
-    header = ["case (BxTxIxH)", "dtype", "mode", "pylstm ms", "NumPy ms", "torch ms",
+    header = ["case (BxTxIxH)", "dtype", "mode", "threads", "pylstm ms", "NumPy ms", "torch ms",
               "NumPy / pylstm", "torch / pylstm"]
     return _list_table(f"``{name}`` (bench_lstm.py): {_environment_line(data['environment'])}",
                        header, rows)
@@ -164,9 +164,9 @@ class BenchmarkTables(SphinxDirective):
         if not lines:
             para = nodes.paragraph(
                 text="No benchmark result files are present in this build's "
-                     "benchmarks/results/ folder (git ignores it: results depend on the "
-                     "machine). Run the benchmarks as shown below to produce them; the "
-                     "gallery's benchmark example measures a few cases live instead.")
+                     "benchmarks/results/ folder. Run the benchmarks as shown below to "
+                     "produce them; the gallery's benchmark example measures a few cases "
+                     "live instead.")
             return [para]
         container = nodes.container()
         self.state.nested_parse(StringList(lines, source="benchmark-tables"),

@@ -135,10 +135,27 @@ def test_from_torch_dtype_choices():
     assert from_torch(module.to(torch.bfloat16)).dtype == np.float32
 
 
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize(("num_layers", "bidirectional"), CONFIGS)
+def test_projections_convert_both_ways(num_layers, bidirectional, dtype):
+    torch = pytest.importorskip("torch")
+    tdtype = torch.float64 if dtype == np.float64 else torch.float32
+    torch.manual_seed(0)
+    module = torch.nn.LSTM(4, 6, num_layers=num_layers, bidirectional=bidirectional,
+                           proj_size=2, batch_first=True, dtype=tdtype)
+    layer = from_torch(module)
+    assert layer.proj_size == 2 and layer.dtype == dtype
+    X, lengths = _ragged_batch(np.random.default_rng(1), 5, 7, 4, dtype)
+    expected = _torch_run(module, X, lengths)
+    out, (h_n, c_n) = layer.forward(X, lengths=lengths, training=False)
+    _assert_close((out, h_n, c_n), expected, dtype)
+    back = to_torch(layer)
+    assert back.proj_size == 2
+    _assert_close(_torch_run(back, X, lengths), expected, dtype)
+
+
 def test_from_torch_rejects_what_pylstm_cannot_run():
     torch = pytest.importorskip("torch")
-    with pytest.raises(ValueError, match="proj_size=2"):
-        from_torch(torch.nn.LSTM(3, 4, proj_size=2, batch_first=True))
     with pytest.raises(TypeError, match="torch.nn.LSTM, got GRU"):
         from_torch(torch.nn.GRU(3, 4))
     with pytest.raises(TypeError, match="got LSTMCell"):

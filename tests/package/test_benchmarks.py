@@ -1,0 +1,97 @@
+"""The benchmark scripts run: each with ``--quick`` (tiny sizes, one sample) in a subprocess.
+
+A smoke test, not a measurement: it checks that every script in ``benchmarks/`` still
+works against the installed package, prints its header (the BLAS libraries that
+threadpoolctl finds) and its table, and writes its summary file. The torch columns are
+checked where torch is installed; the scripts that need torch (or Dask) are skipped
+without it.
+"""
+
+import importlib.util
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+BENCHMARKS = Path(__file__).resolve().parents[2] / "benchmarks"
+HAS_TORCH = importlib.util.find_spec("torch") is not None
+needs_torch = pytest.mark.skipif(not HAS_TORCH, reason="needs torch")
+pytestmark = pytest.mark.slow  # seven interpreters, most of them importing torch
+
+
+def run(script, *options):
+    """Run ``benchmarks/<script> --quick <options>``; its standard output."""
+    proc = subprocess.run([sys.executable, str(BENCHMARKS / script), "--quick", *options],
+                          capture_output=True, text=True, timeout=180)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "BLAS / OpenMP libraries (threadpoolctl" in proc.stdout
+    assert "openblas" in proc.stdout.lower() or "mkl" in proc.stdout.lower()
+    return proc.stdout
+
+
+@pytest.mark.timeout(300)
+def test_bench_lstm(tmp_path):
+    out = run("bench_lstm.py", "--memory", "--json", str(tmp_path / "lstm.json"))
+    assert "Median ms per call" in out and "geometric mean numpy/pylstm" in out
+    assert "3x5x2x4 L2-bi-var" in out and "CHECK" not in out
+    summary = json.loads((tmp_path / "lstm.json").read_text())
+    assert {r["mode"] for r in summary["timings"]} == {"infer", "train"}
+    assert all(r["numpy_over_pylstm"] > 0 for r in summary["timings"])
+    assert all((r["torch_over_pylstm"] is not None) == HAS_TORCH for r in summary["timings"])
+    assert all(m["peak_mb"] > m["bptt_mb"] > 0 for m in summary["memory"])
+
+
+@pytest.mark.timeout(300)
+def test_bench_simd(tmp_path):
+    out = run("bench_simd.py", "--json", str(tmp_path / "simd.json"))
+    assert "== level" in out and "2x4x3x4" in out
+    figures = json.loads((tmp_path / "simd.json").read_text())["figures"]
+    assert all(f["installed_ms"] > 0 for f in figures)
+    assert all(("torch/pl" in f) == HAS_TORCH for f in figures)
+
+
+@pytest.mark.timeout(300)
+def test_bench_fit(tmp_path):
+    out = run("bench_fit.py", "--json", str(tmp_path / "fit.json"))
+    assert "Epochs per second of a whole fit" in out
+    rows = json.loads((tmp_path / "fit.json").read_text())["results"]
+    assert [r["case"] for r in rows] == ["digits", "varlen"]  # an array and a list
+    assert all((r["ratio"] is not None) == HAS_TORCH for r in rows)
+
+
+@needs_torch
+@pytest.mark.timeout(300)
+def test_bench_lm(tmp_path):
+    out = run("bench_lm.py", "--json", str(tmp_path / "lm.json"))
+    assert "Training: tokens per second" in out and "Generation" in out
+    train = json.loads((tmp_path / "lm.json").read_text())["results"][0]["train"]
+    # Both sides start from the same weights and see the same windows.
+    assert train["pylstm"]["loss"] == pytest.approx(train["torch"]["loss"], rel=1e-3)
+    assert train["ratio"] > 0
+
+
+@needs_torch
+@pytest.mark.timeout(300)
+def test_bench_quality(tmp_path):
+    out = run("bench_quality.py", "--tasks", "digits", "lm", "--save", str(tmp_path / "q"))
+    assert "pylstm/torch" in out and "lm seed 0 torch" in out
+    assert (tmp_path / "q.txt").read_text().startswith("bench_quality.py |")
+    assert set(json.loads((tmp_path / "q.json").read_text())["tasks"]) == {"digits", "lm"}
+
+
+@needs_torch
+@pytest.mark.timeout(300)
+def test_lm_parity():
+    out = run("lm_parity.py", "--torch-from-pylstm", "all")
+    mean = next(line for line in out.splitlines() if line.startswith("mean"))
+    assert mean.split()[4] == "1.000"  # the same initial weights: the same model
+
+
+@pytest.mark.skipif(importlib.util.find_spec("dask_ml") is None, reason="needs dask-ml")
+@pytest.mark.timeout(300)
+def test_bench_dask():
+    out = run("bench_dask.py")
+    assert "identical scores: True" in out and "identical scores: False" not in out
+    assert "Incremental   accuracy" in out
