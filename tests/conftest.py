@@ -28,6 +28,34 @@ def numpy_lstm():
     return _load_reference().NumpyLSTM
 
 
+def _numeric_grad(f, arr, eps=1e-6):
+    """Central differences of the scalar ``f()`` with respect to ``arr``, in place."""
+    grad = np.zeros_like(arr)
+    flat, gflat = arr.reshape(-1), grad.reshape(-1)
+    for i in range(flat.size):
+        old = flat[i]
+        flat[i] = old + eps
+        up = f()
+        flat[i] = old - eps
+        down = f()
+        flat[i] = old
+        gflat[i] = (up - down) / (2 * eps)
+    return grad
+
+
+def _rel_err(a, b):
+    """``max|a - b|`` over the larger of ``max|a|`` and ``max|b|``."""
+    scale = max(np.abs(a).max(), np.abs(b).max(), 1e-12)
+    return np.abs(a - b).max() / scale
+
+
+@pytest.fixture
+def gradcheck():
+    """``gradcheck(f, arr)``: the relative error function of a check of BPTT
+    against central differences, as ``(numeric_grad, rel_err)``."""
+    return _numeric_grad, _rel_err
+
+
 def _kernel_problem(dtype, B, T, I, H, seed):
     """Random inputs of one kernel direction: lengths (sorted, the first T),
     weights, initial states and gradients, per-step arrays in the packed layout."""

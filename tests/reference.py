@@ -7,7 +7,10 @@ order (i, f, g, o): the oracle that pylstm's kernels are checked against
 Not a test module and not part of the package.
 
 Forward: one matrix product for the input projection of all steps, then a
-Python loop over time with one product per step. Backward: full
+Python loop over time with one product per step; optionally from given
+initial states, with projections (``weight_hr``, PyTorch's ``proj_size``)
+and with recurrent-dropout masks on h_{t-1} (inference-style forward only:
+:meth:`NumpyLSTM.backward` covers the plain LSTM). Backward: full
 backpropagation through time over the same loop, then whole-sequence products
 for the weight gradients and the input gradient. Variable lengths are masked:
 past its length a sequence's state is frozen and its output is zero; the
@@ -46,9 +49,9 @@ class NumpyLSTM:
     ----------
     state_dict : dict of str to ndarray
         PyTorch-named parameters (``weight_ih_l0``, ``weight_hh_l0``,
-        ``bias_ih_l0``, ``bias_hh_l0``, ``..._reverse``), as returned by
-        ``pylstm.LSTM.state_dict()``; the sizes, layers and directions are
-        read from it.
+        ``bias_ih_l0``, ``bias_hh_l0``, ``weight_hr_l0`` with projections,
+        ``..._reverse``), as returned by ``pylstm.LSTM.state_dict()``; the
+        sizes, layers and directions are read from it.
     dtype : dtype, default=np.float64
         The dtype every computation runs in.
 
@@ -67,7 +70,8 @@ class NumpyLSTM:
         self.dtype = np.dtype(dtype)
         self.params = {k: np.ascontiguousarray(v, dtype=self.dtype)
                        for k, v in state_dict.items()}
-        self.H = self.params["weight_hh_l0"].shape[1]
+        self.H = self.params["weight_ih_l0"].shape[0] // 4  # units of c
+        self.R = self.params["weight_hh_l0"].shape[1]  # units of h (proj_size, or H)
         self.L = sum(1 for k in self.params if k.startswith("weight_ih") and "reverse" not in k)
         self.D = 2 if "weight_ih_l0_reverse" in self.params else 1
         self._cache = None
@@ -77,26 +81,27 @@ class NumpyLSTM:
         p = self.params
         return p["weight_ih" + sfx], p["weight_hh" + sfx], p["bias_ih" + sfx] + p["bias_hh" + sfx]
 
-    def _dir_forward(self, x, mask, w_ih, w_hh, bias, training):
+    def _dir_forward(self, x, mask, w_ih, w_hh, bias, training, h0=None, c0=None,
+                     w_hr=None, h_mask=None):
         T, B, n_in = x.shape
-        H = self.H
+        H, R = self.H, self.R
         z_all = (x.reshape(T * B, n_in) @ w_ih.T).reshape(T, B, 4 * H)
         z_all += bias
-        h = np.zeros((B, H), dtype=self.dtype)
-        c = np.zeros((B, H), dtype=self.dtype)
-        out = np.empty((T, B, H), dtype=self.dtype)
+        h = np.zeros((B, R), dtype=self.dtype) if h0 is None else h0.astype(self.dtype)
+        c = np.zeros((B, H), dtype=self.dtype) if c0 is None else c0.astype(self.dtype)
+        out = np.empty((T, B, R), dtype=self.dtype)
         if training:
             tanh_c, c_prev, h_prev = (np.empty((T, B, H), dtype=self.dtype) for _ in range(3))
         for t in range(T):
             z = z_all[t]  # the activated gates overwrite the pre-activations
-            z += h @ w_hh.T
+            z += (h if h_mask is None else h * h_mask) @ w_hh.T
             sigmoid(z[:, :2 * H], out=z[:, :2 * H])
             np.tanh(z[:, 2 * H:3 * H], out=z[:, 2 * H:3 * H])
             sigmoid(z[:, 3 * H:], out=z[:, 3 * H:])
             i, f, g, o = z[:, :H], z[:, H:2 * H], z[:, 2 * H:3 * H], z[:, 3 * H:]
             c_new = f * c + i * g
             th = np.tanh(c_new)
-            h_new = o * th
+            h_new = o * th if w_hr is None else (o * th) @ w_hr.T
             if training:
                 tanh_c[t], c_prev[t], h_prev[t] = th, c, h
             if mask is None:
@@ -144,7 +149,8 @@ class NumpyLSTM:
         dx = (dz2 @ w_ih).reshape(T, B, n_in)
         return dx, dw_ih, dw_hh, dz2.sum(axis=0)
 
-    def forward(self, X, lengths=None, training=True):
+    def forward(self, X, lengths=None, training=True, h0=None, c0=None,
+                recurrent_masks=None):
         """Run the LSTM over a batch.
 
         Parameters
@@ -154,15 +160,24 @@ class NumpyLSTM:
         lengths : array-like of int of shape (B,), optional
             Valid steps of each sequence (all ``T`` when None).
         training : bool, default=True
-            Keep what :meth:`backward` needs.
+            Keep what :meth:`backward` needs (not with projections or masks).
+        h0, c0 : ndarray of shape (L * D, B, R) and (L * D, B, H), optional
+            Initial states (zeros when None); R is ``proj_size`` or H.
+        recurrent_masks : ndarray of shape (L * D, B, R), optional
+            Multipliers of h_{t-1} in the recurrent product, the same at
+            every step (recurrent dropout).
 
         Returns
         -------
-        out : ndarray of shape (B, T, D * H)
+        out : ndarray of shape (B, T, D * R)
             The last layer's outputs (zero past each length).
-        (h_n, c_n) : tuple of ndarray of shape (L * D, B, H)
+        (h_n, c_n) : tuple of ndarray of shape (L * D, B, R) and (L * D, B, H)
             Final states of every layer and direction.
         """
+        projected = "weight_hr_l0" in self.params
+        if training and (projected or recurrent_masks is not None):
+            raise ValueError("backward() of the reference covers the plain LSTM only: "
+                             "use training=False with projections or masks")
         B, T, _ = X.shape
         x = np.ascontiguousarray(X.transpose(1, 0, 2), dtype=self.dtype)
         mask = rev = None
@@ -185,7 +200,12 @@ class NumpyLSTM:
                     seq = np.ascontiguousarray(layer_in[::-1])
                 else:
                     seq = layer_in[rev, cols]
-                out, h, c, cache = self._dir_forward(seq, mask, w_ih, w_hh, bias, training)
+                k = layer * self.D + d
+                out, h, c, cache = self._dir_forward(
+                    seq, mask, w_ih, w_hh, bias, training,
+                    None if h0 is None else h0[k], None if c0 is None else c0[k],
+                    self.params.get(f"weight_hr_l{layer}" + ("_reverse" if d else "")),
+                    None if recurrent_masks is None else recurrent_masks[k])
                 if d == 1:
                     out = out[::-1] if rev is None else out[rev, cols]
                 outs.append(out)

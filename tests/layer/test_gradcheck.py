@@ -27,27 +27,9 @@ def _loss(layer, X, lengths, h0, c0, w_out, w_h, w_c):
     return np.sum(out * w_out) + np.sum(h_n * w_h) + np.sum(c_n * w_c)
 
 
-def _numeric_grad(f, arr, eps=1e-6):
-    grad = np.zeros_like(arr)
-    flat, gflat = arr.reshape(-1), grad.reshape(-1)
-    for i in range(flat.size):
-        old = flat[i]
-        flat[i] = old + eps
-        up = f()
-        flat[i] = old - eps
-        down = f()
-        flat[i] = old
-        gflat[i] = (up - down) / (2 * eps)
-    return grad
-
-
-def _rel_err(a, b):
-    scale = max(np.abs(a).max(), np.abs(b).max(), 1e-12)
-    return np.abs(a - b).max() / scale
-
-
 @pytest.mark.parametrize("case", CASES)
-def test_bptt_matches_finite_differences(case):
+def test_bptt_matches_finite_differences(case, gradcheck):
+    numeric_grad, rel_err = gradcheck
     B, T, I, H, L, bidi, lengths = case
     rng = np.random.default_rng(sum(case[:5]))
     layer = LSTM(I, H, num_layers=L, bidirectional=bidi, dtype=np.float64, random_state=1)
@@ -64,11 +46,11 @@ def test_bptt_matches_finite_differences(case):
         return _loss(layer, X, lengths, h0, c0, w_out, w_h, w_c)
 
     for name, param in layer._params.items():
-        num = _numeric_grad(f, param)
-        assert _rel_err(grads[name], num) < 1e-6, name
-    assert _rel_err(dX, _numeric_grad(f, X)) < 1e-6
-    assert _rel_err(grads["h0"], _numeric_grad(f, h0)) < 1e-6
-    assert _rel_err(grads["c0"], _numeric_grad(f, c0)) < 1e-6
+        num = numeric_grad(f, param)
+        assert rel_err(grads[name], num) < 1e-6, name
+    assert rel_err(dX, numeric_grad(f, X)) < 1e-6
+    assert rel_err(grads["h0"], numeric_grad(f, h0)) < 1e-6
+    assert rel_err(grads["c0"], numeric_grad(f, c0)) < 1e-6
     if lengths is not None:
         for b, n in enumerate(lengths):
             assert np.all(dX[b, n:] == 0)

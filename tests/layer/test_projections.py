@@ -18,27 +18,9 @@ CASES = [
 ]
 
 
-def _numeric_grad(f, arr, eps=1e-6):
-    grad = np.zeros_like(arr)
-    flat, gflat = arr.reshape(-1), grad.reshape(-1)
-    for i in range(flat.size):
-        old = flat[i]
-        flat[i] = old + eps
-        up = f()
-        flat[i] = old - eps
-        down = f()
-        flat[i] = old
-        gflat[i] = (up - down) / (2 * eps)
-    return grad
-
-
-def _rel_err(a, b):
-    scale = max(np.abs(a).max(), np.abs(b).max(), 1e-12)
-    return np.abs(a - b).max() / scale
-
-
 @pytest.mark.parametrize("case", CASES)
-def test_bptt_matches_finite_differences(case):
+def test_bptt_matches_finite_differences(case, gradcheck):
+    numeric_grad, rel_err = gradcheck
     B, T, I, H, P, L, bidi, lengths, p = case
     rng = np.random.default_rng(sum(case[:6]))
     layer = LSTM(I, H, num_layers=L, bidirectional=bidi, proj_size=P, dtype=np.float64,
@@ -58,10 +40,10 @@ def test_bptt_matches_finite_differences(case):
     dX, grads = layer.backward(w_out, d_h_n=w_h, d_c_n=w_c)
     assert any(name.startswith("weight_hr") for name in grads)
     for name, param in layer._params.items():
-        assert _rel_err(grads[name], _numeric_grad(loss, param)) < 1e-6, name
-    assert _rel_err(dX, _numeric_grad(loss, X)) < 1e-6
-    assert _rel_err(grads["h0"], _numeric_grad(loss, h0)) < 1e-6
-    assert _rel_err(grads["c0"], _numeric_grad(loss, c0)) < 1e-6
+        assert rel_err(grads[name], numeric_grad(loss, param)) < 1e-6, name
+    assert rel_err(dX, numeric_grad(loss, X)) < 1e-6
+    assert rel_err(grads["h0"], numeric_grad(loss, h0)) < 1e-6
+    assert rel_err(grads["c0"], numeric_grad(loss, c0)) < 1e-6
     if lengths is not None:
         for b, n in enumerate(lengths):
             assert not dX[b, n:].any()

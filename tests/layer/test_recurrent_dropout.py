@@ -3,7 +3,6 @@ layer and direction on h_{t-1}, constant over time, in the kernels."""
 
 import numpy as np
 import pytest
-from scipy.special import expit
 from threadpoolctl import threadpool_limits
 
 from pylstm import LSTM, _lstm
@@ -17,27 +16,9 @@ CASES = [
 ]
 
 
-def _numeric_grad(f, arr, eps=1e-6):
-    grad = np.zeros_like(arr)
-    flat, gflat = arr.reshape(-1), grad.reshape(-1)
-    for i in range(flat.size):
-        old = flat[i]
-        flat[i] = old + eps
-        up = f()
-        flat[i] = old - eps
-        down = f()
-        flat[i] = old
-        gflat[i] = (up - down) / (2 * eps)
-    return grad
-
-
-def _rel_err(a, b):
-    scale = max(np.abs(a).max(), np.abs(b).max(), 1e-12)
-    return np.abs(a - b).max() / scale
-
-
 @pytest.mark.parametrize("case", CASES)
-def test_gradients_match_finite_differences_with_a_fixed_mask(case):
+def test_gradients_match_finite_differences_with_a_fixed_mask(case, gradcheck):
+    numeric_grad, rel_err = gradcheck
     """The same seed gives the same masks, so the loss is a function of the
     inputs alone and BPTT's gradients must match its finite differences."""
     B, T, I, H, L, bidi, lengths = case
@@ -60,45 +41,35 @@ def test_gradients_match_finite_differences_with_a_fixed_mask(case):
     loss()
     dX, grads = layer.backward(w_out, d_h_n=w_h, d_c_n=w_c)
     for name, param in layer._params.items():
-        assert _rel_err(grads[name], _numeric_grad(loss, param)) < 1e-6, name
-    assert _rel_err(dX, _numeric_grad(loss, X)) < 1e-6
-    assert _rel_err(grads["h0"], _numeric_grad(loss, h0)) < 1e-6
-    assert _rel_err(grads["c0"], _numeric_grad(loss, c0)) < 1e-6
+        assert rel_err(grads[name], numeric_grad(loss, param)) < 1e-6, name
+    assert rel_err(dX, numeric_grad(loss, X)) < 1e-6
+    assert rel_err(grads["h0"], numeric_grad(loss, h0)) < 1e-6
+    assert rel_err(grads["c0"], numeric_grad(loss, c0)) < 1e-6
 
 
-def _masked_reference(params, X, h, c, mask):
-    """One layer, one direction, full lengths, float64: h_{t-1} * mask (the
-    same mask at every step) in the recurrent product."""
-    w_ih, w_hh = params["weight_ih_l0"], params["weight_hh_l0"]
-    bias = params["bias_ih_l0"] + params["bias_hh_l0"]
-    H = w_hh.shape[1]
-    out = np.empty(X.shape[:2] + (H,))
-    for t in range(X.shape[1]):
-        z = X[:, t] @ w_ih.T + (h * mask) @ w_hh.T + bias
-        i, f = expit(z[:, :H]), expit(z[:, H:2 * H])
-        g, o = np.tanh(z[:, 2 * H:3 * H]), expit(z[:, 3 * H:])
-        c = f * c + i * g
-        h = o * np.tanh(c)
-        out[:, t] = h
-    return out, h, c
-
-
-@pytest.mark.parametrize("B", [1, 4, 12])
-def test_mask_is_the_same_at_every_step(B):
-    """Against a NumPy LSTM that multiplies h_{t-1} by one (B, H) mask at
-    every step, h0 included: a mask redrawn per step would not match."""
+@pytest.mark.parametrize(("B", "L", "bidirectional", "lengths", "P"), [
+    (1, 1, False, None, 0), (4, 1, False, None, 0), (12, 2, True, None, 0),
+    (5, 2, True, [7, 3, 1, 7, 5], 0), (5, 2, True, [7, 3, 1, 7, 5], 2)])
+def test_mask_is_the_same_at_every_step(numpy_lstm, B, L, bidirectional, lengths, P):
+    """Against the NumPy reference given one (B, R) mask per layer and direction
+    for every step, h0 included: a mask redrawn per step would not match."""
     rng = np.random.default_rng(B)
     T, I, H = 7, 3, 6
-    layer = LSTM(I, H, dtype=np.float64, random_state=0, recurrent_dropout=0.5)
+    layer = LSTM(I, H, num_layers=L, bidirectional=bidirectional, proj_size=P,
+                 dtype=np.float64, random_state=0, recurrent_dropout=0.5)
+    D, R = layer.num_directions, layer.output_size
     X = rng.normal(size=(B, T, I))
-    h0, c0 = rng.normal(size=(2, 1, B, H))
-    mask = layer._recurrent_masks(np.random.default_rng(9), B)[0]
-    assert set(np.unique(mask)) == {0.0, 2.0}
-    out, (h_n, c_n) = layer.forward(X, h0=h0, c0=c0, rng=np.random.default_rng(9))
-    ref_out, ref_h, ref_c = _masked_reference(layer._params, X, h0[0], c0[0], mask)
+    h0 = rng.normal(size=(L * D, B, R))
+    c0 = rng.normal(size=(L * D, B, H))
+    masks = layer._recurrent_masks(np.random.default_rng(9), B)
+    assert masks.shape == (L * D, B, R) and set(np.unique(masks)) == {0.0, 2.0}
+    out, (h_n, c_n) = layer.forward(X, lengths=lengths, h0=h0, c0=c0,
+                                    rng=np.random.default_rng(9))
+    ref_out, (ref_h, ref_c) = numpy_lstm(layer.state_dict()).forward(
+        X, lengths=lengths, training=False, h0=h0, c0=c0, recurrent_masks=masks)
     np.testing.assert_allclose(out, ref_out, rtol=0, atol=1e-12)
-    np.testing.assert_allclose(h_n[0], ref_h, rtol=0, atol=1e-12)  # unmasked
-    np.testing.assert_allclose(c_n[0], ref_c, rtol=0, atol=1e-12)
+    np.testing.assert_allclose(h_n, ref_h, rtol=0, atol=1e-12)  # unmasked
+    np.testing.assert_allclose(c_n, ref_c, rtol=0, atol=1e-12)
 
 
 def test_masks_are_per_sequence_and_redrawn_per_call():
