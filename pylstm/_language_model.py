@@ -21,7 +21,7 @@ from ._network import LanguageNetwork, log_softmax, softmax_cross_entropy
 from ._optim import clip_grad_norm, make_optimizer, reconfigure_optimizer, warn_if_diverging
 from ._progress import EpochProgress
 from ._threads import inference, model_use, run_to_completion
-from ._validation import check_dtype
+from ._validation import NonFiniteError, check_dtype
 
 __all__ = ["LSTMLanguageModel"]
 
@@ -410,15 +410,13 @@ class LSTMLanguageModel(BaseEstimator):
             y = targets[:, start:start + self.seq_len]
             try:
                 logits, state = net.forward(x, state, training=True, rng=rng)
-            except ValueError as exc:
+            except NonFiniteError as exc:
                 # The tokens are valid: a non-finite layer input or state comes from
                 # weights that the last update made non-finite.
-                if "NaN" in str(exc) or "infinity" in str(exc):
-                    raise FloatingPointError(
-                        f"the weights became non-finite in epoch {epoch}: lower "
-                        f"learning_rate_init (now {self.learning_rate_init!r}) or set "
-                        "clip_norm") from exc
-                raise
+                raise FloatingPointError(
+                    f"the weights became non-finite in epoch {epoch}: lower "
+                    f"learning_rate_init (now {self.learning_rate_init!r}) or set "
+                    "clip_norm") from exc
             V = logits.shape[-1]
             n = y.size
             loss, dz = softmax_cross_entropy(logits.reshape(n, V), y.ravel(), np.full(n, 1.0 / n))
@@ -428,11 +426,8 @@ class LSTMLanguageModel(BaseEstimator):
                     "learning_rate_init or set clip_norm")
             try:
                 grads = net.backward(dz.reshape(logits.shape))
-            except ValueError as exc:  # a gradient overflowed on its way down
-                if "NaN" in str(exc) or "infinity" in str(exc):
-                    norm = np.nan
-                else:
-                    raise
+            except NonFiniteError:  # a gradient overflowed on its way down
+                norm = np.nan
             else:
                 norm = clip_grad_norm(grads, self.clip_norm if self.clip_norm else np.inf)
             if not np.isfinite(norm):

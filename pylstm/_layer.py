@@ -25,6 +25,7 @@ from ._threads import (
 from ._tuning import CHUNK_ELEMENTS, CHUNK_STEPS, PACK_CACHE_MAX_ROWS
 from ._validation import (
     BLAS_INT_MAX,
+    NonFiniteError,
     as_float_array,
     check_dropout,
     check_dtype,
@@ -925,8 +926,8 @@ class LSTM:
         for name, arr in (("dX", dX), *grads.items()):
             try:
                 check_finite(arr, name)
-            except ValueError as exc:
-                raise ValueError(
+            except NonFiniteError as exc:
+                raise NonFiniteError(
                     f"the gradients overflowed {self.dtype.name} ({exc}) although d_out is "
                     "finite: scale d_out (the loss) down"
                 ) from None

@@ -155,8 +155,13 @@ def check_numeric(X, name="X"):
                              f"{type(bad).__name__} values such as {bad!r}")
 
 
+class NonFiniteError(ValueError):
+    """A ``ValueError`` for NaN or infinity, so that callers that turn a
+    non-finite intermediate into their own error can tell it from others."""
+
+
 def check_finite(arr, name):
-    """Raise ``ValueError`` if ``arr`` holds NaN or infinity.
+    """Raise :class:`NonFiniteError` (a ``ValueError``) if ``arr`` holds NaN or infinity.
 
     Examples
     --------
@@ -165,7 +170,7 @@ def check_finite(arr, name):
     >>> check_finite(np.array([np.nan]), 'X')
     Traceback (most recent call last):
     ...
-    ValueError: X contains NaN
+    pylstm._validation.NonFiniteError: X contains NaN
     """
     arr = np.asarray(arr)
     if arr.dtype in SUPPORTED_DTYPES and arr.flags.c_contiguous:
@@ -179,7 +184,7 @@ def check_finite(arr, name):
         finite = bool(np.isfinite(arr.min()) and np.isfinite(arr.max()))
     if not finite:
         what = "NaN" if np.isnan(arr).any() else "infinity"
-        raise ValueError(f"{name} contains {what}")
+        raise NonFiniteError(f"{name} contains {what}")
 
 
 def check_lengths(lengths, n_samples, n_timesteps):
