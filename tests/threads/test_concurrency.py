@@ -85,6 +85,8 @@ def _assert_same_state(a, b, path="est", seen=None):
         assert len(a) == len(b), f"{path}: length changed"
         for i, (x, y) in enumerate(zip(a, b, strict=True)):
             _assert_same_state(x, y, f"{path}[{i}]", seen)
+    elif isinstance(a, np.random.RandomState):  # a generator's state, not its identity
+        _assert_same_state(list(a.get_state()), list(b.get_state()), f"{path}.state", seen)
     elif isinstance(a, float) and np.isnan(a):
         assert np.isnan(b), f"{path}: {a!r} != {b!r}"
     elif hasattr(a, "__dict__") and not isinstance(a, type):
