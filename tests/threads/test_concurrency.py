@@ -31,7 +31,7 @@ from threadpoolctl import ThreadpoolController, threadpool_limits
 import pylstm._layer as layer_module
 import pylstm._threads as threads_module
 from pylstm import LSTM, LSTMClassifier, LSTMLanguageModel, LSTMRegressor
-from pylstm._network import LanguageNetwork, SequenceNetwork
+from pylstm._network import SequenceNetwork
 from pylstm._workspace import Workspace
 
 pytestmark = pytest.mark.filterwarnings("ignore::sklearn.exceptions.ConvergenceWarning")
@@ -334,7 +334,7 @@ def test_blas_switch_touches_only_the_kernels_blas():
 
 # ---------------------------------------------------------------- fit and use from two threads
 def _paused_fit(monkeypatch, est, fit):
-    """Start ``fit()`` in a thread, paused inside its first backward pass.
+    """Start ``fit()`` in a thread, paused inside the first backward pass of ``est.network_``.
 
     Returns (release, join): ``release()`` lets the fit go on, ``join()``
     waits for it and returns the exception it raised (None).
@@ -438,27 +438,15 @@ def test_language_model_use_while_another_thread_fits(monkeypatch):
     text = "the quick brown fox jumps over the lazy dog " * 10
     lm = LSTMLanguageModel(hidden_size=8, embedding_dim=4, seq_len=8, batch_size=4,
                            max_iter=1, random_state=0).fit(text)
-    original = LanguageNetwork.backward
-    paused, go = threading.Event(), threading.Event()
-
-    def pausing_backward(self, d_logits):
-        if not paused.is_set():
-            paused.set()
-            assert go.wait(30)
-        return original(self, d_logits)
-
-    monkeypatch.setattr(LanguageNetwork, "backward", pausing_backward)
-    with ThreadPoolExecutor(1) as pool:
-        fitting = pool.submit(lm.partial_fit, text)
-        assert paused.wait(30)
-        try:
-            for method, args in {"generate": ("the",), "predict_proba": ("the",),
-                                 "score": (text,), "perplexity": (text,)}.items():
-                with pytest.raises(RuntimeError, match=r"LSTMLanguageModel\.(generate|"
-                                                       r"predict_proba|score) was called while "
-                                                       "partial_fit is running"):
-                    getattr(lm, method)(*args)
-        finally:
-            go.set()
-        fitting.result(timeout=30)
+    release, join = _paused_fit(monkeypatch, lm, lambda: lm.partial_fit(text))
+    try:
+        for method, args in {"generate": ("the",), "predict_proba": ("the",),
+                             "score": (text,), "perplexity": (text,)}.items():
+            with pytest.raises(RuntimeError, match=r"LSTMLanguageModel\.(generate|"
+                                                   r"predict_proba|score) was called while "
+                                                   "partial_fit is running"):
+                getattr(lm, method)(*args)
+    finally:
+        release()
+    assert join() is None
     assert lm.n_iter_ == 2
