@@ -11,9 +11,13 @@
  * the best table the CPU runs (pylstm_simd_select), and the names below call
  * through it.
  *
- * Packing (pylstm_pack_*) is plain C here: its layout is the same at every
- * level (panels of PYLSTM_NR_F floats or PYLSTM_NR_D doubles), so packed
- * weights stay valid when the level changes.
+ * Packing (pylstm_pack_*) copies a matrix into panels of NR columns, the
+ * order in which the products read it: what a BLAS gemm does to its operands
+ * on every call, done here once per kernel call. "Packed" means this
+ * throughout src/; the per-step rows of a variable-length batch are the
+ * compact layout (_lstm.pyx). Packing is plain C: its layout is the same at
+ * every level (panels of PYLSTM_NR_F floats or PYLSTM_NR_D doubles), so
+ * packed weights stay valid when the level changes.
  */
 #ifndef PYLSTM_KERNELS_H
 #define PYLSTM_KERNELS_H
