@@ -276,21 +276,21 @@ static inline ptrdiff_t pylstm_packed_size_d(int k, int n)
  * of a row-major n x k matrix with row stride ldb) in panels of NR columns:
  * panel p holds, for kk = 0 .. k - 1, the NR values B[kk, p*NR ..] (zero
  * past column n). */
-#define PYLSTM_PACK(NAME, T, NR)                                                      \
-static void NAME(const T *B, int ldb, int trans, int k, int n, T *Bp)                 \
-{                                                                                     \
-    for (int p = 0; p * NR < n; p++) {                                                \
-        T *dst = Bp + (ptrdiff_t)p * NR * k;                                               \
-        int j0 = p * NR;                                                              \
-        int w = n - j0 < NR ? n - j0 : NR;                                            \
-        for (int kk = 0; kk < k; kk++) {                                              \
-            for (int j = 0; j < w; j++)                                               \
-                dst[(ptrdiff_t)kk * NR + j] = trans ? B[(ptrdiff_t)(j0 + j) * ldb + kk]         \
-                                               : B[(ptrdiff_t)kk * ldb + j0 + j];          \
-            for (int j = w; j < NR; j++)                                              \
-                dst[(ptrdiff_t)kk * NR + j] = 0;                                           \
-        }                                                                             \
-    }                                                                                 \
+#define PYLSTM_PACK(NAME, T, NR)                                                        \
+static void NAME(const T *B, int ldb, int trans, int k, int n, T *Bp)                   \
+{                                                                                       \
+    for (int p = 0; p * NR < n; p++) {                                                  \
+        T *dst = Bp + (ptrdiff_t)p * NR * k;                                            \
+        int j0 = p * NR;                                                                \
+        int w = n - j0 < NR ? n - j0 : NR;                                              \
+        for (int kk = 0; kk < k; kk++) {                                                \
+            for (int j = 0; j < w; j++)                                                 \
+                dst[(ptrdiff_t)kk * NR + j] = trans ? B[(ptrdiff_t)(j0 + j) * ldb + kk] \
+                                               : B[(ptrdiff_t)kk * ldb + j0 + j];       \
+            for (int j = w; j < NR; j++)                                                \
+                dst[(ptrdiff_t)kk * NR + j] = 0;                                        \
+        }                                                                               \
+    }                                                                                   \
 }
 
 PYLSTM_PACK(pylstm_pack_f, float, PYLSTM_NR_F)
