@@ -75,6 +75,56 @@ def _check_params(params):
     return params
 
 
+def _out(tmp, a):
+    """Return ``tmp`` as the ``out=`` of a ufunc over ``a``, or None if their dtypes differ.
+
+    ``tmp`` has the gradient's dtype, the state buffers the parameter's. A result
+    computed from a buffer keeps the buffer's dtype (neither rounded nor widened),
+    so it goes into ``tmp`` only when the two dtypes agree, else into a new array.
+    """
+    return tmp if tmp.dtype == a.dtype else None
+
+
+def _accumulate_square(v, g, decay, tmp):
+    """Update the running mean of squares ``v = decay * v + (1 - decay) * g**2`` in place.
+
+    ``tmp``, an array like ``g``, takes ``(1 - decay) * g**2``.
+    """
+    v *= decay
+    np.square(g, out=tmp)
+    tmp *= 1.0 - decay
+    v += tmp
+
+
+def _divide_by_rms(num, v, epsilon, tmp, bias=1.0):
+    """Return ``num / (sqrt(v) / sqrt(bias) + epsilon)``: Adam's and RMSprop's step, before lr.
+
+    Parameters
+    ----------
+    num : numpy.ndarray
+        Numerator (Adam's first moment, RMSprop's gradient).
+    v : numpy.ndarray
+        Running mean of squared gradients, of the parameter's dtype.
+    epsilon : float
+        Added to the root.
+    tmp : numpy.ndarray
+        Scratch array like the gradient; holds the result when it has ``v``'s dtype.
+    bias : float, default=1.0
+        Adam's bias correction ``1 - beta_2**t`` of ``v``.
+
+    Returns
+    -------
+    numpy.ndarray
+        The quotient, of ``v``'s dtype: ``tmp`` or a new array.
+    """
+    denom = np.sqrt(v, out=_out(tmp, v))
+    if bias != 1.0:  # dividing by 1 is exact: skip the pass
+        denom /= math.sqrt(bias)
+    denom += epsilon
+    np.divide(num, denom, out=denom, casting="same_kind")
+    return denom
+
+
 class _BaseOptimizer:
     """Shared machinery: parameter list, counter, learning rate and state.
 
@@ -297,11 +347,11 @@ class SGDOptimizer(_BaseOptimizer):
         v *= mu
         v += g
         if self.nesterov:
-            step = np.multiply(v, mu, out=tmp) if v.dtype == tmp.dtype else mu * v
+            step = np.multiply(v, mu, out=_out(tmp, v))
             step += g
             step *= lr
         else:
-            step = np.multiply(v, lr, out=tmp) if v.dtype == tmp.dtype else lr * v
+            step = np.multiply(v, lr, out=_out(tmp, v))
         p -= step
 
 
@@ -375,20 +425,11 @@ class AdamOptimizer(_BaseOptimizer):
         b1, b2 = self.beta_1, self.beta_2
         m *= b1
         m += np.multiply(g, 1.0 - b1, out=tmp)
-        v *= b2
-        np.square(g, out=tmp)
-        tmp *= 1.0 - b2
-        v += tmp
-        bias_1 = 1.0 - b1**self.t
-        bias_2 = 1.0 - b2**self.t
-        step_size = float(self.learning_rate) / bias_1
-        # denom = sqrt(v_hat) + eps, then step = step_size * m / denom, one buffer
-        denom = np.sqrt(v, out=tmp) if v.dtype == tmp.dtype else np.sqrt(v)
-        denom /= math.sqrt(bias_2)
-        denom += self.epsilon
-        np.divide(m, denom, out=denom)
-        denom *= step_size
-        p -= denom
+        _accumulate_square(v, g, b2, tmp)
+        # lr * m_hat / (sqrt(v_hat) + eps): m's bias correction goes into the step size
+        step = _divide_by_rms(m, v, self.epsilon, tmp, bias=1.0 - b2**self.t)
+        step *= float(self.learning_rate) / (1.0 - b1**self.t)
+        p -= step
 
 
 class RMSpropOptimizer(_BaseOptimizer):
@@ -451,16 +492,10 @@ class RMSpropOptimizer(_BaseOptimizer):
 
     def _update(self, p, g, buffers, tmp):
         (v,) = buffers
-        rho = self.rho
-        v *= rho
-        np.square(g, out=tmp)
-        tmp *= 1.0 - rho
-        v += tmp
-        denom = np.sqrt(v, out=tmp) if v.dtype == tmp.dtype else np.sqrt(v)
-        denom += self.epsilon
-        np.divide(g, denom, out=denom, casting="same_kind")
-        denom *= float(self.learning_rate)
-        p -= denom
+        _accumulate_square(v, g, self.rho, tmp)
+        step = _divide_by_rms(g, v, self.epsilon, tmp)
+        step *= float(self.learning_rate)
+        p -= step
 
 
 def make_optimizer(name, params, learning_rate_init, momentum=0.9, nesterovs_momentum=True):

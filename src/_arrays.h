@@ -16,30 +16,30 @@
 #include "_platform.h"
 
 /* 1 if a[0 .. n-1] holds no NaN or infinity, else 0. */
-#define PYLSTM_ALL_FINITE(NAME, T, U, EXP)                                           \
-static int NAME(const T *PYLSTM_RESTRICT a, ptrdiff_t n)                                  \
-{                                                                                    \
-    U bad = 0;                                                                       \
-    for (ptrdiff_t i = 0; i < n; i++) {                                                   \
-        U u;                                                                         \
-        memcpy(&u, a + i, sizeof u);                                                 \
-        bad |= (U)((u & EXP) == EXP);                                                \
-    }                                                                                \
-    return bad == 0;                                                                 \
+#define PYLSTM_ALL_FINITE(NAME, T, U, EXP)               \
+static int NAME(const T *PYLSTM_RESTRICT a, ptrdiff_t n) \
+{                                                        \
+    U bad = 0;                                           \
+    for (ptrdiff_t i = 0; i < n; i++) {                  \
+        U u;                                             \
+        memcpy(&u, a + i, sizeof u);                     \
+        bad |= (U)((u & EXP) == EXP);                    \
+    }                                                    \
+    return bad == 0;                                     \
 }
 
 /* dst[i] = src[i] for i < n; 1 if none of them is NaN or infinite. */
-#define PYLSTM_COPY_FINITE(NAME, T, U, EXP)                                          \
-static int NAME(const T *PYLSTM_RESTRICT src, T *PYLSTM_RESTRICT dst, ptrdiff_t n)        \
-{                                                                                    \
-    U bad = 0;                                                                       \
-    for (ptrdiff_t i = 0; i < n; i++) {                                                   \
-        U u;                                                                         \
-        memcpy(&u, src + i, sizeof u);                                               \
-        bad |= (U)((u & EXP) == EXP);                                                \
-        dst[i] = src[i];                                                             \
-    }                                                                                \
-    return bad == 0;                                                                 \
+#define PYLSTM_COPY_FINITE(NAME, T, U, EXP)                                        \
+static int NAME(const T *PYLSTM_RESTRICT src, T *PYLSTM_RESTRICT dst, ptrdiff_t n) \
+{                                                                                  \
+    U bad = 0;                                                                     \
+    for (ptrdiff_t i = 0; i < n; i++) {                                            \
+        U u;                                                                       \
+        memcpy(&u, src + i, sizeof u);                                             \
+        bad |= (U)((u & EXP) == EXP);                                              \
+        dst[i] = src[i];                                                           \
+    }                                                                              \
+    return bad == 0;                                                               \
 }
 
 PYLSTM_ALL_FINITE(pylstm_all_finite_f, float, uint32_t, 0x7f800000u)

@@ -11,9 +11,13 @@
  * the best table the CPU runs (pylstm_simd_select), and the names below call
  * through it.
  *
- * Packing (pylstm_pack_*) is plain C here: its layout is the same at every
- * level (panels of PYLSTM_NR_F floats or PYLSTM_NR_D doubles), so packed
- * weights stay valid when the level changes.
+ * Packing (pylstm_pack_*) copies a matrix into panels of NR columns, the
+ * order in which the products read it: what a BLAS gemm does to its operands
+ * on every call, done here once per kernel call. "Packed" means this
+ * throughout src/; the per-step rows of a variable-length batch are the
+ * compact layout (_lstm.pyx). Packing is plain C: its layout is the same at
+ * every level (panels of PYLSTM_NR_F floats or PYLSTM_NR_D doubles), so
+ * packed weights stay valid when the level changes.
  */
 #ifndef PYLSTM_KERNELS_H
 #define PYLSTM_KERNELS_H
@@ -272,21 +276,21 @@ static inline ptrdiff_t pylstm_packed_size_d(int k, int n)
  * of a row-major n x k matrix with row stride ldb) in panels of NR columns:
  * panel p holds, for kk = 0 .. k - 1, the NR values B[kk, p*NR ..] (zero
  * past column n). */
-#define PYLSTM_PACK(NAME, T, NR)                                                      \
-static void NAME(const T *B, int ldb, int trans, int k, int n, T *Bp)                 \
-{                                                                                     \
-    for (int p = 0; p * NR < n; p++) {                                                \
-        T *dst = Bp + (ptrdiff_t)p * NR * k;                                               \
-        int j0 = p * NR;                                                              \
-        int w = n - j0 < NR ? n - j0 : NR;                                            \
-        for (int kk = 0; kk < k; kk++) {                                              \
-            for (int j = 0; j < w; j++)                                               \
-                dst[(ptrdiff_t)kk * NR + j] = trans ? B[(ptrdiff_t)(j0 + j) * ldb + kk]         \
-                                               : B[(ptrdiff_t)kk * ldb + j0 + j];          \
-            for (int j = w; j < NR; j++)                                              \
-                dst[(ptrdiff_t)kk * NR + j] = 0;                                           \
-        }                                                                             \
-    }                                                                                 \
+#define PYLSTM_PACK(NAME, T, NR)                                                        \
+static void NAME(const T *B, int ldb, int trans, int k, int n, T *Bp)                   \
+{                                                                                       \
+    for (int p = 0; p * NR < n; p++) {                                                  \
+        T *dst = Bp + (ptrdiff_t)p * NR * k;                                            \
+        int j0 = p * NR;                                                                \
+        int w = n - j0 < NR ? n - j0 : NR;                                              \
+        for (int kk = 0; kk < k; kk++) {                                                \
+            for (int j = 0; j < w; j++)                                                 \
+                dst[(ptrdiff_t)kk * NR + j] = trans ? B[(ptrdiff_t)(j0 + j) * ldb + kk] \
+                                               : B[(ptrdiff_t)kk * ldb + j0 + j];       \
+            for (int j = w; j < NR; j++)                                                \
+                dst[(ptrdiff_t)kk * NR + j] = 0;                                        \
+        }                                                                               \
+    }                                                                                   \
 }
 
 PYLSTM_PACK(pylstm_pack_f, float, PYLSTM_NR_F)

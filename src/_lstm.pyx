@@ -3,9 +3,11 @@
 Every entry point works on one layer and one direction of a batch sorted by
 length in decreasing order. At step ``s`` the active rows are then the
 prefix ``0 .. n(s) - 1`` and every product covers exactly those rows. Every
-per-step array is 2-D with one row per valid step, in the packed time-major
+per-step array is 2-D with one row per valid step, in the compact time-major
 layout: time ``t`` holds its ``n(t)`` rows from row ``n(0) + ... + n(t-1)``
-on (``t * B`` for a dense batch). Padding costs neither memory nor time. The
+on (``t * B`` for a dense batch). Padding costs neither memory nor time. It is
+the layout of PyTorch's ``PackedSequence``; "packed" here names only the
+panel copies of the weights that the products read (``_kernels.h``). The
 caller's own batch-first input, result and output gradient may be read and
 written in place instead (``bf_rows``: the first row of each sorted
 sequence).

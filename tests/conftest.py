@@ -58,7 +58,7 @@ def gradcheck():
 
 def _kernel_problem(dtype, B, T, I, H, seed):
     """Random inputs of one kernel direction: lengths (sorted, the first T),
-    weights, initial states and gradients, per-step arrays in the packed layout."""
+    weights, initial states and gradients, per-step arrays in the compact layout."""
     rng = np.random.default_rng(seed)
     lengths = np.sort(rng.integers(1, T + 1, size=B))[::-1].copy()
     lengths[0] = T

@@ -15,6 +15,7 @@
   faster than one after the other (measured and printed; run with ``-s``).
 """
 
+import contextlib
 import copy
 import threading
 import time
@@ -31,7 +32,7 @@ from threadpoolctl import ThreadpoolController, threadpool_limits
 import pylstm._layer as layer_module
 import pylstm._threads as threads_module
 from pylstm import LSTM, LSTMClassifier, LSTMLanguageModel, LSTMRegressor
-from pylstm._network import LanguageNetwork, SequenceNetwork
+from pylstm._network import SequenceNetwork
 from pylstm._workspace import Workspace
 
 pytestmark = pytest.mark.filterwarnings("ignore::sklearn.exceptions.ConvergenceWarning")
@@ -335,11 +336,13 @@ def test_blas_switch_touches_only_the_kernels_blas():
 
 
 # ---------------------------------------------------------------- fit and use from two threads
+@contextlib.contextmanager
 def _paused_fit(monkeypatch, est, fit):
-    """Start ``fit()`` in a thread, paused inside its first backward pass.
+    """Run ``fit()`` in a thread, paused inside the first backward pass of
+    ``est.network_`` while the ``with`` block runs.
 
-    Returns (release, join): ``release()`` lets the fit go on, ``join()``
-    waits for it and returns the exception it raised (None).
+    Leaving the block lets the fit go on and waits for it to end; the fit
+    raising is a failure.
     """
     network = type(est.network_)
     original = network.backward
@@ -357,19 +360,19 @@ def _paused_fit(monkeypatch, est, fit):
     def run():
         try:
             fit()
-        except BaseException as exc:  # noqa: BLE001 - reported by join()
+        except BaseException as exc:  # noqa: BLE001 - reported on leaving the block
             errors.append(exc)
 
     thread = threading.Thread(target=run)
     thread.start()
     assert paused.wait(30)
-
-    def join():
+    try:
+        yield
+    finally:
+        go.set()
         thread.join(30)
-        assert not thread.is_alive()
-        return errors[0] if errors else None
-
-    return go.set, join
+        assert not thread.is_alive(), "the fit did not end"
+    assert not errors, f"the fit raised {errors[0]!r}"
 
 
 @pytest.mark.timeout(120)
@@ -382,20 +385,16 @@ def test_use_while_another_thread_fits_raises_a_clear_error(monkeypatch, fit_met
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         getattr(reference, fit_method)(X, y)
-    release, join = _paused_fit(monkeypatch, est, lambda: getattr(est, fit_method)(X, y))
-    try:
-        calls = {"predict": (X,), "predict_proba": (X,), "predict_log_proba": (X,),
-                 "transform": (X,), "score": (X, y), "gate_activations": (X[:2],),
-                 "fit": (X, y), "partial_fit": (X, y)}
+    calls = {"predict": (X,), "predict_proba": (X,), "predict_log_proba": (X,),
+             "transform": (X,), "score": (X, y), "gate_activations": (X[:2],),
+             "fit": (X, y), "partial_fit": (X, y)}
+    with _paused_fit(monkeypatch, est, lambda: getattr(est, fit_method)(X, y)):
         for method, args in calls.items():
             with pytest.raises(RuntimeError, match=rf"^LSTMClassifier\.{method} was called "
                                                    rf"while {fit_method} is running on the "
                                                    "same estimator in another thread"):
                 getattr(est, method)(*args)
-    finally:
-        release()
     # The fit was not disturbed: it ends as it would have alone.
-    assert join() is None
     for p, q in zip(est.network_.parameters(), reference.network_.parameters(), strict=True):
         np.testing.assert_array_equal(p, q)
     np.testing.assert_array_equal(est.predict_proba(X), reference.predict_proba(X))
@@ -440,27 +439,12 @@ def test_language_model_use_while_another_thread_fits(monkeypatch):
     text = "the quick brown fox jumps over the lazy dog " * 10
     lm = LSTMLanguageModel(hidden_size=8, embedding_dim=4, seq_len=8, batch_size=4,
                            max_iter=1, random_state=0).fit(text)
-    original = LanguageNetwork.backward
-    paused, go = threading.Event(), threading.Event()
-
-    def pausing_backward(self, d_logits):
-        if not paused.is_set():
-            paused.set()
-            assert go.wait(30)
-        return original(self, d_logits)
-
-    monkeypatch.setattr(LanguageNetwork, "backward", pausing_backward)
-    with ThreadPoolExecutor(1) as pool:
-        fitting = pool.submit(lm.partial_fit, text)
-        assert paused.wait(30)
-        try:
-            for method, args in {"generate": ("the",), "predict_proba": ("the",),
-                                 "score": (text,), "perplexity": (text,)}.items():
-                with pytest.raises(RuntimeError, match=r"LSTMLanguageModel\.(generate|"
-                                                       r"predict_proba|score) was called while "
-                                                       "partial_fit is running"):
-                    getattr(lm, method)(*args)
-        finally:
-            go.set()
-        fitting.result(timeout=30)
+    calls = {"generate": ("the",), "predict_proba": ("the",), "score": (text,),
+             "perplexity": (text,)}
+    with _paused_fit(monkeypatch, lm, lambda: lm.partial_fit(text)):
+        for method, args in calls.items():
+            with pytest.raises(RuntimeError, match=r"LSTMLanguageModel\.(generate|"
+                                                   r"predict_proba|score) was called while "
+                                                   "partial_fit is running"):
+                getattr(lm, method)(*args)
     assert lm.n_iter_ == 2

@@ -214,11 +214,25 @@ def test_workspace_free_when_exit_is_skipped():
     assert ws.nbytes == 0
 
 
-@pytest.mark.timeout(30)
-def test_interrupted_direction_waits_for_the_other():
-    """An interrupt in the forward direction surfaces only once the reverse
-    one, on the helper thread, is over: it writes into work arrays that the
-    next call would be given."""
+def _slow_reverse_direction(forward):
+    """A ``run(d)`` for ``run_directions`` whose reverse direction takes a while.
+
+    Skips the test on one CPU, where the directions run one after the other.
+
+    Parameters
+    ----------
+    forward : callable
+        Called without arguments by the forward direction (the caller's
+        thread) once the reverse one (the helper thread) has started.
+
+    Returns
+    -------
+    run : callable
+        ``run(d)`` returns ``d``; the reverse direction sleeps 0.2 s, the
+        GIL released like a kernel's, before it returns.
+    finished : list
+        Holds ``1`` once the reverse direction has ended.
+    """
     if _threads.usable_cpus() < 2:
         pytest.skip("one CPU: the directions run one after the other")
     started, finished = threading.Event(), []
@@ -226,12 +240,25 @@ def test_interrupted_direction_waits_for_the_other():
     def run(d):
         if d == 1:
             started.set()
-            time.sleep(0.2)  # the GIL released, like a kernel
+            time.sleep(0.2)
             finished.append(d)
-            return d
-        assert started.wait(10)
+        else:
+            assert started.wait(10)
+            forward()
+        return d
+
+    return run, finished
+
+
+@pytest.mark.timeout(30)
+def test_interrupted_direction_waits_for_the_other():
+    """An interrupt in the forward direction surfaces only once the reverse
+    one, on the helper thread, is over: it writes into work arrays that the
+    next call would be given."""
+    def interrupt():
         raise KeyboardInterrupt
 
+    run, finished = _slow_reverse_direction(interrupt)
     with pytest.raises(KeyboardInterrupt):
         _threads.run_directions(run, 2, parallel=True)
     assert finished == [1]
@@ -243,18 +270,7 @@ def test_interrupted_direction_waits_for_the_other():
 def test_interrupt_while_waiting_for_the_other_direction(interrupter):
     """A signal while the caller waits for the helper: the wait goes on to the
     end, then the interrupt is raised."""
-    if _threads.usable_cpus() < 2:
-        pytest.skip("one CPU: the directions run one after the other")
-    started, finished = threading.Event(), []
-
-    def run(d):
-        if d == 1:
-            started.set()
-            time.sleep(0.2)
-            finished.append(d)
-        else:  # the helper has it: the caller then waits for it
-            assert started.wait(10)
-        return d
+    run, finished = _slow_reverse_direction(lambda: None)
 
     def call():
         _threads.run_directions(run, 2, parallel=True)

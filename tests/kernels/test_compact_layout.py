@@ -1,10 +1,10 @@
-"""The packed time-major layout of per-step arrays, and the kernels' guards.
+"""The compact time-major layout of per-step arrays, and the kernels' guards.
 
 Every per-step array the kernels read or write (layer inputs and outputs,
 the BPTT cache, gradients) holds one row per valid step: time ``t`` holds
 the ``n(t)`` rows still active, in the order of the batch sorted by
-decreasing length (PyTorch's ``PackedSequence`` layout). The kernels check
-the shapes they are given before any work, so that a wrong call raises
+decreasing length (the layout of PyTorch's ``PackedSequence``). The kernels
+check the shapes they are given before any work, so that a wrong call raises
 instead of reading or writing out of bounds.
 """
 
@@ -19,7 +19,7 @@ from pylstm._layer import _packed_rows
 
 @settings(max_examples=200, deadline=None)
 @given(st.lists(st.integers(1, 12), min_size=1, max_size=10), st.integers(0, 3))
-def test_packed_rows_are_the_valid_steps_time_major(lens, extra_T):
+def test_compact_rows_are_the_valid_steps_time_major(lens, extra_T):
     lens = np.array(lens)
     T = int(lens.max()) + extra_T
     order = np.argsort(-lens, kind="stable")
@@ -34,7 +34,7 @@ def test_packed_rows_are_the_valid_steps_time_major(lens, extra_T):
 
 def test_padding_costs_no_work_and_reads_no_values():
     """A batch with one long row: outputs past each length are zero, and a
-    NaN there changes nothing (the packed layout never reads it)."""
+    NaN there changes nothing (the compact layout never reads it)."""
     rng = np.random.default_rng(0)
     layer = LSTM(3, 5, num_layers=2, bidirectional=True, dtype=np.float64, random_state=0)
     X = rng.normal(size=(4, 30, 3))
