@@ -5,8 +5,8 @@ meets the kernels of :mod:`pylstm._lstm`: every call sorts the batch by
 length, lays it out time-major and calls one kernel per layer and direction.
 
 Per-step arrays (layer inputs and outputs, the BPTT cache, gradients) hold
-one row per valid step, in the packed time-major layout of
-:func:`_packed_rows`: a batch with variable lengths keeps and computes
+one row per valid step, in the compact time-major layout of
+:func:`_compact_rows`: a batch with variable lengths keeps and computes
 nothing for the padding. A dense batch's layout is plain (T, B) order.
 """
 
@@ -50,20 +50,20 @@ def _chunk_steps(T, B, H):
     return max(1, min(CHUNK_STEPS, T, CHUNK_ELEMENTS // (B * 4 * H)))
 
 
-def _packed_rows(lens_sorted, order, T):
-    """Where each row of the packed time-major layout comes from.
+def _compact_rows(lens_sorted, order, T):
+    """Where each row of the compact time-major layout comes from.
 
     With the batch sorted by decreasing length (``order`` maps sorted rows to
     the caller's), time ``t`` holds the ``n(t)`` rows still active, one after
     another, as :mod:`pylstm._lstm` lays out every per-step array (PyTorch's
     ``PackedSequence`` has the same layout). Returns, for each of the
-    ``sum(lengths)`` packed rows, its index ``b * T + t`` in the caller's
+    ``sum(lengths)`` compact rows, its index ``b * T + t`` in the caller's
     (B * T)-row batch-first array.
 
     Examples
     --------
     >>> import numpy as np
-    >>> _packed_rows(np.array([3, 1]), np.array([1, 0]), 3)
+    >>> _compact_rows(np.array([3, 1]), np.array([1, 0]), 3)
     array([3, 0, 4, 5])
     """
     T_eff = int(lens_sorted[0])
@@ -77,7 +77,7 @@ def _packed_rows(lens_sorted, order, T):
 def _check_steps_finite(arr, rows, name):
     """ValueError if a valid step of the batch-first (B, T, F) ``arr`` is not finite.
 
-    ``rows`` are the valid steps' rows (:func:`_packed_rows`), None when all
+    ``rows`` are the valid steps' rows (:func:`_compact_rows`), None when all
     are valid. The whole array is checked first, which needs no temporary;
     only when something is not finite are the valid steps looked at alone,
     since NaN or infinity past a length is allowed.
@@ -402,7 +402,7 @@ class LSTM:
             read-only arrays are converted to the layer's dtype.
         lengths : array-like of shape (B,), default=None
             Valid steps of each sequence (``1 <= lengths[b] <= T``); steps past
-            a length are ignored (PyTorch's packed-sequence semantics).
+            a length are ignored (as with PyTorch's ``PackedSequence``).
         h0, c0 : array-like of shape (num_layers * D, B, hidden_size), default=None
             Initial states (zeros when None); D = 2 when bidirectional. With
             projections ``h0`` is (num_layers * D, B, proj_size).
@@ -470,7 +470,7 @@ class LSTM:
         h_n = np.empty((self.num_layers * D, B, H), dtype=self.dtype)
         c_n = np.empty((self.num_layers * D, B, self.hidden_size), dtype=self.dtype)
         # Steps past a length are never read, NaN or not, and cost nothing.
-        rows = None if dense else _packed_rows(lens_sorted, order, T)
+        rows = None if dense else _compact_rows(lens_sorted, order, T)
         if self.proj_size:
             _check_steps_finite(X, rows, "X")
             result = self._forward_projected(X, lens_sorted, order, h0, c0, h_n, c_n,
@@ -481,13 +481,13 @@ class LSTM:
         # The last layer writes the batch-first result in place, and inference
         # reads X in place: no copy of either, so inference memory beyond the
         # result does not grow with T. Training keeps X with one row per valid
-        # step, in the packed time-major layout of the weight-gradient GEMM.
+        # step, in the compact time-major layout of the weight-gradient GEMM.
         with self._workspace.borrow() as arrays:
             result = (aligned_empty if dense else aligned_zeros)((B, T, D * H), self.dtype)
             if not training:
                 x = X.reshape(B * T, I)
             else:
-                # The packed copy of X takes the left-hand columns of an
+                # The compact copy of X takes the left-hand columns of an
                 # (n, I + H) array whose right-hand ones receive the first
                 # direction's h_{t-1} (see _forward_layers).
                 n_rows = T_eff * B if dense else len(rows)
@@ -519,8 +519,8 @@ class LSTM:
         """Kernel calls of :meth:`forward`, layer by layer; directions may run concurrently.
 
         Work arrays come from ``arrays`` (the layer's :class:`Workspace`);
-        per-step arrays have one row per valid step (packed layout, see
-        :func:`_packed_rows`), each written by the kernels. The last layer
+        per-step arrays have one row per valid step (compact layout, see
+        :func:`_compact_rows`), each written by the kernels. The last layer
         writes ``result``, the caller's (B * T, D*H) output, in place (row
         ``bf_rows[b] + t``); with ``x_batch_first`` (inference) ``x`` is the
         batch-first input itself, (B * T, I). In training, ``x`` is (N, I + H):
@@ -630,15 +630,15 @@ class LSTM:
     def _forward_projected(self, X, lens_sorted, order, h0, c0, h_n, c_n, training, masks):
         """:meth:`forward` of a layer with projections (``_lstm.forward_projected``).
 
-        Every layer reads and writes per-step arrays in the packed layout
-        (:func:`_packed_rows`), made here: the input's valid steps, one
+        Every layer reads and writes per-step arrays in the compact layout
+        (:func:`_compact_rows`), made here: the input's valid steps, one
         (N, D * P) output per layer, and in training the caches of
         :meth:`_backward_projected`. Returns the batch-first result.
         """
         B, T, I = X.shape
         D, H, P, L = self.num_directions, self.hidden_size, self.proj_size, self.num_layers
         dt = self.dtype
-        rows = _packed_rows(lens_sorted, order, T)
+        rows = _compact_rows(lens_sorted, order, T)
         N = len(rows)
         layer_in = X.reshape(B * T, I)[rows]
         caches = []
@@ -677,7 +677,7 @@ class LSTM:
 
     def _backward_projected(self, cache, d_out, d_h_n, d_c_n):
         """:meth:`backward` of a layer with projections (``_lstm.backward_projected``):
-        the parameter and initial-state gradients and the packed input gradient."""
+        the parameter and initial-state gradients and the compact input gradient."""
         B, T = cache["shape"]
         D, H, P, L = self.num_directions, self.hidden_size, self.proj_size, self.num_layers
         dt = self.dtype
@@ -749,7 +749,7 @@ class LSTM:
 
         rows = cache["rows"]
         if rows is None:
-            rows = _packed_rows(cache["lengths"], order, T)
+            rows = _compact_rows(cache["lengths"], order, T)
 
         def batch_first(arr):
             full = np.zeros((B, T) + arr.shape[1:], dtype=self.dtype)
@@ -938,9 +938,9 @@ class LSTM:
         """Kernel calls of :meth:`backward`, top layer first; work arrays from ``arrays``.
 
         ``grad_out`` is the caller's (B * T, D*H) gradient, which the top
-        layer reads in place; each layer below reads the packed input
+        layer reads in place; each layer below reads the compact input
         gradient of the one above (``d_h_n`` / ``d_c_n`` None: zeros). Returns
-        the parameter and initial-state gradients and the packed gradient of
+        the parameter and initial-state gradients and the compact gradient of
         the input.
         """
         B = cache["shape"][0]
@@ -981,7 +981,7 @@ class LSTM:
 
             parts = run_directions(run, D, parallel=parallel)
             # Every direction has read the layer input: its gradient takes its place
-            # (the input is the layer's own packed copy or the output of the layer
+            # (the input is the layer's own compact copy or the output of the layer
             # below, both work arrays; the cache is used up by this backward).
             for d, (dg, w_ih, work) in enumerate(parts):
                 _lstm.input_gradient(dg, w_ih, layer_in, float(d > 0), loop_threads, work)

@@ -252,7 +252,7 @@ def backward(const floating[:, :] x,
     Parameters
     ----------
     x, lengths, w_ih, w_hh, offset, reverse
-        As given to :func:`forward_train` (packed layout, see there).
+        As given to :func:`forward_train` (compact layout, see there).
     c0 : (B, H) array
         Initial cell state of that forward call.
     gates, c_cache, h_prev_cache
@@ -260,7 +260,7 @@ def backward(const floating[:, :] x,
         with the gradients of the gate pre-activations (so one cache serves
         one backward).
     d_out : (N, D*H) array
-        Gradient of the loss with respect to ``out``, packed layout.
+        Gradient of the loss with respect to ``out``, compact layout.
     dh, dc : (B, H) arrays
         Gradients with respect to the final states on entry; with respect to
         the initial states on exit.

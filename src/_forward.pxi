@@ -10,7 +10,7 @@ cdef void _forward(const floating* x, _ForwardLoop* a) noexcept nogil:
     projected by one GEMM into ``gbuf``; then each step adds the recurrent
     GEMM of the active prefix and runs the fused gate pass. With ``gates``
     NULL nothing per step is kept (inference); otherwise the caches, in the
-    packed layout of ``off`` (time order), receive what BPTT needs. Both
+    compact layout of ``off`` (time order), receive what BPTT needs. Both
     modes therefore round identically. With ``x_batch_first`` /
     ``out_batch_first``, ``x`` / ``out`` are the caller's own batch-first
     arrays, time ``t`` of sorted row ``b`` at row ``bfr[b] + t``, without
@@ -94,7 +94,7 @@ cdef void _forward(const floating* x, _ForwardLoop* a) noexcept nogil:
             break
         n_chunk = n
         kk = K if s0 + K <= T else T - s0
-        # Time-ordered packed rows with every row active through the chunk
+        # Time-ordered compact rows with every row active through the chunk
         # are already the chunk's (kk * n_chunk, I) block: project them in
         # place. Otherwise gather the chunk's input rows into xbuf, (kk,
         # n_chunk, I) in step order, rows that end within the chunk reading
@@ -364,7 +364,7 @@ def forward_train(const floating[:, :] x,
     """Forward pass of one direction, keeping what BPTT needs.
 
     Per-step arrays are 2-D, one row per valid step of one sequence, in the
-    packed time-major layout: with the batch sorted by decreasing length and
+    compact time-major layout: with the batch sorted by decreasing length and
     ``n(t)`` rows still active at time ``t``, time ``t`` holds rows
     ``off(t) .. off(t) + n(t) - 1`` where ``off(t) = n(0) + ... + n(t-1)``
     (``t * B`` for a dense batch, which is then simply (T, B) flattened).
@@ -373,7 +373,7 @@ def forward_train(const floating[:, :] x,
     Parameters
     ----------
     x : (N, I) array
-        Layer input in the packed layout, N = sum of lengths. Like every
+        Layer input in the compact layout, N = sum of lengths. Like every
         per-step argument that is not written in full (``x``,
         ``h_prev_cache``, and ``dx`` of :func:`backward`), it may be a view
         of wider rows: rows must be contiguous, the row stride is free.
@@ -397,7 +397,7 @@ def forward_train(const floating[:, :] x,
         Work space for a chunk of K steps: ``K * B * I`` and ``K * B * 4H``
         elements.
     gates, c_cache, h_prev_cache : (N, 4H), (N, H), (N, H) arrays
-        Receive the activated gates, c_t and h_{t-1}, packed layout. When
+        Receive the activated gates, c_t and h_{t-1}, compact layout. When
         ``h_prev_cache`` is the right-hand columns of the array whose
         left-hand columns are ``x`` (an (N, I + H) array), :func:`backward`
         computes both weight gradients with one GEMM.

@@ -1,10 +1,10 @@
-# The packed time-major layout: row offsets, row strides and the shape
+# The compact time-major layout: row offsets, row strides and the shape
 # checks of the entry points; the state of one thread's time loop (_Loop and
 # the forward and backward loops' own parts).
 
 
 cdef Py_ssize_t* _step_offsets(const int[::1] lengths) except NULL:
-    """Row offsets of the packed time-major layout of a sorted batch.
+    """Row offsets of the compact time-major layout of a sorted batch.
 
     Time ``t`` holds the rows ``b < n(t)`` that are still active (lengths
     decrease), at rows ``off[t] .. off[t + 1] - 1`` of every per-step array;

@@ -1,6 +1,6 @@
 # The projected LSTM of torch.nn.LSTM(proj_size=P) (Sak, Senior & Beaufays
 # 2014): h_t = W_hr (o_t * tanh(c_t)), P < H. One thread and BLAS products
-# per step over the active rows; per-step arrays in the packed time-major
+# per step over the active rows; per-step arrays in the compact time-major
 # layout of forward_train. The cell's element-wise work is the same fused C
 # as the unprojected loop's.
 
@@ -53,7 +53,7 @@ def forward_projected(const floating[:, :] x,
     Parameters
     ----------
     x : (N, I) array
-        Layer input, packed time-major rows (see :func:`forward_train`);
+        Layer input, compact time-major rows (see :func:`forward_train`);
         rows contiguous, the row stride free.
     lengths : (B,) int32 array
         Valid steps per row, decreasing.
@@ -209,7 +209,7 @@ def backward_projected(const floating[:, :] x,
 
     ``gates`` is overwritten with the gate pre-activation gradients, from
     which the caller forms the input gradient (:func:`input_gradient`).
-    ``d_out`` is the packed (N, D*P) gradient of ``out``; ``dh`` (B, P) and
+    ``d_out`` is the compact (N, D*P) gradient of ``out``; ``dh`` (B, P) and
     ``dc`` (B, H) hold the gradients of the final states on entry and of
     the initial states on exit. ``dw_ih``, ``dw_hh``, ``db`` and ``dw_hr``
     receive the weight gradients (``db`` serves both biases). ``mask`` as

@@ -14,7 +14,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from pylstm import LSTM, _lstm
-from pylstm._layer import _packed_rows
+from pylstm._layer import _compact_rows
 
 
 @settings(max_examples=200, deadline=None)
@@ -27,7 +27,7 @@ def test_compact_rows_are_the_valid_steps_time_major(lens, extra_T):
     expected = [order[b] * T + t
                 for t in range(int(lens_sorted[0]))
                 for b in range(len(lens)) if lens_sorted[b] > t]
-    rows = _packed_rows(lens_sorted, order, T)
+    rows = _compact_rows(lens_sorted, order, T)
     np.testing.assert_array_equal(rows, expected)
     assert rows.size == lens.sum()
 
