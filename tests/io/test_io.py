@@ -1073,16 +1073,6 @@ def saved_files(tmp_path_factory):
     return files
 
 
-@pytest.mark.parametrize("case", list(EDITS))
-def test_refuses_edited_files(tmp_path, saved_files, case):
-    edit, message = EDITS[case]
-    path = tmp_path / "edited.pylstm"
-    path.write_bytes(saved_files["classifier"].read_bytes())
-    rewrite(path, **edit)
-    with pytest.raises(ModelFileError, match=message):
-        load(path)
-
-
 LAYER_EDITS = {
     "num-layers-huge": (dict(model=set_in(["params", "num_layers"], 10**12)), "num_layers"),
     "hidden-text": (dict(model=set_in(["params", "hidden_size"], "4")), "hidden_size"),
@@ -1093,16 +1083,6 @@ LAYER_EDITS = {
     "param-extra": (dict(model=set_in(["params", "random_state"], 0)), "unexpected keys"),
     "nan": (dict(data=set_nan("weight_hh_l1_reverse", 3)), "weight_hh_l1_reverse contains NaN"),
 }
-
-
-@pytest.mark.parametrize("case", list(LAYER_EDITS))
-def test_refuses_edited_layer_files(tmp_path, saved_files, case):
-    edit, message = LAYER_EDITS[case]
-    path = tmp_path / "edited.pylstm"
-    path.write_bytes(saved_files["layer"].read_bytes())
-    rewrite(path, **edit)
-    with pytest.raises(ModelFileError, match=message):
-        load(path)
 
 
 def vocabulary_edit(change):
@@ -1213,11 +1193,16 @@ LM_EDITS["embedding-transposed"] = (dict(table=transpose_embedding),
                                     r"network.embedding has shape \(4, \d+\), expected")
 
 
-@pytest.mark.parametrize("case", list(LM_EDITS))
-def test_refuses_edited_language_model_files(tmp_path, saved_files, case):
-    edit, message = LM_EDITS[case]
+#: The edits of each saved file (a saved_files key): case -> (edit, expected message).
+EDITS_BY_FILE = {"classifier": EDITS, "layer": LAYER_EDITS, "lm": LM_EDITS}
+
+
+@pytest.mark.parametrize("base,case", [(base, case) for base, edits in EDITS_BY_FILE.items()
+                                       for case in edits])
+def test_refuses_edited_files(tmp_path, saved_files, base, case):
+    edit, message = EDITS_BY_FILE[base][case]
     path = tmp_path / "edited.pylstm"
-    path.write_bytes(saved_files["lm"].read_bytes())
+    path.write_bytes(saved_files[base].read_bytes())
     rewrite(path, **edit)
     with pytest.raises(ModelFileError, match=message):
         load(path)

@@ -373,41 +373,35 @@ def mutate_aware(data, rnd):
 
 
 # ---------------------------------------------------------------------- the tests
-def test_fuzz_blind_mutations(bases, tmp_path):
-    rnd = random.Random(SEED)
-    stats = Stats()
-    path = tmp_path / "mutant.pylstm"
-    start = time.perf_counter()
+def _in_turn(bases, count, start):
+    """(bytes, encoding) of the base files in turn, ``count`` times or until
+    :data:`TIME_CAP` seconds after ``start``."""
     names = sorted(bases)
-    for i in range(BLIND_CASES):
+    for i in range(count):
         if time.perf_counter() - start > TIME_CAP:
-            break
-        base = names[i % len(names)]
-        data, encoding = bases[base]
+            return
+        yield bases[names[i % len(names)]]
+
+
+def test_fuzz_blind_mutations(bases, tmp_path):
+    rnd, stats, start = random.Random(SEED), Stats(), time.perf_counter()
+    for data, encoding in _in_turn(bases, BLIND_CASES, start):
         mutation = rnd.choice(BLIND)
         mutant = data
         for _ in range(rnd.choice([1, 1, 1, 2, 3])):
             mutant = mutation(mutant, rnd) if mutant else mutant
-        _run(path, mutant, encoding, True, stats, mutation.__name__)
+        _run(tmp_path / "mutant.pylstm", mutant, encoding, True, stats, mutation.__name__)
     _REPORTS.append((f"blind mutations ({time.perf_counter() - start:.1f} s)", stats))
     assert sum(v for k, v in stats.counts.items() if k.startswith("case:")) >= min(
         BLIND_CASES, 500)
 
 
 def test_fuzz_aware_mutations(bases, tmp_path):
-    rnd = random.Random(SEED + 1)
-    stats = Stats()
-    path = tmp_path / "mutant.pylstm"
-    start = time.perf_counter()
-    names = sorted(bases)
-    for i in range(AWARE_CASES):
-        if time.perf_counter() - start > TIME_CAP:
-            break
-        base = names[i % len(names)]
-        data, encoding = bases[base]
+    rnd, stats, start = random.Random(SEED + 1), Stats(), time.perf_counter()
+    for data, encoding in _in_turn(bases, AWARE_CASES, start):
         mutant, blind = mutate_aware(data, rnd)
-        _run(path, mutant, encoding, blind, stats, "aware-stale-checksum" if blind
-             else "aware-new-checksum")
+        _run(tmp_path / "mutant.pylstm", mutant, encoding, blind, stats,
+             "aware-stale-checksum" if blind else "aware-new-checksum")
     _REPORTS.append((f"aware mutations ({time.perf_counter() - start:.1f} s)", stats))
     assert stats.counts["refused (ModelFileError)"] > AWARE_CASES // 2
 
@@ -415,10 +409,13 @@ def test_fuzz_aware_mutations(bases, tmp_path):
 _HYPOTHESIS_STATS = Stats()
 _REPORTS.append(("hypothesis", _HYPOTHESIS_STATS))
 BASE_NAMES = ["classifier", "classifier-2d", "layer", "lm-char", "lm-word", "regressor"]
+#: Fixed examples (derandomized, no database), each loading a file: no deadline.
+HYPOTHESIS = settings(max_examples=200, deadline=None, derandomize=True, database=None,
+                      suppress_health_check=[HealthCheck.function_scoped_fixture,
+                                             HealthCheck.too_slow])
 
 
-@settings(max_examples=200, deadline=None, derandomize=True, database=None,
-          suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
+@HYPOTHESIS
 @given(base=st.sampled_from(BASE_NAMES),
        edits=st.lists(st.tuples(st.sampled_from(["flip", "set", "insert", "delete"]),
                                 st.floats(0, 1, exclude_max=True), st.integers(0, 255)),
@@ -455,8 +452,7 @@ json_values = st.recursive(
     max_leaves=10)
 
 
-@settings(max_examples=200, deadline=None, derandomize=True, database=None,
-          suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
+@HYPOTHESIS
 @given(base=st.sampled_from(BASE_NAMES),
        pick=st.floats(0, 1, exclude_max=True), value=json_values,
        in_table=st.booleans())
