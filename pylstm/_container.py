@@ -384,6 +384,28 @@ def _parse_header(raw, types):
     if not isinstance(header, dict):
         raise ModelFileError("not a pylstm model file: the header is not a JSON object")
     metadata = header.pop("__metadata__", None)
+    description = _check_metadata(metadata, types)
+    for name, info in header.items():
+        where = f"array {short(name)}"
+        read_object(info, where, _TENSOR_KEYS)
+        code = read_str(info["dtype"], f"{where} dtype")
+        if code not in DTYPES:
+            raise ModelFileError(f"{where} has unsupported dtype {short(code)}: model files "
+                                 f"hold only {', '.join(DTYPES)} (no object arrays)")
+        shape, offsets = info["shape"], info["data_offsets"]
+        if not isinstance(shape, list) or len(shape) > 8:
+            raise ModelFileError(f"{where} shape must be a list of at most 8 sizes")
+        for i, s in enumerate(shape):
+            read_int(s, f"{where} shape[{i}]", 0, _INT64_MAX)
+        if not isinstance(offsets, list) or len(offsets) != 2:
+            raise ModelFileError(f"{where} data_offsets must be [begin, end]")
+        read_int(offsets[0], f"{where} data_offsets[0]", 0, _INT64_MAX)
+        read_int(offsets[1], f"{where} data_offsets[1]", offsets[0], _INT64_MAX)
+    return metadata, description, header
+
+
+def _check_metadata(metadata, types):
+    """Check the header's ``__metadata__``; return the description it holds, parsed."""
     if not isinstance(metadata, dict) or metadata.get("format") != FORMAT_NAME:
         raise ModelFileError(
             "not a pylstm model file: its header has no '__metadata__' with "
@@ -408,24 +430,7 @@ def _parse_header(raw, types):
                              f"{', '.join(sorted(types))}")
     if not re.fullmatch(r"[0-9a-f]{64}", metadata["sha256"]):
         raise ModelFileError("metadata sha256 must be 64 lowercase hexadecimal digits")
-    description = json_loads(metadata["model"], "the model description")
-    for name, info in header.items():
-        where = f"array {short(name)}"
-        read_object(info, where, _TENSOR_KEYS)
-        code = read_str(info["dtype"], f"{where} dtype")
-        if code not in DTYPES:
-            raise ModelFileError(f"{where} has unsupported dtype {short(code)}: model files "
-                                 f"hold only {', '.join(DTYPES)} (no object arrays)")
-        shape, offsets = info["shape"], info["data_offsets"]
-        if not isinstance(shape, list) or len(shape) > 8:
-            raise ModelFileError(f"{where} shape must be a list of at most 8 sizes")
-        for i, s in enumerate(shape):
-            read_int(s, f"{where} shape[{i}]", 0, _INT64_MAX)
-        if not isinstance(offsets, list) or len(offsets) != 2:
-            raise ModelFileError(f"{where} data_offsets must be [begin, end]")
-        read_int(offsets[0], f"{where} data_offsets[0]", 0, _INT64_MAX)
-        read_int(offsets[1], f"{where} data_offsets[1]", offsets[0], _INT64_MAX)
-    return metadata, description, header
+    return json_loads(metadata["model"], "the model description")
 
 
 def check_table(table, expected):
@@ -479,14 +484,20 @@ def check_table(table, expected):
 
 
 def _read_arrays(table, data):
-    """Arrays from checked offsets, as writable native-endian copies; reject NaN/inf."""
+    """Arrays from checked offsets, read-only and native-endian; reject NaN/inf.
+
+    Views of ``data`` where the machine is little-endian: the classes copy what
+    they keep, so a copy here would be a second one.
+    """
     arrays = {}
     for name, info in table.items():
         dtype = DTYPES[info["dtype"]]
         begin, end = info["data_offsets"]
         arr = np.frombuffer(data, dtype=dtype, count=(end - begin) // dtype.itemsize,
                             offset=begin).reshape(info["shape"])
-        arr = arr.astype(dtype.newbyteorder("="))
+        if not arr.dtype.isnative:
+            arr = arr.astype(dtype.newbyteorder("="))
+            arr.flags.writeable = False
         if dtype.kind == "f" and not np.isfinite(arr).all():
             what = "NaN" if np.isnan(arr).any() else "infinity"
             raise ModelFileError(f"array {name} contains {what}")
@@ -528,7 +539,7 @@ def read(path, types, layout):
     plan : object
         What ``layout`` returned.
     arrays : dict of str to ndarray
-        Writable native-endian arrays, all finite.
+        Read-only native-endian arrays, all finite (copy what you keep).
 
     Raises
     ------
