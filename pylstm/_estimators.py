@@ -26,19 +26,40 @@ from sklearn.utils.validation import (
     validate_data,
 )
 
+from ._container import ModelFileError, read_bool, read_int, read_str, short
+from ._fields import (
+    BOOL,
+    CLASSES,
+    COUNT,
+    DTYPE,
+    FLOAT,
+    FLOAT_LIST,
+    NAMES,
+    SEED,
+    Field,
+    decode_dropout,
+    decode_proj_size,
+    decode_trained,
+    encode_trained,
+    int_field,
+    optional,
+    saved_proj_size,
+    trained_arrays,
+)
 from ._network import SequenceNetwork, log_softmax, softmax_cross_entropy, squared_error
 from ._optim import (
     clip_grad_norm,
     clip_grad_value,
     make_optimizer,
     reconfigure_optimizer,
+    restore_optimizer,
     warn_if_diverging,
 )
 from ._progress import EpochProgress
 from ._sequences import as_sequence_array, check_sequence_list, is_ragged, pad_sequences
 from ._stream import LSTMStream
 from ._threads import inference, model_use, run_to_completion
-from ._validation import check_dtype, check_numeric
+from ._validation import BLAS_INT_MAX, check_dtype, check_numeric
 
 __all__ = ["LSTMClassifier", "LSTMRegressor"]
 
@@ -174,6 +195,18 @@ def _check_labels(labels, name="y"):
                          f"got {', '.join(sorted(kinds))}")
 
 
+def _decode_architecture(v, where):
+    """``_architecture`` read from a file: (hidden_size, num_layers, bidirectional,
+    return_sequences, dtype name)."""
+    if not isinstance(v, list) or len(v) != 5:
+        raise ModelFileError(f"{where} must be a list of 5 values, got {short(v)}")
+    hidden = read_int(v[0], f"{where}[0] (hidden_size)", 1, BLAS_INT_MAX // 4)
+    layers = read_int(v[1], f"{where}[1] (num_layers)", 1, BLAS_INT_MAX)
+    return (hidden, layers, read_bool(v[2], f"{where}[2] (bidirectional)"),
+            read_bool(v[3], f"{where}[3] (return_sequences)"),
+            read_str(v[4], f"{where}[4] (dtype)", {"float32", "float64"}))
+
+
 def _real_array(y):
     """``y`` as a float64 array, converting numeric object arrays."""
     arr = np.asarray(y)
@@ -261,6 +294,95 @@ class _BaseLSTMEstimator(BaseEstimator):
         # transform() gives the final hidden states as features.
         tags.transformer_tags = TransformerTags(preserves_dtype=[self.dtype])
         return tags
+
+    # ------------------------------------------------------------------ saved state
+    # pylstm.save writes the description {"params", "fitted", "network": {"dropout"},
+    # "optimizer"} and the network's and optimizer's arrays; pylstm.load checks the
+    # description (_saved_layout) before it reads an array.
+
+    #: Fitted attributes a model file keeps: name -> field. Besides these and the
+    #: hyperparameters, fit sets network_ and _optimizer (saved as arrays) and
+    #: _best_state (not saved); tests/io/test_io.py checks that it sets no others.
+    _saved_fitted = {
+        "n_features_in_": int_field(1, BLAS_INT_MAX),
+        "feature_names_in_": NAMES,
+        "_input_layout": Field(str, lambda v, w: read_str(v, w, {"3d", "2d", "seq"})),
+        "_n_step_features": int_field(1, BLAS_INT_MAX),
+        "_dtype": DTYPE,
+        "_seed": SEED,
+        "_architecture": Field(
+            lambda a: [int(a[0]), int(a[1]), bool(a[2]), bool(a[3]), str(a[4])],
+            _decode_architecture),
+        "n_iter_": COUNT,
+        "t_": int_field(0, 2**63 - 1),
+        "loss_curve_": FLOAT_LIST,
+        "best_loss_": FLOAT,
+        "_no_improvement_count": int_field(0, 2**63 - 1),
+        "validation_scores_": optional(FLOAT_LIST),
+        "best_validation_score_": optional(FLOAT),
+    }
+
+    def _saved_state(self):
+        """The description and arrays that :func:`pylstm.save` writes."""
+        check_is_fitted(self, "network_")
+        return encode_trained(self, {"dropout": float(self.network_.dropout),
+                                     **saved_proj_size(self.network_.layers)})
+
+    @classmethod
+    def _saved_layout(cls, description, n_arrays):
+        """Check a description read by :func:`pylstm.load`; return what
+        :meth:`_from_saved_state` needs and the arrays the file must hold (name to
+        shape and dtype). ``n_arrays``, the arrays in the file, bounds the layers."""
+        estimator, fitted, network, optimizer = decode_trained(cls, description, {"dropout"})
+        dropout = decode_dropout(network["dropout"], "model.network.dropout")
+        H, L, bidirectional, _, dtype = fitted["_architecture"]
+        proj_size = decode_proj_size(network, H, "model.network.proj_size")
+        if dtype != fitted["_dtype"].name:
+            raise ModelFileError(f"model.fitted._architecture has dtype {dtype} but "
+                                 f"_dtype is {fitted['_dtype'].name}")
+        n_step, n_features = fitted["_n_step_features"], fitted["n_features_in_"]
+        if fitted["_input_layout"] == "2d":
+            if n_features % n_step:
+                raise ModelFileError(
+                    f"model.fitted: 2-D input has n_features_in_={n_features} "
+                    f"columns, not a multiple of _n_step_features={n_step}")
+        elif n_features != n_step:
+            raise ModelFileError(f"model.fitted.n_features_in_={n_features} "
+                                 f"differs from _n_step_features={n_step}")
+        names = fitted["feature_names_in_"]
+        if names is not None and (fitted["_input_layout"] != "2d" or len(names) != n_features):
+            raise ModelFileError("model.fitted.feature_names_in_ must name the "
+                                 "n_features_in_ columns of 2-D input")
+        if (fitted["validation_scores_"] is None) != (fitted["best_validation_score_"] is None):
+            raise ModelFileError("model.fitted: validation_scores_ and best_validation_score_ "
+                                 "must both be null or both be set")
+        if L + 1 > n_arrays:
+            raise ModelFileError(f"model.fitted._architecture has {L} layers but the file "
+                                 f"holds only {n_arrays} arrays")
+        n_outputs = len(fitted["classes_"]) if "classes_" in fitted else fitted["n_outputs_"]
+        optimizer, expected = trained_arrays(
+            SequenceNetwork.saved_shapes(n_step, n_outputs, H, L, bidirectional, proj_size),
+            optimizer, dtype)
+        plan = {"estimator": estimator, "fitted": fitted, "dropout": dropout,
+                "n_outputs": n_outputs, "optimizer": optimizer, "proj_size": proj_size}
+        return plan, expected
+
+    @classmethod
+    def _from_saved_state(cls, plan, arrays):
+        """The fitted estimator of :meth:`_saved_layout`'s plan, with the saved arrays."""
+        est, fitted = plan["estimator"], plan["fitted"]
+        for attr, value in fitted.items():
+            if value is not None or attr != "feature_names_in_":
+                setattr(est, attr, value)
+        H, L, bidirectional, return_sequences, dtype = fitted["_architecture"]
+        est.network_ = SequenceNetwork(fitted["_n_step_features"], plan["n_outputs"], H, L,
+                                       bidirectional, plan["dropout"], return_sequences,
+                                       np.dtype(dtype), np.random.RandomState(0),
+                                       proj_size=plan["proj_size"])
+        est.network_.load_saved_arrays(arrays)
+        est._optimizer = restore_optimizer(plan["optimizer"], est.network_.parameters(), arrays)
+        est._best_state = None
+        return est
 
     # ------------------------------------------------------------------ checks
     def _check_params(self):
@@ -1001,6 +1123,8 @@ class LSTMClassifier(ClassifierMixin, _BaseLSTMEstimator):
         tags.classifier_tags.multi_label = False
         return tags
 
+    _saved_fitted = {**_BaseLSTMEstimator._saved_fitted, "classes_": CLASSES}
+
     def _check_params(self):
         dtype = super()._check_params()
         cw = self.class_weight
@@ -1281,6 +1405,9 @@ class LSTMRegressor(RegressorMixin, _BaseLSTMEstimator):
         tags = super().__sklearn_tags__()
         tags.target_tags.multi_output = True
         return tags
+
+    _saved_fitted = {**_BaseLSTMEstimator._saved_fitted,
+                     "n_outputs_": int_field(1, BLAS_INT_MAX), "_y_squeeze": BOOL}
 
     def partial_fit(self, X, y, sample_weight=None):
         """Run one epoch over (X, y), continuing from the current state.

@@ -17,11 +17,31 @@ from sklearn.exceptions import ConvergenceWarning
 from sklearn.utils import check_random_state
 from sklearn.utils.validation import check_is_fitted
 
+from ._container import ModelFileError, read_int, short
+from ._fields import (
+    COUNT,
+    DTYPE,
+    FLOAT_LIST,
+    SEED,
+    Field,
+    decode_dropout,
+    decode_proj_size,
+    decode_trained,
+    encode_trained,
+    saved_proj_size,
+    trained_arrays,
+)
 from ._network import LanguageNetwork, log_softmax, softmax_cross_entropy
-from ._optim import clip_grad_norm, make_optimizer, reconfigure_optimizer, warn_if_diverging
+from ._optim import (
+    clip_grad_norm,
+    make_optimizer,
+    reconfigure_optimizer,
+    restore_optimizer,
+    warn_if_diverging,
+)
 from ._progress import EpochProgress
 from ._threads import inference, model_use, run_to_completion
-from ._validation import NonFiniteError, check_dtype
+from ._validation import BLAS_INT_MAX, NonFiniteError, check_dtype
 
 __all__ = ["LSTMLanguageModel"]
 
@@ -32,6 +52,30 @@ _WORD_RE = re.compile(r"\w+|[^\w\s]")
 #: prompt): a call's logits are (tokens x vocabulary), so long texts go in chunks
 #: carrying the state, and memory does not grow with the text's length.
 _CHUNK_TOKENS = 4096
+
+
+def _decode_vocabulary(v, where):
+    """The tokens of a language model: distinct non-empty strings, '<unk>' and '<bos>' first."""
+    if not isinstance(v, list) or len(v) < 2:
+        raise ModelFileError(f"{where} must be a list of at least 2 tokens, got {short(v)}")
+    for i, token in enumerate(v):
+        if not isinstance(token, str) or not token:
+            raise ModelFileError(f"{where}[{i}] must be a non-empty string, got {short(token)}")
+        try:
+            token.encode("utf-8")
+        except UnicodeEncodeError:
+            raise ModelFileError(f"{where}[{i}] is not valid Unicode text (it holds a lone "
+                                 f"surrogate): {short(token)}") from None
+    if v[0] != UNK or v[1] != BOS:
+        raise ModelFileError(f"{where} must start with {UNK!r} and {BOS!r} (indices 0 and 1), "
+                             f"got {short(v[:2])}")
+    seen = set()
+    for i, token in enumerate(v):
+        if token in seen:
+            raise ModelFileError(f"{where} has the token {short(token)} twice (again at index "
+                                 f"{i}): tokens must be distinct")
+        seen.add(token)
+    return list(v)
 
 
 class LSTMLanguageModel(BaseEstimator):
@@ -143,6 +187,74 @@ class LSTMLanguageModel(BaseEstimator):
         self.dtype = dtype
         self.recurrent_dropout = recurrent_dropout
         self.proj_size = proj_size
+
+    # ------------------------------------------------------------------ saved state
+    # pylstm.save writes the description {"params", "fitted", "network", "optimizer"}
+    # (network: dropout and sizes) and the network's and optimizer's arrays; pylstm.load
+    # checks the description (_saved_layout) before it reads an array.
+
+    #: Fitted attributes a model file keeps: name -> field. Besides these and the
+    #: hyperparameters, fit sets network_ and _optimizer (saved as arrays) and _index
+    #: (rebuilt from vocabulary_); tests/io/test_io.py checks that it sets no others.
+    _saved_fitted = {
+        "vocabulary_": Field(list, _decode_vocabulary),
+        "_dtype": DTYPE,
+        "_seed": SEED,
+        "n_iter_": COUNT,
+        "loss_curve_": FLOAT_LIST,
+        "validation_perplexities_": FLOAT_LIST,
+    }
+    _SAVED_NETWORK = ("dropout", "embedding_dim", "hidden_size", "num_layers")
+
+    def _saved_state(self):
+        """The description and arrays that :func:`pylstm.save` writes."""
+        check_is_fitted(self, "network_")
+        if getattr(self, "_index", None) != {tok: i for i, tok in enumerate(self.vocabulary_)}:
+            raise ValueError("cannot save this LSTMLanguageModel: its token index does not "
+                             "match vocabulary_")
+        net = self.network_
+        if net.dtype != np.dtype(self._dtype):
+            raise ValueError(f"cannot save this LSTMLanguageModel: its network is {net.dtype} "
+                             f"but _dtype is {np.dtype(self._dtype)}")
+        if not net.layers:
+            raise ValueError("cannot save this LSTMLanguageModel: its network has no layer")
+        return encode_trained(self, {
+            "dropout": float(net.dropout), "embedding_dim": int(net.embedding.shape[1]),
+            "hidden_size": int(net.layers[0].hidden_size), "num_layers": len(net.layers),
+            **saved_proj_size(net.layers)})
+
+    @classmethod
+    def _saved_layout(cls, description, n_arrays):
+        """Check a description read by :func:`pylstm.load`; return what
+        :meth:`_from_saved_state` needs and the arrays the file must hold (name to
+        shape and dtype). ``n_arrays``, the arrays in the file, bounds the layers."""
+        lm, fitted, network, optimizer = decode_trained(cls, description, cls._SAVED_NETWORK)
+        where = "model.network."
+        dropout = decode_dropout(network["dropout"], where + "dropout")
+        sizes = (len(fitted["vocabulary_"]),
+                 read_int(network["embedding_dim"], where + "embedding_dim", 1, BLAS_INT_MAX),
+                 read_int(network["hidden_size"], where + "hidden_size", 1, BLAS_INT_MAX // 4),
+                 read_int(network["num_layers"], where + "num_layers", 1, max(1, n_arrays)))
+        sizes += (decode_proj_size(network, sizes[2], where + "proj_size"),)
+        optimizer, expected = trained_arrays(LanguageNetwork.saved_shapes(*sizes), optimizer,
+                                             fitted["_dtype"])
+        plan = {"lm": lm, "fitted": fitted, "dropout": dropout, "sizes": sizes,
+                "optimizer": optimizer}
+        return plan, expected
+
+    @classmethod
+    def _from_saved_state(cls, plan, arrays):
+        """The fitted model of :meth:`_saved_layout`'s plan, with the saved arrays."""
+        lm = plan["lm"]
+        for attr, value in plan["fitted"].items():
+            setattr(lm, attr, value)
+        lm._index = {token: i for i, token in enumerate(lm.vocabulary_)}
+        *sizes, proj_size = plan["sizes"]
+        lm.network_ = LanguageNetwork(*sizes, plan["dropout"], lm._dtype,
+                                      np.random.RandomState(0), proj_size=proj_size)
+        lm.network_.load_saved_arrays(arrays)
+        lm._optimizer = restore_optimizer(plan["optimizer"], lm.network_.parameters(), arrays)
+        return lm
 
     # ------------------------------------------------------------------ text
     def _check_params(self):

@@ -15,6 +15,7 @@ from sklearn.utils import check_random_state
 
 from . import _lstm
 from ._arrays import to_batch_first, to_time_major
+from ._container import read_bool, read_float, read_int, read_object, read_str
 from ._threads import (
     model_call,
     run_directions,
@@ -125,6 +126,17 @@ def _param_names(num_layers, bidirectional, projected=False):
     return out
 
 
+def param_shapes(input_size, hidden_size, num_layers, bidirectional, proj_size=0):
+    """(name, shape) of an LSTM's parameters, in :meth:`LSTM.state_dict` order."""
+    H, D, R = hidden_size, 2 if bidirectional else 1, proj_size or hidden_size
+    out = []
+    for layer, _, names in _param_names(num_layers, bidirectional, proj_size > 0):
+        in_size = input_size if layer == 0 else R * D
+        shapes = ((4 * H, in_size), (4 * H, R), (4 * H,), (4 * H,), (proj_size, H))
+        out.extend(zip(names, shapes[:len(names)], strict=True))
+    return out
+
+
 class LSTM:
     """A multi-layer, optionally bidirectional LSTM on compiled kernels.
 
@@ -214,14 +226,12 @@ class LSTM:
         rng = check_random_state(random_state)
         H, P = self.hidden_size, self.proj_size
         bound = 1.0 / np.sqrt(H)
-        self._params = {}
-        for layer, _, names in _param_names(self.num_layers, self.bidirectional, P > 0):
-            in_size = self.input_size if layer == 0 else self.output_size * self.num_directions
-            shapes = ((4 * H, in_size), (4 * H, self.output_size), (4 * H,), (4 * H,),
-                      (P, H))
-            for name, shape in zip(names, shapes[:len(names)], strict=True):
-                self._params[name] = rng.uniform(-bound, bound, size=shape).astype(self.dtype)
-            if self.unit_forget_bias:
+        self._params = {
+            name: rng.uniform(-bound, bound, size=shape).astype(self.dtype)
+            for name, shape in param_shapes(self.input_size, H, self.num_layers,
+                                            self.bidirectional, P)}
+        if self.unit_forget_bias:
+            for _, _, names in _param_names(self.num_layers, self.bidirectional):
                 self._params[names[2]][H:2 * H] = 1.0
                 self._params[names[3]][H:2 * H] = 0.0
         # Draws the recurrent-dropout masks of calls that bring no generator.
@@ -343,6 +353,64 @@ class LSTM:
         for name, arr in new.items():
             self._params[name][...] = arr  # in place: optimizers hold these arrays
         self._cache = None
+
+    # ------------------------------------------------------------------ saved state
+    #: The constructor arguments a model file keeps (``random_state`` only drew the
+    #: initial weights, which the file replaces).
+    _SAVED_PARAMS = ("input_size", "hidden_size", "num_layers", "bidirectional", "dtype",
+                     "unit_forget_bias")
+
+    def _saved_state(self):
+        """The description and arrays :func:`pylstm.save` writes: ``{"params": {...}}``
+        (the constructor arguments of :data:`_SAVED_PARAMS`) and :meth:`state_dict`."""
+        params = {"input_size": int(self.input_size), "hidden_size": int(self.hidden_size),
+                  "num_layers": int(self.num_layers), "bidirectional": bool(self.bidirectional),
+                  "dtype": np.dtype(self.dtype).name,
+                  "unit_forget_bias": bool(self.unit_forget_bias)}
+        # Written only when set: a file without them is as before they existed.
+        if self.proj_size:
+            params["proj_size"] = int(self.proj_size)
+        if self.recurrent_dropout:
+            params["recurrent_dropout"] = float(self.recurrent_dropout)
+        return {"params": params}, self.state_dict()
+
+    @classmethod
+    def _saved_layout(cls, description, n_arrays):
+        """Check a description read by :func:`pylstm.load`; return the constructor
+        arguments and the arrays the file must hold (name to shape and dtype).
+
+        ``n_arrays``, the number of arrays in the file, bounds ``num_layers``.
+        """
+        where = "model.params."
+        p = read_object(description, "model", {"params"})["params"]
+        optional = [k for k in ("proj_size", "recurrent_dropout") if isinstance(p, dict) and k in p]
+        p = read_object(p, "model.params", cls._SAVED_PARAMS + tuple(optional))
+        params = {
+            "input_size": read_int(p["input_size"], where + "input_size", 1, BLAS_INT_MAX),
+            "hidden_size": read_int(p["hidden_size"], where + "hidden_size", 1,
+                                    BLAS_INT_MAX // 4),
+            "num_layers": read_int(p["num_layers"], where + "num_layers", 1, max(1, n_arrays)),
+            "bidirectional": read_bool(p["bidirectional"], where + "bidirectional"),
+            "dtype": read_str(p["dtype"], where + "dtype", {"float32", "float64"}),
+            "unit_forget_bias": read_bool(p["unit_forget_bias"], where + "unit_forget_bias"),
+        }
+        if "proj_size" in p:
+            params["proj_size"] = read_int(p["proj_size"], where + "proj_size", 1,
+                                           params["hidden_size"] - 1)
+        if "recurrent_dropout" in p:
+            params["recurrent_dropout"] = read_float(
+                p["recurrent_dropout"], where + "recurrent_dropout", lo=0.0, hi=0.999999)
+        shapes = param_shapes(params["input_size"], params["hidden_size"],
+                              params["num_layers"], params["bidirectional"],
+                              params.get("proj_size", 0))
+        return params, {name: (shape, params["dtype"]) for name, shape in shapes}
+
+    @classmethod
+    def _from_saved_state(cls, params, arrays):
+        """The layer of :meth:`_saved_layout`'s ``params`` with the saved weights."""
+        layer = cls(**params, random_state=0)
+        layer.load_state_dict(arrays)
+        return layer
 
     def parameters(self):
         """Return the live parameter arrays, in :meth:`state_dict` order.

@@ -8,7 +8,7 @@ of arrays; losses live here too. It knows nothing of scikit-learn.
 
 import numpy as np
 
-from ._layer import LSTM
+from ._layer import LSTM, param_shapes
 from ._threads import model_call, single_threaded_blas
 from ._tuning import WHOLE_SEQUENCE_ONE_THREAD_BELOW
 
@@ -78,7 +78,36 @@ def squared_error(z, y, weight):
     return loss, diff * weight[:, None]
 
 
-class SequenceNetwork:
+def _stack_shapes(n_inputs, hidden_size, num_layers, bidirectional, proj_size):
+    """(saved name, shape) of the parameters of stacked one-layer LSTMs."""
+    shapes, in_size = [], n_inputs
+    for k in range(num_layers):
+        shapes += [(f"network.layers.{k}.{name}", shape) for name, shape in
+                   param_shapes(in_size, hidden_size, 1, bidirectional, proj_size)]
+        in_size = (proj_size or hidden_size) * (2 if bidirectional else 1)
+    return shapes
+
+
+class _SavedParameters:
+    """A network's parameters under the names a model file gives them.
+
+    Subclasses give the names and shapes for given sizes (``saved_shapes``)
+    and their own sizes (``_saved_sizes``); the estimators that own the
+    network write its other settings.
+    """
+
+    def saved_arrays(self):
+        """The live parameters by saved name, in :meth:`parameters` order."""
+        shapes = self.saved_shapes(*self._saved_sizes())
+        return {name: p for (name, _), p in zip(shapes, self.parameters(), strict=True)}
+
+    def load_saved_arrays(self, arrays):
+        """Copy the parameters in from arrays of the saved names and shapes."""
+        for name, p in self.saved_arrays().items():
+            p[...] = arrays[name]
+
+
+class SequenceNetwork(_SavedParameters):
     """LSTM layers, dropout between them, and a dense output layer.
 
     Parameters
@@ -131,6 +160,20 @@ class SequenceNetwork:
         """Live parameter arrays: each layer's (in state-dict order), then the head."""
         params = [p for layer in self.layers for p in layer.parameters()]
         return params + [self.coef, self.intercept]
+
+    @staticmethod
+    def saved_shapes(n_inputs, n_outputs, hidden_size, num_layers, bidirectional,
+                     proj_size=0):
+        """(name, shape) of a saved network's parameters, aligned with :meth:`parameters`:
+        ``network.layers.{k}.{LSTM parameter}``, ``network.coef``, ``network.intercept``."""
+        in_size = (proj_size or hidden_size) * (2 if bidirectional else 1)
+        return _stack_shapes(n_inputs, hidden_size, num_layers, bidirectional, proj_size) + [
+            ("network.coef", (in_size, n_outputs)), ("network.intercept", (n_outputs,))]
+
+    def _saved_sizes(self):
+        first = self.layers[0]
+        return (first.input_size, self.coef.shape[1], first.hidden_size, len(self.layers),
+                first.bidirectional, first.proj_size)
 
     def penalised(self):
         """Booleans aligned with :meth:`parameters`: True for weight matrices (L2)."""
@@ -293,7 +336,7 @@ class SequenceNetwork:
                         d_intercept.astype(self.dtype, copy=False)]
 
 
-class LanguageNetwork:
+class LanguageNetwork(_SavedParameters):
     """Embedding, unidirectional LSTM layers (dropout between) and a softmax head.
 
     The forward and backward pass of a next-token model on a batch of token
@@ -350,6 +393,20 @@ class LanguageNetwork:
         params = [self.embedding]
         params += [p for layer in self.layers for p in layer.parameters()]
         return params + [self.coef, self.intercept]
+
+    @staticmethod
+    def saved_shapes(vocab_size, embedding_dim, hidden_size, num_layers, proj_size=0):
+        """(name, shape) of a saved network's parameters, aligned with :meth:`parameters`:
+        ``network.embedding``, ``network.layers.{k}.{LSTM parameter}``, ``network.coef``,
+        ``network.intercept``."""
+        return ([("network.embedding", (vocab_size, embedding_dim))]
+                + _stack_shapes(embedding_dim, hidden_size, num_layers, False, proj_size)
+                + [("network.coef", (proj_size or hidden_size, vocab_size)),
+                   ("network.intercept", (vocab_size,))])
+
+    def _saved_sizes(self):
+        return (*self.embedding.shape, self.layers[0].hidden_size, len(self.layers),
+                self.layers[0].proj_size)
 
     def get_state(self):
         """Copies of all parameters."""

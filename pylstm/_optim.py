@@ -28,6 +28,7 @@ import warnings
 
 import numpy as np
 
+from ._container import ModelFileError, read_bool, read_float, read_int, read_object, read_str
 from ._workspace import Workspace
 
 __all__ = [
@@ -274,6 +275,49 @@ class _BaseOptimizer:
         self.t = t
         self.learning_rate = learning_rate
 
+    # ------------------------------------------------------------------ saved state
+    #: Constructor arguments besides ``learning_rate_init`` that a model file keeps,
+    #: with their type (bool or float).
+    _settings = {}
+    #: Buffers that are running means of squares: negative entries mean a damaged file.
+    _nonnegative_buffers = ()
+
+    def _saved_state(self, names):
+        """The description and arrays that :func:`pylstm.save` writes for this optimizer.
+
+        Parameters
+        ----------
+        names : list of str
+            The saved names of ``params``, aligned with them.
+
+        Returns
+        -------
+        description : dict
+            ``name``, ``t``, ``learning_rate``, ``learning_rate_init`` and the
+            settings (``_settings``).
+        arrays : dict of str to ndarray
+            Buffer ``b`` of the parameter named ``n`` as ``optimizer.{b}.{n}``.
+
+        Raises
+        ------
+        TypeError
+            If this is not one of pylstm's optimizer classes (a subclass).
+        """
+        if _SAVED_OPTIMIZERS.get(self._name) is not type(self):
+            raise TypeError(f"cannot save an optimizer of type {type(self).__name__}")
+        state = self.state_dict()
+        arrays = {}
+        for buf in self._buffer_names:
+            if len(state[buf]) != len(names):
+                raise ValueError(f"the optimizer's {buf} do not match the network's parameters")
+            arrays.update((f"optimizer.{buf}.{n}", a) for n, a in zip(names, state[buf],
+                                                                       strict=True))
+        description = {"name": self._name, "t": state["t"],
+                       "learning_rate": state["learning_rate"],
+                       "learning_rate_init": float(self.learning_rate_init)}
+        description.update((key, kind(getattr(self, key))) for key, kind in self._settings.items())
+        return description, arrays
+
 
 class SGDOptimizer(_BaseOptimizer):
     """Stochastic gradient descent with (Nesterov) momentum.
@@ -327,6 +371,7 @@ class SGDOptimizer(_BaseOptimizer):
 
     _name = "sgd"
     _buffer_names = ("velocities",)
+    _settings = {"momentum": float, "nesterov": bool}
 
     def __init__(self, params, learning_rate_init=0.01, momentum=0.9, nesterov=False):
         super().__init__(params, learning_rate_init)
@@ -405,6 +450,8 @@ class AdamOptimizer(_BaseOptimizer):
 
     _name = "adam"
     _buffer_names = ("ms", "vs")
+    _settings = {"beta_1": float, "beta_2": float, "epsilon": float}
+    _nonnegative_buffers = ("vs",)
 
     def __init__(self, params, learning_rate_init=0.001, beta_1=0.9, beta_2=0.999, epsilon=1e-8):
         super().__init__(params, learning_rate_init)
@@ -480,6 +527,8 @@ class RMSpropOptimizer(_BaseOptimizer):
 
     _name = "rmsprop"
     _buffer_names = ("square_avg",)
+    _settings = {"rho": float, "epsilon": float}
+    _nonnegative_buffers = ("square_avg",)
 
     def __init__(self, params, learning_rate_init=0.001, rho=0.9, epsilon=1e-8):
         super().__init__(params, learning_rate_init)
@@ -549,6 +598,75 @@ def make_optimizer(name, params, learning_rate_init, momentum=0.9, nesterovs_mom
         return RMSpropOptimizer(params, learning_rate_init=learning_rate_init)
     allowed = ", ".join(repr(n) for n in _OPTIMIZER_NAMES)
     raise ValueError(f"optimizer name must be one of {allowed}; got {name!r}")
+
+
+#: The optimizers a model file may name, by ``_name``.
+_SAVED_OPTIMIZERS = {cls._name: cls for cls in (AdamOptimizer, RMSpropOptimizer, SGDOptimizer)}
+
+
+def saved_optimizer_layout(description, shapes, where):
+    """Check a saved optimizer's description; return what :func:`restore_optimizer` needs.
+
+    Parameters
+    ----------
+    description : object
+        The JSON value read from a file (written by ``_saved_state``).
+    shapes : list of (str, tuple)
+        The saved names and shapes of the parameters, aligned with them.
+    where : str
+        The description's place in the file, for messages.
+
+    Returns
+    -------
+    plan : dict
+        The optimizer's class, counter, learning rates and settings.
+    expected : dict of str to tuple
+        The buffers the file must hold, name to shape.
+
+    Raises
+    ------
+    ModelFileError
+        If the description is not that of a valid optimizer.
+    """
+    if not isinstance(description, dict):
+        raise ModelFileError(f"{where} must be a JSON object")
+    name = read_str(description.get("name"), f"{where}.name", set(_SAVED_OPTIMIZERS))
+    cls = _SAVED_OPTIMIZERS[name]
+    read_object(description, where, {"name", "t", "learning_rate", "learning_rate_init",
+                                     *cls._settings})
+    plan = {"cls": cls, "names": [n for n, _ in shapes],
+            "t": read_int(description["t"], f"{where}.t", 0, 2**63 - 1),
+            "learning_rate": read_float(description["learning_rate"],
+                                        f"{where}.learning_rate", lo=0.0),
+            "learning_rate_init": read_float(description["learning_rate_init"],
+                                             f"{where}.learning_rate_init", lo=0.0),
+            "settings": {key: (read_bool if kind is bool else read_float)(
+                description[key], f"{where}.{key}") for key, kind in cls._settings.items()}}
+    try:  # the optimizer's own range checks, on a throwaway instance
+        cls([np.zeros(1)], plan["learning_rate_init"], **plan["settings"])
+        if plan["learning_rate"] <= 0:
+            raise ValueError("learning_rate must be > 0")
+    except (TypeError, ValueError) as exc:
+        raise ModelFileError(f"invalid optimizer settings in {where}: {exc}") from None
+    expected = {f"optimizer.{buf}.{n}": shape for buf in cls._buffer_names
+                for n, shape in shapes}
+    return plan, expected
+
+
+def restore_optimizer(plan, params, arrays):
+    """The optimizer over ``params`` in the saved state (checked by
+    :func:`saved_optimizer_layout`; ``arrays`` holds its buffers)."""
+    cls = plan["cls"]
+    state = {"optimizer": cls._name, "t": plan["t"], "learning_rate": plan["learning_rate"]}
+    for buf in cls._buffer_names:
+        state[buf] = [arrays[f"optimizer.{buf}.{n}"] for n in plan["names"]]
+        for n, arr in zip(plan["names"], state[buf], strict=True):
+            if buf in cls._nonnegative_buffers and (arr < 0).any():
+                raise ModelFileError(f"array optimizer.{buf}.{n} (a running mean of squares) "
+                                     "has negative entries")
+    optimizer = cls(params, plan["learning_rate_init"], **plan["settings"])
+    optimizer.load_state_dict(state)
+    return optimizer
 
 
 def reconfigure_optimizer(optimizer, name, params, learning_rate_init, momentum=0.9,

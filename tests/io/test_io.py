@@ -30,10 +30,12 @@ from pylstm import (
     LSTMLanguageModel,
     LSTMRegressor,
     ModelFileError,
+    _container,
+    _fields,
+    _io,
     load,
     save,
 )
-from pylstm import _io as io_module
 
 pytestmark = pytest.mark.filterwarnings("ignore::sklearn.exceptions.ConvergenceWarning")
 
@@ -613,7 +615,7 @@ def test_save_keeps_the_permissions_of_the_file_it_replaces(tmp_path, mode):
 
 def test_save_removes_its_own_stale_temporary_files(tmp_path):
     path = tmp_path / "m.pylstm"
-    old = time.time() - io_module.STALE_TEMPORARY_SECONDS - 60
+    old = time.time() - _container.STALE_TEMPORARY_SECONDS - 60
     names = {"stale": ".m.pylstm.0123456789ab.tmp", "fresh": ".m.pylstm.ba9876543210.tmp",
              "other model": ".n.pylstm.0123456789ab.tmp", "not ours": ".m.pylstm.tmp",
              "not hex": ".m.pylstm.0123456789xy.tmp"}
@@ -652,7 +654,7 @@ def test_orphan_of_a_killed_save_is_removed_by_a_later_save(tmp_path):
     assert orphan.startswith(".m.pylstm.") and orphan.endswith(".tmp")
     save(LSTM(2, 3), path)  # a save in progress, for all it knows: left alone
     assert sorted(os.listdir(tmp_path)) == sorted([orphan, "m.pylstm"])
-    old = time.time() - io_module.STALE_TEMPORARY_SECONDS - 1
+    old = time.time() - _container.STALE_TEMPORARY_SECONDS - 1
     os.utime(tmp_path / orphan, (old, old))
     save(LSTM(2, 3), path)
     assert os.listdir(tmp_path) == ["m.pylstm"]
@@ -668,7 +670,7 @@ def test_interrupted_save_leaves_the_old_file_intact(tmp_path, monkeypatch, fail
         raise KeyboardInterrupt
 
     if failure == "write":
-        real_encode = io_module._encode
+        real_encode = _container.encode
 
         def encode_then_fail_midway(*args):
             header, table, chunks = real_encode(*args)
@@ -679,7 +681,7 @@ def test_interrupted_save_leaves_the_old_file_intact(tmp_path, monkeypatch, fail
 
             return header, table, first_chunk_then_interrupt()
 
-        monkeypatch.setattr(io_module, "_encode", encode_then_fail_midway)
+        monkeypatch.setattr(_container, "encode", encode_then_fail_midway)
     else:
         monkeypatch.setattr(os, failure, boom)
     with pytest.raises(KeyboardInterrupt):
@@ -787,30 +789,38 @@ def test_safetensors_can_read_the_arrays(tmp_path):
 
 
 def test_registry_is_a_fixed_table_of_pylstm_types():
-    assert {"LSTM", "LSTMClassifier", "LSTMRegressor", "LSTMLanguageModel"} <= set(
-        io_module._REGISTRY)
-    for name, codec in io_module._REGISTRY.items():
-        assert codec.cls.__name__ == name and codec.cls.__module__.startswith("pylstm.")
+    assert set(_io._SAVABLE) == {"LSTM", "LSTMClassifier", "LSTMRegressor",
+                                 "LSTMLanguageModel"}
+    for name, cls in _io._SAVABLE.items():
+        assert cls.__name__ == name and cls.__module__.startswith("pylstm.")
+        for method in ("_saved_state", "_saved_layout", "_from_saved_state"):
+            assert callable(getattr(cls, method)), (name, method)
 
 
-def test_io_module_imports_nothing_that_runs_code_from_data():
-    tree = ast.parse(open(io_module.__file__).read())
+#: The modules that read a model file's content: the container, the field codecs,
+#: the dispatch, and the classes whose _saved_layout / _from_saved_state read it.
+READING_MODULES = ["_container", "_fields", "_io", "_layer", "_network", "_optim",
+                   "_estimators", "_language_model"]
+
+
+@pytest.mark.parametrize("name", READING_MODULES)
+def test_persistence_imports_nothing_that_runs_code_from_data(name):
+    source = open(importlib.import_module(f"pylstm.{name}").__file__).read()
     imported = set()
-    for node in ast.walk(tree):
+    for node in ast.walk(ast.parse(source)):
         if isinstance(node, ast.Import):
             imported |= {alias.name for alias in node.names}
         elif isinstance(node, ast.ImportFrom):
             imported.add(("." * node.level) + (node.module or ""))
     assert not imported & {"pickle", "joblib", "importlib", "marshal", "shelve", "dill",
                            "cloudpickle", "zipfile"}
-    source = open(io_module.__file__).read()
     for word in ("np.load(", "getattr(sys.modules", "eval(", "exec(", "__import__",
                  "allow_pickle=True"):
         assert word not in source
 
 
 def test_schema_covers_every_fitted_attribute():
-    """Every attribute fit sets is saved; a new one must be added to pylstm/_io.py."""
+    """Every attribute fit sets is saved; a new one goes into the class's _saved_fitted."""
     pd = pytest.importorskip("pandas")
     X, ragged, score = seq_data()
     df = pd.DataFrame(X[:, :, 0])
@@ -820,16 +830,15 @@ def test_schema_covers_every_fitted_attribute():
               fit_regressor()[0], fit_regressor(early_stopping=True)[0],
               LSTMRegressor(hidden_size=3, max_iter=1).fit(df, score)]
     for est in fitted:
-        codec = io_module._REGISTRY[type(est).__name__]
-        known = set(est.get_params()) | set(codec.spec.fitted) | unsaved
+        known = set(est.get_params()) | set(type(est)._saved_fitted) | unsaved
         assert set(vars(est)) <= known, set(vars(est)) - known
 
 
 def test_language_model_schema_covers_every_fitted_attribute():
-    """Every attribute fit sets is saved or rebuilt; a new one must be added to pylstm/_io.py."""
-    saved = set(io_module._LM_FITTED)
-    rebuilt = set(io_module._LM_REBUILT)
-    assert rebuilt == {"network_", "_optimizer", "_index"} and not saved & rebuilt
+    """Every attribute fit sets is saved or rebuilt; a new one goes into _saved_fitted."""
+    saved = set(LSTMLanguageModel._saved_fitted)
+    rebuilt = {"network_", "_optimizer", "_index"}
+    assert not saved & rebuilt
     fitted = [fit_lm(), fit_lm("word", early_stopping=True, n_iter_no_change=1),
               fit_lm(validation_fraction=0.0),
               LSTMLanguageModel(hidden_size=3, seq_len=4, random_state=0).partial_fit(
@@ -842,7 +851,7 @@ def test_language_model_schema_covers_every_fitted_attribute():
 # ---------------------------------------------------------------------- refusing bad files
 def rewrite(path, *, model=None, meta=None, table=None, data=None, checksum=True):
     """Edit a saved file's parts and write it back (with a recomputed checksum)."""
-    metadata, tbl, buf = io_module._split(open(path, "rb").read())
+    metadata, tbl, buf = _container._split(open(path, "rb").read())
     if model is not None:
         m = json.loads(metadata["model"])
         model(m)
@@ -854,15 +863,15 @@ def rewrite(path, *, model=None, meta=None, table=None, data=None, checksum=True
     if data is not None:
         buf = data(buf, tbl)
     if checksum and "sha256" in metadata:
-        metadata["sha256"] = io_module._digest(metadata, tbl, [buf])
+        metadata["sha256"] = _container._digest(metadata, tbl, [buf])
     with open(path, "wb") as f:
-        f.write(io_module._pack_header(metadata, tbl) + buf)
+        f.write(_container._pack_header(metadata, tbl) + buf)
 
 
 def set_nan(name, index=0, value=np.nan):
     def edit(buf, tbl):
         b, e = tbl[name]["data_offsets"]
-        dtype = io_module._DTYPES[tbl[name]["dtype"]]
+        dtype = _container.DTYPES[tbl[name]["dtype"]]
         arr = np.frombuffer(buf, dtype=dtype, count=(e - b) // dtype.itemsize, offset=b).copy()
         arr[index] = value
         return buf[:b] + arr.tobytes() + buf[e:]
@@ -1064,16 +1073,6 @@ def saved_files(tmp_path_factory):
     return files
 
 
-@pytest.mark.parametrize("case", list(EDITS))
-def test_refuses_edited_files(tmp_path, saved_files, case):
-    edit, message = EDITS[case]
-    path = tmp_path / "edited.pylstm"
-    path.write_bytes(saved_files["classifier"].read_bytes())
-    rewrite(path, **edit)
-    with pytest.raises(ModelFileError, match=message):
-        load(path)
-
-
 LAYER_EDITS = {
     "num-layers-huge": (dict(model=set_in(["params", "num_layers"], 10**12)), "num_layers"),
     "hidden-text": (dict(model=set_in(["params", "hidden_size"], "4")), "hidden_size"),
@@ -1084,16 +1083,6 @@ LAYER_EDITS = {
     "param-extra": (dict(model=set_in(["params", "random_state"], 0)), "unexpected keys"),
     "nan": (dict(data=set_nan("weight_hh_l1_reverse", 3)), "weight_hh_l1_reverse contains NaN"),
 }
-
-
-@pytest.mark.parametrize("case", list(LAYER_EDITS))
-def test_refuses_edited_layer_files(tmp_path, saved_files, case):
-    edit, message = LAYER_EDITS[case]
-    path = tmp_path / "edited.pylstm"
-    path.write_bytes(saved_files["layer"].read_bytes())
-    rewrite(path, **edit)
-    with pytest.raises(ModelFileError, match=message):
-        load(path)
 
 
 def vocabulary_edit(change):
@@ -1204,11 +1193,16 @@ LM_EDITS["embedding-transposed"] = (dict(table=transpose_embedding),
                                     r"network.embedding has shape \(4, \d+\), expected")
 
 
-@pytest.mark.parametrize("case", list(LM_EDITS))
-def test_refuses_edited_language_model_files(tmp_path, saved_files, case):
-    edit, message = LM_EDITS[case]
+#: The edits of each saved file (a saved_files key): case -> (edit, expected message).
+EDITS_BY_FILE = {"classifier": EDITS, "layer": LAYER_EDITS, "lm": LM_EDITS}
+
+
+@pytest.mark.parametrize("base,case", [(base, case) for base, edits in EDITS_BY_FILE.items()
+                                       for case in edits])
+def test_refuses_edited_files(tmp_path, saved_files, base, case):
+    edit, message = EDITS_BY_FILE[base][case]
     path = tmp_path / "edited.pylstm"
-    path.write_bytes(saved_files["lm"].read_bytes())
+    path.write_bytes(saved_files[base].read_bytes())
     rewrite(path, **edit)
     with pytest.raises(ModelFileError, match=message):
         load(path)
@@ -1228,17 +1222,18 @@ def test_huge_declared_arrays_are_refused_before_reading(tmp_path, saved_files):
     refused as truncated before any read (not a MemoryError from reading that much)."""
     path = tmp_path / "huge.pylstm"
     path.write_bytes(saved_files["lm"].read_bytes())
-    metadata, _, _ = io_module._split(path.read_bytes())
+    metadata, _, _ = _container._split(path.read_bytes())
     model = json.loads(metadata["model"])
     model["network"].update(embedding_dim=2**30, hidden_size=2**20)
 
     def relayout(tbl):
-        _, expected = io_module._lm_spec(model, len(tbl))
+        _, expected = LSTMLanguageModel._saved_layout(model, len(tbl))
         tbl.clear()
         offset = 0
-        for name, (shape, code) in expected.items():
+        for name, (shape, dtype) in expected.items():
+            assert dtype == np.float64
             size = math.prod(shape) * 8
-            tbl[name] = {"dtype": code, "shape": list(shape),
+            tbl[name] = {"dtype": "F64", "shape": list(shape),
                          "data_offsets": [offset, offset + size]}
             offset += size
         assert offset > 2**40
@@ -1281,7 +1276,7 @@ def foreign_files(tmp_path, saved):
         "npy-object": ((tmp_path / "obj.npy").read_bytes(), "NumPy .npy"),
         "npz-object": ((tmp_path / "obj.npz").read_bytes(), "zip archive"),
         "text": (b"hello world, this is not a model", "exceeds the limit"),
-        "oversized-header": (struct.pack("<Q", io_module.MAX_HEADER_BYTES + 1) + b"{",
+        "oversized-header": (struct.pack("<Q", _container.MAX_HEADER_BYTES + 1) + b"{",
                              r"header length 16777217 exceeds the limit of 16777216"),
         "tiny-header": (struct.pack("<Q", 1) + b"{", "too small"),
         "truncated-header": (valid[:8 + n // 2], "truncated: its header needs"),
@@ -1312,7 +1307,7 @@ def test_refuses_foreign_and_damaged_files(tmp_path, saved_files):
 
 def test_model_file_error_is_a_value_error():
     assert issubclass(ModelFileError, ValueError)
-    assert pylstm.ModelFileError is io_module.ModelFileError
+    assert pylstm.ModelFileError is _io.ModelFileError is _container.ModelFileError
 
 
 def test_missing_file_is_an_os_error(tmp_path):
@@ -1470,6 +1465,7 @@ def load_or_error(path):
 def test_doctests():
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        result = doctest.testmod(io_module, optionflags=doctest.NORMALIZE_WHITESPACE)
-    assert result.attempted >= 10
-    assert result.failed == 0
+        results = [doctest.testmod(module, optionflags=doctest.NORMALIZE_WHITESPACE)
+                   for module in (_io, _container, _fields)]
+    assert sum(r.attempted for r in results) >= 10
+    assert sum(r.failed for r in results) == 0

@@ -40,10 +40,10 @@ from pylstm import (
     LSTMLanguageModel,
     LSTMRegressor,
     ModelFileError,
+    _container,
     load,
     save,
 )
-from pylstm import _io as io_module
 
 pytestmark = [pytest.mark.slow,
               pytest.mark.filterwarnings("ignore::sklearn.exceptions.ConvergenceWarning")]
@@ -91,8 +91,7 @@ def bases(tmp_path_factory):
 
 def _encoding(obj):
     """The bytes save() would write for obj: equal encodings mean equal models."""
-    type_name, codec = io_module._codec_for(obj)
-    header, _, chunks = io_module._encode(type_name, *codec.to_arrays(obj))
+    header, _, chunks = _container.encode(type(obj).__name__, *obj._saved_state())
     return header + b"".join(chunks)
 
 
@@ -236,8 +235,8 @@ def change_length_prefix(data, rnd):
         return data
     (n,) = struct.unpack("<Q", data[:8])
     new = rnd.choice([0, 1, n - 1, n + 1, n - 8, n + 8, n * 2, 2**31, 2**64 - 1,
-                      rnd.randrange(2**64), io_module.MAX_HEADER_BYTES,
-                      io_module.MAX_HEADER_BYTES + 1])
+                      rnd.randrange(2**64), _container.MAX_HEADER_BYTES,
+                      _container.MAX_HEADER_BYTES + 1])
     return struct.pack("<Q", new % 2**64) + data[8:]
 
 
@@ -307,14 +306,14 @@ def _edit_json(value, rnd):
 
 def _typed_array(table, buf, name):
     info = table[name]
-    dtype = io_module._DTYPES[info["dtype"]]
+    dtype = _container.DTYPES[info["dtype"]]
     b, e = info["data_offsets"]
     return np.frombuffer(buf, dtype=dtype, count=(e - b) // dtype.itemsize, offset=b).copy(), b, e
 
 
 def mutate_aware(data, rnd):
     """(new bytes, blind): a structured edit; blind when the checksum is left stale."""
-    metadata, table, buf = io_module._split(data)
+    metadata, table, buf = _container._split(data)
     model = json.loads(metadata["model"])
     names = sorted(table)
     kind = rnd.choice(["model", "model", "model", "metadata", "table", "table", "add-array",
@@ -365,50 +364,44 @@ def mutate_aware(data, rnd):
     metadata["model"] = json.dumps(model)
     blind = rnd.random() < 0.2
     if not blind:
-        metadata["sha256"] = io_module._digest(metadata, table, [buf])
+        metadata["sha256"] = _container._digest(metadata, table, [buf])
     try:
-        header = io_module._pack_header(metadata, table)
+        header = _container._pack_header(metadata, table)
     except (TypeError, ValueError):  # e.g. a key that is no longer a string
-        header = io_module._pack_header({"format": "broken"}, {})
+        header = _container._pack_header({"format": "broken"}, {})
     return header + buf, blind
 
 
 # ---------------------------------------------------------------------- the tests
-def test_fuzz_blind_mutations(bases, tmp_path):
-    rnd = random.Random(SEED)
-    stats = Stats()
-    path = tmp_path / "mutant.pylstm"
-    start = time.perf_counter()
+def _in_turn(bases, count, start):
+    """(bytes, encoding) of the base files in turn, ``count`` times or until
+    :data:`TIME_CAP` seconds after ``start``."""
     names = sorted(bases)
-    for i in range(BLIND_CASES):
+    for i in range(count):
         if time.perf_counter() - start > TIME_CAP:
-            break
-        base = names[i % len(names)]
-        data, encoding = bases[base]
+            return
+        yield bases[names[i % len(names)]]
+
+
+def test_fuzz_blind_mutations(bases, tmp_path):
+    rnd, stats, start = random.Random(SEED), Stats(), time.perf_counter()
+    for data, encoding in _in_turn(bases, BLIND_CASES, start):
         mutation = rnd.choice(BLIND)
         mutant = data
         for _ in range(rnd.choice([1, 1, 1, 2, 3])):
             mutant = mutation(mutant, rnd) if mutant else mutant
-        _run(path, mutant, encoding, True, stats, mutation.__name__)
+        _run(tmp_path / "mutant.pylstm", mutant, encoding, True, stats, mutation.__name__)
     _REPORTS.append((f"blind mutations ({time.perf_counter() - start:.1f} s)", stats))
     assert sum(v for k, v in stats.counts.items() if k.startswith("case:")) >= min(
         BLIND_CASES, 500)
 
 
 def test_fuzz_aware_mutations(bases, tmp_path):
-    rnd = random.Random(SEED + 1)
-    stats = Stats()
-    path = tmp_path / "mutant.pylstm"
-    start = time.perf_counter()
-    names = sorted(bases)
-    for i in range(AWARE_CASES):
-        if time.perf_counter() - start > TIME_CAP:
-            break
-        base = names[i % len(names)]
-        data, encoding = bases[base]
+    rnd, stats, start = random.Random(SEED + 1), Stats(), time.perf_counter()
+    for data, encoding in _in_turn(bases, AWARE_CASES, start):
         mutant, blind = mutate_aware(data, rnd)
-        _run(path, mutant, encoding, blind, stats, "aware-stale-checksum" if blind
-             else "aware-new-checksum")
+        _run(tmp_path / "mutant.pylstm", mutant, encoding, blind, stats,
+             "aware-stale-checksum" if blind else "aware-new-checksum")
     _REPORTS.append((f"aware mutations ({time.perf_counter() - start:.1f} s)", stats))
     assert stats.counts["refused (ModelFileError)"] > AWARE_CASES // 2
 
@@ -416,10 +409,13 @@ def test_fuzz_aware_mutations(bases, tmp_path):
 _HYPOTHESIS_STATS = Stats()
 _REPORTS.append(("hypothesis", _HYPOTHESIS_STATS))
 BASE_NAMES = ["classifier", "classifier-2d", "layer", "lm-char", "lm-word", "regressor"]
+#: Fixed examples (derandomized, no database), each loading a file: no deadline.
+HYPOTHESIS = settings(max_examples=200, deadline=None, derandomize=True, database=None,
+                      suppress_health_check=[HealthCheck.function_scoped_fixture,
+                                             HealthCheck.too_slow])
 
 
-@settings(max_examples=200, deadline=None, derandomize=True, database=None,
-          suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
+@HYPOTHESIS
 @given(base=st.sampled_from(BASE_NAMES),
        edits=st.lists(st.tuples(st.sampled_from(["flip", "set", "insert", "delete"]),
                                 st.floats(0, 1, exclude_max=True), st.integers(0, 255)),
@@ -456,15 +452,14 @@ json_values = st.recursive(
     max_leaves=10)
 
 
-@settings(max_examples=200, deadline=None, derandomize=True, database=None,
-          suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
+@HYPOTHESIS
 @given(base=st.sampled_from(BASE_NAMES),
        pick=st.floats(0, 1, exclude_max=True), value=json_values,
        in_table=st.booleans())
 def test_fuzz_hypothesis_header_values(bases, tmp_path, base, pick, value, in_table):
     """Replace one value of the model description or array table, with a new checksum."""
     data, encoding = bases[base]
-    metadata, table, buf = io_module._split(data)
+    metadata, table, buf = _container._split(data)
     model = json.loads(metadata["model"])
     target = table if in_table else model
     paths = [p for p, _ in _paths(target) if p]
@@ -474,7 +469,7 @@ def test_fuzz_hypothesis_header_values(bases, tmp_path, base, pick, value, in_ta
         parent = parent[k]
     parent[path[-1]] = value
     metadata["model"] = json.dumps(model)
-    metadata["sha256"] = io_module._digest(metadata, table, [buf])
-    mutant = io_module._pack_header(metadata, table) + buf
+    metadata["sha256"] = _container._digest(metadata, table, [buf])
+    mutant = _container._pack_header(metadata, table) + buf
     _run(tmp_path / "mutant.pylstm", mutant, encoding, False, _HYPOTHESIS_STATS,
          "hypothesis-json")

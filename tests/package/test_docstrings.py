@@ -39,6 +39,8 @@ MODULES = [
     "pylstm.datasets",
     "pylstm.interop",
     "pylstm._onnx",
+    "pylstm._container",
+    "pylstm._fields",
     "pylstm._io",
     "pylstm._cli",
 ]
