@@ -477,7 +477,8 @@ def test_language_model_file_layout(tmp_path):
     assert meta["type"] == "LSTMLanguageModel"
     model = json.loads(meta["model"])
     assert set(model) == {"params", "fitted", "network", "optimizer"}
-    assert model["params"] == lm.get_params()
+    # Hyperparameters added later are written only when set (see test_added_features_*).
+    assert model["params"] == _without_unset_added(lm.get_params())
     assert model["fitted"]["vocabulary_"] == lm.vocabulary_
     assert "_index" not in model["fitted"]
     assert model["network"] == {"dropout": 0.2, "embedding_dim": 4, "hidden_size": 6,
@@ -736,6 +737,65 @@ def read_parts(path):
     return n, header, data[8 + n:]
 
 
+def _without_unset_added(params):
+    """``params`` without the later hyperparameters a file omits at their defaults."""
+    return {k: v for k, v in params.items()
+            if not (k in ("proj_size", "recurrent_dropout") and v == 0)}
+
+
+@pytest.mark.parametrize("Est", [LSTMClassifier, LSTMRegressor])
+def test_added_features_are_saved_when_set(tmp_path, Est):
+    X, y = np.random.default_rng(0).normal(size=(30, 6, 2)), np.arange(30) % 2
+    est = Est(hidden_size=6, proj_size=2, recurrent_dropout=0.25, num_layers=2, max_iter=2,
+              random_state=0).fit(X, y)
+    save(est, tmp_path / "m.pylstm")
+    _, header, _ = read_parts(tmp_path / "m.pylstm")
+    model = json.loads(header["__metadata__"]["model"])
+    assert model["params"]["proj_size"] == 2 and model["params"]["recurrent_dropout"] == 0.25
+    assert model["network"]["proj_size"] == 2
+    assert header["network.layers.1.weight_hr_l0"]["shape"] == [2, 6]
+    loaded = load(tmp_path / "m.pylstm")
+    assert loaded.proj_size == 2 and loaded.recurrent_dropout == 0.25
+    assert [layer.proj_size for layer in loaded.network_.layers] == [2, 2]
+    np.testing.assert_array_equal(loaded.predict(X), est.predict(X))
+    loaded.partial_fit(X, y)  # the optimizer's state has the projections' buffers too
+    assert loaded.network_.layers[0].recurrent_dropout == 0.25
+
+
+def test_added_features_of_the_layer_and_language_model(tmp_path):
+    layer = LSTM(3, 5, num_layers=2, bidirectional=True, proj_size=2, recurrent_dropout=0.5,
+                 random_state=0)
+    save(layer, tmp_path / "l.pylstm")
+    loaded = load(tmp_path / "l.pylstm")
+    assert loaded.proj_size == 2 and loaded.recurrent_dropout == 0.5
+    X = np.ones((2, 4, 3))
+    np.testing.assert_array_equal(loaded.forward(X, training=False)[0],
+                                  layer.forward(X, training=False)[0])
+    plain = LSTM(3, 5, random_state=0)
+    save(plain, tmp_path / "p.pylstm")
+    _, header, _ = read_parts(tmp_path / "p.pylstm")
+    params = json.loads(header["__metadata__"]["model"])["params"]
+    assert "proj_size" not in params and "recurrent_dropout" not in params
+    lm = LSTMLanguageModel(hidden_size=8, proj_size=3, seq_len=8, max_iter=1,
+                           random_state=0).fit("abcabcabd" * 12)
+    save(lm, tmp_path / "lm.pylstm")
+    back = load(tmp_path / "lm.pylstm")
+    assert back.network_.coef.shape[0] == 3
+    assert back.perplexity("abcabc") == lm.perplexity("abcabc")
+
+
+@pytest.mark.parametrize(("edit", "match"), [
+    (lambda p: p.update(proj_size=5), r"model.params.proj_size must be"),
+    (lambda p: p.update(recurrent_dropout=1.0), r"model.params.recurrent_dropout must be"),
+    (lambda p: p.update(proj_size=True), r"model.params.proj_size"),
+])
+def test_added_layer_fields_are_checked(tmp_path, edit, match):
+    save(LSTM(3, 5, proj_size=2, recurrent_dropout=0.5, random_state=0), tmp_path / "l.pylstm")
+    rewrite(tmp_path / "l.pylstm", model=lambda model: edit(model["params"]))
+    with pytest.raises(ModelFileError, match=match):
+        load(tmp_path / "l.pylstm")
+
+
 def test_file_layout(tmp_path):
     clf, X, y = fit_classifier(layers=2, bidirectional=True, dtype="float32",
                                labels=np.array(["a", "b"]))
@@ -748,7 +808,7 @@ def test_file_layout(tmp_path):
     assert meta["format"] == "pylstm" and meta["format_version"] == "1"
     assert meta["type"] == "LSTMClassifier"
     model = json.loads(meta["model"])
-    assert model["params"] == clf.get_params()
+    assert model["params"] == _without_unset_added(clf.get_params())
     assert model["fitted"]["classes_"] == {"dtype": "<U1", "values": ["a", "b"]}
     assert model["fitted"]["loss_curve_"] == clf.loss_curve_
     assert model["optimizer"]["name"] == "adam" and model["optimizer"]["t"] == clf._optimizer.t
