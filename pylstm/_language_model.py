@@ -6,6 +6,7 @@ streams are laid side by side in ``batch_size`` lanes and cut into windows of
 the same lane. Generation runs one single-step kernel call per token.
 """
 
+import itertools
 import numbers
 import re
 import warnings
@@ -314,8 +315,9 @@ class LSTMLanguageModel(BaseEstimator):
         return list(text) if self.level == "char" else _WORD_RE.findall(text)
 
     def _encode(self, tokens):
-        index = self._index
-        return np.fromiter((index.get(tok, 0) for tok in tokens), dtype=np.int64,
+        # map() with the default as a second iterable runs the lookups in C
+        # (unknown tokens are 0), several times as fast as a generator.
+        return np.fromiter(map(self._index.get, tokens, itertools.repeat(0)), dtype=np.int64,
                            count=len(tokens))
 
     def _detokenize(self, tokens):
