@@ -232,22 +232,25 @@ def median_iqr(samples):
     return {"median_ms": float(med), "iqr_ms": float(q3 - q1)}
 
 
-def alternate(calls, repeats):
-    """Call each of ``calls`` (name -> function) ``repeats`` times, in order in even
+def alternate(calls, repeats, min_time=0.0):
+    """Sample each of ``calls`` (name -> function) ``repeats`` times, in order in even
     rounds and reversed in odd ones, so that a drift of the load falls on all alike.
 
-    Returns ``wall`` and ``cpu``, name -> seconds of wall time and of this process's
-    CPU time per call, and ``last``, name -> what its last call returned.
+    A sample calls the function once, or as often as it takes to last ``min_time``
+    seconds. Returns ``wall`` and ``cpu``, name -> seconds of wall time and of this
+    process's CPU time per call, and ``last``, name -> what its last call returned.
     """
     names = list(calls)
     wall, cpu, last = {n: [] for n in names}, {n: [] for n in names}, {}
     for r in range(repeats):
         for name in names if r % 2 == 0 else names[::-1]:
             gc.collect()
-            t0, c0 = time.perf_counter(), time.process_time()
-            last[name] = calls[name]()
-            wall[name].append(time.perf_counter() - t0)
-            cpu[name].append(time.process_time() - c0)
+            n, t0, c0 = 0, time.perf_counter(), time.process_time()
+            while n == 0 or time.perf_counter() - t0 < min_time:
+                last[name] = calls[name]()
+                n += 1
+            wall[name].append((time.perf_counter() - t0) / n)
+            cpu[name].append((time.process_time() - c0) / n)
     return wall, cpu, last
 
 
