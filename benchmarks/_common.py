@@ -385,6 +385,15 @@ def torch_lm_epoch(torch, model, optimizer, inputs, targets, seq_len):
     return total / count
 
 
+def torch_perplexity(torch, model, inputs, targets):
+    """Perplexity of a :func:`torch_twins` language model on one lane (a text read as one
+    stream, as ``LSTMLanguageModel.perplexity`` reads it), in float64."""
+    with torch.no_grad():
+        logits, _ = model(inputs)
+        nll = torch.nn.functional.cross_entropy(logits[0].double(), targets[0])
+    return float(torch.exp(nll))
+
+
 def char_lanes(text, batch_size, seq_len, vocab=None):
     """pylstm's character pipeline: vocabulary, and the lanes of ``<bos>`` + text.
 

@@ -12,7 +12,6 @@ See benchmarks/README.md. Usage::
 from __future__ import annotations
 
 import argparse
-import math
 import sys
 import time
 from functools import partial
@@ -86,9 +85,7 @@ def torch_run(torch, task, data, seed, hidden):
         inputs, targets = torch.from_numpy(inputs), torch.from_numpy(targets)
         while True:
             common.torch_lm_epoch(torch, model, opt, inputs, targets, 64)
-            with torch.no_grad():  # the validation text as one stream, as perplexity() reads it
-                logits, _ = model(val_in)
-                yield math.exp(float(torch.nn.functional.cross_entropy(logits[0], val_out[0])))
+            yield common.torch_perplexity(torch, model, val_in, val_out)
     Xtr, Xva, ytr, yva = (torch.from_numpy(np.ascontiguousarray(a)) for a in data)
     classify = task == "digits"
     model = Sequence(Xtr.shape[2], hidden, 10 if classify else 1)

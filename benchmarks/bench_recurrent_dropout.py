@@ -69,7 +69,7 @@ def main(argv=None):
                                   ("ratio", ">7.3f", "ratio")], rows)))
     if args.json:
         common.write_json(args.json, {"script": "bench_recurrent_dropout.py",
-                                      "args": sys.argv[1:], "environment": env, "results": rows})
+                                      "args": sys.argv[1:], "environment": env, "cases": rows})
     return 0
 
 

@@ -104,7 +104,7 @@ def main(argv=None):
           "slower and noisier figures)")
     if args.json:
         common.write_json(args.json, {"script": "bench_stream.py", "args": sys.argv[1:],
-                                      "environment": env, "results": rows})
+                                      "environment": env, "calls": rows})
     return 0
 
 
