@@ -27,9 +27,11 @@ import threadpoolctl  # installed with scikit-learn
 # already loaded, and pylstm loads SciPy's.
 import pylstm
 
-#: Variables that change what the BLAS/OpenMP libraries do; the header shows them.
+#: Variables that change what pylstm, torch and the BLAS/OpenMP libraries do; the header
+#: shows them.
 ENV_VARS = ("OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE", "OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS",
-            "MKL_NUM_THREADS", "PYLSTM_SIMD")
+            "MKL_NUM_THREADS", "PYLSTM_SIMD", "ATEN_CPU_CAPABILITY", "MKL_ENABLE_INSTRUCTIONS",
+            "ONEDNN_MAX_CPU_ISA")
 
 
 def progress(msg):
@@ -145,18 +147,22 @@ def cpu_model():
 
 def environment(torch=None, torch_error=None, threads=None, malloc="glibc defaults"):
     """What a result depends on, as a dict: machine and load, the versions of numpy,
-    scipy, pylstm (SIMD level, compiler) and ``torch`` (threads, CPU capability, BLAS),
+    scipy, pylstm (SIMD level, compiler, folder) and ``torch`` (threads, CPU capability, BLAS),
     ``torch_error`` (why no torch), the ``threads`` option, ``malloc``, the variables
     :data:`ENV_VARS` and the BLAS/OpenMP ``libraries`` threadpoolctl finds."""
     import scipy
 
-    config = pylstm.show_config(mode="dicts")
+    try:
+        config = pylstm.show_config(mode="dicts")
+    except AttributeError:  # builds older than show_config
+        config = {"simd": "n/a", "compiler": "n/a"}
     env = {
         "python": platform.python_version(), "platform": platform.platform(),
         "cpu": cpu_model(), "cpu_count": os.cpu_count(),
         "load_average": os.getloadavg() if hasattr(os, "getloadavg") else None,
         "numpy": np.__version__, "scipy": scipy.__version__,
         "pylstm": f"{pylstm.__version__} ({config['simd']}, {config['compiler']})",
+        "pylstm_path": os.path.dirname(pylstm.__file__),
         "torch": None, "torch_error": torch_error, "threads": threads, "malloc": malloc,
         "env": {k: os.environ.get(k, "unset") for k in ENV_VARS},
         "libraries": [
@@ -186,7 +192,7 @@ def print_header(title, env):
     torch_text = (f"{t['version']} (cpu capability {t['cpu_capability']}, BLAS {t['blas']}, "
                   f"{t['num_threads']} threads)" if t else f"not used ({env['torch_error']})")
     print(f"numpy {env['numpy']} | scipy {env['scipy']} | pylstm {env['pylstm']} | "
-          f"torch {torch_text}")
+          f"torch {torch_text}\npylstm from {env['pylstm_path']}")
     print("environment: " + ", ".join(f"{k}={v}" for k, v in env["env"].items())
           + f" | malloc: {env['malloc']}")
     print("BLAS / OpenMP libraries (threadpoolctl, under the run's thread cap):")

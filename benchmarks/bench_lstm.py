@@ -286,6 +286,8 @@ def main(argv=None):
     p.add_argument("--no-numpy", action="store_true", help="skip timing the NumPy reference")
     p.add_argument("--memory", action="store_true",
                    help="add a training step's peak memory over the BPTT minimum")
+    p.add_argument("--samples", action="store_true",
+                   help="keep every sample in the summary (bench_simd.py's workers)")
     common.add_common_options(p, threads_type=parse_threads)
     args = p.parse_args(argv)
     cases = args.cases or [Case(*c) for c in DEFAULT_CASES]
@@ -302,7 +304,8 @@ def main(argv=None):
         for case in cases:
             for dt in args.dtypes:
                 common.progress(f"{case.label} {dt} ({n or 'default'} threads)")
-                check, case_rows = run_case(case, np.dtype(dt).type, args, torch, n)
+                check, case_rows = run_case(case, np.dtype(dt).type, args, torch, n,
+                                            args.samples)
                 run_rows += case_rows
                 checks += [{"case": case.label, "dtype": dt, **check}] * (n == counts[0])
         print_timings(run_rows)
