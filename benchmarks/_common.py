@@ -5,8 +5,6 @@ Not a package module: the scripts run as files (``python benchmarks/bench_lstm.p
 their folder comes first on ``sys.path`` and they ``import _common``.
 """
 
-from __future__ import annotations
-
 import ctypes
 import ctypes.util
 import functools
@@ -72,13 +70,11 @@ def add_common_options(parser, threads_type=int, threads_default=None, timing=Tr
 
 
 def apply_quick(args, **settings):
-    """With ``--quick``, replace the given options and run on one thread (a smoke test
-    on a shared machine should not wait for busy cores)."""
+    """With ``--quick``, replace the given options and run on one thread unless told
+    otherwise (a smoke test on a shared machine should not wait for busy cores)."""
     if args.quick:
-        for name, value in settings.items():
+        for name, value in {"threads": 1, **settings}.items():
             setattr(args, name, value)
-        if getattr(args, "threads", 1) is None:
-            args.threads = 1
     return args
 
 

@@ -1,15 +1,8 @@
-"""pylstm on Dask: grid-search speed and ``Incremental`` accuracy.
+"""pylstm on Dask: ``GridSearchCV`` on a ``LocalCluster`` against ``n_jobs=1`` and joblib's
+processes, and ``Incremental`` against an in-memory fit (needs the ``dask`` extra).
 
-``GridSearchCV(LSTMClassifier)`` with ``n_jobs=1``, on joblib's processes, on a Dask
-``LocalCluster`` with Dask's defaults and with the malloc settings of docs/scaling.rst
-(best of ``--repeats``, CPU seconds, scores checked identical); ``Incremental`` on a Dask
-array against an in-memory fit. Needs the ``dask`` extra. See benchmarks/README.md.
-Usage::
-
-    python benchmarks/bench_dask.py [--scheduler tcp://scheduler:8786]
+See benchmarks/README.md. Usage: ``python benchmarks/bench_dask.py [--scheduler ADDRESS]``
 """
-
-from __future__ import annotations
 
 import argparse
 import os

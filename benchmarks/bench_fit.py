@@ -1,15 +1,7 @@
 """A whole ``LSTMClassifier.fit`` against the PyTorch training loop a user would write.
 
-Cases ``digits``, ``synthetic`` and ``varlen`` (a list of sequences), batch sizes 32 and
-128, float32 and float64; both sides run exactly ``--epochs`` epochs with Adam and clipping,
-building tensors, model and optimizer inside the timed call as ``fit`` does. Epochs per
-second from the median of ``--repeats`` alternating fits; ratio pylstm / torch (above 1:
-pylstm faster). See benchmarks/README.md. Usage::
-
-    env -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE python benchmarks/bench_fit.py --threads 1
+See benchmarks/README.md. Usage: ``python benchmarks/bench_fit.py --threads 1``
 """
-
-from __future__ import annotations
 
 import argparse
 import sys

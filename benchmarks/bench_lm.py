@@ -1,11 +1,7 @@
 """The language model against the same PyTorch model: its speed, or (``--parity``) what it learns.
 
-Speed: tokens per second of a whole ``LSTMLanguageModel.fit`` and of ``generate``, ratios
-pylstm / torch. ``--parity``: validation perplexity per seed and epoch. See
-benchmarks/README.md. Usage::
-
-    env -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE python benchmarks/bench_lm.py --threads 1
-    python benchmarks/bench_lm.py --parity [--corpus stdlib] [--configs 128,1] [--former all]
+See benchmarks/README.md. Usage: ``python benchmarks/bench_lm.py --threads 1``, or
+``python benchmarks/bench_lm.py --parity [--corpus stdlib] [--configs 128,1] [--former all]``
 """
 
 import argparse

@@ -1,17 +1,7 @@
 """One layer call: pylstm.LSTM against torch.nn.LSTM and the NumPy reference LSTM (CPU).
 
-Per case ``B,T,I,H[,L][,bi][,var]`` and dtype, with the same weights in all three:
-**infer** (``forward(X, training=False)``) and **train** (``forward`` then
-``backward(ones)``, so that all compute dX and every weight gradient); ``numpy`` is
-``tests/reference.py``. Medians (IQR) of ``--repeats`` samples; ratios ``numpy / pylstm``
-and ``torch / pylstm`` (above 1: pylstm faster); agreement checked first. See
-benchmarks/README.md. Usage::
-
-    env -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE python benchmarks/bench_lstm.py
-    python benchmarks/bench_lstm.py --large --threads 1,2 --memory --json /tmp/lstm.json
+See benchmarks/README.md. Usage: ``python benchmarks/bench_lstm.py --threads 1,2 --memory``
 """
-
-from __future__ import annotations
 
 import argparse
 import gc

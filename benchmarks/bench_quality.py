@@ -1,15 +1,7 @@
 """Time to a good model: pylstm's estimators against the equivalent PyTorch loop.
 
-Both train one epoch at a time (pylstm through ``partial_fit``) and are scored on the
-same validation data after each; the wall time until the metric first reaches the
-task's target (:data:`TASKS`), medians over ``--seeds`` seeds (the order alternating).
-See benchmarks/README.md. Usage::
-
-    env -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE python benchmarks/bench_quality.py \\
-        --save benchmarks/results/quality
+See benchmarks/README.md. Usage: ``python benchmarks/bench_quality.py --save PREFIX``
 """
-
-from __future__ import annotations
 
 import argparse
 import sys

@@ -1,11 +1,6 @@
 """Recurrent dropout: what it costs a training step of ``pylstm.LSTM`` and a digits epoch.
 
-``forward(training=True)`` + ``backward`` with and without ``recurrent_dropout`` (masks
-drawn by the call), and one ``LSTMClassifier.partial_fit`` epoch on the digits (hidden
-128), the two alternated sample by sample. See benchmarks/README.md. Usage::
-
-    env -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE \\
-        python benchmarks/bench_recurrent_dropout.py --threads 2
+See benchmarks/README.md. Usage: ``python benchmarks/bench_recurrent_dropout.py --threads 2``
 """
 
 import argparse
@@ -38,8 +33,7 @@ def main(argv=None):
                    help="samples per figure (default 15; a third, at least 3, for the fit)")
     p.add_argument("--dtype", choices=("float32", "float64"), default="float32")
     common.add_common_options(p, threads_default=2)
-    args = common.apply_quick(p.parse_args(argv), cases=["2x5x3x4"], repeats=1,
-                              threads=1)
+    args = common.apply_quick(p.parse_args(argv), cases=["2x5x3x4"], repeats=1)
     _, env = common.start(args, "bench_recurrent_dropout.py: pylstm with and without "
                           f"recurrent_dropout={args.p}, {args.dtype}", "no")
     rows = []

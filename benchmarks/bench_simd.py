@@ -1,11 +1,7 @@
 """pylstm at each SIMD level against torch held to the same level, and build against build.
 
-Each level (``PYLSTM_SIMD`` and :data:`LEVEL_ENV`) or build (``--builds NAME=PATH,...``)
-runs ``bench_lstm.py`` in a process of its own, in ``--rounds`` rounds of alternating
-order. See benchmarks/README.md. Usage::
-
-    env -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE python benchmarks/bench_simd.py --threads 2
-    python benchmarks/bench_simd.py --builds gcc=/tmp/build_gcc,clang=/tmp/build_clang
+See benchmarks/README.md. Usage: ``python benchmarks/bench_simd.py --levels avx2,avx512``, or
+``python benchmarks/bench_simd.py --builds gcc=/tmp/build_gcc,clang=/tmp/build_clang``
 """
 
 import argparse
@@ -19,7 +15,7 @@ from pathlib import Path
 
 import _common as common
 import numpy as np
-from bench_lstm import CASE_COLUMNS, DEFAULT_CASES, TOLERANCE, Case, parse_case
+from bench_lstm import CASE_COLUMNS, TOLERANCE
 
 import pylstm
 
@@ -32,7 +28,6 @@ LEVEL_ENV = {
     "avx512": {"ATEN_CPU_CAPABILITY": "avx512", "MKL_ENABLE_INSTRUCTIONS": "AVX512",
                "ONEDNN_MAX_CPU_ISA": "AVX512_CORE", "OPENBLAS_CORETYPE": "SkylakeX"},
 }
-MODES = ("train", "infer")
 #: One tiny torch LSTM call with oneDNN's verbose output on, whose header names its ISA.
 ONEDNN_PROBE = """import torch
 with torch.backends.mkldnn.verbose(torch.backends.mkldnn.VERBOSE_ON), torch.no_grad():
@@ -51,12 +46,11 @@ def worker_env(path, level):
 
 def run_worker(name, path, level, args):
     """``bench_lstm.py`` with one build at one level: its summary, with every sample."""
-    cases = [",".join(map(str, (c.B, c.T, c.I, c.H, c.num_layers, *["bi"] * c.bidirectional,
-                                *["var"] * c.variable_lengths))) for c in args.cases]
     common.progress(f"worker {name} at level {level or 'default'} ...")
     with tempfile.TemporaryDirectory() as tmp:
-        cmd = [sys.executable, str(Path(__file__).with_name("bench_lstm.py")), "--cases",
-               *cases, "--no-bidi", "--no-numpy", "--samples", "--dtypes", *args.dtypes,
+        cmd = [sys.executable, str(Path(__file__).with_name("bench_lstm.py")),
+               *(["--cases", *args.cases] if args.cases else []), "--no-bidi", "--no-numpy",
+               "--samples", "--dtypes", *args.dtypes,
                "--repeats", str(args.repeats), "--threads", str(args.threads), "--min-time",
                str(args.min_time), "--seed", str(args.seed), "--json", f"{tmp}/out.json"]
         cmd += ["--no-torch"] * args.no_torch + ["--steady-malloc"] * args.steady_malloc
@@ -108,8 +102,8 @@ def main(argv=None):
                    help="levels to compare (default: every level pylstm reports usable)")
     p.add_argument("--builds", type=parse_builds, metavar="NAME=PATH,...",
                    help="builds to compare (PATH from pip install --target, or 'installed')")
-    p.add_argument("--cases", nargs="+", type=parse_case, metavar="B,T,I,H",
-                   default=[Case(*c) for c in DEFAULT_CASES])
+    p.add_argument("--cases", nargs="+", metavar="B,T,I,H[,L][,bi][,var]",
+                   help="cases instead of bench_lstm.py's four")
     p.add_argument("--dtypes", nargs="+", choices=("float32", "float64"),
                    default=["float32", "float64"])
     p.add_argument("--repeats", type=int, default=7, help="samples per worker and round")
@@ -118,7 +112,7 @@ def main(argv=None):
     p.add_argument("--no-torch", action="store_true", help="time pylstm only")
     common.add_common_options(p, threads_default=1)
     args = p.parse_args(argv)
-    if common.apply_quick(args, cases=[Case(2, 4, 3, 4)], dtypes=["float32"], repeats=1, rounds=1,
+    if common.apply_quick(args, cases=["2,4,3,4"], dtypes=["float32"], repeats=1, rounds=1,
                           min_time=0.0).quick:
         args.levels = args.levels or [pylstm.show_config(mode="dicts")["simd"]]
     builds = args.builds or [("installed", "installed")]
@@ -133,19 +127,18 @@ def main(argv=None):
     for r in range(args.rounds):
         for spec in specs if r % 2 == 0 else specs[::-1]:
             results[spec].append(run_worker(*spec, args))
-    figures, workers = {}, []
+    samples, workers = {}, []  # (case, dtype, mode) -> (spec, impl) -> every sample
     for spec, runs in results.items():
-        workers.append({"name": spec[0], "path": spec[1], "level": spec[2],
-                        "environment": runs[0]["environment"]})
-        print(describe(spec, runs[0]["environment"]))
+        env = runs[0]["environment"]
+        workers.append({"name": spec[0], "path": spec[1], "level": spec[2], "environment": env})
+        print(describe(spec, env))
         for row in (row for run in runs for row in run["timings"]):
             for impl in ("pylstm", "torch"):
-                key = (spec, row["case"], row["dtype"], row["mode"], impl)
-                figures.setdefault(key, []).extend(row.get(impl, {}).get("samples", []))
+                cell = samples.setdefault((row["case"], row["dtype"], row["mode"]), {})
+                cell.setdefault((spec, impl), []).extend(row.get(impl, {}).get("samples", []))
         for check in runs[0]["agreement"]:
             if check.get("torch_out", 0) > TOLERANCE[check["dtype"]]:
                 print(f"  WARNING: pylstm and torch disagree on {check['case']} {check['dtype']}")
-    med = {k: float(np.median(v)) for k, v in figures.items() if v}
     rows = []
     for level in dict.fromkeys(s[2] for s in specs):
         group = [s for s in specs if s[2] == level]
@@ -153,12 +146,11 @@ def main(argv=None):
         print(f"\n== level {level or 'default'}: ms per call; X/{first}: time over {first}'s "
               "(above 1: slower), torch: the same of their torch runs (noise); torch/pl above "
               "1: pylstm faster ==")
-        for case, dt, mode in [(c.label, d, m) for c in args.cases for d in args.dtypes
-                               for m in MODES]:
+        for (case, dt, mode), cell in samples.items():
             row = {"case": case, "dtype": dt, "mode": mode, "level": level}
             for s in group:
-                row[f"{s[0]}_ms"] = med.get((s, case, dt, mode, "pylstm"))
-                row[f"torch_{s[0]}_ms"] = med.get((s, case, dt, mode, "torch"))
+                for impl, key in (("pylstm", f"{s[0]}_ms"), ("torch", f"torch_{s[0]}_ms")):
+                    row[key] = float(np.median(cell[s, impl])) if cell[s, impl] else None
             for s in group[1:]:  # each build's time over the first build's, and torch's
                 for key in (f"{s[0]}_ms", f"torch_{s[0]}_ms"):
                     base = row[key.replace(s[0], first)]
@@ -168,7 +160,7 @@ def main(argv=None):
             rows.append(row)
         keys = [k for k in rows[-1] if k not in ("case", "dtype", "mode", "level")]
         print("\n".join(common.table(CASE_COLUMNS + [(k, ">13.3f", k) for k in keys],
-                                     rows[-len(args.cases) * len(args.dtypes) * len(MODES):])))
+                                     rows[-len(samples):])))
     if args.json:
         common.write_json(args.json, {"script": "bench_simd.py", "args": sys.argv[1:],
                                       "environment": env, "workers": workers, "figures": rows})

@@ -1,9 +1,6 @@
 """Streaming inference: time per step of ``LSTMStream.predict`` fed one step per call.
 
-Against each layer's ``LSTM.forward`` and ``LSTM.step`` carrying ``(h, c)`` by hand and the
-PyTorch loop with the same weights. See benchmarks/README.md. Usage::
-
-    python benchmarks/bench_stream.py --threads 1 --repeats 5
+See benchmarks/README.md. Usage: ``python benchmarks/bench_stream.py --threads 1``
 """
 
 import argparse
