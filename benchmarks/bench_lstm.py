@@ -108,9 +108,9 @@ def rel_err(pairs):
     return worst
 
 
-def run_case(case, dtype, args, torch, threads, keep_samples=False):
+def run_case(case, dtype, args, torch, threads):
     """Agreement (a dict of relative errors), then the timing rows of one case and dtype
-    (with ``keep_samples``, each implementation's samples in ms too)."""
+    (with ``args.samples``, each implementation's samples in ms too)."""
     X, lengths = make_inputs(case, dtype, np.random.default_rng(args.seed))
     layer = pylstm.LSTM(case.I, case.H, num_layers=case.num_layers,
                         bidirectional=case.bidirectional, dtype=dtype, random_state=args.seed)
@@ -153,7 +153,7 @@ def run_case(case, dtype, args, torch, threads, keep_samples=False):
                 samples = common.measure(calls[impl, mode], args.repeats, args.warmup,
                                          args.min_time)
                 row[impl] = common.median_iqr(samples)
-                if keep_samples:
+                if args.samples:
                     row[impl]["samples"] = samples
         for impl in ("numpy", "torch"):
             row[f"{impl}_over_pylstm"] = (row[impl]["median_ms"] / row["pylstm"]["median_ms"]
@@ -251,14 +251,6 @@ def print_scaling(rows, counts):
     print("\n".join(common.table(columns, scaled)) + "\n")
 
 
-def parse_threads(text):
-    """``N`` or a comma list ``N1,N2`` of thread counts."""
-    counts = [int(p) for p in text.split(",") if p.strip().isdigit() and int(p) > 0]
-    if not counts or len(counts) != len(text.split(",")):
-        raise argparse.ArgumentTypeError(f"threads must be N or N1,N2,... >= 1, got {text!r}")
-    return list(dict.fromkeys(counts))
-
-
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--cases", nargs="+", type=parse_case, metavar="B,T,I,H[,L][,bi][,var]",
@@ -278,7 +270,7 @@ def main(argv=None):
                    help="add a training step's peak memory over the BPTT minimum")
     p.add_argument("--samples", action="store_true",
                    help="keep every sample in the summary (bench_simd.py's workers)")
-    common.add_common_options(p, threads_type=parse_threads)
+    common.add_common_options(p, threads_type=lambda text: [int(n) for n in text.split(",")])
     args = p.parse_args(argv)
     cases = args.cases or [Case(*c) for c in DEFAULT_CASES]
     cases += [Case(*c) for c in LARGE_CASES] * args.large + [BIDI_CASE] * args.bidi
@@ -294,8 +286,7 @@ def main(argv=None):
         for case in cases:
             for dt in args.dtypes:
                 common.progress(f"{case.label} {dt} ({n or 'default'} threads)")
-                check, case_rows = run_case(case, np.dtype(dt).type, args, torch, n,
-                                            args.samples)
+                check, case_rows = run_case(case, np.dtype(dt).type, args, torch, n)
                 run_rows += case_rows
                 checks += [{"case": case.label, "dtype": dt, **check}] * (n == counts[0])
         print_timings(run_rows)

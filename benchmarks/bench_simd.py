@@ -80,15 +80,6 @@ def describe(spec, env):
             f"{variables}")
 
 
-def parse_list(choices):
-    def parse(text):
-        items = [t for t in text.split(",") if t]
-        if not items or set(items) - set(choices):
-            raise argparse.ArgumentTypeError(f"expected some of {', '.join(choices)}: {text!r}")
-        return items
-    return parse
-
-
 def parse_builds(text):
     builds = [item.partition("=")[::2] for item in text.split(",") if item]
     if not all(n and (p == "installed" or os.path.isdir(p)) for n, p in builds):
@@ -98,7 +89,7 @@ def parse_builds(text):
 
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--levels", type=parse_list(tuple(LEVEL_ENV)), metavar="L1,L2",
+    p.add_argument("--levels", type=lambda text: text.split(","), metavar="L1,L2",
                    help="levels to compare (default: every level pylstm reports usable)")
     p.add_argument("--builds", type=parse_builds, metavar="NAME=PATH,...",
                    help="builds to compare (PATH from pip install --target, or 'installed')")
@@ -112,6 +103,8 @@ def main(argv=None):
     p.add_argument("--no-torch", action="store_true", help="time pylstm only")
     common.add_common_options(p, threads_default=1)
     args = p.parse_args(argv)
+    if set(args.levels or []) - set(LEVEL_ENV):
+        p.error(f"--levels: expected some of {', '.join(LEVEL_ENV)}")
     if common.apply_quick(args, cases=["2,4,3,4"], dtypes=["float32"], repeats=1, rounds=1,
                           min_time=0.0).quick:
         args.levels = args.levels or [pylstm.show_config(mode="dicts")["simd"]]
@@ -129,9 +122,9 @@ def main(argv=None):
             results[spec].append(run_worker(*spec, args))
     samples, workers = {}, []  # (case, dtype, mode) -> (spec, impl) -> every sample
     for spec, runs in results.items():
-        env = runs[0]["environment"]
-        workers.append({"name": spec[0], "path": spec[1], "level": spec[2], "environment": env})
-        print(describe(spec, env))
+        used = runs[0]["environment"]
+        workers.append({"name": spec[0], "path": spec[1], "level": spec[2], "environment": used})
+        print(describe(spec, used))
         for row in (row for run in runs for row in run["timings"]):
             for impl in ("pylstm", "torch"):
                 cell = samples.setdefault((row["case"], row["dtype"], row["mode"]), {})
@@ -142,7 +135,7 @@ def main(argv=None):
     rows = []
     for level in dict.fromkeys(s[2] for s in specs):
         group = [s for s in specs if s[2] == level]
-        first = group[0][0]
+        first, table = group[0][0], []
         print(f"\n== level {level or 'default'}: ms per call; X/{first}: time over {first}'s "
               "(above 1: slower), torch: the same of their torch runs (noise); torch/pl above "
               "1: pylstm faster ==")
@@ -157,10 +150,10 @@ def main(argv=None):
                     row[key[:-3] + f"/{first}"] = row[key] / base if row[key] and base else None
             if row[f"torch_{first}_ms"]:
                 row["torch/pl"] = row[f"torch_{first}_ms"] / row[f"{first}_ms"]
-            rows.append(row)
-        keys = [k for k in rows[-1] if k not in ("case", "dtype", "mode", "level")]
-        print("\n".join(common.table(CASE_COLUMNS + [(k, ">13.3f", k) for k in keys],
-                                     rows[-len(samples):])))
+            table.append(row)
+        keys = [k for k in table[0] if k not in ("case", "dtype", "mode", "level")]
+        print("\n".join(common.table(CASE_COLUMNS + [(k, ">13.3f", k) for k in keys], table)))
+        rows += table
     if args.json:
         common.write_json(args.json, {"script": "bench_simd.py", "args": sys.argv[1:],
                                       "environment": env, "workers": workers, "figures": rows})
