@@ -200,59 +200,41 @@ def print_header(title, env):
 
 
 # --------------------------------------------------------------------------- timing
-def measure(fn, repeats, warmup=2, min_time=0.05):
-    """Milliseconds per call of ``fn``, one figure per sample.
-
-    ``warmup`` untimed calls come first; the last of them sets how many calls a
-    sample loops over so that it lasts about ``min_time`` seconds. The garbage
-    collector is off while sampling, so that no sample pays for another's garbage.
-    """
-    last = 0.0
-    for _ in range(max(1, warmup)):
-        t0 = time.perf_counter()
-        fn()
-        last = time.perf_counter() - t0
-    number = max(1, int(np.ceil(min_time / max(last, 1e-9))))
-    samples = []
-    gc_was_on = gc.isenabled()
-    gc.disable()
-    try:
-        for _ in range(repeats):
-            t0 = time.perf_counter()
-            for _ in range(number):
-                fn()
-            samples.append(1e3 * (time.perf_counter() - t0) / number)
-    finally:
-        if gc_was_on:
-            gc.enable()
-    return samples
-
-
-def median_iqr(samples):
-    """``{"median_ms": ..., "iqr_ms": ...}`` of samples in milliseconds."""
-    q1, med, q3 = np.percentile(samples, [25, 50, 75])
+def median_iqr(seconds):
+    """``{"median_ms": ..., "iqr_ms": ...}`` of samples in seconds."""
+    q1, med, q3 = 1e3 * np.percentile(seconds, [25, 50, 75])
     return {"median_ms": float(med), "iqr_ms": float(q3 - q1)}
 
 
-def alternate(calls, repeats, min_time=0.0):
+def alternate(calls, repeats, min_time=0.0, warmup=0):
     """Sample each of ``calls`` (name -> function) ``repeats`` times, in order in even
     rounds and reversed in odd ones, so that a drift of the load falls on all alike.
 
-    A sample calls the function once, or as often as it takes to last ``min_time``
-    seconds. Returns ``wall`` and ``cpu``, name -> seconds of wall time and of this
-    process's CPU time per call, and ``last``, name -> what its last call returned.
+    ``warmup`` untimed rounds come first. A sample calls the function once, or as often
+    as it takes to last ``min_time`` seconds, with the garbage collector off (it collects
+    before each sample), so that no sample pays for another's garbage. Returns ``wall``
+    and ``cpu``, name -> seconds of wall time and of this process's CPU time per call,
+    and ``last``, name -> what its last call returned.
     """
-    names = list(calls)
+    names, gc_was_on = list(calls), gc.isenabled()
     wall, cpu, last = {n: [] for n in names}, {n: [] for n in names}, {}
-    for r in range(repeats):
-        for name in names if r % 2 == 0 else names[::-1]:
-            gc.collect()
-            n, t0, c0 = 0, time.perf_counter(), time.process_time()
-            while n == 0 or time.perf_counter() - t0 < min_time:
-                last[name] = calls[name]()
-                n += 1
-            wall[name].append((time.perf_counter() - t0) / n)
-            cpu[name].append((time.process_time() - c0) / n)
+    for _ in range(warmup):
+        for name in names:
+            calls[name]()
+    try:
+        for r in range(repeats):
+            for name in names if r % 2 == 0 else names[::-1]:
+                gc.collect()
+                gc.disable()
+                n, t0, c0 = 0, time.perf_counter(), time.process_time()
+                while n == 0 or time.perf_counter() - t0 < min_time:
+                    last[name] = calls[name]()
+                    n += 1
+                wall[name].append((time.perf_counter() - t0) / n)
+                cpu[name].append((time.process_time() - c0) / n)
+    finally:
+        if gc_was_on:
+            gc.enable()
     return wall, cpu, last
 
 

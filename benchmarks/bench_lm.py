@@ -103,8 +103,7 @@ def speed(torch, text, cfg, args):
     calls = {"pylstm": lambda: lm.generate(PROMPT, n_tokens=args.gen_tokens, temperature=1.0,
                                            random_state=0),
              "torch": lambda: torch_generate(torch, model, vocab, args.gen_tokens)}
-    common.alternate(calls, 1)  # untimed: first calls
-    wall, cpu, _ = common.alternate(calls, args.gen_repeats)
+    wall, cpu, _ = common.alternate(calls, args.gen_repeats, warmup=1)
     generate = {**rates(wall, cpu, args.gen_tokens), "max_abs_dp": max_dp}
     return {"hidden": cfg[0], "layers": cfg[1], "train": train, "generate": generate}
 

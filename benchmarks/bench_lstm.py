@@ -150,11 +150,11 @@ def run_case(case, dtype, args, torch, threads):
         for impl in IMPLS:  # one after another: no library's spinning threads slow the next
             if (impl, mode) in calls:
                 common.progress(f"  {case.label:<24} {row['dtype']:<8} {mode:<6} {impl} ...")
-                samples = common.measure(calls[impl, mode], args.repeats, args.warmup,
-                                         args.min_time)
-                row[impl] = common.median_iqr(samples)
+                seconds = common.alternate({impl: calls[impl, mode]}, args.repeats,
+                                           args.min_time, args.warmup)[0][impl]
+                row[impl] = common.median_iqr(seconds)
                 if args.samples:
-                    row[impl]["samples"] = samples
+                    row[impl]["samples"] = [1e3 * s for s in seconds]
         for impl in ("numpy", "torch"):
             row[f"{impl}_over_pylstm"] = (row[impl]["median_ms"] / row["pylstm"]["median_ms"]
                                           if impl in row else None)

@@ -19,8 +19,7 @@ def compare(label, make_call, p, repeats, min_time):
     """A table row: median ms per call of ``make_call(0)`` and ``make_call(p)``, alternated
     after one untimed round, and their ratio."""
     calls = {"plain_ms": make_call(0.0), "dropout_ms": make_call(p)}
-    common.alternate(calls, 1)
-    wall = common.alternate(calls, repeats, min_time)[0]
+    wall = common.alternate(calls, repeats, min_time, warmup=1)[0]
     row = {"case": label, **{k: 1e3 * float(np.median(v)) for k, v in wall.items()}}
     return {**row, "ratio": row["dropout_ms"] / row["plain_ms"]}
 

@@ -88,11 +88,10 @@ def main(argv=None):
         ours = np.concatenate([s.predict_proba(seq[t:t + 1]) for t in range(len(seq))])
         print(f"check: torch against stream.predict_proba, max |difference| "
               f"{np.abs(np.array(kept) - ours).max():.1e}\n")
-    rows = []
-    for name, fn in calls.items():
-        samples = common.measure(fn, args.repeats, warmup=1, min_time=0.0)
-        rows.append({"call": name, "us_per_step": 1e3 * float(np.median(samples)) / len(seq)})
-        rows[-1]["over_stream"] = rows[-1]["us_per_step"] / rows[0]["us_per_step"]
+    wall = common.alternate(calls, args.repeats, warmup=1)[0]
+    rows = [{"call": name, "us_per_step": 1e6 * float(np.median(s)) / len(seq),
+             "over_stream": float(np.median(s) / np.median(wall["stream.predict"]))}
+            for name, s in wall.items()]
     print(f"hidden {args.hidden}, {args.features} features, {args.layers} layer(s), float32, "
           f"one sequence of {len(seq)} steps, median of {args.repeats}")
     print("\n".join(common.table([("", "<34", "call"), ("us/step", ">9.1f", "us_per_step"),
