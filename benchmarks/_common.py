@@ -271,11 +271,15 @@ def _rounded(value):
     return value
 
 
-def write_json(path, payload):
-    """Write a summary to ``path``: four significant digits (as the tables print them),
-    one line per top-level key and per row of a table (a list of dicts)."""
+def write_json(path, env, **parts):
+    """Write the run's summary to ``path``, if one is given: the script, its options, the
+    :func:`environment` ``env`` and ``parts``, to four significant digits (as the tables
+    print them), one line per top-level key and per row of a table (a list of dicts)."""
+    if not path:
+        return
     lines = []
-    for key, value in _rounded(payload).items():
+    payload = {"script": Path(sys.argv[0]).name, "args": sys.argv[1:], "environment": env}
+    for key, value in _rounded({**payload, **parts}).items():
         if isinstance(value, list) and value and all(isinstance(v, dict) for v in value):
             rows = ",\n  ".join(json.dumps(v, default=str) for v in value)
             lines.append(f" {json.dumps(key)}: [\n  {rows}\n ]")
@@ -287,19 +291,6 @@ def write_json(path, payload):
 
 
 # --------------------------------------------------------------------------- torch twins
-def torch_lstm(torch, state_dict, dtype):
-    """``torch.nn.LSTM(batch_first=True)`` holding the weights of a pylstm ``state_dict``."""
-    names = list(state_dict)
-    module = torch.nn.LSTM(
-        state_dict["weight_ih_l0"].shape[1], state_dict["weight_hh_l0"].shape[1],
-        num_layers=sum(n.startswith("weight_ih") and "reverse" not in n for n in names),
-        bidirectional="weight_ih_l0_reverse" in names, batch_first=True,
-        dtype=torch.float32 if np.dtype(dtype) == np.float32 else torch.float64)
-    module.load_state_dict({k: torch.from_numpy(np.ascontiguousarray(v, dtype=dtype))
-                            for k, v in state_dict.items()})
-    return module
-
-
 @functools.cache
 def torch_twins(torch):
     """PyTorch's versions of pylstm's estimator models, as ``(Sequence, LanguageModel)``.

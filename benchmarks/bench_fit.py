@@ -154,9 +154,7 @@ def main(argv=None):
                     rows.append(run_config(torch, (case, *split), hidden, batch, dtype, args))
     print(f"{args.epochs} epochs per fit, {args.repeats} fits per figure")
     print_table(rows)
-    if args.json:
-        common.write_json(args.json, {"script": "bench_fit.py", "args": sys.argv[1:],
-                               "environment": env, "results": rows})
+    common.write_json(args.json, env, results=rows)
     return 0
 
 

@@ -257,10 +257,7 @@ def main(argv=None):
             common.progress(f"  H={cfg[0]} L={cfg[1]} ...")
             rows.append(speed(torch, text, cfg, args))
         print_speed(rows)
-    if args.json:
-        common.write_json(args.json, {"script": "bench_lm.py", "args": sys.argv[1:],
-                                      "environment": env,
-                                      "parity" if args.parity else "results": rows})
+    common.write_json(args.json, env, **{"parity" if args.parity else "results": rows})
     return 0
 
 

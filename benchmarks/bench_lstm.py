@@ -14,6 +14,7 @@ import _common as common
 import numpy as np
 
 import pylstm
+from pylstm.interop import to_torch
 
 DEFAULT_CASES = ((32, 50, 32, 64), (64, 100, 64, 128), (64, 100, 128, 256), (1, 100, 32, 128))
 LARGE_CASES = ((256, 50, 128, 512), (1, 1000, 64, 256))
@@ -65,11 +66,11 @@ def make_inputs(case, dtype, rng):
     return X, lengths
 
 
-def torch_calls(torch, case, state_dict, X, lengths):
-    """torch's ``(module, infer, train)`` for one case, with pylstm's weights."""
+def torch_calls(torch, case, layer, X, lengths):
+    """torch's ``(module, infer, train)`` for one case, with the weights of ``layer``."""
     from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
-    module = common.torch_lstm(torch, state_dict, X.dtype)
+    module = to_torch(layer)
     xt = torch.from_numpy(X)
     ones = None
 
@@ -137,7 +138,7 @@ def run_case(case, dtype, args, torch, threads):
         calls["numpy", "train"] = lambda: train(ref)
     if torch is not None:
         module, calls["torch", "infer"], calls["torch", "train"] = torch_calls(
-            torch, case, state, X, lengths)
+            torch, case, layer, X, lengths)
         t_out, t_h, t_c, xg = calls["torch", "train"]()
         t_grads = {k: p.grad for k, p in module.named_parameters()}
         checks["torch_out"] = rel_err([(out, t_out.detach()), (h, t_h.detach()),
@@ -302,10 +303,7 @@ def main(argv=None):
         print("\n".join(common.table(CASE_COLUMNS[:2] + [
             ("peak MB", ">9.2f", "peak_mb"), ("BPTT MB", ">9.2f", "bptt_mb"),
             ("peak/BPTT", ">9.2f", lambda m: m["peak_mb"] / m["bptt_mb"])], memory)) + "\n")
-    if args.json:
-        common.write_json(args.json, {"script": "bench_lstm.py", "args": sys.argv[1:],
-                               "environment": env, "timings": rows, "agreement": checks,
-                               "memory": memory})
+    common.write_json(args.json, env, timings=rows, agreement=checks, memory=memory)
     return 0
 
 

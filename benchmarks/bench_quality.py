@@ -161,8 +161,7 @@ def main(argv=None):
     print("\n" + "\n".join(lines))
     if args.save:
         Path(args.save + ".txt").write_text("\n".join(lines) + "\n")
-        common.write_json(args.save + ".json", {"script": "bench_quality.py", "args": sys.argv[1:],
-                                         "environment": env, "tasks": summary})
+        common.write_json(args.save + ".json", env, tasks=summary)
     return 0
 
 

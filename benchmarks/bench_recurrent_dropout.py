@@ -60,9 +60,7 @@ def main(argv=None):
                                   ("plain ms", ">10.3f", "plain_ms"),
                                   ("dropout ms", ">11.3f", "dropout_ms"),
                                   ("ratio", ">7.3f", "ratio")], rows)))
-    if args.json:
-        common.write_json(args.json, {"script": "bench_recurrent_dropout.py",
-                                      "args": sys.argv[1:], "environment": env, "cases": rows})
+    common.write_json(args.json, env, cases=rows)
     return 0
 
 

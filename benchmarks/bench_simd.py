@@ -154,9 +154,7 @@ def main(argv=None):
         keys = [k for k in table[0] if k not in ("case", "dtype", "mode", "level")]
         print("\n".join(common.table(CASE_COLUMNS + [(k, ">13.3f", k) for k in keys], table)))
         rows += table
-    if args.json:
-        common.write_json(args.json, {"script": "bench_simd.py", "args": sys.argv[1:],
-                                      "environment": env, "workers": workers, "figures": rows})
+    common.write_json(args.json, env, workers=workers, figures=rows)
     return 0
 
 

@@ -12,6 +12,7 @@ import _common as common
 import numpy as np
 
 import pylstm
+from pylstm.interop import to_torch
 
 
 def layer_loop(layers, seq, step):
@@ -28,22 +29,23 @@ def layer_loop(layers, seq, step):
 
 
 def torch_loop(torch, clf, seq):
-    """PyTorch's loop with the classifier's weights: ``nn.LSTM`` on one step, ``nn.Linear``
-    and ``argmax``, under ``no_grad``. Calling it with a list keeps the probabilities."""
+    """PyTorch's loop with the classifier's weights: each layer's ``nn.LSTM`` on one step,
+    ``nn.Linear`` and ``argmax``, under ``no_grad``. Called with a list, it keeps the
+    probabilities there."""
     net = clf.network_
-    lstm = common.torch_lstm(torch, {name.replace("_l0", f"_l{k}"): value
-                                     for k, layer in enumerate(net.layers)
-                                     for name, value in layer.state_dict().items()}, seq.dtype)
+    lstms = [to_torch(layer) for layer in net.layers]
     head = torch.nn.Linear(*net.coef.shape)
     head.load_state_dict({"weight": torch.from_numpy(net.coef.T.copy()),
                           "bias": torch.from_numpy(net.intercept)})
     xs = torch.from_numpy(seq)[None]
 
     def run(keep=None):
-        hc = None
+        state = [None] * len(lstms)
         with torch.no_grad():
             for t in range(len(seq)):
-                out, hc = lstm(xs[:, t:t + 1], hc)
+                out = xs[:, t:t + 1]
+                for k, lstm in enumerate(lstms):
+                    out, state[k] = lstm(out, state[k])
                 logits = head(out[:, 0])
                 logits.argmax(dim=1)
                 if keep is not None:
@@ -98,9 +100,7 @@ def main(argv=None):
                                   ("/ stream.predict", ">17.2f", "over_stream")], rows)))
     print(f"load average {os.getloadavg()[0]:.2f} at the end (a busy machine gives "
           "slower and noisier figures)")
-    if args.json:
-        common.write_json(args.json, {"script": "bench_stream.py", "args": sys.argv[1:],
-                                      "environment": env, "calls": rows})
+    common.write_json(args.json, env, calls=rows)
     return 0
 
 
