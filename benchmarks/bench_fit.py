@@ -16,6 +16,7 @@ from pylstm import LSTMClassifier
 from pylstm.datasets import load_digits_sequences, make_variable_length_sequences
 
 CASES = ("digits", "synthetic", "varlen")
+LR = 0.005  # pylstm's default learning_rate_init
 HIDDEN = {"digits": (64,), "synthetic": (64, 128), "varlen": (64,)}
 
 
@@ -43,7 +44,7 @@ def make_data(name, args):
 def pylstm_fit(data, hidden, batch, dtype, args):
     """The whole ``LSTMClassifier.fit``, exactly ``args.epochs`` epochs."""
     clf = LSTMClassifier(hidden_size=hidden, batch_size=batch, max_iter=args.epochs,
-                         learning_rate_init=args.lr, alpha=0.0, clip_norm=5.0, tol=0.0,
+                         learning_rate_init=LR, alpha=0.0, clip_norm=5.0, tol=0.0,
                          n_iter_no_change=1_000_000, random_state=args.seed, dtype=dtype)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", ConvergenceWarning)
@@ -68,14 +69,13 @@ def torch_fit(torch, data, hidden, batch, dtype, args):
     y = torch.as_tensor(codes)
     model = common.torch_twins(torch)[0](X.shape[2], hidden, len(classes), X.dtype)
     params = list(model.parameters())
-    optimizer = torch.optim.Adam(params, lr=args.lr)
+    optimizer = torch.optim.Adam(params, lr=LR)
     for _ in range(args.epochs):
-        total = 0.0
         for idx in torch.randperm(len(y)).split(batch):
             out = model(X[idx], None if lengths is None else lengths[idx])
             loss = torch.nn.functional.cross_entropy(out, y[idx])
             common.torch_step(torch, params, optimizer, loss)
-            total += loss.item() * len(idx)  # the epoch's loss, as pylstm's loss_curve_
+            loss.item()  # read, as a loop that reports its loss does (pylstm's loss_curve_)
     return model, classes
 
 
@@ -132,7 +132,6 @@ def main(argv=None):
     p.add_argument("--repeats", type=int, default=3, help="fits per figure (default 3)")
     p.add_argument("--n-synthetic", type=int, default=1500)
     p.add_argument("--n-varlen", type=int, default=800)
-    p.add_argument("--lr", type=float, default=0.005, help="learning rate (pylstm's default)")
     p.add_argument("--no-torch", action="store_true", help="time pylstm only")
     common.add_common_options(p)
     args = common.apply_quick(p.parse_args(argv), cases=["digits", "varlen"], hidden=[8],

@@ -14,7 +14,6 @@ import _common as common
 import numpy as np
 
 from pylstm import LSTMLanguageModel
-from pylstm._network import LanguageNetwork
 from pylstm.datasets import load_python_docs
 
 PROMPT = "The for statement"
@@ -83,11 +82,11 @@ def rates(wall, cpu, tokens):
 def speed(torch, text, cfg, args):
     """Training and generation rates of one configuration."""
     vocab, inputs, _ = common.char_lanes(text, args.batch_size, args.seq_len)
-    init = LanguageNetwork(len(vocab), args.embedding_dim, cfg[0], cfg[1], 0.0, np.float32,
-                           np.random.RandomState(args.seed))  # what fit draws first
+    init = pylstm_lm(cfg, args, args.seed)
+    init._prepare_fit(text, incremental=False)  # the network that fit starts from
     wall, cpu, last = common.alternate({
         "pylstm": lambda: pylstm_lm(cfg, args, args.seed).fit(text),
-        "torch": lambda: torch_fit(torch, text, cfg, args, init)}, args.repeats)
+        "torch": lambda: torch_fit(torch, text, cfg, args, init.network_)}, args.repeats)
     train = rates(wall, cpu, inputs.size * args.epochs)
     lm = last["pylstm"]
     train["pylstm"]["loss"], train["torch"]["loss"] = lm.loss_curve_[-1], last["torch"][1][-1]
@@ -188,24 +187,18 @@ def run_parity(torch, text, cfg, args):
     return {"hidden": cfg[0], "layers": cfg[1], "seeds": args.seeds, "final": final}
 
 
-def parse_config(spec):
-    try:
-        hidden, layers = (int(v) for v in spec.split(","))
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected H,L (e.g. 128,1), got {spec!r}") from None
-    return hidden, layers
-
-
 def parse_parts(text):
-    out = list(PARTS) if text == "all" else [p for p in text.split(",") if p]
-    if set(out) - set(PARTS):
-        raise argparse.ArgumentTypeError(f"parts are {PARTS} or 'all', got {text!r}")
-    return out
+    """``embedding``, ``lstm``, ``head`` (comma-separated) or ``all``."""
+    parts = list(PARTS) if text == "all" else text.split(",")
+    if set(parts) - set(PARTS):
+        raise argparse.ArgumentTypeError(f"parts are {', '.join(PARTS)} or all: {text!r}")
+    return parts
 
 
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--configs", nargs="+", type=parse_config, metavar="H,L",
+    p.add_argument("--configs", nargs="+", metavar="H,L",
+                   type=lambda text: tuple(int(v) for v in text.split(",")),
                    help="hidden size, layers (default 128,1 256,1 128,2; --parity: 256,1)")
     p.add_argument("--chars", type=int, help="training characters (200k; --parity: 150k)")
     p.add_argument("--embedding-dim", type=int, default=32)
