@@ -8,7 +8,7 @@ import gc
 import re
 import sys
 import tracemalloc
-from dataclasses import dataclass
+from typing import NamedTuple
 
 import _common as common
 import numpy as np
@@ -24,8 +24,9 @@ MODES = ("infer", "train")
 TOLERANCE = {"float32": 1e-4, "float64": 1e-10}
 
 
-@dataclass(frozen=True)
-class Case:
+class Case(NamedTuple):
+    """A case: batch, steps, input features, hidden units; layers, directions, lengths."""
+
     B: int
     T: int
     I: int
@@ -57,13 +58,15 @@ def parse_case(text):
     return Case(*map(int, parts[:4]), layers, "bi" in parts[4:], "var" in parts[4:])
 
 
-def make_inputs(case, dtype, rng):
-    """X of shape (B, T, I), and lengths uniform in [T/2, T] for a ``var`` case."""
+def setup(case, dtype, seed):
+    """A fresh ``pylstm.LSTM`` of ``case``, X of shape (B, T, I) and, for a ``var`` case,
+    lengths uniform in [T/2, T] (else None)."""
+    rng = np.random.default_rng(seed)
     X = rng.standard_normal((case.B, case.T, case.I)).astype(dtype)
-    lengths = None
-    if case.variable_lengths:
-        lengths = rng.integers(max(1, case.T // 2), case.T + 1, size=case.B)
-    return X, lengths
+    lengths = (rng.integers(max(1, case.T // 2), case.T + 1, size=case.B)
+               if case.variable_lengths else None)
+    return pylstm.LSTM(case.I, case.H, num_layers=case.num_layers, dtype=dtype,
+                       bidirectional=case.bidirectional, random_state=seed), X, lengths
 
 
 def torch_calls(torch, case, layer, X, lengths):
@@ -112,9 +115,7 @@ def rel_err(pairs):
 def run_case(case, dtype, args, torch, threads):
     """Agreement (a dict of relative errors), then the timing rows of one case and dtype
     (with ``args.samples``, each implementation's samples in ms too)."""
-    X, lengths = make_inputs(case, dtype, np.random.default_rng(args.seed))
-    layer = pylstm.LSTM(case.I, case.H, num_layers=case.num_layers,
-                        bidirectional=case.bidirectional, dtype=dtype, random_state=args.seed)
+    layer, X, lengths = setup(case, dtype, args.seed)
     state = layer.state_dict()
     ref = common.numpy_reference()(state, dtype)
     out, (h, c) = layer.forward(X, lengths=lengths, training=True)
@@ -172,9 +173,7 @@ def memory_ratio(case, dtype, seed):
     states and the initial states' gradients. X and the output gradient exist before
     the step and count in neither figure.
     """
-    X, lengths = make_inputs(case, dtype, np.random.default_rng(seed))
-    layer = pylstm.LSTM(case.I, case.H, num_layers=case.num_layers,
-                        bidirectional=case.bidirectional, dtype=dtype, random_state=seed)
+    layer, X, lengths = setup(case, dtype, seed)
     D, L, H = layer.num_directions, case.num_layers, case.H
     d_out = np.ones((case.B, case.T, D * H), dtype=dtype)
     gc.collect()
