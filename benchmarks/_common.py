@@ -38,11 +38,8 @@ def progress(msg):
 
 
 def numpy_reference():
-    """The ``NumpyLSTM`` class of ``tests/reference.py``, the tests' oracle.
-
-    Loaded by path: the repository root on ``sys.path`` would make ``import pylstm``
-    find the uncompiled sources instead of the installed package.
-    """
+    """The ``NumpyLSTM`` class of ``tests/reference.py``, the tests' oracle, loaded by path
+    (the repository root on ``sys.path`` would shadow the installed pylstm)."""
     name = "pylstm_tests_reference"
     if name not in sys.modules:
         path = Path(__file__).resolve().parent.parent / "tests" / "reference.py"
@@ -79,10 +76,8 @@ def apply_quick(args, **settings):
 
 
 def set_threads(n_threads, torch=None):
-    """Cap every BLAS/OpenMP pool and torch at ``n_threads`` (None: leave the defaults).
-
-    Both sides get the same cap, so that neither runs on more cores than the other.
-    """
+    """Cap every BLAS/OpenMP pool and torch at ``n_threads`` (None: leave the defaults),
+    so that neither side runs on more cores than the other."""
     if n_threads is not None:
         threadpoolctl.threadpool_limits(limits=n_threads)
         if torch is not None:
@@ -92,11 +87,10 @@ def set_threads(n_threads, torch=None):
 def steady_malloc():
     """Make glibc's malloc keep freed memory in the process; returns what the header shows.
 
-    Blocks up to glibc's largest mmap threshold then come from a heap that is never
-    trimmed: a library that allocates its temporaries afresh on every call (torch, the
-    NumPy reference) reuses warm pages instead of faulting in new ones, as pylstm, which
-    keeps its work arrays, does anyway.
-    """
+    Blocks up to glibc's largest mmap threshold then come from a never trimmed heap: a
+    library that allocates its temporaries on every call (torch, the NumPy reference)
+    reuses warm pages instead of faulting in new ones, as pylstm, keeping its work
+    arrays, does anyway."""
     try:
         mallopt = ctypes.CDLL(ctypes.util.find_library("c")).mallopt
     except (OSError, AttributeError, TypeError):
@@ -110,11 +104,9 @@ def steady_malloc():
 
 
 def start(args, title, torch="wanted"):
-    """Set a run up from ``args`` (malloc, torch, thread caps) and print its header.
-
-    ``torch`` is ``"wanted"``, ``"needed"`` (without it the script ends, saying why) or
-    ``"no"``. Returns torch (or None) and the :func:`environment` of the run.
-    """
+    """Set a run up from ``args`` (malloc, torch, thread caps) and print its header;
+    ``torch`` is ``"wanted"``, ``"needed"`` (the script ends without it) or ``"no"``.
+    Returns torch (or None) and the :func:`environment` of the run."""
     malloc = steady_malloc() if getattr(args, "steady_malloc", False) else "glibc defaults"
     module, why = None, "disabled"
     if torch != "no":
@@ -177,9 +169,7 @@ def environment(torch=None, torch_error=None, threads=None, malloc="glibc defaul
 
 def print_header(title, env):
     """Print ``title`` and the :func:`environment` lines above a script's tables."""
-    print("=" * 100)
-    print(title)
-    print("=" * 100)
+    print(f"{'=' * 100}\n{title}\n{'=' * 100}")
     load = env["load_average"]
     print(f"python {env['python']} | {env['platform']} | cpu {env['cpu']} "
           f"({env['cpu_count']} logical cpus)"
@@ -245,12 +235,9 @@ def geomean(values):
 
 
 def table(columns, rows):
-    """A table's lines: heading, rule, then one line per row.
-
-    ``columns`` are ``(heading, spec, cell)``: ``spec`` a format spec starting with
-    the alignment and width (``"<24"``, ``">9.2f"``), ``cell`` a key of the row or a
-    function of it; a missing value (None) shows as ``-``.
-    """
+    """A table's lines: heading, rule, one line per row. ``columns`` are ``(heading, spec,
+    cell)``: ``spec`` a format spec starting with alignment and width (``">9.2f"``),
+    ``cell`` a key of the row or a function of it; None shows as ``-``."""
     specs = [(spec[0], int(re.match(r"\d+", spec[1:]).group()), spec) for _, spec, _ in columns]
     head = " ".join(f"{h:{a}{w}}" for (h, _, _), (a, w, _) in zip(columns, specs, strict=True))
     lines = [head, "-" * len(head)]
@@ -295,12 +282,10 @@ def write_json(path, env, **parts):
 def torch_twins(torch):
     """PyTorch's versions of pylstm's estimator models, as ``(Sequence, LanguageModel)``.
 
-    ``Sequence(n_in, hidden, n_out, dtype)``: ``LSTMClassifier``'s and
-    ``LSTMRegressor``'s model, an LSTM and a linear layer on the last layer's final
-    hidden state (``forward(x, lengths=None)``, lengths through a packed sequence).
-    ``LanguageModel(vocab, embedding, hidden, layers)``: ``LSTMLanguageModel``'s,
-    embedding, LSTM and a linear head on every step (``forward(x, state=None)``).
-    """
+    ``Sequence(n_in, hidden, n_out, dtype)``, the estimators' model: an LSTM, a linear
+    layer on the last layer's final hidden state (``forward(x, lengths=None)``, packed).
+    ``LanguageModel(vocab, embedding, hidden, layers)``: embedding, LSTM, a linear head
+    on every step (``forward(x, state=None)``)."""
     nn = torch.nn
 
     class Sequence(nn.Module):
@@ -340,12 +325,9 @@ def torch_step(torch, params, optimizer, loss):
 
 
 def torch_lm_epoch(torch, model, optimizer, inputs, targets, seq_len):
-    """One epoch of stateful truncated BPTT, as ``LSTMLanguageModel`` trains.
-
-    Windows of ``seq_len`` steps over the lanes, the detached ``(h, c)`` carried
-    from one window to the next (reset each epoch), mean cross-entropy per token.
-    Returns the epoch's mean training loss.
-    """
+    """One epoch of stateful truncated BPTT, as ``LSTMLanguageModel`` trains: windows of
+    ``seq_len`` steps over the lanes, the detached ``(h, c)`` carried from one to the next
+    (reset each epoch), mean cross-entropy per token. Returns the epoch's mean loss."""
     params = list(model.parameters())
     state, total, count = None, 0.0, 0
     for start in range(0, inputs.shape[1], seq_len):
@@ -391,12 +373,8 @@ def char_lanes(text, batch_size, seq_len, vocab=None):
 
 
 def copy_lm_weights(torch, model, net, parts=("embedding", "lstm", "head"), to_torch=True):
-    """Copy weights between a :func:`torch_twins` language model and a pylstm network.
-
-    ``net`` is a fitted model's ``network_`` (``LanguageNetwork``: ``embedding``,
-    ``layers`` of one-layer ``LSTM``, ``coef`` and ``intercept``); ``parts`` any of
-    ``embedding``, ``lstm`` and ``head``; ``to_torch=False`` copies into pylstm.
-    """
+    """Copy ``parts`` (``embedding``, ``lstm``, ``head``) of a pylstm language model's
+    ``network_`` into a :func:`torch_twins` language model (``to_torch=False``: back)."""
     lstm = [(getattr(model.lstm, name[:-1] + str(k)), arr)
             for k, layer in enumerate(net.layers)
             for name, arr in zip(layer.state_dict(), layer.parameters(), strict=True)]
