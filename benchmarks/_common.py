@@ -237,12 +237,19 @@ def geomean(values):
 def table(columns, rows):
     """A table's lines: heading, rule, one line per row. ``columns`` are ``(heading, spec,
     cell)``: ``spec`` a format spec starting with alignment and width (``">9.2f"``),
-    ``cell`` a key of the row or a function of it; None shows as ``-``."""
+    ``cell`` a key of the row, a tuple of keys into nested dicts or a function of the
+    row; a missing value (None) shows as ``-``."""
+    def value(row, cell):
+        if callable(cell):
+            return cell(row)
+        for key in cell if isinstance(cell, tuple) else (cell,):
+            row = (row or {}).get(key)
+        return row
     specs = [(spec[0], int(re.match(r"\d+", spec[1:]).group()), spec) for _, spec, _ in columns]
     head = " ".join(f"{h:{a}{w}}" for (h, _, _), (a, w, _) in zip(columns, specs, strict=True))
     lines = [head, "-" * len(head)]
     for row in rows:
-        values = [cell(row) if callable(cell) else row.get(cell) for _, _, cell in columns]
+        values = [value(row, cell) for _, _, cell in columns]
         lines.append(" ".join(f"{'-':{a}{w}}" if v is None else format(v, spec)
                               for v, (a, w, spec) in zip(values, specs, strict=True)).rstrip())
     return lines

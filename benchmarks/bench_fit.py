@@ -103,16 +103,14 @@ def run_config(torch, data, hidden, batch, dtype, args):
 
 def print_table(rows):
     """Epochs per second of both sides, their ratios and accuracies; geometric means."""
-    def get(impl, key):
-        return lambda r: (r[impl] or {}).get(key)
     print("Epochs per second of a whole fit (median); ratio = pylstm / torch (> 1: pylstm "
           "faster), best = from each side's fastest fit")
     print("\n".join(common.table([
         ("case", "<10", "case"), ("H", ">4", "hidden"), ("batch", ">5", "batch"),
-        ("dtype", "<8", "dtype"), ("pylstm ep/s", ">12.3f", get("pylstm", "epochs_per_s")),
-        ("torch ep/s", ">11.3f", get("torch", "epochs_per_s")), ("ratio", ">6.2f", "ratio"),
-        ("best", ">6.2f", "ratio_best"), ("acc pylstm", ">10.3f", get("pylstm", "accuracy")),
-        ("acc torch", ">9.3f", get("torch", "accuracy"))], rows)))
+        ("dtype", "<8", "dtype"), ("pylstm ep/s", ">12.3f", ("pylstm", "epochs_per_s")),
+        ("torch ep/s", ">11.3f", ("torch", "epochs_per_s")), ("ratio", ">6.2f", "ratio"),
+        ("best", ">6.2f", "ratio_best"), ("acc pylstm", ">10.3f", ("pylstm", "accuracy")),
+        ("acc torch", ">9.3f", ("torch", "accuracy"))], rows)))
     for dtype in dict.fromkeys(r["dtype"] for r in rows):
         if rows[0]["ratio"] is not None:
             print(f"geometric mean pylstm/torch {dtype}: " + ", ".join(

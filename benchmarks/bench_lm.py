@@ -109,25 +109,19 @@ def speed(torch, text, cfg, args):
 
 def print_speed(rows):
     """The training and the generation table."""
-    def get(*keys):
-        def cell(row):
-            for key in keys:
-                row = row[key]
-            return row
-        return cell
     for part, title, extra in (
             ("train", "Training: tokens per second of a whole fit",
-             [("loss pl", ">10.4f", get("train", "pylstm", "loss")),
-              ("loss torch", ">10.4f", get("train", "torch", "loss"))]),
+             [("loss pl", ">10.4f", ("train", "pylstm", "loss")),
+              ("loss torch", ">10.4f", ("train", "torch", "loss"))]),
             ("generate", "Generation: tokens per second of generate()",
-             [("max|dp|", ">10.1e", get("generate", "max_abs_dp"))])):
+             [("max|dp|", ">10.1e", ("generate", "max_abs_dp"))])):
         print(f"{title} (median); ratio = pylstm / torch (> 1: pylstm faster)")
         print("\n".join(common.table([
             ("H", ">4", "hidden"), ("L", ">2", "layers"),
-            ("pylstm tok/s", ">13,.0f", get(part, "pylstm", "tokens_per_s")),
-            ("torch tok/s", ">12,.0f", get(part, "torch", "tokens_per_s")),
-            ("ratio", ">6.2f", get(part, "ratio")), ("best", ">6.2f", get(part, "ratio_best")),
-            ("cpu", ">6.2f", get(part, "ratio_cpu"))] + extra, rows)) + "\n")
+            ("pylstm tok/s", ">13,.0f", (part, "pylstm", "tokens_per_s")),
+            ("torch tok/s", ">12,.0f", (part, "torch", "tokens_per_s")),
+            ("ratio", ">6.2f", (part, "ratio")), ("best", ">6.2f", (part, "ratio_best")),
+            ("cpu", ">6.2f", (part, "ratio_cpu"))] + extra, rows)) + "\n")
     print("loss: mean training cross-entropy of the last epoch, both from pylstm's initial "
           "weights; max|dp|: largest difference of the next-token distributions")
 

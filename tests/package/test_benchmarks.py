@@ -18,7 +18,7 @@ import pytest
 BENCHMARKS = Path(__file__).resolve().parents[2] / "benchmarks"
 HAS_TORCH = importlib.util.find_spec("torch") is not None
 needs_torch = pytest.mark.skipif(not HAS_TORCH, reason="needs torch")
-pytestmark = pytest.mark.slow  # ten interpreters, most of them importing torch
+pytestmark = pytest.mark.slow  # an interpreter per script (and workers), most with torch
 
 
 def run(script, *options):
