@@ -5,8 +5,6 @@ Not a package module: the scripts run as files (``python benchmarks/bench_lstm.p
 their folder comes first on ``sys.path`` and they ``import _common``.
 """
 
-from __future__ import annotations
-
 import ctypes
 import ctypes.util
 import functools
@@ -27,9 +25,11 @@ import threadpoolctl  # installed with scikit-learn
 # already loaded, and pylstm loads SciPy's.
 import pylstm
 
-#: Variables that change what the BLAS/OpenMP libraries do; the header shows them.
+#: Variables that change what pylstm, torch and the BLAS/OpenMP libraries do; the header
+#: shows them.
 ENV_VARS = ("OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE", "OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS",
-            "MKL_NUM_THREADS", "PYLSTM_SIMD")
+            "MKL_NUM_THREADS", "PYLSTM_SIMD", "ATEN_CPU_CAPABILITY", "MKL_ENABLE_INSTRUCTIONS",
+            "ONEDNN_MAX_CPU_ISA")
 
 
 def progress(msg):
@@ -38,11 +38,8 @@ def progress(msg):
 
 
 def numpy_reference():
-    """The ``NumpyLSTM`` class of ``tests/reference.py``, the tests' oracle.
-
-    Loaded by path: the repository root on ``sys.path`` would make ``import pylstm``
-    find the uncompiled sources instead of the installed package.
-    """
+    """The ``NumpyLSTM`` class of ``tests/reference.py``, the tests' oracle, loaded by path
+    (the repository root on ``sys.path`` would shadow the installed pylstm)."""
     name = "pylstm_tests_reference"
     if name not in sys.modules:
         path = Path(__file__).resolve().parent.parent / "tests" / "reference.py"
@@ -70,21 +67,17 @@ def add_common_options(parser, threads_type=int, threads_default=None, timing=Tr
 
 
 def apply_quick(args, **settings):
-    """With ``--quick``, replace the given options and run on one thread (a smoke test
-    on a shared machine should not wait for busy cores)."""
+    """With ``--quick``, replace the given options and run on one thread unless told
+    otherwise (a smoke test on a shared machine should not wait for busy cores)."""
     if args.quick:
-        for name, value in settings.items():
+        for name, value in {"threads": 1, **settings}.items():
             setattr(args, name, value)
-        if getattr(args, "threads", 1) is None:
-            args.threads = 1
     return args
 
 
 def set_threads(n_threads, torch=None):
-    """Cap every BLAS/OpenMP pool and torch at ``n_threads`` (None: leave the defaults).
-
-    Both sides get the same cap, so that neither runs on more cores than the other.
-    """
+    """Cap every BLAS/OpenMP pool and torch at ``n_threads`` (None: leave the defaults),
+    so that neither side runs on more cores than the other."""
     if n_threads is not None:
         threadpoolctl.threadpool_limits(limits=n_threads)
         if torch is not None:
@@ -94,11 +87,10 @@ def set_threads(n_threads, torch=None):
 def steady_malloc():
     """Make glibc's malloc keep freed memory in the process; returns what the header shows.
 
-    Blocks up to glibc's largest mmap threshold then come from a heap that is never
-    trimmed: a library that allocates its temporaries afresh on every call (torch, the
-    NumPy reference) reuses warm pages instead of faulting in new ones, as pylstm, which
-    keeps its work arrays, does anyway.
-    """
+    Blocks up to glibc's largest mmap threshold then come from a never trimmed heap: a
+    library that allocates its temporaries on every call (torch, the NumPy reference)
+    reuses warm pages instead of faulting in new ones, as pylstm, keeping its work
+    arrays, does anyway."""
     try:
         mallopt = ctypes.CDLL(ctypes.util.find_library("c")).mallopt
     except (OSError, AttributeError, TypeError):
@@ -112,11 +104,9 @@ def steady_malloc():
 
 
 def start(args, title, torch="wanted"):
-    """Set a run up from ``args`` (malloc, torch, thread caps) and print its header.
-
-    ``torch`` is ``"wanted"``, ``"needed"`` (without it the script ends, saying why) or
-    ``"no"``. Returns torch (or None) and the :func:`environment` of the run.
-    """
+    """Set a run up from ``args`` (malloc, torch, thread caps) and print its header;
+    ``torch`` is ``"wanted"``, ``"needed"`` (the script ends without it) or ``"no"``.
+    Returns torch (or None) and the :func:`environment` of the run."""
     malloc = steady_malloc() if getattr(args, "steady_malloc", False) else "glibc defaults"
     module, why = None, "disabled"
     if torch != "no":
@@ -145,18 +135,22 @@ def cpu_model():
 
 def environment(torch=None, torch_error=None, threads=None, malloc="glibc defaults"):
     """What a result depends on, as a dict: machine and load, the versions of numpy,
-    scipy, pylstm (SIMD level, compiler) and ``torch`` (threads, CPU capability, BLAS),
+    scipy, pylstm (SIMD level, compiler, folder) and ``torch`` (threads, CPU capability, BLAS),
     ``torch_error`` (why no torch), the ``threads`` option, ``malloc``, the variables
     :data:`ENV_VARS` and the BLAS/OpenMP ``libraries`` threadpoolctl finds."""
     import scipy
 
-    config = pylstm.show_config(mode="dicts")
+    try:
+        config = pylstm.show_config(mode="dicts")
+    except AttributeError:  # builds older than show_config
+        config = {"simd": "n/a", "compiler": "n/a"}
     env = {
         "python": platform.python_version(), "platform": platform.platform(),
         "cpu": cpu_model(), "cpu_count": os.cpu_count(),
         "load_average": os.getloadavg() if hasattr(os, "getloadavg") else None,
         "numpy": np.__version__, "scipy": scipy.__version__,
         "pylstm": f"{pylstm.__version__} ({config['simd']}, {config['compiler']})",
+        "pylstm_path": os.path.dirname(pylstm.__file__),
         "torch": None, "torch_error": torch_error, "threads": threads, "malloc": malloc,
         "env": {k: os.environ.get(k, "unset") for k in ENV_VARS},
         "libraries": [
@@ -175,9 +169,7 @@ def environment(torch=None, torch_error=None, threads=None, malloc="glibc defaul
 
 def print_header(title, env):
     """Print ``title`` and the :func:`environment` lines above a script's tables."""
-    print("=" * 100)
-    print(title)
-    print("=" * 100)
+    print(f"{'=' * 100}\n{title}\n{'=' * 100}")
     load = env["load_average"]
     print(f"python {env['python']} | {env['platform']} | cpu {env['cpu']} "
           f"({env['cpu_count']} logical cpus)"
@@ -186,7 +178,7 @@ def print_header(title, env):
     torch_text = (f"{t['version']} (cpu capability {t['cpu_capability']}, BLAS {t['blas']}, "
                   f"{t['num_threads']} threads)" if t else f"not used ({env['torch_error']})")
     print(f"numpy {env['numpy']} | scipy {env['scipy']} | pylstm {env['pylstm']} | "
-          f"torch {torch_text}")
+          f"torch {torch_text}\npylstm from {env['pylstm_path']}")
     print("environment: " + ", ".join(f"{k}={v}" for k, v in env["env"].items())
           + f" | malloc: {env['malloc']}")
     print("BLAS / OpenMP libraries (threadpoolctl, under the run's thread cap):")
@@ -198,56 +190,41 @@ def print_header(title, env):
 
 
 # --------------------------------------------------------------------------- timing
-def measure(fn, repeats, warmup=2, min_time=0.05):
-    """Milliseconds per call of ``fn``, one figure per sample.
-
-    ``warmup`` untimed calls come first; the last of them sets how many calls a
-    sample loops over so that it lasts about ``min_time`` seconds. The garbage
-    collector is off while sampling, so that no sample pays for another's garbage.
-    """
-    last = 0.0
-    for _ in range(max(1, warmup)):
-        t0 = time.perf_counter()
-        fn()
-        last = time.perf_counter() - t0
-    number = max(1, int(np.ceil(min_time / max(last, 1e-9))))
-    samples = []
-    gc_was_on = gc.isenabled()
-    gc.disable()
-    try:
-        for _ in range(repeats):
-            t0 = time.perf_counter()
-            for _ in range(number):
-                fn()
-            samples.append(1e3 * (time.perf_counter() - t0) / number)
-    finally:
-        if gc_was_on:
-            gc.enable()
-    return samples
-
-
-def median_iqr(samples):
-    """``{"median_ms": ..., "iqr_ms": ...}`` of samples in milliseconds."""
-    q1, med, q3 = np.percentile(samples, [25, 50, 75])
+def median_iqr(seconds):
+    """``{"median_ms": ..., "iqr_ms": ...}`` of samples in seconds."""
+    q1, med, q3 = 1e3 * np.percentile(seconds, [25, 50, 75])
     return {"median_ms": float(med), "iqr_ms": float(q3 - q1)}
 
 
-def alternate(calls, repeats):
-    """Call each of ``calls`` (name -> function) ``repeats`` times, in order in even
+def alternate(calls, repeats, min_time=0.0, warmup=0):
+    """Sample each of ``calls`` (name -> function) ``repeats`` times, in order in even
     rounds and reversed in odd ones, so that a drift of the load falls on all alike.
 
-    Returns ``wall`` and ``cpu``, name -> seconds of wall time and of this process's
-    CPU time per call, and ``last``, name -> what its last call returned.
+    ``warmup`` untimed rounds come first. A sample calls the function once, or as often
+    as it takes to last ``min_time`` seconds, with the garbage collector off (it collects
+    before each sample), so that no sample pays for another's garbage. Returns ``wall``
+    and ``cpu``, name -> seconds of wall time and of this process's CPU time per call,
+    and ``last``, name -> what its last call returned.
     """
-    names = list(calls)
+    names, gc_was_on = list(calls), gc.isenabled()
     wall, cpu, last = {n: [] for n in names}, {n: [] for n in names}, {}
-    for r in range(repeats):
-        for name in names if r % 2 == 0 else names[::-1]:
-            gc.collect()
-            t0, c0 = time.perf_counter(), time.process_time()
-            last[name] = calls[name]()
-            wall[name].append(time.perf_counter() - t0)
-            cpu[name].append(time.process_time() - c0)
+    for _ in range(warmup):
+        for name in names:
+            calls[name]()
+    try:
+        for r in range(repeats):
+            for name in names if r % 2 == 0 else names[::-1]:
+                gc.collect()
+                gc.disable()
+                n, t0, c0 = 0, time.perf_counter(), time.process_time()
+                while n == 0 or time.perf_counter() - t0 < min_time:
+                    last[name] = calls[name]()
+                    n += 1
+                wall[name].append((time.perf_counter() - t0) / n)
+                cpu[name].append((time.process_time() - c0) / n)
+    finally:
+        if gc_was_on:
+            gc.enable()
     return wall, cpu, last
 
 
@@ -258,17 +235,21 @@ def geomean(values):
 
 
 def table(columns, rows):
-    """A table's lines: heading, rule, then one line per row.
-
-    ``columns`` are ``(heading, spec, cell)``: ``spec`` a format spec starting with
-    the alignment and width (``"<24"``, ``">9.2f"``), ``cell`` a key of the row or a
-    function of it; a missing value (None) shows as ``-``.
-    """
+    """A table's lines: heading, rule, one line per row. ``columns`` are ``(heading, spec,
+    cell)``: ``spec`` a format spec starting with alignment and width (``">9.2f"``),
+    ``cell`` a key of the row, a tuple of keys into nested dicts or a function of the
+    row; a missing value (None) shows as ``-``."""
+    def value(row, cell):
+        if callable(cell):
+            return cell(row)
+        for key in cell if isinstance(cell, tuple) else (cell,):
+            row = (row or {}).get(key)
+        return row
     specs = [(spec[0], int(re.match(r"\d+", spec[1:]).group()), spec) for _, spec, _ in columns]
     head = " ".join(f"{h:{a}{w}}" for (h, _, _), (a, w, _) in zip(columns, specs, strict=True))
     lines = [head, "-" * len(head)]
     for row in rows:
-        values = [cell(row) if callable(cell) else row.get(cell) for _, _, cell in columns]
+        values = [value(row, cell) for _, _, cell in columns]
         lines.append(" ".join(f"{'-':{a}{w}}" if v is None else format(v, spec)
                               for v, (a, w, spec) in zip(values, specs, strict=True)).rstrip())
     return lines
@@ -284,11 +265,15 @@ def _rounded(value):
     return value
 
 
-def write_json(path, payload):
-    """Write a summary to ``path``: four significant digits (as the tables print them),
-    one line per top-level key and per row of a table (a list of dicts)."""
+def write_json(path, env, **parts):
+    """Write the run's summary to ``path``, if one is given: the script, its options, the
+    :func:`environment` ``env`` and ``parts``, to four significant digits (as the tables
+    print them), one line per top-level key and per row of a table (a list of dicts)."""
+    if not path:
+        return
     lines = []
-    for key, value in _rounded(payload).items():
+    payload = {"script": Path(sys.argv[0]).name, "args": sys.argv[1:], "environment": env}
+    for key, value in _rounded({**payload, **parts}).items():
         if isinstance(value, list) and value and all(isinstance(v, dict) for v in value):
             rows = ",\n  ".join(json.dumps(v, default=str) for v in value)
             lines.append(f" {json.dumps(key)}: [\n  {rows}\n ]")
@@ -300,29 +285,14 @@ def write_json(path, payload):
 
 
 # --------------------------------------------------------------------------- torch twins
-def torch_lstm(torch, state_dict, dtype):
-    """``torch.nn.LSTM(batch_first=True)`` holding the weights of a pylstm ``state_dict``."""
-    names = list(state_dict)
-    module = torch.nn.LSTM(
-        state_dict["weight_ih_l0"].shape[1], state_dict["weight_hh_l0"].shape[1],
-        num_layers=sum(n.startswith("weight_ih") and "reverse" not in n for n in names),
-        bidirectional="weight_ih_l0_reverse" in names, batch_first=True,
-        dtype=torch.float32 if np.dtype(dtype) == np.float32 else torch.float64)
-    module.load_state_dict({k: torch.from_numpy(np.ascontiguousarray(v, dtype=dtype))
-                            for k, v in state_dict.items()})
-    return module
-
-
 @functools.cache
 def torch_twins(torch):
     """PyTorch's versions of pylstm's estimator models, as ``(Sequence, LanguageModel)``.
 
-    ``Sequence(n_in, hidden, n_out, dtype)``: ``LSTMClassifier``'s and
-    ``LSTMRegressor``'s model, an LSTM and a linear layer on the last layer's final
-    hidden state (``forward(x, lengths=None)``, lengths through a packed sequence).
-    ``LanguageModel(vocab, embedding, hidden, layers)``: ``LSTMLanguageModel``'s,
-    embedding, LSTM and a linear head on every step (``forward(x, state=None)``).
-    """
+    ``Sequence(n_in, hidden, n_out, dtype)``, the estimators' model: an LSTM, a linear
+    layer on the last layer's final hidden state (``forward(x, lengths=None)``, packed).
+    ``LanguageModel(vocab, embedding, hidden, layers)``: embedding, LSTM, a linear head
+    on every step (``forward(x, state=None)``)."""
     nn = torch.nn
 
     class Sequence(nn.Module):
@@ -362,12 +332,9 @@ def torch_step(torch, params, optimizer, loss):
 
 
 def torch_lm_epoch(torch, model, optimizer, inputs, targets, seq_len):
-    """One epoch of stateful truncated BPTT, as ``LSTMLanguageModel`` trains.
-
-    Windows of ``seq_len`` steps over the lanes, the detached ``(h, c)`` carried
-    from one window to the next (reset each epoch), mean cross-entropy per token.
-    Returns the epoch's mean training loss.
-    """
+    """One epoch of stateful truncated BPTT, as ``LSTMLanguageModel`` trains: windows of
+    ``seq_len`` steps over the lanes, the detached ``(h, c)`` carried from one to the next
+    (reset each epoch), mean cross-entropy per token. Returns the epoch's mean loss."""
     params = list(model.parameters())
     state, total, count = None, 0.0, 0
     for start in range(0, inputs.shape[1], seq_len):
@@ -380,6 +347,15 @@ def torch_lm_epoch(torch, model, optimizer, inputs, targets, seq_len):
         total += loss.item() * y.numel()
         count += y.numel()
     return total / count
+
+
+def torch_perplexity(torch, model, inputs, targets):
+    """Perplexity of a :func:`torch_twins` language model on one lane (a text read as one
+    stream, as ``LSTMLanguageModel.perplexity`` reads it), in float64."""
+    with torch.no_grad():
+        logits, _ = model(inputs)
+        nll = torch.nn.functional.cross_entropy(logits[0].double(), targets[0])
+    return float(torch.exp(nll))
 
 
 def char_lanes(text, batch_size, seq_len, vocab=None):
@@ -404,12 +380,8 @@ def char_lanes(text, batch_size, seq_len, vocab=None):
 
 
 def copy_lm_weights(torch, model, net, parts=("embedding", "lstm", "head"), to_torch=True):
-    """Copy weights between a :func:`torch_twins` language model and a pylstm network.
-
-    ``net`` is a fitted model's ``network_`` (``LanguageNetwork``: ``embedding``,
-    ``layers`` of one-layer ``LSTM``, ``coef`` and ``intercept``); ``parts`` any of
-    ``embedding``, ``lstm`` and ``head``; ``to_torch=False`` copies into pylstm.
-    """
+    """Copy ``parts`` (``embedding``, ``lstm``, ``head``) of a pylstm language model's
+    ``network_`` into a :func:`torch_twins` language model (``to_torch=False``: back)."""
     lstm = [(getattr(model.lstm, name[:-1] + str(k)), arr)
             for k, layer in enumerate(net.layers)
             for name, arr in zip(layer.state_dict(), layer.parameters(), strict=True)]

@@ -1,15 +1,8 @@
-"""pylstm on Dask: grid-search speed and ``Incremental`` accuracy.
+"""pylstm on Dask: ``GridSearchCV`` on a ``LocalCluster`` against ``n_jobs=1`` and joblib's
+processes, and ``Incremental`` against an in-memory fit (needs the ``dask`` extra).
 
-``GridSearchCV(LSTMClassifier)`` with ``n_jobs=1``, on joblib's processes, on a Dask
-``LocalCluster`` with Dask's defaults and with the malloc settings of docs/scaling.rst
-(best of ``--repeats``, CPU seconds, scores checked identical); ``Incremental`` on a Dask
-array against an in-memory fit. Needs the ``dask`` extra. See benchmarks/README.md.
-Usage::
-
-    python benchmarks/bench_dask.py [--scheduler tcp://scheduler:8786]
+See benchmarks/README.md. Usage: ``python benchmarks/bench_dask.py [--scheduler ADDRESS]``
 """
-
-from __future__ import annotations
 
 import argparse
 import os
@@ -28,8 +21,7 @@ def cpu_seconds():
     """CPU seconds of this process and its children so far (psutil, from distributed)."""
     import psutil
 
-    total = 0.0
-    me = psutil.Process()
+    me, total = psutil.Process(), 0.0
     for proc in [me, *me.children(recursive=True)]:
         try:
             t = proc.cpu_times()
@@ -49,9 +41,9 @@ def start_cluster(args, malloc=None):
     import dask
     from dask.distributed import Client, LocalCluster
 
+    cluster = None
     if args.scheduler:
         client = Client(args.scheduler, set_as_default=False)
-        cluster = None
     else:
         before = dict(os.environ)
         try:
@@ -65,6 +57,75 @@ def start_cluster(args, malloc=None):
         client = Client(cluster, set_as_default=False)
     client.run(lambda: __import__("pylstm") and None)  # untimed
     return cluster, client
+
+
+def grid_search(args, clusters, X, y):
+    """Best wall time, speed-up and CPU seconds of each way to run the search; the
+    runs alternate, and the scores of every run must equal the serial run's."""
+    import joblib
+    from sklearn.model_selection import GridSearchCV
+    from threadpoolctl import threadpool_limits
+
+    n_workers = len(clusters["dask"][1].nthreads())
+    grid = {"hidden_size": args.hidden, "learning_rate_init": args.lr}
+
+    def search(n_jobs, client=None):
+        gs = GridSearchCV(pylstm.LSTMClassifier(max_iter=args.max_iter, random_state=0), grid,
+                          cv=3, n_jobs=n_jobs, error_score="raise")
+        if client is None:  # one BLAS thread per fit, as Dask's workers have
+            with threadpool_limits(limits=1, user_api="blas"):
+                return gs.fit(X, y)
+        with joblib.parallel_backend("dask", client=client):
+            return gs.fit(X, y)
+
+    runs = {"n_jobs=1": lambda: search(1)}
+    if not args.no_loky:
+        runs[f"loky n_jobs={n_workers}"] = lambda: search(n_workers)
+    for name, (_, client) in clusters.items():
+        runs[name] = lambda client=client: search(-1, client)
+    n_cand = len(args.hidden) * len(args.lr)
+    print(f"GridSearchCV: {n_cand} candidates x cv=3 = {3 * n_cand} fits of {args.max_iter} "
+          f"epochs on {len(y)} sequences (+ refit), {n_workers} workers, best of {args.repeats}")
+    times = {name: [] for name in runs}
+    for _ in range(args.repeats):
+        for name, fn in runs.items():
+            c0, t0 = cpu_seconds(), time.perf_counter()
+            gs = fn()
+            times[name].append((time.perf_counter() - t0, cpu_seconds() - c0, gs.cv_results_))
+    base, reference = min(t for t, _, _ in times["n_jobs=1"]), times["n_jobs=1"][0][2]
+    for name, ts in times.items():
+        best, cpu = min(t for t, _, _ in ts), min(c for _, c, _ in ts)
+        same = all(np.array_equal(res[f"split{i}_test_score"], reference[f"split{i}_test_score"])
+                   for _, _, res in ts for i in range(3))
+        cpu_text = "" if args.scheduler and name.startswith("dask") else f"cpu {cpu:5.1f} s"
+        print(f"  {name:<18} {best:6.2f} s  x{base / best:4.2f}  {cpu_text:<12} (all: "
+              f"{', '.join(f'{t:.2f}' for t, _, _ in ts)}; identical scores: {same})")
+
+
+def incremental(args, client, X_train, X_test, y_train, y_test):
+    """``Incremental`` on a Dask array against an in-memory fit: accuracy and time."""
+    import dask.array as da
+    from dask_ml.wrappers import Incremental
+
+    n, T, F = X_train.shape
+    X_da = da.from_array(X_train.reshape(n, T * F), chunks=(args.chunk, T * F))
+    y_da = da.from_array(y_train, chunks=args.chunk)
+    params = {"hidden_size": 32, "learning_rate_init": 0.01, "random_state": 0}
+    t0 = time.perf_counter()
+    with client.as_current():
+        inc = Incremental(pylstm.LSTMClassifier(n_features=F, **params),
+                          random_state=np.random.RandomState(0))
+        for _ in range(args.epochs):
+            inc.partial_fit(X_da, y_da, classes=np.unique(y_train))
+    t_inc = time.perf_counter() - t0
+    acc_inc = float(np.mean(inc.predict(X_test.reshape(len(X_test), T * F)) == y_test))
+    t0 = time.perf_counter()
+    mem = pylstm.LSTMClassifier(max_iter=args.epochs, **params).fit(X_train, y_train)
+    t_mem, acc_mem = time.perf_counter() - t0, float(mem.score(X_test, y_test))
+    print(f"\nIncremental: {args.epochs} passes over {X_da.numblocks[0]} blocks of <= "
+          f"{args.chunk} rows vs in-memory fit of {args.epochs} epochs; held-out accuracy")
+    print(f"  Incremental   accuracy {acc_inc:.4f}   {t_inc:.2f} s")
+    print(f"  in-memory fit accuracy {acc_mem:.4f}   {t_mem:.2f} s")
 
 
 def main(argv=None):
@@ -83,26 +144,18 @@ def main(argv=None):
                    help="MALLOC_MMAP_THRESHOLD_ of the second cluster's workers (bytes)")
     p.add_argument("--epochs", type=int, default=12, help="Incremental passes, in-memory epochs")
     p.add_argument("--chunk", type=int, default=150, help="rows per Dask block (Incremental)")
-    p.add_argument("--json", metavar="PATH", help="write the figures here")
     p.add_argument("--quick", action="store_true", help="tiny sizes: checks that it runs")
     args = common.apply_quick(p.parse_args(argv), hidden=[8], lr=[0.01], max_iter=1, repeats=1,
                               no_malloc=True, epochs=1, workers=1)
-    import dask.array as da
-    import joblib
-    from dask_ml.wrappers import Incremental
     from sklearn.exceptions import ConvergenceWarning
-    from sklearn.model_selection import GridSearchCV, train_test_split
-    from threadpoolctl import threadpool_limits
+    from sklearn.model_selection import train_test_split
 
     warnings.simplefilter("ignore", ConvergenceWarning)
     warnings.filterwarnings("ignore", message="Port 8787 is already in use")
     X, y = load_digits_sequences(return_X_y=True)
-    X_train, X_test, y_train, y_test = train_test_split(X, y, test_size=0.25, random_state=0,
-                                                        stratify=y)
-    n, T, F = X_train.shape
-    _, env = common.start(argparse.Namespace(threads=None), "bench_dask.py: GridSearchCV on Dask, "
-                          "and Incremental, with LSTMClassifier (serial and loky fits: one BLAS "
-                          "thread)", "no")
+    split = train_test_split(X, y, test_size=0.25, random_state=0, stratify=y)
+    common.start(argparse.Namespace(threads=None), "bench_dask.py: GridSearchCV on Dask, and "
+                 "Incremental, with LSTMClassifier (serial and loky fits: one BLAS thread)", "no")
     clusters = {}
     try:
         clusters["dask"] = start_cluster(args)
@@ -110,75 +163,13 @@ def main(argv=None):
             clusters["dask, malloc tuned"] = start_cluster(
                 args, {"MALLOC_TRIM_THRESHOLD_": args.malloc_trim,
                        "MALLOC_MMAP_THRESHOLD_": args.malloc_mmap})
-        n_workers = len(clusters["dask"][1].nthreads())
-        grid = {"hidden_size": args.hidden, "learning_rate_init": args.lr}
-        est = pylstm.LSTMClassifier(max_iter=args.max_iter, random_state=0)
-
-        def search(n_jobs, client=None):
-            gs = GridSearchCV(est, grid, cv=3, n_jobs=n_jobs, error_score="raise")
-            if client is None:  # one BLAS thread per fit, as Dask's workers have
-                with threadpool_limits(limits=1, user_api="blas"):
-                    return gs.fit(X_train, y_train)
-            with joblib.parallel_backend("dask", client=client):
-                return gs.fit(X_train, y_train)
-
-        runs = {"n_jobs=1": lambda: search(1)}
-        if not args.no_loky:
-            runs[f"loky n_jobs={n_workers}"] = lambda: search(n_workers)
-        for name, (_, client) in clusters.items():
-            runs[name] = lambda client=client: search(-1, client)
-        n_cand = len(args.hidden) * len(args.lr)
-        print(f"GridSearchCV: {n_cand} candidates x cv=3 = {3 * n_cand} fits of {args.max_iter}"
-              f" epochs on {n} sequences (+ refit), {n_workers} workers, best of {args.repeats}")
-        times = {name: [] for name in runs}
-        for _ in range(args.repeats):  # alternate, so that all runs see the same load
-            for name, fn in runs.items():
-                c0, t0 = cpu_seconds(), time.perf_counter()
-                gs = fn()
-                times[name].append((time.perf_counter() - t0, cpu_seconds() - c0, gs))
-        base = min(t for t, _, _ in times["n_jobs=1"])
-        reference = times["n_jobs=1"][0][2].cv_results_
-        splits = [f"split{i}_test_score" for i in range(3)]
-        grid_rows = []
-        for name, ts in times.items():
-            best, cpu = min(t for t, _, _ in ts), min(c for _, c, _ in ts)
-            same = all(np.array_equal(gs.cv_results_[k], reference[k])
-                       for _, _, gs in ts for k in splits)
-            cpu_text = "" if args.scheduler and name.startswith("dask") else f"cpu {cpu:5.1f} s"
-            print(f"  {name:<18} {best:6.2f} s  x{base / best:4.2f}  {cpu_text:<12} (all: "
-                  f"{', '.join(f'{t:.2f}' for t, _, _ in ts)}; identical scores: {same})")
-            grid_rows.append({"run": name, "best_s": best, "speedup": base / best,
-                              "cpu_s": cpu, "identical_scores": same})
-
-        X_da = da.from_array(X_train.reshape(n, T * F), chunks=(args.chunk, T * F))
-        y_da = da.from_array(y_train, chunks=args.chunk)
-        params = {"hidden_size": 32, "learning_rate_init": 0.01, "random_state": 0}
-        t0 = time.perf_counter()
-        with clusters["dask"][1].as_current():
-            inc = Incremental(pylstm.LSTMClassifier(n_features=F, **params),
-                              random_state=np.random.RandomState(0))
-            for _ in range(args.epochs):
-                inc.partial_fit(X_da, y_da, classes=np.unique(y_train))
-        t_inc = time.perf_counter() - t0
-        acc_inc = float(np.mean(inc.predict(X_test.reshape(len(X_test), T * F)) == y_test))
-        t0 = time.perf_counter()
-        mem = pylstm.LSTMClassifier(max_iter=args.epochs, **params).fit(X_train, y_train)
-        t_mem, acc_mem = time.perf_counter() - t0, float(mem.score(X_test, y_test))
-        print(f"\nIncremental: {args.epochs} passes over {X_da.numblocks[0]} blocks of <= "
-              f"{args.chunk} rows vs in-memory fit of {args.epochs} epochs; held-out accuracy")
-        print(f"  Incremental   accuracy {acc_inc:.4f}   {t_inc:.2f} s")
-        print(f"  in-memory fit accuracy {acc_mem:.4f}   {t_mem:.2f} s")
+        grid_search(args, clusters, split[0], split[2])
+        incremental(args, clusters["dask"][1], *split)
     finally:
         for cluster, client in clusters.values():
             client.close()
             if cluster is not None:
                 cluster.close()
-    if args.json:
-        common.write_json(args.json, {"script": "bench_dask.py", "args": sys.argv[1:],
-                               "environment": env, "grid_search": grid_rows,
-                               "incremental": {"accuracy": acc_inc, "seconds": t_inc,
-                                               "accuracy_in_memory": acc_mem,
-                                               "seconds_in_memory": t_mem}})
     return 0
 
 

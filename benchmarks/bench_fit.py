@@ -1,15 +1,7 @@
 """A whole ``LSTMClassifier.fit`` against the PyTorch training loop a user would write.
 
-Cases ``digits``, ``synthetic`` and ``varlen`` (a list of sequences), batch sizes 32 and
-128, float32 and float64; both sides run exactly ``--epochs`` epochs with Adam and clipping,
-building tensors, model and optimizer inside the timed call as ``fit`` does. Epochs per
-second from the median of ``--repeats`` alternating fits; ratio pylstm / torch (above 1:
-pylstm faster). See benchmarks/README.md. Usage::
-
-    env -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE python benchmarks/bench_fit.py --threads 1
+See benchmarks/README.md. Usage: ``python benchmarks/bench_fit.py --threads 1``
 """
-
-from __future__ import annotations
 
 import argparse
 import sys
@@ -24,6 +16,7 @@ from pylstm import LSTMClassifier
 from pylstm.datasets import load_digits_sequences, make_variable_length_sequences
 
 CASES = ("digits", "synthetic", "varlen")
+LR = 0.005  # pylstm's default learning_rate_init
 HIDDEN = {"digits": (64,), "synthetic": (64, 128), "varlen": (64,)}
 
 
@@ -51,7 +44,7 @@ def make_data(name, args):
 def pylstm_fit(data, hidden, batch, dtype, args):
     """The whole ``LSTMClassifier.fit``, exactly ``args.epochs`` epochs."""
     clf = LSTMClassifier(hidden_size=hidden, batch_size=batch, max_iter=args.epochs,
-                         learning_rate_init=args.lr, alpha=0.0, clip_norm=5.0, tol=0.0,
+                         learning_rate_init=LR, alpha=0.0, clip_norm=5.0, tol=0.0,
                          n_iter_no_change=1_000_000, random_state=args.seed, dtype=dtype)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", ConvergenceWarning)
@@ -76,14 +69,13 @@ def torch_fit(torch, data, hidden, batch, dtype, args):
     y = torch.as_tensor(codes)
     model = common.torch_twins(torch)[0](X.shape[2], hidden, len(classes), X.dtype)
     params = list(model.parameters())
-    optimizer = torch.optim.Adam(params, lr=args.lr)
+    optimizer = torch.optim.Adam(params, lr=LR)
     for _ in range(args.epochs):
-        total = 0.0
         for idx in torch.randperm(len(y)).split(batch):
             out = model(X[idx], None if lengths is None else lengths[idx])
             loss = torch.nn.functional.cross_entropy(out, y[idx])
             common.torch_step(torch, params, optimizer, loss)
-            total += loss.item() * len(idx)  # the epoch's loss, as pylstm's loss_curve_
+            loss.item()  # read, as a loop that reports its loss does (pylstm's loss_curve_)
     return model, classes
 
 
@@ -111,16 +103,14 @@ def run_config(torch, data, hidden, batch, dtype, args):
 
 def print_table(rows):
     """Epochs per second of both sides, their ratios and accuracies; geometric means."""
-    def get(impl, key):
-        return lambda r: (r[impl] or {}).get(key)
     print("Epochs per second of a whole fit (median); ratio = pylstm / torch (> 1: pylstm "
           "faster), best = from each side's fastest fit")
     print("\n".join(common.table([
         ("case", "<10", "case"), ("H", ">4", "hidden"), ("batch", ">5", "batch"),
-        ("dtype", "<8", "dtype"), ("pylstm ep/s", ">12.3f", get("pylstm", "epochs_per_s")),
-        ("torch ep/s", ">11.3f", get("torch", "epochs_per_s")), ("ratio", ">6.2f", "ratio"),
-        ("best", ">6.2f", "ratio_best"), ("acc pylstm", ">10.3f", get("pylstm", "accuracy")),
-        ("acc torch", ">9.3f", get("torch", "accuracy"))], rows)))
+        ("dtype", "<8", "dtype"), ("pylstm ep/s", ">12.3f", ("pylstm", "epochs_per_s")),
+        ("torch ep/s", ">11.3f", ("torch", "epochs_per_s")), ("ratio", ">6.2f", "ratio"),
+        ("best", ">6.2f", "ratio_best"), ("acc pylstm", ">10.3f", ("pylstm", "accuracy")),
+        ("acc torch", ">9.3f", ("torch", "accuracy"))], rows)))
     for dtype in dict.fromkeys(r["dtype"] for r in rows):
         if rows[0]["ratio"] is not None:
             print(f"geometric mean pylstm/torch {dtype}: " + ", ".join(
@@ -140,7 +130,6 @@ def main(argv=None):
     p.add_argument("--repeats", type=int, default=3, help="fits per figure (default 3)")
     p.add_argument("--n-synthetic", type=int, default=1500)
     p.add_argument("--n-varlen", type=int, default=800)
-    p.add_argument("--lr", type=float, default=0.005, help="learning rate (pylstm's default)")
     p.add_argument("--no-torch", action="store_true", help="time pylstm only")
     common.add_common_options(p)
     args = common.apply_quick(p.parse_args(argv), cases=["digits", "varlen"], hidden=[8],
@@ -162,9 +151,7 @@ def main(argv=None):
                     rows.append(run_config(torch, (case, *split), hidden, batch, dtype, args))
     print(f"{args.epochs} epochs per fit, {args.repeats} fits per figure")
     print_table(rows)
-    if args.json:
-        common.write_json(args.json, {"script": "bench_fit.py", "args": sys.argv[1:],
-                               "environment": env, "results": rows})
+    common.write_json(args.json, env, results=rows)
     return 0
 
 

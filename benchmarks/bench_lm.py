@@ -1,50 +1,53 @@
-"""Language model: ``LSTMLanguageModel`` fit and generate against the same PyTorch model.
+"""The language model against the same PyTorch model: its speed, or (``--parity``) what it learns.
 
-Tokens per second of a whole ``fit`` (against a stateful truncated-BPTT torch loop on the
-same lanes, from pylstm's initial weights, so that the losses must agree) and of
-``generate`` (against a torch sampling loop with the fitted weights), on the first
-``--chars`` characters of ``load_python_docs()``. Ratios pylstm / torch from the median
-wall time, the fastest sample (``best``) and the median CPU time (``cpu``). See
-benchmarks/README.md. Usage::
-
-    env -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE python benchmarks/bench_lm.py --threads 1
+See benchmarks/README.md. Usage: ``python benchmarks/bench_lm.py --threads 1``, or
+``python benchmarks/bench_lm.py --parity [--corpus stdlib] [--configs 128,1] [--former all]``
 """
 
-from __future__ import annotations
-
 import argparse
+import importlib
+import inspect
 import sys
+import time
 
 import _common as common
 import numpy as np
 
 from pylstm import LSTMLanguageModel
-from pylstm._network import LanguageNetwork
 from pylstm.datasets import load_python_docs
 
 PROMPT = "The for statement"
+PARTS = ("embedding", "lstm", "head")
+#: Python source of the standard library, a second corpus (code, not prose).
+STDLIB = ("argparse", "inspect", "typing", "dataclasses", "pathlib", "subprocess", "logging")
 
 
-def pylstm_fit(text, cfg, args, epochs):
-    lm = LSTMLanguageModel(embedding_dim=args.embedding_dim, hidden_size=cfg[0],
-                           num_layers=cfg[1], seq_len=args.seq_len, batch_size=args.batch_size,
-                           max_iter=epochs, learning_rate_init=args.lr, clip_norm=5.0,
-                           validation_fraction=0.0, random_state=args.seed, dtype="float32")
-    return lm.fit(text)
+def pylstm_lm(cfg, args, seed):
+    """An ``LSTMLanguageModel`` of ``cfg`` (hidden size, layers), ``args.epochs`` per fit."""
+    return LSTMLanguageModel(embedding_dim=args.embedding_dim, hidden_size=cfg[0],
+                             num_layers=cfg[1], seq_len=args.seq_len, batch_size=args.batch_size,
+                             max_iter=args.epochs, learning_rate_init=args.lr, clip_norm=5.0,
+                             random_state=seed, dtype="float32")
 
 
-def torch_fit(torch, text, cfg, args, epochs, init=None):
-    """The torch loop; ``init``, a pylstm network, gives its initial weights."""
-    torch.manual_seed(args.seed)
+def torch_lm(torch, vocab_size, cfg, args, seed):
+    """The same model in PyTorch, from torch's initial weights, and its Adam."""
+    torch.manual_seed(seed)
+    model = common.torch_twins(torch)[1](vocab_size, args.embedding_dim, *cfg)
+    return model, torch.optim.Adam(model.parameters(), lr=args.lr)
+
+
+# --------------------------------------------------------------------------- speed
+def torch_fit(torch, text, cfg, args, init=None):
+    """The torch loop over pylstm's vocabulary and lanes; ``init``, a pylstm network, gives
+    its initial weights. Returns the model and the epochs' losses."""
     vocab, inputs, targets = common.char_lanes(text, args.batch_size, args.seq_len)
-    model = common.torch_twins(torch)[1](len(vocab), args.embedding_dim, *cfg)
+    model, optimizer = torch_lm(torch, len(vocab), cfg, args, args.seed)
     if init is not None:
         common.copy_lm_weights(torch, model, init)
-    optimizer = torch.optim.Adam(model.parameters(), lr=args.lr)
     inputs, targets = torch.from_numpy(inputs), torch.from_numpy(targets)
-    losses = [common.torch_lm_epoch(torch, model, optimizer, inputs, targets, args.seq_len)
-              for _ in range(epochs)]
-    return model, losses
+    return model, [common.torch_lm_epoch(torch, model, optimizer, inputs, targets, args.seq_len)
+                   for _ in range(args.epochs)]
 
 
 def torch_generate(torch, model, vocab, n_tokens):
@@ -64,29 +67,27 @@ def torch_generate(torch, model, vocab, n_tokens):
     return "".join(out)
 
 
-def summary(wall, cpu, tokens):
-    """Tokens per second of the median and the fastest sample and per median CPU second."""
-    return {name: {"tokens_per_s": tokens / float(np.median(wall[name])),
+def rates(wall, cpu, tokens):
+    """Tokens per second of the median and the fastest sample and per median CPU second,
+    and their ratios pylstm / torch."""
+    part = {name: {"tokens_per_s": tokens / float(np.median(wall[name])),
                    "tokens_per_s_best": tokens / min(wall[name]),
                    "tokens_per_cpu_s": tokens / float(np.median(cpu[name]))} for name in wall}
-
-
-def with_ratios(part):
-    p, t = part["pylstm"], part["torch"]
     for key in ("", "_best", "_cpu"):
         rate = "tokens_per_cpu_s" if key == "_cpu" else "tokens_per_s" + key
-        part["ratio" + key] = p[rate] / t[rate]
+        part["ratio" + key] = part["pylstm"][rate] / part["torch"][rate]
     return part
 
 
-def run_config(torch, text, cfg, args):
+def speed(torch, text, cfg, args):
+    """Training and generation rates of one configuration."""
     vocab, inputs, _ = common.char_lanes(text, args.batch_size, args.seq_len)
-    init = LanguageNetwork(len(vocab), args.embedding_dim, cfg[0], cfg[1], 0.0, np.float32,
-                           np.random.RandomState(args.seed))  # what fit draws first
+    init = pylstm_lm(cfg, args, args.seed)
+    init._prepare_fit(text, incremental=False)  # the network that fit starts from
     wall, cpu, last = common.alternate({
-        "pylstm": lambda: pylstm_fit(text, cfg, args, args.epochs),
-        "torch": lambda: torch_fit(torch, text, cfg, args, args.epochs, init)}, args.repeats)
-    train = with_ratios(summary(wall, cpu, inputs.size * args.epochs))
+        "pylstm": lambda: pylstm_lm(cfg, args, args.seed).fit(text),
+        "torch": lambda: torch_fit(torch, text, cfg, args, init.network_)}, args.repeats)
+    train = rates(wall, cpu, inputs.size * args.epochs)
     lm = last["pylstm"]
     train["pylstm"]["loss"], train["torch"]["loss"] = lm.loss_curve_[-1], last["torch"][1][-1]
 
@@ -101,81 +102,149 @@ def run_config(torch, text, cfg, args):
     calls = {"pylstm": lambda: lm.generate(PROMPT, n_tokens=args.gen_tokens, temperature=1.0,
                                            random_state=0),
              "torch": lambda: torch_generate(torch, model, vocab, args.gen_tokens)}
-    common.alternate(calls, 1)  # untimed: first calls
-    wall, cpu, _ = common.alternate(calls, args.gen_repeats)
-    generate = with_ratios(summary(wall, cpu, args.gen_tokens))
-    generate["max_abs_dp"] = max_dp
+    wall, cpu, _ = common.alternate(calls, args.gen_repeats, warmup=1)
+    generate = {**rates(wall, cpu, args.gen_tokens), "max_abs_dp": max_dp}
     return {"hidden": cfg[0], "layers": cfg[1], "train": train, "generate": generate}
 
 
-def print_tables(rows):
+def print_speed(rows):
     """The training and the generation table."""
-    def get(*keys):
-        def cell(row):
-            for key in keys:
-                row = row[key]
-            return row
-        return cell
     for part, title, extra in (
             ("train", "Training: tokens per second of a whole fit",
-             [("loss pl", ">10.4f", get("train", "pylstm", "loss")),
-              ("loss torch", ">10.4f", get("train", "torch", "loss"))]),
+             [("loss pl", ">10.4f", ("train", "pylstm", "loss")),
+              ("loss torch", ">10.4f", ("train", "torch", "loss"))]),
             ("generate", "Generation: tokens per second of generate()",
-             [("max|dp|", ">10.1e", get("generate", "max_abs_dp"))])):
+             [("max|dp|", ">10.1e", ("generate", "max_abs_dp"))])):
         print(f"{title} (median); ratio = pylstm / torch (> 1: pylstm faster)")
         print("\n".join(common.table([
             ("H", ">4", "hidden"), ("L", ">2", "layers"),
-            ("pylstm tok/s", ">13,.0f", get(part, "pylstm", "tokens_per_s")),
-            ("torch tok/s", ">12,.0f", get(part, "torch", "tokens_per_s")),
-            ("ratio", ">6.2f", get(part, "ratio")), ("best", ">6.2f", get(part, "ratio_best")),
-            ("cpu", ">6.2f", get(part, "ratio_cpu"))] + extra, rows)) + "\n")
+            ("pylstm tok/s", ">13,.0f", (part, "pylstm", "tokens_per_s")),
+            ("torch tok/s", ">12,.0f", (part, "torch", "tokens_per_s")),
+            ("ratio", ">6.2f", (part, "ratio")), ("best", ">6.2f", (part, "ratio_best")),
+            ("cpu", ">6.2f", (part, "ratio_cpu"))] + extra, rows)) + "\n")
+    print("loss: mean training cross-entropy of the last epoch, both from pylstm's initial "
+          "weights; max|dp|: largest difference of the next-token distributions")
 
 
-def parse_config(spec):
-    try:
-        hidden, layers = (int(v) for v in spec.split(","))
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected H,L (e.g. 128,1), got {spec!r}") from None
-    return hidden, layers
+# --------------------------------------------------------------------------- parity
+def former_init(net, parts):
+    """pylstm's initialisation before issue 21, made from the current draws."""
+    H, V = net.coef.shape
+    if "embedding" in parts:
+        net.embedding *= 0.1
+    if "lstm" in parts:
+        for layer in net.layers:
+            layer.parameters()[2][H:2 * H] = 1.0  # bias_ih: the forget gate's
+            layer.parameters()[3][H:2 * H] = 0.0  # bias_hh
+    if "head" in parts:
+        net.coef *= np.sqrt(6.0 / (H + V)) * np.sqrt(H)  # U(+-1/sqrt(H)) -> Glorot
+        net.intercept[...] = 0.0
+
+
+def parity(torch, text, cfg, args, seed):
+    """Validation perplexity after each epoch: ``{"pylstm": [...], "torch": [...]}``."""
+    train, val = text[:args.chars], text[args.chars:args.chars + args.val]
+    lm = pylstm_lm(cfg, args, seed)
+    streams, _ = lm._prepare_fit(train, incremental=False)  # vocabulary and network
+    former_init(lm.network_, args.former)
+    model, optimizer = torch_lm(torch, len(lm.vocabulary_), cfg, args, seed)
+    common.copy_lm_weights(torch, model, lm.network_, args.torch_from_pylstm, to_torch=True)
+    common.copy_lm_weights(torch, model, lm.network_, args.pylstm_from_torch, to_torch=False)
+    lanes = [torch.from_numpy(a) for a in common.char_lanes(train, args.batch_size,
+                                                            args.seq_len, lm.vocabulary_)[1:]]
+    val_lane = [torch.from_numpy(a) for a in common.char_lanes(val, 1, 1, lm.vocabulary_)[1:]]
+    out = {"pylstm": [], "torch": []}
+    for _ in range(args.epochs):
+        lm._train(True, streams, [])
+        out["pylstm"].append(lm.perplexity(val))
+        common.torch_lm_epoch(torch, model, optimizer, *lanes, args.seq_len)
+        out["torch"].append(common.torch_perplexity(torch, model, *val_lane))
+    return out
+
+
+def run_parity(torch, text, cfg, args):
+    """Run :func:`parity` for every seed and print the curves and their means."""
+    print(f"H {cfg[0]} L {cfg[1]}\n{'seed':>4} {'epoch':>5} {'pylstm':>8} {'torch':>8} "
+          f"{'ratio':>6}")
+    final = {"pylstm": [], "torch": []}
+    for seed in args.seeds:
+        t0 = time.perf_counter()
+        res = parity(torch, text, cfg, args, seed)
+        for e, (a, b) in enumerate(zip(res["pylstm"], res["torch"], strict=True)):
+            print(f"{seed:>4} {e + 1:>5} {a:>8.3f} {b:>8.3f} {a / b:>6.3f}")
+        print(f"     ({time.perf_counter() - t0:.0f} s)", flush=True)
+        for k in final:
+            final[k].append(res[k][-1])
+    a, b = np.mean(final["pylstm"]), np.mean(final["torch"])
+    print(f"mean {args.epochs:>5} {a:>8.3f} {b:>8.3f} {a / b:>6.3f}   "
+          f"(pylstm sd {np.std(final['pylstm']):.3f}, torch sd {np.std(final['torch']):.3f})\n")
+    return {"hidden": cfg[0], "layers": cfg[1], "seeds": args.seeds, "final": final}
+
+
+def parse_parts(text):
+    """``embedding``, ``lstm``, ``head`` (comma-separated) or ``all``."""
+    parts = list(PARTS) if text == "all" else text.split(",")
+    if set(parts) - set(PARTS):
+        raise argparse.ArgumentTypeError(f"parts are {', '.join(PARTS)} or all: {text!r}")
+    return parts
 
 
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--configs", nargs="+", type=parse_config, metavar="H,L",
-                   default=[(128, 1), (256, 1), (128, 2)],
-                   help="hidden size, layers (default 128,1 256,1 128,2)")
-    p.add_argument("--chars", type=int, default=200_000, help="characters to train on")
+    p.add_argument("--configs", nargs="+", metavar="H,L",
+                   type=lambda text: tuple(int(v) for v in text.split(",")),
+                   help="hidden size, layers (default 128,1 256,1 128,2; --parity: 256,1)")
+    p.add_argument("--chars", type=int, help="training characters (200k; --parity: 150k)")
     p.add_argument("--embedding-dim", type=int, default=32)
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--seq-len", type=int, default=64)
     p.add_argument("--lr", type=float, default=0.003, help="Adam's rate (pylstm's default)")
-    p.add_argument("--epochs", type=int, default=1, help="epochs per fit (default 1)")
+    p.add_argument("--epochs", type=int, help="epochs per fit (1; --parity: 3)")
     p.add_argument("--repeats", type=int, default=5, help="fits per figure (default 5)")
     p.add_argument("--gen-tokens", type=int, default=1000, help="tokens per generate call")
     p.add_argument("--gen-repeats", type=int, default=7, help="generate calls per figure")
+    group = p.add_argument_group("learning parity")
+    group.add_argument("--parity", action="store_true", help="validation perplexities instead")
+    group.add_argument("--corpus", choices=("pydocs", "stdlib"), default="pydocs")
+    group.add_argument("--val", type=int, default=20_000, help="validation characters")
+    group.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    for name in ("--torch-from-pylstm", "--pylstm-from-torch", "--former"):
+        group.add_argument(name, type=parse_parts, default=[], metavar="PARTS")
     common.add_common_options(p)
-    args = common.apply_quick(p.parse_args(argv), configs=[(16, 1)], chars=5000, repeats=1,
-                              gen_tokens=20, gen_repeats=1)
-    torch, env = common.start(args, "bench_lm.py: LSTMLanguageModel vs the equivalent torch model",
-                              "needed")
-    text = load_python_docs()[:args.chars]
-    print(f"data: {len(text)} characters of load_python_docs(); embedding "
+    args = common.apply_quick(p.parse_args(argv), configs=[(16, 1)], chars=5000, val=500,
+                              epochs=1, seeds=[0], repeats=1, gen_tokens=20, gen_repeats=1)
+    defaults = ({"configs": [(256, 1)], "chars": 150_000, "epochs": 3, "threads": 1}
+                if args.parity else {"configs": [(128, 1), (256, 1), (128, 2)],
+                                     "chars": 200_000, "epochs": 1})
+    for key, value in defaults.items():
+        if getattr(args, key) is None:
+            setattr(args, key, value)
+    torch, env = common.start(args, "bench_lm.py: LSTMLanguageModel vs the same torch model, "
+                              + ("validation perplexity" if args.parity else "speed"), "needed")
+    text = load_python_docs() if args.corpus == "pydocs" else "\n\n".join(
+        inspect.getsource(importlib.import_module(m)) for m in STDLIB)
+    print(f"{len(text)} characters of {args.corpus}: {args.chars} for training; embedding "
           f"{args.embedding_dim}, batch {args.batch_size}, seq_len {args.seq_len}, float32, "
-          f"Adam {args.lr}; {args.epochs} epoch(s) per fit, {args.repeats} fits, "
-          f"{args.gen_repeats} x {args.gen_tokens} generated tokens per figure\n")
-    if not args.quick:  # untimed: first calls of both sides
-        pylstm_fit(text[:5000], (16, 1), args, 1)
-        torch_fit(torch, text[:5000], (16, 1), args, 1)
-    rows = []
-    for cfg in args.configs:
-        common.progress(f"  H={cfg[0]} L={cfg[1]} ...")
-        rows.append(run_config(torch, text, cfg, args))
-    print_tables(rows)
-    print("loss: mean training cross-entropy of the last epoch, both from pylstm's initial "
-          "weights; max|dp|: largest difference of the next-token distributions")
-    if args.json:
-        common.write_json(args.json, {"script": "bench_lm.py", "args": sys.argv[1:],
-                               "environment": env, "results": rows})
+          f"Adam {args.lr}, {args.epochs} epoch(s) per fit")
+    if args.parity:
+        print(f"validation: the next {args.val} characters; torch<-pylstm "
+              f"{args.torch_from_pylstm or '-'}, pylstm<-torch {args.pylstm_from_torch or '-'}, "
+              f"former {args.former or '-'}\n")
+        rows = [run_parity(torch, text, cfg, args) for cfg in args.configs]
+    else:
+        text = text[:args.chars]
+        print(f"{args.repeats} fits, {args.gen_repeats} x {args.gen_tokens} generated tokens "
+              "per figure\n")
+        if not args.quick:  # untimed: first calls of both sides
+            sub = argparse.Namespace(**{**vars(args), "epochs": 1})
+            pylstm_lm((16, 1), sub, 0).fit(text[:5000])
+            torch_fit(torch, text[:5000], (16, 1), sub)
+        rows = []
+        for cfg in args.configs:
+            common.progress(f"  H={cfg[0]} L={cfg[1]} ...")
+            rows.append(speed(torch, text, cfg, args))
+        print_speed(rows)
+    common.write_json(args.json, env, **{"parity" if args.parity else "results": rows})
     return 0
 
 

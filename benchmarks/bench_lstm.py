@@ -1,29 +1,20 @@
 """One layer call: pylstm.LSTM against torch.nn.LSTM and the NumPy reference LSTM (CPU).
 
-Per case ``B,T,I,H[,L][,bi][,var]`` and dtype, with the same weights in all three:
-**infer** (``forward(X, training=False)``) and **train** (``forward`` then
-``backward(ones)``, so that all compute dX and every weight gradient); ``numpy`` is
-``tests/reference.py``. Medians (IQR) of ``--repeats`` samples; ratios ``numpy / pylstm``
-and ``torch / pylstm`` (above 1: pylstm faster); agreement checked first. See
-benchmarks/README.md. Usage::
-
-    env -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE python benchmarks/bench_lstm.py
-    python benchmarks/bench_lstm.py --large --threads 1,2 --memory --json /tmp/lstm.json
+See benchmarks/README.md. Usage: ``python benchmarks/bench_lstm.py --threads 1,2 --memory``
 """
-
-from __future__ import annotations
 
 import argparse
 import gc
 import re
 import sys
 import tracemalloc
-from dataclasses import dataclass
+from typing import NamedTuple
 
 import _common as common
 import numpy as np
 
 import pylstm
+from pylstm.interop import to_torch
 
 DEFAULT_CASES = ((32, 50, 32, 64), (64, 100, 64, 128), (64, 100, 128, 256), (1, 100, 32, 128))
 LARGE_CASES = ((256, 50, 128, 512), (1, 1000, 64, 256))
@@ -33,8 +24,9 @@ MODES = ("infer", "train")
 TOLERANCE = {"float32": 1e-4, "float64": 1e-10}
 
 
-@dataclass(frozen=True)
-class Case:
+class Case(NamedTuple):
+    """A case: batch, steps, input features, hidden units; layers, directions, lengths."""
+
     B: int
     T: int
     I: int
@@ -66,20 +58,22 @@ def parse_case(text):
     return Case(*map(int, parts[:4]), layers, "bi" in parts[4:], "var" in parts[4:])
 
 
-def make_inputs(case, dtype, rng):
-    """X of shape (B, T, I), and lengths uniform in [T/2, T] for a ``var`` case."""
+def setup(case, dtype, seed):
+    """A fresh ``pylstm.LSTM`` of ``case``, X of shape (B, T, I) and, for a ``var`` case,
+    lengths uniform in [T/2, T] (else None)."""
+    rng = np.random.default_rng(seed)
     X = rng.standard_normal((case.B, case.T, case.I)).astype(dtype)
-    lengths = None
-    if case.variable_lengths:
-        lengths = rng.integers(max(1, case.T // 2), case.T + 1, size=case.B)
-    return X, lengths
+    lengths = (rng.integers(max(1, case.T // 2), case.T + 1, size=case.B)
+               if case.variable_lengths else None)
+    return pylstm.LSTM(case.I, case.H, num_layers=case.num_layers, dtype=dtype,
+                       bidirectional=case.bidirectional, random_state=seed), X, lengths
 
 
-def torch_calls(torch, case, state_dict, X, lengths):
-    """torch's ``(module, infer, train)`` for one case, with pylstm's weights."""
+def torch_calls(torch, case, layer, X, lengths):
+    """torch's ``(module, infer, train)`` for one case, with the weights of ``layer``."""
     from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
-    module = common.torch_lstm(torch, state_dict, X.dtype)
+    module = to_torch(layer)
     xt = torch.from_numpy(X)
     ones = None
 
@@ -118,12 +112,10 @@ def rel_err(pairs):
     return worst
 
 
-def run_case(case, dtype, args, torch, threads, keep_samples=False):
+def run_case(case, dtype, args, torch, threads):
     """Agreement (a dict of relative errors), then the timing rows of one case and dtype
-    (with ``keep_samples``, each implementation's samples in ms too)."""
-    X, lengths = make_inputs(case, dtype, np.random.default_rng(args.seed))
-    layer = pylstm.LSTM(case.I, case.H, num_layers=case.num_layers,
-                        bidirectional=case.bidirectional, dtype=dtype, random_state=args.seed)
+    (with ``args.samples``, each implementation's samples in ms too)."""
+    layer, X, lengths = setup(case, dtype, args.seed)
     state = layer.state_dict()
     ref = common.numpy_reference()(state, dtype)
     out, (h, c) = layer.forward(X, lengths=lengths, training=True)
@@ -147,7 +139,7 @@ def run_case(case, dtype, args, torch, threads, keep_samples=False):
         calls["numpy", "train"] = lambda: train(ref)
     if torch is not None:
         module, calls["torch", "infer"], calls["torch", "train"] = torch_calls(
-            torch, case, state, X, lengths)
+            torch, case, layer, X, lengths)
         t_out, t_h, t_c, xg = calls["torch", "train"]()
         t_grads = {k: p.grad for k, p in module.named_parameters()}
         checks["torch_out"] = rel_err([(out, t_out.detach()), (h, t_h.detach()),
@@ -160,11 +152,11 @@ def run_case(case, dtype, args, torch, threads, keep_samples=False):
         for impl in IMPLS:  # one after another: no library's spinning threads slow the next
             if (impl, mode) in calls:
                 common.progress(f"  {case.label:<24} {row['dtype']:<8} {mode:<6} {impl} ...")
-                samples = common.measure(calls[impl, mode], args.repeats, args.warmup,
-                                         args.min_time)
-                row[impl] = common.median_iqr(samples)
-                if keep_samples:
-                    row[impl]["samples"] = samples
+                seconds = common.alternate({impl: calls[impl, mode]}, args.repeats,
+                                           args.min_time, args.warmup)[0][impl]
+                row[impl] = common.median_iqr(seconds)
+                if args.samples:
+                    row[impl]["samples"] = [1e3 * s for s in seconds]
         for impl in ("numpy", "torch"):
             row[f"{impl}_over_pylstm"] = (row[impl]["median_ms"] / row["pylstm"]["median_ms"]
                                           if impl in row else None)
@@ -181,9 +173,7 @@ def memory_ratio(case, dtype, seed):
     states and the initial states' gradients. X and the output gradient exist before
     the step and count in neither figure.
     """
-    X, lengths = make_inputs(case, dtype, np.random.default_rng(seed))
-    layer = pylstm.LSTM(case.I, case.H, num_layers=case.num_layers,
-                        bidirectional=case.bidirectional, dtype=dtype, random_state=seed)
+    layer, X, lengths = setup(case, dtype, seed)
     D, L, H = layer.num_directions, case.num_layers, case.H
     d_out = np.ones((case.B, case.T, D * H), dtype=dtype)
     gc.collect()
@@ -261,14 +251,6 @@ def print_scaling(rows, counts):
     print("\n".join(common.table(columns, scaled)) + "\n")
 
 
-def parse_threads(text):
-    """``N`` or a comma list ``N1,N2`` of thread counts."""
-    counts = [int(p) for p in text.split(",") if p.strip().isdigit() and int(p) > 0]
-    if not counts or len(counts) != len(text.split(",")):
-        raise argparse.ArgumentTypeError(f"threads must be N or N1,N2,... >= 1, got {text!r}")
-    return list(dict.fromkeys(counts))
-
-
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--cases", nargs="+", type=parse_case, metavar="B,T,I,H[,L][,bi][,var]",
@@ -286,7 +268,9 @@ def main(argv=None):
     p.add_argument("--no-numpy", action="store_true", help="skip timing the NumPy reference")
     p.add_argument("--memory", action="store_true",
                    help="add a training step's peak memory over the BPTT minimum")
-    common.add_common_options(p, threads_type=parse_threads)
+    p.add_argument("--samples", action="store_true",
+                   help="keep every sample in the summary (bench_simd.py's workers)")
+    common.add_common_options(p, threads_type=lambda text: [int(n) for n in text.split(",")])
     args = p.parse_args(argv)
     cases = args.cases or [Case(*c) for c in DEFAULT_CASES]
     cases += [Case(*c) for c in LARGE_CASES] * args.large + [BIDI_CASE] * args.bidi
@@ -318,10 +302,7 @@ def main(argv=None):
         print("\n".join(common.table(CASE_COLUMNS[:2] + [
             ("peak MB", ">9.2f", "peak_mb"), ("BPTT MB", ">9.2f", "bptt_mb"),
             ("peak/BPTT", ">9.2f", lambda m: m["peak_mb"] / m["bptt_mb"])], memory)) + "\n")
-    if args.json:
-        common.write_json(args.json, {"script": "bench_lstm.py", "args": sys.argv[1:],
-                               "environment": env, "timings": rows, "agreement": checks,
-                               "memory": memory})
+    common.write_json(args.json, env, timings=rows, agreement=checks, memory=memory)
     return 0
 
 

@@ -1,18 +1,9 @@
 """Time to a good model: pylstm's estimators against the equivalent PyTorch loop.
 
-Both train one epoch at a time (pylstm through ``partial_fit``) and are scored on the
-same validation data after each; the wall time until the metric first reaches the
-task's target (:data:`TASKS`), medians over ``--seeds`` seeds (the order alternating).
-See benchmarks/README.md. Usage::
-
-    env -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE python benchmarks/bench_quality.py \\
-        --save benchmarks/results/quality
+See benchmarks/README.md. Usage: ``python benchmarks/bench_quality.py --save PREFIX``
 """
 
-from __future__ import annotations
-
 import argparse
-import math
 import sys
 import time
 from functools import partial
@@ -86,9 +77,7 @@ def torch_run(torch, task, data, seed, hidden):
         inputs, targets = torch.from_numpy(inputs), torch.from_numpy(targets)
         while True:
             common.torch_lm_epoch(torch, model, opt, inputs, targets, 64)
-            with torch.no_grad():  # the validation text as one stream, as perplexity() reads it
-                logits, _ = model(val_in)
-                yield math.exp(float(torch.nn.functional.cross_entropy(logits[0], val_out[0])))
+            yield common.torch_perplexity(torch, model, val_in, val_out)
     Xtr, Xva, ytr, yva = (torch.from_numpy(np.ascontiguousarray(a)) for a in data)
     classify = task == "digits"
     model = Sequence(Xtr.shape[2], hidden, 10 if classify else 1)
@@ -172,8 +161,7 @@ def main(argv=None):
     print("\n" + "\n".join(lines))
     if args.save:
         Path(args.save + ".txt").write_text("\n".join(lines) + "\n")
-        common.write_json(args.save + ".json", {"script": "bench_quality.py", "args": sys.argv[1:],
-                                         "environment": env, "tasks": summary})
+        common.write_json(args.save + ".json", env, tasks=summary)
     return 0
 
 

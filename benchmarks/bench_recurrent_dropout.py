@@ -1,75 +1,68 @@
-"""What recurrent dropout costs a training step of ``pylstm.LSTM``.
+"""Recurrent dropout: what it costs a training step of ``pylstm.LSTM`` and a digits epoch.
 
-Times ``forward(training=True)`` + ``backward`` with and without
-``recurrent_dropout`` (masks drawn by the call), and one epoch of
-``LSTMClassifier.fit`` on the digits (hidden 128), the two alternated sample
-by sample in one process; prints the medians and their ratio.
-
-    env -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE \\
-        python benchmarks/bench_recurrent_dropout.py --threads 2
+See benchmarks/README.md. Usage: ``python benchmarks/bench_recurrent_dropout.py --threads 2``
 """
 
 import argparse
-import time
+import sys
 
+import _common as common
 import numpy as np
-from threadpoolctl import threadpool_info, threadpool_limits
 
 from pylstm import LSTM, LSTMClassifier
 from pylstm.datasets import load_digits_sequences
 
-CASES = ["32x64x32x256", "64x100x64x128", "16x50x16x64", "1x100x32x128"]
+CASES = ("32x64x32x256", "64x100x64x128", "16x50x16x64", "1x100x32x128")
 
 
-def _median_ms(calls, repeats):
-    """Median milliseconds per call of each of ``calls``, alternated."""
-    times = [[] for _ in calls]
-    for call in calls * 2:
-        call()
-    for _ in range(repeats):
-        for call, samples in zip(calls, times, strict=True):
-            n, start = 0, time.perf_counter()
-            while time.perf_counter() - start < 0.05 or n == 0:
-                call()
-                n += 1
-            samples.append((time.perf_counter() - start) / n)
-    return [1e3 * float(np.median(t)) for t in times]
+def compare(label, make_call, p, repeats, min_time):
+    """A table row: median ms per call of ``make_call(0)`` and ``make_call(p)``, alternated
+    after one untimed round, and their ratio."""
+    calls = {"plain_ms": make_call(0.0), "dropout_ms": make_call(p)}
+    wall = common.alternate(calls, repeats, min_time, warmup=1)[0]
+    row = {"case": label, **{k: 1e3 * float(np.median(v)) for k, v in wall.items()}}
+    return {**row, "ratio": row["dropout_ms"] / row["plain_ms"]}
 
 
-def _row(name, plain, dropped):
-    print(f"{name:>16} {plain:10.3f} {dropped:11.3f} {dropped / plain:7.3f}")
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--cases", nargs="+", default=list(CASES), metavar="BxTxIxH")
+    p.add_argument("--p", type=float, default=0.25, help="recurrent_dropout (default 0.25)")
+    p.add_argument("--repeats", type=int, default=15,
+                   help="samples per figure (default 15; a third, at least 3, for the fit)")
+    p.add_argument("--dtype", choices=("float32", "float64"), default="float32")
+    common.add_common_options(p, threads_default=2)
+    args = common.apply_quick(p.parse_args(argv), cases=["2x5x3x4"], repeats=1)
+    _, env = common.start(args, "bench_recurrent_dropout.py: pylstm with and without "
+                          f"recurrent_dropout={args.p}, {args.dtype}", "no")
+    rows = []
+    for case in args.cases:
+        B, T, I, H = (int(v) for v in case.split("x"))
+        rng = np.random.default_rng(args.seed)
+        X = rng.normal(size=(B, T, I)).astype(args.dtype)
+        d_out = rng.normal(size=(B, T, H)).astype(args.dtype)
 
+        def train_step(p, I=I, H=H, X=X, d_out=d_out):
+            layer = LSTM(I, H, dtype=args.dtype, random_state=args.seed, recurrent_dropout=p)
+            return lambda: (layer.forward(X, training=True), layer.backward(d_out))
+        rows.append(compare(case, train_step, args.p, args.repeats, 0.05))
+    X, y = load_digits_sequences(return_X_y=True)
+    X, y = (X[:200], y[:200]) if args.quick else (X, y)
 
-def main():
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--cases", nargs="+", default=CASES, help="B x T x I x H")
-    parser.add_argument("--p", type=float, default=0.25, help="recurrent_dropout")
-    parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--repeats", type=int, default=15)
-    parser.add_argument("--dtype", default="float32")
-    args = parser.parse_args()
-    for pool in threadpool_info():
-        print(f"# {pool['internal_api']} {pool.get('version')} {pool.get('architecture')} "
-              f"threads={pool['num_threads']}")
-    print(f"# threads={args.threads} dtype={args.dtype} recurrent_dropout={args.p}")
-    print(f"{'case':>16} {'plain ms':>10} {'dropout ms':>11} {'ratio':>7}")
-    with threadpool_limits(limits=args.threads):
-        for case in args.cases:
-            B, T, I, H = (int(v) for v in case.split("x"))
-            rng = np.random.default_rng(0)
-            X = rng.normal(size=(B, T, I)).astype(args.dtype)
-            d_out = rng.normal(size=(B, T, H)).astype(args.dtype)
-            layers = [LSTM(I, H, dtype=args.dtype, random_state=0, recurrent_dropout=p)
-                      for p in (0.0, args.p)]
-            _row(case, *_median_ms(
-                [lambda layer=layer, X=X, d=d_out: (layer.forward(X), layer.backward(d))
-                 for layer in layers], args.repeats))
-        X, y = load_digits_sequences(return_X_y=True)
-        fits = [LSTMClassifier(hidden_size=128, max_iter=1, dtype=args.dtype,
-                               recurrent_dropout=p, random_state=0) for p in (0.0, args.p)]
-        _row("digits fit", *_median_ms(
-            [lambda est=est: est.partial_fit(X, y, classes=np.arange(10)) for est in fits],
-            max(3, args.repeats // 3)))
+    def epoch(p):
+        clf = LSTMClassifier(hidden_size=128, max_iter=1, dtype=args.dtype, recurrent_dropout=p,
+                             random_state=args.seed)
+        return lambda: clf.partial_fit(X, y, classes=np.arange(10))
+    fits = 1 if args.quick else max(3, args.repeats // 3)
+    rows.append(compare("digits epoch", epoch, args.p, fits, 0.0))
+    print("Median ms per call; ratio = dropout / plain (above 1: dropout slower)")
+    print("\n".join(common.table([("case (BxTxIxH)", "<16", "case"),
+                                  ("plain ms", ">10.3f", "plain_ms"),
+                                  ("dropout ms", ">11.3f", "dropout_ms"),
+                                  ("ratio", ">7.3f", "ratio")], rows)))
+    common.write_json(args.json, env, cases=rows)
+    return 0
+
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

@@ -1,138 +1,108 @@
-"""Per-step latency of streaming inference: one step per call, the state carried.
+"""Streaming inference: time per step of ``LSTMStream.predict`` fed one step per call.
 
-Not a test: a script that prints a table. For a fitted ``LSTMClassifier``
-(``--hidden`` units, ``--features`` inputs, ``--layers`` layers, float32)
-it times reading one sequence one step per call, and gives the median over
-``--repeats`` samples of the time per step of:
-
-* ``stream.predict``: ``clf.stream()``, a (1, features) chunk per call;
-* ``stream.predict, chunks of K``: the same with ``--chunk`` steps per call;
-* ``LSTM.forward``: each layer's ``forward(x, h0=h, c0=c, training=False)``
-  on a (1, 1, features) batch, carrying (h, c) by hand (no output layer);
-* ``LSTM.step``: each layer's one-step path (no output layer);
-* ``torch``: ``nn.LSTM`` then ``nn.Linear`` and ``argmax`` on (1, 1, features)
-  under ``torch.no_grad()``, carrying (h, c); pylstm's weights, checked.
-
-Usage (from the repository root; the installed package is imported)::
-
-    python benchmarks/bench_stream.py --threads 1 | tee benchmarks/results/stream.txt
+See benchmarks/README.md. Usage: ``python benchmarks/bench_stream.py --threads 1``
 """
 
 import argparse
 import os
-import platform
-import statistics
-import time
+import sys
 import warnings
 
+import _common as common
 import numpy as np
-import threadpoolctl
 
 import pylstm
-
-p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-p.add_argument("--hidden", type=int, default=128)
-p.add_argument("--features", type=int, default=8)
-p.add_argument("--layers", type=int, default=1)
-p.add_argument("--steps", type=int, default=500, help="steps per sample")
-p.add_argument("--chunk", type=int, default=16, help="steps per call of the chunked row")
-p.add_argument("--repeats", type=int, default=7, help="samples per figure (median)")
-p.add_argument("--threads", type=int, default=1, help="BLAS/OpenMP and torch threads")
-args = p.parse_args()
-
-threadpoolctl.threadpool_limits(limits=args.threads)
-try:
-    import torch
-    torch.set_num_threads(args.threads)
-except ImportError:
-    torch = None
-
-print(f"pylstm {pylstm.__version__}, numpy {np.__version__}, torch "
-      f"{torch.__version__ if torch else 'not installed'}, Python {platform.python_version()}")
-print(f"{os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.2f} at start, "
-      f"threads capped at {args.threads}")
-for lib in threadpoolctl.threadpool_info():
-    print(f"  {lib['internal_api']} {lib.get('version')} ({lib['prefix']}): kernel "
-          f"{lib.get('architecture', '-')}, {lib['num_threads']} thread(s)")
-
-H, F, L, T = args.hidden, args.features, args.layers, args.steps
-rng = np.random.default_rng(0)
-X = rng.normal(size=(64, 10, F)).astype(np.float32)
-with warnings.catch_warnings():
-    warnings.simplefilter("ignore")
-    clf = pylstm.LSTMClassifier(hidden_size=H, num_layers=L, max_iter=1, random_state=0)
-    clf.fit(X, X[:, :, 0].sum(axis=1) > 0)
-seq = rng.normal(size=(T, F)).astype(np.float32)
-layers = clf.network_.layers
+from pylstm.interop import to_torch
 
 
-def stream_steps(chunk):
-    stream = clf.stream()
-    for t in range(0, T, chunk):
-        stream.predict(seq[t:t + chunk])
-
-
-def layer_forward():
-    state = [(None, None)] * L
-    for t in range(T):
-        h = seq[None, t:t + 1]
+def layer_loop(layers, seq, step):
+    """Feed ``seq`` through ``layers`` one step per call (``step`` or a batch-1
+    ``forward``), carrying each layer's ``(h, c)``; no output layer."""
+    state = [(None, None)] * len(layers)
+    for t in range(len(seq)):
+        h = seq[t:t + 1] if step else seq[None, t:t + 1]
         for k, layer in enumerate(layers):
-            h, state[k] = layer.forward(h, h0=state[k][0], c0=state[k][1], training=False)
+            if step:
+                h, state[k] = layer.step(h, *state[k])
+            else:
+                h, state[k] = layer.forward(h, h0=state[k][0], c0=state[k][1], training=False)
 
 
-def layer_step():
-    state = [(None, None)] * L
-    for t in range(T):
-        h = seq[t:t + 1]
-        for k, layer in enumerate(layers):
-            h, state[k] = layer.step(h, *state[k])
-
-
-cases = {"stream.predict": lambda: stream_steps(1),
-         f"stream.predict, chunks of {args.chunk}": lambda: stream_steps(args.chunk),
-         "LSTM.forward (h0, c0)": layer_forward, "LSTM.step": layer_step}
-if torch is not None:
-    lstm = torch.nn.LSTM(F, H, num_layers=L, batch_first=True)
-    head = torch.nn.Linear(H, clf.network_.coef.shape[1])
-    weights = {name.replace("_l0", f"_l{k}"): torch.from_numpy(value)
-               for k, layer in enumerate(layers) for name, value in layer.state_dict().items()}
-    lstm.load_state_dict(weights)
-    head.load_state_dict({"weight": torch.from_numpy(clf.network_.coef.T.copy()),
-                          "bias": torch.from_numpy(clf.network_.intercept)})
+def torch_loop(torch, clf, seq):
+    """PyTorch's loop with the classifier's weights: each layer's ``nn.LSTM`` on one step,
+    ``nn.Linear`` and ``argmax``, under ``no_grad``. Called with a list, it keeps the
+    probabilities there."""
+    net = clf.network_
+    lstms = [to_torch(layer) for layer in net.layers]
+    head = torch.nn.Linear(*net.coef.shape)
+    head.load_state_dict({"weight": torch.from_numpy(net.coef.T.copy()),
+                          "bias": torch.from_numpy(net.intercept)})
     xs = torch.from_numpy(seq)[None]
 
-    def torch_loop(keep=None):
-        hc = None
+    def run(keep=None):
+        state = [None] * len(lstms)
         with torch.no_grad():
-            for t in range(T):
-                out, hc = lstm(xs[:, t:t + 1], hc)
+            for t in range(len(seq)):
+                out = xs[:, t:t + 1]
+                for k, lstm in enumerate(lstms):
+                    out, state[k] = lstm(out, state[k])
                 logits = head(out[:, 0])
                 logits.argmax(dim=1)
                 if keep is not None:
                     keep.append(torch.softmax(logits, dim=1)[0].numpy())
+    return run
 
-    cases["torch nn.LSTM + nn.Linear"] = torch_loop
-    kept, stream = [], clf.stream()
-    torch_loop(kept)
-    ours = np.concatenate([stream.predict_proba(seq[t:t + 1]) for t in range(T)])
-    print(f"check: torch against stream.predict_proba, max |difference| "
-          f"{np.abs(np.array(kept) - ours).max():.1e}")
 
-medians = {}
-for name, fn in cases.items():
-    fn()  # warm-up
-    samples = []
-    for _ in range(args.repeats):
-        start = time.perf_counter()
-        fn()
-        samples.append((time.perf_counter() - start) / T * 1e6)
-    medians[name] = statistics.median(samples)
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--hidden", type=int, default=128)
+    p.add_argument("--features", type=int, default=8)
+    p.add_argument("--layers", type=int, default=1)
+    p.add_argument("--steps", type=int, default=500, help="steps per sample (default 500)")
+    p.add_argument("--chunk", type=int, default=16, help="steps per call of the chunked row")
+    p.add_argument("--repeats", type=int, default=7, help="samples per figure (default 7)")
+    common.add_common_options(p, threads_default=1)
+    args = common.apply_quick(p.parse_args(argv), hidden=8, steps=20, repeats=1)
+    torch, env = common.start(args, "bench_stream.py: LSTMStream.predict one step per call vs "
+                              "LSTM.forward / LSTM.step and torch")
+    rng = np.random.default_rng(args.seed)
+    X = rng.normal(size=(64, 10, args.features))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # one epoch on noise: only the weights' shapes matter
+        clf = pylstm.LSTMClassifier(hidden_size=args.hidden, num_layers=args.layers,
+                                    max_iter=1, random_state=args.seed, dtype="float32")
+        clf.fit(X, X[:, :, 0].sum(axis=1) > 0)
+    seq = rng.normal(size=(args.steps, args.features)).astype(np.float32)
 
-base = medians["stream.predict"]
-print(f"\nhidden {H}, {F} features, {L} layer(s), float32, one sequence of {T} steps, "
-      f"median of {args.repeats}")
-print(f"{'':34} {'us/step':>9} {'/ stream.predict':>17}")
-for name, value in medians.items():
-    print(f"{name:34} {value:9.1f} {value / base:17.2f}")
-print(f"load average {os.getloadavg()[0]:.2f} at the end (other processes: "
-      "figures from a busy machine are slower and noisier)")
+    def stream(chunk):
+        s = clf.stream()
+        for t in range(0, len(seq), chunk):
+            s.predict(seq[t:t + chunk])
+
+    calls = {"stream.predict": lambda: stream(1),
+             f"stream.predict, chunks of {args.chunk}": lambda: stream(args.chunk),
+             "LSTM.forward (h0, c0)": lambda: layer_loop(clf.network_.layers, seq, False),
+             "LSTM.step": lambda: layer_loop(clf.network_.layers, seq, True)}
+    if torch is not None:
+        calls["torch nn.LSTM + nn.Linear"] = run = torch_loop(torch, clf, seq)
+        kept, s = [], clf.stream()
+        run(kept)
+        ours = np.concatenate([s.predict_proba(seq[t:t + 1]) for t in range(len(seq))])
+        print(f"check: torch against stream.predict_proba, max |difference| "
+              f"{np.abs(np.array(kept) - ours).max():.1e}\n")
+    wall = common.alternate(calls, args.repeats, warmup=1)[0]
+    rows = [{"call": name, "us_per_step": 1e6 * float(np.median(s)) / len(seq),
+             "over_stream": float(np.median(s) / np.median(wall["stream.predict"]))}
+            for name, s in wall.items()]
+    print(f"hidden {args.hidden}, {args.features} features, {args.layers} layer(s), float32, "
+          f"one sequence of {len(seq)} steps, median of {args.repeats}")
+    print("\n".join(common.table([("", "<34", "call"), ("us/step", ">9.1f", "us_per_step"),
+                                  ("/ stream.predict", ">17.2f", "over_stream")], rows)))
+    print(f"load average {os.getloadavg()[0]:.2f} at the end (a busy machine gives "
+          "slower and noisier figures)")
+    common.write_json(args.json, env, calls=rows)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

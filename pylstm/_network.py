@@ -373,7 +373,7 @@ class LanguageNetwork(_SavedParameters):
         self.dtype = np.dtype(dtype)
         self.dropout = float(dropout)
         # PyTorch's default initialisation of nn.Embedding, nn.LSTM and
-        # nn.Linear (benchmarks/lm_parity.py): with Adam, whose steps have a
+        # nn.Linear (benchmarks/bench_lm.py): with Adam, whose steps have a
         # size set by the learning rate whatever the weights' scale, a smaller
         # start (an embedding from N(0, 0.1^2)) takes many epochs to catch up.
         self.embedding = rng.standard_normal((vocab_size, embedding_dim)).astype(self.dtype)

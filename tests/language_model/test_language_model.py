@@ -148,7 +148,7 @@ def test_initial_weights_follow_pytorch_defaults():
     """nn.Embedding: N(0, 1); nn.LSTM and nn.Linear: U(-1/sqrt(H), 1/sqrt(H)), biases too.
 
     A smaller embedding (the former N(0, 0.1^2)) made the model learn much
-    less per epoch than the same model in PyTorch (benchmarks/lm_parity.py).
+    less per epoch than the same model in PyTorch (benchmarks/bench_lm.py --parity).
     """
     V, E, H = 300, 64, 128
     net = LanguageNetwork(V, E, H, 2, 0.0, np.float64, np.random.RandomState(0))
@@ -168,9 +168,9 @@ def test_initial_weights_follow_pytorch_defaults():
 def test_learns_as_fast_as_the_same_model_in_pytorch(docs):
     """Held-out perplexity after 2 epochs, mean of 3 seeds, within 5% of PyTorch's.
 
-    The reference: benchmarks/lm_parity.py with ``--chars 60000 --val 10000
-    --hidden 64 --embedding 16 --seq-len 32 --batch 8 --epochs 2 --seeds 0 ...
-    9``, torch 2.13 with its default initialisation: mean 10.27 (sd 0.30).
+    The reference: benchmarks/bench_lm.py with ``--parity --chars 60000 --val
+    10000 --configs 64,1 --embedding-dim 16 --seq-len 32 --batch-size 8 --epochs 2
+    --seeds 0 ... 9``, torch 2.13 with its default initialisation: mean 10.27 (sd 0.30).
     pylstm measured 10.40 for seeds 0-2; with the former initialisation
     (embedding N(0, 0.1^2), forget-gate bias 1, Glorot head) 11.31.
     """

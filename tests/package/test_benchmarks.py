@@ -18,7 +18,7 @@ import pytest
 BENCHMARKS = Path(__file__).resolve().parents[2] / "benchmarks"
 HAS_TORCH = importlib.util.find_spec("torch") is not None
 needs_torch = pytest.mark.skipif(not HAS_TORCH, reason="needs torch")
-pytestmark = pytest.mark.slow  # seven interpreters, most of them importing torch
+pytestmark = pytest.mark.slow  # an interpreter per script (and workers), most with torch
 
 
 def run(script, *options):
@@ -83,10 +83,33 @@ def test_bench_quality(tmp_path):
 
 @needs_torch
 @pytest.mark.timeout(300)
-def test_lm_parity():
-    out = run("lm_parity.py", "--torch-from-pylstm", "all")
+def test_bench_lm_parity(tmp_path):
+    out = run("bench_lm.py", "--parity", "--torch-from-pylstm", "all", "--json",
+              str(tmp_path / "parity.json"))
     mean = next(line for line in out.splitlines() if line.startswith("mean"))
     assert mean.split()[4] == "1.000"  # the same initial weights: the same model
+    final = json.loads((tmp_path / "parity.json").read_text())["parity"][0]["final"]
+    assert final["pylstm"] == pytest.approx(final["torch"], rel=1e-4)
+
+
+@pytest.mark.timeout(300)
+def test_bench_stream(tmp_path):
+    out = run("bench_stream.py", "--json", str(tmp_path / "stream.json"))
+    assert "/ stream.predict" in out and "LSTM.step" in out
+    rows = json.loads((tmp_path / "stream.json").read_text())["calls"]
+    assert [r["call"] for r in rows][:2] == ["stream.predict", "stream.predict, chunks of 16"]
+    assert len(rows) == 4 + HAS_TORCH and all(r["us_per_step"] > 0 for r in rows)
+    if HAS_TORCH:  # the torch loop computes the stream's probabilities
+        assert float(out.split("max |difference| ")[1].split()[0]) < 1e-5
+
+
+@pytest.mark.timeout(300)
+def test_bench_recurrent_dropout(tmp_path):
+    out = run("bench_recurrent_dropout.py", "--json", str(tmp_path / "rd.json"))
+    assert "ratio = dropout / plain" in out
+    rows = json.loads((tmp_path / "rd.json").read_text())["cases"]
+    assert [r["case"] for r in rows] == ["2x5x3x4", "digits epoch"]
+    assert all(r["plain_ms"] > 0 and r["dropout_ms"] > 0 for r in rows)
 
 
 @pytest.mark.skipif(importlib.util.find_spec("dask_ml") is None, reason="needs dask-ml")
