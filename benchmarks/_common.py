@@ -379,18 +379,14 @@ def char_lanes(text, batch_size, seq_len, vocab=None):
             data[1:lanes * width + 1].reshape(lanes, width))
 
 
-def copy_lm_weights(torch, model, net, parts=("embedding", "lstm", "head"), to_torch=True):
-    """Copy ``parts`` (``embedding``, ``lstm``, ``head``) of a pylstm language model's
-    ``network_`` into a :func:`torch_twins` language model (``to_torch=False``: back)."""
+def copy_lm_weights(torch, model, net):
+    """Copy a pylstm language model's ``network_`` into a :func:`torch_twins` language
+    model."""
     lstm = [(getattr(model.lstm, name[:-1] + str(k)), arr)
             for k, layer in enumerate(net.layers)
             for name, arr in zip(layer.state_dict(), layer.parameters(), strict=True)]
     pairs = {"embedding": [(model.embedding.weight, net.embedding)], "lstm": lstm,
              "head": [(model.head.weight, net.coef.T), (model.head.bias, net.intercept)]}
     with torch.no_grad():
-        for part in parts:
-            for tensor, arr in pairs[part]:
-                if to_torch:
-                    tensor.copy_(torch.from_numpy(np.ascontiguousarray(arr)))
-                else:
-                    arr[...] = tensor.numpy()
+        for tensor, arr in (pair for part in pairs.values() for pair in part):
+            tensor.copy_(torch.from_numpy(np.ascontiguousarray(arr)))

@@ -1,7 +1,7 @@
 """The language model against the same PyTorch model: its speed, or (``--parity``) what it learns.
 
 See benchmarks/README.md. Usage: ``python benchmarks/bench_lm.py --threads 1``, or
-``python benchmarks/bench_lm.py --parity [--corpus stdlib] [--configs 128,1] [--former all]``
+``python benchmarks/bench_lm.py --parity [--corpus stdlib] [--configs 128,1]``
 """
 
 import argparse
@@ -17,7 +17,6 @@ from pylstm import LSTMLanguageModel
 from pylstm.datasets import load_python_docs
 
 PROMPT = "The for statement"
-PARTS = ("embedding", "lstm", "head")
 #: Python source of the standard library, a second corpus (code, not prose).
 STDLIB = ("argparse", "inspect", "typing", "dataclasses", "pathlib", "subprocess", "logging")
 
@@ -127,29 +126,14 @@ def print_speed(rows):
 
 
 # --------------------------------------------------------------------------- parity
-def former_init(net, parts):
-    """pylstm's initialisation before issue 21, made from the current draws."""
-    H, V = net.coef.shape
-    if "embedding" in parts:
-        net.embedding *= 0.1
-    if "lstm" in parts:
-        for layer in net.layers:
-            layer.parameters()[2][H:2 * H] = 1.0  # bias_ih: the forget gate's
-            layer.parameters()[3][H:2 * H] = 0.0  # bias_hh
-    if "head" in parts:
-        net.coef *= np.sqrt(6.0 / (H + V)) * np.sqrt(H)  # U(+-1/sqrt(H)) -> Glorot
-        net.intercept[...] = 0.0
-
-
 def parity(torch, text, cfg, args, seed):
     """Validation perplexity after each epoch: ``{"pylstm": [...], "torch": [...]}``."""
     train, val = text[:args.chars], text[args.chars:args.chars + args.val]
     lm = pylstm_lm(cfg, args, seed)
     streams, _ = lm._prepare_fit(train, incremental=False)  # vocabulary and network
-    former_init(lm.network_, args.former)
     model, optimizer = torch_lm(torch, len(lm.vocabulary_), cfg, args, seed)
-    common.copy_lm_weights(torch, model, lm.network_, args.torch_from_pylstm, to_torch=True)
-    common.copy_lm_weights(torch, model, lm.network_, args.pylstm_from_torch, to_torch=False)
+    if args.same_init:
+        common.copy_lm_weights(torch, model, lm.network_)
     lanes = [torch.from_numpy(a) for a in common.char_lanes(train, args.batch_size,
                                                             args.seq_len, lm.vocabulary_)[1:]]
     val_lane = [torch.from_numpy(a) for a in common.char_lanes(val, 1, 1, lm.vocabulary_)[1:]]
@@ -181,14 +165,6 @@ def run_parity(torch, text, cfg, args):
     return {"hidden": cfg[0], "layers": cfg[1], "seeds": args.seeds, "final": final}
 
 
-def parse_parts(text):
-    """``embedding``, ``lstm``, ``head`` (comma-separated) or ``all``."""
-    parts = list(PARTS) if text == "all" else text.split(",")
-    if set(parts) - set(PARTS):
-        raise argparse.ArgumentTypeError(f"parts are {', '.join(PARTS)} or all: {text!r}")
-    return parts
-
-
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--configs", nargs="+", metavar="H,L",
@@ -208,8 +184,8 @@ def main(argv=None):
     group.add_argument("--corpus", choices=("pydocs", "stdlib"), default="pydocs")
     group.add_argument("--val", type=int, default=20_000, help="validation characters")
     group.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    for name in ("--torch-from-pylstm", "--pylstm-from-torch", "--former"):
-        group.add_argument(name, type=parse_parts, default=[], metavar="PARTS")
+    group.add_argument("--same-init", action="store_true",
+                       help="torch starts from pylstm's initial weights (then both agree)")
     common.add_common_options(p)
     args = common.apply_quick(p.parse_args(argv), configs=[(16, 1)], chars=5000, val=500,
                               epochs=1, seeds=[0], repeats=1, gen_tokens=20, gen_repeats=1)
@@ -227,9 +203,7 @@ def main(argv=None):
           f"{args.embedding_dim}, batch {args.batch_size}, seq_len {args.seq_len}, float32, "
           f"Adam {args.lr}, {args.epochs} epoch(s) per fit")
     if args.parity:
-        print(f"validation: the next {args.val} characters; torch<-pylstm "
-              f"{args.torch_from_pylstm or '-'}, pylstm<-torch {args.pylstm_from_torch or '-'}, "
-              f"former {args.former or '-'}\n")
+        print(f"validation: the next {args.val} characters\n")
         rows = [run_parity(torch, text, cfg, args) for cfg in args.configs]
     else:
         text = text[:args.chars]

@@ -84,7 +84,7 @@ def test_bench_quality(tmp_path):
 @needs_torch
 @pytest.mark.timeout(300)
 def test_bench_lm_parity(tmp_path):
-    out = run("bench_lm.py", "--parity", "--torch-from-pylstm", "all", "--json",
+    out = run("bench_lm.py", "--parity", "--same-init", "--json",
               str(tmp_path / "parity.json"))
     mean = next(line for line in out.splitlines() if line.startswith("mean"))
     assert mean.split()[4] == "1.000"  # the same initial weights: the same model
