@@ -287,6 +287,12 @@ class _BaseLSTMEstimator(BaseEstimator):
         self.recurrent_dropout = recurrent_dropout
         self.proj_size = proj_size
 
+    def __setstate__(self, state):
+        # Pickled before these parameters existed: what the model was then.
+        state.setdefault("recurrent_dropout", 0.0)
+        state.setdefault("proj_size", 0)
+        super().__setstate__(state)
+
     def __sklearn_tags__(self):
         tags = super().__sklearn_tags__()
         tags.input_tags.three_d_array = True
@@ -943,7 +949,8 @@ class _BaseLSTMEstimator(BaseEstimator):
             Keys ``'l0'``, ``'l0_reverse'`` (bidirectional), ``'l1'``, ... for
             each stacked layer and direction; each value holds the arrays
             ``'input'``, ``'forget'``, ``'cell'`` (candidate), ``'output'``,
-            ``'c'`` and ``'h'`` of shape (n_samples, n_timesteps, hidden_size),
+            ``'c'`` of shape (n_samples, n_timesteps, hidden_size) and ``'h'``
+            of shape (n_samples, n_timesteps, proj_size or hidden_size),
             zero past each sequence's length (list input is padded to the
             longest sequence).
 
@@ -979,7 +986,7 @@ class _BaseLSTMEstimator(BaseEstimator):
 
         Returns
         -------
-        ndarray of shape (n_samples, hidden_size * D)
+        ndarray of shape (n_samples, (proj_size or hidden_size) * D)
         """
         return self.fit(X, y, sample_weight=sample_weight).transform(X)
 
@@ -994,7 +1001,7 @@ class _BaseLSTMEstimator(BaseEstimator):
 
         Returns
         -------
-        ndarray of shape (n_samples, hidden_size * D)
+        ndarray of shape (n_samples, (proj_size or hidden_size) * D)
             The last layer's states at each sequence's last valid step (the
             forward direction's, then the reverse direction's after reading
             the first step).

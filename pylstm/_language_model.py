@@ -257,6 +257,12 @@ class LSTMLanguageModel(BaseEstimator):
         lm._optimizer = restore_optimizer(plan["optimizer"], lm.network_.parameters(), arrays)
         return lm
 
+    def __setstate__(self, state):
+        # Pickled before these parameters existed: what the model was then.
+        state.setdefault("recurrent_dropout", 0.0)
+        state.setdefault("proj_size", 0)
+        super().__setstate__(state)
+
     # ------------------------------------------------------------------ text
     def _check_params(self):
         if self.level not in ("char", "word"):

@@ -15,7 +15,7 @@ from sklearn.utils import check_random_state
 
 from . import _lstm
 from ._arrays import to_batch_first, to_time_major
-from ._container import read_bool, read_float, read_int, read_object, read_str
+from ._container import ModelFileError, read_bool, read_float, read_int, read_object, read_str
 from ._threads import (
     model_call,
     run_directions,
@@ -399,7 +399,9 @@ class LSTM:
                                            params["hidden_size"] - 1)
         if "recurrent_dropout" in p:
             params["recurrent_dropout"] = read_float(
-                p["recurrent_dropout"], where + "recurrent_dropout", lo=0.0, hi=0.999999)
+                p["recurrent_dropout"], where + "recurrent_dropout", lo=0.0, hi=1.0)
+            if params["recurrent_dropout"] == 1.0:
+                raise ModelFileError(f"{where}recurrent_dropout must be below 1, got 1.0")
         shapes = param_shapes(params["input_size"], params["hidden_size"],
                               params["num_layers"], params["bidirectional"],
                               params.get("proj_size", 0))

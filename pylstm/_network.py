@@ -267,8 +267,8 @@ class SequenceNetwork(_SavedParameters):
         one kernel call per layer for all T steps (:meth:`LSTM.forward
         <pylstm.LSTM.forward>`, or :meth:`LSTM.step <pylstm.LSTM.step>` for
         one step of one sequence), started from ``state``
-        (None: zeros, or a list of (h, c) pairs, one per layer, each of shape
-        (1, B, hidden_size)), and the head on every step's top-layer output in
+        (None: zeros, or a list of (h, c) pairs, one per layer, of shapes
+        (1, B, output_size) and (1, B, hidden_size)), and the head on every step's top-layer output in
         one matrix product. Step ``t``'s output is what :meth:`forward` gives
         for the sequence read up to ``t``. The input ``state`` is not modified.
 
@@ -444,7 +444,8 @@ class LanguageNetwork(_SavedParameters):
         """Logits (B, T, V) for token windows (B, T) and the state after them.
 
         ``state`` is None (zeros) or a list of (h, c) pairs, one per layer,
-        each of shape (1, B, hidden_size). With ``last_only`` (inference), the
+        of shapes (1, B, output_size) and (1, B, hidden_size) (the layers'
+        :attr:`~pylstm.LSTM.output_size`). With ``last_only`` (inference), the
         logits (B, V) of the last step alone: the head, whose result has a
         row per step and a column per token, then runs on one row.
         """

@@ -10,12 +10,17 @@ cdef Py_ssize_t* _step_offsets(const int[::1] lengths) except NULL:
     decrease), at rows ``off[t] .. off[t + 1] - 1`` of every per-step array;
     ``off[T]`` is the number of valid steps. A dense batch gives
     ``off[t] = t * B``: the plain (T, B) layout. Caller frees the result.
+    Every entry point takes its offsets here, so the order of the lengths,
+    which every loop's indexing relies on, is checked here.
     """
     cdef int B = <int> lengths.shape[0]
-    cdef int T, t, n
+    cdef int T, t, n, b
     cdef Py_ssize_t* off
     if B < 1 or lengths[0] < 1:
         raise ValueError("lengths must hold at least one row of at least one step")
+    for b in range(1, B):
+        if lengths[b] > lengths[b - 1] or lengths[b] < 1:
+            raise ValueError("lengths must be at least 1 and in decreasing order")
     T = lengths[0]
     off = <Py_ssize_t*> malloc((T + 1) * sizeof(Py_ssize_t))
     if off == NULL:
@@ -170,10 +175,6 @@ cdef int _check_forward(const int[::1] lengths, const Py_ssize_t* off,
     cdef Py_ssize_t B = lengths.shape[0]
     cdef Py_ssize_t T = lengths[0]
     cdef Py_ssize_t N = off[T]
-    cdef Py_ssize_t b
-    for b in range(1, B):
-        if lengths[b] > lengths[b - 1] or lengths[b] < 1:
-            raise ValueError("lengths must be at least 1 and in decreasing order")
     if w_in != I:
         raise ValueError(f"x has {I} features, w_ih expects {w_in}")
     if h_rows < B or c_rows < B:

@@ -117,7 +117,8 @@ def forward_projected(const floating[:, :] x,
             mk = &mask[0, 0]
         # Gathered inputs, gate pre-activations, o * tanh(c), the other h, and
         # three rows the cell writes but this loop does not read.
-        work = <floating*> malloc(<size_t> (B * (I + G + H + P) + 3 * H) * sizeof(floating))
+        work = <floating*> malloc((<size_t> B * (<size_t> I + G + H + P) + 3 * <size_t> H)
+                                  * sizeof(floating))
         if work == NULL:
             raise MemoryError()
         xg = work
@@ -248,6 +249,8 @@ def backward_projected(const floating[:, :] x,
         _check_rows(c0.shape[0], c0.shape[1], B, H, "c0")
         if dh.shape[0] != B or dh.shape[1] != P or dc.shape[0] != B or dc.shape[1] != H:
             raise ValueError(f"dh and dc must be ({B}, {P}) and ({B}, {H})")
+        if offset < 0:
+            raise ValueError(f"offset must be >= 0, got {offset}")
         _check_mask(mask, B, P)
         if mask is not None:
             mk = &mask[0, 0]
@@ -258,7 +261,8 @@ def backward_projected(const floating[:, :] x,
                             sizeof(floating), "d_out")
         # dL/dh_t of every valid step (for dW_hr), this step's rows of it,
         # dL/d(o * tanh c), the gate gradients in row order, a row of zeros.
-        work = <floating*> malloc(<size_t> (N * P + B * (P + H + G) + H) * sizeof(floating))
+        work = <floating*> malloc((<size_t> N * P + <size_t> B * (<size_t> P + H + G) + H)
+                                  * sizeof(floating))
         if work == NULL:
             raise MemoryError()
         d_h = work
@@ -277,7 +281,7 @@ def backward_projected(const floating[:, :] x,
                     r = _row_at(off, &lengths[0], b, s, reverse)
                     dro = &d_out[0, 0] + r * do_ld + offset
                     for j in range(P):
-                        dhb[b * P + j] = dh[b, j] + dro[j]
+                        dhb[<Py_ssize_t> b * P + j] = dh[b, j] + dro[j]
                     memcpy(d_h + r * P, dhb + <Py_ssize_t> b * P, P * sizeof(floating))
                 gemm(False, False, n, H, P, <floating> 1.0, dhb, P, &w_hr[0, 0], H,
                      <floating> 0.0, dm, H)

@@ -82,3 +82,19 @@ def test_onnx_export_refuses_projections():
     clf = LSTMClassifier(hidden_size=8, proj_size=2, max_iter=1, random_state=0).fit(X, y)
     with pytest.raises(ValueError, match="proj_size=2: ONNX's LSTM operator has no projection"):
         export_onnx(clf)
+
+
+def test_models_pickled_before_the_new_parameters_load():
+    """A pickle from before proj_size and recurrent_dropout gets their former meaning."""
+    X, y, _ = _data()
+    reg = LSTMRegressor(hidden_size=4, max_iter=1, random_state=0).fit(X, y)
+    lm = LSTMLanguageModel(hidden_size=8, seq_len=8, max_iter=1, random_state=0)
+    lm.fit("abcabcabc" * 10)
+    for model, data in ((reg, (X, y)), (lm, ("abcabcabc" * 10,))):
+        state = model.__getstate__()
+        del state["proj_size"], state["recurrent_dropout"]
+        old = type(model).__new__(type(model))
+        old.__setstate__(state)
+        assert old.get_params()["proj_size"] == 0
+        assert old.get_params()["recurrent_dropout"] == 0.0
+        old.partial_fit(*data)
