@@ -268,9 +268,10 @@ class SequenceNetwork(_SavedParameters):
         <pylstm.LSTM.forward>`, or :meth:`LSTM.step <pylstm.LSTM.step>` for
         one step of one sequence), started from ``state``
         (None: zeros, or a list of (h, c) pairs, one per layer, of shapes
-        (1, B, output_size) and (1, B, hidden_size)), and the head on every step's top-layer output in
-        one matrix product. Step ``t``'s output is what :meth:`forward` gives
-        for the sequence read up to ``t``. The input ``state`` is not modified.
+        (1, B, output_size) and (1, B, hidden_size)), and the head on every
+        step's top-layer output in one matrix product. Step ``t``'s output is
+        what :meth:`forward` gives for the sequence read up to ``t``. The input
+        ``state`` is not modified.
 
         Examples
         --------
