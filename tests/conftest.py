@@ -1,9 +1,11 @@
 """Fixtures shared by the test modules (which, under ``--import-mode=importlib``,
 cannot import one another)."""
 
+import contextlib
 import faulthandler
 import importlib.util
 import sys
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -49,11 +51,88 @@ def _rel_err(a, b):
     return np.abs(a - b).max() / scale
 
 
+def _check_bptt(layer, X, lengths, h0, c0, seed=0, mask_seed=None, tol=1e-6):
+    """Assert that a float64 layer's BPTT matches central differences.
+
+    The loss is ``sum(out * w_out) + sum(h_n * w_h) + sum(c_n * w_c)`` with
+    random weights. Without ``mask_seed`` it is evaluated by inference, so
+    the check also ties the inference kernels to the training ones; with it,
+    by training calls whose recurrent-dropout masks that seed fixes. Every
+    parameter, X, h0 and c0 are checked, and dX is zero past each length.
+    """
+    rng = np.random.default_rng(seed)
+    B, T = X.shape[:2]
+    K, R = layer.num_layers * layer.num_directions, layer.output_size
+    w_out = rng.normal(size=(B, T, layer.num_directions * R))
+    w_h, w_c = rng.normal(size=(K, B, R)), rng.normal(size=(K, B, layer.hidden_size))
+
+    def loss():
+        kw = {"training": False} if mask_seed is None else {
+            "rng": np.random.default_rng(mask_seed)}
+        out, (h_n, c_n) = layer.forward(X, lengths=lengths, h0=h0, c0=c0, **kw)
+        return np.sum(out * w_out) + np.sum(h_n * w_h) + np.sum(c_n * w_c)
+
+    layer.forward(X, lengths=lengths, h0=h0, c0=c0,
+                  rng=None if mask_seed is None else np.random.default_rng(mask_seed))
+    dX, grads = layer.backward(w_out, d_h_n=w_h, d_c_n=w_c)
+    for name, arr in [*layer._params.items(), ("X", X), ("h0", h0), ("c0", c0)]:
+        analytic = dX if name == "X" else grads[name]
+        assert _rel_err(analytic, _numeric_grad(loss, arr)) < tol, name
+    for b, n in enumerate(lengths if lengths is not None else []):
+        assert not dX[b, n:].any()
+
+
 @pytest.fixture
-def gradcheck():
-    """``gradcheck(f, arr)``: the relative error function of a check of BPTT
-    against central differences, as ``(numeric_grad, rel_err)``."""
-    return _numeric_grad, _rel_err
+def check_bptt():
+    """``check_bptt(layer, X, lengths, h0, c0, seed=0, mask_seed=None)``: assert
+    that BPTT matches finite differences (:func:`_check_bptt`)."""
+    return _check_bptt
+
+
+@contextlib.contextmanager
+def _paused_fit(monkeypatch, est, fit):
+    """Run ``fit()`` in a thread, paused inside the first backward pass of
+    ``est.network_`` while the ``with`` block runs.
+
+    Leaving the block lets the fit go on and waits for it to end; the fit
+    raising is a failure.
+    """
+    network = type(est.network_)
+    original = network.backward
+    paused, go = threading.Event(), threading.Event()
+
+    def pausing_backward(self, d_output):
+        if not paused.is_set():
+            paused.set()
+            assert go.wait(30)
+        return original(self, d_output)
+
+    monkeypatch.setattr(network, "backward", pausing_backward)
+    errors = []
+
+    def run():
+        try:
+            fit()
+        except BaseException as exc:  # noqa: BLE001 - reported on leaving the block
+            errors.append(exc)
+
+    thread = threading.Thread(target=run)
+    thread.start()
+    assert paused.wait(30)
+    try:
+        yield
+    finally:
+        go.set()
+        thread.join(30)
+        assert not thread.is_alive(), "the fit did not end"
+    assert not errors, f"the fit raised {errors[0]!r}"
+
+
+@pytest.fixture
+def paused_fit(monkeypatch):
+    """``with paused_fit(est, fit): ...``: ``fit()`` runs in another thread, held
+    inside its first backward pass for the block (tests of use during a fit)."""
+    return lambda est, fit: _paused_fit(monkeypatch, est, fit)
 
 
 def _kernel_problem(dtype, B, T, I, H, seed):

@@ -408,34 +408,16 @@ def test_calls_on_one_stream_from_two_threads_are_serialized():
 
 
 @pytest.mark.timeout(120)
-def test_stream_while_another_thread_fits_raises(monkeypatch):
+def test_stream_while_another_thread_fits_raises(paused_fit):
     X, s = _data()
     clf = LSTMClassifier(hidden_size=4, max_iter=1, random_state=0).fit(X, s > 0)
     stream = clf.stream()
-    network = type(clf.network_)
-    original = network.backward
-    paused, go = threading.Event(), threading.Event()
-
-    def pausing_backward(self, d_output):
-        if not paused.is_set():
-            paused.set()
-            assert go.wait(30)
-        return original(self, d_output)
-
-    monkeypatch.setattr(network, "backward", pausing_backward)
-    fitting = threading.Thread(target=clf.partial_fit, args=(X, s > 0), daemon=True)
-    fitting.start()
-    try:
-        assert paused.wait(30)
+    with paused_fit(clf, lambda: clf.partial_fit(X, s > 0)):
         with pytest.raises(RuntimeError, match=r"LSTMClassifier\.stream\(\)\.predict_proba "
                                                "was called while partial_fit is running"):
             stream.predict_proba(X[0])
         with pytest.raises(RuntimeError, match=r"LSTMClassifier\.stream was called"):
             clf.stream()
-    finally:
-        go.set()
-        fitting.join(30)
-    assert not fitting.is_alive()
     assert stream.n_steps_seen == 0
     assert stream.predict_proba(X[0]).shape == (X.shape[1], 2)
 

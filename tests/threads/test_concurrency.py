@@ -15,7 +15,6 @@
   faster than one after the other (measured and printed; run with ``-s``).
 """
 
-import contextlib
 import copy
 import threading
 import time
@@ -336,48 +335,9 @@ def test_blas_switch_touches_only_the_kernels_blas():
 
 
 # ---------------------------------------------------------------- fit and use from two threads
-@contextlib.contextmanager
-def _paused_fit(monkeypatch, est, fit):
-    """Run ``fit()`` in a thread, paused inside the first backward pass of
-    ``est.network_`` while the ``with`` block runs.
-
-    Leaving the block lets the fit go on and waits for it to end; the fit
-    raising is a failure.
-    """
-    network = type(est.network_)
-    original = network.backward
-    paused, go = threading.Event(), threading.Event()
-
-    def pausing_backward(self, d_output):
-        if not paused.is_set():
-            paused.set()
-            assert go.wait(30)
-        return original(self, d_output)
-
-    monkeypatch.setattr(network, "backward", pausing_backward)
-    errors = []
-
-    def run():
-        try:
-            fit()
-        except BaseException as exc:  # noqa: BLE001 - reported on leaving the block
-            errors.append(exc)
-
-    thread = threading.Thread(target=run)
-    thread.start()
-    assert paused.wait(30)
-    try:
-        yield
-    finally:
-        go.set()
-        thread.join(30)
-        assert not thread.is_alive(), "the fit did not end"
-    assert not errors, f"the fit raised {errors[0]!r}"
-
-
 @pytest.mark.timeout(120)
 @pytest.mark.parametrize("fit_method", ["fit", "partial_fit"])
-def test_use_while_another_thread_fits_raises_a_clear_error(monkeypatch, fit_method):
+def test_use_while_another_thread_fits_raises_a_clear_error(paused_fit, fit_method):
     X = _sequences("3d")
     y = _labels(X)
     est = LSTMClassifier(hidden_size=4, max_iter=2, random_state=0).fit(X, y)
@@ -388,7 +348,7 @@ def test_use_while_another_thread_fits_raises_a_clear_error(monkeypatch, fit_met
     calls = {"predict": (X,), "predict_proba": (X,), "predict_log_proba": (X,),
              "transform": (X,), "score": (X, y), "gate_activations": (X[:2],),
              "fit": (X, y), "partial_fit": (X, y)}
-    with _paused_fit(monkeypatch, est, lambda: getattr(est, fit_method)(X, y)):
+    with paused_fit(est, lambda: getattr(est, fit_method)(X, y)):
         for method, args in calls.items():
             with pytest.raises(RuntimeError, match=rf"^LSTMClassifier\.{method} was called "
                                                    rf"while {fit_method} is running on the "
@@ -435,13 +395,13 @@ def test_fit_waits_for_predictions_running_in_other_threads(monkeypatch):
 
 
 @pytest.mark.timeout(120)
-def test_language_model_use_while_another_thread_fits(monkeypatch):
+def test_language_model_use_while_another_thread_fits(paused_fit):
     text = "the quick brown fox jumps over the lazy dog " * 10
     lm = LSTMLanguageModel(hidden_size=8, embedding_dim=4, seq_len=8, batch_size=4,
                            max_iter=1, random_state=0).fit(text)
     calls = {"generate": ("the",), "predict_proba": ("the",), "score": (text,),
              "perplexity": (text,)}
-    with _paused_fit(monkeypatch, lm, lambda: lm.partial_fit(text)):
+    with paused_fit(lm, lambda: lm.partial_fit(text)):
         for method, args in calls.items():
             with pytest.raises(RuntimeError, match=r"LSTMLanguageModel\.(generate|"
                                                    r"predict_proba|score) was called while "
