@@ -19,6 +19,10 @@ from pylstm import LSTM, _lstm
 
 TOL = {np.float32: 1e-6, np.float64: 1e-14}
 
+# Every test here runs loops that two threads share, with barriers: a hang must
+# fail the test, not freeze the run.
+pytestmark = pytest.mark.timeout(300)
+
 
 def _assert_same(one, two, exact, dtype):
     if exact:

@@ -107,6 +107,7 @@ def test_final_states_are_the_unmasked_last_outputs(bidirectional):
             np.testing.assert_array_equal(h_n[1, b], out[b, 0, 7:])
 
 
+@pytest.mark.timeout(300)  # two threads and a barrier per step: a hang must fail
 @pytest.mark.parametrize("split_mode", ["units", "rows"])
 @pytest.mark.parametrize("lengths", [None, [30] + [12] * 15])
 def test_split_loops_apply_the_same_masks(split_mode, lengths, monkeypatch):
