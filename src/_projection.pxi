@@ -87,6 +87,7 @@ def forward_projected(const floating[:, :] x,
     cdef floating* xg
     cdef floating* g
     cdef floating* m
+    cdef floating* ms
     cdef floating* h_cur
     cdef floating* h_nxt
     cdef floating* swap
@@ -149,6 +150,9 @@ def forward_projected(const floating[:, :] x,
                      &w_ih[0, 0], I, <floating> 0.0, g, G)
                 gemm(False, True, n, G, P, <floating> 1.0, h_cur, P, &w_hh[0, 0], P,
                      <floating> 1.0, g, G)
+                # o * tanh(c) of a forward direction in training goes straight
+                # into its cache rows, which are this step's rows in order.
+                ms = &m_cache[0, 0] + off[s] * H if keep and not reverse else m
                 for b in range(n):
                     r = _row_at(off, &lengths[0], b, s, reverse)
                     gk = ck = NULL
@@ -157,17 +161,18 @@ def forward_projected(const floating[:, :] x,
                         ck = &c_cache[0, 0] + r * H
                     # h_in only feeds the cache of h_{t-1}, which this loop keeps itself.
                     _cell_forward(g + <Py_ssize_t> b * G, &bias[0], spare,
-                                  m + <Py_ssize_t> b * H, &c[0, 0] + <Py_ssize_t> b * H,
+                                  ms + <Py_ssize_t> b * H, &c[0, 0] + <Py_ssize_t> b * H,
                                   spare + H, gk, ck, spare + 2 * H, H, H)
-                gemm(False, True, n, P, H, <floating> 1.0, m, H, &w_hr[0, 0], H,
+                gemm(False, True, n, P, H, <floating> 1.0, ms, H, &w_hr[0, 0], H,
                      <floating> 0.0, h_nxt, P)
                 for b in range(n):
                     r = _row_at(off, &lengths[0], b, s, reverse)
                     memcpy(&out[0, 0] + r * out_ld + offset, h_nxt + <Py_ssize_t> b * P,
                            P * sizeof(floating))
                     if keep:
-                        memcpy(&m_cache[0, 0] + r * H, m + <Py_ssize_t> b * H,
-                               H * sizeof(floating))
+                        if reverse:
+                            memcpy(&m_cache[0, 0] + r * H, m + <Py_ssize_t> b * H,
+                                   H * sizeof(floating))
                         memcpy(&h_prev_cache[0, 0] + r * hp_ld, h_cur + <Py_ssize_t> b * P,
                                P * sizeof(floating))
                     if mk != NULL:
@@ -230,6 +235,7 @@ def backward_projected(const floating[:, :] x,
     cdef floating* d_h
     cdef floating* dm
     cdef floating* dg
+    cdef const floating* dga
     cdef floating* zeros
     cdef floating* dhb
     cdef Py_ssize_t* off = _step_offsets(lengths)
@@ -295,9 +301,11 @@ def backward_projected(const floating[:, :] x,
                     _cell_backward(&gates[0, 0] + r * G, &c_cache[0, 0] + r * H, cp,
                                    dm + <Py_ssize_t> b * H, &dc[0, 0] + <Py_ssize_t> b * H,
                                    zeros, H, H)
-                    memcpy(dg + <Py_ssize_t> b * G, &gates[0, 0] + r * G,
-                           G * sizeof(floating))
-                gemm(False, False, n, P, G, <floating> 1.0, dg, G, &w_hh[0, 0], P,
+                    if reverse:  # a forward direction's rows are in order in place
+                        memcpy(dg + <Py_ssize_t> b * G, &gates[0, 0] + r * G,
+                               G * sizeof(floating))
+                dga = dg if reverse else &gates[0, 0] + off[s] * G
+                gemm(False, False, n, P, G, <floating> 1.0, dga, G, &w_hh[0, 0], P,
                      <floating> 0.0, &dh[0, 0], P)
                 if mk != NULL:
                     for b in range(n):
