@@ -430,8 +430,8 @@ class LSTM:
 
     # ------------------------------------------------------------------ forward
     def _check_state(self, state, name, batch):
-        """``state`` (h or c, or their gradients: named for ``name``'s first
-        letter) as a checked array of the layer's dtype; zeros for None."""
+        """``state`` as a checked array of the layer's dtype; zeros for None. The
+        h states (``h0``, ``h``, ``d_h_n``) have ``output_size`` units, the rest H."""
         width = self.output_size if name in ("h0", "h", "d_h_n") else self.hidden_size
         shape = (self.num_layers * self.num_directions, batch, width)
         if state is None:
