@@ -9,7 +9,7 @@ of arrays; losses live here too. It knows nothing of scikit-learn.
 import numpy as np
 
 from ._layer import LSTM, param_shapes
-from ._threads import model_call, single_threaded_blas
+from ._threads import loop_threads, model_call, single_threaded_blas
 from ._tuning import WHOLE_SEQUENCE_ONE_THREAD_BELOW
 
 __all__ = ["SequenceNetwork", "log_softmax", "softmax_cross_entropy", "squared_error"]
@@ -342,8 +342,9 @@ class LanguageNetwork(_SavedParameters):
 
     The forward and backward pass of a next-token model on a batch of token
     windows, with the LSTM state carried in and out (stateful truncated
-    BPTT). The head's products run through :func:`pylstm._blas.gemm_rm`
-    (scipy's cython_blas); the embedding's gradient touches only the rows
+    BPTT). The head's products call BLAS through scipy's cython_blas, by
+    halves of their rows on two threads (:meth:`_head_product`); the
+    embedding's gradient touches only the rows
     used by the batch.
 
     Parameters
@@ -418,26 +419,33 @@ class LanguageNetwork(_SavedParameters):
         for p, s in zip(self.parameters(), state, strict=True):
             p[...] = s
 
-    def _head_blas(self, rows):
-        """The BLAS switch for the head's products on ``rows`` rows.
+    def _head_product(self, trans_a, trans_b, a, b, beta, c):
+        """``c = op(a) @ op(b) + beta * c``: one of the head's products.
 
-        A small head runs on one BLAS thread, as the kernels' small products
-        do: woken BLAS workers keep spinning on the other core after the
-        call, and the next kernel call, which splits its loop over both
-        cores, then waits for them (benchmarks/bench_quality.py,
-        lm; tests/language_model/test_language_model.py::test_head_blas_threads).
+        A small product runs by halves of its rows on the kernels' two
+        threads (:func:`pylstm._lstm.gemm_halves`), each half on one BLAS
+        thread: woken BLAS workers keep spinning on the other core after
+        the call, and the next kernel call, which splits its loop over both
+        cores, then waits for them. A large one runs on BLAS's threads
+        (benchmarks/bench_lm.py;
+        tests/language_model/test_language_model.py::test_head_threads).
         """
-        work = rows * self.coef.shape[0] * self.coef.shape[1]
-        return single_threaded_blas(work < WHOLE_SEQUENCE_ONE_THREAD_BELOW)
+        from ._blas import gemm_rm
+        from ._lstm import gemm_halves
+
+        work = c.shape[0] * c.shape[1] * (a.shape[0] if trans_a else a.shape[1])
+        if work >= WHOLE_SEQUENCE_ONE_THREAD_BELOW:
+            gemm_rm(trans_a, trans_b, 1.0, a, b, beta, c)
+            return
+        threads = loop_threads()
+        with single_threaded_blas():
+            gemm_halves(trans_a, trans_b, 1.0, a, b, beta, c, threads)
 
     def _head(self, hidden):
-        from ._blas import gemm_rm
-
         flat = np.ascontiguousarray(hidden.reshape(-1, hidden.shape[-1]))
         logits = np.empty((flat.shape[0], self.coef.shape[1]), dtype=self.dtype)
         logits[...] = self.intercept
-        with self._head_blas(flat.shape[0]):
-            gemm_rm(False, False, 1.0, flat, self.coef, 1.0, logits)
+        self._head_product(False, False, flat, self.coef, 1.0, logits)
         return flat, logits
 
     @model_call
@@ -475,16 +483,13 @@ class LanguageNetwork(_SavedParameters):
     @model_call
     def backward(self, d_logits):
         """Gradients aligned with :meth:`parameters` for the last training forward."""
-        from ._blas import gemm_rm
-
         cache, self._cache = self._cache, None
         flat = cache["flat"]
         d_flat = np.ascontiguousarray(d_logits.reshape(flat.shape[0], -1), dtype=self.dtype)
         d_coef = np.empty_like(self.coef)
         d_hidden = np.empty_like(flat)
-        with self._head_blas(flat.shape[0]):
-            gemm_rm(True, False, 1.0, flat, d_flat, 0.0, d_coef)
-            gemm_rm(False, True, 1.0, d_flat, self.coef, 0.0, d_hidden)
+        self._head_product(True, False, flat, d_flat, 0.0, d_coef)
+        self._head_product(False, True, d_flat, self.coef, 0.0, d_hidden)
         d_intercept = d_flat.sum(axis=0)
         d_out = d_hidden.reshape(cache["shape"])
         layer_grads = []

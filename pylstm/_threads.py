@@ -364,6 +364,17 @@ def model_call(method):
     return counted
 
 
+def loop_threads():
+    """Threads a kernel call may share its work between: 2 or 1.
+
+    Two when the process may use two CPUs, the caller allows two or more
+    threads (its BLAS setting) and no other thread is inside a pylstm model
+    call (:func:`model_call`), which would hold the second core.
+    """
+    return 2 if (usable_cpus() >= 2 and _callers["threads"] <= 1
+                 and caller_threads() >= 2) else 1
+
+
 def thread_plan(batch, hidden, directions, blas_steps, work=None):
     """How the kernel calls of one batch use threads.
 
@@ -391,8 +402,7 @@ def thread_plan(batch, hidden, directions, blas_steps, work=None):
     ((True, False, 1), (False, False, 1))
     """
     parallel = directions == 2 and parallel_directions(batch, hidden)
-    split = (not parallel and not blas_steps and usable_cpus() >= 2
-             and _callers["threads"] <= 1 and caller_threads() >= 2)
+    split = not parallel and not blas_steps and loop_threads() == 2
     one_thread = (split or (wants_single_thread(batch, hidden) and (blas_steps or parallel))
                   or (work is not None and work < WHOLE_SEQUENCE_ONE_THREAD_BELOW))
     return one_thread, parallel, 2 if split else 1

@@ -31,7 +31,7 @@ inference round identically.
 The module is one extension, written in parts by concept (included below):
 the C kernels and their SIMD level; scratch memory; the per-step products
 and packing; the layout and shape checks; the two-thread split; the forward
-loop; BPTT.
+loop; BPTT; projections; a product by halves of its rows (the softmax head).
 """
 from cython cimport floating
 from libc.stdlib cimport free, malloc
@@ -48,3 +48,4 @@ include "_split.pxi"
 include "_forward.pxi"
 include "_backward.pxi"
 include "_projection.pxi"
+include "_halves.pxi"

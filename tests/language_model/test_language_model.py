@@ -666,28 +666,38 @@ def test_docstring_examples():
         assert result.attempted > 0 and result.failed == 0, module.__name__
 
 
-@pytest.mark.parametrize("vocab, expect_one", [(50, True), (40_000, False)])
-def test_head_blas_threads(monkeypatch, vocab, expect_one):
-    """A small head's products run on one BLAS thread, a large one's on the caller's."""
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize("vocab, small", [(50, True), (40_000, False)])
+def test_head_threads(monkeypatch, vocab, small):
+    """A small head's products run by halves on the kernels' two threads, one
+    BLAS thread each; a large one's as one product on the caller's BLAS threads."""
     import pylstm._blas as blas_module
     from threadpoolctl import threadpool_limits
 
-    from pylstm import _threads
+    from pylstm import _lstm, _threads
 
     kernel_libs = _threads._controller()
     if not kernel_libs or not kernel_libs[1]:
         pytest.skip("threadpoolctl does not see the kernels' BLAS")
-    seen, real = [], blas_module.gemm_rm
+    seen = []
 
-    def spy(*args):
-        seen.append(max(lib.num_threads for lib in kernel_libs[1]))
-        return real(*args)
+    def spy(name, real):
+        def call(*args):
+            seen.append((name, max(lib.num_threads for lib in kernel_libs[1]),
+                         args[-1] if name == "halves" else None))
+            return real(*args)
+        return call
 
-    monkeypatch.setattr(blas_module, "gemm_rm", spy)
+    monkeypatch.setattr(blas_module, "gemm_rm", spy("whole", blas_module.gemm_rm))
+    monkeypatch.setattr(_lstm, "gemm_halves", spy("halves", _lstm.gemm_halves))
     net = LanguageNetwork(vocab, 4, 8, 1, 0.0, np.float32, np.random.RandomState(0))
     tokens = np.zeros((16, 160), dtype=np.int64)  # 2560 rows: 8 x 2560 x 40000 > 1e8
     with threadpool_limits(limits=2, user_api="blas"):
+        threads = _threads.loop_threads()
         logits, _ = net.forward(tokens, None, training=True)
         net.backward(np.zeros_like(logits))
-    assert len(seen) == 3
-    assert seen == [1] * 3 if expect_one else all(n >= 2 for n in seen), seen
+    assert len(seen) == 3, seen
+    if small:
+        assert seen == [("halves", 1, threads)] * 3
+    else:
+        assert all(name == "whole" and n >= 2 for name, n, _ in seen), seen
