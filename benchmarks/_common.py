@@ -228,6 +228,21 @@ def alternate(calls, repeats, min_time=0.0, warmup=0):
     return wall, cpu, last
 
 
+def sgemm_rate(n=2048, repeats=7):
+    """GFLOP/s of a float32 n x n x n product through the BLAS pylstm calls (SciPy's),
+    median of ``repeats``: the machine's attainable rate at the current thread cap."""
+    from pylstm._blas import gemm_rm
+
+    a = np.random.default_rng(0).standard_normal((n, n), dtype=np.float32)
+    c = np.empty_like(a)
+    times = []
+    for _ in range(repeats + 1):  # the first call is untimed
+        t0 = time.perf_counter()
+        gemm_rm(False, False, 1.0, a, a, 0.0, c)
+        times.append(time.perf_counter() - t0)
+    return 2 * n**3 / float(np.median(times[1:])) / 1e9
+
+
 def geomean(values):
     """Geometric mean of positive numbers (nan when there are none)."""
     values = [v for v in values if v is not None]

@@ -49,6 +49,38 @@ def torch_fit(torch, text, cfg, args, init=None):
                    for _ in range(args.epochs)]
 
 
+#: The compiled calls of a language-model fit: the LSTM kernels, the input gradient and
+#: the head's products (src/_halves.pxi).
+COMPILED = ("forward_train", "backward", "input_gradient", "gemm_halves")
+
+
+def compiled_share(fit):
+    """``fit()``'s wall time and the time inside its compiled calls (:data:`COMPILED`),
+    timed by wrapping them in ``pylstm._lstm`` for this one call."""
+    from pylstm import _lstm
+
+    inside, real = [0.0], {name: getattr(_lstm, name) for name in COMPILED}
+
+    def timed(call):
+        def run(*args, **kwargs):
+            t0 = time.perf_counter()
+            try:
+                return call(*args, **kwargs)
+            finally:
+                inside[0] += time.perf_counter() - t0
+        return run
+
+    try:
+        for name, call in real.items():
+            setattr(_lstm, name, timed(call))
+        t0 = time.perf_counter()
+        fit()
+        return time.perf_counter() - t0, inside[0]
+    finally:
+        for name, call in real.items():
+            setattr(_lstm, name, call)
+
+
 def torch_generate(torch, model, vocab, n_tokens):
     """Sample ``n_tokens`` characters after the prompt, one step at a time."""
     index = {tok: i for i, tok in enumerate(vocab)}
@@ -78,6 +110,15 @@ def rates(wall, cpu, tokens):
     return part
 
 
+def training_flops(cfg, embedding_dim, vocab_size):
+    """Floating-point operations per training token: per layer 6 x 4H(I + H) (the
+    forward products 2 x, the weight, state and input gradients 4 x) and the head's
+    6 x H V; the elementwise work is left out."""
+    hidden, layers = cfg
+    inputs = [embedding_dim] + [hidden] * (layers - 1)
+    return sum(6 * 4 * hidden * (i + hidden) for i in inputs) + 6 * hidden * vocab_size
+
+
 def speed(torch, text, cfg, args):
     """Training and generation rates of one configuration."""
     vocab, inputs, _ = common.char_lanes(text, args.batch_size, args.seq_len)
@@ -87,8 +128,15 @@ def speed(torch, text, cfg, args):
         "pylstm": lambda: pylstm_lm(cfg, args, args.seed).fit(text),
         "torch": lambda: torch_fit(torch, text, cfg, args, init.network_)}, args.repeats)
     train = rates(wall, cpu, inputs.size * args.epochs)
+    flops = training_flops(cfg, args.embedding_dim, len(vocab))
+    for name in ("pylstm", "torch"):
+        train[name]["gflop_per_s"] = flops * train[name]["tokens_per_s"] / 1e9
     lm = last["pylstm"]
     train["pylstm"]["loss"], train["torch"]["loss"] = lm.loss_curve_[-1], last["torch"][1][-1]
+    # The fit's time outside its compiled calls, over the time inside them (median of 3).
+    shares = [compiled_share(lambda: pylstm_lm(cfg, args, args.seed).fit(text))
+              for _ in range(1 if args.quick else 3)]
+    train["pylstm"]["outside_compiled"] = float(np.median([w / c - 1 for w, c in shares]))
 
     model = common.torch_twins(torch)[1](len(vocab), args.embedding_dim, *cfg)
     common.copy_lm_weights(torch, model, lm.network_)
@@ -110,7 +158,10 @@ def print_speed(rows):
     """The training and the generation table."""
     for part, title, extra in (
             ("train", "Training: tokens per second of a whole fit",
-             [("loss pl", ">10.4f", ("train", "pylstm", "loss")),
+             [("GF/s pl", ">8.0f", ("train", "pylstm", "gflop_per_s")),
+              ("GF/s torch", ">10.0f", ("train", "torch", "gflop_per_s")),
+              ("outside", ">8.1%", ("train", "pylstm", "outside_compiled")),
+              ("loss pl", ">10.4f", ("train", "pylstm", "loss")),
               ("loss torch", ">10.4f", ("train", "torch", "loss"))]),
             ("generate", "Generation: tokens per second of generate()",
              [("max|dp|", ">10.1e", ("generate", "max_abs_dp"))])):
@@ -121,8 +172,12 @@ def print_speed(rows):
             ("torch tok/s", ">12,.0f", (part, "torch", "tokens_per_s")),
             ("ratio", ">6.2f", (part, "ratio")), ("best", ">6.2f", (part, "ratio_best")),
             ("cpu", ">6.2f", (part, "ratio_cpu"))] + extra, rows)) + "\n")
-    print("loss: mean training cross-entropy of the last epoch, both from pylstm's initial "
-          "weights; max|dp|: largest difference of the next-token distributions")
+    print("GF/s: the training products' floating-point operations per second (6 x 4H(I+H) "
+          "per layer and 6 x HV per token), to set beside the SGEMM rate above; outside: "
+          "pylstm's fit time outside its compiled calls (kernels, input gradient, head "
+          "products) over the time inside them; loss: mean "
+          "training cross-entropy of the last epoch, both from pylstm's initial weights; "
+          "max|dp|: largest difference of the next-token distributions")
 
 
 # --------------------------------------------------------------------------- parity
@@ -213,6 +268,10 @@ def main(argv=None):
             sub = argparse.Namespace(**{**vars(args), "epochs": 1})
             pylstm_lm((16, 1), sub, 0).fit(text[:5000])
             torch_fit(torch, text[:5000], (16, 1), sub)
+        n = 256 if args.quick else 2048
+        env["sgemm_gflop_per_s"] = common.sgemm_rate(n)
+        print(f"SGEMM {n}^3 through SciPy's BLAS at this thread cap: "
+              f"{env['sgemm_gflop_per_s']:.0f} GFLOP/s\n")
         rows = []
         for cfg in args.configs:
             common.progress(f"  H={cfg[0]} L={cfg[1]} ...")

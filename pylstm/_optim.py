@@ -28,8 +28,12 @@ import warnings
 
 import numpy as np
 
+from ._arrays import adam_update
 from ._container import ModelFileError, read_bool, read_float, read_int, read_object, read_str
 from ._workspace import Workspace
+
+#: Dtypes of the compiled updates (float32 and float64); others take NumPy's passes.
+_COMPILED_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
 
 __all__ = [
     "AdamOptimizer",
@@ -470,13 +474,20 @@ class AdamOptimizer(_BaseOptimizer):
     def _update(self, p, g, buffers, tmp):
         m, v = buffers
         b1, b2 = self.beta_1, self.beta_2
+        step = float(self.learning_rate) / (1.0 - b1**self.t)
+        if (p.dtype == g.dtype == m.dtype == v.dtype and p.dtype in _COMPILED_DTYPES
+                and all(a.flags.c_contiguous for a in (p, g, m, v))):
+            # One compiled pass instead of a dozen NumPy ones, same bits.
+            adam_update(p.reshape(-1), g.reshape(-1), m.reshape(-1), v.reshape(-1), b1, b2,
+                        math.sqrt(1.0 - b2**self.t), self.epsilon, step)
+            return
         m *= b1
         m += np.multiply(g, 1.0 - b1, out=tmp)
         _accumulate_square(v, g, b2, tmp)
         # lr * m_hat / (sqrt(v_hat) + eps): m's bias correction goes into the step size
-        step = _divide_by_rms(m, v, self.epsilon, tmp, bias=1.0 - b2**self.t)
-        step *= float(self.learning_rate) / (1.0 - b1**self.t)
-        p -= step
+        quotient = _divide_by_rms(m, v, self.epsilon, tmp, bias=1.0 - b2**self.t)
+        quotient *= step
+        p -= quotient
 
 
 class RMSpropOptimizer(_BaseOptimizer):

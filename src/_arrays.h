@@ -1,6 +1,6 @@
-/* One-pass loops over the caller's arrays: a finite check, and the copies
+/* One-pass loops over the caller's arrays: a finite check, the copies
  * between the batch-first (B, T, F) layout and the time-major rows of the
- * kernels that check each value as it passes.
+ * kernels that check each value as it passes, and Adam's update.
  *
  * A value is NaN or infinite exactly when all its exponent bits are set; the
  * test is on the integer bits, whose OR-reduction the compiler vectorizes
@@ -10,6 +10,7 @@
 #ifndef PYLSTM_ARRAYS_H
 #define PYLSTM_ARRAYS_H
 
+#include <math.h>
 #include <stdint.h>
 #include <string.h>
 
@@ -41,6 +42,40 @@ static int NAME(const T *PYLSTM_RESTRICT src, T *PYLSTM_RESTRICT dst, ptrdiff_t 
     }                                                                              \
     return bad == 0;                                                               \
 }
+
+/* One Adam update of n contiguous parameters, in place, in their own type:
+ *     m = b1 m + c1 g,  v = b2 v + c2 g^2,  p -= step m / (sqrt(v) / root_bias + eps)
+ * one operation at a time in the order of pylstm._optim's NumPy update, each
+ * rounded to T (src/meson.build compiles this file without contraction into
+ * fused multiply-adds), so both give the same bits
+ * (tests/estimators/test_optim.py::test_kept_scratch_gives_the_same_bits). */
+#define PYLSTM_ADAM(NAME, T, SQRT)                                                       \
+static void NAME(T *PYLSTM_RESTRICT p, const T *PYLSTM_RESTRICT g, T *PYLSTM_RESTRICT m, \
+                 T *PYLSTM_RESTRICT v, ptrdiff_t n, T b1, T c1, T b2, T c2,            \
+                 T root_bias, T eps, T step)                                           \
+{                                                                                      \
+    for (ptrdiff_t i = 0; i < n; i++) {                                                \
+        T gi = g[i];                                                                   \
+        T mi = m[i] * b1;                                                              \
+        T gm = gi * c1;                                                                \
+        T vi = v[i] * b2;                                                              \
+        T sq = gi * gi;                                                                \
+        sq = sq * c2;                                                                  \
+        mi = mi + gm;                                                                  \
+        vi = vi + sq;                                                                  \
+        T d = SQRT(vi);                                                                \
+        d = d / root_bias;                                                             \
+        d = d + eps;                                                                   \
+        d = mi / d;                                                                    \
+        d = d * step;                                                                  \
+        m[i] = mi;                                                                     \
+        v[i] = vi;                                                                     \
+        p[i] = p[i] - d;                                                               \
+    }                                                                                  \
+}
+
+PYLSTM_ADAM(pylstm_adam_f, float, sqrtf)
+PYLSTM_ADAM(pylstm_adam_d, double, sqrt)
 
 PYLSTM_ALL_FINITE(pylstm_all_finite_f, float, uint32_t, 0x7f800000u)
 PYLSTM_ALL_FINITE(pylstm_all_finite_d, double, uint64_t, 0x7ff0000000000000ull)

@@ -15,6 +15,11 @@ cdef extern from "_arrays.h" nogil:
     int pylstm_all_finite_d(const double* a, Py_ssize_t n)
     int pylstm_copy_finite_f(const float* src, float* dst, Py_ssize_t n)
     int pylstm_copy_finite_d(const double* src, double* dst, Py_ssize_t n)
+    void pylstm_adam_f(float* p, const float* g, float* m, float* v, Py_ssize_t n, float b1,
+                       float c1, float b2, float c2, float root_bias, float eps, float step)
+    void pylstm_adam_d(double* p, const double* g, double* m, double* v, Py_ssize_t n,
+                       double b1, double c1, double b2, double c2, double root_bias,
+                       double eps, double step)
 
 
 cdef inline int _copy_finite(const floating* src, floating* dst, Py_ssize_t n) noexcept nogil:
@@ -135,3 +140,37 @@ def address(obj):
     cdef size_t p = <size_t> view.buf
     PyBuffer_Release(&view)
     return p
+
+
+def adam_update(floating[::1] p, const floating[::1] g, floating[::1] m, floating[::1] v,
+                double beta_1, double beta_2, double root_bias, double epsilon, double step):
+    """One Adam update of a contiguous parameter ``p`` and its moments, in place.
+
+    ``m = beta_1 m + (1 - beta_1) g``; ``v = beta_2 v + (1 - beta_2) g**2``;
+    ``p -= step * m / (sqrt(v) / root_bias + epsilon)``, every coefficient and
+    every operation in the arrays' dtype, in one pass: the same bits as
+    :class:`pylstm.AdamOptimizer`'s NumPy update of the same arrays.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from pylstm._arrays import adam_update
+    >>> p, m, v = np.ones(2), np.zeros(2), np.zeros(2)
+    >>> adam_update(p, np.array([3.0, -0.5]), m, v, 0.9, 0.999, np.sqrt(0.001), 1e-8, 1.0)
+    >>> np.round(p, 4)  # the first step moves each entry by about step * (1 - beta_1)
+    array([0.9, 1.1])
+    """
+    cdef Py_ssize_t n = p.shape[0]
+    if g.shape[0] != n or m.shape[0] != n or v.shape[0] != n:
+        raise ValueError(f"adam_update: p, g, m, v must have one length, got {n}, "
+                         f"{g.shape[0]}, {m.shape[0]}, {v.shape[0]}")
+    if n == 0:
+        return
+    with nogil:
+        if floating is float:
+            pylstm_adam_f(&p[0], &g[0], &m[0], &v[0], n, <float> beta_1, <float> (1.0 - beta_1),
+                          <float> beta_2, <float> (1.0 - beta_2), <float> root_bias,
+                          <float> epsilon, <float> step)
+        else:
+            pylstm_adam_d(&p[0], &g[0], &m[0], &v[0], n, beta_1, 1.0 - beta_1, beta_2,
+                          1.0 - beta_2, root_bias, epsilon, step)

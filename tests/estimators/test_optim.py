@@ -655,3 +655,39 @@ def test_kept_scratch_gives_the_same_bits(name, p_dtype, g_dtype):
     clone.update_params([g])
     opt.update_params([g])
     np.testing.assert_array_equal(clone.params[0], opt.params[0])
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_adam_compiled_pass_gives_numpys_bits(monkeypatch, dtype):
+    """Contiguous parameters of one dtype take the one-pass compiled update
+    (``pylstm._arrays.adam_update``); it gives the bits of the NumPy passes that
+    other parameters (a strided view, another dtype) take."""
+    rng = np.random.default_rng(11)
+    shapes = [(33, 7), (5,), (2, 3, 4)]
+    start = [rng.normal(size=s).astype(dtype) for s in shapes]
+    grads = [[(rng.normal(size=s) * 10.0 ** rng.integers(-3, 3)).astype(dtype)
+              for s in shapes] for _ in range(6)]
+    calls = []
+    real = optim_module.adam_update
+    monkeypatch.setattr(optim_module, "adam_update", lambda *a: (calls.append(1), real(*a)))
+    results = {}
+    for compiled in (True, False):
+        if not compiled:
+            monkeypatch.setattr(optim_module, "_COMPILED_DTYPES", ())
+        params = [p.copy() for p in start]
+        opt = AdamOptimizer(params, learning_rate_init=0.01, beta_2=0.99)
+        for step_grads in grads:
+            opt.update_params(step_grads)
+        results[compiled] = params + opt.ms + opt.vs
+    assert len(calls) == len(shapes) * len(grads)  # every update of the first run
+    for a, b in zip(results[True], results[False], strict=True):
+        np.testing.assert_array_equal(a, b)
+    # A strided parameter goes through NumPy and is updated in place all the same.
+    monkeypatch.setattr(optim_module, "_COMPILED_DTYPES", (np.dtype(dtype),))
+    wide = start[0].copy()
+    view = wide[:, ::2]
+    before = len(calls)
+    AdamOptimizer([view], learning_rate_init=0.01).update_params([np.ones_like(view)])
+    assert len(calls) == before
+    np.testing.assert_allclose(view, start[0][:, ::2] - 0.01, rtol=1e-5)
+    np.testing.assert_array_equal(wide[:, 1::2], start[0][:, 1::2])
