@@ -49,9 +49,11 @@ def torch_fit(torch, text, cfg, args, init=None):
                    for _ in range(args.epochs)]
 
 
-#: The compiled calls of a language-model fit: the LSTM kernels, the input gradient and
-#: the head's products (src/_halves.pxi).
-COMPILED = ("forward_train", "backward", "input_gradient", "gemm_halves")
+#: The compiled calls of a language-model fit: the LSTM kernels, the input gradient, the
+#: head's products and its loss (src/_head.pxi). The optimizer and clipping, compiled
+#: passes too, count as the fit's own work.
+COMPILED = ("forward_train", "backward", "input_gradient", "gemm_halves",
+            "softmax_cross_entropy")
 
 
 def compiled_share(fit):
@@ -175,7 +177,7 @@ def print_speed(rows):
     print("GF/s: the training products' floating-point operations per second (6 x 4H(I+H) "
           "per layer and 6 x HV per token), to set beside the SGEMM rate above; outside: "
           "pylstm's fit time outside its compiled calls (kernels, input gradient, head "
-          "products) over the time inside them; loss: mean "
+          "products and loss) over the time inside them; loss: mean "
           "training cross-entropy of the last epoch, both from pylstm's initial weights; "
           "max|dp|: largest difference of the next-token distributions")
 

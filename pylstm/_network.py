@@ -8,6 +8,7 @@ of arrays; losses live here too. It knows nothing of scikit-learn.
 
 import numpy as np
 
+from ._arrays import scatter_add_rows
 from ._layer import LSTM, param_shapes
 from ._threads import loop_threads, model_call, single_threaded_blas
 from ._tuning import WHOLE_SEQUENCE_ONE_THREAD_BELOW
@@ -51,14 +52,14 @@ def softmax_cross_entropy(z, y, weight):
     >>> round(float(loss), 4)
     0.6931
     """
-    # One exp pass serves both the loss and the softmax of the gradient.
-    shifted = z - z.max(axis=-1, keepdims=True)
-    dz = np.exp(shifted)
-    total = dz.sum(axis=-1)
-    rows = np.arange(z.shape[0])
-    loss = np.dot(weight, np.log(total) - shifted[rows, y])
-    dz *= (weight / total)[:, None]
-    dz[rows, y] -= weight
+    from ._lstm import softmax_cross_entropy as compiled
+
+    # One compiled pass per row (src/_head.pxi): the loss and the gradient from
+    # one exponential of each logit.
+    z = np.ascontiguousarray(z)
+    dz = np.empty_like(z)
+    loss = compiled(z, np.ascontiguousarray(y, dtype=np.int64),
+                    np.ascontiguousarray(weight, dtype=np.float64), dz)
     return loss, dz
 
 
@@ -500,17 +501,12 @@ class LanguageNetwork(_SavedParameters):
             if k > 0:
                 mask = cache["masks"][k - 1]
                 d_out = d_in if mask is None else d_in * mask
-        # Embedding gradient: only the rows of the tokens used.
-        tokens = cache["tokens"].ravel()
-        rows, inverse = np.unique(tokens, return_inverse=True)
-        E = self.embedding.shape[1]
-        # Sum the input gradients of equal tokens: one weighted bincount over
-        # (row, column) pairs, much faster than np.add.at.
-        pairs = (inverse.reshape(-1, 1) * E + np.arange(E)).ravel()
-        d_rows = np.bincount(pairs, weights=d_in.reshape(-1), minlength=len(rows) * E)
-        d_embedding = np.zeros_like(self.embedding)
-        d_embedding[rows] = d_rows.reshape(len(rows), E)
-        grads = [d_embedding]
+        # Embedding gradient: the input gradients of equal tokens summed in
+        # float64, in row order, then rounded once.
+        tokens = np.ascontiguousarray(cache["tokens"], dtype=np.int64).reshape(-1)
+        d_rows = np.zeros(self.embedding.shape)
+        scatter_add_rows(tokens, d_in.reshape(len(tokens), -1), d_rows)
+        grads = [d_rows.astype(self.dtype)]
         grads += [g for gs in reversed(layer_grads) for g in gs]
         return grads + [d_coef, d_intercept.astype(self.dtype, copy=False)]
 

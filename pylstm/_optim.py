@@ -28,7 +28,7 @@ import warnings
 
 import numpy as np
 
-from ._arrays import adam_update
+from ._arrays import adam_update, sum_squares
 from ._container import ModelFileError, read_bool, read_float, read_int, read_object, read_str
 from ._workspace import Workspace
 
@@ -763,7 +763,10 @@ def _global_norm_parts(grads):
     sum_sq = 0.0
     with np.errstate(over="ignore"):  # handled below
         for g in grads:
-            sum_sq += float(np.square(g, dtype=np.float64).sum())
+            if g.dtype in _COMPILED_DTYPES and g.flags.c_contiguous:
+                sum_sq += sum_squares(g.reshape(-1))  # one compiled pass, no float64 copy
+            else:
+                sum_sq += float(np.square(g, dtype=np.float64).sum())
     if math.isfinite(sum_sq):
         return 1.0, math.sqrt(sum_sq)
     scale = max((float(np.max(np.abs(g))) for g in grads if g.size), default=0.0)

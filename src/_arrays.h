@@ -1,6 +1,7 @@
 /* One-pass loops over the caller's arrays: a finite check, the copies
  * between the batch-first (B, T, F) layout and the time-major rows of the
- * kernels that check each value as it passes, and Adam's update.
+ * kernels that check each value as it passes, the gradients' sum of squares
+ * (their norm, for clipping) and Adam's update.
  *
  * A value is NaN or infinite exactly when all its exponent bits are set; the
  * test is on the integer bits, whose OR-reduction the compiler vectorizes
@@ -76,6 +77,25 @@ static void NAME(T *PYLSTM_RESTRICT p, const T *PYLSTM_RESTRICT g, T *PYLSTM_RES
 
 PYLSTM_ADAM(pylstm_adam_f, float, sqrtf)
 PYLSTM_ADAM(pylstm_adam_d, double, sqrt)
+
+/* The sum of squares of a[0 .. n-1] in double: eight running sums (lanes the
+ * compiler can vectorize without reordering any one sum), added at the end. */
+#define PYLSTM_SUM_SQUARES(NAME, T)                                   \
+static double NAME(const T *PYLSTM_RESTRICT a, ptrdiff_t n)          \
+{                                                                     \
+    double acc[8] = {0, 0, 0, 0, 0, 0, 0, 0};                         \
+    ptrdiff_t i = 0;                                                  \
+    for (; i + 8 <= n; i += 8)                                        \
+        for (int k = 0; k < 8; k++)                                   \
+            acc[k] += (double)a[i + k] * (double)a[i + k];            \
+    for (; i < n; i++)                                                \
+        acc[0] += (double)a[i] * (double)a[i];                        \
+    return ((acc[0] + acc[1]) + (acc[2] + acc[3]))                    \
+           + ((acc[4] + acc[5]) + (acc[6] + acc[7]));                 \
+}
+
+PYLSTM_SUM_SQUARES(pylstm_sum_squares_f, float)
+PYLSTM_SUM_SQUARES(pylstm_sum_squares_d, double)
 
 PYLSTM_ALL_FINITE(pylstm_all_finite_f, float, uint32_t, 0x7f800000u)
 PYLSTM_ALL_FINITE(pylstm_all_finite_d, double, uint64_t, 0x7ff0000000000000ull)

@@ -8,6 +8,7 @@ check are one pass of row ``memcpy``-sized loops.
 """
 from cpython.buffer cimport PyBUF_ANY_CONTIGUOUS, PyBuffer_Release, PyObject_GetBuffer
 from cython cimport floating
+from libc.stdint cimport int64_t
 
 
 cdef extern from "_arrays.h" nogil:
@@ -15,6 +16,8 @@ cdef extern from "_arrays.h" nogil:
     int pylstm_all_finite_d(const double* a, Py_ssize_t n)
     int pylstm_copy_finite_f(const float* src, float* dst, Py_ssize_t n)
     int pylstm_copy_finite_d(const double* src, double* dst, Py_ssize_t n)
+    double pylstm_sum_squares_f(const float* a, Py_ssize_t n)
+    double pylstm_sum_squares_d(const double* a, Py_ssize_t n)
     void pylstm_adam_f(float* p, const float* g, float* m, float* v, Py_ssize_t n, float b1,
                        float c1, float b2, float c2, float root_bias, float eps, float step)
     void pylstm_adam_d(double* p, const double* g, double* m, double* v, Py_ssize_t n,
@@ -174,3 +177,63 @@ def adam_update(floating[::1] p, const floating[::1] g, floating[::1] m, floatin
         else:
             pylstm_adam_d(&p[0], &g[0], &m[0], &v[0], n, beta_1, 1.0 - beta_1, beta_2,
                           1.0 - beta_2, root_bias, epsilon, step)
+
+
+def scatter_add_rows(const int64_t[::1] index, const floating[:, ::1] rows, double[:, ::1] out):
+    """``out[index[r]] += rows[r]`` for every row ``r``, in row order, in float64.
+
+    The embedding's gradient: the input gradients of equal tokens summed. Every
+    index is checked against ``out``'s rows before anything is added.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from pylstm._arrays import scatter_add_rows
+    >>> out = np.zeros((3, 2))
+    >>> scatter_add_rows(np.array([2, 0, 2]), np.array([[1.0, 2.0], [3.0, 4.0], [5.0, 6.0]]), out)
+    >>> out.tolist()
+    [[3.0, 4.0], [0.0, 0.0], [6.0, 8.0]]
+    """
+    cdef Py_ssize_t n = index.shape[0]
+    cdef Py_ssize_t width = rows.shape[1]
+    cdef Py_ssize_t r, j, k
+    cdef Py_ssize_t bad = -1
+    if rows.shape[0] != n or out.shape[1] != width:
+        raise ValueError(f"scatter_add_rows: {n} indices, rows of shape ({rows.shape[0]}, "
+                         f"{width}) and out of shape ({out.shape[0]}, {out.shape[1]}) do not "
+                         "match")
+    with nogil:
+        for r in range(n):
+            if index[r] < 0 or index[r] >= out.shape[0]:
+                bad = r
+                break
+        if bad < 0:
+            for r in range(n):
+                k = <Py_ssize_t> index[r]
+                for j in range(width):
+                    out[k, j] += rows[r, j]
+    if bad >= 0:
+        raise ValueError(f"scatter_add_rows: index {index[bad]} at position {bad} is outside "
+                         f"the {out.shape[0]} rows of out")
+
+
+def sum_squares(const floating[::1] a):
+    """The sum of the squares of ``a``'s entries, in float64 (inf or NaN if one is).
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from pylstm._arrays import sum_squares
+    >>> sum_squares(np.array([3.0, 4.0], dtype=np.float32))
+    25.0
+    """
+    cdef Py_ssize_t n = a.shape[0]
+    cdef double total = 0.0
+    if n == 0:
+        return 0.0
+    with nogil:
+        if floating is float:
+            total = pylstm_sum_squares_f(&a[0], n)
+        else:
+            total = pylstm_sum_squares_d(&a[0], n)
+    return total

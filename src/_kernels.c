@@ -12,6 +12,7 @@
 #include "_kernels.h"
 #include "_simd.h"
 
+#include <math.h>
 #include <stdint.h>
 #include <string.h>
 
@@ -585,6 +586,76 @@ static void NAME(int m, int k, const T *A, ptrdiff_t lda, const T *B1, ptrdiff_t
 GEMM_TN(gemm_tn_f, float, PYLSTM_LF, tn_wide_f, tn_one_f, tn_tail_f)
 GEMM_TN(gemm_tn_d, double, PYLSTM_LD, tn_wide_d, tn_one_d, tn_tail_d)
 
+/* Softmax cross-entropy of `rows` rows of `cols` logits z with labels y and row
+ * weights w (the language model's loss): returns sum_r w_r (log s_r - (z_ry - m_r))
+ * with m_r the row's largest logit and s_r = sum_j e^(z_rj - m_r), and writes
+ * dz_r = w_r softmax(z_r) - w_r onehot(y_r). The exponentials go through the
+ * cell's vexp, the sums in double. A NaN or infinite logit makes the result
+ * NaN: (z - m) * 0 is 0 for finite logits only, and its sum is added. */
+#define SOFTMAX_XENT(NAME, T, V, L, SPLAT, LOAD, STORE, VMAX, VEXP)                   \
+static double NAME(const T *R z, ptrdiff_t rows, int cols, const int64_t *R y,      \
+                   const double *R w, T *R dz)                                       \
+{                                                                                    \
+    double loss = 0.0, bad = 0.0;                                                    \
+    for (ptrdiff_t r = 0; r < rows; r++) {                                           \
+        const T *zr = z + r * cols;                                                  \
+        T *dr = dz + r * cols;                                                       \
+        T lanes[L], m = zr[0];                                                       \
+        int j = 0;                                                                   \
+        if (cols >= L) {                                                             \
+            V vm = LOAD(zr);                                                         \
+            for (j = L; j + L <= cols; j += L)                                       \
+                vm = VMAX(vm, LOAD(zr + j));                                         \
+            STORE(lanes, vm);                                                        \
+            for (int u = 0; u < L; u++)                                              \
+                m = lanes[u] > m ? lanes[u] : m;                                     \
+        }                                                                            \
+        for (; j < cols; j++)                                                        \
+            m = zr[j] > m ? zr[j] : m;                                               \
+        V vsum = SPLAT(0), vbad = SPLAT(0);                                          \
+        for (j = 0; j + L <= cols; j += L) {                                         \
+            V d = LOAD(zr + j) - m;                                                  \
+            V e = VEXP(d);                                                           \
+            STORE(dr + j, e);                                                        \
+            vsum += e;                                                               \
+            vbad += d * (T)0;                                                        \
+        }                                                                            \
+        double s = 0.0;                                                              \
+        if (j < cols) { /* the last logits, padded with the row's largest */         \
+            T zl[L], el[L];                                                          \
+            for (int u = 0; u < L; u++)                                              \
+                zl[u] = j + u < cols ? zr[j + u] : m;                                \
+            V d = LOAD(zl) - m;                                                      \
+            STORE(el, VEXP(d));                                                      \
+            vbad += d * (T)0;                                                        \
+            for (int u = 0; u < cols - j; u++) {                                     \
+                dr[j + u] = el[u];                                                   \
+                s += el[u];                                                          \
+            }                                                                        \
+        }                                                                            \
+        STORE(lanes, vsum);                                                          \
+        for (int u = 0; u < L; u++)                                                  \
+            s += lanes[u];                                                           \
+        STORE(lanes, vbad);                                                          \
+        for (int u = 0; u < L; u++)                                                  \
+            bad += lanes[u];                                                         \
+        bad += (double)(m - m);                                                      \
+        loss += w[r] * (log(s) - (double)(zr[y[r]] - m));                            \
+        V scale = SPLAT((T)(w[r] / s));                                              \
+        for (j = 0; j + L <= cols; j += L)                                           \
+            STORE(dr + j, LOAD(dr + j) * scale);                                     \
+        for (; j < cols; j++)                                                        \
+            dr[j] = dr[j] * (T)(w[r] / s);                                           \
+        dr[y[r]] -= (T)w[r];                                                         \
+    }                                                                                \
+    return loss + bad;                                                               \
+}
+
+SOFTMAX_XENT(softmax_xent_f, float, pylstm_vf, PYLSTM_LF, pylstm_splat_f, pylstm_load_f,
+             pylstm_store_f, PYLSTM_MAX_F, vexpf)
+SOFTMAX_XENT(softmax_xent_d, double, pylstm_vd, PYLSTM_LD, pylstm_splat_d, pylstm_load_d,
+             pylstm_store_d, PYLSTM_MAX_D, vexpd)
+
 const pylstm_kernels PYLSTM_CAT(pylstm_kernels_, PYLSTM_TARGET) = {
     PYLSTM_STR(PYLSTM_TARGET),
     gemm_packed_f, gemm_packed_d,
@@ -593,4 +664,5 @@ const pylstm_kernels PYLSTM_CAT(pylstm_kernels_, PYLSTM_TARGET) = {
     cell_forward_f, cell_forward_d,
     cell_backward_f, cell_backward_d,
     column_sums_f, column_sums_d,
+    softmax_xent_f, softmax_xent_d,
 };

@@ -2,7 +2,8 @@
  * choice of the table at run time.
  *
  * _kernels.c holds one source of every kernel: the LSTM cell (forward and
- * backward), the bias-gradient column sums, the products of the time loop
+ * backward), the bias-gradient column sums, the softmax cross-entropy of the
+ * language model's head, the products of the time loop
  * over packed weights (pylstm_gemm_packed, and pylstm_gemv_packed for one
  * row) and the weight-gradient product (pylstm_gemm_tn). src/meson.build
  * compiles it once per level that the compiler and platform have (x86-64:
@@ -21,6 +22,8 @@
  */
 #ifndef PYLSTM_KERNELS_H
 #define PYLSTM_KERNELS_H
+
+#include <stdint.h>
 
 #include "_platform.h"
 
@@ -65,6 +68,10 @@ typedef struct {
                             double *dc, const double *dout, int n, int S);
     void (*column_sums_f)(const float *a, ptrdiff_t rows, int cols, ptrdiff_t lda, float *out);
     void (*column_sums_d)(const double *a, ptrdiff_t rows, int cols, ptrdiff_t lda, double *out);
+    double (*softmax_xent_f)(const float *z, ptrdiff_t rows, int cols, const int64_t *y,
+                             const double *w, float *dz);
+    double (*softmax_xent_d)(const double *z, ptrdiff_t rows, int cols, const int64_t *y,
+                             const double *w, double *dz);
 } pylstm_kernels;
 
 /* The tables that this build compiled (src/meson.build defines
@@ -259,6 +266,17 @@ static inline void pylstm_column_sums_d(const double *a, ptrdiff_t rows, int col
                                         double *out)
 {
     pylstm_k->column_sums_d(a, rows, cols, lda, out);
+}
+
+static inline double pylstm_softmax_xent_f(const float *z, ptrdiff_t rows, int cols,
+                                           const int64_t *y, const double *w, float *dz)
+{
+    return pylstm_k->softmax_xent_f(z, rows, cols, y, w, dz);
+}
+static inline double pylstm_softmax_xent_d(const double *z, ptrdiff_t rows, int cols,
+                                           const int64_t *y, const double *w, double *dz)
+{
+    return pylstm_k->softmax_xent_d(z, rows, cols, y, w, dz);
 }
 
 /* Number of elements of the packed copy of a k x n matrix. */

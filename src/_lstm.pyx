@@ -31,9 +31,11 @@ inference round identically.
 The module is one extension, written in parts by concept (included below):
 the C kernels and their SIMD level; scratch memory; the per-step products
 and packing; the layout and shape checks; the two-thread split; the forward
-loop; BPTT; projections; a product by halves of its rows (the softmax head).
+loop; BPTT; projections; the language model's softmax head (its products by
+halves of their rows, its loss).
 """
 from cython cimport floating
+from libc.stdint cimport int64_t
 from libc.stdlib cimport free, malloc
 from libc.string cimport memcmp, memcpy, memset
 
@@ -48,4 +50,4 @@ include "_split.pxi"
 include "_forward.pxi"
 include "_backward.pxi"
 include "_projection.pxi"
-include "_halves.pxi"
+include "_head.pxi"

@@ -377,6 +377,62 @@ static void check_column_sums(const pylstm_kernels *t, const char *lv, int dbl)
     report(lv, what, NULL);
 }
 
+/* softmax_xent: the loss sum_r w_r (log sum_j e^(z_rj - m_r) - (z_ry - m_r)) and
+ * dz = w (softmax - onehot), against libm in double; row widths around the
+ * vector length (whole vectors, a padded tail, fewer logits than a vector).
+ * Then a NaN or infinite logit must make the loss NaN. */
+static void check_softmax_xent(const pylstm_kernels *t, const char *lv, int dbl)
+{
+    static const int widths[] = {1, 3, 8, 17, 33, 102};
+    enum { ROWS = 5 };
+    char what[40], ctx[80];
+    begin();
+    for (size_t s = 0; s < sizeof widths / sizeof widths[0]; s++) {
+        int cols = widths[s];
+        long n = (long)ROWS * cols;
+        double *Z = rnd_vec(n, 8), w[ROWS], loss_ref = 0, loss;
+        int64_t y[ROWS];
+        arr z = arr_new(dbl, n, Z), dz = arr_new(dbl, n, NULL);
+        for (int r = 0; r < ROWS; r++)
+            y[r] = (r * 7) % cols, w[r] = (r + 1) / 15.0;
+        loss = dbl ? t->softmax_xent_d(D(z), ROWS, cols, y, w, D(dz))
+                   : t->softmax_xent_f(F(z), ROWS, cols, y, w, F(dz));
+        for (int r = 0; r < ROWS; r++) {
+            double m = -INFINITY, sum = 0;
+            for (int j = 0; j < cols; j++)
+                m = fmax(m, at(z, (long)r * cols + j));
+            for (int j = 0; j < cols; j++)
+                sum += exp(at(z, (long)r * cols + j) - m);
+            loss_ref += w[r] * (log(sum) - (at(z, (long)r * cols + y[r]) - m));
+            snprintf(ctx, sizeof ctx, "cols=%d dz", cols);
+            for (int j = 0; j < cols; j++) {
+                double p = exp(at(z, (long)r * cols + j) - m) / sum;
+                double want = w[r] * (p - (j == y[r]));
+                close_to(at(dz, (long)r * cols + j), want, 8 * eps(dbl) * w[r], ctx,
+                         (long)r * cols + j);
+            }
+        }
+        snprintf(ctx, sizeof ctx, "cols=%d loss", cols);
+        close_to(loss, loss_ref, 16 * eps(dbl) * (fabs(loss_ref) + 8), ctx, 0);
+        static const double bad[] = {NAN, INFINITY, -INFINITY};
+        for (int b = 0; b < 3; b++) {
+            arr z2 = arr_copy(z);
+            if (dbl)
+                D(z2)[n - 1] = bad[b];
+            else
+                F(z2)[n - 1] = (float)bad[b];
+            loss = dbl ? t->softmax_xent_d(D(z2), ROWS, cols, y, w, D(dz))
+                       : t->softmax_xent_f(F(z2), ROWS, cols, y, w, F(dz));
+            if (!isnan(loss))
+                fail("cols=%d: a logit %g gave the loss %g, not NaN", cols, bad[b], loss);
+            free(z2.p);
+        }
+        free(Z), free(z.p), free(dz.p);
+    }
+    snprintf(what, sizeof what, "softmax_xent_%s", tname(dbl));
+    report(lv, what, NULL);
+}
+
 /* The cell's nonlinearities by libm, in the kernel's precision. */
 static double sig_ref(double x, int dbl)
 {
@@ -716,6 +772,7 @@ int main(void)
             check_gemv_packed(t, lv, dbl);
             check_gemm_tn(t, lv, dbl);
             check_column_sums(t, lv, dbl);
+            check_softmax_xent(t, lv, dbl);
             check_cell_forward(t, lv, dbl);
             check_cell_backward(t, lv, dbl);
             check_blocks(t, lv, dbl);

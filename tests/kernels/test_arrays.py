@@ -1,10 +1,18 @@
-"""The compiled array passes of ``pylstm._arrays``: finite checks and layout copies."""
+"""The compiled array passes of ``pylstm._arrays``: finite checks, layout copies, sums
+of squares, the scatter-add of rows."""
 
 import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from pylstm._arrays import address, all_finite, to_batch_first, to_time_major
+from pylstm._arrays import (
+    address,
+    all_finite,
+    scatter_add_rows,
+    sum_squares,
+    to_batch_first,
+    to_time_major,
+)
 
 from pylstm._validation import check_finite
 
@@ -78,3 +86,51 @@ def test_address():
     a = np.zeros((3, 5))
     assert address(a) == a.ctypes.data
     assert address(a[1:]) == a.ctypes.data + 5 * 8
+
+
+@settings(max_examples=50, deadline=None)
+@given(n=st.integers(0, 100), dtype=st.sampled_from([np.float32, np.float64]),
+       seed=st.integers(0, 2**16))
+def test_sum_squares_matches_numpy_in_float64(n, dtype, seed):
+    """Eight running sums and a tail: every length, both dtypes, squares in float64."""
+    a = (np.random.default_rng(seed).standard_normal(n) * 1e3).astype(dtype)
+    expect = float(np.square(a, dtype=np.float64).sum())
+    assert sum_squares(a) == pytest.approx(expect, rel=1e-14, abs=0)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_sum_squares_propagates_non_finite(dtype):
+    a = np.ones(21, dtype=dtype)
+    a[17] = np.inf
+    assert sum_squares(a) == np.inf
+    a[3] = np.nan
+    assert np.isnan(sum_squares(a))
+    big = np.full(9, 1e200)  # squares overflow float64: inf, as NumPy's
+    assert sum_squares(big) == np.inf
+
+
+@settings(max_examples=50, deadline=None)
+@given(n=st.integers(0, 60), rows=st.integers(1, 9), width=st.integers(1, 7),
+       dtype=st.sampled_from([np.float32, np.float64]), seed=st.integers(0, 2**16))
+def test_scatter_add_rows_matches_numpy(n, rows, width, dtype, seed):
+    """The embedding's gradient: np.add.at in float64, in row order, the same bits."""
+    rng = np.random.default_rng(seed)
+    index = rng.integers(0, rows, n)
+    values = rng.standard_normal((n, width)).astype(dtype)
+    out = np.zeros((rows, width))
+    scatter_add_rows(index, values, out)
+    expect = np.zeros((rows, width))
+    np.add.at(expect, index, values.astype(np.float64))
+    np.testing.assert_array_equal(out, expect)
+
+
+def test_scatter_add_rows_checks_before_adding():
+    out = np.zeros((3, 2))
+    for index in ([0, 3], [-1, 0]):
+        with pytest.raises(ValueError, match="outside the 3 rows of out"):
+            scatter_add_rows(np.array(index), np.ones((2, 2)), out)
+    assert (out == 0).all()  # nothing added
+    with pytest.raises(ValueError, match="do not match"):
+        scatter_add_rows(np.array([0, 1]), np.ones((2, 3)), out)
+    with pytest.raises(ValueError, match="do not match"):
+        scatter_add_rows(np.array([0]), np.ones((2, 2)), out)

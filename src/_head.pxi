@@ -1,5 +1,5 @@
-# A whole-batch product by halves of its rows, the halves on two threads when
-# the caller allows them: the language model's softmax head.
+# The language model's softmax head: its products by halves of their rows, the
+# halves on two threads when the caller allows them, and its loss.
 
 
 cdef struct _Half:
@@ -73,3 +73,36 @@ def gemm_halves(bint trans_a, bint trans_b, double alpha,
             _half_task(&first)
         pylstm_leave()
     return used
+
+
+def softmax_cross_entropy(const floating[:, ::1] z, const int64_t[::1] y,
+                          const double[::1] weight, floating[:, ::1] dz):
+    """Weighted cross-entropy of logits ``z`` (N, C) for labels ``y`` (N,) and its gradient.
+
+    Returns ``sum_r weight[r] * (logsumexp(z[r]) - z[r, y[r]])`` and writes
+    ``dz[r] = weight[r] * (softmax(z[r]) - onehot(y[r]))``, one pass per row
+    (``_kernels.c``, the cell's exponential). A non-finite logit makes the
+    loss NaN. Every label is checked against ``C`` before any work.
+    """
+    cdef Py_ssize_t n = z.shape[0]
+    cdef int c = <int> z.shape[1]
+    cdef Py_ssize_t r
+    cdef double loss
+    if y.shape[0] != n or weight.shape[0] != n or dz.shape[0] != n or dz.shape[1] != c:
+        raise ValueError(f"softmax_cross_entropy: logits ({n}, {c}), labels ({y.shape[0]},), "
+                         f"weights ({weight.shape[0]},) and gradient ({dz.shape[0]}, "
+                         f"{dz.shape[1]}) do not match")
+    if n == 0:
+        return 0.0
+    if c == 0:
+        raise ValueError("softmax_cross_entropy: no classes")
+    for r in range(n):
+        if y[r] < 0 or y[r] >= c:
+            raise ValueError(f"softmax_cross_entropy: label {y[r]} at row {r} is outside "
+                             f"0 .. {c - 1}")
+    with nogil:
+        if floating is float:
+            loss = pylstm_softmax_xent_f(&z[0, 0], n, c, &y[0], &weight[0], &dz[0, 0])
+        else:
+            loss = pylstm_softmax_xent_d(&z[0, 0], n, c, &y[0], &weight[0], &dz[0, 0])
+    return loss
