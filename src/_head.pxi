@@ -53,6 +53,8 @@ def gemm_halves(bint trans_a, bint trans_b, double alpha,
                          f"({c.shape[0]}, {c.shape[1]}) do not match")
     if k == 0:
         raise ValueError("gemm_halves: inner dimension must be positive")
+    if m == 0 or n == 0:
+        return 1
     first.is_float = floating is float
     first.trans_a, first.trans_b = trans_a, trans_b
     first.r0, first.r1, first.n, first.k = 0, m, n, k

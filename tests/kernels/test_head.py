@@ -75,6 +75,9 @@ def test_gemm_halves_shape_mismatch_raises(a_shape, b_shape, c_shape):
     with pytest.raises(ValueError, match="gemm_halves: shapes .* do not match"):
         _lstm.gemm_halves(False, False, 1.0, np.zeros(a_shape), np.zeros(b_shape), 0.0,
                           np.zeros(c_shape))
+    for m, n in ((0, 2), (3, 0)):  # an empty result: nothing to compute
+        assert _lstm.gemm_halves(False, False, 1.0, np.zeros((m, 4)), np.zeros((4, n)), 0.0,
+                                 np.zeros((m, n))) == 1
     with pytest.raises(ValueError, match="inner dimension"):
         _lstm.gemm_halves(False, False, 1.0, np.zeros((3, 0)), np.zeros((0, 2)), 0.0,
                           np.zeros((3, 2)))
