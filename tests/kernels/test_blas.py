@@ -1,11 +1,13 @@
-"""The row-major BLAS wrappers of :mod:`pylstm._blas` against NumPy."""
+"""The row-major BLAS wrappers of :mod:`pylstm._blas`, and ``pylstm._lstm.gemm_halves``
+over them, against NumPy."""
 
 import itertools
 
 import numpy as np
 import pytest
+from threadpoolctl import threadpool_limits
 
-from pylstm import _blas
+from pylstm import _blas, _lstm
 
 gemm_rm = _blas.gemm_rm
 gemv_rm = _blas.gemv_rm
@@ -210,3 +212,56 @@ def test_read_only_output_rejected_but_read_only_inputs_accepted():
     with pytest.raises(ValueError, match="read-only"):
         gemm_rm(False, False, 1.0, a, b, 0.0, c)
 
+
+# gemm_halves (src/_head.pxi): the language model head's products by halves of their
+# rows, on the kernels' two threads. A hang in the worker hand-over must fail the test.
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("trans_a, trans_b", TRANS)
+@pytest.mark.parametrize("m, n, k", [(1, 3, 2), (7, 5, 3), (301, 70, 90)])
+def test_gemm_halves_matches_numpy_and_ignores_threads(dtype, trans_a, trans_b, m, n, k):
+    rng = np.random.default_rng(m * n * k)
+    a = _operand(rng, m, k, trans_a, dtype)
+    b = _operand(rng, k, n, trans_b, dtype)
+    c0 = rng.standard_normal((m, n)).astype(dtype)
+    expect = 0.75 * ((a.T if trans_a else a) @ (b.T if trans_b else b)) - 1.25 * c0
+    results = []
+    with threadpool_limits(limits=1, user_api="blas"):
+        for threads in (1, 2):
+            c = c0.copy()
+            used = _lstm.gemm_halves(trans_a, trans_b, 0.75, a, b, -1.25, c, threads)
+            # Halves from SPLIT_CALL_MACS (1e6) multiply-adds on; below, one call.
+            if threads == 1 or m * n * k < 1e6:
+                assert used == 1
+            np.testing.assert_allclose(c, expect, **_tol(dtype))
+            results.append(c)
+    np.testing.assert_array_equal(results[0], results[1])
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_gemm_halves_on_a_large_product_uses_two_threads(dtype):
+    if _lstm.kernel_threads() < 2:
+        pytest.skip("this build has no kernel threads")
+    rng = np.random.default_rng(0)
+    a = rng.standard_normal((512, 64)).astype(dtype)
+    b = rng.standard_normal((64, 40)).astype(dtype)
+    c = np.empty((512, 40), dtype=dtype)
+    with threadpool_limits(limits=1, user_api="blas"):
+        assert _lstm.gemm_halves(False, False, 1.0, a, b, 0.0, c, 2) == 2
+    np.testing.assert_allclose(c, a @ b, **_tol(dtype))
+
+
+@pytest.mark.parametrize("a_shape, b_shape, c_shape", [((3, 4), (5, 2), (3, 2)),
+                                                       ((3, 4), (4, 2), (2, 2)),
+                                                       ((3, 4), (4, 2), (3, 3))])
+def test_gemm_halves_shape_mismatch_raises(a_shape, b_shape, c_shape):
+    with pytest.raises(ValueError, match="gemm_halves: shapes .* do not match"):
+        _lstm.gemm_halves(False, False, 1.0, np.zeros(a_shape), np.zeros(b_shape), 0.0,
+                          np.zeros(c_shape))
+    for m, n in ((0, 2), (3, 0)):  # an empty result: nothing to compute
+        assert _lstm.gemm_halves(False, False, 1.0, np.zeros((m, 4)), np.zeros((4, n)), 0.0,
+                                 np.zeros((m, n))) == 1
+    with pytest.raises(ValueError, match="inner dimension"):
+        _lstm.gemm_halves(False, False, 1.0, np.zeros((3, 0)), np.zeros((0, 2)), 0.0,
+                          np.zeros((3, 2)))
