@@ -57,27 +57,28 @@ COMPILED = ("forward_train", "backward", "input_gradient", "gemm_halves",
 
 
 def compiled_share(fit):
-    """``fit()``'s wall time and the time inside its compiled calls (:data:`COMPILED`),
-    timed by wrapping them in ``pylstm._lstm`` for this one call."""
+    """``fit()``'s wall time and the seconds inside each of its compiled calls
+    (:data:`COMPILED`, name -> seconds), timed by wrapping them in ``pylstm._lstm``
+    for this one call."""
     from pylstm import _lstm
 
-    inside, real = [0.0], {name: getattr(_lstm, name) for name in COMPILED}
+    inside, real = dict.fromkeys(COMPILED, 0.0), {name: getattr(_lstm, name) for name in COMPILED}
 
-    def timed(call):
+    def timed(name, call):
         def run(*args, **kwargs):
             t0 = time.perf_counter()
             try:
                 return call(*args, **kwargs)
             finally:
-                inside[0] += time.perf_counter() - t0
+                inside[name] += time.perf_counter() - t0
         return run
 
     try:
         for name, call in real.items():
-            setattr(_lstm, name, timed(call))
+            setattr(_lstm, name, timed(name, call))
         t0 = time.perf_counter()
         fit()
-        return time.perf_counter() - t0, inside[0]
+        return time.perf_counter() - t0, inside
     finally:
         for name, call in real.items():
             setattr(_lstm, name, call)
@@ -113,12 +114,12 @@ def rates(wall, cpu, tokens):
 
 
 def training_flops(cfg, embedding_dim, vocab_size):
-    """Floating-point operations per training token: per layer 6 x 4H(I + H) (the
-    forward products 2 x, the weight, state and input gradients 4 x) and the head's
-    6 x H V; the elementwise work is left out."""
+    """Floating-point operations per training token: the LSTM layers' (6 x 4H(I + H)
+    each: the forward products 2 x, the weight, state and input gradients 4 x) and the
+    head's (6 x H V); the elementwise work is left out."""
     hidden, layers = cfg
     inputs = [embedding_dim] + [hidden] * (layers - 1)
-    return sum(6 * 4 * hidden * (i + hidden) for i in inputs) + 6 * hidden * vocab_size
+    return sum(6 * 4 * hidden * (i + hidden) for i in inputs), 6 * hidden * vocab_size
 
 
 def speed(torch, text, cfg, args):
@@ -130,15 +131,21 @@ def speed(torch, text, cfg, args):
         "pylstm": lambda: pylstm_lm(cfg, args, args.seed).fit(text),
         "torch": lambda: torch_fit(torch, text, cfg, args, init.network_)}, args.repeats)
     train = rates(wall, cpu, inputs.size * args.epochs)
-    flops = training_flops(cfg, args.embedding_dim, len(vocab))
+    lstm_flops, head_flops = training_flops(cfg, args.embedding_dim, len(vocab))
     for name in ("pylstm", "torch"):
-        train[name]["gflop_per_s"] = flops * train[name]["tokens_per_s"] / 1e9
+        train[name]["gflop_per_s"] = (lstm_flops + head_flops) * train[name]["tokens_per_s"] / 1e9
     lm = last["pylstm"]
     train["pylstm"]["loss"], train["torch"]["loss"] = lm.loss_curve_[-1], last["torch"][1][-1]
     # The fit's time outside its compiled calls, over the time inside them (median of 3).
     shares = [compiled_share(lambda: pylstm_lm(cfg, args, args.seed).fit(text))
               for _ in range(1 if args.quick else 3)]
-    train["pylstm"]["outside_compiled"] = float(np.median([w / c - 1 for w, c in shares]))
+    train["pylstm"]["outside_compiled"] = float(np.median(
+        [wall / sum(inside.values()) - 1 for wall, inside in shares]))
+    # The LSTM kernel calls' own rate inside the fit (forward, BPTT, input gradient).
+    kernels = ("forward_train", "backward", "input_gradient")
+    train["pylstm"]["kernel_gflop_per_s"] = float(np.median(
+        [lstm_flops * inputs.size * args.epochs / sum(inside[k] for k in kernels) / 1e9
+         for _, inside in shares]))
 
     model = common.torch_twins(torch)[1](len(vocab), args.embedding_dim, *cfg)
     common.copy_lm_weights(torch, model, lm.network_)
@@ -162,6 +169,7 @@ def print_speed(rows):
             ("train", "Training: tokens per second of a whole fit",
              [("GF/s pl", ">8.0f", ("train", "pylstm", "gflop_per_s")),
               ("GF/s torch", ">10.0f", ("train", "torch", "gflop_per_s")),
+              ("GF/s kern", ">9.0f", ("train", "pylstm", "kernel_gflop_per_s")),
               ("outside", ">8.1%", ("train", "pylstm", "outside_compiled")),
               ("loss pl", ">10.4f", ("train", "pylstm", "loss")),
               ("loss torch", ">10.4f", ("train", "torch", "loss"))]),
@@ -175,7 +183,9 @@ def print_speed(rows):
             ("ratio", ">6.2f", (part, "ratio")), ("best", ">6.2f", (part, "ratio_best")),
             ("cpu", ">6.2f", (part, "ratio_cpu"))] + extra, rows)) + "\n")
     print("GF/s: the training products' floating-point operations per second (6 x 4H(I+H) "
-          "per layer and 6 x HV per token), to set beside the SGEMM rate above; outside: "
+          "per layer and 6 x HV per token), to set beside the SGEMM rate above; GF/s kern: "
+          "pylstm's LSTM kernel calls alone inside its fit (forward, BPTT, input gradient); "
+          "outside: "
           "pylstm's fit time outside its compiled calls (kernels, input gradient, head "
           "products and loss) over the time inside them; loss: mean "
           "training cross-entropy of the last epoch, both from pylstm's initial weights; "

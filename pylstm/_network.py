@@ -438,7 +438,8 @@ class LanguageNetwork(_SavedParameters):
         if work >= WHOLE_SEQUENCE_ONE_THREAD_BELOW:
             gemm_rm(trans_a, trans_b, 1.0, a, b, beta, c)
             return
-        threads = loop_threads()
+        # A product of one row (generate(), step()) never splits: no thread query.
+        threads = loop_threads() if c.shape[0] >= 2 else 1
         with single_threaded_blas():
             gemm_halves(trans_a, trans_b, 1.0, a, b, beta, c, threads)
 
@@ -505,7 +506,7 @@ class LanguageNetwork(_SavedParameters):
         # float64, in row order, then rounded once.
         tokens = np.ascontiguousarray(cache["tokens"], dtype=np.int64).reshape(-1)
         d_rows = np.zeros(self.embedding.shape)
-        scatter_add_rows(tokens, d_in.reshape(len(tokens), -1), d_rows)
+        scatter_add_rows(tokens, d_in.reshape(len(tokens), self.embedding.shape[1]), d_rows)
         grads = [d_rows.astype(self.dtype)]
         grads += [g for gs in reversed(layer_grads) for g in gs]
         return grads + [d_coef, d_intercept.astype(self.dtype, copy=False)]

@@ -84,7 +84,8 @@ def softmax_cross_entropy(const floating[:, ::1] z, const int64_t[::1] y,
     Returns ``sum_r weight[r] * (logsumexp(z[r]) - z[r, y[r]])`` and writes
     ``dz[r] = weight[r] * (softmax(z[r]) - onehot(y[r]))``, one pass per row
     (``_kernels.c``, the cell's exponential). A non-finite logit makes the
-    loss NaN. Every label is checked against ``C`` before any work.
+    loss NaN. Every label is checked against ``C`` before any work; ``dz``
+    must not overlap ``z``.
     """
     cdef Py_ssize_t n = z.shape[0]
     cdef int c = <int> z.shape[1]

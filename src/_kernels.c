@@ -590,8 +590,10 @@ GEMM_TN(gemm_tn_d, double, PYLSTM_LD, tn_wide_d, tn_one_d, tn_tail_d)
  * weights w (the language model's loss): returns sum_r w_r (log s_r - (z_ry - m_r))
  * with m_r the row's largest logit and s_r = sum_j e^(z_rj - m_r), and writes
  * dz_r = w_r softmax(z_r) - w_r onehot(y_r). The exponentials go through the
- * cell's vexp, the sums in double. A NaN or infinite logit makes the result
- * NaN: (z - m) * 0 is 0 for finite logits only, and its sum is added. */
+ * cell's vexp; each vector lane sums in T, the lanes and the rows in double. A
+ * NaN or infinite logit makes the result NaN: z * 0 is 0 for a finite z only,
+ * and the sum of those products is added (finite logits too far apart for
+ * z - m give an infinite loss, as the clamped exp leaves s >= 1). */
 #define SOFTMAX_XENT(NAME, T, V, L, SPLAT, LOAD, STORE, VMAX, VEXP)                   \
 static double NAME(const T *R z, ptrdiff_t rows, int cols, const int64_t *R y,      \
                    const double *R w, T *R dz)                                       \
@@ -618,7 +620,7 @@ static double NAME(const T *R z, ptrdiff_t rows, int cols, const int64_t *R y,  
             V e = VEXP(d);                                                           \
             STORE(dr + j, e);                                                        \
             vsum += e;                                                               \
-            vbad += d * (T)0;                                                        \
+            vbad += LOAD(zr + j) * (T)0;                                             \
         }                                                                            \
         double s = 0.0;                                                              \
         if (j < cols) { /* the last logits, padded with the row's largest */         \
@@ -627,7 +629,7 @@ static double NAME(const T *R z, ptrdiff_t rows, int cols, const int64_t *R y,  
                 zl[u] = j + u < cols ? zr[j + u] : m;                                \
             V d = LOAD(zl) - m;                                                      \
             STORE(el, VEXP(d));                                                      \
-            vbad += d * (T)0;                                                        \
+            vbad += LOAD(zl) * (T)0;                                                 \
             for (int u = 0; u < cols - j; u++) {                                     \
                 dr[j + u] = el[u];                                                   \
                 s += el[u];                                                          \
@@ -639,7 +641,6 @@ static double NAME(const T *R z, ptrdiff_t rows, int cols, const int64_t *R y,  
         STORE(lanes, vbad);                                                          \
         for (int u = 0; u < L; u++)                                                  \
             bad += lanes[u];                                                         \
-        bad += (double)(m - m);                                                      \
         loss += w[r] * (log(s) - (double)(zr[y[r]] - m));                            \
         V scale = SPLAT((T)(w[r] / s));                                              \
         for (j = 0; j + L <= cols; j += L)                                           \

@@ -30,7 +30,7 @@
  *
  * Build and run from the repository root (gcc, Linux, x86-64 with AVX-512):
  *
- *   gcc -O2 -pthread -o /tmp/gemv_floor benchmarks/c/gemv_floor.c && /tmp/gemv_floor
+ *   gcc -O2 -pthread -o /tmp/gemv_floor benchmarks/c/gemv_floor.c -lm && /tmp/gemv_floor
  *
  * The program compiles src/_kernels.c into itself for the AVX-512 level: a
  * target pragma stands in for that level's flags in src/meson.build, so no

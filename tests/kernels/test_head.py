@@ -59,6 +59,17 @@ def test_softmax_cross_entropy_non_finite_logit_gives_nan(dtype, bad):
     assert np.isnan(loss)
 
 
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_softmax_cross_entropy_finite_logits_far_apart(dtype):
+    """Finite logits whose difference overflows: an infinite loss, not NaN."""
+    big = np.finfo(dtype).max
+    z = np.array([[big, -big, 0.0], [0.0, 1.0, 2.0]], dtype=dtype)
+    dz = np.empty_like(z)
+    loss = _lstm.softmax_cross_entropy(z, np.array([1, 2]), np.full(2, 0.5), dz)
+    assert loss == np.inf
+    assert np.isfinite(dz).all()
+
+
 def test_softmax_cross_entropy_checks_before_work():
     z = np.zeros((2, 3))
     dz = np.full_like(z, 7.0)

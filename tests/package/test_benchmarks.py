@@ -70,9 +70,10 @@ def test_bench_lm(tmp_path):
     # Both sides start from the same weights and see the same windows.
     assert train["pylstm"]["loss"] == pytest.approx(train["torch"]["loss"], rel=1e-3)
     assert train["ratio"] > 0
-    # The compiled calls were found and timed: time outside them is a finite share.
-    assert 0 <= train["pylstm"]["outside_compiled"] < 100
-    assert train["pylstm"]["gflop_per_s"] > 0
+    # The compiled calls were found and timed: the time outside them is a finite share
+    # (of a tiny --quick model, whose calls are short, more than the time inside).
+    assert 0 <= train["pylstm"]["outside_compiled"] < 50
+    assert train["pylstm"]["gflop_per_s"] > 0 and train["pylstm"]["kernel_gflop_per_s"] > 0
 
 
 @needs_torch
