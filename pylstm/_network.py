@@ -10,7 +10,7 @@ import numpy as np
 
 from ._arrays import scatter_add_rows
 from ._layer import LSTM, param_shapes
-from ._threads import loop_threads, model_call, single_threaded_blas
+from ._threads import blas_beyond_loop, loop_threads, model_call, single_threaded_blas
 from ._tuning import WHOLE_SEQUENCE_ONE_THREAD_BELOW
 
 __all__ = ["SequenceNetwork", "log_softmax", "softmax_cross_entropy", "squared_error"]
@@ -423,19 +423,20 @@ class LanguageNetwork(_SavedParameters):
     def _head_product(self, trans_a, trans_b, a, b, beta, c):
         """``c = op(a) @ op(b) + beta * c``: one of the head's products.
 
-        A small product runs by halves of its rows on the kernels' two
-        threads (:func:`pylstm._lstm.gemm_halves`), each half on one BLAS
-        thread: woken BLAS workers keep spinning on the other core after
-        the call, and the next kernel call, which splits its loop over both
-        cores, then waits for them. A large one runs on BLAS's threads
-        (benchmarks/bench_lm.py;
+        It runs by halves of its rows on the kernels' two threads
+        (:func:`pylstm._lstm.gemm_halves`), each half on one BLAS thread:
+        woken BLAS workers keep spinning on the other core after the call,
+        and the next kernel call, which splits its loop over both cores,
+        then waits for them. Only a large product where BLAS may use more
+        than two cores (:func:`pylstm._threads.blas_beyond_loop`) runs on
+        BLAS's threads (benchmarks/bench_lm.py, bench_quality.py;
         tests/language_model/test_language_model.py::test_head_threads).
         """
         from ._blas import gemm_rm
         from ._lstm import gemm_halves
 
         work = c.shape[0] * c.shape[1] * (a.shape[0] if trans_a else a.shape[1])
-        if work >= WHOLE_SEQUENCE_ONE_THREAD_BELOW:
+        if work >= WHOLE_SEQUENCE_ONE_THREAD_BELOW and blas_beyond_loop():
             gemm_rm(trans_a, trans_b, 1.0, a, b, beta, c)
             return
         # A product of one row (generate(), step()) never splits: no thread query.

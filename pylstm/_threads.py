@@ -375,6 +375,27 @@ def loop_threads():
                  and caller_threads() >= 2) else 1
 
 
+def blas_beyond_loop():
+    """Whether BLAS's own threads may reach past the kernels' two cores.
+
+    True when the caller allows BLAS more than two threads and the process
+    may use more than two CPUs. Only then may a large product outside the
+    kernels run on BLAS's threads: where they cannot do more than the
+    kernels' two threads, the woken BLAS workers keep spinning after the
+    call and take the cores that the next kernel call splits its loop over
+    (benchmarks/bench_quality.py, the language model's validation).
+
+    Examples
+    --------
+    >>> from threadpoolctl import threadpool_limits
+    >>> from pylstm._threads import blas_beyond_loop
+    >>> with threadpool_limits(limits=2, user_api="blas"):
+    ...     blas_beyond_loop()
+    False
+    """
+    return min(caller_threads(), usable_cpus()) > 2
+
+
 def thread_plan(batch, hidden, directions, blas_steps, work=None):
     """How the kernel calls of one batch use threads.
 

@@ -667,11 +667,14 @@ def test_docstring_examples():
 
 
 @pytest.mark.timeout(120)
-@pytest.mark.parametrize("vocab, small", [(50, True), (40_000, False)])
-def test_head_threads(monkeypatch, vocab, small):
-    """A small head's products run by halves on the kernels' two threads, one
-    BLAS thread each; a large one's as one product on the caller's BLAS threads."""
+@pytest.mark.parametrize("vocab, more_cores, whole", [(50, True, False), (40_000, False, False),
+                                                      (40_000, True, True)])
+def test_head_threads(monkeypatch, vocab, more_cores, whole):
+    """The head's products run by halves on the kernels' two threads, one
+    BLAS thread each; only a large one where BLAS may use more than two cores
+    runs as one product on the caller's BLAS threads."""
     import pylstm._blas as blas_module
+    import pylstm._network as network_module
     from threadpoolctl import threadpool_limits
 
     from pylstm import _lstm, _threads
@@ -690,14 +693,18 @@ def test_head_threads(monkeypatch, vocab, small):
 
     monkeypatch.setattr(blas_module, "gemm_rm", spy("whole", blas_module.gemm_rm))
     monkeypatch.setattr(_lstm, "gemm_halves", spy("halves", _lstm.gemm_halves))
+    monkeypatch.setattr(_threads, "usable_cpus", lambda: 4 if more_cores else 2)
+    assert network_module.blas_beyond_loop is _threads.blas_beyond_loop
     net = LanguageNetwork(vocab, 4, 8, 1, 0.0, np.float32, np.random.RandomState(0))
     tokens = np.zeros((16, 160), dtype=np.int64)  # 2560 rows: 8 x 2560 x 40000 > 1e8
-    with threadpool_limits(limits=2, user_api="blas"):
+    with threadpool_limits(limits=4 if more_cores else 2, user_api="blas"):
+        if _threads.caller_threads() < (4 if more_cores else 2):
+            pytest.skip("the kernels' BLAS does not take this many threads")
         threads = _threads.loop_threads()
         logits, _ = net.forward(tokens, None, training=True)
         net.backward(np.zeros_like(logits))
     assert len(seen) == 3, seen
-    if small:
-        assert seen == [("halves", 1, threads)] * 3
-    else:
+    if whole:
         assert all(name == "whole" and n >= 2 for name, n, _ in seen), seen
+    else:
+        assert seen == [("halves", 1, threads)] * 3
