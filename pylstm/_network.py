@@ -79,6 +79,42 @@ def squared_error(z, y, weight):
     return loss, diff * weight[:, None]
 
 
+def dense_product(trans_a, trans_b, a, b, beta, c):
+    """``c = op(a) @ op(b) + beta * c``: a product of a network's dense head.
+
+    It runs by halves of its rows on the kernels' two threads
+    (:func:`pylstm._lstm.gemm_halves`), each half on one BLAS thread:
+    woken BLAS workers keep spinning on the other core after the call,
+    and the next kernel call, which splits its loop over both cores,
+    then waits for them. Only a large product where BLAS may use more
+    than two cores (:func:`pylstm._threads.blas_beyond_loop`) runs on
+    BLAS's threads (benchmarks/bench_lm.py, bench_quality.py;
+    tests/language_model/test_language_model.py::test_head_threads).
+    All arrays C-contiguous, of one dtype.
+    """
+    from ._blas import gemm_rm
+    from ._lstm import gemm_halves
+
+    work = c.shape[0] * c.shape[1] * (a.shape[0] if trans_a else a.shape[1])
+    if work >= WHOLE_SEQUENCE_ONE_THREAD_BELOW and blas_beyond_loop():
+        gemm_rm(trans_a, trans_b, 1.0, a, b, beta, c)
+        return
+    # A product of one row (generate(), step()) never splits: no thread query.
+    threads = loop_threads() if c.shape[0] >= 2 else 1
+    with single_threaded_blas():
+        gemm_halves(trans_a, trans_b, 1.0, a, b, beta, c, threads)
+
+
+def dense(x, coef, intercept):
+    """``x @ coef + intercept`` for (N, D) rows ``x``, by :func:`dense_product`."""
+    x = np.ascontiguousarray(x, dtype=coef.dtype)
+    out = np.empty((x.shape[0], coef.shape[1]), dtype=coef.dtype)
+    out[...] = intercept
+    if x.shape[1]:
+        dense_product(False, False, x, coef, 1.0, out)
+    return out
+
+
 def _stack_shapes(n_inputs, hidden_size, num_layers, bidirectional, proj_size):
     """(saved name, shape) of the parameters of stacked one-layer LSTMs."""
     shapes, in_size = [], n_inputs
@@ -258,7 +294,10 @@ class SequenceNetwork(_SavedParameters):
         feats = self.features(X, lengths, training=training, rng=rng)
         if training:
             self._cache["feats"] = feats
-        return feats @ self.coef + self.intercept
+        if feats.ndim == 2:
+            return dense(feats, self.coef, self.intercept)
+        return dense(feats.reshape(-1, feats.shape[-1]), self.coef,
+                     self.intercept).reshape(*feats.shape[:-1], -1)
 
     @model_call
     def forward_from(self, X, state):
@@ -304,7 +343,7 @@ class SequenceNetwork(_SavedParameters):
                 h, (h_n, c_n) = layer.forward(h, h0=h0, c0=c0, training=False)
             new_state.append((h_n, c_n))
         width = h.shape[-1]
-        out = h.reshape(B * T, width) @ self.coef + self.intercept
+        out = dense(h.reshape(B * T, width), self.coef, self.intercept)
         return out.reshape(B, T, -1), new_state
 
     @model_call
@@ -312,11 +351,15 @@ class SequenceNetwork(_SavedParameters):
         """Gradients (aligned with :meth:`parameters`) for the last training forward."""
         cache, self._cache = self._cache, None
         feats = cache["feats"]
-        flat_f = feats.reshape(-1, feats.shape[-1])
-        flat_d = d_output.reshape(-1, d_output.shape[-1])
-        d_coef = flat_f.T @ flat_d
+        flat_f = np.ascontiguousarray(feats.reshape(-1, feats.shape[-1]))
+        flat_d = np.ascontiguousarray(d_output.reshape(-1, d_output.shape[-1]),
+                                      dtype=self.dtype)
+        d_coef = np.empty_like(self.coef)
+        dense_product(True, False, flat_f, flat_d, 0.0, d_coef)
         d_intercept = flat_d.sum(axis=0)
-        d_feats = d_output @ self.coef.T
+        d_feats = np.empty_like(flat_f)
+        dense_product(False, True, flat_d, self.coef, 0.0, d_feats)
+        d_feats = d_feats.reshape(feats.shape)
         B, T, width = cache["shape"]
         top = self.layers[-1]
         if self.return_sequences:
@@ -344,7 +387,7 @@ class LanguageNetwork(_SavedParameters):
     The forward and backward pass of a next-token model on a batch of token
     windows, with the LSTM state carried in and out (stateful truncated
     BPTT). The head's products call BLAS through scipy's cython_blas, by
-    halves of their rows on two threads (:meth:`_head_product`); the
+    halves of their rows on two threads (:func:`dense_product`); the
     embedding's gradient touches only the rows
     used by the batch.
 
@@ -420,36 +463,9 @@ class LanguageNetwork(_SavedParameters):
         for p, s in zip(self.parameters(), state, strict=True):
             p[...] = s
 
-    def _head_product(self, trans_a, trans_b, a, b, beta, c):
-        """``c = op(a) @ op(b) + beta * c``: one of the head's products.
-
-        It runs by halves of its rows on the kernels' two threads
-        (:func:`pylstm._lstm.gemm_halves`), each half on one BLAS thread:
-        woken BLAS workers keep spinning on the other core after the call,
-        and the next kernel call, which splits its loop over both cores,
-        then waits for them. Only a large product where BLAS may use more
-        than two cores (:func:`pylstm._threads.blas_beyond_loop`) runs on
-        BLAS's threads (benchmarks/bench_lm.py, bench_quality.py;
-        tests/language_model/test_language_model.py::test_head_threads).
-        """
-        from ._blas import gemm_rm
-        from ._lstm import gemm_halves
-
-        work = c.shape[0] * c.shape[1] * (a.shape[0] if trans_a else a.shape[1])
-        if work >= WHOLE_SEQUENCE_ONE_THREAD_BELOW and blas_beyond_loop():
-            gemm_rm(trans_a, trans_b, 1.0, a, b, beta, c)
-            return
-        # A product of one row (generate(), step()) never splits: no thread query.
-        threads = loop_threads() if c.shape[0] >= 2 else 1
-        with single_threaded_blas():
-            gemm_halves(trans_a, trans_b, 1.0, a, b, beta, c, threads)
-
     def _head(self, hidden):
         flat = np.ascontiguousarray(hidden.reshape(-1, hidden.shape[-1]))
-        logits = np.empty((flat.shape[0], self.coef.shape[1]), dtype=self.dtype)
-        logits[...] = self.intercept
-        self._head_product(False, False, flat, self.coef, 1.0, logits)
-        return flat, logits
+        return flat, dense(flat, self.coef, self.intercept)
 
     @model_call
     def forward(self, tokens, state, training=False, rng=None, last_only=False):
@@ -491,8 +507,8 @@ class LanguageNetwork(_SavedParameters):
         d_flat = np.ascontiguousarray(d_logits.reshape(flat.shape[0], -1), dtype=self.dtype)
         d_coef = np.empty_like(self.coef)
         d_hidden = np.empty_like(flat)
-        self._head_product(True, False, flat, d_flat, 0.0, d_coef)
-        self._head_product(False, True, d_flat, self.coef, 0.0, d_hidden)
+        dense_product(True, False, flat, d_flat, 0.0, d_coef)
+        dense_product(False, True, d_flat, self.coef, 0.0, d_hidden)
         d_intercept = d_flat.sum(axis=0)
         d_out = d_hidden.reshape(cache["shape"])
         layer_grads = []

@@ -1016,3 +1016,48 @@ def test_pandas_dataframe(Est):
     a.fit(X2[:, :, None], y)
     assert not hasattr(a, "feature_names_in_")
     assert a.n_features_in_ == 1
+
+
+# ---------------------------------------------------------------------------
+# the dense head's products
+# ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("return_sequences", [False, True])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_dense_head_runs_by_halves_on_one_blas_thread(monkeypatch, return_sequences, dtype):
+    """The estimators' head multiplies through gemm_halves with BLAS held to one
+    thread (numpy's ``@`` would wake its BLAS workers, which then spin beside the
+    next kernel call), and gives the products that ``@`` gives."""
+    from threadpoolctl import threadpool_limits
+
+    from pylstm import _lstm, _threads
+    from pylstm._network import SequenceNetwork
+
+    kernel_libs = _threads._controller()
+    if not kernel_libs or not kernel_libs[1]:
+        pytest.skip("threadpoolctl does not see the kernels' BLAS")
+    seen = []
+    real = _lstm.gemm_halves
+
+    def spy(*args):
+        seen.append(max(lib.num_threads for lib in kernel_libs[1]))
+        return real(*args)
+
+    monkeypatch.setattr(_lstm, "gemm_halves", spy)
+    rng = np.random.RandomState(0)
+    net = SequenceNetwork(3, 5, 16, 1, False, 0.0, return_sequences, dtype, rng)
+    net.intercept[:] = rng.normal(size=5)
+    X = rng.normal(size=(300, 7, 3)).astype(dtype)
+    with threadpool_limits(limits=2, user_api="blas"):
+        out = net.forward(X, np.full(300, 7), training=True)
+        feats = net._cache["feats"]
+        d_out = rng.normal(size=out.shape).astype(dtype)
+        grads = net.backward(d_out)
+    assert seen == [1, 1, 1]
+    tol = {"rtol": 1e-5, "atol": 1e-5} if dtype == np.float32 else {"rtol": 1e-12}
+    np.testing.assert_allclose(out, feats @ net.coef + net.intercept, **tol)
+    flat_f, flat_d = feats.reshape(-1, 16), d_out.reshape(-1, 5)
+    np.testing.assert_allclose(grads[-2], flat_f.T @ flat_d, **tol)
+    np.testing.assert_allclose(grads[-1], flat_d.sum(axis=0), **tol)
+    assert grads[-2].dtype == grads[-1].dtype == dtype
