@@ -674,9 +674,9 @@ def test_head_threads(monkeypatch, vocab, more_cores, whole):
     BLAS thread each; only a large one where BLAS may use more than two cores
     runs as one product on the caller's BLAS threads."""
     import pylstm._blas as blas_module
-    import pylstm._network as network_module
     from threadpoolctl import threadpool_limits
 
+    import pylstm._network as network_module
     from pylstm import _lstm, _threads
 
     kernel_libs = _threads._controller()
