@@ -394,14 +394,16 @@ def char_lanes(text, batch_size, seq_len, vocab=None):
             data[1:lanes * width + 1].reshape(lanes, width))
 
 
-def copy_lm_weights(torch, model, net):
-    """Copy a pylstm language model's ``network_`` into a :func:`torch_twins` language
-    model."""
+def copy_weights(torch, model, net):
+    """Copy a pylstm estimator's ``network_`` into its :func:`torch_twins` model (the
+    language model's embedding too)."""
     lstm = [(getattr(model.lstm, name[:-1] + str(k)), arr)
             for k, layer in enumerate(net.layers)
             for name, arr in zip(layer.state_dict(), layer.parameters(), strict=True)]
-    pairs = {"embedding": [(model.embedding.weight, net.embedding)], "lstm": lstm,
+    pairs = {"lstm": lstm,
              "head": [(model.head.weight, net.coef.T), (model.head.bias, net.intercept)]}
+    if hasattr(net, "embedding"):
+        pairs["embedding"] = [(model.embedding.weight, net.embedding)]
     with torch.no_grad():
         for tensor, arr in (pair for part in pairs.values() for pair in part):
             tensor.copy_(torch.from_numpy(np.ascontiguousarray(arr)))

@@ -4,6 +4,7 @@ See benchmarks/README.md. Usage: ``python benchmarks/bench_quality.py --save PRE
 """
 
 import argparse
+import copy
 import sys
 import time
 from functools import partial
@@ -43,19 +44,34 @@ def _reached(value, task):
     return value >= target if larger else value <= target
 
 
-def pylstm_run(task, data, seed, hidden):
-    """Yield the validation metric after every epoch."""
+def pylstm_model(task, data, seed, hidden, initialize=False):
+    """The pylstm estimator of ``task``; with ``initialize``, its vocabulary (language
+    model) and initial weights already made, as its first ``partial_fit`` would make them."""
     _, _, _, _, _, batch, lr = TASKS[task]
     if task == "lm":
         model = pylstm.LSTMLanguageModel(embedding_dim=32, hidden_size=hidden, seq_len=64,
                                          batch_size=batch, learning_rate_init=lr,
                                          clip_norm=5.0, random_state=seed)
-        while True:
-            yield model.partial_fit(data[0]).perplexity(data[1])
-    Xtr, Xva, ytr, yva = data
+        if initialize:
+            model._prepare_fit(data[0], incremental=False)
+        return model
     est = pylstm.LSTMClassifier if task == "digits" else pylstm.LSTMRegressor
     model = est(hidden_size=hidden, batch_size=batch, learning_rate_init=lr, alpha=0.0,
                 clip_norm=5.0, random_state=seed, dtype="float32")
+    if initialize:
+        classes = np.arange(10) if task == "digits" else None
+        model._prepare_fit(data[0], data[2], False, classes, None)
+    return model
+
+
+def pylstm_run(task, data, seed, hidden, model=None):
+    """Yield the validation metric after every epoch (of ``model`` when given, a
+    :func:`pylstm_model`)."""
+    model = model or pylstm_model(task, data, seed, hidden)
+    if task == "lm":
+        while True:
+            yield model.partial_fit(data[0]).perplexity(data[1])
+    Xtr, Xva, ytr, yva = data
     while True:
         if task == "digits":
             model.partial_fit(Xtr, ytr, classes=np.arange(10))
@@ -64,15 +80,19 @@ def pylstm_run(task, data, seed, hidden):
             yield float(np.mean((model.partial_fit(Xtr, ytr).predict(Xva) - yva) ** 2))
 
 
-def torch_run(torch, task, data, seed, hidden):
-    """The PyTorch loop a user would write; yields as :func:`pylstm_run`."""
+def torch_run(torch, task, data, seed, hidden, init=None):
+    """The PyTorch loop a user would write; yields as :func:`pylstm_run`. ``init``, an
+    initialized :func:`pylstm_model`, gives its weights (and vocabulary) to the model."""
     _, _, _, _, _, batch, lr = TASKS[task]
     torch.manual_seed(seed)
     Sequence, LanguageModel = common.torch_twins(torch)
     if task == "lm":
-        vocab, inputs, targets = common.char_lanes(data[0], batch, 64)
+        vocab, inputs, targets = common.char_lanes(data[0], batch, 64,
+                                                   init and list(init.vocabulary_))
         val_in, val_out = (torch.from_numpy(a) for a in common.char_lanes(data[1], 1, 1, vocab)[1:])
         model = LanguageModel(len(vocab), 32, hidden)
+        if init:
+            common.copy_weights(torch, model, init.network_)
         opt = torch.optim.Adam(model.parameters(), lr=lr)
         inputs, targets = torch.from_numpy(inputs), torch.from_numpy(targets)
         while True:
@@ -81,6 +101,8 @@ def torch_run(torch, task, data, seed, hidden):
     Xtr, Xva, ytr, yva = (torch.from_numpy(np.ascontiguousarray(a)) for a in data)
     classify = task == "digits"
     model = Sequence(Xtr.shape[2], hidden, 10 if classify else 1)
+    if init:
+        common.copy_weights(torch, model, init.network_)
     params = list(model.parameters())
     opt = torch.optim.Adam(params, lr=lr)
     ytr = ytr.long() if classify else ytr.float()[:, None]
@@ -92,6 +114,29 @@ def torch_run(torch, task, data, seed, hidden):
             out = model(Xva)
             yield (float((out.argmax(1) == yva).float().mean()) if classify
                    else float(((out[:, 0].double() - yva) ** 2).mean()))
+
+
+def initial_gap(torch, task, data, hidden, init):
+    """Largest difference between the predictions of an initialized :func:`pylstm_model`
+    and of torch's model given its weights (next-token probabilities for the language
+    model), before any training: the premise of ``--same-init``."""
+    Sequence, LanguageModel = common.torch_twins(torch)
+    with torch.no_grad():
+        if task == "lm":
+            vocab = list(init.vocabulary_)
+            model = LanguageModel(len(vocab), 32, hidden)
+            common.copy_weights(torch, model, init.network_)
+            prefix = data[1][:200]
+            x = torch.tensor([[1] + [vocab.index(ch) if ch in vocab else 0 for ch in prefix]])
+            theirs = torch.softmax(model(x)[0][0, -1].double(), -1).numpy()
+            return float(np.max(np.abs(init.predict_proba(prefix) - theirs)))
+        X = np.ascontiguousarray(data[1][:64])
+        model = Sequence(X.shape[2], hidden, 10 if task == "digits" else 1)
+        common.copy_weights(torch, model, init.network_)
+        out = model(torch.from_numpy(X)).double()
+        if task == "digits":
+            return float(np.max(np.abs(init.predict_proba(X) - torch.softmax(out, 1).numpy())))
+        return float(np.max(np.abs(init.predict(X) - out[:, 0].numpy())))
 
 
 def time_to_target(run, task, max_epochs):
@@ -110,18 +155,27 @@ def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--tasks", nargs="+", choices=tuple(TASKS), default=list(TASKS))
     p.add_argument("--seeds", type=int, default=3)
+    p.add_argument("--same-init", action="store_true",
+                   help="start torch from pylstm's initial weights (and the language model "
+                        "from its vocabulary), so that the luck of the draw is the same")
     p.add_argument("--save", metavar="PREFIX", help="write PREFIX.txt and PREFIX.json")
     common.add_common_options(p, threads_default=2, timing=False)
     args = common.apply_quick(p.parse_args(argv), seeds=1)
     scale, hidden_scale, max_epochs = (0.03, 0.125, 1) if args.quick else (1, 1, None)
     torch, env = common.start(args, "bench_quality.py: time to a target validation metric, pylstm "
                               "vs torch", "needed")
-    results = {}
+    results, gaps = {}, {}
     for task in args.tasks:
         data, hidden = load(task, scale), int(TASKS[task][4] * hidden_scale)
         for seed in range(args.seeds):
-            runs = {"pylstm": partial(pylstm_run, task, data, seed, hidden),
-                    "torch": partial(torch_run, torch, task, data, seed, hidden)}
+            # --same-init: both start from pylstm's initial weights, made before the clocks.
+            # (torch's copy is taken now: pylstm's run trains its model in place.)
+            init = pylstm_model(task, data, seed, hidden, True) if args.same_init else None
+            if init:
+                gaps.setdefault(task, []).append(initial_gap(torch, task, data, hidden, init))
+            runs = {"pylstm": partial(pylstm_run, task, data, seed, hidden, init),
+                    "torch": partial(torch_run, torch, task, data, seed, hidden,
+                                     copy.deepcopy(init))}
             for side in list(runs)[::1 if seed % 2 == 0 else -1]:
                 r = time_to_target(runs[side](), task, max_epochs or TASKS[task][3])
                 results.setdefault(task, {}).setdefault(side, []).append(r)
@@ -135,7 +189,8 @@ def main(argv=None):
     blas = [f"{lib['api']} {lib['version']} {lib['architecture']}" for lib in env["libraries"]
             if lib["api"] != "openmp"]
     lines = [f"bench_quality.py | {env['cpu']} | pylstm {env['pylstm']} | torch "
-             f"{env['torch']['version']} | threads {args.threads} | seeds {args.seeds}",
+             f"{env['torch']['version']} | threads {args.threads} | seeds {args.seeds}"
+             + (" | same initial weights" if args.same_init else ""),
              f"BLAS: {'; '.join(blas)}", "",
              f"{'task':8} {'target':>18} {'pylstm s':>9} {'ep':>4} {'torch s':>9} {'ep':>4} "
              f"{'pylstm/torch':>13}"]
@@ -149,6 +204,8 @@ def main(argv=None):
                      f"{pl['seconds']:9.2f} {pl['epochs']:4.0f} {th['seconds']:9.2f} "
                      f"{th['epochs']:4.0f} {pl['seconds'] / th['seconds']:13.2f}")
         summary[task] = {**s, "pylstm_over_torch": pl["seconds"] / th["seconds"]}
+        if task in gaps:
+            summary[task]["initial_gap"] = max(gaps[task])
         third = {side: [r["curve"][2] for r in rs if len(r["curve"]) >= 3]
                  for side, rs in sides.items()}
         if task == "lm" and all(third.values()):
@@ -158,6 +215,10 @@ def main(argv=None):
                          f"torch {mt:.3f}, ratio {mp / mt:.3f}")
     lines.append("(times: median over seeds of the wall time until the validation metric "
                  "first reached the target; ep: epochs it took)")
+    if gaps:
+        lines.append("same initial weights: largest difference of the two models' predictions "
+                     "before training, " + ", ".join(f"{task} {max(g):.1e}"
+                                                     for task, g in gaps.items()))
     print("\n" + "\n".join(lines))
     if args.save:
         Path(args.save + ".txt").write_text("\n".join(lines) + "\n")

@@ -74,6 +74,8 @@ def test_bench_lm(tmp_path):
     # (of a tiny --quick model, whose calls are short, more than the time inside).
     assert 0 <= train["pylstm"]["outside_compiled"] < 50
     assert train["pylstm"]["gflop_per_s"] > 0 and train["pylstm"]["kernel_gflop_per_s"] > 0
+    # No fit is faster than its compiled calls alone.
+    assert train["pylstm"]["ceiling"] >= train["ratio"] > 0
 
 
 @needs_torch
@@ -83,6 +85,17 @@ def test_bench_quality(tmp_path):
     assert "pylstm/torch" in out and "lm seed 0 torch" in out
     assert (tmp_path / "q.txt").read_text().startswith("bench_quality.py |")
     assert set(json.loads((tmp_path / "q.json").read_text())["tasks"]) == {"digits", "lm"}
+
+
+@needs_torch
+@pytest.mark.timeout(300)
+def test_bench_quality_same_init(tmp_path):
+    out = run("bench_quality.py", "--same-init", "--tasks", "adding", "lm", "--save",
+              str(tmp_path / "q"))
+    assert "same initial weights" in out
+    tasks = json.loads((tmp_path / "q.json").read_text())["tasks"]
+    # torch's model starts from pylstm's weights: their first predictions agree.
+    assert tasks["adding"]["initial_gap"] < 1e-5 and tasks["lm"]["initial_gap"] < 1e-5
 
 
 @needs_torch
