@@ -73,12 +73,12 @@ def estimators():
                            max_iter=2, dtype="float32", random_state=0).fit(X, words)
     df = pd.DataFrame(X[:, :, 0], columns=[f"t{i}" for i in range(X.shape[1])])
     clf64 = LSTMClassifier(hidden_size=3, max_iter=3, solver="sgd", early_stopping=True,
-                           n_iter_no_change=1, class_weight={0: 2.0, 1: 1},
+                           n_iter_no_change=1, class_weight={0: 2.0, 1: 1}, dtype="float64",
                            random_state=0).fit(df, (score > 0).astype(int))
     reg32 = LSTMRegressor(hidden_size=3, max_iter=2, solver="rmsprop", dtype="float32",
                           random_state=0).fit(ragged, np.stack([score, -score], 1))
     reg64 = LSTMRegressor(hidden_size=2, bidirectional=True, return_sequences=True,
-                          max_iter=2, solver="sgd", random_state=0).fit(
+                          max_iter=2, solver="sgd", dtype="float64", random_state=0).fit(
         ragged, [seq[:, 1] for seq in ragged])
     yield "classifier_float32", clf32, {
         "X": X, "predict": clf32.predict(X), "predict_proba": clf32.predict_proba(X),
