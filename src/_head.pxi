@@ -1,5 +1,6 @@
-# The language model's softmax head: its products by halves of their rows, the
-# halves on two threads when the caller allows them, and its loss.
+# The dense heads (the language model's softmax, the estimators' output layer):
+# their products by halves of their rows, the halves on two threads when the
+# caller allows them, and the softmax cross-entropy.
 
 
 cdef struct _Half:
