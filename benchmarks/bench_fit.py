@@ -12,7 +12,7 @@ import numpy as np
 from sklearn.exceptions import ConvergenceWarning
 from sklearn.model_selection import train_test_split
 
-from pylstm import LSTMClassifier
+from pylstm import LSTMClassifier, _lstm
 from pylstm.datasets import load_digits_sequences, make_variable_length_sequences
 
 CASES = ("digits", "synthetic", "varlen")
@@ -107,7 +107,9 @@ def print_table(rows):
           "faster), best = from each side's fastest fit")
     print("\n".join(common.table([
         ("case", "<10", "case"), ("H", ">4", "hidden"), ("batch", ">5", "batch"),
-        ("dtype", "<8", "dtype"), ("pylstm ep/s", ">12.3f", ("pylstm", "epochs_per_s")),
+        ("dtype", "<8", "dtype")] + ([("wait us", ">7", "idle_wait_us")]
+                                     if "idle_wait_us" in rows[0] else []) + [
+        ("pylstm ep/s", ">12.3f", ("pylstm", "epochs_per_s")),
         ("torch ep/s", ">11.3f", ("torch", "epochs_per_s")), ("ratio", ">6.2f", "ratio"),
         ("best", ">6.2f", "ratio_best"), ("acc pylstm", ">10.3f", ("pylstm", "accuracy")),
         ("acc torch", ">9.3f", ("torch", "accuracy"))], rows)))
@@ -131,6 +133,9 @@ def main(argv=None):
     p.add_argument("--n-synthetic", type=int, default=1500)
     p.add_argument("--n-varlen", type=int, default=800)
     p.add_argument("--no-torch", action="store_true", help="time pylstm only")
+    p.add_argument("--idle-wait", nargs="+", type=float, metavar="US",
+                   help="run every case once per value: how long pylstm's kept worker "
+                        "thread spins after a task before it sleeps, in microseconds")
     common.add_common_options(p)
     args = common.apply_quick(p.parse_args(argv), cases=["digits", "varlen"], hidden=[8],
                               batch_sizes=[128], dtypes=["float32"], epochs=1, repeats=1,
@@ -138,6 +143,8 @@ def main(argv=None):
     torch, env = common.start(args, "bench_fit.py: LSTMClassifier.fit vs the equivalent torch "
                               "training loop", "no" if args.no_torch else "wanted")
     rows = []
+    default_wait = _lstm.set_idle_wait(0.0)
+    _lstm.set_idle_wait(default_wait)
     for case in args.cases:
         desc, *split = make_data(case, args)
         print(f"{case}: {desc}; {len(split[2])} training, {len(split[3])} held-out")
@@ -147,8 +154,15 @@ def main(argv=None):
         for hidden in args.hidden or HIDDEN[case]:
             for batch in args.batch_sizes:
                 for dtype in args.dtypes:
-                    common.progress(f"  {case} H={hidden} batch={batch} {dtype} ...")
-                    rows.append(run_config(torch, (case, *split), hidden, batch, dtype, args))
+                    for wait in args.idle_wait or [None]:
+                        if wait is not None:
+                            _lstm.set_idle_wait(wait / 1e6)
+                        common.progress(f"  {case} H={hidden} batch={batch} {dtype} ...")
+                        rows.append(run_config(torch, (case, *split), hidden, batch, dtype,
+                                               args))
+                        if wait is not None:
+                            rows[-1]["idle_wait_us"] = wait
+                            _lstm.set_idle_wait(default_wait)
     print(f"{args.epochs} epochs per fit, {args.repeats} fits per figure")
     print_table(rows)
     common.write_json(args.json, env, results=rows)

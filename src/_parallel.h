@@ -18,9 +18,11 @@
  * other thread's step, short enough not to starve a third thread on a busy
  * machine (benchmarks/bench_fit.py, two threads beside torch's workers). */
 #define PYLSTM_SPINS 20000
-/* Pause hints before the idle worker sleeps: a training step's kernel calls
- * follow each other within microseconds. */
-#define PYLSTM_IDLE_SPINS 2000
+/* How long the idle worker spins before it sleeps, in nanoseconds: a training
+ * step's kernel calls come a fraction of a millisecond apart (the Python
+ * between them), and a sleeping worker takes tens of microseconds to wake
+ * (benchmarks/bench_fit.py --idle-wait). Set by pylstm._lstm.set_idle_wait. */
+static long long pylstm_idle_wait_ns = 1000000;
 
 typedef struct {
     pylstm_atomic arrived;
@@ -89,8 +91,13 @@ static void *pylstm_worker_main(void *unused)
     (void)unused;
     for (;;) {
         long s, spins = 0;
+        long long since = pylstm_now_ns(), waited;
         while ((s = pylstm_load(&p->seq)) == seen) {
-            if (++spins < PYLSTM_IDLE_SPINS) {
+            /* The clock is read every 64 pause hints; a clock that went back
+             * (a jump of the wall clock) ends the wait too. */
+            if ((++spins & 63) != 0
+                    || ((waited = pylstm_now_ns() - since) >= 0
+                        && waited < pylstm_idle_wait_ns)) {
                 pylstm_pause();
                 continue;
             }
@@ -98,7 +105,7 @@ static void *pylstm_worker_main(void *unused)
             while (pylstm_load(&p->seq) == seen)
                 pylstm_sleeper_wait(&p->sleeper);
             pylstm_sleeper_unlock(&p->sleeper);
-            spins = 0;
+            since = pylstm_now_ns();
         }
         seen = s;
         p->fn(p->arg);

@@ -1,6 +1,6 @@
 /* What differs between compilers, operating systems and CPUs, in one place:
  * the restrict keyword, atomics, the spin-wait hint, yielding the core, a
- * monotonic clock, and one kept worker thread. Everything else in src/ is
+ * clock for short waits, and one kept worker thread. Everything else in src/ is
  * plain C11 over these names.
  *
  * Threads: POSIX threads (Linux, macOS, the BSDs, MinGW's winpthreads is not
@@ -94,6 +94,31 @@ static inline int pylstm_cas(pylstm_atomic *a, long expected, long v)
 #define pylstm_yield() ((void)sched_yield())
 #else
 #define pylstm_yield() ((void)0)
+#endif
+
+/* ---- a clock for short waits, in nanoseconds ------------------------------ */
+/* Monotonic where the headers offer it; in a strict ISO C build (no POSIX
+ * names) the wall clock, whose jumps only end a wait early (see _parallel.h). */
+#if PYLSTM_WIN32_THREADS
+static inline long long pylstm_now_ns(void)
+{
+    LARGE_INTEGER count, freq;
+    QueryPerformanceCounter(&count);
+    QueryPerformanceFrequency(&freq);
+    return (long long)((double)count.QuadPart * (1e9 / (double)freq.QuadPart));
+}
+#elif PYLSTM_POSIX_THREADS
+#include <time.h>
+static inline long long pylstm_now_ns(void)
+{
+    struct timespec ts;
+#ifdef CLOCK_MONOTONIC
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+#else
+    timespec_get(&ts, TIME_UTC);
+#endif
+    return (long long)ts.tv_sec * 1000000000LL + ts.tv_nsec;
+}
 #endif
 
 /* ---- one kept worker thread ---------------------------------------------- */

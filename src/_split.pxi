@@ -15,6 +15,7 @@ cdef extern from "_parallel.h" nogil:
     long pylstm_calls()
     int pylstm_parallel_init()
     int PYLSTM_THREADS
+    long long pylstm_idle_wait_ns
 
 
 pylstm_parallel_init()
@@ -97,6 +98,18 @@ cdef int _run_loop(void (*task)(void*) noexcept nogil, void* first, void* second
         s0.nparts = 1
     task(first)
     return 1
+
+
+def set_idle_wait(double seconds):
+    """How long the kept worker thread spins after a task before it sleeps;
+    returns the old setting, in seconds (for tests and benchmarks; the
+    default is 0.001, see ``_parallel.h``)."""
+    global pylstm_idle_wait_ns
+    if not seconds >= 0:
+        raise ValueError(f"seconds must be >= 0, got {seconds!r}")
+    old = pylstm_idle_wait_ns / 1e9
+    pylstm_idle_wait_ns = <long long> (seconds * 1e9)
+    return old
 
 
 def calls_in_progress():

@@ -408,3 +408,37 @@ def test_language_model_use_while_another_thread_fits(paused_fit):
                                                    "partial_fit is running"):
                 getattr(lm, method)(*args)
     assert lm.n_iter_ == 2
+
+
+@pytest.mark.timeout(60)
+def test_idle_worker_spins_briefly_then_sleeps():
+    """The kept worker thread spins for ``set_idle_wait`` after a task, then
+    sleeps: a process idle after a kernel call uses no CPU; a worker asleep
+    between calls (wait 0) gives the same results as one kept spinning."""
+    from pylstm import _lstm
+    from pylstm._threads import single_threaded_blas
+
+    if _lstm.kernel_threads() < 2 or threads_module.usable_cpus() < 2:
+        pytest.skip("no second thread here")
+    with pytest.raises(ValueError, match="seconds must be >= 0"):
+        _lstm.set_idle_wait(-1.0)
+    rng = np.random.default_rng(0)
+    a, b = rng.normal(size=(256, 128)), rng.normal(size=(128, 128))
+    results = {}
+    default = _lstm.set_idle_wait(0.001)
+    try:
+        with single_threaded_blas():
+            for wait in (0.0, 0.001):
+                _lstm.set_idle_wait(wait)
+                c = np.empty((256, 128))
+                for _ in range(20):
+                    assert _lstm.gemm_halves(False, False, 1.0, a, b, 0.0, c, 2) == 2
+                    time.sleep(0.002)  # longer than the wait: the worker sleeps
+                results[wait] = c.copy()
+                cpu = time.process_time()
+                time.sleep(0.3)
+                # A worker spinning on would take about 0.3 s of CPU here.
+                assert time.process_time() - cpu < 0.1
+    finally:
+        _lstm.set_idle_wait(default)
+    np.testing.assert_array_equal(results[0.0], results[0.001])
