@@ -397,7 +397,9 @@ def char_lanes(text, batch_size, seq_len, vocab=None):
 def copy_weights(torch, model, net):
     """Copy a pylstm estimator's ``network_`` into its :func:`torch_twins` model (the
     language model's embedding too)."""
-    lstm = [(getattr(model.lstm, name[:-1] + str(k)), arr)
+    # Each one-layer pylstm LSTM names its parameters "..._l0[_reverse]"; layer k of
+    # torch's stack "..._l{k}[_reverse]".
+    lstm = [(getattr(model.lstm, name.replace("_l0", f"_l{k}", 1)), arr)
             for k, layer in enumerate(net.layers)
             for name, arr in zip(layer.state_dict(), layer.parameters(), strict=True)]
     pairs = {"lstm": lstm,

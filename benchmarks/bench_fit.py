@@ -143,7 +143,7 @@ def main(argv=None):
     torch, env = common.start(args, "bench_fit.py: LSTMClassifier.fit vs the equivalent torch "
                               "training loop", "no" if args.no_torch else "wanted")
     rows = []
-    default_wait = _lstm.set_idle_wait(0.0)
+    default_wait = _lstm.set_idle_wait(0.001)  # the built-in setting, read back
     _lstm.set_idle_wait(default_wait)
     for case in args.cases:
         desc, *split = make_data(case, args)
@@ -155,14 +155,16 @@ def main(argv=None):
             for batch in args.batch_sizes:
                 for dtype in args.dtypes:
                     for wait in args.idle_wait or [None]:
-                        if wait is not None:
-                            _lstm.set_idle_wait(wait / 1e6)
                         common.progress(f"  {case} H={hidden} batch={batch} {dtype} ...")
-                        rows.append(run_config(torch, (case, *split), hidden, batch, dtype,
-                                               args))
+                        try:
+                            if wait is not None:
+                                _lstm.set_idle_wait(wait / 1e6)
+                            rows.append(run_config(torch, (case, *split), hidden, batch,
+                                                   dtype, args))
+                        finally:
+                            _lstm.set_idle_wait(default_wait)
                         if wait is not None:
                             rows[-1]["idle_wait_us"] = wait
-                            _lstm.set_idle_wait(default_wait)
     print(f"{args.epochs} epochs per fit, {args.repeats} fits per figure")
     print_table(rows)
     common.write_json(args.json, env, results=rows)

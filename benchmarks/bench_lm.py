@@ -127,8 +127,15 @@ def speed(torch, text, cfg, args):
     vocab, inputs, _ = common.char_lanes(text, args.batch_size, args.seq_len)
     init = pylstm_lm(cfg, args, args.seed)
     init._prepare_fit(text, incremental=False)  # the network that fit starts from
+    shares = []  # each pylstm fit's (wall, seconds inside each compiled call)
+
+    def pylstm_fit():
+        lm = pylstm_lm(cfg, args, args.seed)
+        shares.append(compiled_share(lambda: lm.fit(text)))
+        return lm
+
     wall, cpu, last = common.alternate({
-        "pylstm": lambda: pylstm_lm(cfg, args, args.seed).fit(text),
+        "pylstm": pylstm_fit,
         "torch": lambda: torch_fit(torch, text, cfg, args, init.network_)}, args.repeats)
     train = rates(wall, cpu, inputs.size * args.epochs)
     lstm_flops, head_flops = training_flops(cfg, args.embedding_dim, len(vocab))
@@ -136,15 +143,13 @@ def speed(torch, text, cfg, args):
         train[name]["gflop_per_s"] = (lstm_flops + head_flops) * train[name]["tokens_per_s"] / 1e9
     lm = last["pylstm"]
     train["pylstm"]["loss"], train["torch"]["loss"] = lm.loss_curve_[-1], last["torch"][1][-1]
-    # The fit's time outside its compiled calls, over the time inside them (median of 3).
-    shares = [compiled_share(lambda: pylstm_lm(cfg, args, args.seed).fit(text))
-              for _ in range(1 if args.quick else 3)]
+    # The same fits' time outside their compiled calls, over the time inside them
+    # (the wrapping costs two clock reads per call).
     train["pylstm"]["outside_compiled"] = float(np.median(
         [wall / sum(inside.values()) - 1 for wall, inside in shares]))
-    # torch's fit time over that of pylstm's compiled calls alone: the ratio that a fit
-    # with nothing outside them would reach.
-    torch_wall = inputs.size * args.epochs / train["torch"]["tokens_per_s"]
-    train["pylstm"]["ceiling"] = float(torch_wall / np.median(
+    # torch's fit time over that of pylstm's compiled calls alone (medians of the same
+    # alternating fits): the ratio that a fit with nothing outside them would reach.
+    train["pylstm"]["ceiling"] = float(np.median(wall["torch"]) / np.median(
         [sum(inside.values()) for _, inside in shares]))
     # The LSTM kernel calls' own rate inside the fit (forward, BPTT, input gradient).
     kernels = ("forward_train", "backward", "input_gradient")

@@ -172,7 +172,11 @@ def main(argv=None):
             # (torch's copy is taken now: pylstm's run trains its model in place.)
             init = pylstm_model(task, data, seed, hidden, True) if args.same_init else None
             if init:
-                gaps.setdefault(task, []).append(initial_gap(torch, task, data, hidden, init))
+                gap = initial_gap(torch, task, data, hidden, init)
+                if not gap < 1e-4:
+                    raise SystemExit(f"--same-init: the two {task} models differ by {gap} "
+                                     "before training")
+                gaps.setdefault(task, []).append(gap)
             runs = {"pylstm": partial(pylstm_run, task, data, seed, hidden, init),
                     "torch": partial(torch_run, torch, task, data, seed, hidden,
                                      copy.deepcopy(init))}

@@ -26,6 +26,7 @@ from sklearn.utils.validation import (
     validate_data,
 )
 
+from ._arrays import sum_squares
 from ._container import ModelFileError, read_bool, read_int, read_str, short
 from ._fields import (
     BOOL,
@@ -838,7 +839,7 @@ class _BaseLSTMEstimator(BaseEstimator):
             scale = self.alpha / S[idx].sum()
             for p, g, pen in zip(net.parameters(), grads, net.penalised(), strict=True):
                 if pen:
-                    loss += 0.5 * scale * float(np.dot(p.ravel(), p.ravel()))
+                    loss += 0.5 * scale * sum_squares(p.reshape(-1))
                     g += scale * p
         norm = clip_grad_norm(grads, self.clip_norm if self.clip_norm else np.inf)
         if not (np.isfinite(loss) and np.isfinite(norm)):

@@ -22,6 +22,10 @@ __all__ = ["SequenceNetwork", "log_softmax", "softmax_cross_entropy", "squared_e
 _FINAL_STATE_CHUNK_ELEMENTS = 2**22
 #: Fewest steps per such chunk: each chunk costs a kernel call per layer.
 _MIN_CHUNK_STEPS = 32
+#: Multiply-adds of a product below which OpenBLAS runs one thread whatever its
+#: setting (its SMP_THRESHOLD_MIN x GEMM_MULTITHREAD_THRESHOLD): the head's
+#: products below it skip the switch to one thread (:func:`dense_product`).
+_BLAS_ONE_THREAD_BELOW = 65536 * 4
 
 
 def log_softmax(z):
@@ -95,14 +99,21 @@ def dense_product(trans_a, trans_b, a, b, beta, c):
     from ._blas import gemm_rm
     from ._lstm import gemm_halves
 
-    work = c.shape[0] * c.shape[1] * (a.shape[0] if trans_a else a.shape[1])
+    k = a.shape[0] if trans_a else a.shape[1]
+    if k == 0:  # an empty sum
+        c *= beta
+        return
+    work = c.shape[0] * c.shape[1] * k
     if work >= WHOLE_SEQUENCE_ONE_THREAD_BELOW and blas_beyond_loop():
         gemm_rm(trans_a, trans_b, 1.0, a, b, beta, c)
         return
-    # A product of one row (generate(), step()) never splits: no thread query.
-    threads = loop_threads() if c.shape[0] >= 2 else 1
+    if work < _BLAS_ONE_THREAD_BELOW:
+        # One BLAS call that BLAS keeps on one thread itself (a stream's step,
+        # generate()): no switch, no thread query.
+        gemm_halves(trans_a, trans_b, 1.0, a, b, beta, c, 1)
+        return
     with single_threaded_blas():
-        gemm_halves(trans_a, trans_b, 1.0, a, b, beta, c, threads)
+        gemm_halves(trans_a, trans_b, 1.0, a, b, beta, c, loop_threads())
 
 
 def dense(x, coef, intercept):
@@ -110,8 +121,7 @@ def dense(x, coef, intercept):
     x = np.ascontiguousarray(x, dtype=coef.dtype)
     out = np.empty((x.shape[0], coef.shape[1]), dtype=coef.dtype)
     out[...] = intercept
-    if x.shape[1]:
-        dense_product(False, False, x, coef, 1.0, out)
+    dense_product(False, False, x, coef, 1.0, out)
     return out
 
 
@@ -297,7 +307,7 @@ class SequenceNetwork(_SavedParameters):
         if feats.ndim == 2:
             return dense(feats, self.coef, self.intercept)
         return dense(feats.reshape(-1, feats.shape[-1]), self.coef,
-                     self.intercept).reshape(*feats.shape[:-1], -1)
+                     self.intercept).reshape(feats.shape[:-1] + self.coef.shape[1:])
 
     @model_call
     def forward_from(self, X, state):

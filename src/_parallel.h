@@ -7,7 +7,8 @@
  *
  * A step takes microseconds, so waits spin with the pause hint rather than
  * sleep; after many spins they yield the core, so that a machine busier than
- * two threads does not turn the wait into a stall.
+ * two threads does not turn the wait into a stall. The idle worker waits so
+ * for a millisecond by the clock, then sleeps.
  */
 #ifndef PYLSTM_PARALLEL_H
 #define PYLSTM_PARALLEL_H
@@ -18,11 +19,15 @@
  * other thread's step, short enough not to starve a third thread on a busy
  * machine (benchmarks/bench_fit.py, two threads beside torch's workers). */
 #define PYLSTM_SPINS 20000
-/* How long the idle worker spins before it sleeps, in nanoseconds: a training
- * step's kernel calls come a fraction of a millisecond apart (the Python
- * between them), and a sleeping worker takes tens of microseconds to wake
- * (benchmarks/bench_fit.py --idle-wait). Set by pylstm._lstm.set_idle_wait. */
-static long long pylstm_idle_wait_ns = 1000000;
+/* How long the idle worker waits for the next task before it sleeps, in
+ * microseconds: a training step's kernel calls come a fraction of a
+ * millisecond apart (the Python between them), and a sleeping worker takes
+ * tens of microseconds to wake (benchmarks/bench_fit.py --idle-wait). Set by
+ * pylstm._lstm.set_idle_wait. Past PYLSTM_IDLE_YIELD_US of it the wait
+ * yields the core between looks, so that a machine with more runnable
+ * threads than cores runs them; it still counts against a CPU quota. */
+static pylstm_atomic pylstm_idle_wait_us = 1000;
+#define PYLSTM_IDLE_YIELD_US 100
 
 typedef struct {
     pylstm_atomic arrived;
@@ -90,22 +95,27 @@ static void *pylstm_worker_main(void *unused)
     long seen = p->base;
     (void)unused;
     for (;;) {
-        long s, spins = 0;
-        long long since = pylstm_now_ns(), waited;
+        long s;
+        unsigned long spins = 0;
+        long long since = pylstm_now_ns(), waited = 0;
         while ((s = pylstm_load(&p->seq)) == seen) {
-            /* The clock is read every 64 pause hints; a clock that went back
-             * (a jump of the wall clock) ends the wait too. */
-            if ((++spins & 63) != 0
-                    || ((waited = pylstm_now_ns() - since) >= 0
-                        && waited < pylstm_idle_wait_ns)) {
-                pylstm_pause();
-                continue;
+            if ((++spins & 63) == 0) {
+                /* The clock, every 64 looks; one that went back (a jump of
+                 * the wall clock) ends the wait too. */
+                waited = pylstm_now_ns() - since;
+                if (waited < 0 || waited >= 1000LL * pylstm_load(&pylstm_idle_wait_us))
+                    break;
             }
+            if (waited >= 1000LL * PYLSTM_IDLE_YIELD_US)
+                pylstm_yield();
+            else
+                pylstm_pause();
+        }
+        if (s == seen) {
             pylstm_sleeper_lock(&p->sleeper);
-            while (pylstm_load(&p->seq) == seen)
+            while ((s = pylstm_load(&p->seq)) == seen)
                 pylstm_sleeper_wait(&p->sleeper);
             pylstm_sleeper_unlock(&p->sleeper);
-            since = pylstm_now_ns();
         }
         seen = s;
         p->fn(p->arg);

@@ -15,7 +15,10 @@ cdef extern from "_parallel.h" nogil:
     long pylstm_calls()
     int pylstm_parallel_init()
     int PYLSTM_THREADS
-    long long pylstm_idle_wait_ns
+    ctypedef long pylstm_atomic
+    pylstm_atomic pylstm_idle_wait_us
+    long pylstm_load(pylstm_atomic* a)
+    void pylstm_store(pylstm_atomic* a, long v)
 
 
 pylstm_parallel_init()
@@ -101,14 +104,13 @@ cdef int _run_loop(void (*task)(void*) noexcept nogil, void* first, void* second
 
 
 def set_idle_wait(double seconds):
-    """How long the kept worker thread spins after a task before it sleeps;
-    returns the old setting, in seconds (for tests and benchmarks; the
-    default is 0.001, see ``_parallel.h``)."""
-    global pylstm_idle_wait_ns
-    if not seconds >= 0:
-        raise ValueError(f"seconds must be >= 0, got {seconds!r}")
-    old = pylstm_idle_wait_ns / 1e9
-    pylstm_idle_wait_ns = <long long> (seconds * 1e9)
+    """How long the kept worker thread waits for the next task before it
+    sleeps, 0 to 1 second; returns the old setting (for tests and
+    benchmarks; the default is 0.001, see ``_parallel.h``)."""
+    if not 0 <= seconds <= 1:
+        raise ValueError(f"seconds must be in [0, 1], got {seconds!r}")
+    old = pylstm_load(&pylstm_idle_wait_us) / 1e6
+    pylstm_store(&pylstm_idle_wait_us, <long> (seconds * 1e6 + 0.5))
     return old
 
 

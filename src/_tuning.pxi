@@ -2,7 +2,7 @@
 # and the benchmark behind it (figures: benchmarks/results and the docs'
 # performance page). The C kernels' own (the tile shapes, PYLSTM_TMR and
 # PYLSTM_TNV in _simd.h; the step blocks of the weight gradient,
-# PYLSTM_KB_BYTES in _kernels.c; the spin counts in _parallel.h) sit with the
+# PYLSTM_KB_BYTES in _kernels.c; the spins and waits in _parallel.h) sit with the
 # code they shape. The Python side's are in pylstm/_tuning.py.
 
 cdef enum:

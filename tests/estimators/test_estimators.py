@@ -1046,18 +1046,24 @@ def test_dense_head_runs_by_halves_on_one_blas_thread(monkeypatch, return_sequen
 
     monkeypatch.setattr(_lstm, "gemm_halves", spy)
     rng = np.random.RandomState(0)
-    net = SequenceNetwork(3, 5, 16, 1, False, 0.0, return_sequences, dtype, rng)
-    net.intercept[:] = rng.normal(size=5)
-    X = rng.normal(size=(300, 7, 3)).astype(dtype)
+    # Each product 600 x 64 x 10 multiply-adds or more: enough for BLAS's threads.
+    net = SequenceNetwork(3, 10, 64, 1, False, 0.0, return_sequences, dtype, rng)
+    net.intercept[:] = rng.normal(size=10)
+    X = rng.normal(size=(600, 7, 3)).astype(dtype)
     with threadpool_limits(limits=2, user_api="blas"):
-        out = net.forward(X, np.full(300, 7), training=True)
+        out = net.forward(X, np.full(600, 7), training=True)
         feats = net._cache["feats"]
         d_out = rng.normal(size=out.shape).astype(dtype)
         grads = net.backward(d_out)
-    assert seen == [1, 1, 1]
-    tol = {"rtol": 1e-5, "atol": 1e-5} if dtype == np.float32 else {"rtol": 1e-12}
+        assert seen == [1, 1, 1]
+        # A product too small for BLAS's threads skips the switch to one.
+        net.forward(X[:2], np.full(2, 7))
+        assert seen[3:] == [2]
+    # Another BLAS (NumPy's) makes the reference: equal to rounding.
+    tol = ({"rtol": 1e-5, "atol": 1e-5} if dtype == np.float32
+           else {"rtol": 1e-12, "atol": 1e-12})
     np.testing.assert_allclose(out, feats @ net.coef + net.intercept, **tol)
-    flat_f, flat_d = feats.reshape(-1, 16), d_out.reshape(-1, 5)
+    flat_f, flat_d = feats.reshape(-1, 64), d_out.reshape(-1, 10)
     np.testing.assert_allclose(grads[-2], flat_f.T @ flat_d, **tol)
     np.testing.assert_allclose(grads[-1], flat_d.sum(axis=0), **tol)
     assert grads[-2].dtype == grads[-1].dtype == dtype
