@@ -6,6 +6,7 @@ See benchmarks/README.md. Usage: ``python benchmarks/bench_fit.py --threads 1``
 import argparse
 import sys
 import warnings
+from functools import partial
 
 import _common as common
 import numpy as np
@@ -80,25 +81,51 @@ def torch_fit(torch, data, hidden, batch, dtype, args):
 
 
 def run_config(torch, data, hidden, batch, dtype, args):
-    """Alternating fits of both; epochs per second, ratios and held-out accuracies."""
-    calls = {"pylstm": lambda: pylstm_fit(data, hidden, batch, dtype, args)}
+    """Alternating fits of both; epochs per second, ratios and held-out accuracies.
+
+    With ``args.idle_wait``, one pylstm entry per value in the same alternation,
+    and a row for each (sharing torch's fits)."""
+    waits = args.idle_wait or [None]
+    calls = {}
+    for wait in waits:
+        calls[wait] = partial(pylstm_fit_waiting, wait, data, hidden, batch, dtype, args)
     if torch is not None:
         calls["torch"] = lambda: torch_fit(torch, data, hidden, batch, dtype, args)
     wall, _, fitted = common.alternate(calls, args.repeats)
-    row = {"case": data[0], "hidden": hidden, "batch": batch, "dtype": dtype, "pylstm": None,
-           "torch": None, "ratio": None, "ratio_best": None}
-    for impl, seconds in wall.items():
-        row[impl] = {"epochs_per_s": args.epochs / float(np.median(seconds)),
-                     "epochs_per_s_best": args.epochs / min(seconds)}
-    row["pylstm"]["accuracy"] = float(fitted["pylstm"].score(data[2], data[4]))
-    if torch is not None:
-        (model, classes), (X, lengths) = fitted["torch"], torch_tensors(torch, data[2], dtype)
-        with torch.no_grad():
-            pred = classes[model(X, lengths).argmax(dim=1).numpy()]
-        row["torch"]["accuracy"] = float(np.mean(pred == data[4]))
-        row["ratio"] = row["pylstm"]["epochs_per_s"] / row["torch"]["epochs_per_s"]
-        row["ratio_best"] = row["pylstm"]["epochs_per_s_best"] / row["torch"]["epochs_per_s_best"]
-    return row
+    rows = []
+    for wait in waits:
+        row = {"case": data[0], "hidden": hidden, "batch": batch, "dtype": dtype,
+               "pylstm": None, "torch": None, "ratio": None, "ratio_best": None}
+        if wait is not None:
+            row["idle_wait_us"] = wait
+        for impl, key in ((wait, "pylstm"), ("torch", "torch")):
+            if impl in wall:
+                row[key] = {"epochs_per_s": args.epochs / float(np.median(wall[impl])),
+                            "epochs_per_s_best": args.epochs / min(wall[impl])}
+        row["pylstm"]["accuracy"] = float(fitted[wait].score(data[2], data[4]))
+        if torch is not None:
+            (model, classes), (X, lengths) = fitted["torch"], torch_tensors(torch, data[2],
+                                                                            dtype)
+            with torch.no_grad():
+                pred = classes[model(X, lengths).argmax(dim=1).numpy()]
+            row["torch"]["accuracy"] = float(np.mean(pred == data[4]))
+            row["ratio"] = row["pylstm"]["epochs_per_s"] / row["torch"]["epochs_per_s"]
+            row["ratio_best"] = (row["pylstm"]["epochs_per_s_best"]
+                                 / row["torch"]["epochs_per_s_best"])
+        rows.append(row)
+    return rows
+
+
+def pylstm_fit_waiting(wait, data, hidden, batch, dtype, args):
+    """:func:`pylstm_fit` with the kept worker's idle wait at ``wait`` microseconds
+    (None: as built), restored after."""
+    if wait is None:
+        return pylstm_fit(data, hidden, batch, dtype, args)
+    default = _lstm.set_idle_wait(wait / 1e6)
+    try:
+        return pylstm_fit(data, hidden, batch, dtype, args)
+    finally:
+        _lstm.set_idle_wait(default)
 
 
 def print_table(rows):
@@ -134,8 +161,9 @@ def main(argv=None):
     p.add_argument("--n-varlen", type=int, default=800)
     p.add_argument("--no-torch", action="store_true", help="time pylstm only")
     p.add_argument("--idle-wait", nargs="+", type=float, metavar="US",
-                   help="run every case once per value: how long pylstm's kept worker "
-                        "thread spins after a task before it sleeps, in microseconds")
+                   help="time pylstm once per value, in the same alternation: how long "
+                        "its kept worker thread waits for a task before it sleeps, in "
+                        "microseconds")
     common.add_common_options(p)
     args = common.apply_quick(p.parse_args(argv), cases=["digits", "varlen"], hidden=[8],
                               batch_sizes=[128], dtypes=["float32"], epochs=1, repeats=1,
@@ -143,8 +171,6 @@ def main(argv=None):
     torch, env = common.start(args, "bench_fit.py: LSTMClassifier.fit vs the equivalent torch "
                               "training loop", "no" if args.no_torch else "wanted")
     rows = []
-    default_wait = _lstm.set_idle_wait(0.001)  # the built-in setting, read back
-    _lstm.set_idle_wait(default_wait)
     for case in args.cases:
         desc, *split = make_data(case, args)
         print(f"{case}: {desc}; {len(split[2])} training, {len(split[3])} held-out")
@@ -154,17 +180,8 @@ def main(argv=None):
         for hidden in args.hidden or HIDDEN[case]:
             for batch in args.batch_sizes:
                 for dtype in args.dtypes:
-                    for wait in args.idle_wait or [None]:
-                        common.progress(f"  {case} H={hidden} batch={batch} {dtype} ...")
-                        try:
-                            if wait is not None:
-                                _lstm.set_idle_wait(wait / 1e6)
-                            rows.append(run_config(torch, (case, *split), hidden, batch,
-                                                   dtype, args))
-                        finally:
-                            _lstm.set_idle_wait(default_wait)
-                        if wait is not None:
-                            rows[-1]["idle_wait_us"] = wait
+                    common.progress(f"  {case} H={hidden} batch={batch} {dtype} ...")
+                    rows += run_config(torch, (case, *split), hidden, batch, dtype, args)
     print(f"{args.epochs} epochs per fit, {args.repeats} fits per figure")
     print_table(rows)
     common.write_json(args.json, env, results=rows)

@@ -61,6 +61,16 @@ def test_bench_fit(tmp_path):
     assert all((r["ratio"] is not None) == HAS_TORCH for r in rows)
 
 
+@pytest.mark.timeout(300)
+def test_bench_fit_idle_wait(tmp_path):
+    run("bench_fit.py", "--no-torch", "--idle-wait", "40", "1000", "--json",
+        str(tmp_path / "fit.json"))
+    rows = json.loads((tmp_path / "fit.json").read_text())["results"]
+    assert [(r["case"], r["idle_wait_us"]) for r in rows] == [
+        ("digits", 40), ("digits", 1000), ("varlen", 40), ("varlen", 1000)]
+    assert all(r["pylstm"]["epochs_per_s"] > 0 for r in rows)
+
+
 @needs_torch
 @pytest.mark.timeout(300)
 def test_bench_lm(tmp_path):
