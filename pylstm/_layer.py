@@ -745,9 +745,10 @@ class LSTM:
                            "layers": caches}
         return result
 
-    def _backward_projected(self, cache, d_out, d_h_n, d_c_n):
+    def _backward_projected(self, cache, d_out, d_h_n, d_c_n, input_gradient=True):
         """:meth:`backward` of a layer with projections (``_lstm.backward_projected``):
-        the parameter and initial-state gradients and the compact input gradient."""
+        the parameter and initial-state gradients and the compact input gradient
+        (None without ``input_gradient``)."""
         B, T = cache["shape"]
         D, H, P, L = self.num_directions, self.hidden_size, self.proj_size, self.num_layers
         dt = self.dtype
@@ -772,7 +773,8 @@ class LSTM:
                                          self._params["weight_hr" + sfx], c_start, gates,
                                          c_cache, m_cache, h_prev, grad, d * P, bool(d),
                                          dh, dc, *dw, mask)
-                _lstm.input_gradient(gates, w_ih, d_in, float(d > 0))
+                if layer > 0 or input_gradient:
+                    _lstm.input_gradient(gates, w_ih, d_in, float(d > 0))
                 for name, g in zip(("weight_ih", "weight_hh", "bias_ih", "weight_hr"), dw,
                                    strict=True):
                     grads[name + sfx] = g
@@ -780,7 +782,7 @@ class LSTM:
                 g_h0[k, order] = dh
                 g_c0[k, order] = dc
             grad = d_in
-        return grads, g_h0, g_c0, grad
+        return grads, g_h0, g_c0, grad if input_gradient else None
 
     @model_call
     def gate_activations(self, X, lengths=None, h0=None, c0=None):
@@ -952,6 +954,15 @@ class LSTM:
             If a gradient has the wrong shape or is not finite, or a finite
             ``d_out`` is so large that the gradients overflow the layer's dtype.
         """
+        return self._backward(d_out, d_h_n, d_c_n, True)
+
+    def _backward(self, d_out, d_h_n, d_c_n, input_gradient):
+        """:meth:`backward`; without ``input_gradient``, ``dX`` is None and not computed.
+
+        A network's first layer has no use for the gradient of its input
+        (the data), and it would cost a pass over the (N, 4H) gate gradients
+        per direction (benchmarks/bench_quality.py, the adding problem).
+        """
         with self._workspace.borrow() as arrays:
             cache = self._cache
             if cache is None:
@@ -972,17 +983,19 @@ class LSTM:
             _check_steps_finite(d_out, cache["rows"], "d_out")
             self._cache = None
             if cache.get("projected"):
-                grads, g_h0, g_c0, grad_out = self._backward_projected(cache, d_out, d_h_n,
-                                                                       d_c_n)
+                grads, g_h0, g_c0, grad_out = self._backward_projected(
+                    cache, d_out, d_h_n, d_c_n, input_gradient)
             else:
                 one_thread, parallel, loop_threads = thread_plan(
                     B, H, D, cache["blas_steps"], cache["work"])
                 with single_threaded_blas(one_thread):
                     grads, g_h0, g_c0, grad_out = self._backward_layers(
                         arrays, cache, d_out.reshape(B * T, D * H), d_h_n, d_c_n, parallel,
-                        loop_threads)
+                        loop_threads, input_gradient)
             n_in = self.input_size
-            if cache["dense"]:
+            if not input_gradient:
+                dX = None
+            elif cache["dense"]:
                 dX = aligned_empty((B, T, n_in), self.dtype)
                 to_batch_first(grad_out, dX)
             else:
@@ -993,7 +1006,7 @@ class LSTM:
         grads["c0"] = g_c0
         # A finite d_out can still overflow on its way down (3e38 in float32):
         # say so rather than return infinity or NaN as gradients.
-        for name, arr in (("dX", dX), *grads.items()):
+        for name, arr in ((("dX", dX),) if input_gradient else ()) + tuple(grads.items()):
             try:
                 check_finite(arr, name)
             except NonFiniteError as exc:
@@ -1004,14 +1017,14 @@ class LSTM:
         return dX, grads
 
     def _backward_layers(self, arrays, cache, grad_out, d_h_n, d_c_n, parallel,
-                         loop_threads):
+                         loop_threads, input_gradient=True):
         """Kernel calls of :meth:`backward`, top layer first; work arrays from ``arrays``.
 
         ``grad_out`` is the caller's (B * T, D*H) gradient, which the top
         layer reads in place; each layer below reads the compact input
         gradient of the one above (``d_h_n`` / ``d_c_n`` None: zeros). Returns
         the parameter and initial-state gradients and the compact gradient of
-        the input.
+        the input (None without ``input_gradient``).
         """
         B = cache["shape"][0]
         D, H, L = self.num_directions, self.hidden_size, self.num_layers
@@ -1050,6 +1063,8 @@ class LSTM:
                 return gates, w_ih, work
 
             parts = run_directions(run, D, parallel=parallel)
+            if layer == 0 and not input_gradient:
+                return grads, g_h0, g_c0, None
             # Every direction has read the layer input: its gradient takes its place
             # (the input is the layer's own compact copy or the output of the layer
             # below, both work arrays; the cache is used up by this backward).

@@ -380,7 +380,8 @@ class SequenceNetwork(_SavedParameters):
         grads_per_layer = []
         for k in range(len(self.layers) - 1, -1, -1):
             layer = self.layers[k]
-            d_in, grads = layer.backward(d_out, d_h_n=d_h_n)
+            # The first layer's input is the data: no gradient wanted.
+            d_in, grads = layer._backward(d_out, d_h_n, None, k > 0)
             grads_per_layer.append([grads[name] for name in layer._params])
             if k > 0:
                 mask = cache["masks"][k - 1]

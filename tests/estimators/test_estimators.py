@@ -1067,3 +1067,44 @@ def test_dense_head_runs_by_halves_on_one_blas_thread(monkeypatch, return_sequen
     np.testing.assert_allclose(grads[-2], flat_f.T @ flat_d, **tol)
     np.testing.assert_allclose(grads[-1], flat_d.sum(axis=0), **tol)
     assert grads[-2].dtype == grads[-1].dtype == dtype
+
+
+@pytest.mark.parametrize("bidirectional", [False, True])
+@pytest.mark.parametrize("proj_size", [0, 2])
+def test_first_layer_input_gradient_is_not_computed(monkeypatch, bidirectional, proj_size):
+    """The network's backward skips the gradient of its input (the data), one
+    pass over the gate gradients per direction, and its parameter gradients
+    are the bits that the layers' full backward gives."""
+    from pylstm import _layer
+    from pylstm._network import SequenceNetwork
+
+    rng = np.random.RandomState(0)
+    X = rng.normal(size=(5, 4, 3))
+    lengths = np.array([4, 2, 4, 3, 1])
+    d_out = rng.normal(size=(5, 2))
+    calls = []
+    real_gradient = _layer._lstm.input_gradient
+
+    def counted(*args, **kwargs):
+        calls.append(args[1].shape)  # the direction's w_ih
+        return real_gradient(*args, **kwargs)
+
+    def run(net):
+        net.forward(X, lengths, training=True)
+        return net.backward(d_out)
+
+    net = SequenceNetwork(3, 2, 5, 2, bidirectional, 0.0, False, np.float64,
+                          np.random.RandomState(1), proj_size)
+    monkeypatch.setattr(_layer._lstm, "input_gradient", counted)
+    skipped = run(net)
+    # Only the second layer's input gradient, once per direction.
+    D = 2 if bidirectional else 1
+    assert len(calls) == D
+    assert all(shape[1] == D * (proj_size or 5) for shape in calls)
+    real_backward = _layer.LSTM._backward
+    monkeypatch.setattr(_layer.LSTM, "_backward",
+                        lambda self, d, h, c, wanted: real_backward(self, d, h, c, True))
+    full = run(net)
+    assert len(calls) == 3 * D
+    for a, b in zip(skipped, full, strict=True):
+        np.testing.assert_array_equal(a, b)
