@@ -506,8 +506,16 @@ class LSTM:
         return self._forward(X, lengths, h0, c0, training,
                              training and self.recurrent_dropout > 0, rng)
 
-    def _forward(self, X, lengths, h0, c0, training, dropout, rng):
-        """:meth:`forward`, with recurrent dropout only where ``dropout``."""
+    def _forward(self, X, lengths, h0, c0, training, dropout, rng, lookup=None):
+        """:meth:`forward`, with recurrent dropout only where ``dropout``.
+
+        ``lookup``, for a training call without ``lengths`` whose ``X`` is
+        the rows of an embedding ``E``: ``(table, tokens)``, the table
+        ``E @ weight_ih_l0.T`` (V, 4H) and the (B, T) token ids, which the
+        first layer's input projection then looks up instead of computing
+        it (``_lstm.forward_train``): a language model's input projection
+        costs V instead of B * T rows (benchmarks/bench_lm.py).
+        """
         # Dropped first, whatever follows: a backward after a call that fails its
         # checks must not use the cache of the call before it.
         self._cache = None
@@ -572,11 +580,18 @@ class LSTM:
             n_valid = int(lens_sorted.sum(dtype=np.int64))
             work = n_valid * 4 * H * D * (I + H + (self.num_layers - 1) * (D * H + H))
             one_thread, parallel, loop_threads = thread_plan(B, H, D, blas_steps, work)
+            if lookup is not None:
+                if not (training and lengths is None) or np.shape(lookup[1]) != (B, T):
+                    raise ValueError("a lookup needs a training call without lengths and "
+                                     "(B, T) tokens")
+                # The compact layout of a dense batch is time-major.
+                lookup = (lookup[0], np.ascontiguousarray(np.transpose(lookup[1]),
+                                                          dtype=np.intc).reshape(-1))
             with single_threaded_blas(one_thread):
                 caches = self._forward_layers(
                     arrays, x, lens_sorted, n_valid, order, bf_rows, h0, c0, h_n, c_n,
                     training, result.reshape(B * T, D * H), not training, blas_steps,
-                    parallel, loop_threads, masks)
+                    parallel, loop_threads, masks, lookup)
             if training:
                 self._cache = {"order": order, "lengths": lens_sorted, "shape": (B, T),
                                "dense": dense, "rows": rows, "bf_rows": bf_rows,
@@ -585,7 +600,7 @@ class LSTM:
 
     def _forward_layers(self, arrays, x, lens_sorted, N, order, bf_rows, h0, c0, h_n, c_n,
                         training, result, x_batch_first, need_t, parallel, loop_threads,
-                        masks=None):
+                        masks=None, lookup=None):
         """Kernel calls of :meth:`forward`, layer by layer; directions may run concurrently.
 
         Work arrays come from ``arrays`` (the layer's :class:`Workspace`);
@@ -603,7 +618,8 @@ class LSTM:
         threads sharing each kernel's time loop; ``N``: valid steps, the rows
         of the per-step arrays; ``h0`` / ``c0`` None: zero initial states;
         ``masks``: per layer and direction, the sorted rows' recurrent-dropout
-        mask (None: no dropout). Returns the training caches.
+        mask (None: no dropout); ``lookup``: the first layer's (table,
+        compact tokens) of :meth:`_forward`. Returns the training caches.
         """
         B, T_eff = len(lens_sorted), int(lens_sorted[0])
         D, H, L = self.num_directions, self.hidden_size, self.num_layers
@@ -669,9 +685,11 @@ class LSTM:
                     else:
                         h_prev = new(f"h_prev{k}", (N, H), dt)
                     mask = None if masks is None else masks[k]
+                    table, tokens = lookup if lookup is not None and k == 0 else (None, None)
                     _lstm.forward_train(layer_in, lens_sorted, w_ih, w_hh, w_hh_t, bias, h, c,
                                         out, d * H, bool(d), xbuf, gbuf, gates, c_cache,
-                                        h_prev, out_bf, bf_rows, loop_threads, work, mask)
+                                        h_prev, out_bf, bf_rows, loop_threads, work, mask,
+                                        table, tokens)
                     kept = (c_start, gates, c_cache, h_prev, work, fuse, mask)
                 else:
                     # The kernels' scratch (packed weights, ...: see

@@ -489,11 +489,23 @@ class LanguageNetwork(_SavedParameters):
         row per step and a column per token, then runs on one row.
         """
         h = self.embedding[tokens]
+        lookup = None
+        first = self.layers[0]
+        if training and not first.proj_size and self.embedding.shape[0] <= np.size(tokens):
+            # The first input projection of all the vocabulary costs no more
+            # than that of the batch's rows, and the time loop then looks its
+            # rows up (LSTM._forward).
+            w_ih = first._params["weight_ih_l0"]
+            table = np.empty((self.embedding.shape[0], w_ih.shape[0]), self.dtype)
+            dense_product(False, True, self.embedding, w_ih, 0.0, table)
+            lookup = (table, tokens)
         new_state, masks = [], []
         top = len(self.layers) - 1
         for k, layer in enumerate(self.layers):
             h0, c0 = (None, None) if state is None else state[k]
-            out, (h_n, c_n) = layer.forward(h, h0=h0, c0=c0, training=training, rng=rng)
+            out, (h_n, c_n) = layer._forward(h, None, h0, c0, training,
+                                             training and layer.recurrent_dropout > 0, rng,
+                                             lookup if k == 0 else None)
             new_state.append((h_n, c_n))
             if k < top and training and self.dropout > 0:
                 keep = 1.0 - self.dropout

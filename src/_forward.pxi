@@ -116,6 +116,12 @@ cdef void _forward(const floating* x, _ForwardLoop* a) noexcept nogil:
             if n_chunk != last_chunk and last_chunk > 0:
                 pylstm_barrier_wait(a.s.bar)
             last_chunk = n_chunk
+        if a.table != NULL:
+            # Each thread looks up the rows or units it computes, which no
+            # other thread writes: no barrier (test_lookup_projection).
+            _lookup_chunk(<const floating*> a.table, a, gbuf, s0, kk, n_chunk, b0, bs,
+                          0 if by_rows else pu0, H if by_rows else pn)
+            direct = True  # nothing to gather
         for k in range(kk if not direct and (by_rows or a.s.part == 0) else 0):
             s = s0 + k
             if not by_rows and not reverse and not a.x_batch_first and x_ld == I:
@@ -129,7 +135,9 @@ cdef void _forward(const floating* x, _ForwardLoop* a) noexcept nogil:
                 for bi in range((n_chunk - b0 + bs - 1) // bs):
                     b = b0 + bi * bs
                     _gather_row(x, a, xbuf + (<Py_ssize_t> k * n_chunk + b) * I, b, s)
-        if by_rows:
+        if a.table != NULL:
+            pass
+        elif by_rows:
             # (One thread's rows are fewer than the chunk's: the tile loop
             # rounds them as one thread's GEMM over the whole chunk does.)
             if kk * n_chunk == 1:  # as one thread: a matrix-vector product
@@ -241,7 +249,8 @@ cdef int _run_forward(const floating[:, :] x, const int[::1] lengths,
                       floating* h_prev, Py_ssize_t hp_ld, bint x_batch_first,
                       bint out_batch_first, const Py_ssize_t[::1] bf_rows,
                       int threads, floating[::1] pack_cache=None,
-                      floating[::1] work=None, const floating* mask=NULL) except -1:
+                      floating[::1] work=None, const floating* mask=NULL,
+                      const floating* table=NULL, const int* tokens=NULL) except -1:
     """Check, set up and run one forward call (caches NULL: inference; the
     caller has checked their sizes). Returns the threads that ran the loop."""
     cdef int B = <int> lengths.shape[0]
@@ -297,6 +306,8 @@ cdef int _run_forward(const floating[:, :] x, const int[::1] lengths,
         a.out_batch_first = out_batch_first
         a.xbuf = &xbuf[0]
         a.gbuf = &gbuf[0]
+        a.table = table
+        a.tokens = tokens
         if _packs(T, B):
             # With W_hh packed, W_ih^T is too, and the input projection runs
             # on it: the same products whether one or two threads take the
@@ -360,7 +371,9 @@ def forward_train(const floating[:, :] x,
                   const Py_ssize_t[::1] bf_rows=None,
                   int threads=1,
                   floating[::1] work=None,
-                  const floating[:, ::1] mask=None):
+                  const floating[:, ::1] mask=None,
+                  const floating[:, ::1] table=None,
+                  const int[::1] tokens=None):
     """Forward pass of one direction, keeping what BPTT needs.
 
     Per-step arrays are 2-D, one row per valid step of one sequence, in the
@@ -422,6 +435,13 @@ def forward_train(const floating[:, :] x,
         at every step, h0 included; ``h_prev_cache`` keeps the masked rows
         and ``out`` and the final ``h`` the unmasked h_t. Give the same
         mask to :func:`backward`.
+    table, tokens : (V, 4H) array and (N,) int32 array, default None
+        The input projection by lookup, for an input that is an embedding's
+        rows: row ``r``'s projection is ``table[tokens[r]]`` (the table being
+        ``E @ w_ih.T`` for the embedding ``E``) instead of ``x[r] @ w_ih.T``,
+        which is not computed; ``x`` and ``w_ih`` are still checked and
+        ``x`` is still the left-hand factor of :func:`backward`'s
+        weight gradient. Every token must be a row of ``table``.
 
     Returns
     -------
@@ -440,10 +460,23 @@ def forward_train(const floating[:, :] x,
     hp_ld = _row_stride(N, H, h_prev_cache.strides[0], h_prev_cache.strides[1],
                         sizeof(floating), "h_prev_cache")
     _check_mask(mask, lengths.shape[0], H)
+    if (table is None) != (tokens is None):
+        raise ValueError("table and tokens go together")
+    if table is not None:
+        _check_rows(tokens.shape[0], 1, N, 1, "tokens")
+        if table.shape[1] != 4 * H or table.shape[0] < 1:
+            raise ValueError(f"table has shape ({table.shape[0]}, {table.shape[1]}); "
+                             f"(V, {4 * H}) with V >= 1 needed")
+        for b in range(N):
+            if tokens[b] < 0 or tokens[b] >= table.shape[0]:
+                raise ValueError(f"token {tokens[b]} at row {b} is not a row of the "
+                                 f"{table.shape[0]}-row table")
     return _run_forward(x, lengths, w_ih, w_hh, w_hh_t, bias, h, c, out, offset, reverse,
                         xbuf, gbuf, &gates[0, 0], &c_cache[0, 0], &h_prev_cache[0, 0],
                         hp_ld, False, out_batch_first, bf_rows, threads, no_cache, work,
-                        &mask[0, 0] if mask is not None else NULL)
+                        &mask[0, 0] if mask is not None else NULL,
+                        &table[0, 0] if table is not None else NULL,
+                        &tokens[0] if tokens is not None else NULL)
 
 
 def forward_infer(const floating[:, :] x,

@@ -86,6 +86,8 @@ cdef struct _ForwardLoop:
     bint out_batch_first
     void* xbuf
     void* gbuf
+    const void* table         # (V, 4H) input projections by token (NULL: x @ W_ih^T)
+    const int* tokens         # each compact row's token, with table
 
 
 cdef struct _BackwardLoop:
@@ -136,6 +138,32 @@ cdef inline void _gather_row(const floating* x, const _ForwardLoop* a, floating*
         memcpy(dst, src, a.s.n_in * sizeof(floating))
     else:
         memset(dst, 0, a.s.n_in * sizeof(floating))
+
+
+cdef inline void _lookup_chunk(const floating* table, const _ForwardLoop* a, floating* gbuf,
+                               int s0, int kk, int n_chunk, int b0, int bs, int u0,
+                               int un) noexcept nogil:
+    """The input projection of a chunk by lookup: row ``b`` of step ``s0 + k``
+    in ``gbuf`` receives its token's row of ``table``, units ``u0 .. u0 + un``
+    of each gate, for the rows ``b0, b0 + bs, ...`` active at that step."""
+    cdef int H = a.s.H
+    cdef int G = 4 * H
+    cdef int k, b, s, t, g
+    cdef const floating* src
+    cdef floating* dst
+    for k in range(kk):
+        s = s0 + k
+        b = b0
+        while b < n_chunk and a.s.lengths[b] > s:
+            t = a.s.lengths[b] - 1 - s if a.s.reverse else s
+            src = table + <Py_ssize_t> a.tokens[a.s.off[t] + b] * G
+            dst = gbuf + (<Py_ssize_t> k * n_chunk + b) * G
+            if un == H:
+                memcpy(dst, src, <size_t> G * sizeof(floating))
+            else:
+                for g in range(4):
+                    memcpy(dst + g * H + u0, src + g * H + u0, <size_t> un * sizeof(floating))
+            b += bs
 
 
 cdef int _chunk_steps(Py_ssize_t xbuf_size, Py_ssize_t gbuf_size, int B, int I,

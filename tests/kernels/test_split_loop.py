@@ -137,6 +137,78 @@ def test_two_threads_equal_one(dtype, reverse, B, T, I, H, split_mode):
     assert not np.array_equal(h0, results[1][1])
 
 
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("reverse", [False, True])
+@pytest.mark.parametrize(("B", "T", "I", "H", "lengths"),
+                         [(8, 17, 9, 128, None), (17, 40, 4, 64, None),
+                          (16, 70, 3, 24, None), (1, 12, 5, 64, None),
+                          (4, 9, 5, 32, [9, 9, 6, 2])])
+def test_lookup_projection(dtype, reverse, B, T, I, H, lengths, split_mode):
+    """``table``/``tokens``: the input projection looked up instead of
+    multiplied, on one thread and two (each thread looking up its own rows or
+    units), for packed steps and BLAS steps (2-7 rows), gives what the
+    projection of the embedding's rows gives, and ``x`` is not read for it."""
+    rng = np.random.default_rng(B * 100 + H)
+    if lengths is None:
+        lengths = np.sort(_packed_lengths(B, T, rng))[::-1]
+    lengths = np.ascontiguousarray(lengths, dtype=np.intc)
+    N, G, V = int(lengths.sum()), 4 * H, 7
+    emb = rng.normal(size=(V, I))
+    tokens = rng.integers(0, V, N).astype(np.intc)
+    w_ih = rng.normal(size=(G, I)) * 0.3
+    table = (emb @ w_ih.T).astype(dtype)
+    K = min(32, T)
+    args = dict(x=emb[tokens].astype(dtype), lengths=lengths, w_ih=w_ih.astype(dtype),
+                w_hh=(rng.normal(size=(G, H)) * 0.1).astype(dtype),
+                bias=(rng.normal(size=G) * 0.1).astype(dtype),
+                h=rng.normal(size=(B, H)).astype(dtype),
+                c=rng.normal(size=(B, H)).astype(dtype), out=np.zeros((N, H), dtype),
+                reverse=reverse, xbuf=np.zeros(K * B * I, dtype),
+                gbuf=np.zeros(K * B * G, dtype), gates=np.zeros((N, G), dtype),
+                c_cache=np.zeros((N, H), dtype), h_prev=np.zeros((N, H), dtype))
+    args["w_hh_t"] = np.ascontiguousarray(args["w_hh"].T)
+    names = ("out", "h", "c", "gates", "c_cache", "h_prev")
+    with threadpool_limits(limits=1, user_api="blas"):
+        _, ref = _forward(args, 1, train=True)
+        for threads in (1, 2):
+            a = {k: (v.copy() if isinstance(v, np.ndarray) else v) for k, v in args.items()}
+            a["x"][...] = np.nan  # unread by the lookup
+            _lstm.forward_train(a["x"], lengths, a["w_ih"], a["w_hh"], a["w_hh_t"],
+                                a["bias"], a["h"], a["c"], a["out"], 0, reverse, a["xbuf"],
+                                a["gbuf"], a["gates"], a["c_cache"], a["h_prev"], False,
+                                None, threads, None, None, table, tokens)
+            for name in names:
+                _assert_same(ref[name], a[name], False, dtype)
+
+
+def test_lookup_projection_checks():
+    rng = np.random.default_rng(0)
+    B, T, I, H = 2, 3, 2, 4
+    lengths = np.full(B, T, dtype=np.intc)
+    N, G = B * T, 4 * H
+
+    def call(table, tokens):
+        _lstm.forward_train(np.zeros((N, I)), lengths, np.zeros((G, I)), np.zeros((G, H)),
+                            np.zeros((H, G)), np.zeros(G), np.zeros((B, H)),
+                            np.zeros((B, H)), np.zeros((N, H)), 0, False,
+                            np.zeros(T * B * I), np.zeros(T * B * G), np.zeros((N, G)),
+                            np.zeros((N, H)), np.zeros((N, H)), False, None, 1, None, None,
+                            table, tokens)
+
+    table = rng.normal(size=(5, G))
+    with pytest.raises(ValueError, match="token 5 at row 3 is not a row"):
+        call(table, np.array([0, 1, 2, 5, 0, 0], dtype=np.intc))
+    with pytest.raises(ValueError, match="token -1 at row 0"):
+        call(table, np.array([-1, 1, 2, 3, 0, 0], dtype=np.intc))
+    with pytest.raises(ValueError, match=r"table has shape \(5, 15\)"):
+        call(table[:, :15].copy(), np.zeros(N, dtype=np.intc))
+    with pytest.raises(ValueError, match="tokens has shape"):
+        call(table, np.zeros(N - 1, dtype=np.intc))
+    with pytest.raises(ValueError, match="table and tokens go together"):
+        call(table, None)
+    call(table, np.zeros(N, dtype=np.intc))
+
+
 def test_no_split_where_it_cannot_work():
     """BLAS steps (2-7 active rows) and hidden sizes that are not whole column
     panels per half keep the loop on one thread."""

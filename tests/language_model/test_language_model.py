@@ -98,6 +98,38 @@ def test_full_model_gradients_match_finite_differences(dropout):
     assert np.abs(grads[0][np.unique(tokens)]).sum(axis=1).min() > 0
 
 
+@pytest.mark.parametrize(("V", "dtype", "tol"), [(11, np.float64, 1e-12),
+                                                  (40, np.float64, 1e-12),
+                                                  (11, np.float32, 2e-6)])
+def test_training_forward_looks_up_the_input_projection(monkeypatch, V, dtype, tol):
+    """With no more tokens in the vocabulary than in the batch, a training
+    forward looks the first layer's input projection up in a table of the
+    vocabulary's (``_lstm.forward_train``'s ``table``); its logits are those
+    of the inference forward, which multiplies."""
+    from pylstm import _layer
+
+    tables = []
+    real = _layer._lstm.forward_train
+
+    def spy(*args):
+        tables.append(args[-2])
+        return real(*args)
+
+    monkeypatch.setattr(_layer._lstm, "forward_train", spy)
+    rng = np.random.RandomState(1)
+    net = LanguageNetwork(V, 4, 6, 2, 0.0, dtype, rng)
+    tokens = rng.randint(0, V, size=(3, 12))
+    state = [(rng.normal(size=(1, 3, 6)).astype(dtype),
+              rng.normal(size=(1, 3, 6)).astype(dtype)) for _ in range(2)]
+    trained, _ = net.forward(tokens, state, training=True)
+    inferred, _ = net.forward(tokens, state, training=False)
+    np.testing.assert_allclose(trained, inferred, rtol=tol, atol=tol)
+    # The first layer only, and only where the vocabulary is the smaller.
+    assert [t is not None for t in tables] == [V <= tokens.size, False]
+    if V <= tokens.size:
+        assert tables[0].shape == (V, 24) and tables[0].dtype == dtype
+
+
 def test_state_carried_between_windows_equals_one_long_forward():
     rng = np.random.RandomState(1)
     net = LanguageNetwork(11, 4, 6, 2, 0.0, np.float64, rng)
@@ -703,7 +735,13 @@ def test_head_threads(monkeypatch, vocab, more_cores, whole):
         threads = _threads.loop_threads()
         logits, _ = net.forward(tokens, None, training=True)
         net.backward(np.zeros_like(logits))
-    assert len(seen) == 3, seen
+    # With fewer tokens in the vocabulary than in the batch, the embedding's
+    # input projection comes first: too small for BLAS's threads, one call.
+    lookup = vocab <= tokens.size
+    assert len(seen) == 3 + lookup, seen
+    if lookup:
+        assert seen[0][0] == "halves" and seen[0][2] == 1, seen
+        del seen[0]
     if whole:
         assert all(name == "whole" and n >= 2 for name, n, _ in seen), seen
     else:
