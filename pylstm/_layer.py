@@ -974,12 +974,15 @@ class LSTM:
         """
         return self._backward(d_out, d_h_n, d_c_n, True)
 
-    def _backward(self, d_out, d_h_n, d_c_n, input_gradient):
+    def _backward(self, d_out, d_h_n, d_c_n, input_gradient, checked=True):
         """:meth:`backward`; without ``input_gradient``, ``dX`` is None and not computed.
 
         A network's first layer has no use for the gradient of its input
         (the data), and it would cost a pass over the (N, 4H) gate gradients
         per direction (benchmarks/bench_quality.py, the adding problem).
+        Without ``checked``, neither ``d_out`` nor the results are checked
+        for NaN or infinity: for a network that checks its loss and its
+        gradients' norm, which a non-finite value would reach.
         """
         with self._workspace.borrow() as arrays:
             cache = self._cache
@@ -998,7 +1001,8 @@ class LSTM:
             d_c_n = None if d_c_n is None else self._check_state(d_c_n, "d_c_n", B)
             # Entries past a length are never read (NaN or not); the top
             # layer reads the caller's gradient in place.
-            _check_steps_finite(d_out, cache["rows"], "d_out")
+            if checked:
+                _check_steps_finite(d_out, cache["rows"], "d_out")
             self._cache = None
             if cache.get("projected"):
                 grads, g_h0, g_c0, grad_out = self._backward_projected(
@@ -1024,7 +1028,9 @@ class LSTM:
         grads["c0"] = g_c0
         # A finite d_out can still overflow on its way down (3e38 in float32):
         # say so rather than return infinity or NaN as gradients.
-        for name, arr in ((("dX", dX),) if input_gradient else ()) + tuple(grads.items()):
+        checks = (() if not checked else tuple(grads.items())
+                  + ((("dX", dX),) if input_gradient else ()))
+        for name, arr in checks:
             try:
                 check_finite(arr, name)
             except NonFiniteError as exc:

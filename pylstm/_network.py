@@ -100,8 +100,11 @@ def dense_product(trans_a, trans_b, a, b, beta, c):
     from ._lstm import gemm_halves
 
     k = a.shape[0] if trans_a else a.shape[1]
-    if k == 0:  # an empty sum
-        c *= beta
+    if k == 0:  # an empty sum (beta 0: c is not read, as in BLAS)
+        if beta == 0.0:
+            c.fill(0)
+        else:
+            c *= beta
         return
     work = c.shape[0] * c.shape[1] * k
     if work >= WHOLE_SEQUENCE_ONE_THREAD_BELOW and blas_beyond_loop():
@@ -114,6 +117,15 @@ def dense_product(trans_a, trans_b, a, b, beta, c):
         return
     with single_threaded_blas():
         gemm_halves(trans_a, trans_b, 1.0, a, b, beta, c, loop_threads())
+
+
+def column_sums(a):
+    """The column sums of a C-contiguous (N, V) array, as one product with a
+    column of ones (:func:`dense_product`): NumPy's ``sum(axis=0)`` takes
+    several times as long."""
+    out = np.empty((a.shape[1], 1), dtype=a.dtype)
+    dense_product(True, False, a, np.ones((a.shape[0], 1), dtype=a.dtype), 0.0, out)
+    return out[:, 0]
 
 
 def dense(x, coef, intercept):
@@ -366,7 +378,7 @@ class SequenceNetwork(_SavedParameters):
                                       dtype=self.dtype)
         d_coef = np.empty_like(self.coef)
         dense_product(True, False, flat_f, flat_d, 0.0, d_coef)
-        d_intercept = flat_d.sum(axis=0)
+        d_intercept = column_sums(flat_d)
         d_feats = np.empty_like(flat_f)
         dense_product(False, True, flat_d, self.coef, 0.0, d_feats)
         d_feats = d_feats.reshape(feats.shape)
@@ -380,8 +392,9 @@ class SequenceNetwork(_SavedParameters):
         grads_per_layer = []
         for k in range(len(self.layers) - 1, -1, -1):
             layer = self.layers[k]
-            # The first layer's input is the data: no gradient wanted.
-            d_in, grads = layer._backward(d_out, d_h_n, None, k > 0)
+            # The first layer's input is the data: no gradient wanted. The
+            # estimator checks the loss and the gradients' norm.
+            d_in, grads = layer._backward(d_out, d_h_n, None, k > 0, checked=False)
             grads_per_layer.append([grads[name] for name in layer._params])
             if k > 0:
                 mask = cache["masks"][k - 1]
@@ -532,12 +545,13 @@ class LanguageNetwork(_SavedParameters):
         d_hidden = np.empty_like(flat)
         dense_product(True, False, flat, d_flat, 0.0, d_coef)
         dense_product(False, True, d_flat, self.coef, 0.0, d_hidden)
-        d_intercept = d_flat.sum(axis=0)
+        d_intercept = column_sums(d_flat)
         d_out = d_hidden.reshape(cache["shape"])
         layer_grads = []
         for k in range(len(self.layers) - 1, -1, -1):
             layer = self.layers[k]
-            d_in, grads = layer.backward(d_out)
+            # The language model checks its loss and the gradients' norm.
+            d_in, grads = layer._backward(d_out, None, None, True, checked=False)
             layer_grads.append([grads[name] for name in layer._params])
             if k > 0:
                 mask = cache["masks"][k - 1]
