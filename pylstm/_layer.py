@@ -550,6 +550,8 @@ class LSTM:
         # Steps past a length are never read, NaN or not, and cost nothing.
         rows = None if dense else _compact_rows(lens_sorted, order, T)
         if self.proj_size:
+            if lookup is not None:
+                raise ValueError("a lookup needs a layer without projections")
             _check_steps_finite(X, rows, "X")
             result = self._forward_projected(X, lens_sorted, order, h0, c0, h_n, c_n,
                                              training, masks)
@@ -581,9 +583,14 @@ class LSTM:
             work = n_valid * 4 * H * D * (I + H + (self.num_layers - 1) * (D * H + H))
             one_thread, parallel, loop_threads = thread_plan(B, H, D, blas_steps, work)
             if lookup is not None:
+                table = lookup[0]
                 if not (training and lengths is None) or np.shape(lookup[1]) != (B, T):
                     raise ValueError("a lookup needs a training call without lengths and "
                                      "(B, T) tokens")
+                if (not isinstance(table, np.ndarray) or table.dtype != self.dtype
+                        or table.ndim != 2 or table.shape[1] != 4 * self.hidden_size):
+                    raise ValueError(f"a lookup table must be a (V, {4 * self.hidden_size}) "
+                                     f"{self.dtype.name} array")
                 # The compact layout of a dense batch is time-major.
                 lookup = (lookup[0], np.ascontiguousarray(np.transpose(lookup[1]),
                                                           dtype=np.intc).reshape(-1))

@@ -118,7 +118,7 @@ cdef void _forward(const floating* x, _ForwardLoop* a) noexcept nogil:
             last_chunk = n_chunk
         if a.table != NULL:
             # Each thread looks up the rows or units it computes, which no
-            # other thread writes: no barrier (test_lookup_projection).
+            # other thread writes (test_lookup_projection).
             _lookup_chunk(<const floating*> a.table, a, gbuf, s0, kk, n_chunk, b0, bs,
                           0 if by_rows else pu0, H if by_rows else pn)
             direct = True  # nothing to gather
@@ -136,7 +136,11 @@ cdef void _forward(const floating* x, _ForwardLoop* a) noexcept nogil:
                     b = b0 + bi * bs
                     _gather_row(x, a, xbuf + (<Py_ssize_t> k * n_chunk + b) * I, b, s)
         if a.table != NULL:
-            pass
+            # Split by units, the first step's product reads the other
+            # thread's half of h0, masked by that thread: the barrier that the
+            # projection below would give (test_lookup_projection, mask).
+            if split and not by_rows and mask != NULL and s0 == 0:
+                pylstm_barrier_wait(a.s.bar)
         elif by_rows:
             # (One thread's rows are fewer than the chunk's: the tile loop
             # rounds them as one thread's GEMM over the whole chunk does.)
@@ -463,7 +467,9 @@ def forward_train(const floating[:, :] x,
     if (table is None) != (tokens is None):
         raise ValueError("table and tokens go together")
     if table is not None:
-        _check_rows(tokens.shape[0], 1, N, 1, "tokens")
+        if tokens.shape[0] != N:
+            raise ValueError(f"tokens has {tokens.shape[0]} entries; one per row, {N}, "
+                             "needed")
         if table.shape[1] != 4 * H or table.shape[0] < 1:
             raise ValueError(f"table has shape ({table.shape[0]}, {table.shape[1]}); "
                              f"(V, {4 * H}) with V >= 1 needed")

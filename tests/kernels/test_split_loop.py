@@ -139,15 +139,18 @@ def test_two_threads_equal_one(dtype, reverse, B, T, I, H, split_mode):
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 @pytest.mark.parametrize("reverse", [False, True])
+@pytest.mark.parametrize("masked", [False, True])
 @pytest.mark.parametrize(("B", "T", "I", "H", "lengths"),
                          [(8, 17, 9, 128, None), (17, 40, 4, 64, None),
                           (16, 70, 3, 24, None), (1, 12, 5, 64, None),
                           (4, 9, 5, 32, [9, 9, 6, 2])])
-def test_lookup_projection(dtype, reverse, B, T, I, H, lengths, split_mode):
+def test_lookup_projection(dtype, reverse, masked, B, T, I, H, lengths, split_mode):
     """``table``/``tokens``: the input projection looked up instead of
-    multiplied, on one thread and two (each thread looking up its own rows or
-    units), for packed steps and BLAS steps (2-7 rows), gives what the
-    projection of the embedding's rows gives, and ``x`` is not read for it."""
+    multiplied gives what the projection of the embedding's rows gives, and
+    ``x`` is not read for it; on two threads (each looking up its own rows or
+    units) the same bits as on one, call after call, with recurrent dropout
+    too (whose masked h0 each thread writes half of, split by units), for
+    packed steps and BLAS steps (2-7 rows)."""
     rng = np.random.default_rng(B * 100 + H)
     if lengths is None:
         lengths = np.sort(_packed_lengths(B, T, rng))[::-1]
@@ -157,6 +160,7 @@ def test_lookup_projection(dtype, reverse, B, T, I, H, lengths, split_mode):
     tokens = rng.integers(0, V, N).astype(np.intc)
     w_ih = rng.normal(size=(G, I)) * 0.3
     table = (emb @ w_ih.T).astype(dtype)
+    mask = ((rng.random((B, H)) > 0.3) / 0.7).astype(dtype) if masked else None
     K = min(32, T)
     args = dict(x=emb[tokens].astype(dtype), lengths=lengths, w_ih=w_ih.astype(dtype),
                 w_hh=(rng.normal(size=(G, H)) * 0.1).astype(dtype),
@@ -168,17 +172,31 @@ def test_lookup_projection(dtype, reverse, B, T, I, H, lengths, split_mode):
                 c_cache=np.zeros((N, H), dtype), h_prev=np.zeros((N, H), dtype))
     args["w_hh_t"] = np.ascontiguousarray(args["w_hh"].T)
     names = ("out", "h", "c", "gates", "c_cache", "h_prev")
-    with threadpool_limits(limits=1, user_api="blas"):
-        _, ref = _forward(args, 1, train=True)
-        for threads in (1, 2):
-            a = {k: (v.copy() if isinstance(v, np.ndarray) else v) for k, v in args.items()}
+    panels = 64 if dtype == np.float32 else 32
+    split = not _lstm.needs_w_hh_t(lengths) and (
+        H % panels == 0 or split_mode == "rows" or (split_mode == "auto" and B >= 16))
+
+    def call(threads, lookup):
+        a = {k: (v.copy() if isinstance(v, np.ndarray) else v) for k, v in args.items()}
+        if lookup:
             a["x"][...] = np.nan  # unread by the lookup
-            _lstm.forward_train(a["x"], lengths, a["w_ih"], a["w_hh"], a["w_hh_t"],
-                                a["bias"], a["h"], a["c"], a["out"], 0, reverse, a["xbuf"],
-                                a["gbuf"], a["gates"], a["c_cache"], a["h_prev"], False,
-                                None, threads, None, None, table, tokens)
+        used = _lstm.forward_train(a["x"], lengths, a["w_ih"], a["w_hh"], a["w_hh_t"],
+                                   a["bias"], a["h"], a["c"], a["out"], 0, reverse,
+                                   a["xbuf"], a["gbuf"], a["gates"], a["c_cache"],
+                                   a["h_prev"], False, None, threads, None, mask,
+                                   table if lookup else None, tokens if lookup else None)
+        return used, a
+
+    with threadpool_limits(limits=1, user_api="blas"):
+        _, ref = call(1, False)
+        _, one = call(1, True)
+        for name in names:
+            _assert_same(ref[name], one[name], False, dtype)
+        for _ in range(20 if split else 1):
+            used, two = call(2, True)
+            assert used == (2 if split else 1)
             for name in names:
-                _assert_same(ref[name], a[name], False, dtype)
+                np.testing.assert_array_equal(one[name], two[name], err_msg=name)
 
 
 def test_lookup_projection_checks():
@@ -202,7 +220,7 @@ def test_lookup_projection_checks():
         call(table, np.array([-1, 1, 2, 3, 0, 0], dtype=np.intc))
     with pytest.raises(ValueError, match=r"table has shape \(5, 15\)"):
         call(table[:, :15].copy(), np.zeros(N, dtype=np.intc))
-    with pytest.raises(ValueError, match="tokens has shape"):
+    with pytest.raises(ValueError, match="tokens has 5 entries; one per row, 6, needed"):
         call(table, np.zeros(N - 1, dtype=np.intc))
     with pytest.raises(ValueError, match="table and tokens go together"):
         call(table, None)

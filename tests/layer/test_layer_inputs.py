@@ -571,3 +571,32 @@ def test_large_input_with_one_bad_value_is_rejected(bad):
         layer.forward(X)
     with pytest.raises(ValueError, match="NaN" if np.isnan(bad) else "infinity"):
         layer.forward(X, training=False)
+
+
+def test_lookup_arguments_are_checked():
+    """``LSTM._forward``'s ``lookup`` (the language model's looked-up input
+    projection) is refused, before any kernel runs, where it cannot apply."""
+    X = np.zeros((2, 3, 4), np.float32)
+    tokens = np.zeros((2, 3), dtype=np.int64)
+    table = np.zeros((5, 24), np.float32)
+    layer = LSTM(4, 6, dtype=np.float32, random_state=0)
+
+    def run(lstm=layer, lengths=None, training=True, lookup=(table, tokens)):
+        return lstm._forward(X, lengths, None, None, training, False, None, lookup)
+
+    with pytest.raises(ValueError, match=r"must be a \(V, 24\) float32 array"):
+        run(lookup=(table.astype(np.float64), tokens))
+    with pytest.raises(ValueError, match=r"must be a \(V, 24\) float32 array"):
+        run(lookup=(table[:, :12], tokens))
+    with pytest.raises(ValueError, match=r"without lengths and \(B, T\) tokens"):
+        run(lookup=(table, tokens[:, :2]))
+    with pytest.raises(ValueError, match="a training call without lengths"):
+        run(lengths=[3, 2])
+    with pytest.raises(ValueError, match="a training call without lengths"):
+        run(training=False)
+    with pytest.raises(ValueError, match="a lookup needs a layer without projections"):
+        run(lstm=LSTM(4, 6, dtype=np.float32, proj_size=2, random_state=0))
+    with pytest.raises(ValueError, match="token 5 at row 0 is not a row of the 5-row table"):
+        run(lookup=(table, np.full((2, 3), 5)))
+    out, _ = run()
+    assert out.shape == (2, 3, 6)
