@@ -592,8 +592,8 @@ class LSTM:
                     raise ValueError(f"a lookup table must be a (V, {4 * self.hidden_size}) "
                                      f"{self.dtype.name} array")
                 # The compact layout of a dense batch is time-major.
-                lookup = (lookup[0], np.ascontiguousarray(np.transpose(lookup[1]),
-                                                          dtype=np.intc).reshape(-1))
+                lookup = (table, np.ascontiguousarray(np.transpose(lookup[1]),
+                                                      dtype=np.intc).reshape(-1))
             with single_threaded_blas(one_thread):
                 caches = self._forward_layers(
                     arrays, x, lens_sorted, n_valid, order, bf_rows, h0, c0, h_n, c_n,

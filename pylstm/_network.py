@@ -120,9 +120,12 @@ def dense_product(trans_a, trans_b, a, b, beta, c):
 
 
 def column_sums(a):
-    """The column sums of a C-contiguous (N, V) array, as one product with a
-    column of ones (:func:`dense_product`): NumPy's ``sum(axis=0)`` takes
-    several times as long."""
+    """The column sums of a C-contiguous (N, V) array: a head's bias gradient.
+
+    One product with a column of ones (:func:`dense_product`): cheaper
+    than NumPy's strided ``sum(axis=0)`` at the heads' sizes (measured
+    with ``benchmarks/bench_lm.py``'s language model).
+    """
     out = np.empty((a.shape[1], 1), dtype=a.dtype)
     dense_product(True, False, a, np.ones((a.shape[0], 1), dtype=a.dtype), 0.0, out)
     return out[:, 0]
