@@ -335,8 +335,9 @@ cdef int _run_forward(const floating[:, :] x, const int[::1] lengths,
                                                * sizeof(floating))
                     if w_pack != NULL:
                         _pack_w_hh_t(&w_hh[0, 0], H, a.grouped, w_pack)
-                    ih_pack = _packed_weights(&w_ih[0, 0], I, True, I, 4 * H, &ws)
-                if w_pack == NULL or ih_pack == NULL:
+                    if table == NULL:  # a looked-up projection never reads it
+                        ih_pack = _packed_weights(&w_ih[0, 0], I, True, I, 4 * H, &ws)
+                if w_pack == NULL or (ih_pack == NULL and table == NULL):
                     raise MemoryError("no memory for the packed weights")
         a.s.w_pack = w_pack
         a.ih_pack = ih_pack
