@@ -16,6 +16,7 @@ from sklearn.utils import check_random_state
 from . import _lstm
 from ._arrays import to_batch_first, to_time_major
 from ._container import ModelFileError, read_bool, read_float, read_int, read_object, read_str
+from ._dense import dense_product
 from ._threads import (
     model_call,
     run_directions,
@@ -509,12 +510,17 @@ class LSTM:
     def _forward(self, X, lengths, h0, c0, training, dropout, rng, lookup=None):
         """:meth:`forward`, with recurrent dropout only where ``dropout``.
 
-        ``lookup``, for a training call without ``lengths`` whose ``X`` is
-        the rows of an embedding ``E``: ``(table, tokens)``, the table
-        ``E @ weight_ih_l0.T`` (V, 4H) and the (B, T) token ids, which the
-        first layer's input projection then looks up instead of computing
-        it (``_lstm.forward_train``): a language model's input projection
-        costs V instead of B * T rows (benchmarks/bench_lm.py).
+        ``lookup``, for a unidirectional training call without ``lengths``
+        whose ``X`` is ``embedding[tokens]``: ``(embedding, tokens)``, the
+        (V, input_size) embedding and the (B, T) token ids. The first
+        layer's input projection is then looked up in the table
+        ``embedding @ weight_ih_l0.T`` (``_lstm.forward_train``), and the
+        backward sums the gate gradients by token into the table's gradient
+        (``_lstm.backward``), from which it forms ``weight_ih_l0``'s
+        gradient and, as the input gradient, the embedding's (V,
+        input_size): a language model's input projection and its two
+        gradient products cost V instead of B * T rows
+        (benchmarks/bench_lm.py).
         """
         # Dropped first, whatever follows: a backward after a call that fails its
         # checks must not use the cache of the call before it.
@@ -583,17 +589,7 @@ class LSTM:
             work = n_valid * 4 * H * D * (I + H + (self.num_layers - 1) * (D * H + H))
             one_thread, parallel, loop_threads = thread_plan(B, H, D, blas_steps, work)
             if lookup is not None:
-                table = lookup[0]
-                if not (training and lengths is None) or np.shape(lookup[1]) != (B, T):
-                    raise ValueError("a lookup needs a training call without lengths and "
-                                     "(B, T) tokens")
-                if (not isinstance(table, np.ndarray) or table.dtype != self.dtype
-                        or table.ndim != 2 or table.shape[1] != 4 * self.hidden_size):
-                    raise ValueError(f"a lookup table must be a (V, {4 * self.hidden_size}) "
-                                     f"{self.dtype.name} array")
-                # The compact layout of a dense batch is time-major.
-                lookup = (table, np.ascontiguousarray(np.transpose(lookup[1]),
-                                                      dtype=np.intc).reshape(-1))
+                lookup = self._lookup_table(lookup, training and lengths is None, B, T)
             with single_threaded_blas(one_thread):
                 caches = self._forward_layers(
                     arrays, x, lens_sorted, n_valid, order, bf_rows, h0, c0, h_n, c_n,
@@ -602,8 +598,28 @@ class LSTM:
             if training:
                 self._cache = {"order": order, "lengths": lens_sorted, "shape": (B, T),
                                "dense": dense, "rows": rows, "bf_rows": bf_rows,
-                               "blas_steps": blas_steps, "work": work, "layers": caches}
+                               "blas_steps": blas_steps, "work": work, "layers": caches,
+                               "lookup": lookup and (lookup[2], lookup[1])}
         return result, (h_n, c_n)
+
+    def _lookup_table(self, lookup, allowed, B, T):
+        """:meth:`_forward`'s ``(embedding, tokens)`` checked: ``(table, compact
+        tokens, embedding)``, the table ``embedding @ weight_ih_l0.T``."""
+        embedding, tokens = lookup
+        if not allowed or self.num_directions != 1 or np.shape(tokens) != (B, T):
+            raise ValueError("a lookup needs a unidirectional training call without lengths "
+                             "and (B, T) tokens")
+        if (not isinstance(embedding, np.ndarray) or embedding.dtype != self.dtype
+                or embedding.ndim != 2 or embedding.shape[1] != self.input_size
+                or embedding.shape[0] < 1 or not embedding.flags.c_contiguous):
+            raise ValueError(f"a lookup's embedding must be a C-contiguous (V, "
+                             f"{self.input_size}) {self.dtype.name} array")
+        w_ih = self._params["weight_ih_l0"]
+        table = np.empty((embedding.shape[0], w_ih.shape[0]), self.dtype)
+        dense_product(False, True, embedding, w_ih, 0.0, table)
+        # The compact layout of a dense batch is time-major.
+        return table, np.ascontiguousarray(np.transpose(tokens), dtype=np.intc).reshape(-1), \
+            embedding
 
     def _forward_layers(self, arrays, x, lens_sorted, N, order, bf_rows, h0, c0, h_n, c_n,
                         training, result, x_batch_first, need_t, parallel, loop_threads,
@@ -626,7 +642,8 @@ class LSTM:
         of the per-step arrays; ``h0`` / ``c0`` None: zero initial states;
         ``masks``: per layer and direction, the sorted rows' recurrent-dropout
         mask (None: no dropout); ``lookup``: the first layer's (table,
-        compact tokens) of :meth:`_forward`. Returns the training caches.
+        compact tokens, embedding) of :meth:`_forward`. Returns the training
+        caches.
         """
         B, T_eff = len(lens_sorted), int(lens_sorted[0])
         D, H, L = self.num_directions, self.hidden_size, self.num_layers
@@ -679,7 +696,10 @@ class LSTM:
                 if training:
                     # The kernels' scratch comes from the array that will hold
                     # this direction's weight gradients (see _grad_arrays).
-                    fuse = (not _lstm.direct_weight_gradients(w_ih.shape[1], H)
+                    # (A looked-up projection makes no dW_ih product: nothing to fuse.)
+                    looked_up = lookup is not None and k == 0
+                    fuse = (not looked_up
+                            and not _lstm.direct_weight_gradients(w_ih.shape[1], H)
                             and _fuse_weight_gradients(N, w_ih.shape[1], H))
                     work = aligned_empty(
                         _lstm.gradient_work_size(w_ih.shape[1], H, B, dt, fuse), dt)
@@ -692,7 +712,7 @@ class LSTM:
                     else:
                         h_prev = new(f"h_prev{k}", (N, H), dt)
                     mask = None if masks is None else masks[k]
-                    table, tokens = lookup if lookup is not None and k == 0 else (None, None)
+                    table, tokens = lookup[:2] if looked_up else (None, None)
                     _lstm.forward_train(layer_in, lens_sorted, w_ih, w_hh, w_hh_t, bias, h, c,
                                         out, d * H, bool(d), xbuf, gbuf, gates, c_cache,
                                         h_prev, out_bf, bf_rows, loop_threads, work, mask,
@@ -1022,8 +1042,8 @@ class LSTM:
                         arrays, cache, d_out.reshape(B * T, D * H), d_h_n, d_c_n, parallel,
                         loop_threads, input_gradient)
             n_in = self.input_size
-            if not input_gradient:
-                dX = None
+            if not input_gradient or cache.get("lookup"):  # the lookup's: the embedding's
+                dX = grad_out
             elif cache["dense"]:
                 dX = aligned_empty((B, T, n_in), self.dtype)
                 to_batch_first(grad_out, dX)
@@ -1055,7 +1075,8 @@ class LSTM:
         layer reads in place; each layer below reads the compact input
         gradient of the one above (``d_h_n`` / ``d_c_n`` None: zeros). Returns
         the parameter and initial-state gradients and the compact gradient of
-        the input (None without ``input_gradient``).
+        the input (None without ``input_gradient``; after a lookup, see
+        :meth:`_forward`, the embedding's).
         """
         B = cache["shape"][0]
         D, H, L = self.num_directions, self.hidden_size, self.num_layers
@@ -1063,11 +1084,14 @@ class LSTM:
         grads = {}
         g_h0 = np.empty((L * D, B, H), dtype=self.dtype)
         g_c0 = np.empty((L * D, B, H), dtype=self.dtype)
+        lookup = cache["lookup"]
         for layer in range(L - 1, -1, -1):
             layer_in, layer_cache = cache["layers"][layer]
+            d_table = (np.zeros((lookup[0].shape[0], 4 * H)) if lookup and layer == 0
+                       else None)
 
             def run(d, layer=layer, layer_in=layer_in, layer_cache=layer_cache,
-                    grad_out=grad_out, g_bf=layer == L - 1):
+                    grad_out=grad_out, g_bf=layer == L - 1, d_table=d_table):
                 k = layer * D + d
                 sfx = f"_l{layer}" + ("_reverse" if d else "")
                 w_ih = self._params["weight_ih" + sfx]
@@ -1084,7 +1108,13 @@ class LSTM:
                 _lstm.backward(layer_in, lens, w_ih, w_hh, c_start, gates, c_cache, h_prev,
                                grad_out, d * H, bool(d), dh, dc, layer_in, 0.0,
                                dw_ih, dw_hh, db, scratch, g_bf, bf_rows, False,
-                               loop_threads, work if fuse else grad_work, fuse, mask)
+                               loop_threads, work if fuse else grad_work, fuse, mask,
+                               None if d_table is None else lookup[1], d_table)
+                if d_table is not None:  # rounded once from float64 products
+                    dw64 = np.empty(dw_ih.shape)
+                    dense_product(True, False, d_table, lookup[0].astype(np.float64), 0.0,
+                                  dw64)
+                    dw_ih[...] = dw64
                 grads["weight_ih" + sfx] = dw_ih
                 grads["weight_hh" + sfx] = dw_hh
                 grads["bias_ih" + sfx] = db
@@ -1094,6 +1124,13 @@ class LSTM:
                 return gates, w_ih, work
 
             parts = run_directions(run, D, parallel=parallel)
+            if layer == 0 and d_table is not None:
+                if not input_gradient:
+                    return grads, g_h0, g_c0, None
+                d_emb = np.empty((d_table.shape[0], self.input_size))
+                dense_product(False, False, d_table,
+                              self._params["weight_ih_l0"].astype(np.float64), 0.0, d_emb)
+                return grads, g_h0, g_c0, d_emb.astype(self.dtype)
             if layer == 0 and not input_gradient:
                 return grads, g_h0, g_c0, None
             # Every direction has read the layer input: its gradient takes its place

@@ -9,9 +9,9 @@ of arrays; losses live here too. It knows nothing of scikit-learn.
 import numpy as np
 
 from ._arrays import scatter_add_rows
+from ._dense import column_sums, dense, dense_product
 from ._layer import LSTM, param_shapes
-from ._threads import blas_beyond_loop, loop_threads, model_call, single_threaded_blas
-from ._tuning import WHOLE_SEQUENCE_ONE_THREAD_BELOW
+from ._threads import model_call
 
 __all__ = ["SequenceNetwork", "log_softmax", "softmax_cross_entropy", "squared_error"]
 
@@ -22,10 +22,6 @@ __all__ = ["SequenceNetwork", "log_softmax", "softmax_cross_entropy", "squared_e
 _FINAL_STATE_CHUNK_ELEMENTS = 2**22
 #: Fewest steps per such chunk: each chunk costs a kernel call per layer.
 _MIN_CHUNK_STEPS = 32
-#: Multiply-adds of a product below which OpenBLAS runs one thread whatever its
-#: setting (its SMP_THRESHOLD_MIN x GEMM_MULTITHREAD_THRESHOLD): the head's
-#: products below it skip the switch to one thread (:func:`dense_product`).
-_BLAS_ONE_THREAD_BELOW = 65536 * 4
 
 
 def log_softmax(z):
@@ -81,63 +77,6 @@ def squared_error(z, y, weight):
     diff = z - y
     loss = 0.5 * np.dot(weight, (diff * diff).sum(axis=1))
     return loss, diff * weight[:, None]
-
-
-def dense_product(trans_a, trans_b, a, b, beta, c):
-    """``c = op(a) @ op(b) + beta * c``: a product of a network's dense head.
-
-    It runs by halves of its rows on the kernels' two threads
-    (:func:`pylstm._lstm.gemm_halves`), each half on one BLAS thread:
-    woken BLAS workers keep spinning on the other core after the call,
-    and the next kernel call, which splits its loop over both cores,
-    then waits for them. Only a large product where BLAS may use more
-    than two cores (:func:`pylstm._threads.blas_beyond_loop`) runs on
-    BLAS's threads (benchmarks/bench_lm.py, bench_quality.py;
-    tests/language_model/test_language_model.py::test_head_threads).
-    All arrays C-contiguous, of one dtype.
-    """
-    from ._blas import gemm_rm
-    from ._lstm import gemm_halves
-
-    k = a.shape[0] if trans_a else a.shape[1]
-    if k == 0:  # an empty sum (beta 0: c is not read, as in BLAS)
-        if beta == 0.0:
-            c.fill(0)
-        else:
-            c *= beta
-        return
-    work = c.shape[0] * c.shape[1] * k
-    if work >= WHOLE_SEQUENCE_ONE_THREAD_BELOW and blas_beyond_loop():
-        gemm_rm(trans_a, trans_b, 1.0, a, b, beta, c)
-        return
-    if work < _BLAS_ONE_THREAD_BELOW:
-        # One BLAS call that BLAS keeps on one thread itself (a stream's step,
-        # generate()): no switch, no thread query.
-        gemm_halves(trans_a, trans_b, 1.0, a, b, beta, c, 1)
-        return
-    with single_threaded_blas():
-        gemm_halves(trans_a, trans_b, 1.0, a, b, beta, c, loop_threads())
-
-
-def column_sums(a):
-    """The column sums of a C-contiguous (N, V) array: a head's bias gradient.
-
-    One product with a column of ones (:func:`dense_product`): cheaper
-    than NumPy's strided ``sum(axis=0)`` at the heads' sizes (measured
-    with ``benchmarks/bench_lm.py``'s language model).
-    """
-    out = np.empty((a.shape[1], 1), dtype=a.dtype)
-    dense_product(True, False, a, np.ones((a.shape[0], 1), dtype=a.dtype), 0.0, out)
-    return out[:, 0]
-
-
-def dense(x, coef, intercept):
-    """``x @ coef + intercept`` for (N, D) rows ``x``, by :func:`dense_product`."""
-    x = np.ascontiguousarray(x, dtype=coef.dtype)
-    out = np.empty((x.shape[0], coef.shape[1]), dtype=coef.dtype)
-    out[...] = intercept
-    dense_product(False, False, x, coef, 1.0, out)
-    return out
 
 
 def _stack_shapes(n_inputs, hidden_size, num_layers, bidirectional, proj_size):
@@ -506,15 +445,12 @@ class LanguageNetwork(_SavedParameters):
         """
         h = self.embedding[tokens]
         lookup = None
-        first = self.layers[0]
-        if training and not first.proj_size and self.embedding.shape[0] <= np.size(tokens):
-            # The first input projection of all the vocabulary costs no more
-            # than that of the batch's rows, and the time loop then looks its
-            # rows up (LSTM._forward).
-            w_ih = first._params["weight_ih_l0"]
-            table = np.empty((self.embedding.shape[0], w_ih.shape[0]), self.dtype)
-            dense_product(False, True, self.embedding, w_ih, 0.0, table)
-            lookup = (table, tokens)
+        if (training and not self.layers[0].proj_size
+                and self.embedding.shape[0] <= np.size(tokens)):
+            # The first input projection of all the vocabulary, and its
+            # gradient products, cost no more than those of the batch's rows:
+            # the time loop looks its rows up (LSTM._forward).
+            lookup = (self.embedding, tokens)
         new_state, masks = [], []
         top = len(self.layers) - 1
         for k, layer in enumerate(self.layers):
@@ -535,7 +471,8 @@ class LanguageNetwork(_SavedParameters):
             return self._head(h[:, -1])[1], new_state
         flat, logits = self._head(h)
         if training:
-            self._cache = {"tokens": tokens, "flat": flat, "masks": masks, "shape": h.shape}
+            self._cache = {"tokens": tokens, "flat": flat, "masks": masks, "shape": h.shape,
+                           "lookup": lookup is not None}
         return logits.reshape(h.shape[0], h.shape[1], -1), new_state
 
     @model_call
@@ -559,12 +496,16 @@ class LanguageNetwork(_SavedParameters):
             if k > 0:
                 mask = cache["masks"][k - 1]
                 d_out = d_in if mask is None else d_in * mask
-        # Embedding gradient: the input gradients of equal tokens summed in
-        # float64, in row order, then rounded once.
-        tokens = np.ascontiguousarray(cache["tokens"], dtype=np.int64).reshape(-1)
-        d_rows = np.zeros(self.embedding.shape)
-        scatter_add_rows(tokens, d_in.reshape(len(tokens), self.embedding.shape[1]), d_rows)
-        grads = [d_rows.astype(self.dtype)]
+        if cache["lookup"]:  # the first layer gave the embedding's gradient
+            grads = [d_in]
+        else:
+            # Embedding gradient: the input gradients of equal tokens summed in
+            # float64, in row order, then rounded once.
+            tokens = np.ascontiguousarray(cache["tokens"], dtype=np.int64).reshape(-1)
+            d_rows = np.zeros(self.embedding.shape)
+            scatter_add_rows(tokens, d_in.reshape(len(tokens), self.embedding.shape[1]),
+                             d_rows)
+            grads = [d_rows.astype(self.dtype)]
         grads += [g for gs in reversed(layer_grads) for g in gs]
         return grads + [d_coef, d_intercept.astype(self.dtype, copy=False)]
 

@@ -109,14 +109,17 @@ cdef void _weight_gradients(const floating* typed, _BackwardLoop* a, int g0, int
                             int n_blocks) noexcept nogil:
     """dW_ih, dW_hh and the bias gradient for gate rows ``g0 .. g0 + rows - 1``
     of each of ``n_blocks`` blocks ``H`` apart: whole-sequence GEMMs over the
-    N valid steps (dG^T X, dG^T H_prev) and column sums of dG.
+    N valid steps (dG^T X, dG^T H_prev) and column sums of dG. With
+    ``tokens`` (a looked-up projection) the columns of dG are summed into
+    the rows of ``d_table`` by token instead of making dW_ih.
 
     With ``dw_tmp`` set, each row of h_prev continues its row of x in one
     array (the layer keeps them so): one GEMM dG^T [X | H_prev] then gives
     both gradients, and BLAS packs dG once instead of twice
     (benchmarks/bench_lstm.py).
     """
-    cdef int H = a.s.H, I = a.s.n_in
+    cdef int H = a.s.H
+    cdef int I = 0 if a.tokens != NULL else a.s.n_in
     cdef int G = 4 * H
     cdef int N = <int> a.n_rows
     cdef int W = I + H
@@ -142,9 +145,10 @@ cdef void _weight_gradients(const floating* typed, _BackwardLoop* a, int g0, int
                 memcpy(dw_hh + <Py_ssize_t> r * H, tmp + <Py_ssize_t> r * W + I,
                        H * sizeof(floating))
         else:
-            gemm(True, False, rows, I, N, <floating> 1.0, dg + r0, G,
-                 <const floating*> a.s.x, <int> a.s.x_ld, <floating> 0.0,
-                 dw_ih + <Py_ssize_t> r0 * I, I)
+            if I > 0:
+                gemm(True, False, rows, I, N, <floating> 1.0, dg + r0, G,
+                     <const floating*> a.s.x, <int> a.s.x_ld, <floating> 0.0,
+                     dw_ih + <Py_ssize_t> r0 * I, I)
             gemm(True, False, rows, H, N, <floating> 1.0, dg + r0, G,
                  <const floating*> a.s.h_prev, <int> a.s.hp_ld, <floating> 0.0,
                  dw_hh + <Py_ssize_t> r0 * H, H)
@@ -152,6 +156,13 @@ cdef void _weight_gradients(const floating* typed, _BackwardLoop* a, int g0, int
             pylstm_column_sums_f(dg + r0, N, rows, G, db + r0)
         else:
             pylstm_column_sums_d(dg + r0, N, rows, G, db + r0)
+        if a.tokens == NULL:
+            continue
+        # Each column sums its rows in row order, whatever the threads' halves.
+        if floating is float:
+            pylstm_scatter_rows_f(dg + r0, N, rows, G, a.tokens, a.d_table + r0, G)
+        else:
+            pylstm_scatter_rows_d(dg + r0, N, rows, G, a.tokens, a.d_table + r0, G)
 
 
 cdef inline bint _direct_dw(int I, int H) noexcept nogil:
@@ -246,7 +257,9 @@ def backward(const floating[:, :] x,
              int threads=1,
              floating[::1] work=None,
              bint fuse=True,
-             const floating[:, ::1] mask=None):
+             const floating[:, ::1] mask=None,
+             const int[::1] tokens=None,
+             double[:, ::1] d_table=None):
     """Backpropagation through time for one direction.
 
     Parameters
@@ -297,6 +310,14 @@ def backward(const floating[:, :] x,
         them in place.
     mask : (B, H) array, default None
         The recurrent-dropout mask given to :func:`forward_train`.
+    tokens, d_table : (N,) int32 array and (V, 4H) float64 array, default None
+        For a forward whose input projection was looked up (its ``table``
+        and ``tokens``): row ``r``'s gate gradients are added to
+        ``d_table[tokens[r]]`` (the gradient of the table; summed in
+        float64, rows in order, the same bits on any number of threads) and
+        ``dw_ih`` is not written (the caller forms it from ``d_table``, V
+        rows instead of N). Needs ``with_dx=False``: the input gradient is
+        the caller's too.
 
     Returns
     -------
@@ -337,6 +358,7 @@ def backward(const floating[:, :] x,
         _check_rows(c0.shape[0], c0.shape[1], B, H, "c0")
         _check_rows(scratch.shape[0], scratch.shape[1], B, G, "scratch")
         _check_mask(mask, B, H)
+        _check_table_gradient(tokens, d_table, N, G, with_dx)
         if (w_hh.shape[0] != G or w_hh.shape[1] != H or dw_ih.shape[0] != G
                 or dw_ih.shape[1] != I or dw_hh.shape[0] != G or dw_hh.shape[1] != H
                 or db.shape[0] != G):
@@ -368,8 +390,9 @@ def backward(const floating[:, :] x,
         a.s.h_prev = <void*> &h_prev_cache[0, 0]
         a.s.hp_ld = _row_stride(N, H, h_prev_cache.strides[0], h_prev_cache.strides[1],
                                 sizeof(floating), "h_prev_cache")
-        if fuse and not _direct_dw(I, H) and N > 1 and a.s.hp_ld == a.s.x_ld and a.s.x_ld == I + H \
-                and <const floating*> a.s.h_prev == &x[0, 0] + I:
+        if (fuse and tokens is None and not _direct_dw(I, H) and N > 1
+                and a.s.hp_ld == a.s.x_ld and a.s.x_ld == I + H
+                and <const floating*> a.s.h_prev == &x[0, 0] + I):
             # Rows of h_prev continue those of x: one GEMM for both weight
             # gradients (see _weight_gradients).
             tmp_len = <Py_ssize_t> G * (I + H)
@@ -380,6 +403,9 @@ def backward(const floating[:, :] x,
         a.db = &db[0]
         a.n_rows = N
         a.s.mask = &mask[0, 0] if mask is not None else NULL
+        if tokens is not None:
+            a.tokens = &tokens[0]
+            a.d_table = &d_table[0, 0]
         with nogil:
             pylstm_enter()
             # One block for the packed W_hh of the time loop and then the fused
@@ -430,6 +456,30 @@ def backward(const floating[:, :] x,
         _give(&ws, scratch_alt)
         free(off)
     return used
+
+
+cdef int _check_table_gradient(const int[::1] tokens, double[:, ::1] d_table, Py_ssize_t N,
+                               int G, bint with_dx) except -1:
+    """ValueError unless :func:`backward`'s ``tokens`` and ``d_table`` are both
+    None, or N tokens that are rows of a (V, G) table, without ``with_dx``."""
+    cdef Py_ssize_t r
+    if (tokens is None) != (d_table is None):
+        raise ValueError("tokens and d_table go together")
+    if tokens is None:
+        return 0
+    if with_dx:
+        raise ValueError("a looked-up projection's backward has no input gradient "
+                         "(with_dx=False)")
+    if tokens.shape[0] != N:
+        raise ValueError(f"tokens has {tokens.shape[0]} entries; one per row, {N}, needed")
+    if d_table.shape[1] != G or d_table.shape[0] < 1:
+        raise ValueError(f"d_table has shape ({d_table.shape[0]}, {d_table.shape[1]}); "
+                         f"(V, {G}) with V >= 1 needed")
+    for r in range(N):
+        if tokens[r] < 0 or tokens[r] >= d_table.shape[0]:
+            raise ValueError(f"token {tokens[r]} at row {r} is not a row of the "
+                             f"{d_table.shape[0]}-row d_table")
+    return 0
 
 
 cdef struct _Rows:

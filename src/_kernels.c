@@ -269,6 +269,24 @@ static void NAME(const T *R a, ptrdiff_t rows, int cols, ptrdiff_t lda, T *R out
 COLUMN_SUMS(column_sums_f, float)
 COLUMN_SUMS(column_sums_d, double)
 
+/* out[idx[r] * ldo + j] += a[r * lda + j], j < cols, rows in order, in double
+ * (a looked-up input projection's gradient: the gate gradients of each token's
+ * rows summed into its row of the table). */
+#define SCATTER_ROWS(NAME, T)                                                        \
+static void NAME(const T *R a, ptrdiff_t rows, int cols, ptrdiff_t lda, const int *R idx, \
+                 double *R out, ptrdiff_t ldo)                                       \
+{                                                                                    \
+    for (ptrdiff_t r = 0; r < rows; r++) {                                           \
+        const T *R row = a + r * lda;                                                \
+        double *R o = out + (ptrdiff_t)idx[r] * ldo;                                 \
+        for (int j = 0; j < cols; j++)                                               \
+            o[j] += (double)row[j];                                                  \
+    }                                                                                \
+}
+
+SCATTER_ROWS(scatter_rows_f, float)
+SCATTER_ROWS(scatter_rows_d, double)
+
 /* ------------------------------------------------------------------------
  * The products of the time loop: C[m, n] = A[m, k] @ B[k, n] (+ C when
  * accumulate != 0), B packed once per kernel call in panels of NR columns
@@ -665,5 +683,6 @@ const pylstm_kernels PYLSTM_CAT(pylstm_kernels_, PYLSTM_TARGET) = {
     cell_forward_f, cell_forward_d,
     cell_backward_f, cell_backward_d,
     column_sums_f, column_sums_d,
+    scatter_rows_f, scatter_rows_d,
     softmax_xent_f, softmax_xent_d,
 };

@@ -68,6 +68,10 @@ typedef struct {
                             double *dc, const double *dout, int n, int S);
     void (*column_sums_f)(const float *a, ptrdiff_t rows, int cols, ptrdiff_t lda, float *out);
     void (*column_sums_d)(const double *a, ptrdiff_t rows, int cols, ptrdiff_t lda, double *out);
+    void (*scatter_rows_f)(const float *a, ptrdiff_t rows, int cols, ptrdiff_t lda,
+                           const int *idx, double *out, ptrdiff_t ldo);
+    void (*scatter_rows_d)(const double *a, ptrdiff_t rows, int cols, ptrdiff_t lda,
+                           const int *idx, double *out, ptrdiff_t ldo);
     double (*softmax_xent_f)(const float *z, ptrdiff_t rows, int cols, const int64_t *y,
                              const double *w, float *dz);
     double (*softmax_xent_d)(const double *z, ptrdiff_t rows, int cols, const int64_t *y,
@@ -266,6 +270,19 @@ static inline void pylstm_column_sums_d(const double *a, ptrdiff_t rows, int col
                                         double *out)
 {
     pylstm_k->column_sums_d(a, rows, cols, lda, out);
+}
+
+static inline void pylstm_scatter_rows_f(const float *a, ptrdiff_t rows, int cols,
+                                         ptrdiff_t lda, const int *idx, double *out,
+                                         ptrdiff_t ldo)
+{
+    pylstm_k->scatter_rows_f(a, rows, cols, lda, idx, out, ldo);
+}
+static inline void pylstm_scatter_rows_d(const double *a, ptrdiff_t rows, int cols,
+                                         ptrdiff_t lda, const int *idx, double *out,
+                                         ptrdiff_t ldo)
+{
+    pylstm_k->scatter_rows_d(a, rows, cols, lda, idx, out, ldo);
 }
 
 static inline double pylstm_softmax_xent_f(const float *z, ptrdiff_t rows, int cols,

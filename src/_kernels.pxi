@@ -47,6 +47,10 @@ cdef extern from "_kernels.h" nogil:
     void pylstm_column_sums_f(const float* a, Py_ssize_t rows, int cols, Py_ssize_t lda, float* out)
     void pylstm_column_sums_d(const double* a, Py_ssize_t rows, int cols, Py_ssize_t lda,
                               double* out)
+    void pylstm_scatter_rows_f(const float* a, Py_ssize_t rows, int cols, Py_ssize_t lda,
+                               const int* idx, double* out, Py_ssize_t ldo)
+    void pylstm_scatter_rows_d(const double* a, Py_ssize_t rows, int cols, Py_ssize_t lda,
+                               const int* idx, double* out, Py_ssize_t ldo)
     double pylstm_softmax_xent_f(const float* z, Py_ssize_t rows, int cols, const int64_t* y,
                                  const double* w, float* dz)
     double pylstm_softmax_xent_d(const double* z, Py_ssize_t rows, int cols, const int64_t* y,

@@ -105,6 +105,8 @@ cdef struct _BackwardLoop:
     void* db
     void* dw_tmp              # (4H, I + H), for [dW_ih | dW_hh] in one GEMM (see backward)
     Py_ssize_t n_rows         # valid steps, N
+    const int* tokens         # looked-up projection (see backward): the rows' tokens, or NULL
+    double* d_table           # (V, 4H), += the gate gradients of each token's rows
 
 
 cdef int _check_mask(const floating[:, ::1] mask, Py_ssize_t B, int H) except -1:

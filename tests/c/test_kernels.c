@@ -377,6 +377,46 @@ static void check_column_sums(const pylstm_kernels *t, const char *lv, int dbl)
     report(lv, what, NULL);
 }
 
+/* scatter_rows: out[idx[r]] += row r, in double, rows in order: the same bits as
+ * that loop here; the columns past cols and the rows no index names kept. */
+static void check_scatter_rows(const pylstm_kernels *t, const char *lv, int dbl)
+{
+    static const int shapes[][3] = {{1, 1, 1}, {7, 5, 3}, {300, 33, 9}, {1000, 70, 40}};
+    char what[40], ctx[80];
+    begin();
+    for (size_t s = 0; s < sizeof shapes / sizeof shapes[0]; s++) {
+        int rows = shapes[s][0], cols = shapes[s][1], v = shapes[s][2];
+        int lda = cols + 3, ldo = cols + 2;
+        double *A = rnd_vec((long)rows * lda, 1), *O = rnd_vec((long)v * ldo + 1, 1);
+        double *want = malloc(sizeof(double) * ((size_t)v * ldo + 1));
+        int *idx = malloc(sizeof(int) * (size_t)rows);
+        arr a = arr_new(dbl, (long)rows * lda, A);
+        if (!want || !idx) {
+            fprintf(stderr, "out of memory\n");
+            exit(2);
+        }
+        memcpy(want, O, sizeof(double) * ((size_t)v * ldo + 1));
+        for (int r = 0; r < rows; r++) {
+            idx[r] = (r * 7 + r / 3) % (v > 1 ? v - 1 : 1);  /* the last row unnamed */
+            for (int j = 0; j < cols; j++)
+                want[(long)idx[r] * ldo + j] += at(a, (long)r * lda + j);
+        }
+        double *out = malloc(sizeof(double) * ((size_t)v * ldo + 1));
+        memcpy(out, O, sizeof(double) * ((size_t)v * ldo + 1));
+        if (dbl)
+            t->scatter_rows_d(D(a), rows, cols, lda, idx, out, ldo);
+        else
+            t->scatter_rows_f(F(a), rows, cols, lda, idx, out, ldo);
+        snprintf(ctx, sizeof ctx, "rows=%d cols=%d v=%d out", rows, cols, v);
+        for (long i = 0; i < (long)v * ldo + 1; i++)
+            if (out[i] != want[i])
+                fail("%s: [%ld] = %.17g, want %.17g", ctx, i, out[i], want[i]);
+        free(A), free(O), free(want), free(idx), free(out), free(a.p);
+    }
+    snprintf(what, sizeof what, "scatter_rows_%s", tname(dbl));
+    report(lv, what, NULL);
+}
+
 /* softmax_xent: the loss sum_r w_r (log sum_j e^(z_rj - m_r) - (z_ry - m_r)) and
  * dz = w (softmax - onehot), against libm in double; row widths around the
  * vector length (whole vectors, a padded tail, fewer logits than a vector).
@@ -772,6 +812,7 @@ int main(void)
             check_gemv_packed(t, lv, dbl);
             check_gemm_tn(t, lv, dbl);
             check_column_sums(t, lv, dbl);
+            check_scatter_rows(t, lv, dbl);
             check_softmax_xent(t, lv, dbl);
             check_cell_forward(t, lv, dbl);
             check_cell_backward(t, lv, dbl);

@@ -150,7 +150,11 @@ def test_lookup_projection(dtype, reverse, masked, B, T, I, H, lengths, split_mo
     ``x`` is not read for it; on two threads (each looking up its own rows or
     units) the same bits as on one, call after call, with recurrent dropout
     too (whose masked h0 each thread writes half of, split by units), for
-    packed steps and BLAS steps (2-7 rows)."""
+    packed steps and BLAS steps (2-7 rows). Its backward (``tokens``,
+    ``d_table``) sums the gate gradients by token in float64, rows in order,
+    leaves ``dw_ih`` alone and gives the other gradients of the backward
+    that multiplies (to rounding: the table rounds the projection once); the
+    same bits on two threads."""
     rng = np.random.default_rng(B * 100 + H)
     if lengths is None:
         lengths = np.sort(_packed_lengths(B, T, rng))[::-1]
@@ -185,17 +189,41 @@ def test_lookup_projection(dtype, reverse, masked, B, T, I, H, lengths, split_mo
                                    a["xbuf"], a["gbuf"], a["gates"], a["c_cache"],
                                    a["h_prev"], False, None, threads, None, mask,
                                    table if lookup else None, tokens if lookup else None)
-        return used, a
+        a["forward"] = {name: a[name].copy() for name in names}
+        a["dh"], a["dc"] = d_h.copy(), d_c.copy()
+        a["dw_ih"] = np.full((G, I), np.nan, dtype)
+        a["dw_hh"], a["db"] = np.zeros((G, H), dtype), np.zeros(G, dtype)
+        a["d_table"] = np.zeros((V, G)) if lookup else None
+        used_b = _lstm.backward(a["x"], lengths, a["w_ih"], a["w_hh"], c0, a["gates"],
+                                a["c_cache"], a["h_prev"], d_out, 0, reverse, a["dh"], a["dc"],
+                                np.zeros((N, I), dtype), 0.0, a["dw_ih"], a["dw_hh"], a["db"],
+                                np.zeros((B, G), dtype), False, None, False, threads,
+                                mask=mask, tokens=tokens if lookup else None,
+                                d_table=a["d_table"])
+        return min(used, used_b), a
 
+    d_out = rng.normal(size=(N, H)).astype(dtype)
+    d_h, d_c = rng.normal(size=(2, B, H)).astype(dtype)
+    c0 = args["c"]
+    backward_names = ("gates", "dh", "dc", "db", "d_table")
     with threadpool_limits(limits=1, user_api="blas"):
         _, ref = call(1, False)
         _, one = call(1, True)
         for name in names:
+            _assert_same(ref["forward"][name], one["forward"][name], False, dtype)
+        for name in backward_names[:-1] + ("dw_hh",):  # as without the lookup
             _assert_same(ref[name], one[name], False, dtype)
+        expected = np.zeros((V, G))
+        np.add.at(expected, tokens, one["gates"].astype(np.float64))
+        np.testing.assert_array_equal(one["d_table"], expected)
+        assert np.isnan(one["dw_ih"]).all()
         for _ in range(20 if split else 1):
             used, two = call(2, True)
             assert used == (2 if split else 1)
             for name in names:
+                np.testing.assert_array_equal(one["forward"][name], two["forward"][name],
+                                              err_msg=name)
+            for name in backward_names + ("dw_hh",):
                 np.testing.assert_array_equal(one[name], two[name], err_msg=name)
 
 
@@ -225,6 +253,37 @@ def test_lookup_projection_checks():
     with pytest.raises(ValueError, match="table and tokens go together"):
         call(table, None)
     call(table, np.zeros(N, dtype=np.intc))
+
+
+def test_table_gradient_checks():
+    """``backward``'s ``tokens`` and ``d_table`` are checked before any work."""
+    B, T, I, H = 2, 3, 2, 4
+    lengths = np.full(B, T, dtype=np.intc)
+    N, G = B * T, 4 * H
+
+    def call(tokens, d_table, with_dx=False):
+        _lstm.backward(np.zeros((N, I)), lengths, np.zeros((G, I)), np.zeros((G, H)),
+                       np.zeros((B, H)), np.zeros((N, G)), np.zeros((N, H)), np.zeros((N, H)),
+                       np.zeros((N, H)), 0, False, np.zeros((B, H)), np.zeros((B, H)),
+                       np.zeros((N, I)), 0.0, np.zeros((G, I)), np.zeros((G, H)),
+                       np.zeros(G), np.zeros((B, G)), False, None, with_dx, 1,
+                       tokens=tokens, d_table=d_table)
+
+    table = np.zeros((5, G))
+    with pytest.raises(ValueError, match="token 5 at row 3 is not a row of the 5-row d_table"):
+        call(np.array([0, 1, 2, 5, 0, 0], dtype=np.intc), table)
+    with pytest.raises(ValueError, match="token -1 at row 0"):
+        call(np.array([-1, 1, 2, 3, 0, 0], dtype=np.intc), table)
+    with pytest.raises(ValueError, match=r"d_table has shape \(5, 15\)"):
+        call(np.zeros(N, dtype=np.intc), np.zeros((5, 15)))
+    with pytest.raises(ValueError, match="tokens has 5 entries; one per row, 6, needed"):
+        call(np.zeros(N - 1, dtype=np.intc), table)
+    with pytest.raises(ValueError, match="tokens and d_table go together"):
+        call(np.zeros(N, dtype=np.intc), None)
+    with pytest.raises(ValueError, match="has no input gradient"):
+        call(np.zeros(N, dtype=np.intc), table, with_dx=True)
+    assert not table.any()
+    call(np.zeros(N, dtype=np.intc), table)
 
 
 def test_no_split_where_it_cannot_work():

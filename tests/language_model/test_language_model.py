@@ -711,7 +711,7 @@ def test_head_threads(monkeypatch, vocab, more_cores, whole):
     import pylstm._blas as blas_module
     from threadpoolctl import threadpool_limits
 
-    import pylstm._network as network_module
+    import pylstm._dense as dense_module
     from pylstm import _lstm, _threads
 
     kernel_libs = _threads._controller()
@@ -729,7 +729,7 @@ def test_head_threads(monkeypatch, vocab, more_cores, whole):
     monkeypatch.setattr(blas_module, "gemm_rm", spy("whole", blas_module.gemm_rm))
     monkeypatch.setattr(_lstm, "gemm_halves", spy("halves", _lstm.gemm_halves))
     monkeypatch.setattr(_threads, "usable_cpus", lambda: 4 if more_cores else 2)
-    assert network_module.blas_beyond_loop is _threads.blas_beyond_loop
+    assert dense_module.blas_beyond_loop is _threads.blas_beyond_loop
     net = LanguageNetwork(vocab, 4, 8, 1, 0.0, np.float32, np.random.RandomState(0))
     tokens = np.zeros((16, 160), dtype=np.int64)  # 2560 rows: 8 x 2560 x 40000 > 1e8
     with threadpool_limits(limits=4 if more_cores else 2, user_api="blas"):
@@ -746,9 +746,12 @@ def test_head_threads(monkeypatch, vocab, more_cores, whole):
     else:
         assert head == [("halves", 1, threads)] * 3
     # Besides them, the bias gradient (a column of sums) and, with fewer tokens
-    # in the vocabulary than in the batch, the embedding's input projections:
+    # in the vocabulary than in the batch, the embedding's input projections
+    # and, from their gradient, those of weight_ih_l0 and of the embedding:
     # small enough at 50 tokens for one call on one BLAS thread, without a switch.
     others = [s for s in seen if s[3] not in ((2560, vocab), (8, vocab), (2560, 8))]
-    assert [s[3] for s in others] == [(vocab, 32)] * (vocab <= tokens.size) + [(vocab, 1)]
+    lookup = vocab <= tokens.size
+    assert [s[3] for s in others] == ([(vocab, 32)] * lookup + [(vocab, 1)]
+                                      + [(32, 4), (vocab, 4)] * lookup)
     if vocab == 50:
         assert all(s[0] == "halves" and s[2] == 1 for s in others), seen

@@ -40,3 +40,43 @@ def test_zero_initial_states_get_gradients():
     assert grads["h0"].shape == (1, 2, 3)
     assert np.abs(grads["h0"]).max() > 0
     assert np.abs(grads["c0"]).max() > 0
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize(("B", "T", "V", "I", "H", "L", "dropout"),
+                         [(3, 5, 4, 3, 4, 2, 0.0), (16, 6, 9, 5, 64, 1, 0.3),
+                          (2, 3, 3, 2, 260, 1, 0.0)])
+def test_lookup_gradients_equal_the_multiplied_ones(dtype, B, T, V, I, H, L, dropout):
+    """A forward whose first input projection is looked up (``lookup``, the
+    language model's) gives the outputs and gradients of the same layer fed
+    ``embedding[tokens]``, and as its input gradient the embedding's: the
+    input gradients of each token's rows summed. Hidden sizes on both sides
+    of the direct weight-gradient kernel's width (256)."""
+    rng = np.random.default_rng(H)
+    layer = LSTM(I, H, num_layers=L, recurrent_dropout=dropout, dtype=dtype, random_state=1)
+    emb = rng.normal(size=(V, I)).astype(dtype)
+    tokens = rng.integers(0, V, size=(B, T))
+    tokens[0, :V] = np.arange(V)[:T]  # most tokens used
+    X = emb[tokens]
+    h0, c0 = rng.normal(size=(2, L, B, H)).astype(dtype)
+    d_out = rng.normal(size=(B, T, H)).astype(dtype)
+    d_h, d_c = rng.normal(size=(2, L, B, H)).astype(dtype)
+    results = []
+    for lookup in (None, (emb, tokens)):
+        out, (h_n, c_n) = layer._forward(X, None, h0, c0, True, dropout > 0,
+                                         np.random.RandomState(0), lookup)
+        d_in, grads = layer._backward(d_out, d_h, d_c, True)
+        results.append((out, h_n, c_n, d_in, grads))
+    (out, h_n, c_n, dX, ref), (out2, h_n2, c_n2, d_emb, got) = results
+    tol = 1e-4 if dtype == np.float32 else 1e-11
+    for a, b in ((out, out2), (h_n, h_n2), (c_n, c_n2)):
+        np.testing.assert_allclose(b, a, rtol=tol, atol=tol)
+    expected = np.zeros((V, I))
+    np.add.at(expected, tokens.reshape(-1), dX.reshape(-1, I).astype(np.float64))
+    assert d_emb.shape == (V, I) and d_emb.dtype == dtype
+    np.testing.assert_allclose(d_emb, expected, rtol=tol, atol=tol)
+    assert set(got) == set(ref)
+    for name in ref:
+        scale = max(1.0, float(np.abs(ref[name]).max()))
+        np.testing.assert_allclose(got[name], ref[name], rtol=tol, atol=tol * scale,
+                                   err_msg=name)

@@ -578,25 +578,29 @@ def test_lookup_arguments_are_checked():
     projection) is refused, before any kernel runs, where it cannot apply."""
     X = np.zeros((2, 3, 4), np.float32)
     tokens = np.zeros((2, 3), dtype=np.int64)
-    table = np.zeros((5, 24), np.float32)
+    emb = np.zeros((5, 4), np.float32)
     layer = LSTM(4, 6, dtype=np.float32, random_state=0)
 
-    def run(lstm=layer, lengths=None, training=True, lookup=(table, tokens)):
+    def run(lstm=layer, lengths=None, training=True, lookup=(emb, tokens)):
         return lstm._forward(X, lengths, None, None, training, False, None, lookup)
 
-    with pytest.raises(ValueError, match=r"must be a \(V, 24\) float32 array"):
-        run(lookup=(table.astype(np.float64), tokens))
-    with pytest.raises(ValueError, match=r"must be a \(V, 24\) float32 array"):
-        run(lookup=(table[:, :12], tokens))
+    with pytest.raises(ValueError, match=r"must be a C-contiguous \(V, 4\) float32 array"):
+        run(lookup=(emb.astype(np.float64), tokens))
+    with pytest.raises(ValueError, match=r"must be a C-contiguous \(V, 4\) float32 array"):
+        run(lookup=(emb[:, :2], tokens))
+    with pytest.raises(ValueError, match=r"must be a C-contiguous \(V, 4\) float32 array"):
+        run(lookup=(np.zeros((4, 5), np.float32).T, tokens))
     with pytest.raises(ValueError, match=r"without lengths and \(B, T\) tokens"):
-        run(lookup=(table, tokens[:, :2]))
-    with pytest.raises(ValueError, match="a training call without lengths"):
+        run(lookup=(emb, tokens[:, :2]))
+    with pytest.raises(ValueError, match="a unidirectional training call without lengths"):
         run(lengths=[3, 2])
-    with pytest.raises(ValueError, match="a training call without lengths"):
+    with pytest.raises(ValueError, match="a unidirectional training call without lengths"):
         run(training=False)
+    with pytest.raises(ValueError, match="a unidirectional training call"):
+        run(lstm=LSTM(4, 6, bidirectional=True, dtype=np.float32, random_state=0))
     with pytest.raises(ValueError, match="a lookup needs a layer without projections"):
         run(lstm=LSTM(4, 6, dtype=np.float32, proj_size=2, random_state=0))
     with pytest.raises(ValueError, match="token 5 at row 0 is not a row of the 5-row table"):
-        run(lookup=(table, np.full((2, 3), 5)))
+        run(lookup=(emb, np.full((2, 3), 5)))
     out, _ = run()
     assert out.shape == (2, 3, 6)
