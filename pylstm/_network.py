@@ -11,7 +11,7 @@ import numpy as np
 from ._arrays import scatter_add_rows
 from ._dense import column_sums, dense, dense_product
 from ._layer import LSTM, param_shapes
-from ._threads import model_call
+from ._threads import loop_threads, model_call
 
 __all__ = ["SequenceNetwork", "log_softmax", "softmax_cross_entropy", "squared_error"]
 
@@ -55,11 +55,12 @@ def softmax_cross_entropy(z, y, weight):
     from ._lstm import softmax_cross_entropy as compiled
 
     # One compiled pass per row (src/_head.pxi): the loss and the gradient from
-    # one exponential of each logit.
+    # one exponential of each logit; a language model's batch by halves of its
+    # rows on the kernels' two threads.
     z = np.ascontiguousarray(z)
     dz = np.empty_like(z)
     loss = compiled(z, np.ascontiguousarray(y, dtype=np.int64),
-                    np.ascontiguousarray(weight, dtype=np.float64), dz)
+                    np.ascontiguousarray(weight, dtype=np.float64), dz, loop_threads())
     return loss, dz
 
 

@@ -78,20 +78,48 @@ def gemm_halves(bint trans_a, bint trans_b, double alpha,
     return used
 
 
+cdef struct _XentHalf:
+    # One half of the rows of a softmax cross-entropy, and its loss.
+    bint is_float
+    Py_ssize_t r0, r1
+    int c
+    const void* z
+    const int64_t* y
+    const double* w
+    void* dz
+    double loss
+
+
+cdef void _xent_task(void* p) noexcept nogil:
+    """Rows ``r0 .. r1 - 1`` of :func:`softmax_cross_entropy` (a thread's entry point)."""
+    cdef _XentHalf* h = <_XentHalf*> p
+    cdef Py_ssize_t o = h.r0 * h.c
+    if h.is_float:
+        h.loss = pylstm_softmax_xent_f(<const float*> h.z + o, h.r1 - h.r0, h.c, h.y + h.r0,
+                                       h.w + h.r0, <float*> h.dz + o)
+    else:
+        h.loss = pylstm_softmax_xent_d(<const double*> h.z + o, h.r1 - h.r0, h.c, h.y + h.r0,
+                                       h.w + h.r0, <double*> h.dz + o)
+
+
 def softmax_cross_entropy(const floating[:, ::1] z, const int64_t[::1] y,
-                          const double[::1] weight, floating[:, ::1] dz):
+                          const double[::1] weight, floating[:, ::1] dz, int threads=1):
     """Weighted cross-entropy of logits ``z`` (N, C) for labels ``y`` (N,) and its gradient.
 
     Returns ``sum_r weight[r] * (logsumexp(z[r]) - z[r, y[r]])`` and writes
     ``dz[r] = weight[r] * (softmax(z[r]) - onehot(y[r]))``, one pass per row
     (``_kernels.c``, the cell's exponential). A non-finite logit makes the
     loss NaN. Every label is checked against ``C`` before any work; ``dz``
-    must not overlap ``z``.
+    must not overlap ``z``. From SPLIT_CALL_MACS / 16 logits on (a language
+    model's batch) the rows go by halves, the loss being the sum of the
+    halves' whatever ``threads``; with ``threads=2`` the halves run on two
+    threads when no other kernel call holds the second one.
     """
     cdef Py_ssize_t n = z.shape[0]
     cdef int c = <int> z.shape[1]
     cdef Py_ssize_t r
     cdef double loss
+    cdef _XentHalf first, second
     if y.shape[0] != n or weight.shape[0] != n or dz.shape[0] != n or dz.shape[1] != c:
         raise ValueError(f"softmax_cross_entropy: logits ({n}, {c}), labels ({y.shape[0]},), "
                          f"weights ({weight.shape[0]},) and gradient ({dz.shape[0]}, "
@@ -104,9 +132,22 @@ def softmax_cross_entropy(const floating[:, ::1] z, const int64_t[::1] y,
         if y[r] < 0 or y[r] >= c:
             raise ValueError(f"softmax_cross_entropy: label {y[r]} at row {r} is outside "
                              f"0 .. {c - 1}")
+    first.is_float = floating is float
+    first.r0, first.r1, first.c = 0, n, c
+    first.z, first.y, first.w, first.dz = &z[0, 0], &y[0], &weight[0], &dz[0, 0]
     with nogil:
-        if floating is float:
-            loss = pylstm_softmax_xent_f(&z[0, 0], n, c, &y[0], &weight[0], &dz[0, 0])
+        pylstm_enter()
+        if n >= 2 and <double> n * c * 16 >= SPLIT_CALL_MACS:
+            second = first
+            first.r1 = second.r0 = n // 2
+            if threads >= 2 and PYLSTM_THREADS:
+                pylstm_run_both(_xent_task, &first, &second)
+            else:
+                _xent_task(&first)
+                _xent_task(&second)
+            loss = first.loss + second.loss
         else:
-            loss = pylstm_softmax_xent_d(&z[0, 0], n, c, &y[0], &weight[0], &dz[0, 0])
+            _xent_task(&first)
+            loss = first.loss
+        pylstm_leave()
     return loss

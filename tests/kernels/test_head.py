@@ -48,6 +48,32 @@ def test_softmax_cross_entropy_matches_numpy(n, c, scale, dtype, seed):
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize(("n", "c"), [(2048, 100), (4097, 31), (2, 40000)])
+def test_softmax_cross_entropy_by_halves(dtype, n, c):
+    """A language model's batch (from 62,500 logits on) goes by halves of
+    its rows: the loss and the gradient of NumPy's, and the same bits on one
+    thread as on two, call after call."""
+    rng = np.random.default_rng(n)
+    z = (rng.standard_normal((n, c)) * 3).astype(dtype)
+    y = rng.integers(0, c, n)
+    weight = np.full(n, 1.0 / n)
+    results = []
+    for threads in (1, 2, 2, 2, 1):
+        dz = np.full_like(z, np.nan)
+        results.append((_lstm.softmax_cross_entropy(z, y, weight, dz, threads), dz))
+    ref_loss, ref_dz = _reference(z, y, weight)
+    tol = 1e-5 if dtype == np.float32 else 1e-12
+    assert results[0][0] == pytest.approx(ref_loss, rel=tol)
+    np.testing.assert_allclose(results[0][1], ref_dz, rtol=tol, atol=tol / n)
+    for loss, dz in results[1:]:
+        assert loss == results[0][0]
+        np.testing.assert_array_equal(dz, results[0][1])
+    # A NaN in the second half still makes the loss NaN.
+    z[-1, 0] = np.nan
+    assert np.isnan(_lstm.softmax_cross_entropy(z, y, weight, np.empty_like(z), 2))
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf])
 def test_softmax_cross_entropy_non_finite_logit_gives_nan(dtype, bad):
     """A NaN or infinite logit anywhere, even in another class than the label,
