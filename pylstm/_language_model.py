@@ -370,7 +370,9 @@ class LSTMLanguageModel(BaseEstimator):
         return self._fit(texts, incremental=True)
 
     def _build(self, token_lists, dtype):
-        counts = Counter(tok for toks in token_lists for tok in toks)
+        counts = Counter()
+        for toks in token_lists:  # a list at a time: counted in C
+            counts.update(toks)
         vocab = [UNK, BOS] + sorted(t for t, n in counts.items()
                                    if n >= self.min_frequency and t not in (UNK, BOS))
         if len(vocab) == 2:

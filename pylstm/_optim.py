@@ -28,8 +28,9 @@ import warnings
 
 import numpy as np
 
-from ._arrays import adam_update, sum_squares
+from ._arrays import ADAM_SPLIT_MIN, adam_update, sum_squares
 from ._container import ModelFileError, read_bool, read_float, read_int, read_object, read_str
+from ._threads import loop_threads
 from ._workspace import Workspace
 
 #: Dtypes of the compiled updates (float32 and float64); others take NumPy's passes.
@@ -479,7 +480,8 @@ class AdamOptimizer(_BaseOptimizer):
                 and all(a.flags.c_contiguous for a in (p, g, m, v))):
             # One compiled pass instead of a dozen NumPy ones, same bits.
             adam_update(p.reshape(-1), g.reshape(-1), m.reshape(-1), v.reshape(-1), b1, b2,
-                        math.sqrt(1.0 - b2**self.t), self.epsilon, step)
+                        math.sqrt(1.0 - b2**self.t), self.epsilon, step,
+                        loop_threads() if p.size >= ADAM_SPLIT_MIN else 1)
             return
         m *= b1
         m += np.multiply(g, 1.0 - b1, out=tmp)

@@ -7,6 +7,7 @@ machinery, a visible share of a small training step; here a copy and its
 check are one pass of row ``memcpy``-sized loops.
 """
 from cpython.buffer cimport PyBUF_ANY_CONTIGUOUS, PyBuffer_Release, PyObject_GetBuffer
+from cpython.pycapsule cimport PyCapsule_GetPointer
 from cython cimport floating
 from libc.stdint cimport int64_t
 
@@ -145,14 +146,61 @@ def address(obj):
     return p
 
 
+ctypedef void (*_task_fn)(void*) noexcept nogil
+ctypedef int (*_halves_fn)(_task_fn fn, void* arg0, void* arg1) noexcept nogil
+cdef _halves_fn _run_halves = NULL
+
+# Entries of a parameter from which its Adam update goes by halves on the
+# kernels' two threads: below, waking the worker costs more than half a pass
+# saves (benchmarks/bench_lm.py, hidden 128).
+ADAM_SPLIT_MIN = 32768
+
+
+cdef _halves_fn _halves() except NULL:
+    """pylstm._lstm's runner of two halves of a task (its kept worker thread)."""
+    global _run_halves
+    if _run_halves == NULL:
+        from pylstm import _lstm
+        _run_halves = <_halves_fn> PyCapsule_GetPointer(_lstm.RUN_HALVES,
+                                                        b"pylstm._lstm.run_halves")
+    return _run_halves
+
+
+cdef struct _AdamPart:
+    bint is_float
+    void* p
+    const void* g
+    void* m
+    void* v
+    Py_ssize_t n
+    double b1, b2, root_bias, eps, step
+
+
+cdef void _adam_task(void* arg) noexcept nogil:
+    """The update of one part (a thread's entry point)."""
+    cdef _AdamPart* a = <_AdamPart*> arg
+    if a.n == 0:
+        return
+    if a.is_float:
+        pylstm_adam_f(<float*> a.p, <const float*> a.g, <float*> a.m, <float*> a.v, a.n,
+                      <float> a.b1, <float> (1.0 - a.b1), <float> a.b2, <float> (1.0 - a.b2),
+                      <float> a.root_bias, <float> a.eps, <float> a.step)
+    else:
+        pylstm_adam_d(<double*> a.p, <const double*> a.g, <double*> a.m, <double*> a.v, a.n,
+                      a.b1, 1.0 - a.b1, a.b2, 1.0 - a.b2, a.root_bias, a.eps, a.step)
+
+
 def adam_update(floating[::1] p, const floating[::1] g, floating[::1] m, floating[::1] v,
-                double beta_1, double beta_2, double root_bias, double epsilon, double step):
+                double beta_1, double beta_2, double root_bias, double epsilon, double step,
+                int threads=1):
     """One Adam update of a contiguous parameter ``p`` and its moments, in place.
 
     ``m = beta_1 m + (1 - beta_1) g``; ``v = beta_2 v + (1 - beta_2) g**2``;
     ``p -= step * m / (sqrt(v) / root_bias + epsilon)``, every coefficient and
     every operation in the arrays' dtype, in one pass: the same bits as
-    :class:`pylstm.AdamOptimizer`'s NumPy update of the same arrays.
+    :class:`pylstm.AdamOptimizer`'s NumPy update of the same arrays. With
+    ``threads=2``, from ``ADAM_SPLIT_MIN`` entries on, two threads take half
+    of the entries each (the same bits: each entry is updated on its own).
 
     Examples
     --------
@@ -164,19 +212,33 @@ def adam_update(floating[::1] p, const floating[::1] g, floating[::1] m, floatin
     array([0.9, 1.1])
     """
     cdef Py_ssize_t n = p.shape[0]
+    cdef Py_ssize_t half
+    cdef _AdamPart first, second
+    cdef _halves_fn run = NULL
     if g.shape[0] != n or m.shape[0] != n or v.shape[0] != n:
         raise ValueError(f"adam_update: p, g, m, v must have one length, got {n}, "
                          f"{g.shape[0]}, {m.shape[0]}, {v.shape[0]}")
     if n == 0:
         return
+    first.is_float = floating is float
+    first.p, first.g, first.m, first.v, first.n = &p[0], &g[0], &m[0], &v[0], n
+    first.b1, first.b2, first.root_bias = beta_1, beta_2, root_bias
+    first.eps, first.step = epsilon, step
+    if threads >= 2 and n >= ADAM_SPLIT_MIN:
+        run = _halves()
     with nogil:
-        if floating is float:
-            pylstm_adam_f(&p[0], &g[0], &m[0], &v[0], n, <float> beta_1, <float> (1.0 - beta_1),
-                          <float> beta_2, <float> (1.0 - beta_2), <float> root_bias,
-                          <float> epsilon, <float> step)
+        if run == NULL:
+            _adam_task(&first)
         else:
-            pylstm_adam_d(&p[0], &g[0], &m[0], &v[0], n, beta_1, 1.0 - beta_1, beta_2,
-                          1.0 - beta_2, root_bias, epsilon, step)
+            # Halves at a multiple of 16 entries: each thread's part starts on
+            # the same vector alignment as the whole.
+            half = (n // 2) // 16 * 16
+            second = first
+            first.n = half
+            second.n = n - half
+            second.p, second.m, second.v = &p[half], &m[half], &v[half]
+            second.g = &g[half]
+            run(_adam_task, &first, &second)
 
 
 def scatter_add_rows(const int64_t[::1] index, const floating[:, ::1] rows, double[:, ::1] out):

@@ -34,6 +34,7 @@ and packing; the layout and shape checks; the two-thread split; the forward
 loop; BPTT; projections; the language model's softmax head (its products by
 halves of their rows, its loss).
 """
+from cpython.pycapsule cimport PyCapsule_New
 from cython cimport floating
 from libc.stdint cimport int64_t
 from libc.stdlib cimport free, malloc

@@ -24,6 +24,22 @@ cdef extern from "_parallel.h" nogil:
 pylstm_parallel_init()
 
 
+cdef int _run_halves(void (*fn)(void*) noexcept nogil, void* arg0, void* arg1) noexcept nogil:
+    """``fn(arg0)`` and ``fn(arg1)``, on the kept worker and the caller when no
+    other kernel call holds the worker, else one after the other; counted as
+    a kernel call in progress. Returns the threads used."""
+    cdef int used
+    pylstm_enter()
+    used = pylstm_run_both(fn, arg0, arg1)
+    pylstm_leave()
+    return used
+
+
+# _run_halves for the other extensions (pylstm._arrays' Adam update): one kept
+# worker per process, whichever module's work it runs.
+RUN_HALVES = PyCapsule_New(<void*> _run_halves, b"pylstm._lstm.run_halves", NULL)
+
+
 cdef bint _split_sizes = True
 
 

@@ -8,6 +8,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
+from pylstm._arrays import ADAM_SPLIT_MIN, adam_update
 
 import pylstm._optim as optim_module
 from pylstm._optim import (
@@ -18,6 +19,7 @@ from pylstm._optim import (
     clip_grad_value,
     make_optimizer,
 )
+from pylstm._threads import loop_threads
 
 SHAPES = [(3, 4), (4,), (2, 3, 2)]
 N_STEPS = 7
@@ -663,13 +665,14 @@ def test_adam_compiled_pass_gives_numpys_bits(monkeypatch, dtype):
     (``pylstm._arrays.adam_update``); it gives the bits of the NumPy passes that
     other parameters (a strided view, another dtype) take."""
     rng = np.random.default_rng(11)
-    shapes = [(33, 7), (5,), (2, 3, 4)]
+    # (181, 200): from ADAM_SPLIT_MIN entries on, by halves on two threads.
+    shapes = [(33, 7), (5,), (2, 3, 4), (181, 200)]
     start = [rng.normal(size=s).astype(dtype) for s in shapes]
     grads = [[(rng.normal(size=s) * 10.0 ** rng.integers(-3, 3)).astype(dtype)
               for s in shapes] for _ in range(6)]
     calls = []
     real = optim_module.adam_update
-    monkeypatch.setattr(optim_module, "adam_update", lambda *a: (calls.append(1), real(*a)))
+    monkeypatch.setattr(optim_module, "adam_update", lambda *a: (calls.append(a[-1]), real(*a)))
     results = {}
     for compiled in (True, False):
         if not compiled:
@@ -680,6 +683,7 @@ def test_adam_compiled_pass_gives_numpys_bits(monkeypatch, dtype):
             opt.update_params(step_grads)
         results[compiled] = params + opt.ms + opt.vs
     assert len(calls) == len(shapes) * len(grads)  # every update of the first run
+    assert set(calls[3::4]) == {loop_threads()} and set(calls) - set(calls[3::4]) <= {1}
     for a, b in zip(results[True], results[False], strict=True):
         np.testing.assert_array_equal(a, b)
     # A strided parameter goes through NumPy and is updated in place all the same.
@@ -691,3 +695,22 @@ def test_adam_compiled_pass_gives_numpys_bits(monkeypatch, dtype):
     assert len(calls) == before
     np.testing.assert_allclose(view, start[0][:, ::2] - 0.01, rtol=1e-5)
     np.testing.assert_array_equal(wide[:, 1::2], start[0][:, 1::2])
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("n", [ADAM_SPLIT_MIN - 1, ADAM_SPLIT_MIN, ADAM_SPLIT_MIN + 37, 300_001])
+def test_adam_update_by_halves_gives_the_same_bits(dtype, n):
+    """``adam_update(..., threads=2)`` splits from ADAM_SPLIT_MIN entries on (at
+    a multiple of 16, an odd count too): every entry as on one thread."""
+    rng = np.random.default_rng(n)
+    p0, g = (rng.normal(size=(2, n)) * [[1.0], [1e-2]]).astype(dtype)
+    out = {}
+    for threads in (1, 2):
+        p, m, v = p0.copy(), np.zeros(n, dtype), np.zeros(n, dtype)
+        for t in range(1, 4):
+            adam_update(p, g * t, m, v, 0.9, 0.999, np.sqrt(1 - 0.999**t), 1e-8, 1e-3,
+                        threads)
+        out[threads] = (p, m, v)
+    for a, b in zip(out[1], out[2], strict=True):
+        np.testing.assert_array_equal(a, b)
+    assert not np.array_equal(out[1][0], p0)
