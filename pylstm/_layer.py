@@ -599,27 +599,37 @@ class LSTM:
                 self._cache = {"order": order, "lengths": lens_sorted, "shape": (B, T),
                                "dense": dense, "rows": rows, "bf_rows": bf_rows,
                                "blas_steps": blas_steps, "work": work, "layers": caches,
-                               "lookup": lookup and (lookup[2], lookup[1])}
+                               "lookup": None if lookup is None else (lookup[2], lookup[1])}
         return result, (h_n, c_n)
 
     def _lookup_table(self, lookup, allowed, B, T):
         """:meth:`_forward`'s ``(embedding, tokens)`` checked: ``(table, compact
         tokens, embedding)``, the table ``embedding @ weight_ih_l0.T``."""
         embedding, tokens = lookup
-        if not allowed or self.num_directions != 1 or np.shape(tokens) != (B, T):
-            raise ValueError("a lookup needs a unidirectional training call without lengths "
-                             "and (B, T) tokens")
+        if not allowed:
+            raise ValueError("a lookup needs a training call without lengths")
+        if self.num_directions != 1:
+            raise ValueError("a lookup needs a unidirectional layer")
         if (not isinstance(embedding, np.ndarray) or embedding.dtype != self.dtype
                 or embedding.ndim != 2 or embedding.shape[1] != self.input_size
                 or embedding.shape[0] < 1 or not embedding.flags.c_contiguous):
             raise ValueError(f"a lookup's embedding must be a C-contiguous (V, "
                              f"{self.input_size}) {self.dtype.name} array")
+        tokens = np.asarray(tokens)
+        if tokens.shape != (B, T) or tokens.dtype.kind not in "iu":
+            raise ValueError(f"a lookup's tokens must be a ({B}, {T}) integer array")
+        V = embedding.shape[0]
+        bad = (tokens < 0) | (tokens >= V)  # before the cast to C int, which would wrap
+        if bad.any():
+            b, t = np.argwhere(bad)[0]
+            raise ValueError(f"token {tokens[b, t]} at ({b}, {t}) is not a row of the {V}-row "
+                             "embedding")
         w_ih = self._params["weight_ih_l0"]
-        table = np.empty((embedding.shape[0], w_ih.shape[0]), self.dtype)
+        table = np.empty((V, w_ih.shape[0]), self.dtype)
         dense_product(False, True, embedding, w_ih, 0.0, table)
         # The compact layout of a dense batch is time-major.
-        return table, np.ascontiguousarray(np.transpose(tokens), dtype=np.intc).reshape(-1), \
-            embedding
+        compact = np.ascontiguousarray(tokens.T, dtype=np.intc).reshape(-1)
+        return table, compact, embedding
 
     def _forward_layers(self, arrays, x, lens_sorted, N, order, bf_rows, h0, c0, h_n, c_n,
                         training, result, x_batch_first, need_t, parallel, loop_threads,
@@ -1004,6 +1014,9 @@ class LSTM:
     def _backward(self, d_out, d_h_n, d_c_n, input_gradient, checked=True):
         """:meth:`backward`; without ``input_gradient``, ``dX`` is None and not computed.
 
+        After a forward with a ``lookup`` (:meth:`_forward`), ``dX`` is the
+        gradient of the lookup's embedding, (V, input_size).
+
         A network's first layer has no use for the gradient of its input
         (the data), and it would cost a pass over the (N, 4H) gate gradients
         per direction (benchmarks/bench_quality.py, the adding problem).
@@ -1042,7 +1055,7 @@ class LSTM:
                         arrays, cache, d_out.reshape(B * T, D * H), d_h_n, d_c_n, parallel,
                         loop_threads, input_gradient)
             n_in = self.input_size
-            if not input_gradient or cache.get("lookup"):  # the lookup's: the embedding's
+            if not input_gradient or cache.get("lookup") is not None:  # see _forward
                 dX = grad_out
             elif cache["dense"]:
                 dX = aligned_empty((B, T, n_in), self.dtype)
@@ -1084,11 +1097,11 @@ class LSTM:
         grads = {}
         g_h0 = np.empty((L * D, B, H), dtype=self.dtype)
         g_c0 = np.empty((L * D, B, H), dtype=self.dtype)
-        lookup = cache["lookup"]
+        lookup = cache.get("lookup")
         for layer in range(L - 1, -1, -1):
             layer_in, layer_cache = cache["layers"][layer]
-            d_table = (np.zeros((lookup[0].shape[0], 4 * H)) if lookup and layer == 0
-                       else None)
+            d_table = (np.zeros((lookup[0].shape[0], 4 * H))
+                       if lookup is not None and layer == 0 else None)
 
             def run(d, layer=layer, layer_in=layer_in, layer_cache=layer_cache,
                     grad_out=grad_out, g_bf=layer == L - 1, d_table=d_table):
@@ -1112,8 +1125,8 @@ class LSTM:
                                None if d_table is None else lookup[1], d_table)
                 if d_table is not None:  # rounded once from float64 products
                     dw64 = np.empty(dw_ih.shape)
-                    dense_product(True, False, d_table, lookup[0].astype(np.float64), 0.0,
-                                  dw64)
+                    dense_product(True, False, d_table,
+                                  lookup[0].astype(np.float64, copy=False), 0.0, dw64)
                     dw_ih[...] = dw64
                 grads["weight_ih" + sfx] = dw_ih
                 grads["weight_hh" + sfx] = dw_hh
@@ -1129,8 +1142,9 @@ class LSTM:
                     return grads, g_h0, g_c0, None
                 d_emb = np.empty((d_table.shape[0], self.input_size))
                 dense_product(False, False, d_table,
-                              self._params["weight_ih_l0"].astype(np.float64), 0.0, d_emb)
-                return grads, g_h0, g_c0, d_emb.astype(self.dtype)
+                              self._params["weight_ih_l0"].astype(np.float64, copy=False),
+                              0.0, d_emb)
+                return grads, g_h0, g_c0, d_emb.astype(self.dtype, copy=False)
             if layer == 0 and not input_gradient:
                 return grads, g_h0, g_c0, None
             # Every direction has read the layer input: its gradient takes its place

@@ -497,7 +497,7 @@ class LanguageNetwork(_SavedParameters):
             if k > 0:
                 mask = cache["masks"][k - 1]
                 d_out = d_in if mask is None else d_in * mask
-        if cache["lookup"]:  # the first layer gave the embedding's gradient
+        if cache.get("lookup"):  # the first layer gave the embedding's gradient
             grads = [d_in]
         else:
             # Embedding gradient: the input gradients of equal tokens summed in

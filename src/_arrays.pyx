@@ -199,8 +199,10 @@ def adam_update(floating[::1] p, const floating[::1] g, floating[::1] m, floatin
     ``p -= step * m / (sqrt(v) / root_bias + epsilon)``, every coefficient and
     every operation in the arrays' dtype, in one pass: the same bits as
     :class:`pylstm.AdamOptimizer`'s NumPy update of the same arrays. With
-    ``threads=2``, from ``ADAM_SPLIT_MIN`` entries on, two threads take half
-    of the entries each (the same bits: each entry is updated on its own).
+    ``threads=2``, from ``ADAM_SPLIT_MIN`` entries on, the kernels' worker
+    thread and the caller take half of the entries each when no other kernel
+    call holds the worker (the same bits: each entry is updated on its own).
+    Returns the number of threads used.
 
     Examples
     --------
@@ -208,6 +210,7 @@ def adam_update(floating[::1] p, const floating[::1] g, floating[::1] m, floatin
     >>> from pylstm._arrays import adam_update
     >>> p, m, v = np.ones(2), np.zeros(2), np.zeros(2)
     >>> adam_update(p, np.array([3.0, -0.5]), m, v, 0.9, 0.999, np.sqrt(0.001), 1e-8, 1.0)
+    1
     >>> np.round(p, 4)  # the first step moves each entry by about step * (1 - beta_1)
     array([0.9, 1.1])
     """
@@ -215,11 +218,12 @@ def adam_update(floating[::1] p, const floating[::1] g, floating[::1] m, floatin
     cdef Py_ssize_t half
     cdef _AdamPart first, second
     cdef _halves_fn run = NULL
+    cdef int used = 1
     if g.shape[0] != n or m.shape[0] != n or v.shape[0] != n:
         raise ValueError(f"adam_update: p, g, m, v must have one length, got {n}, "
                          f"{g.shape[0]}, {m.shape[0]}, {v.shape[0]}")
     if n == 0:
-        return
+        return 1
     first.is_float = floating is float
     first.p, first.g, first.m, first.v, first.n = &p[0], &g[0], &m[0], &v[0], n
     first.b1, first.b2, first.root_bias = beta_1, beta_2, root_bias
@@ -238,7 +242,8 @@ def adam_update(floating[::1] p, const floating[::1] g, floating[::1] m, floatin
             second.n = n - half
             second.p, second.m, second.v = &p[half], &m[half], &v[half]
             second.g = &g[half]
-            run(_adam_task, &first, &second)
+            used = run(_adam_task, &first, &second)
+    return used
 
 
 def scatter_add_rows(const int64_t[::1] index, const floating[:, ::1] rows, double[:, ::1] out):

@@ -444,9 +444,9 @@ def forward_train(const floating[:, :] x,
         The input projection by lookup, for an input that is an embedding's
         rows: row ``r``'s projection is ``table[tokens[r]]`` (the table being
         ``E @ w_ih.T`` for the embedding ``E``) instead of ``x[r] @ w_ih.T``,
-        which is not computed; ``x`` and ``w_ih`` are still checked and
-        ``x`` is still the left-hand factor of :func:`backward`'s
-        weight gradient. Every token must be a row of ``table``.
+        which is not computed; ``x`` and ``w_ih`` are still checked, and
+        ``x`` is still read by a :func:`backward` without ``tokens``.
+        Every token must be a row of ``table``.
 
     Returns
     -------

@@ -111,9 +111,9 @@ def softmax_cross_entropy(const floating[:, ::1] z, const int64_t[::1] y,
     (``_kernels.c``, the cell's exponential). A non-finite logit makes the
     loss NaN. Every label is checked against ``C`` before any work; ``dz``
     must not overlap ``z``. From SPLIT_CALL_MACS / 16 logits on (a language
-    model's batch) the rows go by halves, the loss being the sum of the
-    halves' whatever ``threads``; with ``threads=2`` the halves run on two
-    threads when no other kernel call holds the second one.
+    model's batch) the rows go by halves and the loss is the sum of the two
+    halves' losses, on one thread as on two; with ``threads=2`` the halves
+    run on two threads when no other kernel call holds the second one.
     """
     cdef Py_ssize_t n = z.shape[0]
     cdef int c = <int> z.shape[1]

@@ -36,7 +36,8 @@ cdef int _run_halves(void (*fn)(void*) noexcept nogil, void* arg0, void* arg1) n
 
 
 # _run_halves for the other extensions (pylstm._arrays' Adam update): one kept
-# worker per process, whichever module's work it runs.
+# worker per process, whichever module's work it runs. (A function pointer
+# through void*: ISO C leaves it undefined, POSIX and Windows define it.)
 RUN_HALVES = PyCapsule_New(<void*> _run_halves, b"pylstm._lstm.run_halves", NULL)
 
 

@@ -397,11 +397,15 @@ static void check_scatter_rows(const pylstm_kernels *t, const char *lv, int dbl)
         }
         memcpy(want, O, sizeof(double) * ((size_t)v * ldo + 1));
         for (int r = 0; r < rows; r++) {
-            idx[r] = (r * 7 + r / 3) % (v > 1 ? v - 1 : 1);  /* the last row unnamed */
+            idx[r] = (r * 7 + r / 3) % (v > 1 ? v - 1 : 1);  /* v > 1: the last row unnamed */
             for (int j = 0; j < cols; j++)
                 want[(long)idx[r] * ldo + j] += at(a, (long)r * lda + j);
         }
         double *out = malloc(sizeof(double) * ((size_t)v * ldo + 1));
+        if (!out) {
+            fprintf(stderr, "out of memory\n");
+            exit(2);
+        }
         memcpy(out, O, sizeof(double) * ((size_t)v * ldo + 1));
         if (dbl)
             t->scatter_rows_d(D(a), rows, cols, lda, idx, out, ldo);

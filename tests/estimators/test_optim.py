@@ -708,8 +708,9 @@ def test_adam_update_by_halves_gives_the_same_bits(dtype, n):
     for threads in (1, 2):
         p, m, v = p0.copy(), np.zeros(n, dtype), np.zeros(n, dtype)
         for t in range(1, 4):
-            adam_update(p, g * t, m, v, 0.9, 0.999, np.sqrt(1 - 0.999**t), 1e-8, 1e-3,
-                        threads)
+            used = adam_update(p, g * t, m, v, 0.9, 0.999, np.sqrt(1 - 0.999**t), 1e-8,
+                               1e-3, threads)
+            assert used == (2 if threads == 2 and n >= ADAM_SPLIT_MIN else 1)
         out[threads] = (p, m, v)
     for a, b in zip(out[1], out[2], strict=True):
         np.testing.assert_array_equal(a, b)

@@ -590,17 +590,25 @@ def test_lookup_arguments_are_checked():
         run(lookup=(emb[:, :2], tokens))
     with pytest.raises(ValueError, match=r"must be a C-contiguous \(V, 4\) float32 array"):
         run(lookup=(np.zeros((4, 5), np.float32).T, tokens))
-    with pytest.raises(ValueError, match=r"without lengths and \(B, T\) tokens"):
+    with pytest.raises(ValueError, match=r"tokens must be a \(2, 3\) integer array"):
         run(lookup=(emb, tokens[:, :2]))
-    with pytest.raises(ValueError, match="a unidirectional training call without lengths"):
+    with pytest.raises(ValueError, match=r"tokens must be a \(2, 3\) integer array"):
+        run(lookup=(emb, tokens.astype(np.float64)))
+    with pytest.raises(ValueError, match="a lookup needs a training call without lengths"):
         run(lengths=[3, 2])
-    with pytest.raises(ValueError, match="a unidirectional training call without lengths"):
+    with pytest.raises(ValueError, match="a lookup needs a training call without lengths"):
         run(training=False)
-    with pytest.raises(ValueError, match="a unidirectional training call"):
+    with pytest.raises(ValueError, match="a lookup needs a unidirectional layer"):
         run(lstm=LSTM(4, 6, bidirectional=True, dtype=np.float32, random_state=0))
     with pytest.raises(ValueError, match="a lookup needs a layer without projections"):
         run(lstm=LSTM(4, 6, dtype=np.float32, proj_size=2, random_state=0))
-    with pytest.raises(ValueError, match="token 5 at row 0 is not a row of the 5-row table"):
+    with pytest.raises(ValueError, match=r"token 5 at \(0, 0\) is not a row of the 5-row "
+                                         "embedding"):
         run(lookup=(emb, np.full((2, 3), 5)))
+    # Checked before the kernels' C int: 2**32 + 1 would wrap to 1.
+    wrapped = tokens.copy()
+    wrapped[1, 2] = 2**32 + 1
+    with pytest.raises(ValueError, match=r"token 4294967297 at \(1, 2\)"):
+        run(lookup=(emb, wrapped))
     out, _ = run()
     assert out.shape == (2, 3, 6)

@@ -208,6 +208,27 @@ def test_child_predicts_fits_and_saves(mode, tmp_path):
         restore()
 
 
+def _adam_by_halves(n):
+    from pylstm._arrays import adam_update
+
+    p, g = np.ones(n, np.float32), np.full(n, 0.5, np.float32)
+    m, v = np.zeros(n, np.float32), np.zeros(n, np.float32)
+    used = adam_update(p, g, m, v, 0.9, 0.999, 0.5, 1e-8, 1e-3, 2)
+    return used, float(p.min()), float(p.max())
+
+
+@pytest.mark.timeout(60)
+def test_child_updates_adam_by_halves():
+    """Adam's update by halves (pylstm._arrays, on pylstm._lstm's worker through
+    its RUN_HALVES capsule) in a child forked after the parent used it: the
+    child's own worker runs the second half."""
+    n = 1 << 18
+    parent = _adam_by_halves(n)
+    assert parent[0] == 2
+    assert run_in_child(_adam_by_halves, n, what="adam by halves") == parent
+    assert _adam_by_halves(n) == parent
+
+
 def _issue_repro_child(model, X):
     return model.predict(X[:5]).tolist()
 
