@@ -216,17 +216,23 @@ def main(argv=None):
              + (" | same initial weights" if args.same_init else ""),
              f"BLAS: {'; '.join(blas)}", "",
              f"{'task':8} {'target':>18} {'pylstm s':>9} {'ep':>4} {'torch s':>9} {'ep':>4} "
-             f"{'pylstm/torch':>13}"]
+             f"{'pylstm/torch':>13} {'paired':>7}"]
     summary = {}
     for task, sides in results.items():
         metric, target, larger = TASKS[task][:3]
         s = {side: {"seconds": median([r["seconds"] for r in rs]),
                     "epochs": median([r["epochs"] for r in rs])} for side, rs in sides.items()}
         pl, th = s["pylstm"], s["torch"]
+        # Each seed's two runs took turns epoch by epoch: their ratio cancels the
+        # machine's slow and fast spells, which the ratio of the medians does not.
+        paired = median([a["seconds"] / b["seconds"]
+                         for a, b in zip(sides["pylstm"], sides["torch"], strict=True)
+                         if a["seconds"] and b["seconds"]])
         lines.append(f"{task:8} {metric + (' >= ' if larger else ' <= ') + str(target):>18} "
                      f"{pl['seconds']:9.2f} {pl['epochs']:4.0f} {th['seconds']:9.2f} "
-                     f"{th['epochs']:4.0f} {pl['seconds'] / th['seconds']:13.2f}")
-        summary[task] = {**s, "pylstm_over_torch": pl["seconds"] / th["seconds"]}
+                     f"{th['epochs']:4.0f} {pl['seconds'] / th['seconds']:13.2f} {paired:7.2f}")
+        summary[task] = {**s, "pylstm_over_torch": pl["seconds"] / th["seconds"],
+                         "paired_ratio": paired}
         if task in gaps:
             summary[task]["initial_gap"] = max(gaps[task])
         third = {side: [r["curve"][2] for r in rs if len(r["curve"]) >= 3]
@@ -237,7 +243,8 @@ def main(argv=None):
             lines.append(f"\nlm perplexity after 3 epochs (mean of seeds): pylstm {mp:.3f}, "
                          f"torch {mt:.3f}, ratio {mp / mt:.3f}")
     lines.append("(times: median over seeds of the wall time until the validation metric "
-                 "first reached the target; ep: epochs it took)")
+                 "first reached the target; ep: epochs it took; pylstm/torch: the ratio of "
+                 "those medians; paired: the median over seeds of each seed's ratio)")
     if gaps:
         lines.append("same initial weights: largest difference of the two models' predictions "
                      "before training, " + ", ".join(f"{task} {max(g):.1e}"
