@@ -752,6 +752,21 @@ class LSTM:
                 layer_in = out
         return caches
 
+    def _from_table(self, arrays, d_table, embedding, dw_ih, input_gradient):
+        """From the gradient of a lookup's table ``embedding @ weight_ih_l0.T``:
+        ``weight_ih_l0``'s gradient, written into ``dw_ih``, and with
+        ``input_gradient`` the embedding's, returned (else None). Products in
+        float64, each rounded once; scratch from the layer's ``arrays``."""
+        dw64 = arrays.empty("dw_ih64", dw_ih.shape, np.float64)
+        dense_product(True, False, d_table, embedding.astype(np.float64, copy=False), 0.0, dw64)
+        dw_ih[...] = dw64
+        if not input_gradient:
+            return None
+        d_emb = arrays.empty("d_emb64", (d_table.shape[0], self.input_size), np.float64)
+        dense_product(False, False, d_table,
+                      self._params["weight_ih_l0"].astype(np.float64, copy=False), 0.0, d_emb)
+        return d_emb.astype(self.dtype)  # a copy: the scratch serves the next call
+
     def _forward_projected(self, X, lens_sorted, order, h0, c0, h_n, c_n, training, masks):
         """:meth:`forward` of a layer with projections (``_lstm.forward_projected``).
 
@@ -1100,8 +1115,10 @@ class LSTM:
         lookup = cache.get("lookup")
         for layer in range(L - 1, -1, -1):
             layer_in, layer_cache = cache["layers"][layer]
-            d_table = (np.zeros((lookup[0].shape[0], 4 * H))
-                       if lookup is not None and layer == 0 else None)
+            d_table = None
+            if lookup is not None and layer == 0:  # summed into by the kernel
+                d_table = arrays.empty("d_table", (lookup[0].shape[0], 4 * H), np.float64)
+                d_table.fill(0)
 
             def run(d, layer=layer, layer_in=layer_in, layer_cache=layer_cache,
                     grad_out=grad_out, g_bf=layer == L - 1, d_table=d_table):
@@ -1123,11 +1140,6 @@ class LSTM:
                                dw_ih, dw_hh, db, scratch, g_bf, bf_rows, False,
                                loop_threads, work if fuse else grad_work, fuse, mask,
                                None if d_table is None else lookup[1], d_table)
-                if d_table is not None:  # rounded once from float64 products
-                    dw64 = np.empty(dw_ih.shape)
-                    dense_product(True, False, d_table,
-                                  lookup[0].astype(np.float64, copy=False), 0.0, dw64)
-                    dw_ih[...] = dw64
                 grads["weight_ih" + sfx] = dw_ih
                 grads["weight_hh" + sfx] = dw_hh
                 grads["bias_ih" + sfx] = db
@@ -1137,14 +1149,9 @@ class LSTM:
                 return gates, w_ih, work
 
             parts = run_directions(run, D, parallel=parallel)
-            if layer == 0 and d_table is not None:
-                if not input_gradient:
-                    return grads, g_h0, g_c0, None
-                d_emb = np.empty((d_table.shape[0], self.input_size))
-                dense_product(False, False, d_table,
-                              self._params["weight_ih_l0"].astype(np.float64, copy=False),
-                              0.0, d_emb)
-                return grads, g_h0, g_c0, d_emb.astype(self.dtype, copy=False)
+            if d_table is not None:
+                return grads, g_h0, g_c0, self._from_table(
+                    arrays, d_table, lookup[0], grads["weight_ih_l0"], input_gradient)
             if layer == 0 and not input_gradient:
                 return grads, g_h0, g_c0, None
             # Every direction has read the layer input: its gradient takes its place
