@@ -53,6 +53,28 @@ _WORD_RE = re.compile(r"\w+|[^\w\s]")
 #: prompt): a call's logits are (tokens x vocabulary), so long texts go in chunks
 #: carrying the state, and memory does not grow with the text's length.
 _CHUNK_TOKENS = 4096
+#: Code points below this are counted with one bincount; beyond, by sorting.
+_DENSE_CODES = 1 << 16
+
+
+def _char_codes(text):
+    """A text's characters as their code points (uint32), lone surrogates kept.
+
+    A character-level model reads a text as this array rather than a list of
+    one-character strings: counting and encoding it are NumPy passes, and a
+    fit's preparation is several times as fast (``benchmarks/bench_lm.py``,
+    outside the compiled calls).
+    """
+    return np.frombuffer(text.encode("utf-32-le", "surrogatepass"), dtype=np.uint32)
+
+
+def _count_codes(codes):
+    """The distinct code points of ``codes`` in ascending order, and their counts."""
+    if codes.size and int(codes.max()) < _DENSE_CODES:
+        counts = np.bincount(codes)
+        present = np.flatnonzero(counts)
+        return present, counts[present]
+    return np.unique(codes, return_counts=True)
 
 
 def _decode_vocabulary(v, where):
@@ -318,9 +340,26 @@ class LSTMLanguageModel(BaseEstimator):
     def _tokenize(self, text):
         if self.lowercase:
             text = text.lower()
-        return list(text) if self.level == "char" else _WORD_RE.findall(text)
+        return _char_codes(text) if self.level == "char" else _WORD_RE.findall(text)
 
     def _encode(self, tokens):
+        """Token ids (int64) of :meth:`_tokenize`'s result; unknown tokens are 0."""
+        if isinstance(tokens, np.ndarray):  # code points: looked up in a table
+            chars = [t for t in self._index if len(t) == 1]
+            codes = np.array([ord(t) for t in chars], dtype=np.int64)
+            ids = np.array([self._index[t] for t in chars], dtype=np.int64)
+            if codes.size == 0:
+                return np.zeros(len(tokens), dtype=np.int64)
+            if codes.max() < _DENSE_CODES:
+                # One entry per code point up to the largest known one; the
+                # last, past it, stands for every larger code point: unknown.
+                table = np.zeros(codes.max() + 2, dtype=np.int64)
+                table[codes] = ids
+                return table[np.minimum(tokens, len(table) - 1)]
+            order = np.argsort(codes)
+            codes, ids = codes[order], ids[order]
+            at = np.minimum(np.searchsorted(codes, tokens), len(codes) - 1)
+            return np.where(codes[at] == tokens, ids[at], 0)
         # map() with the default as a second iterable runs the lookups in C
         # (unknown tokens are 0), several times as fast as a generator.
         return np.fromiter(map(self._index.get, tokens, itertools.repeat(0)), dtype=np.int64,
@@ -370,17 +409,24 @@ class LSTMLanguageModel(BaseEstimator):
         return self._fit(texts, incremental=True)
 
     def _build(self, token_lists, dtype):
-        counts = Counter()
-        for toks in token_lists:  # a list at a time: counted in C
-            counts.update(toks)
-        vocab = [UNK, BOS] + sorted(t for t, n in counts.items()
-                                   if n >= self.min_frequency and t not in (UNK, BOS))
+        if self.level == "char":  # code points, in ascending order: sorted characters
+            codes, counts = _count_codes(np.concatenate(token_lists))
+            kept = [chr(c) for c in codes[counts >= self.min_frequency].tolist()]
+            most = int(counts.max(initial=0))
+        else:
+            counts = Counter()
+            for toks in token_lists:  # a list at a time: counted in C
+                counts.update(toks)
+            kept = sorted(t for t, n in counts.items()
+                          if n >= self.min_frequency and t not in (UNK, BOS))
+            most = max(counts.values(), default=0)
+        vocab = [UNK, BOS] + kept
         if len(vocab) == 2:
             # A model of '<unk>' alone could never generate: those tokens are not emitted.
             raise ValueError(
                 f"min_frequency={self.min_frequency} leaves no token in the vocabulary: the "
                 f"most frequent token of the training text occurs "
-                f"{max(counts.values(), default=0)} times; lower min_frequency or give more text"
+                f"{most} times; lower min_frequency or give more text"
             )
         self.vocabulary_ = vocab
         self._index = {tok: i for i, tok in enumerate(vocab)}
@@ -423,14 +469,14 @@ class LSTMLanguageModel(BaseEstimator):
                 val.append(toks[len(toks) - n_val:])
         if not (incremental and fitted):
             self._build(train, dtype)
-        streams = [np.concatenate([[1], self._encode(t)]) for t in train if t]
+        streams = [np.concatenate([[1], self._encode(t)]) for t in train if len(t)]
         n_tokens = sum(len(s) - 1 for s in streams)
         if n_tokens < self.seq_len:
             raise ValueError(
                 f"the training text has {n_tokens} tokens, fewer than one window of "
                 f"seq_len={self.seq_len}: give more text or a smaller seq_len"
             )
-        val_streams = [np.concatenate([[1], self._encode(t)]) for t in val if t]
+        val_streams = [np.concatenate([[1], self._encode(t)]) for t in val if len(t)]
         self._optimizer.params = self.network_.parameters()
         # The layers draw their masks in training; a continued fit takes the
         # value set now (set_params, a loaded model).

@@ -377,6 +377,32 @@ def test_word_level_min_frequency_and_lowercase():
     assert lm.score("the cat sat on the rug.") < 0
 
 
+# Characters from every plane, lone surrogates among them (a str may hold them).
+_ALL_CHARS = st.characters(codec=None, exclude_categories=())
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(text=st.text(_ALL_CHARS, min_size=1, max_size=40), probe=st.text(_ALL_CHARS, max_size=20),
+       min_frequency=st.integers(1, 3), lowercase=st.booleans())
+def test_characters_are_counted_and_encoded_as_a_list_of_them_would_be(
+        text, probe, min_frequency, lowercase):
+    # A character model reads texts as code-point arrays (_char_codes); the
+    # reference reads them as lists of one-character strings.
+    lm = _fresh(min_frequency=min_frequency, lowercase=lowercase, seq_len=1)
+    counts = Counter(text.lower() if lowercase else text)
+    kept = sorted(t for t, n in counts.items() if n >= min_frequency)
+    if not kept:
+        with pytest.raises(ValueError, match="leaves no token"):
+            lm._prepare_fit(text, incremental=False)
+        return
+    lm._prepare_fit(text, incremental=False)
+    assert lm.vocabulary_ == ["<unk>", "<bos>"] + kept
+    index = {t: i for i, t in enumerate(lm.vocabulary_)}
+    seen = (text + probe).lower() if lowercase else text + probe
+    np.testing.assert_array_equal(lm._encode(lm._tokenize(text + probe)),
+                                  [index.get(ch, 0) for ch in seen])
+
+
 def test_word_level_without_lowercase_keeps_case():
     lm = _fresh(level="word").fit("The cat and the Cat and THE CAT went home " * 3)
     assert {"The", "the", "THE", "cat", "Cat", "CAT"} <= set(lm.vocabulary_)
