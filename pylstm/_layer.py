@@ -511,7 +511,8 @@ class LSTM:
         """:meth:`forward`, with recurrent dropout only where ``dropout``.
 
         ``lookup``, for a unidirectional training call without ``lengths``
-        whose ``X`` is ``embedding[tokens]``: ``(embedding, tokens)``, the
+        whose ``X`` is ``embedding[tokens]`` (or None, since the rows are
+        then never read): ``(embedding, tokens)``, the
         (V, input_size) embedding and the (B, T) token ids. The first
         layer's input projection is then looked up in the table
         ``embedding @ weight_ih_l0.T`` (``_lstm.forward_train``), and the
@@ -525,11 +526,21 @@ class LSTM:
         # Dropped first, whatever follows: a backward after a call that fails its
         # checks must not use the cache of the call before it.
         self._cache = None
-        shape = np.shape(X)
+        if X is None and lookup is not None:
+            # X would be embedding[tokens], which a looked-up projection never
+            # reads (forward_train with a table, backward with tokens): no
+            # gather and no copy; _lookup_table checks the embedding instead.
+            shape = np.shape(lookup[1]) + (self.input_size,)
+            if len(shape) != 3:
+                raise ValueError("a lookup's tokens must be a 2-D integer array")
+        else:
+            shape = np.shape(X)
         if len(shape) == 3 and shape[0] * shape[1] > BLAS_INT_MAX:
             raise ValueError("X is too large for 32-bit BLAS integers (B * T must be < 2**31)")
-        X = as_float_array(X, "X", self.dtype, 3)
-        B, T, I = X.shape
+        if X is not None:
+            X = as_float_array(X, "X", self.dtype, 3)
+            shape = X.shape
+        B, T, I = shape
         if I != self.input_size:
             raise ValueError(f"X has {I} features per step, but input_size is {self.input_size}")
         if B == 0 or T == 0:
@@ -578,7 +589,9 @@ class LSTM:
                 # direction's h_{t-1} (see _forward_layers).
                 n_rows = T_eff * B if dense else len(rows)
                 x = arrays.empty("x", (n_rows, I + H), self.dtype)
-                if dense:  # copied and checked in one pass, before any kernel runs
+                if X is None:  # the looked-up rows: unread
+                    pass
+                elif dense:  # copied and checked in one pass, before any kernel runs
                     if not to_time_major(X, x):
                         check_finite(X, "X")
                 else:  # rows are in range: "clip" writes in place, unbuffered
@@ -618,6 +631,7 @@ class LSTM:
         tokens = np.asarray(tokens)
         if tokens.shape != (B, T) or tokens.dtype.kind not in "iu":
             raise ValueError(f"a lookup's tokens must be a ({B}, {T}) integer array")
+        check_finite(embedding, "the lookup's embedding")
         V = embedding.shape[0]
         bad = (tokens < 0) | (tokens >= V)  # before the cast to C int, which would wrap
         if bad.any():

@@ -444,14 +444,16 @@ class LanguageNetwork(_SavedParameters):
         logits (B, V) of the last step alone: the head, whose result has a
         row per step and a column per token, then runs on one row.
         """
-        h = self.embedding[tokens]
-        lookup = None
+        h, lookup = None, None
         if (training and not self.layers[0].proj_size
                 and self.embedding.shape[0] <= np.size(tokens)):
             # The first input projection of all the vocabulary, and its
             # gradient products, cost no more than those of the batch's rows:
-            # the time loop looks its rows up (LSTM._forward).
+            # the time loop looks its rows up (LSTM._forward), and the rows
+            # themselves are never gathered.
             lookup = (self.embedding, tokens)
+        else:
+            h = self.embedding[tokens]
         new_state, masks = [], []
         top = len(self.layers) - 1
         for k, layer in enumerate(self.layers):

@@ -62,12 +62,18 @@ def test_lookup_gradients_equal_the_multiplied_ones(dtype, B, T, V, I, H, L, dro
     d_out = rng.normal(size=(B, T, H)).astype(dtype)
     d_h, d_c = rng.normal(size=(2, L, B, H)).astype(dtype)
     results = []
-    for lookup in (None, (emb, tokens)):
-        out, (h_n, c_n) = layer._forward(X, None, h0, c0, True, dropout > 0,
+    # The lookup given X, and without it (the language model's call: the rows
+    # are never read).
+    for x_in, lookup in ((X, None), (X, (emb, tokens)), (None, (emb, tokens))):
+        out, (h_n, c_n) = layer._forward(x_in, None, h0, c0, True, dropout > 0,
                                          np.random.RandomState(0), lookup)
         d_in, grads = layer._backward(d_out, d_h, d_c, True)
         results.append((out, h_n, c_n, d_in, grads))
-    (out, h_n, c_n, dX, ref), (out2, h_n2, c_n2, d_emb, got) = results
+    (out, h_n, c_n, dX, ref), (out2, h_n2, c_n2, d_emb, got), without_x = results
+    for a, b in zip((out2, h_n2, c_n2, d_emb), without_x[:4], strict=True):
+        np.testing.assert_array_equal(b, a)
+    for name in got:
+        np.testing.assert_array_equal(without_x[4][name], got[name], err_msg=name)
     tol = 1e-4 if dtype == np.float32 else 1e-11
     for a, b in ((out, out2), (h_n, h_n2), (c_n, c_n2)):
         np.testing.assert_allclose(b, a, rtol=tol, atol=tol)

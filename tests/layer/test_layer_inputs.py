@@ -14,6 +14,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from pylstm import LSTM
+from pylstm._validation import NonFiniteError
 
 B, T, I_SIZE, H = 3, 5, 4, 6
 
@@ -610,5 +611,11 @@ def test_lookup_arguments_are_checked():
     wrapped[1, 2] = 2**32 + 1
     with pytest.raises(ValueError, match=r"token 4294967297 at \(1, 2\)"):
         run(lookup=(emb, wrapped))
+    with pytest.raises(NonFiniteError, match="the lookup's embedding contains NaN"):
+        run(lookup=(np.full((5, 4), np.nan, np.float32), tokens))
+    with pytest.raises(ValueError, match="a lookup's tokens must be a 2-D integer array"):
+        layer._forward(None, None, None, None, True, False, None, (emb, tokens[0]))
     out, _ = run()
     assert out.shape == (2, 3, 6)
+    np.testing.assert_array_equal(
+        layer._forward(None, None, None, None, True, False, None, (emb, tokens))[0], out)
