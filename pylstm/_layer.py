@@ -766,21 +766,6 @@ class LSTM:
                 layer_in = out
         return caches
 
-    def _from_table(self, arrays, d_table, embedding, dw_ih, input_gradient):
-        """From the gradient of a lookup's table ``embedding @ weight_ih_l0.T``:
-        ``weight_ih_l0``'s gradient, written into ``dw_ih``, and with
-        ``input_gradient`` the embedding's, returned (else None). Products in
-        float64, each rounded once; scratch from the layer's ``arrays``."""
-        dw64 = arrays.empty("dw_ih64", dw_ih.shape, np.float64)
-        dense_product(True, False, d_table, embedding.astype(np.float64, copy=False), 0.0, dw64)
-        dw_ih[...] = dw64
-        if not input_gradient:
-            return None
-        d_emb = arrays.empty("d_emb64", (d_table.shape[0], self.input_size), np.float64)
-        dense_product(False, False, d_table,
-                      self._params["weight_ih_l0"].astype(np.float64, copy=False), 0.0, d_emb)
-        return d_emb.astype(self.dtype)  # a copy: the scratch serves the next call
-
     def _forward_projected(self, X, lens_sorted, order, h0, c0, h_n, c_n, training, masks):
         """:meth:`forward` of a layer with projections (``_lstm.forward_projected``).
 
@@ -1129,13 +1114,19 @@ class LSTM:
         lookup = cache.get("lookup")
         for layer in range(L - 1, -1, -1):
             layer_in, layer_cache = cache["layers"][layer]
-            d_table = None
-            if lookup is not None and layer == 0:  # summed into by the kernel
-                d_table = arrays.empty("d_table", (lookup[0].shape[0], 4 * H), np.float64)
-                d_table.fill(0)
+            d_table = table = None
+            if lookup is not None and layer == 0:
+                # The kernel sums the table's gradient by token, and from it
+                # makes dW_ih and the embedding's gradient (V rows, not N).
+                V = lookup[0].shape[0]
+                d_table = arrays.empty("d_table", (V, 4 * H), np.float64)
+                table = dict(tokens=lookup[1], d_table=d_table, embedding=lookup[0],
+                             d_embedding=np.empty((V, self.input_size), self.dtype),
+                             table_work=arrays.empty("table_work", (
+                                 _lstm.table_work_size(V, self.input_size, H),), np.float64))
 
             def run(d, layer=layer, layer_in=layer_in, layer_cache=layer_cache,
-                    grad_out=grad_out, g_bf=layer == L - 1, d_table=d_table):
+                    grad_out=grad_out, g_bf=layer == L - 1, table=table):
                 k = layer * D + d
                 sfx = f"_l{layer}" + ("_reverse" if d else "")
                 w_ih = self._params["weight_ih" + sfx]
@@ -1153,7 +1144,7 @@ class LSTM:
                                grad_out, d * H, bool(d), dh, dc, layer_in, 0.0,
                                dw_ih, dw_hh, db, scratch, g_bf, bf_rows, False,
                                loop_threads, work if fuse else grad_work, fuse, mask,
-                               None if d_table is None else lookup[1], d_table)
+                               **(table or {}))
                 grads["weight_ih" + sfx] = dw_ih
                 grads["weight_hh" + sfx] = dw_hh
                 grads["bias_ih" + sfx] = db
@@ -1163,9 +1154,8 @@ class LSTM:
                 return gates, w_ih, work
 
             parts = run_directions(run, D, parallel=parallel)
-            if d_table is not None:
-                return grads, g_h0, g_c0, self._from_table(
-                    arrays, d_table, lookup[0], grads["weight_ih_l0"], input_gradient)
+            if table is not None:
+                return grads, g_h0, g_c0, table["d_embedding"] if input_gradient else None
             if layer == 0 and not input_gradient:
                 return grads, g_h0, g_c0, None
             # Every direction has read the layer input: its gradient takes its place

@@ -187,9 +187,14 @@ class _BaseOptimizer:
         # kept array instead (the arithmetic is the same).
         with self._workspace.borrow() as arrays:
             for i, (p, g) in enumerate(zip(self.params, grads, strict=True)):
-                self._update(p, g,
-                             tuple(self._buffers[name][i] for name in self._buffer_names),
-                             arrays.empty(f"tmp{i}", g.shape, g.dtype))
+                buffers = tuple(self._buffers[name][i] for name in self._buffer_names)
+                if not self._update_compiled(p, g, buffers):
+                    self._update(p, g, buffers, arrays.empty(f"tmp{i}", g.shape, g.dtype))
+
+    def _update_compiled(self, p, g, buffers):
+        """Update ``p`` in place in one compiled pass and return True, where
+        this optimizer has one for these arrays; else return False."""
+        return False
 
     def _update(self, p, g, buffers, tmp):  # pragma: no cover - abstract
         """Update ``p`` in place; ``tmp``, an array like ``g``, takes the temporaries."""
@@ -472,17 +477,25 @@ class AdamOptimizer(_BaseOptimizer):
     def vs(self):
         return self._buffers["vs"]
 
+    def _update_compiled(self, p, g, buffers):
+        # One compiled pass instead of a dozen NumPy ones, same bits (no
+        # temporary needed: update_params then borrows none).
+        m, v = buffers
+        if not (p.dtype == g.dtype == m.dtype == v.dtype and p.dtype in _COMPILED_DTYPES
+                and p.flags.c_contiguous and g.flags.c_contiguous
+                and m.flags.c_contiguous and v.flags.c_contiguous):
+            return False
+        b1, b2 = self.beta_1, self.beta_2
+        adam_update(p.reshape(-1), g.reshape(-1), m.reshape(-1), v.reshape(-1), b1, b2,
+                    math.sqrt(1.0 - b2**self.t), self.epsilon,
+                    float(self.learning_rate) / (1.0 - b1**self.t),
+                    loop_threads() if p.size >= ADAM_SPLIT_MIN else 1)
+        return True
+
     def _update(self, p, g, buffers, tmp):
         m, v = buffers
         b1, b2 = self.beta_1, self.beta_2
         step = float(self.learning_rate) / (1.0 - b1**self.t)
-        if (p.dtype == g.dtype == m.dtype == v.dtype and p.dtype in _COMPILED_DTYPES
-                and all(a.flags.c_contiguous for a in (p, g, m, v))):
-            # One compiled pass instead of a dozen NumPy ones, same bits.
-            adam_update(p.reshape(-1), g.reshape(-1), m.reshape(-1), v.reshape(-1), b1, b2,
-                        math.sqrt(1.0 - b2**self.t), self.epsilon, step,
-                        loop_threads() if p.size >= ADAM_SPLIT_MIN else 1)
-            return
         m *= b1
         m += np.multiply(g, 1.0 - b1, out=tmp)
         _accumulate_square(v, g, b2, tmp)

@@ -158,11 +158,42 @@ cdef void _weight_gradients(const floating* typed, _BackwardLoop* a, int g0, int
             pylstm_column_sums_d(dg + r0, N, rows, G, db + r0)
         if a.tokens == NULL:
             continue
-        # Each column sums its rows in row order, whatever the threads' halves.
+        # Each column sums its rows in row order, whatever the threads' halves;
+        # the thread that sums a column clears it first (no pass before the call).
+        for r in range(a.n_table):
+            memset(a.d_table + <Py_ssize_t> r * G + r0, 0, rows * sizeof(double))
         if floating is float:
             pylstm_scatter_rows_f(dg + r0, N, rows, G, a.tokens, a.d_table + r0, G)
         else:
             pylstm_scatter_rows_d(dg + r0, N, rows, G, a.tokens, a.d_table + r0, G)
+    if a.tokens != NULL:
+        _table_products(a, dw_ih, g0, rows)
+
+
+cdef void _table_products(_BackwardLoop* a, floating* dw_ih, int g0, int rows) noexcept nogil:
+    """From the table's gradient, for each half of the gate columns that
+    ``g0 .. g0 + rows - 1`` covers: its rows of ``dW_ih = dTable^T E`` (in
+    float64, rounded once) and its part of the embedding's gradient
+    ``dTable W_ih`` (summed by :func:`backward` after the threads). The
+    halves are fixed, whether one thread makes both or each thread one, so
+    the bits do not depend on the threads (test_lookup_projection)."""
+    cdef int G = 4 * a.s.H
+    cdef int I = a.s.n_in
+    cdef int V = a.n_table
+    cdef int h, lo, hi
+    cdef Py_ssize_t i
+    for h in range(2):
+        lo = 0 if h == 0 else G // 2
+        hi = G // 2 if h == 0 else G
+        if lo < g0 or hi > g0 + rows:
+            continue  # the other thread's half
+        gemm(True, False, hi - lo, I, V, <double> 1.0, a.d_table + lo, G, a.emb64, I,
+             <double> 0.0, a.dw64 + <Py_ssize_t> lo * I, I)
+        for i in range(<Py_ssize_t> lo * I, <Py_ssize_t> hi * I):
+            dw_ih[i] = <floating> a.dw64[i]
+        gemm(False, False, V, I, hi - lo, <double> 1.0, a.d_table + lo, G,
+             a.w_ih64 + <Py_ssize_t> lo * I, I, <double> 0.0,
+             a.emb_parts + <Py_ssize_t> h * V * I, I)
 
 
 cdef inline bint _direct_dw(int I, int H) noexcept nogil:
@@ -259,7 +290,10 @@ def backward(const floating[:, :] x,
              bint fuse=True,
              const floating[:, ::1] mask=None,
              const int[::1] tokens=None,
-             double[:, ::1] d_table=None):
+             double[:, ::1] d_table=None,
+             const floating[:, ::1] embedding=None,
+             floating[:, ::1] d_embedding=None,
+             double[::1] table_work=None):
     """Backpropagation through time for one direction.
 
     Parameters
@@ -312,12 +346,19 @@ def backward(const floating[:, :] x,
         The recurrent-dropout mask given to :func:`forward_train`.
     tokens, d_table : (N,) int32 array and (V, 4H) float64 array, default None
         For a forward whose input projection was looked up (its ``table``
-        and ``tokens``): row ``r``'s gate gradients are added to
-        ``d_table[tokens[r]]`` (the gradient of the table; summed in
-        float64, rows in order, the same bits on any number of threads) and
-        ``dw_ih`` is not written (the caller forms it from ``d_table``, V
-        rows instead of N). Needs ``with_dx=False``: the input gradient is
-        the caller's too.
+        and ``tokens``, the table being ``embedding @ w_ih.T``): ``d_table``
+        receives the table's gradient, row ``v`` the sum of the gate
+        gradients of the rows whose token is ``v`` (in float64, rows in
+        order, the same bits on any number of threads). From it, V rows
+        instead of N, ``dw_ih`` receives ``d_table.T @ embedding`` and
+        ``d_embedding`` the embedding's gradient ``d_table @ w_ih``, both in
+        float64 and rounded once. Needs ``with_dx=False`` (the embedding's
+        gradient stands for the input's) and the three arrays below.
+    embedding, d_embedding : (V, I) arrays, default None
+        With ``tokens``: the lookup's embedding, and the array that receives
+        its gradient.
+    table_work : 1-D float64 array, default None
+        With ``tokens``: scratch of :func:`table_work_size` entries.
 
     Returns
     -------
@@ -341,6 +382,8 @@ def backward(const floating[:, :] x,
     cdef _GateRows rows0, rows1
     cdef Py_ssize_t dx_ld = I
     cdef _Work ws
+    cdef Py_ssize_t V = 0, i
+    cdef double* work64 = NULL
     cdef Py_ssize_t* off = _step_offsets(lengths)
     _work_from(&ws, work)
     try:
@@ -359,6 +402,10 @@ def backward(const floating[:, :] x,
         _check_rows(scratch.shape[0], scratch.shape[1], B, G, "scratch")
         _check_mask(mask, B, H)
         _check_table_gradient(tokens, d_table, N, G, with_dx)
+        if tokens is not None:
+            _check_table_factors(embedding, d_embedding, table_work, d_table.shape[0], I, H)
+        elif embedding is not None or d_embedding is not None or table_work is not None:
+            raise ValueError("embedding, d_embedding and table_work go with tokens")
         if (w_hh.shape[0] != G or w_hh.shape[1] != H or dw_ih.shape[0] != G
                 or dw_ih.shape[1] != I or dw_hh.shape[0] != G or dw_hh.shape[1] != H
                 or db.shape[0] != G):
@@ -406,6 +453,21 @@ def backward(const floating[:, :] x,
         if tokens is not None:
             a.tokens = &tokens[0]
             a.d_table = &d_table[0, 0]
+            a.n_table = <int> d_table.shape[0]
+            V = d_table.shape[0]
+            # [W_ih | E] in float64, then dW_ih before rounding, then dE's two parts.
+            work64 = &table_work[0]
+            a.dw64 = work64 + (G + V) * I
+            a.emb_parts = work64 + (2 * G + V) * I
+            if floating is double:
+                a.w_ih64, a.emb64 = &w_ih[0, 0], &embedding[0, 0]
+            else:
+                a.w_ih64, a.emb64 = work64, work64 + G * I
+                with nogil:
+                    for i in range(G * I):
+                        work64[i] = (&w_ih[0, 0])[i]
+                    for i in range(V * I):
+                        work64[G * I + i] = (&embedding[0, 0])[i]
         with nogil:
             pylstm_enter()
             # One block for the packed W_hh of the time loop and then the fused
@@ -447,6 +509,10 @@ def backward(const floating[:, :] x,
                     pylstm_run_both(_gate_rows_task, &rows0, &rows1)
                 else:
                     _weight_gradients(&x[0, 0], &a, 0, G, 1)
+            if tokens is not None:
+                for i in range(V * I):
+                    (&d_embedding[0, 0])[i] = <floating> (a.emb_parts[i]
+                                                          + a.emb_parts[V * I + i])
             if with_dx:
                 gemm(False, False, <int> N, I, G, <floating> 1.0, &gates[0, 0], G,
                      &w_ih[0, 0], I, <floating> dx_beta, &dx[0, 0], <int> dx_ld)
@@ -479,6 +545,39 @@ cdef int _check_table_gradient(const int[::1] tokens, double[:, ::1] d_table, Py
         if tokens[r] < 0 or tokens[r] >= d_table.shape[0]:
             raise ValueError(f"token {tokens[r]} at row {r} is not a row of the "
                              f"{d_table.shape[0]}-row d_table")
+    return 0
+
+
+def table_work_size(Py_ssize_t vocab, int n_in, int hidden):
+    """Entries of :func:`backward`'s float64 ``table_work`` for a (vocab, n_in)
+    embedding and ``hidden`` units: ``W_ih`` and the embedding in float64,
+    ``dW_ih`` before its rounding and the two parts of the embedding's
+    gradient.
+
+    Examples
+    --------
+    >>> from pylstm import _lstm
+    >>> _lstm.table_work_size(10, 4, 8)
+    376
+    """
+    return (2 * 4 * hidden + 3 * vocab) * n_in
+
+
+cdef int _check_table_factors(const floating[:, ::1] embedding,
+                              floating[:, ::1] d_embedding, double[::1] table_work,
+                              Py_ssize_t V, int I, int H) except -1:
+    """ValueError unless :func:`backward`'s lookup arrays fit a (V, I) embedding."""
+    if embedding is None or d_embedding is None or table_work is None:
+        raise ValueError("tokens need embedding, d_embedding and table_work")
+    if embedding.shape[0] != V or embedding.shape[1] != I:
+        raise ValueError(f"embedding has shape ({embedding.shape[0]}, {embedding.shape[1]}); "
+                         f"({V}, {I}) needed")
+    if d_embedding.shape[0] != V or d_embedding.shape[1] != I:
+        raise ValueError(f"d_embedding has shape ({d_embedding.shape[0]}, "
+                         f"{d_embedding.shape[1]}); ({V}, {I}) needed")
+    if table_work.shape[0] < table_work_size(V, I, H):
+        raise ValueError(f"table_work has {table_work.shape[0]} entries; "
+                         f"{table_work_size(V, I, H)} needed")
     return 0
 
 

@@ -106,7 +106,12 @@ cdef struct _BackwardLoop:
     void* dw_tmp              # (4H, I + H), for [dW_ih | dW_hh] in one GEMM (see backward)
     Py_ssize_t n_rows         # valid steps, N
     const int* tokens         # looked-up projection (see backward): the rows' tokens, or NULL
-    double* d_table           # (V, 4H), += the gate gradients of each token's rows
+    double* d_table           # (V, 4H): the gate gradients of each token's rows, summed
+    int n_table               # V
+    const double* emb64       # (V, I): the embedding, in float64
+    const double* w_ih64      # (4H, I): W_ih, in float64
+    double* dw64              # (4H, I): dW_ih before its rounding
+    double* emb_parts         # (2, V, I): each half of the gate columns' part of dE
 
 
 cdef int _check_mask(const floating[:, ::1] mask, Py_ssize_t B, int H) except -1:

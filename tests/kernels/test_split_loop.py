@@ -193,37 +193,53 @@ def test_lookup_projection(dtype, reverse, masked, B, T, I, H, lengths, split_mo
         a["dh"], a["dc"] = d_h.copy(), d_c.copy()
         a["dw_ih"] = np.full((G, I), np.nan, dtype)
         a["dw_hh"], a["db"] = np.zeros((G, H), dtype), np.zeros(G, dtype)
-        a["d_table"] = np.zeros((V, G)) if lookup else None
+        factors = {}
+        if lookup:  # the outputs start as NaN: every entry is written
+            factors = dict(tokens=tokens, d_table=np.full((V, G), np.nan),
+                           embedding=emb.astype(dtype),
+                           d_embedding=np.full((V, I), np.nan, dtype),
+                           table_work=np.full(_lstm.table_work_size(V, I, H), np.nan))
         used_b = _lstm.backward(a["x"], lengths, a["w_ih"], a["w_hh"], c0, a["gates"],
                                 a["c_cache"], a["h_prev"], d_out, 0, reverse, a["dh"], a["dc"],
                                 np.zeros((N, I), dtype), 0.0, a["dw_ih"], a["dw_hh"], a["db"],
                                 np.zeros((B, G), dtype), False, None, False, threads,
-                                mask=mask, tokens=tokens if lookup else None,
-                                d_table=a["d_table"])
+                                mask=mask, **factors)
+        a["d_table"], a["d_embedding"] = factors.get("d_table"), factors.get("d_embedding")
         return min(used, used_b), a
 
     d_out = rng.normal(size=(N, H)).astype(dtype)
     d_h, d_c = rng.normal(size=(2, B, H)).astype(dtype)
     c0 = args["c"]
-    backward_names = ("gates", "dh", "dc", "db", "d_table")
+    backward_names = ("gates", "dh", "dc", "db", "dw_hh")
+    table_names = ("d_table", "dw_ih", "d_embedding")
     with threadpool_limits(limits=1, user_api="blas"):
         _, ref = call(1, False)
         _, one = call(1, True)
         for name in names:
             _assert_same(ref["forward"][name], one["forward"][name], False, dtype)
-        for name in backward_names[:-1] + ("dw_hh",):  # as without the lookup
+        for name in backward_names:  # as without the lookup
             _assert_same(ref[name], one[name], False, dtype)
         expected = np.zeros((V, G))
         np.add.at(expected, tokens, one["gates"].astype(np.float64))
         np.testing.assert_array_equal(one["d_table"], expected)
-        assert np.isnan(one["dw_ih"]).all()
+        # dW_ih and the embedding's gradient from the table's gradient, in
+        # float64 rounded once: the multiplying backward's dW_ih and the input
+        # gradients summed by token, to rounding.
+        tol = 2e-5 if dtype == np.float32 else 1e-12
+        emb_cast = emb.astype(dtype).astype(np.float64)
+        np.testing.assert_allclose(one["dw_ih"], (expected.T @ emb_cast).astype(dtype),
+                                   rtol=tol, atol=tol)
+        np.testing.assert_allclose(one["d_embedding"],
+                                   expected @ args["w_ih"].astype(np.float64),
+                                   rtol=tol, atol=tol)
+        _assert_same(ref["dw_ih"], one["dw_ih"], False, dtype)
         for _ in range(20 if split else 1):
             used, two = call(2, True)
             assert used == (2 if split else 1)
             for name in names:
                 np.testing.assert_array_equal(one["forward"][name], two["forward"][name],
                                               err_msg=name)
-            for name in backward_names + ("dw_hh",):
+            for name in backward_names + table_names:
                 np.testing.assert_array_equal(one[name], two[name], err_msg=name)
 
 
@@ -261,15 +277,30 @@ def test_table_gradient_checks():
     lengths = np.full(B, T, dtype=np.intc)
     N, G = B * T, 4 * H
 
-    def call(tokens, d_table, with_dx=False):
+    def call(tokens, d_table, with_dx=False, V=5, **factors):
+        if tokens is not None:
+            factors = dict(dict(embedding=np.zeros((V, I)), d_embedding=np.zeros((V, I)),
+                                table_work=np.zeros(_lstm.table_work_size(V, I, H))),
+                           **factors)
         _lstm.backward(np.zeros((N, I)), lengths, np.zeros((G, I)), np.zeros((G, H)),
                        np.zeros((B, H)), np.zeros((N, G)), np.zeros((N, H)), np.zeros((N, H)),
                        np.zeros((N, H)), 0, False, np.zeros((B, H)), np.zeros((B, H)),
                        np.zeros((N, I)), 0.0, np.zeros((G, I)), np.zeros((G, H)),
                        np.zeros(G), np.zeros((B, G)), False, None, with_dx, 1,
-                       tokens=tokens, d_table=d_table)
+                       tokens=tokens, d_table=d_table, **factors)
 
     table = np.zeros((5, G))
+    zeros = np.zeros(N, dtype=np.intc)
+    with pytest.raises(ValueError, match="tokens need embedding, d_embedding and table_work"):
+        call(zeros, table, embedding=None)
+    with pytest.raises(ValueError, match=r"embedding has shape \(4, 2\); \(5, 2\) needed"):
+        call(zeros, table, embedding=np.zeros((4, I)))
+    with pytest.raises(ValueError, match=r"d_embedding has shape \(5, 3\); \(5, 2\) needed"):
+        call(zeros, table, d_embedding=np.zeros((5, 3)))
+    with pytest.raises(ValueError, match="table_work has 9 entries; 94 needed"):
+        call(zeros, table, table_work=np.zeros(9))
+    with pytest.raises(ValueError, match="embedding, d_embedding and table_work go with tokens"):
+        call(None, None, table_work=np.zeros(94))
     with pytest.raises(ValueError, match="token 5 at row 3 is not a row of the 5-row d_table"):
         call(np.array([0, 1, 2, 5, 0, 0], dtype=np.intc), table)
     with pytest.raises(ValueError, match="token -1 at row 0"):
