@@ -28,7 +28,7 @@ import warnings
 
 import numpy as np
 
-from ._arrays import ADAM_SPLIT_MIN, adam_update, sum_squares
+from ._arrays import ADAM_SPLIT_MIN, adam_update_many, sum_squares
 from ._container import ModelFileError, read_bool, read_float, read_int, read_object, read_str
 from ._threads import loop_threads
 from ._workspace import Workspace
@@ -169,6 +169,12 @@ class _BaseOptimizer:
             If the number of gradients or one of their shapes does not match
             the parameters.
         """
+        grads = self._checked_grads(grads)
+        self.t += 1
+        self._update_all(range(len(grads)), grads)
+
+    def _checked_grads(self, grads):
+        """``grads`` as a list of arrays, one per parameter and of its shape."""
         grads = list(grads)
         if len(grads) != len(self.params):
             raise ValueError(
@@ -180,21 +186,19 @@ class _BaseOptimizer:
                 raise ValueError(
                     f"grads[{i}] has shape {g.shape}, expected {p.shape} like params[{i}]"
                 )
-        self.t += 1
+        return grads
+
+    def _update_all(self, indices, grads):
+        """:meth:`_update` of the parameters at ``indices``, one at a time."""
         # Fresh temporaries of the size of a parameter would come from newly
         # mapped pages under some allocator settings (Dask's workers): a page
         # fault per 4 KiB on every update. Each update writes them into a
         # kept array instead (the arithmetic is the same).
         with self._workspace.borrow() as arrays:
-            for i, (p, g) in enumerate(zip(self.params, grads, strict=True)):
-                buffers = tuple(self._buffers[name][i] for name in self._buffer_names)
-                if not self._update_compiled(p, g, buffers):
-                    self._update(p, g, buffers, arrays.empty(f"tmp{i}", g.shape, g.dtype))
-
-    def _update_compiled(self, p, g, buffers):
-        """Update ``p`` in place in one compiled pass and return True, where
-        this optimizer has one for these arrays; else return False."""
-        return False
+            for i in indices:
+                p, g = self.params[i], grads[i]
+                self._update(p, g, tuple(self._buffers[name][i] for name in self._buffer_names),
+                             arrays.empty(f"tmp{i}", g.shape, g.dtype))
 
     def _update(self, p, g, buffers, tmp):  # pragma: no cover - abstract
         """Update ``p`` in place; ``tmp``, an array like ``g``, takes the temporaries."""
@@ -477,20 +481,31 @@ class AdamOptimizer(_BaseOptimizer):
     def vs(self):
         return self._buffers["vs"]
 
-    def _update_compiled(self, p, g, buffers):
-        # One compiled pass instead of a dozen NumPy ones, same bits (no
-        # temporary needed: update_params then borrows none).
-        m, v = buffers
-        if not (p.dtype == g.dtype == m.dtype == v.dtype and p.dtype in _COMPILED_DTYPES
-                and p.flags.c_contiguous and g.flags.c_contiguous
-                and m.flags.c_contiguous and v.flags.c_contiguous):
-            return False
+    def update_params(self, grads):
+        # Contiguous parameters whose arrays share one dtype take one compiled
+        # pass each, all of a dtype in one call (adam_update_many: the same
+        # bits as NumPy's passes, which the others take, and no scratch).
+        grads = self._checked_grads(grads)
+        self.t += 1
         b1, b2 = self.beta_1, self.beta_2
-        adam_update(p.reshape(-1), g.reshape(-1), m.reshape(-1), v.reshape(-1), b1, b2,
-                    math.sqrt(1.0 - b2**self.t), self.epsilon,
-                    float(self.learning_rate) / (1.0 - b1**self.t),
-                    loop_threads() if p.size >= ADAM_SPLIT_MIN else 1)
-        return True
+        groups, rest = {}, []
+        for i, (p, g, m, v) in enumerate(zip(self.params, grads, self.ms, self.vs,
+                                             strict=True)):
+            if (p.dtype == g.dtype == m.dtype == v.dtype and p.dtype in _COMPILED_DTYPES
+                    and p.flags.c_contiguous and g.flags.c_contiguous
+                    and m.flags.c_contiguous and v.flags.c_contiguous):
+                groups.setdefault(p.dtype, []).append(
+                    (p.reshape(-1), g.reshape(-1), m.reshape(-1), v.reshape(-1)))
+            else:
+                rest.append(i)
+        for group in groups.values():
+            arrays = [list(a) for a in zip(*group, strict=True)]
+            total = sum(p.size for p in arrays[0])
+            adam_update_many(*arrays, b1, b2, math.sqrt(1.0 - b2**self.t), self.epsilon,
+                             float(self.learning_rate) / (1.0 - b1**self.t),
+                             loop_threads() if total >= ADAM_SPLIT_MIN else 1)
+        if rest:
+            self._update_all(rest, grads)
 
     def _update(self, p, g, buffers, tmp):
         m, v = buffers
