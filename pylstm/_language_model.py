@@ -53,7 +53,9 @@ _WORD_RE = re.compile(r"\w+|[^\w\s]")
 #: prompt): a call's logits are (tokens x vocabulary), so long texts go in chunks
 #: carrying the state, and memory does not grow with the text's length.
 _CHUNK_TOKENS = 4096
-#: Code points below this are counted with one bincount; beyond, by sorting.
+#: Code points below this are counted with one bincount and encoded through a
+#: table with an entry per code point up to the largest one needed (at most
+#: 512 KiB of int64); beyond it, by sorting and binary search.
 _DENSE_CODES = 1 << 16
 
 
@@ -65,7 +67,8 @@ def _char_codes(text):
     fit's preparation is several times as fast (``benchmarks/bench_lm.py``,
     outside the compiled calls).
     """
-    return np.frombuffer(text.encode("utf-32-le", "surrogatepass"), dtype=np.uint32)
+    codes = np.frombuffer(text.encode("utf-32-le", "surrogatepass"), dtype="<u4")
+    return codes.astype(np.uint32, copy=False)  # a copy only on a big-endian machine
 
 
 def _count_codes(codes):
@@ -342,6 +345,14 @@ class LSTMLanguageModel(BaseEstimator):
             text = text.lower()
         return _char_codes(text) if self.level == "char" else _WORD_RE.findall(text)
 
+    def _encode_all(self, token_lists):
+        """:meth:`_encode` of several texts' tokens: a character model's in one
+        pass, whose lookup table is then made once rather than per text."""
+        if self.level != "char" or len(token_lists) < 2:
+            return [self._encode(t) for t in token_lists]
+        ends = np.cumsum([len(t) for t in token_lists])[:-1]
+        return np.split(self._encode(np.concatenate(token_lists)), ends)
+
     def _encode(self, tokens):
         """Token ids (int64) of :meth:`_tokenize`'s result; unknown tokens are 0."""
         if isinstance(tokens, np.ndarray):  # code points: looked up in a table
@@ -469,14 +480,14 @@ class LSTMLanguageModel(BaseEstimator):
                 val.append(toks[len(toks) - n_val:])
         if not (incremental and fitted):
             self._build(train, dtype)
-        streams = [np.concatenate([[1], self._encode(t)]) for t in train if len(t)]
+        streams = [np.concatenate([[1], t]) for t in self._encode_all(train) if len(t)]
         n_tokens = sum(len(s) - 1 for s in streams)
         if n_tokens < self.seq_len:
             raise ValueError(
                 f"the training text has {n_tokens} tokens, fewer than one window of "
                 f"seq_len={self.seq_len}: give more text or a smaller seq_len"
             )
-        val_streams = [np.concatenate([[1], self._encode(t)]) for t in val if len(t)]
+        val_streams = [np.concatenate([[1], t]) for t in self._encode_all(val) if len(t)]
         self._optimizer.params = self.network_.parameters()
         # The layers draw their masks in training; a continued fit takes the
         # value set now (set_params, a loaded model).
@@ -642,7 +653,8 @@ class LSTMLanguageModel(BaseEstimator):
         """
         check_is_fitted(self, "network_")
         texts = self._as_texts(texts)
-        streams = [np.concatenate([[1], self._encode(self._tokenize(t))]) for t in texts]
+        streams = [np.concatenate([[1], t])
+                   for t in self._encode_all([self._tokenize(t) for t in texts])]
         return self._mean_log_likelihood(streams)
 
     def perplexity(self, texts):

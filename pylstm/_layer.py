@@ -533,6 +533,8 @@ class LSTM:
             shape = np.shape(lookup[1]) + (self.input_size,)
             if len(shape) != 3:
                 raise ValueError("a lookup's tokens must be a 2-D integer array")
+            if not (training and lengths is None):
+                raise ValueError("a lookup needs a training call without lengths")
         else:
             shape = np.shape(X)
         if len(shape) == 3 and shape[0] * shape[1] > BLAS_INT_MAX:
@@ -544,7 +546,7 @@ class LSTM:
         if I != self.input_size:
             raise ValueError(f"X has {I} features per step, but input_size is {self.input_size}")
         if B == 0 or T == 0:
-            raise ValueError(f"X must have at least one sequence and one step, got shape {X.shape}")
+            raise ValueError(f"X must have at least one sequence and one step, got shape {shape}")
         D, H = self.num_directions, self.output_size
         # Zero initial states stay None: the kernels' state arrays are zeroed.
         h0 = None if h0 is None else self._check_state(h0, "h0", B)
@@ -720,7 +722,7 @@ class LSTM:
                 if training:
                     # The kernels' scratch comes from the array that will hold
                     # this direction's weight gradients (see _grad_arrays).
-                    # (A looked-up projection makes no dW_ih product: nothing to fuse.)
+                    # (A looked-up projection makes no dG^T X product: nothing to fuse.)
                     looked_up = lookup is not None and k == 0
                     fuse = (not looked_up
                             and not _lstm.direct_weight_gradients(w_ih.shape[1], H)

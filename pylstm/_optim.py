@@ -78,6 +78,13 @@ def _check_params(params):
             raise TypeError(f"params[{i}] must have a floating dtype, got {p.dtype}")
         if not p.flags.writeable:
             raise ValueError(f"params[{i}] is read-only; the optimizer updates it in place")
+    # Each parameter is updated once per step, and Adam's compiled update may
+    # update two at once on two threads (adam_update_many): they must not overlap.
+    for i, p in enumerate(params):
+        for j in range(i):
+            if np.shares_memory(p, params[j]):
+                raise ValueError(f"params[{j}] and params[{i}] share memory; each entry "
+                                 "must belong to one parameter")
     return params
 
 
@@ -350,7 +357,7 @@ class SGDOptimizer(_BaseOptimizer):
     Parameters
     ----------
     params : list of numpy.ndarray
-        Floating parameter arrays, updated in place.
+        Floating parameter arrays, updated in place; no two may share memory.
     learning_rate_init : float, default=0.01
         Initial learning rate, > 0. The attribute ``learning_rate`` holds the
         current one and may be changed between updates (schedules).
@@ -428,7 +435,7 @@ class AdamOptimizer(_BaseOptimizer):
     Parameters
     ----------
     params : list of numpy.ndarray
-        Floating parameter arrays, updated in place.
+        Floating parameter arrays, updated in place; no two may share memory.
     learning_rate_init : float, default=0.001
         Initial learning rate, > 0. The attribute ``learning_rate`` holds the
         current one and may be changed between updates.
@@ -482,6 +489,14 @@ class AdamOptimizer(_BaseOptimizer):
         return self._buffers["vs"]
 
     def update_params(self, grads):
+        """Apply one Adam step to the parameters, in place (see the class).
+
+        Parameters
+        ----------
+        grads : list of numpy.ndarray
+            Gradients of the loss with respect to ``params``, one per parameter
+            and of the same shape.
+        """
         # Contiguous parameters whose arrays share one dtype take one compiled
         # pass each, all of a dtype in one call (adam_update_many: the same
         # bits as NumPy's passes, which the others take, and no scratch).
@@ -534,7 +549,7 @@ class RMSpropOptimizer(_BaseOptimizer):
     Parameters
     ----------
     params : list of numpy.ndarray
-        Floating parameter arrays, updated in place.
+        Floating parameter arrays, updated in place; no two may share memory.
     learning_rate_init : float, default=0.001
         Initial learning rate, > 0. The attribute ``learning_rate`` holds the
         current one and may be changed between updates.
@@ -596,7 +611,7 @@ def make_optimizer(name, params, learning_rate_init, momentum=0.9, nesterovs_mom
     name : {'adam', 'sgd', 'rmsprop'}
         Which optimizer.
     params : list of numpy.ndarray
-        Floating parameter arrays, updated in place.
+        Floating parameter arrays, updated in place; no two may share memory.
     learning_rate_init : float
         Initial learning rate.
     momentum : float, default=0.9

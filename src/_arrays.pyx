@@ -11,7 +11,7 @@ from cpython.mem cimport PyMem_Free, PyMem_Malloc
 from cpython.pycapsule cimport PyCapsule_GetPointer
 from cython cimport floating
 from libc.stdint cimport int64_t
-from libc.string cimport memmove
+from libc.string cimport memmove, memset
 
 
 cdef extern from "_arrays.h" nogil:
@@ -328,6 +328,7 @@ def adam_update_many(list params, list grads, list ms, list vs, double beta_1,
                          f"{len(ms)} first and {len(vs)} second moments")
     if k == 0:
         return 1
+    memset(&proto, 0, sizeof(proto))
     proto.is_float = getattr(params[0], "dtype", None) == "float32"
     proto.b1, proto.b2, proto.root_bias = beta_1, beta_2, root_bias
     proto.eps, proto.step = epsilon, step

@@ -111,7 +111,8 @@ cdef void _weight_gradients(const floating* typed, _BackwardLoop* a, int g0, int
     of each of ``n_blocks`` blocks ``H`` apart: whole-sequence GEMMs over the
     N valid steps (dG^T X, dG^T H_prev) and column sums of dG. With
     ``tokens`` (a looked-up projection) the columns of dG are summed into
-    the rows of ``d_table`` by token instead of making dW_ih.
+    the rows of ``d_table`` by token instead of multiplying dG^T X, and
+    :func:`_table_products` makes dW_ih (and dE's parts) from them.
 
     With ``dw_tmp`` set, each row of h_prev continues its row of x in one
     array (the layer keeps them so): one GEMM dG^T [X | H_prev] then gives

@@ -284,6 +284,11 @@ def test_constructor_validation():
     ro.flags.writeable = False
     with pytest.raises(ValueError, match="read-only"):
         RMSpropOptimizer([ro])
+    w = np.zeros((4, 6))
+    with pytest.raises(ValueError, match=r"params\[0\] and params\[2\] share memory"):
+        AdamOptimizer([w, np.zeros(3), w[1:, 2:]])
+    # Disjoint views of one array are distinct parameters.
+    AdamOptimizer([w[:, ::2], w[:, 1::2], np.zeros(3)])
 
 
 # ---------------------------------------------------------------------------
@@ -729,6 +734,33 @@ def test_adam_update_many_gives_the_bits_of_one_call_per_parameter(sizes, dtype)
     for how in (1, 2):
         for a, b in zip(out["each"], out[how], strict=True):
             np.testing.assert_array_equal(b, a)
+
+
+def test_adam_groups_its_compiled_updates_by_dtype(monkeypatch):
+    """Parameters of two dtypes (and a strided one) in one optimizer: one
+    compiled call per dtype, the strided one through NumPy, every entry as
+    the NumPy passes of each alone give it."""
+    rng = np.random.default_rng(3)
+    wide = rng.normal(size=(5, 8))
+    start = [rng.normal(size=(6, 7)).astype(np.float32), rng.normal(size=9),
+             rng.normal(size=(40,)).astype(np.float32), wide[:, ::2]]
+    grads = [[rng.normal(size=p.shape).astype(p.dtype) for p in start] for _ in range(4)]
+    calls = []
+    real = optim_module.adam_update_many
+    monkeypatch.setattr(optim_module, "adam_update_many",
+                        lambda *a: (calls.append((a[0][0].dtype, len(a[0]))), real(*a)))
+    together = [p.copy() for p in start[:3]] + [wide.copy()[:, ::2]]
+    opt = AdamOptimizer(together, learning_rate_init=0.01)
+    for step in grads:
+        opt.update_params(step)
+    assert calls == [(np.dtype(np.float32), 2), (np.dtype(np.float64), 1)] * len(grads)
+    monkeypatch.setattr(optim_module, "_COMPILED_DTYPES", ())
+    for i, p0 in enumerate(start):
+        alone = p0.copy()
+        ref = AdamOptimizer([alone], learning_rate_init=0.01)
+        for step in grads:
+            ref.update_params([step[i]])
+        np.testing.assert_array_equal(together[i], alone)
 
 
 def test_adam_update_many_checks_its_arrays():

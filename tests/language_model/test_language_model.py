@@ -7,7 +7,7 @@ from collections import Counter
 
 import numpy as np
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 from sklearn.base import clone
 from sklearn.exceptions import ConvergenceWarning, NotFittedError
@@ -384,10 +384,15 @@ _ALL_CHARS = st.characters(codec=None, exclude_categories=())
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(text=st.text(_ALL_CHARS, min_size=1, max_size=40), probe=st.text(_ALL_CHARS, max_size=20),
        min_frequency=st.integers(1, 3), lowercase=st.booleans())
+# Kept astral characters (the binary search), lone surrogates, a lowercased
+# capital, unknown characters above and below the largest kept one.
+@example("a\U0001F600\U0001F600\ud800\ud800bb", "\ud801\U0001F601z", 2, False)
+@example("\u00c9\u00e9\u00c9xyz", "\U0010FFFF\u00c9", 1, True)
 def test_characters_are_counted_and_encoded_as_a_list_of_them_would_be(
         text, probe, min_frequency, lowercase):
     # A character model reads texts as code-point arrays (_char_codes); the
-    # reference reads them as lists of one-character strings.
+    # reference reads them as lists of one-character strings. Scoring several
+    # texts encodes them together (_encode_all).
     lm = _fresh(min_frequency=min_frequency, lowercase=lowercase, seq_len=1)
     counts = Counter(text.lower() if lowercase else text)
     kept = sorted(t for t, n in counts.items() if n >= min_frequency)
@@ -401,6 +406,10 @@ def test_characters_are_counted_and_encoded_as_a_list_of_them_would_be(
     seen = (text + probe).lower() if lowercase else text + probe
     np.testing.assert_array_equal(lm._encode(lm._tokenize(text + probe)),
                                   [index.get(ch, 0) for ch in seen])
+    parts = [text, "", probe]
+    for got, part in zip(lm._encode_all([lm._tokenize(t) for t in parts]), parts, strict=True):
+        np.testing.assert_array_equal(
+            got, [index.get(ch, 0) for ch in (part.lower() if lowercase else part)])
 
 
 def test_word_level_without_lowercase_keeps_case():

@@ -615,6 +615,14 @@ def test_lookup_arguments_are_checked():
         run(lookup=(np.full((5, 4), np.nan, np.float32), tokens))
     with pytest.raises(ValueError, match="a lookup's tokens must be a 2-D integer array"):
         layer._forward(None, None, None, None, True, False, None, (emb, tokens[0]))
+    # Without X the same checks come first.
+    with pytest.raises(ValueError, match="a lookup needs a training call without lengths"):
+        layer._forward(None, None, None, None, False, False, None, (emb, tokens))
+    with pytest.raises(ValueError, match="a lookup needs a training call without lengths"):
+        layer._forward(None, [3, 2], None, None, True, False, None, (emb, tokens))
+    with pytest.raises(ValueError, match=r"at least one sequence and one step, got shape "
+                                         r"\(0, 3, 4\)"):
+        layer._forward(None, None, None, None, True, False, None, (emb, tokens[:0]))
     out, _ = run()
     assert out.shape == (2, 3, 6)
     np.testing.assert_array_equal(

@@ -43,6 +43,10 @@ MODULES = [
     "pylstm._fields",
     "pylstm._io",
     "pylstm._cli",
+    # The compiled modules' examples too.
+    "pylstm._lstm",
+    "pylstm._arrays",
+    "pylstm._workspace",
 ]
 
 DOCS = Path(__file__).resolve().parents[2] / "docs"
