@@ -489,14 +489,7 @@ class AdamOptimizer(_BaseOptimizer):
         return self._buffers["vs"]
 
     def update_params(self, grads):
-        """Apply one Adam step to the parameters, in place (see the class).
-
-        Parameters
-        ----------
-        grads : list of numpy.ndarray
-            Gradients of the loss with respect to ``params``, one per parameter
-            and of the same shape.
-        """
+        """One Adam step (see the class), as :meth:`_BaseOptimizer.update_params`."""
         # Contiguous parameters whose arrays share one dtype take one compiled
         # pass each, all of a dtype in one call (adam_update_many: the same
         # bits as NumPy's passes, which the others take, and no scratch).
