@@ -1116,13 +1116,13 @@ class LSTM:
         lookup = cache.get("lookup")
         for layer in range(L - 1, -1, -1):
             layer_in, layer_cache = cache["layers"][layer]
-            d_table = table = None
+            table = None
             if lookup is not None and layer == 0:
                 # The kernel sums the table's gradient by token, and from it
                 # makes dW_ih and the embedding's gradient (V rows, not N).
                 V = lookup[0].shape[0]
-                d_table = arrays.empty("d_table", (V, 4 * H), np.float64)
-                table = dict(tokens=lookup[1], d_table=d_table, embedding=lookup[0],
+                table = dict(tokens=lookup[1], embedding=lookup[0],
+                             d_table=arrays.empty("d_table", (V, 4 * H), np.float64),
                              d_embedding=np.empty((V, self.input_size), self.dtype),
                              table_work=arrays.empty("table_work", (
                                  _lstm.table_work_size(V, self.input_size, H),), np.float64))

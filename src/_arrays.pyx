@@ -193,9 +193,8 @@ cdef void _adam_task(void* arg) noexcept nogil:
                       a.b1, 1.0 - a.b1, a.b2, 1.0 - a.b2, a.root_bias, a.eps, a.step)
 
 
-def adam_update(floating[::1] p, const floating[::1] g, floating[::1] m, floating[::1] v,
-                double beta_1, double beta_2, double root_bias, double epsilon, double step,
-                int threads=1):
+def adam_update(p, g, m, v, double beta_1, double beta_2, double root_bias, double epsilon,
+                double step, int threads=1):
     """One Adam update of a contiguous parameter ``p`` and its moments, in place.
 
     ``m = beta_1 m + (1 - beta_1) g``; ``v = beta_2 v + (1 - beta_2) g**2``;
@@ -217,36 +216,13 @@ def adam_update(floating[::1] p, const floating[::1] g, floating[::1] m, floatin
     >>> np.round(p, 4)  # the first step moves each entry by about step * (1 - beta_1)
     array([0.9, 1.1])
     """
-    cdef Py_ssize_t n = p.shape[0]
-    cdef Py_ssize_t half
-    cdef _AdamPart first, second
-    cdef _halves_fn run = NULL
-    cdef int used = 1
-    if g.shape[0] != n or m.shape[0] != n or v.shape[0] != n:
+    n = len(p)
+    if len(g) != n or len(m) != n or len(v) != n:
         raise ValueError(f"adam_update: p, g, m, v must have one length, got {n}, "
-                         f"{g.shape[0]}, {m.shape[0]}, {v.shape[0]}")
-    if n == 0:
-        return 1
-    first.is_float = floating is float
-    first.p, first.g, first.m, first.v, first.n = &p[0], &g[0], &m[0], &v[0], n
-    first.b1, first.b2, first.root_bias = beta_1, beta_2, root_bias
-    first.eps, first.step = epsilon, step
-    if threads >= 2 and n >= ADAM_SPLIT_MIN:
-        run = _halves()
-    with nogil:
-        if run == NULL:
-            _adam_task(&first)
-        else:
-            # Halves at a multiple of 16 entries: each thread's part starts on
-            # the same vector alignment as the whole.
-            half = (n // 2) // 16 * 16
-            second = first
-            first.n = half
-            second.n = n - half
-            second.p, second.m, second.v = &p[half], &m[half], &v[half]
-            second.g = &g[half]
-            used = run(_adam_task, &first, &second)
-    return used
+                         f"{len(g)}, {len(m)}, {len(v)}")
+    # One parameter of adam_update_many: its halves are this update's halves.
+    return adam_update_many([p], [g], [m], [v], beta_1, beta_2, root_bias, epsilon, step,
+                            threads)
 
 
 cdef struct _AdamList:

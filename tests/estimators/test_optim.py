@@ -669,7 +669,7 @@ def test_kept_scratch_gives_the_same_bits(name, p_dtype, g_dtype):
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 def test_adam_compiled_pass_gives_numpys_bits(monkeypatch, dtype):
     """Contiguous parameters of one dtype take the one-pass compiled update
-    (``pylstm._arrays.adam_update``); it gives the bits of the NumPy passes that
+    (``pylstm._arrays.adam_update_many``); it gives the bits of the NumPy passes that
     other parameters (a strided view, another dtype) take."""
     rng = np.random.default_rng(11)
     # (181, 200): from ADAM_SPLIT_MIN entries on, by halves on two threads.
