@@ -79,6 +79,11 @@ cdef void _forward(const floating* x, _ForwardLoop* a) noexcept nogil:
     cdef floating* swap
     cdef floating one = 1.0
     cdef floating zero = 0.0
+    # What this call keeps (all threads): past the threshold, kept by
+    # streaming stores, fenced at the end (STREAM_KEEP_BYTES).
+    cdef bint stream = (gates != NULL and STREAM_KEEP_BYTES >= 0
+                        and off[T] * (G + 2 * H) * <Py_ssize_t> sizeof(floating)
+                        >= STREAM_KEEP_BYTES)
     if mask != NULL:
         # Recurrent dropout: h_{t-1} enters the recurrent product (and the
         # cache of dW_hh) through the row's mask, h0 included; each thread
@@ -212,7 +217,8 @@ cdef void _forward(const floating* x, _ForwardLoop* a) noexcept nogil:
                               h_cur + <Py_ssize_t> b * H + u0,
                               h_nxt + <Py_ssize_t> b * H + u0,
                               c + <Py_ssize_t> b * H + u0,
-                              out + ob * out_width + offset + u0, gk, ck, hk, hn, H)
+                              out + ob * out_width + offset + u0, gk, ck, hk, hn, H,
+                              stream)
                 if mask != NULL:
                     _mask_row(h_nxt + <Py_ssize_t> b * H + u0,
                               mask + <Py_ssize_t> b * H + u0, hn)
@@ -222,6 +228,8 @@ cdef void _forward(const floating* x, _ForwardLoop* a) noexcept nogil:
             h_cur = h_nxt
             h_nxt = swap
         s0 += kk
+    if stream:  # before the caller, or the other thread, may read them
+        pylstm_store_fence()
     # A row of odd length took its last step into h_alt: its final state to h.
     for bi in range((B - b0 + bs - 1) // bs):
         b = b0 + bi * bs
@@ -242,6 +250,18 @@ cdef void _forward_task(void* p) noexcept nogil:
         _forward(<const float*> a.s.x, a)
     else:
         _forward(<const double*> a.s.x, a)
+
+
+def set_stream_threshold(Py_ssize_t nbytes):
+    """From how many bytes kept a training forward keeps them by streaming
+    stores (-1: never); returns the old setting. Results are bit-identical
+    either way (for tests and benchmarks; not while a kernel runs)."""
+    global STREAM_KEEP_BYTES
+    if nbytes < -1:
+        raise ValueError(f"nbytes must be -1 or more, got {nbytes}")
+    old = STREAM_KEEP_BYTES
+    STREAM_KEEP_BYTES = nbytes
+    return old
 
 
 cdef int _run_forward(const floating[:, :] x, const int[::1] lengths,

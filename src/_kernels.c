@@ -114,12 +114,13 @@ static inline pylstm_vd vtanhd(pylstm_vd x)
  * h_{t-1}; h_out receives h_t (a different array: the other thread may still
  * read h_in); c: state, updated in place; out: receives h_t. With keep != 0,
  * gates_keep receives the activated gates, c_keep c_t and h_prev_keep
- * h_{t-1}; without, h_out holds o between the two passes.
+ * h_{t-1} (with keep == 2 by streaming stores: the caller fences); without,
+ * h_out holds o between the two passes.
  *
  * Two passes, the gates and c_t of every unit, then h_t = o tanh(c_t): in
  * one pass each vector's tanh(c_t) waits for a chain of five nonlinearities;
  * apart, the second pass's vectors are independent. */
-#define CELL_FORWARD(NAME, T, V, L, LOAD, STORE, SIG, TANH)                          \
+#define CELL_FORWARD(NAME, T, V, L, LOAD, STORE, STREAM, SIG, TANH)                  \
 static inline void NAME##_gates(const T *gp, const T *bias, const T *h_in, T *c,    \
                                 T *gk, T *ck, T *hk, T *o_tmp, int keep, int S)      \
 {                                                                                    \
@@ -129,12 +130,21 @@ static inline void NAME##_gates(const T *gp, const T *bias, const T *h_in, T *c,
     V og = SIG(LOAD(gp + 3 * S) + LOAD(bias + 3 * S));                               \
     V cn = fg * LOAD(c) + ig * gg;                                                   \
     if (keep) {                                                                      \
-        STORE(gk, ig);                                                               \
-        STORE(gk + S, fg);                                                           \
-        STORE(gk + 2 * S, gg);                                                       \
-        STORE(gk + 3 * S, og);                                                       \
-        STORE(ck, cn);                                                               \
-        STORE(hk, LOAD(h_in));                                                       \
+        if (keep == 2) {                                                             \
+            STREAM(gk, ig);                                                          \
+            STREAM(gk + S, fg);                                                      \
+            STREAM(gk + 2 * S, gg);                                                  \
+            STREAM(gk + 3 * S, og);                                                  \
+            STREAM(ck, cn);                                                          \
+            STREAM(hk, LOAD(h_in));                                                  \
+        } else {                                                                     \
+            STORE(gk, ig);                                                           \
+            STORE(gk + S, fg);                                                       \
+            STORE(gk + 2 * S, gg);                                                   \
+            STORE(gk + 3 * S, og);                                                   \
+            STORE(ck, cn);                                                           \
+            STORE(hk, LOAD(h_in));                                                   \
+        }                                                                            \
     } else {                                                                         \
         STORE(o_tmp, og);                                                            \
     }                                                                                \
@@ -163,7 +173,7 @@ static void NAME(const T *R gp, const T *R bias, const T *R h_in, T *R h_out,   
             hi[u] = h_in[j + u];                                                     \
             cc[u] = c[j + u];                                                        \
         }                                                                            \
-        NAME##_gates(g, b, hi, cc, gk, ck, hk, o, keep, L);                          \
+        NAME##_gates(g, b, hi, cc, gk, ck, hk, o, keep != 0, L);                     \
         for (int u = 0; u < w; u++) {                                                \
             c[j + u] = cc[u];                                                        \
             if (keep) {                                                              \
@@ -197,9 +207,9 @@ static void NAME(const T *R gp, const T *R bias, const T *R h_in, T *R h_out,   
 }
 
 CELL_FORWARD(cell_forward_f, float, pylstm_vf, PYLSTM_LF, pylstm_load_f, pylstm_store_f,
-             vsigmoidf, vtanhf)
+             pylstm_stream_f, vsigmoidf, vtanhf)
 CELL_FORWARD(cell_forward_d, double, pylstm_vd, PYLSTM_LD, pylstm_load_d, pylstm_store_d,
-             vsigmoidd, vtanhd)
+             pylstm_stream_d, vsigmoidd, vtanhd)
 
 /* One row of one BPTT step, units j < n, gate blocks S apart (as above).
  * gp: activated gates on entry, gate pre-activation gradients on exit; cn:

@@ -157,16 +157,19 @@ cdef inline void _gemm_tn2(int m, int k, const floating* a, Py_ssize_t lda,
 cdef inline void _cell_forward(const floating* gp, const floating* bias,
                                const floating* h_in, floating* h_out, floating* c,
                                floating* out, floating* gates_keep, floating* c_keep,
-                               floating* h_prev_keep, int n, int S) noexcept nogil:
+                               floating* h_prev_keep, int n, int S,
+                               bint stream=False) noexcept nogil:
     """One row of one step, units ``0 .. n - 1``: activate the gates, update c, h.
 
     ``gp`` holds the pre-activations without bias, gate blocks ``S`` apart;
     ``h_in`` is h_{t-1} and ``h_out`` receives h_t, as does ``out``. When
     ``gates_keep`` is not NULL it receives the activated gates, and
-    ``c_keep``/``h_prev_keep`` receive c_t and h_{t-1}, for BPTT. The
-    element-wise work is the vectorized C of ``_kernels.c``.
+    ``c_keep``/``h_prev_keep`` receive c_t and h_{t-1}, for BPTT; with
+    ``stream``, by streaming stores (the thread then fences before another
+    may read them: ``pylstm_store_fence``). The element-wise work is the
+    vectorized C of ``_kernels.c``.
     """
-    cdef int keep = gates_keep != NULL
+    cdef int keep = 0 if gates_keep == NULL else (2 if stream else 1)
     if floating is float:
         pylstm_cell_forward_f(gp, bias, h_in, h_out, c, out, gates_keep, c_keep,
                               h_prev_keep, keep, n, S)

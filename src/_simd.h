@@ -149,6 +149,43 @@ static inline double pylstm_from_bits_d(int64_t i) { double x; memcpy(&x, &i, 8)
 #define PYLSTM_MAX_D(a, b) ((a) > (b) ? (a) : (b))
 #endif
 
+/* A streaming store: v to p, bypassing the caches, where the level has one
+ * and p is aligned to the vector; else a plain store. For data that is read
+ * back only after much more than the caches hold has been written (the
+ * training forward's kept gates and states of a large call): it is then not
+ * read from memory before it is written, and does not push the weights out
+ * of the caches (PYLSTM_STREAM_KEEP_BYTES, _tuning.pxi). The writer must
+ * pylstm_store_fence() before another thread reads it. */
+#if PYLSTM_VBYTES == 64
+#define PYLSTM_STREAM_F(p, v) _mm512_stream_ps((p), (__m512)(v))
+#define PYLSTM_STREAM_D(p, v) _mm512_stream_pd((p), (__m512d)(v))
+#elif PYLSTM_VBYTES == 32
+#define PYLSTM_STREAM_F(p, v) _mm256_stream_ps((p), (__m256)(v))
+#define PYLSTM_STREAM_D(p, v) _mm256_stream_pd((p), (__m256d)(v))
+#elif PYLSTM_VBYTES == 16 && !(defined(__ARM_NEON) || defined(__ARM_NEON__))
+#define PYLSTM_STREAM_F(p, v) _mm_stream_ps((p), (__m128)(v))
+#define PYLSTM_STREAM_D(p, v) _mm_stream_pd((p), (__m128d)(v))
+#endif
+#ifdef PYLSTM_STREAM_F
+static inline void pylstm_stream_f(float *p, pylstm_vf v)
+{
+    if (((uintptr_t)p & (PYLSTM_VBYTES - 1)) == 0)
+        PYLSTM_STREAM_F(p, v);
+    else
+        pylstm_store_f(p, v);
+}
+static inline void pylstm_stream_d(double *p, pylstm_vd v)
+{
+    if (((uintptr_t)p & (PYLSTM_VBYTES - 1)) == 0)
+        PYLSTM_STREAM_D(p, v);
+    else
+        pylstm_store_d(p, v);
+}
+#else
+#define pylstm_stream_f pylstm_store_f
+#define pylstm_stream_d pylstm_store_d
+#endif
+
 #if PYLSTM_VBYTES == 64
 #define PYLSTM_TMR 8
 #define PYLSTM_TNV 2

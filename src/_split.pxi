@@ -19,6 +19,7 @@ cdef extern from "_parallel.h" nogil:
     pylstm_atomic pylstm_idle_wait_us
     long pylstm_load(pylstm_atomic* a)
     void pylstm_store(pylstm_atomic* a, long v)
+    void pylstm_store_fence()
 
 
 pylstm_parallel_init()
