@@ -28,6 +28,9 @@ cdef void _forward(const floating* x, _ForwardLoop* a) noexcept nogil:
     itself, and the threads wait for each other only where a chunk starts
     with fewer rows than the last. Results are bit-identical to one
     thread's either way.
+
+    A training call keeps them by streaming stores (``_stream_keep``), and
+    each thread fences them before it returns.
     """
     cdef int T = a.s.T, B = a.s.B, I = a.s.n_in, H = a.s.H, K = a.K
     cdef int G = 4 * H
@@ -79,11 +82,9 @@ cdef void _forward(const floating* x, _ForwardLoop* a) noexcept nogil:
     cdef floating* swap
     cdef floating one = 1.0
     cdef floating zero = 0.0
-    # What this call keeps (all threads): past the threshold, kept by
-    # streaming stores, fenced at the end (STREAM_KEEP_BYTES).
-    cdef bint stream = (gates != NULL and STREAM_KEEP_BYTES >= 0
-                        and off[T] * (G + 2 * H) * <Py_ssize_t> sizeof(floating)
-                        >= STREAM_KEEP_BYTES)
+    # What a training call keeps goes by streaming stores (_stream_keep),
+    # fenced at the end.
+    cdef bint stream = gates != NULL and _stream_keep
     if mask != NULL:
         # Recurrent dropout: h_{t-1} enters the recurrent product (and the
         # cache of dW_hh) through the row's mask, h0 included; each thread
@@ -252,15 +253,22 @@ cdef void _forward_task(void* p) noexcept nogil:
         _forward(<const double*> a.s.x, a)
 
 
-def set_stream_threshold(Py_ssize_t nbytes):
-    """From how many bytes kept a training forward keeps them by streaming
-    stores (-1: never); returns the old setting. Results are bit-identical
-    either way (for tests and benchmarks; not while a kernel runs)."""
-    global STREAM_KEEP_BYTES
-    if nbytes < -1:
-        raise ValueError(f"nbytes must be -1 or more, got {nbytes}")
-    old = STREAM_KEEP_BYTES
-    STREAM_KEEP_BYTES = nbytes
+# The training forward keeps its gates and states (read back only by the
+# backward, after all of the forward) by streaming stores: plain stores would
+# first read every line into the caches and push out the packed weights and
+# the products that each step reads again. Faster at every shape measured,
+# from a few hundred KiB to tens of MiB kept (benchmarks/bench_streaming.py).
+cdef bint _stream_keep = True
+
+
+def set_streaming(bint enabled):
+    """Keep a training forward's gates and states by streaming stores (True,
+    the default) or plain ones; returns the old setting. Results are
+    bit-identical either way (for tests and benchmarks; not while a kernel
+    runs)."""
+    global _stream_keep
+    old = bool(_stream_keep)
+    _stream_keep = enabled
     return old
 
 

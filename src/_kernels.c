@@ -115,7 +115,7 @@ static inline pylstm_vd vtanhd(pylstm_vd x)
  * read h_in); c: state, updated in place; out: receives h_t. With keep != 0,
  * gates_keep receives the activated gates, c_keep c_t and h_prev_keep
  * h_{t-1} (with keep == 2 by streaming stores: the caller fences); without,
- * h_out holds o between the two passes.
+ * or with keep == 2, h_out holds o between the two passes.
  *
  * Two passes, the gates and c_t of every unit, then h_t = o tanh(c_t): in
  * one pass each vector's tanh(c_t) waits for a chain of five nonlinearities;
@@ -137,6 +137,7 @@ static inline void NAME##_gates(const T *gp, const T *bias, const T *h_in, T *c,
             STREAM(gk + 3 * S, og);                                                  \
             STREAM(ck, cn);                                                          \
             STREAM(hk, LOAD(h_in));                                                  \
+            STORE(o_tmp, og); /* read back by the h_t pass: not from memory */       \
         } else {                                                                     \
             STORE(gk, ig);                                                           \
             STORE(gk + S, fg);                                                       \
@@ -173,6 +174,7 @@ static void NAME(const T *R gp, const T *R bias, const T *R h_in, T *R h_out,   
             hi[u] = h_in[j + u];                                                     \
             cc[u] = c[j + u];                                                        \
         }                                                                            \
+        /* plain stores into the local copies, read back at once */                  \
         NAME##_gates(g, b, hi, cc, gk, ck, hk, o, keep != 0, L);                     \
         for (int u = 0; u < w; u++) {                                                \
             c[j + u] = cc[u];                                                        \
@@ -181,12 +183,13 @@ static void NAME(const T *R gp, const T *R bias, const T *R h_in, T *R h_out,   
                     gates_keep[q * S + j + u] = gk[q * L + u];                       \
                 c_keep[j + u] = ck[u];                                               \
                 h_prev_keep[j + u] = hk[u];                                          \
-            } else {                                                                 \
-                h_out[j + u] = o[u];                                                 \
             }                                                                        \
+            if (keep != 1)                                                           \
+                h_out[j + u] = keep ? gk[3 * L + u] : o[u];                          \
         }                                                                            \
     }                                                                                \
-    const T *o = keep ? gates_keep + 3 * S : h_out;                                  \
+    /* o as kept, or (not kept, or kept by streaming) as left in h_out */            \
+    const T *o = keep == 1 ? gates_keep + 3 * S : h_out;                             \
     for (j = 0; j + L <= n; j += L) {                                                \
         V hn = LOAD(o + j) * TANH(LOAD(c + j));                                      \
         STORE(h_out + j, hn);                                                        \

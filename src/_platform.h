@@ -77,7 +77,7 @@ static inline int pylstm_cas(pylstm_atomic *a, long expected, long v)
  * fences before another thread may read what they wrote. */
 #if PYLSTM_MSVC && (defined(_M_X64) || defined(_M_IX86))
 #define pylstm_store_fence() _mm_sfence()
-#elif defined(__x86_64__) || defined(__i386__)
+#elif defined(__x86_64__) || (defined(__i386__) && defined(__SSE__))
 #define pylstm_store_fence() __builtin_ia32_sfence()
 #else
 #define pylstm_store_fence() ((void)0)

@@ -150,12 +150,13 @@ static inline double pylstm_from_bits_d(int64_t i) { double x; memcpy(&x, &i, 8)
 #endif
 
 /* A streaming store: v to p, bypassing the caches, where the level has one
- * and p is aligned to the vector; else a plain store. For data that is read
- * back only after much more than the caches hold has been written (the
- * training forward's kept gates and states of a large call): it is then not
- * read from memory before it is written, and does not push the weights out
- * of the caches (PYLSTM_STREAM_KEEP_BYTES, _tuning.pxi). The writer must
- * pylstm_store_fence() before another thread reads it. */
+ * and p is aligned to the vector; else a plain store. For data read back
+ * only much later (the training forward's kept gates and states): it is not
+ * read into the caches before it is written, and does not push out what the
+ * writer reads again (_stream_keep in _forward.pxi;
+ * tests/kernels/test_streaming_keep.py). The writer must
+ * pylstm_store_fence() (_platform.h) before another thread reads it: only
+ * x86 streams here, where that fence is sfence. */
 #if PYLSTM_VBYTES == 64
 #define PYLSTM_STREAM_F(p, v) _mm512_stream_ps((p), (__m512)(v))
 #define PYLSTM_STREAM_D(p, v) _mm512_stream_pd((p), (__m512d)(v))
@@ -165,6 +166,9 @@ static inline double pylstm_from_bits_d(int64_t i) { double x; memcpy(&x, &i, 8)
 #elif PYLSTM_VBYTES == 16 && !(defined(__ARM_NEON) || defined(__ARM_NEON__))
 #define PYLSTM_STREAM_F(p, v) _mm_stream_ps((p), (__m128)(v))
 #define PYLSTM_STREAM_D(p, v) _mm_stream_pd((p), (__m128d)(v))
+#endif
+#if defined(PYLSTM_STREAM_F) && !(defined(__x86_64__) || defined(__i386__))
+#error "streaming stores need pylstm_store_fence (_platform.h) for this target"
 #endif
 #ifdef PYLSTM_STREAM_F
 static inline void pylstm_stream_f(float *p, pylstm_vf v)

@@ -21,14 +21,6 @@ cdef enum:
     SPLIT_STEP_MACS = 16384
     SPLIT_CALL_MACS = 1000000
 
-# A training forward keeps its gates and states by streaming stores (that
-# bypass the caches) from this many bytes kept on: the backward would not
-# find them in the caches anyway, and plain stores would first read each line
-# and push the packed weights out (bench_lm.py: a training step at hidden
-# 256 keeps more than this and gains, at 128 less and would lose). Set by
-# set_stream_threshold.
-cdef Py_ssize_t STREAM_KEEP_BYTES = 8 << 20
-
 # OpenBLAS (0.3.17 on) multiplies without packing its operands up to
 # m * n * k = 1e6 with A not transposed, and copies the weights into its own
 # layout above: BLAS steps' products are cut into column blocks under that

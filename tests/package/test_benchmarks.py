@@ -139,6 +139,15 @@ def test_bench_recurrent_dropout(tmp_path):
     assert all(r["plain_ms"] > 0 and r["dropout_ms"] > 0 for r in rows)
 
 
+@pytest.mark.timeout(300)
+def test_bench_streaming(tmp_path):
+    out = run("bench_streaming.py", "--json", str(tmp_path / "st.json"))
+    assert "ratio = stream / plain" in out
+    rows = json.loads((tmp_path / "st.json").read_text())["cases"]
+    assert [r["case"] for r in rows] == ["2x5x3x4", "lm epoch H=8"]
+    assert all(r["plain_ms"] > 0 and r["stream_ms"] > 0 for r in rows)
+
+
 @pytest.mark.skipif(importlib.util.find_spec("dask_ml") is None, reason="needs dask-ml")
 @pytest.mark.timeout(300)
 def test_bench_dask():
