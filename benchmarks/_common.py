@@ -228,6 +228,35 @@ def alternate(calls, repeats, min_time=0.0, warmup=0):
     return wall, cpu, last
 
 
+def ab_row(label, calls, repeats, min_time=0.0):
+    """A table row: ``label`` as ``case``, the median ms per call of each of two ``calls``
+    (name -> function, the names ending in ``_ms``), sampled by :func:`alternate` after one
+    untimed round, and ``ratio``, the second's median over the first's."""
+    wall = alternate(calls, repeats, min_time, warmup=1)[0]
+    row = {"case": label, **{k: 1e3 * float(np.median(v)) for k, v in wall.items()}}
+    first, second = calls
+    return {**row, "ratio": row[second] / row[first]}
+
+
+def print_ab(rows, first, second, meaning):
+    """Print :func:`ab_row` rows as a table, ``first`` and ``second`` the two calls' names
+    without ``_ms``, ``meaning`` what the ratio's side of 1 says."""
+    print(f"Median ms per call; ratio = {second} / {first} ({meaning})")
+    print("\n".join(table([("case (BxTxIxH)", "<16", "case")]
+                          + [(f"{name} ms", f">{len(name) + 5}.3f", f"{name}_ms")
+                             for name in (first, second)]
+                          + [("ratio", ">7.3f", "ratio")], rows)))
+
+
+def training_inputs(case, dtype, seed):
+    """``I, H, X, d_out`` of a ``BxTxIxH`` case: a layer's normal inputs and output
+    gradients."""
+    B, T, I, H = (int(v) for v in case.split("x"))
+    rng = np.random.default_rng(seed)
+    return (I, H, rng.normal(size=(B, T, I)).astype(dtype),
+            rng.normal(size=(B, T, H)).astype(dtype))
+
+
 def sgemm_rate(n=2048, repeats=7):
     """GFLOP/s of a float32 n x n x n product through the BLAS pylstm calls (SciPy's),
     median of ``repeats``: the machine's attainable rate at the current thread cap."""

@@ -16,12 +16,10 @@ CASES = ("32x64x32x256", "64x100x64x128", "16x50x16x64", "1x100x32x128")
 
 
 def compare(label, make_call, p, repeats, min_time):
-    """A table row: median ms per call of ``make_call(0)`` and ``make_call(p)``, alternated
-    after one untimed round, and their ratio."""
-    calls = {"plain_ms": make_call(0.0), "dropout_ms": make_call(p)}
-    wall = common.alternate(calls, repeats, min_time, warmup=1)[0]
-    row = {"case": label, **{k: 1e3 * float(np.median(v)) for k, v in wall.items()}}
-    return {**row, "ratio": row["dropout_ms"] / row["plain_ms"]}
+    """A table row: median ms per call of ``make_call(0)`` and ``make_call(p)`` and their
+    ratio (:func:`_common.ab_row`)."""
+    return common.ab_row(label, {"plain_ms": make_call(0.0), "dropout_ms": make_call(p)},
+                         repeats, min_time)
 
 
 def main(argv=None):
@@ -37,10 +35,7 @@ def main(argv=None):
                           f"recurrent_dropout={args.p}, {args.dtype}", "no")
     rows = []
     for case in args.cases:
-        B, T, I, H = (int(v) for v in case.split("x"))
-        rng = np.random.default_rng(args.seed)
-        X = rng.normal(size=(B, T, I)).astype(args.dtype)
-        d_out = rng.normal(size=(B, T, H)).astype(args.dtype)
+        I, H, X, d_out = common.training_inputs(case, args.dtype, args.seed)
 
         def train_step(p, I=I, H=H, X=X, d_out=d_out):
             layer = LSTM(I, H, dtype=args.dtype, random_state=args.seed, recurrent_dropout=p)
@@ -55,11 +50,7 @@ def main(argv=None):
         return lambda: clf.partial_fit(X, y, classes=np.arange(10))
     fits = 1 if args.quick else max(3, args.repeats // 3)
     rows.append(compare("digits epoch", epoch, args.p, fits, 0.0))
-    print("Median ms per call; ratio = dropout / plain (above 1: dropout slower)")
-    print("\n".join(common.table([("case (BxTxIxH)", "<16", "case"),
-                                  ("plain ms", ">10.3f", "plain_ms"),
-                                  ("dropout ms", ">11.3f", "dropout_ms"),
-                                  ("ratio", ">7.3f", "ratio")], rows)))
+    common.print_ab(rows, "plain", "dropout", "above 1: dropout slower")
     common.write_json(args.json, env, cases=rows)
     return 0
 

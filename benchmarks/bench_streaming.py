@@ -11,7 +11,6 @@ import argparse
 import sys
 
 import _common as common
-import numpy as np
 
 from pylstm import LSTM, LSTMLanguageModel, _lstm
 from pylstm.datasets import load_python_docs
@@ -22,8 +21,8 @@ CASES = ("16x20x8x32", "32x8x8x64", "64x100x2x64", "32x50x16x128", "32x64x32x256
 
 
 def compare(label, make_call, repeats, min_time):
-    """A table row: median ms per call of ``make_call()`` with streaming stores and with
-    plain ones, alternated after one untimed round, and their ratio."""
+    """A table row: median ms per call of ``make_call()`` with plain stores and with
+    streaming ones and their ratio (:func:`_common.ab_row`)."""
     call = make_call()
 
     def with_streaming(enabled):
@@ -32,13 +31,10 @@ def compare(label, make_call, repeats, min_time):
             return call()
         return run
     try:
-        wall = common.alternate({"plain_ms": with_streaming(False),
-                                 "stream_ms": with_streaming(True)},
-                                repeats, min_time, warmup=1)[0]
+        return common.ab_row(label, {"plain_ms": with_streaming(False),
+                                     "stream_ms": with_streaming(True)}, repeats, min_time)
     finally:
         _lstm.set_streaming(True)
-    row = {"case": label, **{k: 1e3 * float(np.median(v)) for k, v in wall.items()}}
-    return {**row, "ratio": row["stream_ms"] / row["plain_ms"]}
 
 
 def main(argv=None):
@@ -53,10 +49,7 @@ def main(argv=None):
                           f"gates and states by streaming or plain stores, {args.dtype}", "no")
     rows = []
     for case in args.cases:
-        B, T, I, H = (int(v) for v in case.split("x"))
-        rng = np.random.default_rng(args.seed)
-        X = rng.normal(size=(B, T, I)).astype(args.dtype)
-        d_out = rng.normal(size=(B, T, H)).astype(args.dtype)
+        I, H, X, d_out = common.training_inputs(case, args.dtype, args.seed)
 
         def train_step(I=I, H=H, X=X, d_out=d_out):
             layer = LSTM(I, H, dtype=args.dtype, random_state=args.seed)
@@ -72,11 +65,7 @@ def main(argv=None):
         return lambda: lm.partial_fit(text)
     rows.append(compare(f"lm epoch H={hidden}", epoch,
                         1 if args.quick else max(3, args.repeats // 3), 0.0))
-    print("Median ms per call; ratio = stream / plain (below 1: streaming faster)")
-    print("\n".join(common.table([("case (BxTxIxH)", "<16", "case"),
-                                  ("plain ms", ">10.3f", "plain_ms"),
-                                  ("stream ms", ">10.3f", "stream_ms"),
-                                  ("ratio", ">7.3f", "ratio")], rows)))
+    common.print_ab(rows, "plain", "stream", "below 1: streaming faster")
     common.write_json(args.json, env, cases=rows)
     return 0
 
