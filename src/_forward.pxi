@@ -29,8 +29,8 @@ cdef void _forward(const floating* x, _ForwardLoop* a) noexcept nogil:
     with fewer rows than the last. Results are bit-identical to one
     thread's either way.
 
-    A training call keeps them by streaming stores (``_stream_keep``), and
-    each thread fences them before it returns.
+    A training call writes its caches by streaming stores (``_stream_keep``),
+    and each thread fences them before it returns.
     """
     cdef int T = a.s.T, B = a.s.B, I = a.s.n_in, H = a.s.H, K = a.K
     cdef int G = 4 * H
@@ -256,14 +256,15 @@ cdef void _forward_task(void* p) noexcept nogil:
 # The training forward keeps its gates and states (read back only by the
 # backward, after all of the forward) by streaming stores: plain stores would
 # first read every line into the caches and push out the packed weights and
-# the products that each step reads again. Faster at every shape measured,
-# from a few hundred KiB to tens of MiB kept (benchmarks/bench_streaming.py).
+# the products that each step reads again (benchmarks/bench_streaming.py).
+# The projected loop (_projection.pxi) stores plainly: its h_{t-1} cache is
+# scratch rewritten row by row.
 cdef bint _stream_keep = True
 
 
 def set_streaming(bint enabled):
     """Keep a training forward's gates and states by streaming stores (True,
-    the default) or plain ones; returns the old setting. Results are
+    the default; not with ``proj_size``) or plain ones; returns the old setting. Results are
     bit-identical either way (for tests and benchmarks; not while a kernel
     runs)."""
     global _stream_keep

@@ -74,7 +74,8 @@ static inline int pylstm_cas(pylstm_atomic *a, long expected, long v)
 
 /* ---- ordering streaming stores ------------------------------------------- */
 /* Streaming (non-temporal) stores are weakly ordered: a thread that made any
- * fences before another thread may read what they wrote. */
+ * must fence them before another thread reads what they wrote
+ * (tests/kernels/test_streaming_keep.py). */
 #if PYLSTM_MSVC && (defined(_M_X64) || defined(_M_IX86))
 #define pylstm_store_fence() _mm_sfence()
 #elif defined(__x86_64__) || (defined(__i386__) && defined(__SSE__))

@@ -61,7 +61,7 @@ def _train_step(dtype, stream, threads, H, I, bidirectional, seed=0):
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 @pytest.mark.parametrize(("threads", "mode", "H", "I", "bidirectional"), [
     (1, "auto", 64, 5, True),
-    (1, "auto", 40, 3, False),  # rows off the vector alignment: plain stores there
+    (1, "auto", 40, 3, False),  # float32 rows off the vector alignment: plain stores
     (2, "auto", 64, 5, True),   # the directions on a thread each
     (2, "rows", 64, 5, False),  # one direction: two threads share its rows ...
     (2, "rows", 40, 3, False),
