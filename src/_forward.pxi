@@ -264,9 +264,9 @@ cdef bint _stream_keep = True
 
 def set_streaming(bint enabled):
     """Keep a training forward's gates and states by streaming stores (True,
-    the default; not with ``proj_size``) or plain ones; returns the old setting. Results are
-    bit-identical either way (for tests and benchmarks; not while a kernel
-    runs)."""
+    the default; not with ``proj_size``) or plain ones; returns the old
+    setting. Results are bit-identical either way (for tests and benchmarks;
+    not while a kernel runs)."""
     global _stream_keep
     old = bool(_stream_keep)
     _stream_keep = enabled
