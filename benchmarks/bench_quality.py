@@ -44,9 +44,10 @@ def _reached(value, task):
     return value >= target if larger else value <= target
 
 
-def pylstm_model(task, data, seed, hidden, initialize=False):
+def pylstm_model(task, data, seed, hidden, initialize=False, forget_bias=False):
     """The pylstm estimator of ``task``; with ``initialize``, its vocabulary (language
-    model) and initial weights already made, as its first ``partial_fit`` would make them."""
+    model) and initial weights already made, as its first ``partial_fit`` would make them;
+    ``forget_bias``: the estimators' ``unit_forget_bias``."""
     _, _, _, _, _, batch, lr = TASKS[task]
     if task == "lm":
         model = pylstm.LSTMLanguageModel(embedding_dim=32, hidden_size=hidden, seq_len=64,
@@ -57,17 +58,17 @@ def pylstm_model(task, data, seed, hidden, initialize=False):
         return model
     est = pylstm.LSTMClassifier if task == "digits" else pylstm.LSTMRegressor
     model = est(hidden_size=hidden, batch_size=batch, learning_rate_init=lr, alpha=0.0,
-                clip_norm=5.0, random_state=seed, dtype="float32")
+                clip_norm=5.0, random_state=seed, dtype="float32", unit_forget_bias=forget_bias)
     if initialize:
         classes = np.arange(10) if task == "digits" else None
         model._prepare_fit(data[0], data[2], False, classes, None)
     return model
 
 
-def pylstm_run(task, data, seed, hidden, model=None):
+def pylstm_run(task, data, seed, hidden, model=None, forget_bias=False):
     """Yield the validation metric after every epoch (of ``model`` when given, a
     :func:`pylstm_model`)."""
-    model = model or pylstm_model(task, data, seed, hidden)
+    model = model or pylstm_model(task, data, seed, hidden, forget_bias=forget_bias)
     if task == "lm":
         while True:
             yield model.partial_fit(data[0]).perplexity(data[1])
@@ -80,9 +81,10 @@ def pylstm_run(task, data, seed, hidden, model=None):
             yield float(np.mean((model.partial_fit(Xtr, ytr).predict(Xva) - yva) ** 2))
 
 
-def torch_run(torch, task, data, seed, hidden, init=None):
+def torch_run(torch, task, data, seed, hidden, init=None, forget_bias=False):
     """The PyTorch loop a user would write; yields as :func:`pylstm_run`. ``init``, an
-    initialized :func:`pylstm_model`, gives its weights (and vocabulary) to the model."""
+    initialized :func:`pylstm_model`, gives its weights (and vocabulary) to the model;
+    ``forget_bias`` starts the forget gates' total bias at 1, as ``unit_forget_bias``."""
     _, _, _, _, _, batch, lr = TASKS[task]
     torch.manual_seed(seed)
     Sequence, LanguageModel = common.torch_twins(torch)
@@ -103,6 +105,10 @@ def torch_run(torch, task, data, seed, hidden, init=None):
     model = Sequence(Xtr.shape[2], hidden, 10 if classify else 1)
     if init:
         common.copy_weights(torch, model, init.network_)
+    elif forget_bias:
+        with torch.no_grad():
+            model.lstm.bias_ih_l0[hidden:2 * hidden] = 1.0
+            model.lstm.bias_hh_l0[hidden:2 * hidden] = 0.0
     params = list(model.parameters())
     opt = torch.optim.Adam(params, lr=lr)
     ytr = ytr.long() if classify else ytr.float()[:, None]
@@ -175,9 +181,14 @@ def main(argv=None):
     p.add_argument("--same-init", action="store_true",
                    help="start torch from pylstm's initial weights (and the language model "
                         "from its vocabulary), so that the luck of the draw is the same")
+    p.add_argument("--unit-forget-bias", action="store_true",
+                   help="the estimators' unit_forget_bias=True, and torch's forget gates "
+                        "started the same way (digits and adding only)")
     p.add_argument("--save", metavar="PREFIX", help="write PREFIX.txt and PREFIX.json")
     common.add_common_options(p, threads_default=2, timing=False)
     args = common.apply_quick(p.parse_args(argv), seeds=1)
+    if args.unit_forget_bias and "lm" in args.tasks:
+        p.error("--unit-forget-bias: the language model has no such parameter")
     scale, hidden_scale, max_epochs = (0.03, 0.125, 1) if args.quick else (1, 1, None)
     torch, env = common.start(args, "bench_quality.py: time to a target validation metric, pylstm "
                               "vs torch", "needed")
@@ -187,16 +198,17 @@ def main(argv=None):
         for seed in range(args.seeds):
             # --same-init: both start from pylstm's initial weights, made before the clocks.
             # (torch's copy is taken now: pylstm's run trains its model in place.)
-            init = pylstm_model(task, data, seed, hidden, True) if args.same_init else None
+            fb = args.unit_forget_bias
+            init = pylstm_model(task, data, seed, hidden, True, fb) if args.same_init else None
             if init:
                 gap = initial_gap(torch, task, data, hidden, init)
                 if not gap < 1e-4:
                     raise SystemExit(f"--same-init: the two {task} models differ by {gap} "
                                      "before training")
                 gaps.setdefault(task, []).append(gap)
-            runs = {"pylstm": partial(pylstm_run, task, data, seed, hidden, init),
+            runs = {"pylstm": partial(pylstm_run, task, data, seed, hidden, init, fb),
                     "torch": partial(torch_run, torch, task, data, seed, hidden,
-                                     copy.deepcopy(init))}
+                                     copy.deepcopy(init), fb)}
             if seed % 2:
                 runs = dict(reversed(runs.items()))
             for side, r in time_to_target(runs, task,
@@ -213,7 +225,8 @@ def main(argv=None):
             if lib["api"] != "openmp"]
     lines = [f"bench_quality.py | {env['cpu']} | pylstm {env['pylstm']} | torch "
              f"{env['torch']['version']} | threads {args.threads} | seeds {args.seeds}"
-             + (" | same initial weights" if args.same_init else ""),
+             + (" | same initial weights" if args.same_init else "")
+             + (" | unit_forget_bias" if args.unit_forget_bias else ""),
              f"BLAS: {'; '.join(blas)}", "",
              f"{'task':8} {'target':>18} {'pylstm s':>9} {'ep':>4} {'torch s':>9} {'ep':>4} "
              f"{'pylstm/torch':>13} {'paired':>7}"]

@@ -247,6 +247,15 @@ _RECURRENT_DROPOUT_DOC = """    recurrent_dropout : float in [0, 1), default=0.0
         its h_t, which the next layer and the output layer read, is a
         learned projection of ``o_t * tanh(c_t)`` to ``proj_size`` units
         (fewer weights in the recurrent and following products).
+    unit_forget_bias : bool, default=False
+        Start each layer with a total forget-gate bias of 1 (Keras'
+        ``unit_forget_bias``; ``bias_ih``'s forget block 1, ``bias_hh``'s 0)
+        instead of PyTorch's uniform draw: the cell state then carries
+        information across many steps from the first batch, which helps
+        tasks that need a long memory and can slow those that do not
+        (measured in the user guide's hyperparameters page). It sets the
+        initial weights only: ``warm_start`` and ``partial_fit`` continue
+        the fitted ones.
 """
 
 
@@ -260,7 +269,7 @@ class _BaseLSTMEstimator(BaseEstimator):
                  validation_fraction=0.1, n_iter_no_change=10, tol=1e-4,
                  warm_start=False, random_state=None, verbose=0, dtype="float32",
                  return_sequences=False, n_features=None, recurrent_dropout=0.0,
-                 proj_size=0):
+                 proj_size=0, unit_forget_bias=False):
         self.hidden_size = hidden_size
         self.num_layers = num_layers
         self.bidirectional = bidirectional
@@ -287,11 +296,13 @@ class _BaseLSTMEstimator(BaseEstimator):
         self.n_features = n_features
         self.recurrent_dropout = recurrent_dropout
         self.proj_size = proj_size
+        self.unit_forget_bias = unit_forget_bias
 
     def __setstate__(self, state):
         # Pickled before these parameters existed: what the model was then.
         state.setdefault("recurrent_dropout", 0.0)
         state.setdefault("proj_size", 0)
+        state.setdefault("unit_forget_bias", False)
         super().__setstate__(state)
 
     def __sklearn_tags__(self):
@@ -385,7 +396,8 @@ class _BaseLSTMEstimator(BaseEstimator):
         est.network_ = SequenceNetwork(fitted["_n_step_features"], plan["n_outputs"], H, L,
                                        bidirectional, plan["dropout"], return_sequences,
                                        np.dtype(dtype), np.random.RandomState(0),
-                                       proj_size=plan["proj_size"])
+                                       proj_size=plan["proj_size"],
+                                       unit_forget_bias=bool(est.unit_forget_bias))
         est.network_.load_saved_arrays(arrays)
         est._optimizer = restore_optimizer(plan["optimizer"], est.network_.parameters(), arrays)
         est._best_state = None
@@ -418,6 +430,9 @@ class _BaseLSTMEstimator(BaseEstimator):
                 or p >= self.hidden_size):
             raise ValueError(f"proj_size must be an integer >= 0 and smaller than hidden_size "
                              f"({self.hidden_size}), got {p!r}")
+        if not isinstance(self.unit_forget_bias, (bool, np.bool_)):
+            raise ValueError(f"unit_forget_bias must be True or False, got "
+                             f"{self.unit_forget_bias!r}")
         real("learning_rate_init", 0, np.inf, low_open=True, high_open=True)
         real("momentum", 0, 1)
         real("alpha", 0, np.inf, high_open=True)
@@ -549,7 +564,7 @@ class _BaseLSTMEstimator(BaseEstimator):
         self.network_ = SequenceNetwork(
             self._n_step_features, n_outputs, self.hidden_size, self.num_layers,
             self.bidirectional, self.dropout, self.return_sequences, self._dtype, rng,
-            proj_size=self.proj_size)
+            proj_size=self.proj_size, unit_forget_bias=bool(self.unit_forget_bias))
         self._optimizer = make_optimizer(
             self.solver, self.network_.parameters(), self.learning_rate_init,
             momentum=self.momentum, nesterovs_momentum=self.nesterovs_momentum)
@@ -1113,7 +1128,7 @@ class LSTMClassifier(ClassifierMixin, _BaseLSTMEstimator):
                  validation_fraction=0.1, n_iter_no_change=10, tol=1e-4,
                  warm_start=False, random_state=None, verbose=0, dtype="float32",
                  return_sequences=False, n_features=None, class_weight=None,
-                 recurrent_dropout=0.0, proj_size=0):
+                 recurrent_dropout=0.0, proj_size=0, unit_forget_bias=False):
         super().__init__(
             hidden_size=hidden_size, num_layers=num_layers, bidirectional=bidirectional,
             dropout=dropout, solver=solver, learning_rate_init=learning_rate_init,
@@ -1123,7 +1138,8 @@ class LSTMClassifier(ClassifierMixin, _BaseLSTMEstimator):
             validation_fraction=validation_fraction, n_iter_no_change=n_iter_no_change,
             tol=tol, warm_start=warm_start, random_state=random_state, verbose=verbose,
             dtype=dtype, return_sequences=return_sequences, n_features=n_features,
-            recurrent_dropout=recurrent_dropout, proj_size=proj_size)
+            recurrent_dropout=recurrent_dropout, proj_size=proj_size,
+            unit_forget_bias=unit_forget_bias)
         self.class_weight = class_weight
 
     def __sklearn_tags__(self):

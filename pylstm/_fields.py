@@ -171,12 +171,13 @@ def decode_fitted(v, schema, where):
 # ---------------------------------------------------------------------- hyperparameters
 #: Hyperparameters added since format version 1 came out, with the value that
 #: a file saved before them (which lacks them) meant.
-_ADDED_PARAMS = {"class_weight": None, "recurrent_dropout": 0.0, "proj_size": 0}
+_ADDED_PARAMS = {"class_weight": None, "recurrent_dropout": 0.0, "proj_size": 0,
+                 "unit_forget_bias": False}
 
 #: Of those, the ones a file holds only when they differ from that value: a
 #: model that does not use them is saved as before they existed, byte for byte
 #: (tests/io/test_old_files.py), and older versions of pylstm read it.
-_WRITTEN_WHEN_SET = ("recurrent_dropout", "proj_size")
+_WRITTEN_WHEN_SET = ("recurrent_dropout", "proj_size", "unit_forget_bias")
 
 #: JSON types of a class label in a saved ``class_weight``.
 _LABEL_TYPES = (str, bool, int, float)

@@ -129,6 +129,8 @@ class SequenceNetwork(_SavedParameters):
         Source of the initial weights.
     proj_size : int, default=0
         The layers' projection (:class:`pylstm.LSTM`); 0: none.
+    unit_forget_bias : bool, default=False
+        The layers' initial forget-gate bias of 1 (:class:`pylstm.LSTM`).
 
     Examples
     --------
@@ -141,7 +143,7 @@ class SequenceNetwork(_SavedParameters):
     """
 
     def __init__(self, n_inputs, n_outputs, hidden_size, num_layers, bidirectional,
-                 dropout, return_sequences, dtype, rng, proj_size=0):
+                 dropout, return_sequences, dtype, rng, proj_size=0, unit_forget_bias=False):
         self.dtype = np.dtype(dtype)
         self.dropout = float(dropout)
         self.return_sequences = bool(return_sequences)
@@ -149,7 +151,8 @@ class SequenceNetwork(_SavedParameters):
         in_size = n_inputs
         for _ in range(num_layers):
             layer = LSTM(in_size, hidden_size, 1, bidirectional, self.dtype,
-                         random_state=rng, proj_size=proj_size)
+                         random_state=rng, unit_forget_bias=unit_forget_bias,
+                         proj_size=proj_size)
             self.layers.append(layer)
             in_size = layer.output_size * layer.num_directions
         bound = np.sqrt(6.0 / (in_size + n_outputs))

@@ -740,7 +740,7 @@ def read_parts(path):
 def _without_unset_added(params):
     """``params`` without the later hyperparameters a file omits at their defaults."""
     return {k: v for k, v in params.items()
-            if not (k in ("proj_size", "recurrent_dropout") and v == 0)}
+            if not (k in ("proj_size", "recurrent_dropout", "unit_forget_bias") and v == 0)}
 
 
 @pytest.mark.parametrize("Est", [LSTMClassifier, LSTMRegressor])

@@ -110,6 +110,15 @@ def test_bench_quality_same_init(tmp_path):
 
 @needs_torch
 @pytest.mark.timeout(300)
+def test_bench_quality_unit_forget_bias(tmp_path):
+    out = run("bench_quality.py", "--unit-forget-bias", "--tasks", "adding", "--save",
+              str(tmp_path / "q"))
+    assert "| unit_forget_bias" in out and "adding seed 0 torch" in out
+    assert set(json.loads((tmp_path / "q.json").read_text())["tasks"]) == {"adding"}
+
+
+@needs_torch
+@pytest.mark.timeout(300)
 def test_bench_lm_parity(tmp_path):
     out = run("bench_lm.py", "--parity", "--same-init", "--json",
               str(tmp_path / "parity.json"))
