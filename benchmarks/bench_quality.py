@@ -183,12 +183,14 @@ def main(argv=None):
                         "from its vocabulary), so that the luck of the draw is the same")
     p.add_argument("--unit-forget-bias", action="store_true",
                    help="the estimators' unit_forget_bias=True, and torch's forget gates "
-                        "started the same way (digits and adding only)")
+                        "started the same way; with --tasks digits adding (the language "
+                        "model has no such parameter)")
     p.add_argument("--save", metavar="PREFIX", help="write PREFIX.txt and PREFIX.json")
     common.add_common_options(p, threads_default=2, timing=False)
     args = common.apply_quick(p.parse_args(argv), seeds=1)
     if args.unit_forget_bias and "lm" in args.tasks:
-        p.error("--unit-forget-bias: the language model has no such parameter")
+        p.error("--unit-forget-bias: pass --tasks digits adding (the language model has "
+                "no such parameter)")
     scale, hidden_scale, max_epochs = (0.03, 0.125, 1) if args.quick else (1, 1, None)
     torch, env = common.start(args, "bench_quality.py: time to a target validation metric, pylstm "
                               "vs torch", "needed")

@@ -251,9 +251,9 @@ _RECURRENT_DROPOUT_DOC = """    recurrent_dropout : float in [0, 1), default=0.0
         Start each layer with a total forget-gate bias of 1 (Keras'
         ``unit_forget_bias``; ``bias_ih``'s forget block 1, ``bias_hh``'s 0)
         instead of PyTorch's uniform draw: the cell state then carries
-        information across many steps from the first batch, which helps
-        tasks that need a long memory and can slow those that do not
-        (measured in the user guide's hyperparameters page). It sets the
+        information across many steps from the first batch, which can help
+        tasks that need a long memory and slow those that do not (measured
+        in the user guide's hyperparameters page). It sets the
         initial weights only: ``warm_start`` and ``partial_fit`` continue
         the fitted ones.
 """

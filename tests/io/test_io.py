@@ -796,6 +796,16 @@ def test_added_layer_fields_are_checked(tmp_path, edit, match):
         load(tmp_path / "l.pylstm")
 
 
+@pytest.mark.parametrize("value", [1, 0, 1.0, "yes", None])
+def test_an_estimator_file_with_a_non_boolean_unit_forget_bias_is_refused(tmp_path, value):
+    X, y = np.random.default_rng(0).normal(size=(20, 4, 2)), np.arange(20) % 2
+    save(LSTMClassifier(hidden_size=3, max_iter=1, random_state=0, unit_forget_bias=True)
+         .fit(X, y), tmp_path / "m.pylstm")
+    rewrite(tmp_path / "m.pylstm", model=lambda m: m["params"].update(unit_forget_bias=value))
+    with pytest.raises(ModelFileError, match="unit_forget_bias must be True or False"):
+        load(tmp_path / "m.pylstm")
+
+
 def test_file_layout(tmp_path):
     clf, X, y = fit_classifier(layers=2, bidirectional=True, dtype="float32",
                                labels=np.array(["a", "b"]))
