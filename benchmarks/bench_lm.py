@@ -5,6 +5,7 @@ See benchmarks/README.md. Usage: ``python benchmarks/bench_lm.py --threads 1``, 
 """
 
 import argparse
+import collections
 import importlib
 import inspect
 import sys
@@ -54,23 +55,39 @@ def torch_fit(torch, text, cfg, args, init=None):
 #: passes too, count as the fit's own work.
 COMPILED = ("forward_train", "backward", "input_gradient", "gemm_halves",
             "softmax_cross_entropy")
+#: Of those, the LSTM kernels (forward, BPTT, input gradient).
+KERNELS = COMPILED[:3]
 
 
-def compiled_share(fit):
-    """``fit()``'s wall time and the seconds inside each of its compiled calls
+def compiled_share(fit, layers, keep=False):
+    """``fit()``'s wall time, the seconds inside each of its compiled calls
     (:data:`COMPILED`, name -> seconds), timed by wrapping them in ``pylstm._lstm``
-    for this one call."""
-    from pylstm import _lstm
+    for this one call, and its kernel calls (:data:`KERNELS`): ``{"batch": median
+    seconds per batch, "batches": their number, "calls": with ``keep``, the last full
+    batch's calls}`` for :func:`kernels_alone`.
+
+    Every batch of a fit makes the same kernel calls, ``layers`` forward calls among
+    them; the last batch, which may be shorter, is left out. (Kept calls keep their
+    arrays alive: not in the timed fits, whose allocations it would change.)"""
+    from pylstm import _lstm, _threads
 
     inside, real = dict.fromkeys(COMPILED, 0.0), {name: getattr(_lstm, name) for name in COMPILED}
+    kernel_calls = []  # (name, seconds) of every kernel call, in order
+    recent = collections.deque(maxlen=64)  # (call, args, kwargs, BLAS held) of the last ones
 
     def timed(name, call):
         def run(*args, **kwargs):
+            held = bool(_threads._state["holds"])
             t0 = time.perf_counter()
             try:
                 return call(*args, **kwargs)
             finally:
-                inside[name] += time.perf_counter() - t0
+                seconds = time.perf_counter() - t0
+                inside[name] += seconds
+                if name in KERNELS:
+                    kernel_calls.append((name, seconds))
+                    if keep:
+                        recent.append((call, args, kwargs, held))
         return run
 
     try:
@@ -78,10 +95,33 @@ def compiled_share(fit):
             setattr(_lstm, name, timed(name, call))
         t0 = time.perf_counter()
         fit()
-        return time.perf_counter() - t0, inside
+        wall = time.perf_counter() - t0
     finally:
         for name, call in real.items():
             setattr(_lstm, name, call)
+    n_batches = sum(name == "forward_train" for name, _ in kernel_calls) // layers
+    k = len(kernel_calls) // n_batches
+    per_batch = [sum(s for _, s in kernel_calls[i:i + k])
+                 for i in range(0, len(kernel_calls) - k, k)]
+    return wall, inside, {"batch": float(np.median(per_batch)), "batches": n_batches,
+                          "calls": list(recent)[-2 * k:-k]}
+
+
+def kernels_alone(calls, repeats):
+    """Median seconds of a batch's kernel calls (:func:`compiled_share`) made again, back
+    to back with nothing between them: the same arrays, the same BLAS thread hold."""
+    from pylstm._threads import single_threaded_blas
+
+    times = []
+    for _ in range(repeats):
+        seconds = 0.0
+        for call, args, kwargs, held in calls:
+            with single_threaded_blas(held):
+                t0 = time.perf_counter()
+                call(*args, **kwargs)
+                seconds += time.perf_counter() - t0
+        times.append(seconds)
+    return float(np.median(times))
 
 
 def torch_generate(torch, model, vocab, n_tokens):
@@ -127,11 +167,11 @@ def speed(torch, text, cfg, args):
     vocab, inputs, _ = common.char_lanes(text, args.batch_size, args.seq_len)
     init = pylstm_lm(cfg, args, args.seed)
     init._prepare_fit(text, incremental=False)  # the network that fit starts from
-    shares = []  # each pylstm fit's (wall, seconds inside each compiled call)
+    shares = []  # each pylstm fit's compiled_share
 
     def pylstm_fit():
         lm = pylstm_lm(cfg, args, args.seed)
-        shares.append(compiled_share(lambda: lm.fit(text)))
+        shares.append(compiled_share(lambda: lm.fit(text), cfg[1]))
         return lm
 
     wall, cpu, last = common.alternate({
@@ -146,16 +186,22 @@ def speed(torch, text, cfg, args):
     # The same fits' time outside their compiled calls, over the time inside them
     # (the wrapping costs two clock reads per call).
     train["pylstm"]["outside_compiled"] = float(np.median(
-        [wall / sum(inside.values()) - 1 for wall, inside in shares]))
+        [wall / sum(inside.values()) - 1 for wall, inside, _ in shares]))
     # torch's fit time over that of pylstm's compiled calls alone (medians of the same
     # alternating fits): the ratio that a fit with nothing outside them would reach.
     train["pylstm"]["ceiling"] = float(np.median(wall["torch"]) / np.median(
-        [sum(inside.values()) for _, inside in shares]))
+        [sum(inside.values()) for _, inside, _ in shares]))
     # The LSTM kernel calls' own rate inside the fit (forward, BPTT, input gradient).
-    kernels = ("forward_train", "backward", "input_gradient")
     train["pylstm"]["kernel_gflop_per_s"] = float(np.median(
-        [lstm_flops * inputs.size * args.epochs / sum(inside[k] for k in kernels) / 1e9
-         for _, inside in shares]))
+        [lstm_flops * inputs.size * args.epochs / sum(inside[k] for k in KERNELS) / 1e9
+         for _, inside, _ in shares]))
+    # The kernel calls inside a fit and alone, per batch: one more fit (untimed above),
+    # then its last full batch's calls made again (as many times as it had batches,
+    # 5 to 30).
+    _, _, kern = compiled_share(lambda: pylstm_lm(cfg, args, args.seed).fit(text), cfg[1],
+                                keep=True)
+    train["pylstm"]["kernel_fit_over_alone"] = kern["batch"] / kernels_alone(
+        kern["calls"], min(30, max(5, kern["batches"])))
 
     model = common.torch_twins(torch)[1](len(vocab), args.embedding_dim, *cfg)
     common.copy_weights(torch, model, lm.network_)
@@ -180,6 +226,7 @@ def print_speed(rows):
              [("GF/s pl", ">8.0f", ("train", "pylstm", "gflop_per_s")),
               ("GF/s torch", ">10.0f", ("train", "torch", "gflop_per_s")),
               ("GF/s kern", ">9.0f", ("train", "pylstm", "kernel_gflop_per_s")),
+              ("fit/alone", ">9.2f", ("train", "pylstm", "kernel_fit_over_alone")),
               ("outside", ">8.1%", ("train", "pylstm", "outside_compiled")),
               ("ceiling", ">8.2f", ("train", "pylstm", "ceiling")),
               ("loss pl", ">10.4f", ("train", "pylstm", "loss")),
@@ -196,6 +243,8 @@ def print_speed(rows):
     print("GF/s: the training products' floating-point operations per second (6 x 4H(I+H) "
           "per layer and 6 x HV per token), to set beside the SGEMM rate above; GF/s kern: "
           "pylstm's LSTM kernel calls alone inside its fit (forward, BPTT, input gradient); "
+          "fit/alone: those calls' time per batch inside the fit over the same calls made "
+          "again alone, back to back (the last full batch's; 1: as fast as alone); "
           "outside: "
           "pylstm's fit time outside its compiled calls (kernels, input gradient, head "
           "products and loss) over the time inside them; ceiling: torch's fit time over the "

@@ -13,6 +13,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 BENCHMARKS = Path(__file__).resolve().parents[2] / "benchmarks"
@@ -86,6 +87,9 @@ def test_bench_lm(tmp_path):
     assert train["pylstm"]["gflop_per_s"] > 0 and train["pylstm"]["kernel_gflop_per_s"] > 0
     # No fit is faster than its compiled calls alone.
     assert train["pylstm"]["ceiling"] >= train["ratio"] > 0
+    # The kernel calls of a batch were found and made again alone.
+    assert np.isfinite(train["pylstm"]["kernel_fit_over_alone"])
+    assert train["pylstm"]["kernel_fit_over_alone"] > 0
 
 
 @needs_torch
