@@ -73,7 +73,9 @@ def compiled_share(fit, layers, keep=False):
 
     inside, real = dict.fromkeys(COMPILED, 0.0), {name: getattr(_lstm, name) for name in COMPILED}
     kernel_calls = []  # (name, seconds) of every kernel call, in order
-    recent = collections.deque(maxlen=64)  # (call, args, kwargs, BLAS held) of the last ones
+    # (call, args, kwargs, BLAS held) of the last two batches' kernel calls at least (a
+    # layer makes three at most), and of no more, whose arrays would stay alive.
+    recent = collections.deque(maxlen=6 * layers)
 
     def timed(name, call):
         def run(*args, **kwargs):
@@ -101,6 +103,7 @@ def compiled_share(fit, layers, keep=False):
             setattr(_lstm, name, call)
     n_batches = sum(name == "forward_train" for name, _ in kernel_calls) // layers
     k = len(kernel_calls) // n_batches
+    assert k * n_batches == len(kernel_calls) and 2 * k <= recent.maxlen
     per_batch = [sum(s for _, s in kernel_calls[i:i + k])
                  for i in range(0, len(kernel_calls) - k, k)]
     return wall, inside, {"batch": float(np.median(per_batch)), "batches": n_batches,
