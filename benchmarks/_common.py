@@ -228,6 +228,48 @@ def alternate(calls, repeats, min_time=0.0, warmup=0):
     return wall, cpu, last
 
 
+#: pylstm's compiled calls in a fit (functions of ``pylstm._lstm``): the LSTM kernels,
+#: the input gradient, the heads' products and the classifiers' and the language model's
+#: loss (src/_head.pxi). The optimizer, clipping and the regressor's loss, compiled passes
+#: or NumPy, count as the fit's own work.
+COMPILED = ("forward_train", "backward", "input_gradient", "gemm_halves",
+            "softmax_cross_entropy")
+
+
+def time_compiled(fit, record=None):
+    """``fit()``'s wall time and the seconds inside each of its :data:`COMPILED` calls
+    (name -> seconds), timed by wrapping them in ``pylstm._lstm`` for this one call (two
+    clock reads each). ``record(name, call, args, kwargs, seconds, held)``, when given, is
+    told of every call; ``held``: whether BLAS was held to one thread as it began."""
+    from pylstm import _lstm, _threads
+
+    inside, real = dict.fromkeys(COMPILED, 0.0), {name: getattr(_lstm, name) for name in COMPILED}
+
+    def timed(name, call):
+        def run(*args, **kwargs):
+            held = bool(_threads._state["holds"])
+            t0 = time.perf_counter()
+            try:
+                return call(*args, **kwargs)
+            finally:
+                seconds = time.perf_counter() - t0
+                inside[name] += seconds
+                if record is not None:
+                    record(name, call, args, kwargs, seconds, held)
+        return run
+
+    try:
+        for name, call in real.items():
+            setattr(_lstm, name, timed(name, call))
+        t0 = time.perf_counter()
+        fit()
+        wall = time.perf_counter() - t0
+    finally:
+        for name, call in real.items():
+            setattr(_lstm, name, call)
+    return wall, inside
+
+
 def ab_row(label, calls, repeats, min_time=0.0):
     """A table row: ``label`` as ``case``, the median ms per call of each of two ``calls``
     (name -> function, the names ending in ``_ms``), sampled by :func:`alternate` after one

@@ -50,57 +50,32 @@ def torch_fit(torch, text, cfg, args, init=None):
                    for _ in range(args.epochs)]
 
 
-#: The compiled calls of a language-model fit: the LSTM kernels, the input gradient, the
-#: head's products and its loss (src/_head.pxi). The optimizer and clipping, compiled
-#: passes too, count as the fit's own work.
-COMPILED = ("forward_train", "backward", "input_gradient", "gemm_halves",
-            "softmax_cross_entropy")
-#: Of those, the LSTM kernels (forward, BPTT, input gradient).
-KERNELS = COMPILED[:3]
+#: The LSTM kernel calls of a fit (forward, BPTT, input gradient), of
+#: :data:`_common.COMPILED`.
+KERNELS = common.COMPILED[:3]
 
 
 def compiled_share(fit, layers, keep=False):
     """``fit()``'s wall time, the seconds inside each of its compiled calls
-    (:data:`COMPILED`, name -> seconds), timed by wrapping them in ``pylstm._lstm``
-    for this one call, and its kernel calls (:data:`KERNELS`): ``{"batch": median
-    seconds per batch, "batches": their number, "calls": with ``keep``, the last full
-    batch's calls}`` for :func:`kernels_alone`.
+    (:func:`_common.time_compiled`), and its kernel calls (:data:`KERNELS`):
+    ``{"batch": median seconds per batch, "batches": their number, "calls": with
+    ``keep``, the last full batch's calls}`` for :func:`kernels_alone`.
 
     Every batch of a fit makes the same kernel calls, ``layers`` forward calls among
     them; the last batch, which may be shorter, is left out. (Kept calls keep their
     arrays alive: not in the timed fits, whose allocations it would change.)"""
-    from pylstm import _lstm, _threads
-
-    inside, real = dict.fromkeys(COMPILED, 0.0), {name: getattr(_lstm, name) for name in COMPILED}
     kernel_calls = []  # (name, seconds) of every kernel call, in order
     # (call, args, kwargs, BLAS held) of the last two batches' kernel calls at least (a
     # layer makes three at most), and of no more, whose arrays would stay alive.
     recent = collections.deque(maxlen=6 * layers)
 
-    def timed(name, call):
-        def run(*args, **kwargs):
-            held = bool(_threads._state["holds"])
-            t0 = time.perf_counter()
-            try:
-                return call(*args, **kwargs)
-            finally:
-                seconds = time.perf_counter() - t0
-                inside[name] += seconds
-                if name in KERNELS:
-                    kernel_calls.append((name, seconds))
-                    if keep:
-                        recent.append((call, args, kwargs, held))
-        return run
+    def record(name, call, args, kwargs, seconds, held):
+        if name in KERNELS:
+            kernel_calls.append((name, seconds))
+            if keep:
+                recent.append((call, args, kwargs, held))
 
-    try:
-        for name, call in real.items():
-            setattr(_lstm, name, timed(name, call))
-        t0 = time.perf_counter()
-        fit()
-        wall = time.perf_counter() - t0
-    finally:
-        for name, call in real.items():
-            setattr(_lstm, name, call)
+    wall, inside = common.time_compiled(fit, record)
     n_batches = sum(name == "forward_train" for name, _ in kernel_calls) // layers
     k = len(kernel_calls) // n_batches
     assert k * n_batches == len(kernel_calls) and 2 * k <= recent.maxlen

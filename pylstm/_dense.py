@@ -6,6 +6,7 @@ Each runs by halves of its rows on the kernels' two threads; see
 
 import numpy as np
 
+from . import _blas, _lstm
 from ._threads import blas_beyond_loop, loop_threads, single_threaded_blas
 from ._tuning import WHOLE_SEQUENCE_ONE_THREAD_BELOW
 
@@ -28,9 +29,6 @@ def dense_product(trans_a, trans_b, a, b, beta, c):
     tests/language_model/test_language_model.py::test_head_threads).
     All arrays C-contiguous, of one dtype.
     """
-    from ._blas import gemm_rm
-    from ._lstm import gemm_halves
-
     k = a.shape[0] if trans_a else a.shape[1]
     if k == 0:  # an empty sum (beta 0: c is not read, as in BLAS)
         if beta == 0.0:
@@ -40,15 +38,15 @@ def dense_product(trans_a, trans_b, a, b, beta, c):
         return
     work = c.shape[0] * c.shape[1] * k
     if work >= WHOLE_SEQUENCE_ONE_THREAD_BELOW and blas_beyond_loop():
-        gemm_rm(trans_a, trans_b, 1.0, a, b, beta, c)
+        _blas.gemm_rm(trans_a, trans_b, 1.0, a, b, beta, c)
         return
     if work < _BLAS_ONE_THREAD_BELOW:
         # One BLAS call that BLAS keeps on one thread itself (a stream's step,
         # generate()): no switch, no thread query.
-        gemm_halves(trans_a, trans_b, 1.0, a, b, beta, c, 1)
+        _lstm.gemm_halves(trans_a, trans_b, 1.0, a, b, beta, c, 1)
         return
     with single_threaded_blas():
-        gemm_halves(trans_a, trans_b, 1.0, a, b, beta, c, loop_threads())
+        _lstm.gemm_halves(trans_a, trans_b, 1.0, a, b, beta, c, loop_threads())
 
 
 def column_sums(a):

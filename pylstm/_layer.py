@@ -1,8 +1,10 @@
 """The LSTM layer: shapes, dtypes, lengths, parameters and the BPTT cache.
 
-This module owns the one place where the public (PyTorch) parameter layout
+This module owns the place where the public (PyTorch) parameter layout
 meets the kernels of :mod:`pylstm._lstm`: every call sorts the batch by
 length, lays it out time-major and calls one kernel per layer and direction.
+(:mod:`pylstm._training_step` makes the same calls for the common case of a
+fit, planned once per batch shape.)
 
 Per-step arrays (layer inputs and outputs, the BPTT cache, gradients) hold
 one row per valid step, in the compact time-major layout of
@@ -250,6 +252,7 @@ class LSTM:
         state = self.__dict__.copy()
         state["_cache"] = None
         state["_workspace"] = None  # scratch arrays, not state
+        state.pop("_dense_steps", None)  # a network's training steps: scratch too
         return state
 
     def free_workspace(self):
@@ -275,6 +278,7 @@ class LSTM:
         """
         self._cache = None
         self._workspace.clear()
+        self.__dict__.pop("_dense_steps", None)  # pylstm._training_step
 
     @property
     def workspace_nbytes(self):

@@ -12,6 +12,7 @@ from ._arrays import scatter_add_rows
 from ._dense import column_sums, dense, dense_product
 from ._layer import LSTM, param_shapes
 from ._threads import loop_threads, model_call
+from ._training_step import DenseTrainingSteps
 
 __all__ = ["SequenceNetwork", "log_softmax", "softmax_cross_entropy", "squared_error"]
 
@@ -78,6 +79,18 @@ def squared_error(z, y, weight):
     diff = z - y
     loss = 0.5 * np.dot(weight, (diff * diff).sum(axis=1))
     return loss, diff * weight[:, None]
+
+
+def dense_steps(layers):
+    """The one layer's :class:`~pylstm._training_step.DenseTrainingSteps`, made at the
+    first call of a fit (``layer.free_workspace()`` drops them), when ``layers`` is one
+    layer that they apply to; else None."""
+    if len(layers) != 1 or not DenseTrainingSteps.applies(layers[0]):
+        return None
+    layer = layers[0]
+    if getattr(layer, "_dense_steps", None) is None:
+        layer._dense_steps = DenseTrainingSteps(layer)
+    return layer._dense_steps
 
 
 def _stack_shapes(n_inputs, hidden_size, num_layers, bidirectional, proj_size):
@@ -208,6 +221,10 @@ class SequenceNetwork(_SavedParameters):
             steps = self._chunk_steps(X.shape[0])
             if X.shape[1] > steps:
                 return self._final_states_in_chunks(X, lengths, steps)
+        steps = self._dense_steps(X, lengths) if training and final_states else None
+        if steps is not None:
+            self._cache = {"dense_steps": steps}
+            return steps.forward(X)[1]
         masks = []
         h = X
         top = len(self.layers) - 1
@@ -227,6 +244,18 @@ class SequenceNetwork(_SavedParameters):
         if not final_states:
             return h
         return np.ascontiguousarray(h_n.transpose(1, 0, 2).reshape(h_n.shape[1], -1))
+
+    def _dense_steps(self, X, lengths):
+        """The :func:`dense_steps` of a training batch ``X`` (B, T, I) with ``lengths``
+        when every sequence is T steps long and ``X`` a C-contiguous array of the
+        network's dtype; else None."""
+        if (isinstance(X, np.ndarray) and X.ndim == 3 and X.dtype == self.dtype
+                and X.flags.c_contiguous and X.shape[2] == self.layers[0].input_size
+                and X.shape[0] * X.shape[1] > 0 and lengths is not None
+                and len(lengths) == X.shape[0]
+                and np.min(lengths) == X.shape[1] == np.max(lengths)):
+            return dense_steps(self.layers)
+        return None
 
     def _chunk_steps(self, batch):
         """Steps per chunk of :meth:`_final_states_in_chunks` for ``batch`` rows."""
@@ -328,6 +357,10 @@ class SequenceNetwork(_SavedParameters):
         d_feats = np.empty_like(flat_f)
         dense_product(False, True, flat_d, self.coef, 0.0, d_feats)
         d_feats = d_feats.reshape(feats.shape)
+        if "dense_steps" in cache:
+            grads = cache["dense_steps"].backward(d_h=d_feats)[0]
+            return grads + [d_coef.astype(self.dtype, copy=False),
+                            d_intercept.astype(self.dtype, copy=False)]
         B, T, width = cache["shape"]
         top = self.layers[-1]
         if self.return_sequences:
@@ -457,6 +490,14 @@ class LanguageNetwork(_SavedParameters):
             lookup = (self.embedding, tokens)
         else:
             h = self.embedding[tokens]
+        steps = dense_steps(self.layers) if lookup is not None else None
+        if steps is not None:
+            out, h_n, c_n = steps.forward(None, *(state[0] if state else (None, None)),
+                                          lookup=lookup)
+            flat, logits = self._head(out)
+            self._cache = {"flat": flat, "shape": out.shape, "dense_steps": steps}
+            return (logits.reshape(out.shape[0], out.shape[1], -1),
+                    [(h_n[None].copy(), c_n[None].copy())])
         new_state, masks = [], []
         top = len(self.layers) - 1
         for k, layer in enumerate(self.layers):
@@ -493,6 +534,9 @@ class LanguageNetwork(_SavedParameters):
         dense_product(False, True, d_flat, self.coef, 0.0, d_hidden)
         d_intercept = column_sums(d_flat)
         d_out = d_hidden.reshape(cache["shape"])
+        if "dense_steps" in cache:
+            grads, d_embedding = cache["dense_steps"].backward(d_out)
+            return [d_embedding, *grads, d_coef, d_intercept.astype(self.dtype, copy=False)]
         layer_grads = []
         for k in range(len(self.layers) - 1, -1, -1):
             layer = self.layers[k]

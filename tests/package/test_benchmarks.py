@@ -60,6 +60,8 @@ def test_bench_fit(tmp_path):
     rows = json.loads((tmp_path / "fit.json").read_text())["results"]
     assert [r["case"] for r in rows] == ["digits", "varlen"]  # an array and a list
     assert all((r["ratio"] is not None) == HAS_TORCH for r in rows)
+    # Each fit's compiled calls were found and timed: a finite share outside them.
+    assert all(0 <= r["pylstm"]["outside_compiled"] < 50 for r in rows)
 
 
 @pytest.mark.timeout(300)
