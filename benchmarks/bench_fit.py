@@ -14,6 +14,7 @@ from sklearn.exceptions import ConvergenceWarning
 from sklearn.model_selection import train_test_split
 
 from pylstm import LSTMClassifier, _lstm
+from pylstm._training_step import DenseTrainingSteps
 from pylstm.datasets import load_digits_sequences, make_variable_length_sequences
 
 CASES = ("digits", "synthetic", "varlen")
@@ -84,27 +85,32 @@ def run_config(torch, data, hidden, batch, dtype, args):
     """Alternating fits of both; epochs per second, ratios and held-out accuracies.
 
     With ``args.idle_wait``, one pylstm entry per value in the same alternation,
-    and a row for each (sharing torch's fits)."""
-    waits = args.idle_wait or [None]
-    calls, outside = {}, {wait: [] for wait in waits}
-    for wait in waits:
-        calls[wait] = partial(pylstm_fit_timed, outside[wait], wait, data, hidden, batch,
-                              dtype, args)
+    and a row for each (sharing torch's fits); with ``args.general_path``, one entry
+    per training path (the planned step where it applies, and the general path alone)
+    for each of those."""
+    steps = ["planned", "general"] if args.general_path else [None]
+    variants = [(wait, step) for wait in args.idle_wait or [None] for step in steps]
+    calls, outside = {}, {v: [] for v in variants}
+    for v in variants:
+        calls[v] = partial(pylstm_fit_timed, outside[v], *v, data, hidden, batch, dtype, args)
     if torch is not None:
         calls["torch"] = lambda: torch_fit(torch, data, hidden, batch, dtype, args)
     wall, _, fitted = common.alternate(calls, args.repeats)
     rows = []
-    for wait in waits:
+    for v in variants:
+        wait, step = v
         row = {"case": data[0], "hidden": hidden, "batch": batch, "dtype": dtype,
                "pylstm": None, "torch": None, "ratio": None, "ratio_best": None}
         if wait is not None:
             row["idle_wait_us"] = wait
-        for impl, key in ((wait, "pylstm"), ("torch", "torch")):
+        if step is not None:
+            row["step"] = step
+        for impl, key in ((v, "pylstm"), ("torch", "torch")):
             if impl in wall:
                 row[key] = {"epochs_per_s": args.epochs / float(np.median(wall[impl])),
                             "epochs_per_s_best": args.epochs / min(wall[impl])}
-        row["pylstm"]["accuracy"] = float(fitted[wait].score(data[2], data[4]))
-        row["pylstm"]["outside_compiled"] = float(np.median(outside[wait]))
+        row["pylstm"]["accuracy"] = float(fitted[v].score(data[2], data[4]))
+        row["pylstm"]["outside_compiled"] = float(np.median(outside[v]))
         if torch is not None:
             (model, classes), (X, lengths) = fitted["torch"], torch_tensors(torch, data[2],
                                                                             dtype)
@@ -128,16 +134,20 @@ def pylstm_fit_timed(shares, *fit_args):
     return fitted[0]
 
 
-def pylstm_fit_waiting(wait, data, hidden, batch, dtype, args):
+def pylstm_fit_waiting(wait, step, data, hidden, batch, dtype, args):
     """:func:`pylstm_fit` with the kept worker's idle wait at ``wait`` microseconds
-    (None: as built), restored after."""
-    if wait is None:
-        return pylstm_fit(data, hidden, batch, dtype, args)
-    default = _lstm.set_idle_wait(wait / 1e6)
+    (None: as built), restored after; ``step`` "general": every batch through the
+    general path (``DenseTrainingSteps.applies`` false for this fit)."""
+    steps = DenseTrainingSteps.__dict__["applies"]
+    default = None if wait is None else _lstm.set_idle_wait(wait / 1e6)
+    if step == "general":
+        DenseTrainingSteps.applies = staticmethod(lambda layer: False)
     try:
         return pylstm_fit(data, hidden, batch, dtype, args)
     finally:
-        _lstm.set_idle_wait(default)
+        DenseTrainingSteps.applies = steps
+        if default is not None:
+            _lstm.set_idle_wait(default)
 
 
 def print_table(rows):
@@ -147,7 +157,8 @@ def print_table(rows):
     print("\n".join(common.table([
         ("case", "<10", "case"), ("H", ">4", "hidden"), ("batch", ">5", "batch"),
         ("dtype", "<8", "dtype")] + ([("wait us", ">7", "idle_wait_us")]
-                                     if "idle_wait_us" in rows[0] else []) + [
+                                     if "idle_wait_us" in rows[0] else [])
+        + ([("step", "<8", "step")] if "step" in rows[0] else []) + [
         ("pylstm ep/s", ">12.3f", ("pylstm", "epochs_per_s")),
         ("torch ep/s", ">11.3f", ("torch", "epochs_per_s")), ("ratio", ">6.2f", "ratio"),
         ("best", ">6.2f", "ratio_best"), ("outside", ">8.1%", ("pylstm", "outside_compiled")),
@@ -178,6 +189,10 @@ def main(argv=None):
                    help="time pylstm once per value, in the same alternation: how long "
                         "its kept worker thread waits for a task before it sleeps, in "
                         "microseconds")
+    p.add_argument("--general-path", action="store_true",
+                   help="time pylstm twice per figure, in the same alternation: with the "
+                        "planned training step where it applies (as built) and with every "
+                        "batch through the general path")
     common.add_common_options(p)
     args = common.apply_quick(p.parse_args(argv), cases=["digits", "varlen"], hidden=[8],
                               batch_sizes=[128], dtypes=["float32"], epochs=1, repeats=1,

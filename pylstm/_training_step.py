@@ -24,18 +24,19 @@ from ._arrays import to_time_major
 from ._layer import _chunk_steps, _fuse_weight_gradients, _grad_arrays
 from ._threads import single_threaded_blas, thread_plan
 from ._validation import check_finite
-from ._workspace import aligned_empty
+from ._workspace import aligned_empty, aligned_zeros
 
-#: Batch shapes planned at once; a fit on dense data has two (full batches and
-#: the last one), and a new shape beyond these drops the others.
-_MAX_PLANS = 4
+#: Batch shapes planned at once (a fit on dense data has two: full batches and
+#: the last one; bucketed lengths one per bucket); a new one beyond drops them.
+_MAX_PLANS = 32
 
 
 class _Plan:
-    """Kept arrays and decisions of one batch shape (:class:`DenseTrainingSteps`):
-    B rows of T steps, and V, the rows of a looked-up embedding (None: none)."""
+    """Decisions and arrays of one batch shape (:class:`DenseTrainingSteps`): B rows
+    of T steps, and V, the rows of a looked-up embedding (None: none). The arrays
+    that grow with B * T are views of the steps' shared buffers (``big``)."""
 
-    def __init__(self, layer, B, T, V):
+    def __init__(self, layer, B, T, V, big):
         I, H, dt = layer.input_size, layer.hidden_size, layer.dtype
         N = B * T
         self.lengths = np.full(B, T, dtype=np.intc)
@@ -45,7 +46,7 @@ class _Plan:
         # [x_t | h_{t-1}]: the input's compact copy, continued by h_{t-1} (the
         # layout of LSTM._forward_layers, whose backward makes both weight
         # gradients with one GEMM; a looked-up projection never reads x_t).
-        self.wide = aligned_empty((N, I + H), dt)
+        self.wide = big("wide", (N, I + H))
         self.x, self.h_prev = self.wide[:, :I], self.wide[:, I:]
         self.w_hh_t = aligned_empty((H, 4 * H), dt) if self.blas_steps else None
         self.bias = np.empty(4 * H, dt)
@@ -57,10 +58,9 @@ class _Plan:
         self.fuse = (V is None and not _lstm.direct_weight_gradients(I, H)
                      and _fuse_weight_gradients(N, I, H))
         self.grad_work = aligned_empty(_lstm.gradient_work_size(I, H, B, dt, self.fuse), dt)
-        self.gates = aligned_empty((N, 4 * H), dt)
-        self.c_cache = aligned_empty((N, H), dt)
-        self.out = aligned_empty((B, T, H), dt)  # every step's h_t, batch-first
-        self.zero_d_out = None  # their gradient when only the final states have one
+        self.gates = big("gates", (N, 4 * H))
+        self.c_cache = big("c_cache", (N, H))
+        self.out = big("out", (B, T, H))  # every step's h_t, batch-first
         self.dh, self.dc = np.empty((B, H), dt), np.empty((B, H), dt)
         self.scratch = aligned_empty((B, 4 * H), dt)
         self.backward_work = aligned_empty(
@@ -93,6 +93,31 @@ class DenseTrainingSteps:
         self.layer = layer
         self._plans = {}
         self._plan = None
+        self._buffers = {}  # name -> flat buffer, grown to the largest shape's need
+        self._grown = False
+        self._zeros = None  # the outputs' gradient where only the final states have one
+
+    def _big(self, name, shape):
+        """A view of the shared buffer ``name``, of ``shape``, grown if too small (one
+        step runs at a time: every plan may use the same buffers)."""
+        size = int(np.prod(shape))
+        buf = self._buffers.get(name)
+        if buf is None or buf.size < size:
+            buf = self._buffers[name] = aligned_empty(size, self.layer.dtype)
+            self._grown = True
+        return buf[:size].reshape(shape)
+
+    def _plan_for(self, key):
+        """The plan of ``key``, (B, T, V), made if new. A plan that grows a shared
+        buffer drops the others, whose views the old buffers would keep alive."""
+        plan = self._plans.get(key)
+        if plan is None:
+            self._grown = False
+            plan = _Plan(self.layer, *key, self._big)
+            if self._grown or len(self._plans) >= _MAX_PLANS:
+                self._plans.clear()
+            self._plans[key] = plan
+        return plan
 
     @staticmethod
     def applies(layer):
@@ -122,13 +147,8 @@ class DenseTrainingSteps:
         """
         layer = self.layer
         B, T = np.shape(lookup[1]) if X is None else X.shape[:2]
-        key = (B, T, None if lookup is None else lookup[0].shape[0])
-        plan = self._plans.get(key)
-        if plan is None:
-            if len(self._plans) >= _MAX_PLANS:
-                self._plans.clear()
-            plan = self._plans[key] = _Plan(layer, *key)
         self._plan = None  # until this forward is complete
+        plan = self._plan_for((B, T, None if lookup is None else lookup[0].shape[0]))
         tokens = table = None
         if lookup is not None:
             table, tokens, plan.embedding = layer._lookup_table(lookup, True, B, T)
@@ -181,10 +201,11 @@ class DenseTrainingSteps:
         if plan is None:
             raise RuntimeError("backward() needs a preceding forward()")
         B, H = plan.h.shape
-        if d_out is None:
-            if plan.zero_d_out is None:
-                plan.zero_d_out = np.zeros_like(plan.out)  # read only
-            d_out = plan.zero_d_out
+        if d_out is None:  # zeros, read only, shared by every plan
+            size = plan.out.size
+            if self._zeros is None or self._zeros.size < size:
+                self._zeros = aligned_zeros(size, plan.out.dtype)
+            d_out = self._zeros[:size].reshape(plan.out.shape)
         if d_h is None:
             plan.dh.fill(0)
         else:

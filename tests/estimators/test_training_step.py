@@ -170,3 +170,26 @@ def test_language_model_fits_bit_for_bit_as_the_general_path(dtype, hidden, batc
     assert planned.loss_curve_ == general.loss_curve_
     for p, q in zip(planned.network_.parameters(), general.network_.parameters(), strict=True):
         np.testing.assert_array_equal(p, q)
+
+
+def test_many_batch_shapes_share_the_buffers(monkeypatch, count_steps):
+    # Six lengths, each a multiple of the batch size: every batch is dense, of one of
+    # six shapes, in shuffled order; the plans share their large arrays.
+    rng = np.random.default_rng(4)
+    lengths = np.repeat([2, 3, 5, 7, 8, 11], 16)
+    X = [rng.normal(size=(n, 2)) for n in lengths]
+    y = rng.normal(size=len(X))
+    planned = _fit(LSTMRegressor, X, y, True, monkeypatch, hidden_size=5, batch_size=8)
+    assert count_steps["n"] == 2 * 12
+    _assert_same_fit(planned, _fit(LSTMRegressor, X, y, False, monkeypatch, hidden_size=5,
+                                   batch_size=8))
+    steps = DenseTrainingSteps(planned.network_.layers[0])
+    shapes = [(8, n) for n in (11, 2, 3, 5, 7, 8)]  # the largest first: nothing grows later
+    for B, T in shapes:
+        steps.forward(np.zeros((B, T, 2), np.float32))
+        steps.backward(d_h=np.ones((B, 5), np.float32))
+    assert len(steps._plans) == len(shapes)
+    gates = steps._buffers["gates"]
+    assert all(np.shares_memory(plan.gates, gates) for plan in steps._plans.values())
+    steps.forward(np.zeros((8, 12, 2), np.float32))  # larger: a new buffer, old plans dropped
+    assert len(steps._plans) == 1 and steps._buffers["gates"] is not gates

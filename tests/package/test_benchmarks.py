@@ -74,6 +74,18 @@ def test_bench_fit_idle_wait(tmp_path):
     assert all(r["pylstm"]["epochs_per_s"] > 0 for r in rows)
 
 
+@pytest.mark.timeout(300)
+def test_bench_fit_general_path(tmp_path):
+    run("bench_fit.py", "--no-torch", "--general-path", "--json", str(tmp_path / "fit.json"))
+    rows = json.loads((tmp_path / "fit.json").read_text())["results"]
+    assert [(r["case"], r["step"]) for r in rows] == [
+        ("digits", "planned"), ("digits", "general"), ("varlen", "planned"),
+        ("varlen", "general")]
+    # The same fits, bit for bit, through either path.
+    assert rows[0]["pylstm"]["accuracy"] == rows[1]["pylstm"]["accuracy"]
+    assert all(r["pylstm"]["epochs_per_s"] > 0 for r in rows)
+
+
 @needs_torch
 @pytest.mark.timeout(300)
 def test_bench_lm(tmp_path):
