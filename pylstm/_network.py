@@ -82,15 +82,15 @@ def squared_error(z, y, weight):
 
 
 def dense_steps(layers):
-    """The one layer's :class:`~pylstm._training_step.DenseTrainingSteps`, made at the
-    first call of a fit (``layer.free_workspace()`` drops them), when ``layers`` is one
-    layer that they apply to; else None."""
-    if len(layers) != 1 or not DenseTrainingSteps.applies(layers[0]):
+    """Each layer's :class:`~pylstm._training_step.DenseTrainingSteps`, made at the
+    first call of a fit (``layer.free_workspace()`` drops them), when they apply to
+    every layer; else None."""
+    if not all(DenseTrainingSteps.applies(layer) for layer in layers):
         return None
-    layer = layers[0]
-    if getattr(layer, "_dense_steps", None) is None:
-        layer._dense_steps = DenseTrainingSteps(layer)
-    return layer._dense_steps
+    for layer in layers:
+        if getattr(layer, "_dense_steps", None) is None:
+            layer._dense_steps = DenseTrainingSteps(layer)
+    return [layer._dense_steps for layer in layers]
 
 
 def _stack_shapes(n_inputs, hidden_size, num_layers, bidirectional, proj_size):
@@ -221,15 +221,15 @@ class SequenceNetwork(_SavedParameters):
             steps = self._chunk_steps(X.shape[0])
             if X.shape[1] > steps:
                 return self._final_states_in_chunks(X, lengths, steps)
-        steps = self._dense_steps(X, lengths) if training and final_states else None
-        if steps is not None:
-            self._cache = {"dense_steps": steps}
-            return steps.forward(X)[1]
+        steps = self._dense_steps(X, lengths) if training else None
         masks = []
         h = X
         top = len(self.layers) - 1
         for k, layer in enumerate(self.layers):
-            out, (h_n, _) = layer.forward(h, lengths=lengths, training=training, rng=rng)
+            if steps is None:
+                out, (h_n, _) = layer.forward(h, lengths=lengths, training=training, rng=rng)
+            else:  # the same calls, planned (pylstm._training_step)
+                out, h_n, _ = steps[k].forward(h)
             if k < top:
                 if training and self.dropout > 0:
                     keep = 1.0 - self.dropout
@@ -240,15 +240,17 @@ class SequenceNetwork(_SavedParameters):
                     masks.append(None)
             h = out
         if training:
-            self._cache = {"masks": masks, "shape": h.shape}
+            self._cache = {"masks": masks, "shape": h.shape, "dense_steps": steps}
         if not final_states:
             return h
+        if steps is not None:
+            return h_n
         return np.ascontiguousarray(h_n.transpose(1, 0, 2).reshape(h_n.shape[1], -1))
 
     def _dense_steps(self, X, lengths):
-        """The :func:`dense_steps` of a training batch ``X`` (B, T, I) with ``lengths``
-        when every sequence is T steps long and ``X`` a C-contiguous array of the
-        network's dtype; else None."""
+        """The layers' :func:`dense_steps` for a training batch ``X`` (B, T, I) with
+        ``lengths`` when every sequence is T steps long and ``X`` a C-contiguous array
+        of the network's dtype; else None."""
         if (isinstance(X, np.ndarray) and X.ndim == 3 and X.dtype == self.dtype
                 and X.flags.c_contiguous and X.shape[2] == self.layers[0].input_size
                 and X.shape[0] * X.shape[1] > 0 and lengths is not None
@@ -357,14 +359,13 @@ class SequenceNetwork(_SavedParameters):
         d_feats = np.empty_like(flat_f)
         dense_product(False, True, flat_d, self.coef, 0.0, d_feats)
         d_feats = d_feats.reshape(feats.shape)
-        if "dense_steps" in cache:
-            grads = cache["dense_steps"].backward(d_h=d_feats)[0]
-            return grads + [d_coef.astype(self.dtype, copy=False),
-                            d_intercept.astype(self.dtype, copy=False)]
         B, T, width = cache["shape"]
         top = self.layers[-1]
+        steps = cache["dense_steps"]
         if self.return_sequences:
             d_out, d_h_n = d_feats, None
+        elif steps is not None:  # zeros (None) and the final states' gradient
+            d_out, d_h_n = None, d_feats
         else:
             d_out = np.zeros((B, T, width), dtype=self.dtype)
             d_h_n = d_feats.reshape(B, top.num_directions, top.output_size).transpose(1, 0, 2)
@@ -373,8 +374,12 @@ class SequenceNetwork(_SavedParameters):
             layer = self.layers[k]
             # The first layer's input is the data: no gradient wanted. The
             # estimator checks the loss and the gradients' norm.
-            d_in, grads = layer._backward(d_out, d_h_n, None, k > 0, checked=False)
-            grads_per_layer.append([grads[name] for name in layer._params])
+            if steps is None:
+                d_in, grads = layer._backward(d_out, d_h_n, None, k > 0, checked=False)
+                grads_per_layer.append([grads[name] for name in layer._params])
+            else:
+                grads, d_in = steps[k].backward(d_out, d_h_n, input_gradient=k > 0)
+                grads_per_layer.append(grads)
             if k > 0:
                 mask = cache["masks"][k - 1]
                 d_out = d_in if mask is None else d_in * mask
@@ -490,21 +495,19 @@ class LanguageNetwork(_SavedParameters):
             lookup = (self.embedding, tokens)
         else:
             h = self.embedding[tokens]
+        # The same calls, planned (pylstm._training_step), for a looked-up batch.
         steps = dense_steps(self.layers) if lookup is not None else None
-        if steps is not None:
-            out, h_n, c_n = steps.forward(None, *(state[0] if state else (None, None)),
-                                          lookup=lookup)
-            flat, logits = self._head(out)
-            self._cache = {"flat": flat, "shape": out.shape, "dense_steps": steps}
-            return (logits.reshape(out.shape[0], out.shape[1], -1),
-                    [(h_n[None].copy(), c_n[None].copy())])
         new_state, masks = [], []
         top = len(self.layers) - 1
         for k, layer in enumerate(self.layers):
             h0, c0 = (None, None) if state is None else state[k]
-            out, (h_n, c_n) = layer._forward(h, None, h0, c0, training,
-                                             training and layer.recurrent_dropout > 0, rng,
-                                             lookup if k == 0 else None)
+            if steps is None:
+                out, (h_n, c_n) = layer._forward(h, None, h0, c0, training,
+                                                 training and layer.recurrent_dropout > 0,
+                                                 rng, lookup if k == 0 else None)
+            else:
+                out, h_n, c_n = steps[k].forward(h, h0, c0, lookup if k == 0 else None)
+                h_n, c_n = h_n[None].copy(), c_n[None].copy()
             new_state.append((h_n, c_n))
             if k < top and training and self.dropout > 0:
                 keep = 1.0 - self.dropout
@@ -519,7 +522,7 @@ class LanguageNetwork(_SavedParameters):
         flat, logits = self._head(h)
         if training:
             self._cache = {"tokens": tokens, "flat": flat, "masks": masks, "shape": h.shape,
-                           "lookup": lookup is not None}
+                           "lookup": lookup is not None, "dense_steps": steps}
         return logits.reshape(h.shape[0], h.shape[1], -1), new_state
 
     @model_call
@@ -534,15 +537,17 @@ class LanguageNetwork(_SavedParameters):
         dense_product(False, True, d_flat, self.coef, 0.0, d_hidden)
         d_intercept = column_sums(d_flat)
         d_out = d_hidden.reshape(cache["shape"])
-        if "dense_steps" in cache:
-            grads, d_embedding = cache["dense_steps"].backward(d_out)
-            return [d_embedding, *grads, d_coef, d_intercept.astype(self.dtype, copy=False)]
+        steps = cache["dense_steps"]
         layer_grads = []
         for k in range(len(self.layers) - 1, -1, -1):
             layer = self.layers[k]
             # The language model checks its loss and the gradients' norm.
-            d_in, grads = layer._backward(d_out, None, None, True, checked=False)
-            layer_grads.append([grads[name] for name in layer._params])
+            if steps is None:
+                d_in, grads = layer._backward(d_out, None, None, True, checked=False)
+                layer_grads.append([grads[name] for name in layer._params])
+            else:
+                grads, d_in = steps[k].backward(d_out, input_gradient=True)
+                layer_grads.append(grads)
             if k > 0:
                 mask = cache["masks"][k - 1]
                 d_out = d_in if mask is None else d_in * mask

@@ -1,17 +1,17 @@
 """The training step of the common case, planned once per batch shape.
 
-A training batch for one unidirectional LSTM layer without projections or
+A training batch for a unidirectional LSTM layer without projections or
 recurrent dropout, whose sequences all have the batch's length (an
-estimator's dense batch, read from its final states; a language model's
-window of looked-up tokens, its state carried in), makes the same two
+estimator's dense batch; a language model's window of looked-up tokens, its
+state carried in; the output of the layer below in a stack), makes the same
 kernel calls on arrays of the same shapes, batch after batch. The general
 path (:class:`pylstm.LSTM`'s ``_forward`` and ``_backward``) checks, sorts,
 plans and allocates afresh at every call; after the kernels have swept the
 caches, that Python costs several times what it costs on its own, and it
 was most of a small fit's time outside its compiled calls
 (``benchmarks/bench_fit.py``, ``outside``). :class:`DenseTrainingSteps`
-plans each batch shape once and keeps its arrays, the gradients' among
-them: they are overwritten by the next step, which a fit, whose optimizer
+plans each batch shape once and keeps its arrays; the gradients it
+returns stay valid until the next backward, which a fit, whose optimizer
 consumes them at once, allows. The networks choose it per batch; its
 results are the general path's, bit for bit
 (``tests/estimators/test_training_step.py``).
@@ -20,7 +20,7 @@ results are the general path's, bit for bit
 import numpy as np
 
 from . import _lstm
-from ._arrays import to_time_major
+from ._arrays import to_batch_first, to_time_major
 from ._layer import _chunk_steps, _fuse_weight_gradients, _grad_arrays
 from ._threads import single_threaded_blas, thread_plan
 from ._validation import check_finite
@@ -57,7 +57,7 @@ class _Plan:
         self.gbuf = aligned_empty((K * B * 4 * H,), dt)
         self.fuse = (V is None and not _lstm.direct_weight_gradients(I, H)
                      and _fuse_weight_gradients(N, I, H))
-        self.grad_work = aligned_empty(_lstm.gradient_work_size(I, H, B, dt, self.fuse), dt)
+        self.grad_work_size = _lstm.gradient_work_size(I, H, B, dt, self.fuse)
         self.gates = big("gates", (N, 4 * H))
         self.c_cache = big("c_cache", (N, H))
         self.out = big("out", (B, T, H))  # every step's h_t, batch-first
@@ -66,7 +66,6 @@ class _Plan:
         self.backward_work = aligned_empty(
             _lstm.work_size(I, H, B, dt) if self.fuse
             else _lstm.input_gradient_work_size(I, H, dt), dt)
-        self.d_ih, self.d_hh, self.d_b = _grad_arrays(self.grad_work, 4 * H, I)
         self.d_b2 = np.empty(4 * H, dt)
         self.table = None
         if V is not None:  # the table's gradient, summed by token (float64)
@@ -81,7 +80,8 @@ class DenseTrainingSteps:
     For a layer without projections or recurrent dropout (:meth:`applies`),
     :meth:`forward` and :meth:`backward` give what the layer's ``_forward``
     and ``_backward`` give for a training call without lengths, bit for bit.
-    The results are kept arrays, overwritten by the next step.
+    Their results are kept arrays: the outputs overwritten by the next
+    forward, the gradients by the next backward.
 
     Parameters
     ----------
@@ -168,6 +168,11 @@ class DenseTrainingSteps:
             w_hh_t = plan.w_hh_t
         else:  # unread by the kernel; any (H, 4H) array fills the slot
             w_hh_t = w_hh.reshape(layer.hidden_size, -1)
+        # The kernels' scratch, then the weight gradients (their array is the general
+        # path's, made at every call: a caller may keep gradients until the next backward).
+        plan.grad_work = aligned_empty(plan.grad_work_size, layer.dtype)
+        plan.d_ih, plan.d_hh, plan.d_b = _grad_arrays(plan.grad_work, 4 * layer.hidden_size,
+                                                      layer.input_size)
         one_thread, _, loop_threads = thread_plan(B, layer.hidden_size, 1, plan.blas_steps,
                                                   plan.work)
         with single_threaded_blas(one_thread):
@@ -180,9 +185,10 @@ class DenseTrainingSteps:
         self._plan = plan
         return plan.out, plan.h, plan.c
 
-    def backward(self, d_out=None, d_h=None):
+    def backward(self, d_out=None, d_h=None, input_gradient=False):
         """Gradients of the layer's parameters (in ``parameters()`` order) for the last
-        :meth:`forward`, and after a lookup the embedding's gradient, else None.
+        :meth:`forward`, and the input's: after a lookup the embedding's (V, I), with
+        ``input_gradient`` the (B, T, I) input's (a kept array), else None.
 
         Parameters
         ----------
@@ -191,6 +197,8 @@ class DenseTrainingSteps:
             dtype (None: zeros).
         d_h : ndarray of shape (B, H) or None
             Gradient of the final hidden states (None: zeros).
+        input_gradient : bool, default=False
+            Make the gradient of a batch-first input (a layer below's output).
 
         Raises
         ------
@@ -225,6 +233,13 @@ class DenseTrainingSteps:
                            plan.bf_rows, False, loop_threads,
                            plan.backward_work if plan.fuse else plan.grad_work, plan.fuse,
                            None, **table)
+            d_in = None if plan.table is None else plan.table["d_embedding"]
+            if input_gradient and plan.table is None:
+                # The gate gradients (in place of the gates) times W_ih, over the
+                # input's compact copy, which the backward has read.
+                _lstm.input_gradient(plan.gates, p["weight_ih_l0"], plan.x, 0.0,
+                                     loop_threads, plan.backward_work)
+                d_in = self._big("dx", (B, d_out.shape[1], plan.x.shape[1]))
+                to_batch_first(plan.x, d_in)
         np.copyto(plan.d_b2, plan.d_b)
-        return ([plan.d_ih, plan.d_hh, plan.d_b, plan.d_b2],
-                None if plan.table is None else plan.table["d_embedding"])
+        return [plan.d_ih, plan.d_hh, plan.d_b, plan.d_b2], d_in

@@ -88,13 +88,30 @@ def test_ragged_batches_take_the_general_path_and_dense_ones_the_planned(monkeyp
 
 
 @pytest.mark.parametrize("params", [
-    {"num_layers": 2}, {"bidirectional": True}, {"proj_size": 3},
-    {"recurrent_dropout": 0.2}, {"return_sequences": True},
+    {"num_layers": 2, "dropout": 0.3}, {"num_layers": 3, "dtype": "float64"},
+    {"return_sequences": True}, {"return_sequences": True, "num_layers": 2},
+])
+def test_stacks_and_sequence_outputs_fit_bit_for_bit_as_the_general_path(
+        params, monkeypatch, count_steps):
+    # Dropout between the layers draws its masks from the fit's generator alike.
+    rng = np.random.default_rng(2)
+    X = rng.normal(size=(70, 5, 2))
+    y = rng.normal(size=(70, 5, 1)) if params.get("return_sequences") else rng.normal(size=70)
+    planned = _fit(LSTMRegressor, X, y, True, monkeypatch, hidden_size=6, batch_size=16,
+                   **params)
+    assert count_steps["n"] == 2 * 5 * params.get("num_layers", 1)
+    _assert_same_fit(planned, _fit(LSTMRegressor, X, y, False, monkeypatch, hidden_size=6,
+                                   batch_size=16, **params))
+
+
+@pytest.mark.parametrize("params", [
+    {"bidirectional": True}, {"proj_size": 3}, {"recurrent_dropout": 0.2},
+    {"num_layers": 2, "recurrent_dropout": 0.2},
 ])
 def test_other_networks_take_the_general_path(params, count_steps):
     rng = np.random.default_rng(2)
     X = rng.normal(size=(40, 5, 2))
-    y = rng.normal(size=(40, 5, 1)) if params.get("return_sequences") else rng.normal(size=40)
+    y = rng.normal(size=40)
     LSTMRegressor(hidden_size=6, max_iter=1, random_state=0, **params).fit(X, y)
     assert count_steps["n"] == 0
 
@@ -149,11 +166,13 @@ def test_a_fit_keeps_no_plan_and_pickles_without_one():
     np.testing.assert_array_equal(pickle.loads(pickle.dumps(est)).predict(X), est.predict(X))
 
 
-@pytest.mark.parametrize("dtype", ["float32", "float64"])
-@pytest.mark.parametrize(("hidden", "batch"), [(8, 4), (24, 16)])
-def test_language_model_fits_bit_for_bit_as_the_general_path(dtype, hidden, batch,
+@pytest.mark.parametrize(("dtype", "hidden", "batch", "layers"), [
+    ("float32", 8, 4, 1), ("float64", 8, 4, 1), ("float32", 24, 16, 1),
+    ("float64", 24, 16, 1), ("float32", 12, 8, 2), ("float64", 12, 8, 3)])
+def test_language_model_fits_bit_for_bit_as_the_general_path(dtype, hidden, batch, layers,
                                                              monkeypatch, count_steps):
-    # Stateful windows: each batch starts from the state the last one left.
+    # Stateful windows: each batch starts from the state the last one left; stacks
+    # with dropout between their layers.
     text = "the quick brown fox jumps over the lazy dog, said the cat. " * 12
 
     def fit(planned):
@@ -161,8 +180,9 @@ def test_language_model_fits_bit_for_bit_as_the_general_path(dtype, hidden, batc
             if not planned:
                 m.setattr(DenseTrainingSteps, "applies", staticmethod(lambda layer: False))
             return LSTMLanguageModel(hidden_size=hidden, embedding_dim=5, seq_len=9,
-                                     batch_size=batch, max_iter=2, clip_norm=1.0,
-                                     random_state=0, dtype=dtype).fit(text)
+                                     batch_size=batch, num_layers=layers,
+                                     dropout=0.2 if layers > 1 else 0.0, max_iter=2,
+                                     clip_norm=1.0, random_state=0, dtype=dtype).fit(text)
 
     planned = fit(True)
     assert count_steps["n"] > 0
@@ -193,3 +213,17 @@ def test_many_batch_shapes_share_the_buffers(monkeypatch, count_steps):
     assert all(np.shares_memory(plan.gates, gates) for plan in steps._plans.values())
     steps.forward(np.zeros((8, 12, 2), np.float32))  # larger: a new buffer, old plans dropped
     assert len(steps._plans) == 1 and steps._buffers["gates"] is not gates
+
+
+def test_gradients_stay_valid_until_the_next_backward():
+    # A caller may keep a step's gradients while it runs forwards (a finite-difference
+    # check does): the forward's scratch is not their array.
+    net = SequenceNetwork(2, 1, 4, 2, False, 0.0, False, np.float64, np.random.RandomState(0))
+    X = np.random.default_rng(5).normal(size=(3, 4, 2))
+    net.forward(X, np.full(3, 4), training=True)
+    grads = net.backward(np.ones((3, 1)))
+    kept = [g.copy() for g in grads]
+    for _ in range(2):
+        net.forward(X + 1.0, np.full(3, 4), training=True)
+    for g, k in zip(grads, kept, strict=True):
+        np.testing.assert_array_equal(g, k)
