@@ -138,14 +138,14 @@ def pylstm_fit_waiting(wait, step, data, hidden, batch, dtype, args):
     """:func:`pylstm_fit` with the kept worker's idle wait at ``wait`` microseconds
     (None: as built), restored after; ``step`` "general": every batch through the
     general path (``DenseTrainingSteps.applies`` false for this fit)."""
-    steps = DenseTrainingSteps.__dict__["applies"]
+    applies = DenseTrainingSteps.__dict__["applies"]
     default = None if wait is None else _lstm.set_idle_wait(wait / 1e6)
     if step == "general":
         DenseTrainingSteps.applies = staticmethod(lambda layer: False)
     try:
         return pylstm_fit(data, hidden, batch, dtype, args)
     finally:
-        DenseTrainingSteps.applies = steps
+        DenseTrainingSteps.applies = applies
         if default is not None:
             _lstm.set_idle_wait(default)
 

@@ -278,7 +278,8 @@ class LSTM:
         """
         self._cache = None
         self._workspace.clear()
-        self.__dict__.pop("_dense_steps", None)  # pylstm._training_step
+        # A network's planned training steps (pylstm._training_step): a fit's scratch.
+        self.__dict__.pop("_dense_steps", None)
 
     @property
     def workspace_nbytes(self):

@@ -1,4 +1,4 @@
-"""The estimators' planned training step (pylstm._training_step): the general path's bits."""
+"""The planned training step (pylstm._training_step): the general path's bits."""
 
 import pickle
 import warnings
