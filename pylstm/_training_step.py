@@ -43,11 +43,19 @@ class _Plan:
         self.bf_rows = np.arange(B) * T
         self.blas_steps = _lstm.needs_w_hh_t(self.lengths)
         self.work = N * 4 * H * (I + H)  # the whole-sequence products' multiply-adds
-        # [x_t | h_{t-1}]: the input's compact copy, continued by h_{t-1} (the
-        # layout of LSTM._forward_layers, whose backward makes both weight
-        # gradients with one GEMM; a looked-up projection never reads x_t).
-        self.wide = big("wide", (N, I + H))
-        self.x, self.h_prev = self.wide[:, :I], self.wide[:, I:]
+        self.fuse = (V is None and not _lstm.direct_weight_gradients(I, H)
+                     and _fuse_weight_gradients(N, I, H))
+        if self.fuse:
+            # [x_t | h_{t-1}]: the input's compact copy, continued by h_{t-1}
+            # (the layout of LSTM._forward_layers), for the backward's one GEMM
+            # of both weight gradients.
+            wide = big("wide", (N, I + H))
+            self.x, self.h_prev = wide[:, :I], wide[:, I:]
+        else:
+            # Apart, each contiguous: the batch's copy into x then writes I
+            # values a row, not one cache line per row (benchmarks/bench_fit.py,
+            # ``outside``); a looked-up projection never reads x.
+            self.x, self.h_prev = big("x", (N, I)), big("h_prev", (N, H))
         self.w_hh_t = aligned_empty((H, 4 * H), dt) if self.blas_steps else None
         self.bias = np.empty(4 * H, dt)
         self.h, self.c = aligned_empty((B, H), dt), aligned_empty((B, H), dt)
@@ -55,9 +63,13 @@ class _Plan:
         K = _chunk_steps(T, B, H)
         self.xbuf = aligned_empty((K * B * I,), dt)
         self.gbuf = aligned_empty((K * B * 4 * H,), dt)
-        self.fuse = (V is None and not _lstm.direct_weight_gradients(I, H)
-                     and _fuse_weight_gradients(N, I, H))
-        self.grad_work_size = _lstm.gradient_work_size(I, H, B, dt, self.fuse)
+        # Two arrays for the kernels' scratch, then the weight gradients: a forward
+        # takes the one that does not hold the last backward's gradients, so that
+        # they outlive forwards until the next backward.
+        self.grad_work = [aligned_empty(_lstm.gradient_work_size(I, H, B, dt, self.fuse), dt)
+                          for _ in range(2)]
+        self.grad_views = [_grad_arrays(w, 4 * H, I) for w in self.grad_work]
+        self.held = 1  # the array of the last backward's gradients
         self.gates = big("gates", (N, 4 * H))
         self.c_cache = big("c_cache", (N, H))
         self.out = big("out", (B, T, H))  # every step's h_t, batch-first
@@ -168,18 +180,17 @@ class DenseTrainingSteps:
             w_hh_t = plan.w_hh_t
         else:  # unread by the kernel; any (H, 4H) array fills the slot
             w_hh_t = w_hh.reshape(layer.hidden_size, -1)
-        # The kernels' scratch, then the weight gradients (their array is the general
-        # path's, made at every call: a caller may keep gradients until the next backward).
-        plan.grad_work = aligned_empty(plan.grad_work_size, layer.dtype)
-        plan.d_ih, plan.d_hh, plan.d_b = _grad_arrays(plan.grad_work, 4 * layer.hidden_size,
-                                                      layer.input_size)
+        # The kernels' scratch, then the weight gradients: not the array of the last
+        # backward's gradients, which a caller may hold until the next backward.
+        work = plan.grad_work[1 - plan.held]
+        plan.d_ih, plan.d_hh, plan.d_b = plan.grad_views[1 - plan.held]
         one_thread, _, loop_threads = thread_plan(B, layer.hidden_size, 1, plan.blas_steps,
                                                   plan.work)
         with single_threaded_blas(one_thread):
             _lstm.forward_train(plan.x, plan.lengths, w_ih, w_hh, w_hh_t, plan.bias, plan.h,
                                 plan.c, plan.out.reshape(B * T, -1), 0, False, plan.xbuf,
                                 plan.gbuf, plan.gates, plan.c_cache, plan.h_prev, True,
-                                plan.bf_rows, loop_threads, plan.grad_work, None, table,
+                                plan.bf_rows, loop_threads, work, None, table,
                                 tokens)
         plan.tokens = tokens
         self._plan = plan
@@ -224,15 +235,14 @@ class DenseTrainingSteps:
         if plan.table is not None:
             table = dict(plan.table, tokens=plan.tokens, embedding=plan.embedding)
         p = self.layer._params
+        work = plan.backward_work if plan.fuse else plan.grad_work[1 - plan.held]
         one_thread, _, loop_threads = thread_plan(B, H, 1, plan.blas_steps, plan.work)
         with single_threaded_blas(one_thread):
             _lstm.backward(plan.x, plan.lengths, p["weight_ih_l0"], p["weight_hh_l0"],
                            plan.c_start, plan.gates, plan.c_cache, plan.h_prev,
                            d_out.reshape(B * d_out.shape[1], H), 0, False, plan.dh, plan.dc,
                            plan.x, 0.0, plan.d_ih, plan.d_hh, plan.d_b, plan.scratch, True,
-                           plan.bf_rows, False, loop_threads,
-                           plan.backward_work if plan.fuse else plan.grad_work, plan.fuse,
-                           None, **table)
+                           plan.bf_rows, False, loop_threads, work, plan.fuse, None, **table)
             d_in = None if plan.table is None else plan.table["d_embedding"]
             if input_gradient and plan.table is None:
                 # The gate gradients (in place of the gates) times W_ih, over the
@@ -242,4 +252,5 @@ class DenseTrainingSteps:
                 d_in = self._big("dx", (B, d_out.shape[1], plan.x.shape[1]))
                 to_batch_first(plan.x, d_in)
         np.copyto(plan.d_b2, plan.d_b)
+        plan.held = 1 - plan.held
         return [plan.d_ih, plan.d_hh, plan.d_b, plan.d_b2], d_in
