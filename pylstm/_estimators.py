@@ -856,12 +856,18 @@ class _BaseLSTMEstimator(BaseEstimator):
                 if pen:
                     loss += 0.5 * scale * sum_squares(p.reshape(-1))
                     g += scale * p
-        norm = clip_grad_norm(grads, self.clip_norm if self.clip_norm else np.inf)
-        if not (np.isfinite(loss) and np.isfinite(norm)):
+        if not np.isfinite(loss):
             raise self._non_finite_error(epoch, loss)
-        if self.clip_value is not None:
-            clip_grad_value(grads, self.clip_value)
-        self._optimizer.update_params(grads)
+        max_norm = self.clip_norm if self.clip_norm else np.inf
+        if self.clip_value is None:
+            norm = self._optimizer.clip_and_update(grads, max_norm)
+        else:
+            norm = clip_grad_norm(grads, max_norm)
+            if np.isfinite(norm):
+                clip_grad_value(grads, self.clip_value)
+                self._optimizer.update_params(grads)
+        if not np.isfinite(norm):
+            raise self._non_finite_error(epoch, loss)
         self.t_ += len(idx)
         return float(loss)
 

@@ -34,7 +34,6 @@ from ._fields import (
 )
 from ._network import LanguageNetwork, log_softmax, softmax_cross_entropy
 from ._optim import (
-    clip_grad_norm,
     make_optimizer,
     reconfigure_optimizer,
     restore_optimizer,
@@ -607,13 +606,13 @@ class LSTMLanguageModel(BaseEstimator):
                 grads = net.backward(dz.reshape(logits.shape))
             except NonFiniteError:  # a gradient overflowed on its way down
                 norm = np.nan
-            else:
-                norm = clip_grad_norm(grads, self.clip_norm if self.clip_norm else np.inf)
+            else:  # (no update where the norm is not finite)
+                norm = self._optimizer.clip_and_update(
+                    grads, self.clip_norm if self.clip_norm else np.inf)
             if not np.isfinite(norm):
                 raise FloatingPointError(
                     f"the gradients became non-finite in epoch {epoch}: lower "
                     "learning_rate_init or set clip_norm")
-            self._optimizer.update_params(grads)
             first = float(loss) if first is None else first
             total += float(loss) * n
             count += n

@@ -28,7 +28,7 @@ import warnings
 
 import numpy as np
 
-from ._arrays import ADAM_SPLIT_MIN, adam_update_many, sum_squares
+from ._arrays import ADAM_SPLIT_MIN, adam_update_many, sum_squares, sum_squares_many
 from ._container import ModelFileError, read_bool, read_float, read_int, read_object, read_str
 from ._threads import loop_threads
 from ._workspace import Workspace
@@ -179,6 +179,28 @@ class _BaseOptimizer:
         grads = self._checked_grads(grads)
         self.t += 1
         self._update_all(range(len(grads)), grads)
+
+    def clip_and_update(self, grads, max_norm):
+        """:func:`clip_grad_norm` of ``grads`` to ``max_norm``, then, if their norm
+        is finite, :meth:`update_params`; a fit's step after its backward.
+
+        Parameters
+        ----------
+        grads : list of numpy.ndarray
+            As in :meth:`update_params`; they may be left scaled or not.
+        max_norm : float
+            Largest allowed global norm, >= 0 (``math.inf``: no clipping).
+
+        Returns
+        -------
+        float
+            The global norm before clipping; when it is not finite, nothing
+            was updated.
+        """
+        norm = clip_grad_norm(grads, max_norm)
+        if math.isfinite(norm):
+            self.update_params(grads)
+        return norm
 
     def _checked_grads(self, grads):
         """``grads`` as a list of arrays, one per parameter and of its shape."""
@@ -488,6 +510,31 @@ class AdamOptimizer(_BaseOptimizer):
     def vs(self):
         return self._buffers["vs"]
 
+    def _compiled_groups(self, grads):
+        """``(groups, rest)``: dtype -> the flat ``[ps, gs, ms, vs]`` of the parameters
+        whose four arrays are contiguous and of that compiled dtype, and the
+        indices of the others."""
+        groups, rest = {}, []
+        for i, (p, g, m, v) in enumerate(zip(self.params, grads, self.ms, self.vs,
+                                             strict=True)):
+            if (p.dtype == g.dtype == m.dtype == v.dtype and p.dtype in _COMPILED_DTYPES
+                    and p.flags.c_contiguous and g.flags.c_contiguous
+                    and m.flags.c_contiguous and v.flags.c_contiguous):
+                arrays = groups.setdefault(p.dtype, ([], [], [], []))
+                for flat, a in zip(arrays, (p, g, m, v), strict=True):
+                    flat.append(a.reshape(-1))
+            else:
+                rest.append(i)
+        return groups, rest
+
+    def _update_group(self, arrays, grad_scale=1.0):
+        """One compiled pass over a group of :meth:`_compiled_groups` (``t`` counted)."""
+        b1, b2 = self.beta_1, self.beta_2
+        total = sum(p.size for p in arrays[0])
+        adam_update_many(*arrays, b1, b2, math.sqrt(1.0 - b2**self.t), self.epsilon,
+                         float(self.learning_rate) / (1.0 - b1**self.t),
+                         loop_threads() if total >= ADAM_SPLIT_MIN else 1, grad_scale)
+
     def update_params(self, grads):
         """One Adam step (see the class), as :meth:`_BaseOptimizer.update_params`."""
         # Contiguous parameters whose arrays share one dtype take one compiled
@@ -495,25 +542,36 @@ class AdamOptimizer(_BaseOptimizer):
         # bits as NumPy's passes, which the others take, and no scratch).
         grads = self._checked_grads(grads)
         self.t += 1
-        b1, b2 = self.beta_1, self.beta_2
-        groups, rest = {}, []
-        for i, (p, g, m, v) in enumerate(zip(self.params, grads, self.ms, self.vs,
-                                             strict=True)):
-            if (p.dtype == g.dtype == m.dtype == v.dtype and p.dtype in _COMPILED_DTYPES
-                    and p.flags.c_contiguous and g.flags.c_contiguous
-                    and m.flags.c_contiguous and v.flags.c_contiguous):
-                groups.setdefault(p.dtype, []).append(
-                    (p.reshape(-1), g.reshape(-1), m.reshape(-1), v.reshape(-1)))
-            else:
-                rest.append(i)
-        for group in groups.values():
-            arrays = [list(a) for a in zip(*group, strict=True)]
-            total = sum(p.size for p in arrays[0])
-            adam_update_many(*arrays, b1, b2, math.sqrt(1.0 - b2**self.t), self.epsilon,
-                             float(self.learning_rate) / (1.0 - b1**self.t),
-                             loop_threads() if total >= ADAM_SPLIT_MIN else 1)
+        groups, rest = self._compiled_groups(grads)
+        for arrays in groups.values():
+            self._update_group(arrays)
         if rest:
             self._update_all(rest, grads)
+
+    def clip_and_update(self, grads, max_norm):
+        """As :meth:`_BaseOptimizer.clip_and_update`, the same bits; the gradients
+        are left unscaled.
+
+        Where every parameter's arrays are contiguous and of one compiled dtype
+        (a fit's), the norm takes one call and the clipping factor goes into
+        the update's pass (``adam_update_many``'s ``grad_scale``): a small
+        model's step is then mostly its two passes
+        (``tests/estimators/test_optim.py``).
+        """
+        grads = self._checked_grads(grads)
+        groups, rest = self._compiled_groups(grads)
+        if rest or len(groups) != 1:
+            return super().clip_and_update(grads, max_norm)
+        max_norm = _check_real(max_norm, "max_norm", 0.0, math.inf)
+        (arrays,) = groups.values()
+        sum_sq = sum_squares_many(arrays[1])
+        if not math.isfinite(sum_sq):  # overflowed, or not finite: clip_grad_norm's way
+            return super().clip_and_update(grads, max_norm)
+        norm = math.sqrt(sum_sq)
+        self.t += 1
+        self._update_group(arrays, 1.0 if norm <= max_norm else _clip_factor(grads, max_norm,
+                                                                             1.0, norm))
+        return norm
 
     def _update(self, p, g, buffers, tmp):
         m, v = buffers
@@ -861,11 +919,18 @@ def clip_grad_norm(grads, max_norm):
     total_norm = scale * root
     if not math.isfinite(root) or total_norm <= max_norm:
         return float(total_norm)
-    eps = max((float(np.finfo(g.dtype).eps) for g in grads), default=0.0)
-    coef = (max_norm / scale) / root * (1.0 - 4.0 * eps)
+    coef = _clip_factor(grads, max_norm, scale, root)
     for g in grads:
         g *= coef
     return float(total_norm)
+
+
+def _clip_factor(grads, max_norm, scale, root):
+    """The factor of :func:`clip_grad_norm` for the norm ``scale * root`` above
+    ``max_norm``: shrunk by a few units in the last place of the gradients' dtype,
+    so that rounding cannot leave the new norm above ``max_norm``."""
+    eps = max((float(np.finfo(g.dtype).eps) for g in grads), default=0.0)
+    return (max_norm / scale) / root * (1.0 - 4.0 * eps)
 
 
 def clip_grad_value(grads, clip_value):

@@ -44,7 +44,8 @@ static int NAME(const T *PYLSTM_RESTRICT src, T *PYLSTM_RESTRICT dst, ptrdiff_t 
     return bad == 0;                                                               \
 }
 
-/* One Adam update of n contiguous parameters, in place, in their own type:
+/* One Adam update of n contiguous parameters, in place, in their own type, from
+ * the gradient g scaled by gs (a clipping factor; 1 leaves every bit of g):
  *     m = b1 m + c1 g,  v = b2 v + c2 g^2,  p -= step m / (sqrt(v) / root_bias + eps)
  * one operation at a time in the order of pylstm._optim's NumPy update, each
  * rounded to T (src/meson.build compiles this file without contraction into
@@ -52,11 +53,11 @@ static int NAME(const T *PYLSTM_RESTRICT src, T *PYLSTM_RESTRICT dst, ptrdiff_t 
  * (tests/estimators/test_optim.py::test_kept_scratch_gives_the_same_bits). */
 #define PYLSTM_ADAM(NAME, T, SQRT)                                                       \
 static void NAME(T *PYLSTM_RESTRICT p, const T *PYLSTM_RESTRICT g, T *PYLSTM_RESTRICT m, \
-                 T *PYLSTM_RESTRICT v, ptrdiff_t n, T b1, T c1, T b2, T c2,            \
+                 T *PYLSTM_RESTRICT v, ptrdiff_t n, T gs, T b1, T c1, T b2, T c2,      \
                  T root_bias, T eps, T step)                                           \
 {                                                                                      \
     for (ptrdiff_t i = 0; i < n; i++) {                                                \
-        T gi = g[i];                                                                   \
+        T gi = g[i] * gs;                                                              \
         T mi = m[i] * b1;                                                              \
         T gm = gi * c1;                                                                \
         T vi = v[i] * b2;                                                              \

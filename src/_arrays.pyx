@@ -21,11 +21,12 @@ cdef extern from "_arrays.h" nogil:
     int pylstm_copy_finite_d(const double* src, double* dst, Py_ssize_t n)
     double pylstm_sum_squares_f(const float* a, Py_ssize_t n)
     double pylstm_sum_squares_d(const double* a, Py_ssize_t n)
-    void pylstm_adam_f(float* p, const float* g, float* m, float* v, Py_ssize_t n, float b1,
-                       float c1, float b2, float c2, float root_bias, float eps, float step)
+    void pylstm_adam_f(float* p, const float* g, float* m, float* v, Py_ssize_t n, float gs,
+                       float b1, float c1, float b2, float c2, float root_bias, float eps,
+                       float step)
     void pylstm_adam_d(double* p, const double* g, double* m, double* v, Py_ssize_t n,
-                       double b1, double c1, double b2, double c2, double root_bias,
-                       double eps, double step)
+                       double gs, double b1, double c1, double b2, double c2,
+                       double root_bias, double eps, double step)
 
 
 cdef inline int _copy_finite(const floating* src, floating* dst, Py_ssize_t n) noexcept nogil:
@@ -176,7 +177,7 @@ cdef struct _AdamPart:
     void* m
     void* v
     Py_ssize_t n
-    double b1, b2, root_bias, eps, step
+    double gs, b1, b2, root_bias, eps, step
 
 
 cdef void _adam_task(void* arg) noexcept nogil:
@@ -186,11 +187,12 @@ cdef void _adam_task(void* arg) noexcept nogil:
         return
     if a.is_float:
         pylstm_adam_f(<float*> a.p, <const float*> a.g, <float*> a.m, <float*> a.v, a.n,
-                      <float> a.b1, <float> (1.0 - a.b1), <float> a.b2, <float> (1.0 - a.b2),
-                      <float> a.root_bias, <float> a.eps, <float> a.step)
+                      <float> a.gs, <float> a.b1, <float> (1.0 - a.b1), <float> a.b2,
+                      <float> (1.0 - a.b2), <float> a.root_bias, <float> a.eps,
+                      <float> a.step)
     else:
         pylstm_adam_d(<double*> a.p, <const double*> a.g, <double*> a.m, <double*> a.v, a.n,
-                      a.b1, 1.0 - a.b1, a.b2, 1.0 - a.b2, a.root_bias, a.eps, a.step)
+                      a.gs, a.b1, 1.0 - a.b1, a.b2, 1.0 - a.b2, a.root_bias, a.eps, a.step)
 
 
 def adam_update(p, g, m, v, double beta_1, double beta_2, double root_bias, double epsilon,
@@ -269,7 +271,7 @@ cdef Py_ssize_t _adam_parts(floating dtype, list params, list grads, list ms, li
 
 def adam_update_many(list params, list grads, list ms, list vs, double beta_1,
                      double beta_2, double root_bias, double epsilon, double step,
-                     int threads=1):
+                     int threads=1, double grad_scale=1.0):
     """:func:`adam_update` of several parameters in one call.
 
     Every array 1-D, C-contiguous and of the first parameter's dtype (float32
@@ -278,7 +280,10 @@ def adam_update_many(list params, list grads, list ms, list vs, double beta_1,
     parameters laid end to end, cut at a multiple of 16 entries of the
     parameter it falls in): the same bits as one call per parameter, with a
     tenth of the calls' overhead (an optimizer step of a small model).
-    Returns the number of threads used.
+    ``grad_scale`` multiplies each gradient entry, rounded to the dtype, as it
+    is read (a clipping factor; the gradients are left as they are): the bits
+    of ``g *= grad_scale`` before the update. Returns the number of threads
+    used.
 
     Examples
     --------
@@ -306,7 +311,7 @@ def adam_update_many(list params, list grads, list ms, list vs, double beta_1,
         return 1
     memset(&proto, 0, sizeof(proto))
     proto.is_float = getattr(params[0], "dtype", None) == "float32"
-    proto.b1, proto.b2, proto.root_bias = beta_1, beta_2, root_bias
+    proto.gs, proto.b1, proto.b2, proto.root_bias = grad_scale, beta_1, beta_2, root_bias
     proto.eps, proto.step = epsilon, step
     # One more entry: a parameter cut in two at the halves.
     parts = <_AdamPart*> PyMem_Malloc((k + 1) * sizeof(_AdamPart))
@@ -391,6 +396,35 @@ def scatter_add_rows(const int64_t[::1] index, const floating[:, ::1] rows, doub
     if bad >= 0:
         raise ValueError(f"scatter_add_rows: index {index[bad]} at position {bad} is outside "
                          f"the {out.shape[0]} rows of out")
+
+
+def sum_squares_many(list arrays):
+    """The sum over ``arrays``, in their order, of each one's :func:`sum_squares`.
+
+    Every array 1-D, C-contiguous, of float32 or float64: in one call, the float
+    a Python loop adding the sums from 0.0 would give (the global norm's square
+    of a model's gradients).
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from pylstm._arrays import sum_squares_many
+    >>> sum_squares_many([np.array([3.0]), np.array([4.0], dtype=np.float32)])
+    25.0
+    """
+    cdef double total = 0.0
+    cdef const float[::1] f
+    cdef const double[::1] d
+    for a in arrays:
+        if getattr(a, "dtype", None) == "float32":
+            f = a
+            if f.shape[0]:
+                total += pylstm_sum_squares_f(&f[0], f.shape[0])
+        else:
+            d = a
+            if d.shape[0]:
+                total += pylstm_sum_squares_d(&d[0], d.shape[0])
+    return total
 
 
 def sum_squares(const floating[::1] a):

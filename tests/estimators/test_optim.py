@@ -680,7 +680,7 @@ def test_adam_compiled_pass_gives_numpys_bits(monkeypatch, dtype):
     calls = []
     real = optim_module.adam_update_many
     monkeypatch.setattr(optim_module, "adam_update_many",
-                        lambda *a: (calls.append((len(a[0]), a[-1])), real(*a)))
+                        lambda *a: (calls.append((len(a[0]), a[9])), real(*a)))
     results = {}
     for compiled in (True, False):
         if not compiled:
@@ -796,3 +796,77 @@ def test_adam_update_by_halves_gives_the_same_bits(dtype, n):
     for a, b in zip(out[1], out[2], strict=True):
         np.testing.assert_array_equal(a, b)
     assert not np.array_equal(out[1][0], p0)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("optimizer", ["adam", "sgd", "rmsprop"])
+def test_clip_and_update_gives_the_bits_of_clipping_then_updating(monkeypatch, dtype,
+                                                                 optimizer):
+    """``clip_and_update`` (Adam's: the norm in one call, the factor inside the
+    update's pass) gives the bits of clip_grad_norm then update_params, with the
+    gradients' norm above and below the limit, and returns the same norm."""
+    clipped = []
+    real = optim_module.clip_grad_norm
+    monkeypatch.setattr(optim_module, "clip_grad_norm",
+                        lambda *a: (clipped.append(1), real(*a))[1])
+    rng = np.random.default_rng(3)
+    shapes = [(33, 7), (5,), (2, 3, 4), (181, 200)]
+    start = [rng.normal(size=s).astype(dtype) for s in shapes]
+    grads = [[(rng.normal(size=s) * 10.0 ** k).astype(dtype) for s in shapes]
+             for k in (-3, 1, -2, 0, 2, -4)]
+    out, norms = {}, {}
+    for fused in (True, False):
+        params = [p.copy() for p in start]
+        opt = make_optimizer(optimizer, params, 0.01)
+        norms[fused] = []
+        for step_grads in grads:
+            g = [a.copy() for a in step_grads]
+            if fused:
+                norms[fused].append(opt.clip_and_update(g, 5.0))
+            else:
+                norms[fused].append(clip_grad_norm(g, 5.0))
+                opt.update_params(g)
+        out[fused] = params + [b for name in opt._buffer_names for b in opt._buffers[name]]
+        assert opt.t == len(grads)
+        if fused:  # Adam's own way, or the generic one through clip_grad_norm
+            assert len(clipped) == (0 if optimizer == "adam" else len(grads))
+    assert norms[True] == norms[False]
+    assert min(norms[True]) < 5.0 < max(norms[True])
+    for a, b in zip(out[True], out[False], strict=True):
+        np.testing.assert_array_equal(a, b)
+
+
+@pytest.mark.parametrize("bad", [np.nan, np.inf])
+def test_clip_and_update_does_not_update_for_a_non_finite_norm(bad):
+    params = [np.ones((3, 2), np.float32), np.zeros(4, np.float32)]
+    opt = AdamOptimizer(params, learning_rate_init=0.1)
+    grads = [np.ones((3, 2), np.float32), np.full(4, bad, np.float32)]
+    assert not np.isfinite(opt.clip_and_update(grads, 1.0))
+    assert opt.t == 0
+    np.testing.assert_array_equal(params[0], 1.0)
+    assert not opt.ms[0].any() and not opt.vs[0].any()
+
+
+def test_clip_and_update_of_overflowing_or_mixed_gradients_takes_clip_grad_norms_way():
+    """float64 gradients whose squares overflow, and parameters of two dtypes, go
+    through clip_grad_norm (its rescaled norm; its sum in order) and give its bits."""
+    rng = np.random.default_rng(4)
+    cases = [[rng.normal(size=(4, 3)) * 1e200, rng.normal(size=5) * 1e-3],
+             [rng.normal(size=(4, 3)).astype(np.float32), rng.normal(size=5) * 30.0]]
+    for grads in cases:
+        out = []
+        for fused in (True, False):
+            params = [np.ones_like(g) for g in grads]
+            opt = AdamOptimizer(params, learning_rate_init=0.1)
+            g = [a.copy() for a in grads]
+            if fused:
+                norm = opt.clip_and_update(g, 1.0)
+            else:
+                norm = clip_grad_norm(g, 1.0)
+                opt.update_params(g)
+            assert np.isfinite(norm) and norm > 1.0
+            out.append((norm, params, opt.ms, opt.vs))
+        assert out[0][0] == out[1][0]
+        for a, b in zip(out[0][1:], out[1][1:], strict=True):
+            for x, y in zip(a, b, strict=True):
+                np.testing.assert_array_equal(x, y)
