@@ -280,11 +280,11 @@ def ab_row(label, calls, repeats, min_time=0.0):
     return {**row, "ratio": row[second] / row[first]}
 
 
-def print_ab(rows, first, second, meaning):
+def print_ab(rows, first, second, meaning, case_heading="case (BxTxIxH)"):
     """Print :func:`ab_row` rows as a table, ``first`` and ``second`` the two calls' names
     without ``_ms``, ``meaning`` what the ratio's side of 1 says."""
     print(f"Median ms per call; ratio = {second} / {first} ({meaning})")
-    print("\n".join(table([("case (BxTxIxH)", "<16", "case")]
+    print("\n".join(table([(case_heading, "<16", "case")]
                           + [(f"{name} ms", f">{len(name) + 5}.3f", f"{name}_ms")
                              for name in (first, second)]
                           + [("ratio", ">7.3f", "ratio")], rows)))

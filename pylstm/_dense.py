@@ -8,7 +8,7 @@ import numpy as np
 
 from . import _blas, _lstm
 from ._threads import blas_beyond_loop, loop_threads, single_threaded_blas
-from ._tuning import WHOLE_SEQUENCE_ONE_THREAD_BELOW
+from ._tuning import HEAD_TN_MAX_INPUTS, WHOLE_SEQUENCE_ONE_THREAD_BELOW
 
 #: Multiply-adds of a product below which OpenBLAS runs one thread whatever its
 #: setting (its SMP_THRESHOLD_MIN x GEMM_MULTITHREAD_THRESHOLD): the head's
@@ -49,16 +49,26 @@ def dense_product(trans_a, trans_b, a, b, beta, c):
         _lstm.gemm_halves(trans_a, trans_b, 1.0, a, b, beta, c, loop_threads())
 
 
-def column_sums(a):
-    """The column sums of a C-contiguous (N, V) array: a head's bias gradient.
+def head_gradients(x, dz):
+    """``(x.T @ dz, dz.sum(axis=0))``: a head's weight gradients from its (N, D) inputs
+    ``x`` and its outputs' (N, V) gradient ``dz``, both C-contiguous of one dtype.
 
-    One product with a column of ones (:func:`dense_product`): cheaper
-    than NumPy's strided ``sum(axis=0)`` at the heads' sizes (measured
-    with ``benchmarks/bench_lm.py``'s language model).
+    One compiled call (:func:`pylstm._lstm.head_weight_gradients`), on the
+    kernels' two threads from ``HEAD_SPLIT_MACS`` multiply-adds on. Inputs wider
+    than ``HEAD_TN_MAX_INPUTS``, and a large product where BLAS may use more than
+    two cores, go to :func:`dense_product` (BLAS).
     """
-    out = np.empty((a.shape[1], 1), dtype=a.dtype)
-    dense_product(True, False, a, np.ones((a.shape[0], 1), dtype=a.dtype), 0.0, out)
-    return out[:, 0]
+    d_coef = np.empty((x.shape[1], dz.shape[1]), dtype=x.dtype)
+    work = x.shape[0] * x.shape[1] * dz.shape[1]
+    if x.shape[1] > HEAD_TN_MAX_INPUTS or (work >= WHOLE_SEQUENCE_ONE_THREAD_BELOW
+                                           and blas_beyond_loop()):
+        # Wide inputs, or BLAS with more cores than the kernels' two: BLAS's product.
+        dense_product(True, False, x, dz, 0.0, d_coef)
+        return d_coef, dz.sum(axis=0)
+    d_intercept = np.empty(dz.shape[1], dtype=x.dtype)
+    _lstm.head_weight_gradients(x, dz, d_coef, d_intercept,
+                                loop_threads() if work >= _lstm.HEAD_SPLIT_MACS else 1)
+    return d_coef, d_intercept
 
 
 def dense(x, coef, intercept):

@@ -9,7 +9,7 @@ of arrays; losses live here too. It knows nothing of scikit-learn.
 import numpy as np
 
 from ._arrays import scatter_add_rows
-from ._dense import column_sums, dense, dense_product
+from ._dense import dense, dense_product, head_gradients
 from ._layer import LSTM, param_shapes
 from ._threads import loop_threads, model_call
 from ._training_step import DenseTrainingSteps
@@ -353,9 +353,7 @@ class SequenceNetwork(_SavedParameters):
         flat_f = np.ascontiguousarray(feats.reshape(-1, feats.shape[-1]))
         flat_d = np.ascontiguousarray(d_output.reshape(-1, d_output.shape[-1]),
                                       dtype=self.dtype)
-        d_coef = np.empty_like(self.coef)
-        dense_product(True, False, flat_f, flat_d, 0.0, d_coef)
-        d_intercept = column_sums(flat_d)
+        d_coef, d_intercept = head_gradients(flat_f, flat_d)
         d_feats = np.empty_like(flat_f)
         dense_product(False, True, flat_d, self.coef, 0.0, d_feats)
         d_feats = d_feats.reshape(feats.shape)
@@ -531,11 +529,9 @@ class LanguageNetwork(_SavedParameters):
         cache, self._cache = self._cache, None
         flat = cache["flat"]
         d_flat = np.ascontiguousarray(d_logits.reshape(flat.shape[0], -1), dtype=self.dtype)
-        d_coef = np.empty_like(self.coef)
+        d_coef, d_intercept = head_gradients(flat, d_flat)
         d_hidden = np.empty_like(flat)
-        dense_product(True, False, flat, d_flat, 0.0, d_coef)
         dense_product(False, True, d_flat, self.coef, 0.0, d_hidden)
-        d_intercept = column_sums(d_flat)
         d_out = d_hidden.reshape(cache["shape"])
         steps = cache["dense_steps"]
         layer_grads = []

@@ -28,3 +28,8 @@ SINGLE_THREAD_BELOW = 16_000_000
 #: costs more than they save there (bench_lstm.py --threads 1,2: training at
 #: 1 x 100 x 32 x 128 and 32 x 50 x 32 x 64 is faster with one BLAS thread).
 WHOLE_SEQUENCE_ONE_THREAD_BELOW = 100_000_000
+
+#: Widest head input (H) whose weight gradients the head takes from
+#: pylstm_gemm_tn (``head_gradients``); wider, BLAS's blocking wins
+#: (benchmarks/bench_head.py).
+HEAD_TN_MAX_INPUTS = 512

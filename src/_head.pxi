@@ -151,3 +151,115 @@ def softmax_cross_entropy(const floating[:, ::1] z, const int64_t[::1] y,
             loss = first.loss
         pylstm_leave()
     return loss
+
+
+#: Multiply-adds from which head_weight_gradients may take two threads (Python's
+#: callers skip the thread query below it).
+HEAD_SPLIT_MACS = SPLIT_CALL_MACS
+
+
+cdef struct _HeadGrad:
+    # One part of the head's weight gradient: columns h0 .. h1 - 1 of its
+    # transpose, and the intercept's gradient where ``ones`` is set.
+    bint is_float
+    int h0, h1, n, h, v
+    const void* x
+    const void* dz
+    const void* ones
+    void* dw_t
+    void* db
+
+
+cdef void _head_grad_part(const floating* x, _HeadGrad* a) noexcept nogil:
+    """``dw_t[:, h0:h1] = dz.T @ x[:, h0:h1]``, and ``db = dz``'s column sums with ``ones``."""
+    _gemm_tn2(a.v, a.n, <const floating*> a.dz, a.v, x + a.h0, a.h, a.h1 - a.h0,
+              <floating*> a.dw_t + a.h0, a.h, <const floating*> a.ones, 1,
+              1 if a.ones != NULL else 0, <floating*> a.db, 1)
+
+
+cdef void _head_grad_task(void* p) noexcept nogil:
+    cdef _HeadGrad* a = <_HeadGrad*> p
+    if a.is_float:
+        _head_grad_part(<const float*> a.x, a)
+    else:
+        _head_grad_part(<const double*> a.x, a)
+
+
+def head_weight_gradients(const floating[:, ::1] x, const floating[:, ::1] dz,
+                          floating[:, ::1] d_coef, floating[::1] d_intercept,
+                          int threads=1):
+    """A dense head's weight gradients, ``d_coef = x.T @ dz`` and the column sums of
+    ``dz`` into ``d_intercept``, through ``pylstm_gemm_tn``.
+
+    For the language model's head (``x`` its (N, H) inputs, ``dz`` the (N, V)
+    logits' gradient): ``dz``'s columns against ``x``'s rows as they lie,
+    whole vectors of ``x``'s H columns, where BLAS's product with only V
+    columns to a row ran at two thirds of the rate (``benchmarks/bench_lm.py``).
+    Each entry sums its terms in row order by blocks. From SPLIT_CALL_MACS
+    multiply-adds on, the work goes by halves of ``x``'s columns, the same
+    halves whatever ``threads``, so that the bits do not depend on it; with
+    ``threads=2`` the halves run on two threads when no other kernel call
+    holds the second one.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from pylstm import _lstm
+    >>> x, dz = np.arange(6.0).reshape(3, 2), np.ones((3, 1))
+    >>> d_coef, d_b = np.empty((2, 1)), np.empty(1)
+    >>> _lstm.head_weight_gradients(x, dz, d_coef, d_b)
+    >>> d_coef.ravel().tolist(), d_b.tolist()
+    ([6.0, 9.0], [3.0])
+    """
+    cdef Py_ssize_t n = x.shape[0]
+    cdef int h = <int> x.shape[1]
+    cdef int v = <int> dz.shape[1]
+    cdef _HeadGrad first, second
+    cdef floating* work
+    cdef floating* dw_t
+    cdef floating* ones
+    cdef Py_ssize_t i
+    cdef int j
+    if (dz.shape[0] != n or d_coef.shape[0] != h or d_coef.shape[1] != v
+            or d_intercept.shape[0] != v):
+        raise ValueError(f"head_weight_gradients: inputs ({n}, {h}), gradient "
+                         f"({dz.shape[0]}, {v}), d_coef ({d_coef.shape[0]}, "
+                         f"{d_coef.shape[1]}) and d_intercept ({d_intercept.shape[0]},) "
+                         "do not match")
+    if n == 0 or h == 0 or v == 0:
+        d_coef[:, :] = 0
+        d_intercept[:] = 0
+        return
+    # The transpose's rows, then a column of ones (the intercept's products).
+    work = <floating*> malloc((<size_t> v * h + n) * sizeof(floating))
+    if work == NULL:
+        raise MemoryError()
+    dw_t, ones = work, work + <Py_ssize_t> v * h
+    try:
+        first.is_float = floating is float
+        first.h0, first.h1, first.n, first.h, first.v = 0, h, <int> n, h, v
+        first.x, first.dz, first.ones = &x[0, 0], &dz[0, 0], ones
+        first.dw_t, first.db = dw_t, &d_intercept[0]
+        with nogil:
+            for i in range(n):
+                ones[i] = 1
+            pylstm_enter()
+            if h >= 2 and <double> n * h * v >= SPLIT_CALL_MACS:
+                # By halves of x's columns, the first with the intercept: two
+                # parts on one thread too, for the same step blocks and bits.
+                second = first
+                first.h1 = second.h0 = h // 2
+                second.ones = NULL
+                if threads >= 2 and PYLSTM_THREADS:
+                    pylstm_run_both(_head_grad_task, &first, &second)
+                else:
+                    _head_grad_task(&first)
+                    _head_grad_task(&second)
+            else:
+                _head_grad_task(&first)
+            pylstm_leave()
+            for i in range(h):
+                for j in range(v):
+                    d_coef[i, j] = dw_t[<Py_ssize_t> j * h + i]
+    finally:
+        free(work)

@@ -1,7 +1,8 @@
 """The language model's loss in the extension (``src/_head.pxi``):
 ``softmax_cross_entropy``, its loss and gradient in one pass per row, against
-NumPy in float64, at every SIMD level the suite runs at. The head's products
-(``gemm_halves``) are tested with the BLAS wrappers, in test_blas.py.
+NumPy in float64, and the heads' weight gradients (``head_weight_gradients``),
+at every SIMD level the suite runs at. The head's products (``gemm_halves``)
+are tested with the BLAS wrappers, in test_blas.py.
 """
 
 import numpy as np
@@ -112,3 +113,56 @@ def test_softmax_cross_entropy_checks_before_work():
                                     np.zeros((2, 0)))
     assert _lstm.softmax_cross_entropy(np.zeros((0, 3)), np.zeros(0, dtype=np.int64),
                                        np.zeros(0), np.zeros((0, 3))) == 0.0
+
+
+@settings(max_examples=60, deadline=None)
+@given(n=st.integers(1, 300), h=st.integers(1, 80), v=st.integers(1, 40),
+       dtype=st.sampled_from(DTYPES), seed=st.integers(0, 2**16))
+def test_head_weight_gradients_match_numpy(n, h, v, dtype, seed):
+    """``x.T @ dz`` and ``dz``'s column sums for every shape (whole vectors of x's
+    columns and a tail, step blocks and a rest), against NumPy in float64."""
+    rng = np.random.default_rng(seed)
+    x = rng.standard_normal((n, h)).astype(dtype)
+    dz = rng.standard_normal((n, v)).astype(dtype)
+    d_coef, d_b = np.full((h, v), np.nan, dtype), np.full(v, np.nan, dtype)
+    _lstm.head_weight_gradients(x, dz, d_coef, d_b)
+    x64, dz64 = x.astype(np.float64), dz.astype(np.float64)
+    tol = 1e-5 if dtype == np.float32 else 1e-12
+    scale = np.sqrt(n)  # the sums' size
+    np.testing.assert_allclose(d_coef, x64.T @ dz64, rtol=tol, atol=tol * scale)
+    np.testing.assert_allclose(d_b, dz64.sum(axis=0), rtol=tol, atol=tol * scale)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize(("n", "h", "v"), [(2048, 256, 102), (2048, 129, 31), (700, 64, 3000)])
+def test_head_weight_gradients_by_halves(dtype, n, h, v):
+    """From HEAD_SPLIT_MACS multiply-adds on, two threads take half of x's columns
+    each: the same bits as one thread, call after call, and NumPy's values."""
+    assert n * h * v >= _lstm.HEAD_SPLIT_MACS
+    rng = np.random.default_rng(h)
+    x = rng.standard_normal((n, h)).astype(dtype)
+    dz = rng.standard_normal((n, v)).astype(dtype)
+    results = []
+    for threads in (1, 2, 2, 1):
+        d_coef, d_b = np.empty((h, v), dtype), np.empty(v, dtype)
+        _lstm.head_weight_gradients(x, dz, d_coef, d_b, threads)
+        results.append((d_coef, d_b))
+    for d_coef, d_b in results[1:]:
+        np.testing.assert_array_equal(d_coef, results[0][0])
+        np.testing.assert_array_equal(d_b, results[0][1])
+    tol = 1e-4 if dtype == np.float32 else 1e-11
+    np.testing.assert_allclose(results[0][0], x.astype(np.float64).T @ dz, rtol=tol, atol=tol)
+    np.testing.assert_allclose(results[0][1], dz.astype(np.float64).sum(axis=0), rtol=tol,
+                               atol=tol)
+
+
+def test_head_weight_gradients_checks_shapes_and_empty_sums():
+    x, dz = np.ones((4, 3)), np.ones((4, 2))
+    with pytest.raises(ValueError, match="do not match"):
+        _lstm.head_weight_gradients(x, dz, np.empty((2, 3)), np.empty(2))
+    with pytest.raises(ValueError, match="do not match"):
+        _lstm.head_weight_gradients(x, dz, np.empty((3, 2)), np.empty(3))
+    # No rows: sums of nothing.
+    d_coef, d_b = np.full((3, 2), np.nan), np.full(2, np.nan)
+    _lstm.head_weight_gradients(x[:0], dz[:0], d_coef, d_b)
+    assert not d_coef.any() and not d_b.any()

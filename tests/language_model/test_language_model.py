@@ -741,8 +741,9 @@ def test_docstring_examples():
                                                       (40_000, True, True)])
 def test_head_threads(monkeypatch, vocab, more_cores, whole):
     """The head's products run by halves on the kernels' two threads, one
-    BLAS thread each; only a large one where BLAS may use more than two cores
-    runs as one product on the caller's BLAS threads."""
+    BLAS thread each, its weight gradients by head_weight_gradients on the same
+    two threads; only a large product where BLAS may use more than two cores
+    runs as one on the caller's BLAS threads."""
     import pylstm._blas as blas_module
     from threadpoolctl import threadpool_limits
 
@@ -763,6 +764,9 @@ def test_head_threads(monkeypatch, vocab, more_cores, whole):
 
     monkeypatch.setattr(blas_module, "gemm_rm", spy("whole", blas_module.gemm_rm))
     monkeypatch.setattr(_lstm, "gemm_halves", spy("halves", _lstm.gemm_halves))
+    tn, real_tn = [], _lstm.head_weight_gradients
+    monkeypatch.setattr(_lstm, "head_weight_gradients",
+                        lambda *args: (tn.append((args[1].shape, args[-1])), real_tn(*args))[1])
     monkeypatch.setattr(_threads, "usable_cpus", lambda: 4 if more_cores else 2)
     assert dense_module.blas_beyond_loop is _threads.blas_beyond_loop
     net = LanguageNetwork(vocab, 4, 8, 1, 0.0, np.float32, np.random.RandomState(0))
@@ -773,20 +777,20 @@ def test_head_threads(monkeypatch, vocab, more_cores, whole):
         threads = _threads.loop_threads()
         logits, _ = net.forward(tokens, None, training=True)
         net.backward(np.zeros_like(logits))
-    # The head's three products: logits, the weights' and the input's gradients.
+    # The head's products: the logits, the weights' and the input's gradients.
     head = [s[:3] for s in seen if s[3] in ((2560, vocab), (8, vocab), (2560, 8))]
-    assert len(head) == 3, seen
     if whole:
+        assert len(head) == 3 and not tn, (seen, tn)
         assert all(name == "whole" and n >= 2 for name, n, _ in head), seen
-    else:
-        assert head == [("halves", 1, threads)] * 3
-    # Besides them, the bias gradient (a column of sums) and, with fewer tokens
-    # in the vocabulary than in the batch, the embedding's input projections
-    # (the gradients of weight_ih_l0 and of the embedding come from the
-    # backward kernel): small enough at 50 tokens for one call on one BLAS
-    # thread, without a switch.
+    else:  # the weights' gradient (and the bias's) by head_weight_gradients
+        assert head == [("halves", 1, threads)] * 2
+        assert tn == [((2560, vocab), threads)]
+    # Besides them, with fewer tokens in the vocabulary than in the batch, the
+    # embedding's input projections (the gradients of weight_ih_l0 and of the
+    # embedding come from the backward kernel): small enough at 50 tokens for
+    # one call on one BLAS thread, without a switch.
     others = [s for s in seen if s[3] not in ((2560, vocab), (8, vocab), (2560, 8))]
     lookup = vocab <= tokens.size
-    assert [s[3] for s in others] == [(vocab, 32)] * lookup + [(vocab, 1)]
+    assert [s[3] for s in others] == [(vocab, 32)] * lookup
     if vocab == 50:
         assert all(s[0] == "halves" and s[2] == 1 for s in others), seen

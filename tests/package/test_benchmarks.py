@@ -175,6 +175,15 @@ def test_bench_streaming(tmp_path):
     assert all(r["plain_ms"] > 0 and r["stream_ms"] > 0 for r in rows)
 
 
+@pytest.mark.timeout(300)
+def test_bench_head(tmp_path):
+    out = run("bench_head.py", "--json", str(tmp_path / "head.json"))
+    assert "ratio = tn / blas" in out
+    rows = json.loads((tmp_path / "head.json").read_text())["cases"]
+    assert [r["case"] for r in rows] == ["64x8x5"]
+    assert rows[0]["blas_ms"] > 0 and rows[0]["tn_ms"] > 0
+
+
 @pytest.mark.skipif(importlib.util.find_spec("dask_ml") is None, reason="needs dask-ml")
 @pytest.mark.timeout(300)
 def test_bench_dask():
