@@ -233,7 +233,7 @@ def alternate(calls, repeats, min_time=0.0, warmup=0):
 #: loss (src/_head.pxi). The optimizer, clipping and the regressor's loss, compiled passes
 #: or NumPy, count as the fit's own work.
 COMPILED = ("forward_train", "backward", "input_gradient", "gemm_halves",
-            "softmax_cross_entropy")
+            "head_weight_gradients", "softmax_cross_entropy")
 
 
 def time_compiled(fit, record=None):
