@@ -111,8 +111,9 @@ cdef void _weight_gradients(const floating* typed, _BackwardLoop* a, int g0, int
     of each of ``n_blocks`` blocks ``H`` apart: whole-sequence GEMMs over the
     N valid steps (dG^T X, dG^T H_prev) and column sums of dG. With
     ``tokens`` (a looked-up projection) the columns of dG are summed into
-    the rows of ``d_table`` by token instead of multiplying dG^T X, and
-    :func:`_table_products` makes dW_ih (and dE's parts) from them.
+    the rows of ``d_table`` by token instead of multiplying dG^T X,
+    :func:`_table_products` makes dW_ih (and dE's parts) from them, and the
+    bias gradient is the sum of the table's rows.
 
     With ``dw_tmp`` set, each row of h_prev continues its row of x in one
     array (the layer keeps them so): one GEMM dG^T [X | H_prev] then gives
@@ -124,7 +125,8 @@ cdef void _weight_gradients(const floating* typed, _BackwardLoop* a, int g0, int
     cdef int G = 4 * H
     cdef int N = <int> a.n_rows
     cdef int W = I + H
-    cdef int blk, r0, r
+    cdef int blk, r0, r, c
+    cdef double total
     cdef const floating* dg = <const floating*> a.s.gates
     cdef floating* dw_ih = <floating*> a.dw_ih
     cdef floating* dw_hh = <floating*> a.dw_hh
@@ -153,11 +155,11 @@ cdef void _weight_gradients(const floating* typed, _BackwardLoop* a, int g0, int
             gemm(True, False, rows, H, N, <floating> 1.0, dg + r0, G,
                  <const floating*> a.s.h_prev, <int> a.s.hp_ld, <floating> 0.0,
                  dw_hh + <Py_ssize_t> r0 * H, H)
-        if floating is float:
-            pylstm_column_sums_f(dg + r0, N, rows, G, db + r0)
-        else:
-            pylstm_column_sums_d(dg + r0, N, rows, G, db + r0)
         if a.tokens == NULL:
+            if floating is float:
+                pylstm_column_sums_f(dg + r0, N, rows, G, db + r0)
+            else:
+                pylstm_column_sums_d(dg + r0, N, rows, G, db + r0)
             continue
         # Each column sums its rows in row order, whatever the threads' halves;
         # the thread that sums a column clears it first (no pass before the call).
@@ -167,6 +169,13 @@ cdef void _weight_gradients(const floating* typed, _BackwardLoop* a, int g0, int
             pylstm_scatter_rows_f(dg + r0, N, rows, G, a.tokens, a.d_table + r0, G)
         else:
             pylstm_scatter_rows_d(dg + r0, N, rows, G, a.tokens, a.d_table + r0, G)
+        # Every row of dG went to one row of the table: the bias gradient is the
+        # sum of the table's rows (float64, rounded once), not another pass over dG.
+        for c in range(r0, r0 + rows):
+            total = 0.0
+            for r in range(a.n_table):
+                total += a.d_table[<Py_ssize_t> r * G + c]
+            db[c] = <floating> total
     if a.tokens != NULL:
         _table_products(a, dw_ih, g0, rows)
 
