@@ -228,12 +228,13 @@ def alternate(calls, repeats, min_time=0.0, warmup=0):
     return wall, cpu, last
 
 
-#: pylstm's compiled calls in a fit (functions of ``pylstm._lstm``): the LSTM kernels,
-#: the input gradient, the heads' products and the classifiers' and the language model's
-#: loss (src/_head.pxi). The optimizer, clipping and the regressor's loss, compiled passes
-#: or NumPy, count as the fit's own work.
+#: pylstm's compiled calls in a fit (functions of ``pylstm._lstm``): the LSTM training
+#: kernels, the input gradient, the heads' products and the classifiers' and the
+#: language model's loss (src/_head.pxi), and the inference kernel of a validation.
+#: The optimizer, clipping and the regressor's loss, compiled passes or NumPy, count as
+#: the fit's own work.
 COMPILED = ("forward_train", "backward", "input_gradient", "gemm_halves",
-            "head_weight_gradients", "softmax_cross_entropy")
+            "head_weight_gradients", "softmax_cross_entropy", "forward_infer")
 
 
 def time_compiled(fit, record=None):
