@@ -53,8 +53,9 @@ class _Plan:
             self.x, self.h_prev = wide[:, :I], wide[:, I:]
         else:
             # Apart, each contiguous: the batch's copy into x then writes I
-            # values a row, not one cache line per row (benchmarks/bench_fit.py,
-            # ``outside``); a looked-up projection never reads x.
+            # values a row, not one cache line per row (the adding problem's
+            # ``outside``, benchmarks/bench_quality.py); a looked-up projection
+            # never reads x.
             self.x, self.h_prev = big("x", (N, I)), big("h_prev", (N, H))
         self.w_hh_t = aligned_empty((H, 4 * H), dt) if self.blas_steps else None
         self.bias = np.empty(4 * H, dt)
