@@ -193,8 +193,9 @@ def head_weight_gradients(const floating[:, ::1] x, const floating[:, ::1] dz,
 
     For the language model's head (``x`` its (N, H) inputs, ``dz`` the (N, V)
     logits' gradient): ``dz``'s columns against ``x``'s rows as they lie,
-    whole vectors of ``x``'s H columns, where BLAS's product with only V
-    columns to a row ran at two thirds of the rate (``benchmarks/bench_lm.py``).
+    whole vectors of ``x``'s H columns, where BLAS's product has only V
+    columns to a row of its result; faster than BLAS up to H = 512
+    (``benchmarks/bench_head.py``).
     Each entry sums its terms in row order by blocks. From SPLIT_CALL_MACS
     multiply-adds on, the work goes by halves of ``x``'s columns, the same
     halves whatever ``threads``, so that the bits do not depend on it; with
