@@ -34,7 +34,8 @@ _MAX_PLANS = 32
 class _Plan:
     """Decisions and arrays of one batch shape (:class:`DenseTrainingSteps`): B rows
     of T steps, and V, the rows of a looked-up embedding (None: none). The arrays
-    that grow with B * T are views of the steps' shared buffers (``big``)."""
+    that grow with B * T, and the weight gradients' two, are views of the steps' shared
+    buffers (``big``)."""
 
     def __init__(self, layer, B, T, V, big):
         I, H, dt = layer.input_size, layer.hidden_size, layer.dtype
@@ -64,13 +65,13 @@ class _Plan:
         K = _chunk_steps(T, B, H)
         self.xbuf = aligned_empty((K * B * I,), dt)
         self.gbuf = aligned_empty((K * B * 4 * H,), dt)
-        # Two arrays for the kernels' scratch, then the weight gradients: a forward
-        # takes the one that does not hold the last backward's gradients, so that
-        # they outlive forwards until the next backward.
-        self.grad_work = [aligned_empty(_lstm.gradient_work_size(I, H, B, dt, self.fuse), dt)
-                          for _ in range(2)]
+        # Two arrays for the kernels' scratch, then the weight gradients, shared by
+        # the plans: a forward takes the one that does not hold the last backward's
+        # gradients (DenseTrainingSteps._held), so that they outlive forwards until
+        # the next backward.
+        size = _lstm.gradient_work_size(I, H, B, dt, self.fuse)
+        self.grad_work = [big(f"grad_work{k}", (size,)) for k in range(2)]
         self.grad_views = [_grad_arrays(w, 4 * H, I) for w in self.grad_work]
-        self.held = 1  # the array of the last backward's gradients
         self.gates = big("gates", (N, 4 * H))
         self.c_cache = big("c_cache", (N, H))
         self.out = big("out", (B, T, H))  # every step's h_t, batch-first
@@ -109,6 +110,7 @@ class DenseTrainingSteps:
         self._buffers = {}  # name -> flat buffer, grown to the largest shape's need
         self._grown = False
         self._zeros = None  # the outputs' gradient where only the final states have one
+        self._held = 1  # which of the "grad_work" buffers holds the last backward's gradients
 
     def _big(self, name, shape):
         """A view of the shared buffer ``name``, of ``shape``, grown if too small (one
@@ -183,8 +185,8 @@ class DenseTrainingSteps:
             w_hh_t = w_hh.reshape(layer.hidden_size, -1)
         # The kernels' scratch, then the weight gradients: not the array of the last
         # backward's gradients, which a caller may hold until the next backward.
-        work = plan.grad_work[1 - plan.held]
-        plan.d_ih, plan.d_hh, plan.d_b = plan.grad_views[1 - plan.held]
+        work = plan.grad_work[1 - self._held]
+        plan.d_ih, plan.d_hh, plan.d_b = plan.grad_views[1 - self._held]
         one_thread, _, loop_threads = thread_plan(B, layer.hidden_size, 1, plan.blas_steps,
                                                   plan.work)
         with single_threaded_blas(one_thread):
@@ -236,7 +238,7 @@ class DenseTrainingSteps:
         if plan.table is not None:
             table = dict(plan.table, tokens=plan.tokens, embedding=plan.embedding)
         p = self.layer._params
-        work = plan.backward_work if plan.fuse else plan.grad_work[1 - plan.held]
+        work = plan.backward_work if plan.fuse else plan.grad_work[1 - self._held]
         one_thread, _, loop_threads = thread_plan(B, H, 1, plan.blas_steps, plan.work)
         with single_threaded_blas(one_thread):
             _lstm.backward(plan.x, plan.lengths, p["weight_ih_l0"], p["weight_hh_l0"],
@@ -253,5 +255,5 @@ class DenseTrainingSteps:
                 d_in = self._big("dx", (B, d_out.shape[1], plan.x.shape[1]))
                 to_batch_first(plan.x, d_in)
         np.copyto(plan.d_b2, plan.d_b)
-        plan.held = 1 - plan.held
+        self._held = 1 - self._held
         return [plan.d_ih, plan.d_hh, plan.d_b, plan.d_b2], d_in

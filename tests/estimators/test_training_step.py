@@ -210,7 +210,10 @@ def test_many_batch_shapes_share_the_buffers(monkeypatch, count_steps):
         steps.backward(d_h=np.ones((B, 5), np.float32))
     assert len(steps._plans) == len(shapes)
     gates = steps._buffers["gates"]
-    assert all(np.shares_memory(plan.gates, gates) for plan in steps._plans.values())
+    for plan in steps._plans.values():  # the gradients' two arrays too
+        assert np.shares_memory(plan.gates, gates)
+        assert all(np.shares_memory(w, steps._buffers[f"grad_work{k}"])
+                   for k, w in enumerate(plan.grad_work))
     steps.forward(np.zeros((8, 12, 2), np.float32))  # larger: a new buffer, old plans dropped
     assert len(steps._plans) == 1 and steps._buffers["gates"] is not gates
 
@@ -227,3 +230,11 @@ def test_gradients_stay_valid_until_the_next_backward():
         net.forward(X + 1.0, np.full(3, 4), training=True)
     for g, k in zip(grads, kept, strict=True):
         np.testing.assert_array_equal(g, k)
+    # Also through forwards of other batch shapes, whose plans share the gradients' arrays.
+    for B, T in ((5, 4), (3, 7), (2, 2)):
+        net.forward(np.ones((B, T, 2)), np.full(B, T), training=True)
+    for g, k in zip(grads, kept, strict=True):
+        np.testing.assert_array_equal(g, k)
+    # The next backward may reuse them: the one before it is the one kept.
+    grads2 = net.backward(np.ones((2, 1)))
+    assert not any(np.shares_memory(a, b) for a, b in zip(grads[:4], grads2[:4], strict=True))
