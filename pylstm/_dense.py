@@ -1,7 +1,8 @@
 """The dense products of the networks' heads (and of a looked-up input projection).
 
-Each runs by halves of its rows on the kernels' two threads; see
-:func:`dense_product`.
+Each runs by halves on the kernels' two threads: the products by halves of
+their rows (:func:`dense_product`), a head's weight gradients by halves of its
+inputs' columns (:func:`head_gradients`).
 """
 
 import numpy as np
