@@ -766,7 +766,7 @@ class _BaseLSTMEstimator(BaseEstimator):
         finally:
             for layer in net.layers:
                 layer.free_workspace()
-            self._optimizer._workspace.clear()  # the updates' scratch
+            self._optimizer.clear_scratch()  # the updates' scratch
             net._cache = None
         if X_val is not None and getattr(self, "_best_state", None) is not None:
             run_to_completion(net.set_state, self._best_state)
@@ -1243,6 +1243,8 @@ class LSTMClassifier(ClassifierMixin, _BaseLSTMEstimator):
         so that zero weights act as removed samples here too.
         """
         cw = self.class_weight
+        if cw is None:  # ones: scikit-learn's checks would cost a partial_fit's batch
+            return np.ones(len(self.classes_))
         if not (isinstance(cw, str) and cw == "balanced"):
             return compute_class_weight(cw, classes=self.classes_,
                                         y=self.classes_[codes]).astype(np.float64)

@@ -551,7 +551,7 @@ class LSTMLanguageModel(BaseEstimator):
         finally:
             for layer in self.network_.layers:
                 layer.free_workspace()
-            self._optimizer._workspace.clear()  # the updates' scratch
+            self._optimizer.clear_scratch()  # the updates' scratch
             self.network_._cache = None
         if best_state is not None:
             run_to_completion(self.network_.set_state, best_state)

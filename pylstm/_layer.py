@@ -16,7 +16,7 @@ import numpy as np
 from sklearn.utils import check_random_state
 
 from . import _lstm
-from ._arrays import to_batch_first, to_time_major
+from ._arrays import compact_rows, gather_rows, to_batch_first, to_time_major, zero_padding
 from ._container import ModelFileError, read_bool, read_float, read_int, read_object, read_str
 from ._dense import dense_product
 from ._threads import (
@@ -55,14 +55,9 @@ def _chunk_steps(T, B, H):
 
 
 def _compact_rows(lens_sorted, order, T):
-    """Where each row of the compact time-major layout comes from.
-
-    With the batch sorted by decreasing length (``order`` maps sorted rows to
-    the caller's), time ``t`` holds the ``n(t)`` rows still active, one after
-    another, as :mod:`pylstm._lstm` lays out every per-step array (PyTorch's
-    ``PackedSequence`` has the same layout). Returns, for each of the
-    ``sum(lengths)`` compact rows, its index ``b * T + t`` in the caller's
-    (B * T)-row batch-first array.
+    """:func:`pylstm._arrays.compact_rows` (the compact time-major layout's source
+    rows, PyTorch's ``PackedSequence`` order) for lengths and order of any integer
+    dtype.
 
     Examples
     --------
@@ -70,12 +65,8 @@ def _compact_rows(lens_sorted, order, T):
     >>> _compact_rows(np.array([3, 1]), np.array([1, 0]), 3)
     array([3, 0, 4, 5])
     """
-    T_eff = int(lens_sorted[0])
-    active = np.searchsorted(-np.asarray(lens_sorted), -np.arange(T_eff), side="left")
-    starts = np.cumsum(active) - active
-    t = np.repeat(np.arange(T_eff), active)
-    b = np.arange(t.size) - np.repeat(starts, active)
-    return np.asarray(order)[b] * T + t
+    return compact_rows(np.ascontiguousarray(lens_sorted, dtype=np.intc),
+                        np.ascontiguousarray(order, dtype=np.intp), T)
 
 
 def _check_steps_finite(arr, rows, name):
@@ -580,14 +571,16 @@ class LSTM:
             result = self._forward_projected(X, lens_sorted, order, h0, c0, h_n, c_n,
                                              training, masks)
             return result, (h_n, c_n)
-        if not (training and dense):  # else checked by the copy below
+        if not training:  # else checked by the copy below
             _check_steps_finite(X, rows, "X")
         # The last layer writes the batch-first result in place, and inference
         # reads X in place: no copy of either, so inference memory beyond the
         # result does not grow with T. Training keeps X with one row per valid
         # step, in the compact time-major layout of the weight-gradient GEMM.
         with self._workspace.borrow() as arrays:
-            result = (aligned_empty if dense else aligned_zeros)((B, T, D * H), self.dtype)
+            result = aligned_empty((B, T, D * H), self.dtype)
+            if not dense:  # the kernels write the valid steps
+                zero_padding(result, np.ascontiguousarray(lens, dtype=np.intc))
             if not training:
                 x = X.reshape(B * T, I)
             else:
@@ -601,8 +594,9 @@ class LSTM:
                 elif dense:  # copied and checked in one pass, before any kernel runs
                     if not to_time_major(X, x):
                         check_finite(X, "X")
-                else:  # rows are in range: "clip" writes in place, unbuffered
-                    np.take(X.reshape(B * T, I), rows, axis=0, out=x[:, :I], mode="clip")
+                elif not gather_rows(X.reshape(B * T, I), rows, x[:, :I]):
+                    # Only the valid steps were copied and checked, and one is not finite.
+                    _check_steps_finite(X, rows, "X")
             bf_rows = order * T
             blas_steps = _lstm.needs_w_hh_t(lens_sorted)
             n_valid = int(lens_sorted.sum(dtype=np.int64))

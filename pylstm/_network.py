@@ -8,6 +8,7 @@ of arrays; losses live here too. It knows nothing of scikit-learn.
 
 import numpy as np
 
+from . import _lstm
 from ._arrays import scatter_add_rows
 from ._dense import dense, dense_product, head_gradients
 from ._layer import LSTM, param_shapes
@@ -53,15 +54,16 @@ def softmax_cross_entropy(z, y, weight):
     >>> round(float(loss), 4)
     0.6931
     """
-    from ._lstm import softmax_cross_entropy as compiled
-
     # One compiled pass per row (src/_head.pxi): the loss and the gradient from
     # one exponential of each logit; a language model's batch by halves of its
-    # rows on the kernels' two threads.
+    # rows on the kernels' two threads (below XENT_SPLIT_LOGITS, one pass: no
+    # thread query).
     z = np.ascontiguousarray(z)
     dz = np.empty_like(z)
-    loss = compiled(z, np.ascontiguousarray(y, dtype=np.int64),
-                    np.ascontiguousarray(weight, dtype=np.float64), dz, loop_threads())
+    loss = _lstm.softmax_cross_entropy(
+        z, np.ascontiguousarray(y, dtype=np.int64),
+        np.ascontiguousarray(weight, dtype=np.float64), dz,
+        loop_threads() if z.size >= _lstm.XENT_SPLIT_LOGITS else 1)
     return loss, dz
 
 
@@ -255,7 +257,7 @@ class SequenceNetwork(_SavedParameters):
                 and X.flags.c_contiguous and X.shape[2] == self.layers[0].input_size
                 and X.shape[0] * X.shape[1] > 0 and lengths is not None
                 and len(lengths) == X.shape[0]
-                and np.min(lengths) == X.shape[1] == np.max(lengths)):
+                and (np.asarray(lengths) == X.shape[1]).all()):
             return dense_steps(self.layers)
         return None
 

@@ -13,6 +13,8 @@ from cython cimport floating
 from libc.stdint cimport int64_t
 from libc.string cimport memmove, memset
 
+import numpy as np
+
 
 cdef extern from "_arrays.h" nogil:
     int pylstm_all_finite_f(const float* a, Py_ssize_t n)
@@ -126,6 +128,107 @@ def to_batch_first(const floating[:, :] src, floating[:, :, ::1] out):
             for t in range(T):
                 ok &= _copy_finite(&src[t * B + b, 0], &out[b, t, 0], F)
     return ok != 0
+
+
+def compact_rows(const int[::1] lengths, const Py_ssize_t[::1] order, Py_ssize_t T):
+    """Where each row of the compact time-major layout comes from.
+
+    For a batch sorted by decreasing ``lengths`` (``order[b]``: sorted row
+    ``b``'s row in the caller's batch), time ``t`` holds the rows still active
+    at ``t``, one after another (the kernels' layout of every per-step array).
+    Returns, for each of the ``sum(lengths)`` compact rows, its row
+    ``order[b] * T + t`` in the caller's (B * T)-row batch-first array.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from pylstm._arrays import compact_rows
+    >>> compact_rows(np.array([3, 1], np.intc), np.array([1, 0], np.intp), 3)
+    array([3, 0, 4, 5])
+    """
+    cdef Py_ssize_t B = lengths.shape[0]
+    cdef Py_ssize_t b, t, r = 0, n = 0, active
+    if order.shape[0] != B:
+        raise ValueError(f"compact_rows: {B} lengths but {order.shape[0]} rows in order")
+    for b in range(B):
+        if lengths[b] < 0 or lengths[b] > T or (b and lengths[b] > lengths[b - 1]):
+            raise ValueError("compact_rows: lengths must decrease, each in 0 .. T")
+        if order[b] < 0:
+            raise ValueError(f"compact_rows: row {order[b]} in order is negative")
+        n += lengths[b]
+    rows = np.empty(n, dtype=np.intp)
+    cdef Py_ssize_t[::1] out = rows
+    active = B
+    with nogil:
+        for t in range(lengths[0] if B else 0):
+            while active > 0 and lengths[active - 1] <= t:
+                active -= 1
+            for b in range(active):
+                out[r] = order[b] * T + t
+                r += 1
+    return rows
+
+
+def gather_rows(const floating[:, ::1] src, const Py_ssize_t[::1] rows, floating[:, :] out):
+    """``out[r, :F] = src[rows[r]]`` for every ``r``; whether every copied value is finite.
+
+    ``src`` has F columns; ``out`` at least ``len(rows)`` contiguous rows of at
+    least F columns (its other columns are left alone). Every row index is
+    checked against ``src`` before anything is copied. The compact copy of a
+    batch of sequences of several lengths (:func:`compact_rows`), checked as
+    it passes: only the valid steps, which are the ones that must be finite.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from pylstm._arrays import gather_rows
+    >>> out = np.zeros((2, 3))
+    >>> gather_rows(np.arange(6.0).reshape(3, 2), np.array([2, 0], np.intp), out), out.tolist()
+    (True, [[4.0, 5.0, 0.0], [0.0, 1.0, 0.0]])
+    """
+    cdef Py_ssize_t n = rows.shape[0], F = src.shape[1], r
+    cdef int ok = 1
+    _check_rows(out.shape[0], out.shape[1], out.strides[1], sizeof(floating), n, F, "out")
+    for r in range(n):
+        if rows[r] < 0 or rows[r] >= src.shape[0]:
+            raise ValueError(f"gather_rows: row {rows[r]} at position {r} is outside the "
+                             f"{src.shape[0]} rows of src")
+    if n == 0 or F == 0:
+        return True
+    with nogil:
+        for r in range(n):
+            ok &= _copy_finite(&src[rows[r], 0], &out[r, 0], F)
+    return ok != 0
+
+
+def zero_padding(floating[:, :, ::1] out, const int[::1] lengths):
+    """``out[b, lengths[b]:] = 0`` for every row ``b`` of the (B, T, F) ``out``.
+
+    A batch-first result whose valid steps the kernels write: only the steps
+    past each length need zeros.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from pylstm._arrays import zero_padding
+    >>> out = np.ones((2, 3, 1))
+    >>> zero_padding(out, np.array([1, 3], np.intc))
+    >>> out[..., 0].tolist()
+    [[1.0, 0.0, 0.0], [1.0, 1.0, 1.0]]
+    """
+    cdef Py_ssize_t B = out.shape[0], T = out.shape[1], F = out.shape[2], b
+    if lengths.shape[0] != B:
+        raise ValueError(f"zero_padding: {lengths.shape[0]} lengths for {B} rows")
+    for b in range(B):
+        if lengths[b] < 0 or lengths[b] > T:
+            raise ValueError(f"zero_padding: length {lengths[b]} of row {b} is outside "
+                             f"0 .. {T}")
+    if T == 0 or F == 0:
+        return
+    with nogil:
+        for b in range(B):
+            if lengths[b] < T:
+                memset(&out[b, lengths[b], 0], 0, (T - lengths[b]) * F * sizeof(floating))
 
 
 def address(obj):

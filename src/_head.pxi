@@ -153,6 +153,10 @@ def softmax_cross_entropy(const floating[:, ::1] z, const int64_t[::1] y,
     return loss
 
 
+#: Logits from which softmax_cross_entropy goes by halves (Python's callers skip the
+#: thread query below it).
+XENT_SPLIT_LOGITS = SPLIT_CALL_MACS / 16.0
+
 #: Multiply-adds from which head_weight_gradients may take two threads (Python's
 #: callers skip the thread query below it).
 HEAD_SPLIT_MACS = SPLIT_CALL_MACS

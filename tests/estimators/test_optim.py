@@ -763,6 +763,30 @@ def test_adam_groups_its_compiled_updates_by_dtype(monkeypatch):
         np.testing.assert_array_equal(together[i], alone)
 
 
+@pytest.mark.parametrize("how", ["pickle", "deepcopy"])
+def test_adam_copy_updates_its_own_parameters(how):
+    """Adam keeps flat views of its parameters for its compiled pass: a copied
+    optimizer must update the copy's parameters, not arrays of its own, and the
+    original is left alone."""
+    import copy
+    import pickle
+
+    rng = np.random.default_rng(4)
+    params = [rng.normal(size=(3, 4)).astype(np.float32), rng.normal(size=5).astype(np.float32)]
+    grads = [np.ones_like(p) for p in params]
+    opt = AdamOptimizer(params, learning_rate_init=0.1)
+    opt.clip_and_update(grads, 5.0)  # the views are made
+    clone = pickle.loads(pickle.dumps(opt)) if how == "pickle" else copy.deepcopy(opt)
+    before = [p.copy() for p in params]
+    start = [p.copy() for p in clone.params]
+    clone.clip_and_update(grads, 5.0)
+    assert all((p != s).all() for p, s in zip(clone.params, start, strict=True))
+    assert all((p == b).all() for p, b in zip(params, before, strict=True))
+    opt.clip_and_update(grads, 5.0)  # the original goes on as the copy did
+    for p, c in zip(params, clone.params, strict=True):
+        np.testing.assert_array_equal(p, c)
+
+
 def test_adam_update_many_checks_its_arrays():
     one = [np.zeros(3)]
     with pytest.raises(ValueError, match="1 parameters, but 2 gradients"):

@@ -1,5 +1,6 @@
-"""The compiled array passes of ``pylstm._arrays``: finite checks, layout copies, sums
-of squares, the scatter-add of rows."""
+"""The compiled array passes of ``pylstm._arrays``: finite checks, layout copies (the
+compact layout of sequences of several lengths included), sums of squares, the
+scatter-add of rows."""
 
 import numpy as np
 import pytest
@@ -8,10 +9,13 @@ from hypothesis import strategies as st
 from pylstm._arrays import (
     address,
     all_finite,
+    compact_rows,
+    gather_rows,
     scatter_add_rows,
     sum_squares,
     to_batch_first,
     to_time_major,
+    zero_padding,
 )
 
 from pylstm._validation import check_finite
@@ -134,3 +138,67 @@ def test_scatter_add_rows_checks_before_adding():
         scatter_add_rows(np.array([0, 1]), np.ones((2, 3)), out)
     with pytest.raises(ValueError, match="do not match"):
         scatter_add_rows(np.array([0]), np.ones((2, 2)), out)
+
+
+def _numpy_compact_rows(lengths, order, T):
+    """The compact layout's source rows, step by step: time t holds the sorted rows
+    still active at t."""
+    return np.array([order[b] * T + t for t in range(max(lengths, default=0))
+                     for b in range(len(lengths)) if lengths[b] > t], dtype=np.intp)
+
+
+@settings(max_examples=40, deadline=None, database=None)
+@given(lengths=st.lists(st.integers(1, 7), min_size=1, max_size=9), extra=st.integers(0, 3),
+       F=st.integers(1, 9), dtype=st.sampled_from(DTYPES), bad=st.sampled_from([None] + BAD),
+       seed=st.integers(0, 2**31 - 1))
+def test_compact_rows_and_gather_rows_match_numpy(lengths, extra, F, dtype, bad, seed):
+    rng = np.random.default_rng(seed)
+    B, T = len(lengths), max(lengths) + extra
+    lens = np.array(lengths, np.intc)
+    order = np.argsort(-lens, kind="stable")
+    lens_sorted = np.ascontiguousarray(lens[order])
+    rows = compact_rows(lens_sorted, order, T)
+    np.testing.assert_array_equal(rows, _numpy_compact_rows(lens_sorted, order, T))
+    assert rows.dtype == np.intp and len(rows) == lens.sum()
+    X = rng.normal(size=(B, T, F)).astype(dtype)
+    for b in range(B):
+        X[b, lens[b]:] = np.nan  # past a length: never copied, never checked
+    if bad is not None:  # at one valid step: reported
+        b = int(rng.integers(B))
+        X[b, int(rng.integers(lens[b])), int(rng.integers(F))] = bad
+    wide = np.full((len(rows), F + 3), 7.0, dtype)
+    ok = gather_rows(X.reshape(B * T, F), rows, wide[:, :F])
+    assert ok == (bad is None)
+    np.testing.assert_array_equal(wide[:, :F], X.reshape(B * T, F)[rows])
+    assert (wide[:, F:] == 7.0).all()  # the other columns are left alone
+
+
+def test_compact_rows_and_gather_rows_check_their_arguments():
+    with pytest.raises(ValueError, match="lengths must decrease"):
+        compact_rows(np.array([1, 2], np.intc), np.arange(2), 3)
+    with pytest.raises(ValueError, match="lengths must decrease"):
+        compact_rows(np.array([4, 2], np.intc), np.arange(2), 3)
+    with pytest.raises(ValueError, match="2 lengths but 1"):
+        compact_rows(np.array([2, 1], np.intc), np.arange(1), 3)
+    src, out = np.zeros((4, 2)), np.full((2, 2), 5.0)
+    with pytest.raises(ValueError, match="row 4 at position 1 is outside the 4 rows"):
+        gather_rows(src, np.array([0, 4], np.intp), out)
+    assert (out == 5.0).all()  # checked before anything is copied
+    with pytest.raises(ValueError, match="at least 3 rows"):
+        gather_rows(src, np.array([0, 1, 2], np.intp), out)
+    with pytest.raises(ValueError, match="contiguous"):
+        gather_rows(src, np.array([0], np.intp), np.zeros((2, 4))[:, ::2])
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_zero_padding(dtype):
+    out = np.ones((3, 4, 2), dtype)
+    zero_padding(out, np.array([4, 0, 2], np.intc))
+    expected = np.ones((3, 4, 2), dtype)
+    expected[1] = 0
+    expected[2, 2:] = 0
+    np.testing.assert_array_equal(out, expected)
+    with pytest.raises(ValueError, match="length 5 of row 0 is outside 0 .. 4"):
+        zero_padding(out, np.array([5, 0, 0], np.intc))
+    with pytest.raises(ValueError, match="2 lengths for 3 rows"):
+        zero_padding(out, np.array([1, 1], np.intc))

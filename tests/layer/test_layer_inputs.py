@@ -142,12 +142,23 @@ def test_non_finite_X(layer, X, value, what):
     assert layer._cache is None
 
 
-def test_nan_in_padding_is_ignored(layer, X):
-    ref = layer.forward(X, lengths=[5, 2, 3], training=False)
+@pytest.mark.parametrize("training", [False, True])
+def test_nan_in_padding_is_ignored(layer, X, training):
+    ref = layer.forward(X, lengths=[5, 2, 3], training=training)
     X[1, 2:] = np.nan  # past the length of sequence 1
-    got = layer.forward(X, lengths=[5, 2, 3], training=False)
+    got = layer.forward(X, lengths=[5, 2, 3], training=training)
     np.testing.assert_array_equal(got[0], ref[0])
     np.testing.assert_array_equal(got[1][0], ref[1][0])
+    assert (got[0][1, 2:] == 0).all() and (got[0][2, 3:] == 0).all()  # zeros past a length
+
+
+def test_non_finite_valid_step_of_a_ragged_training_batch(layer, X):
+    # The compact copy checks the valid steps as it copies them (_arrays.gather_rows).
+    X[1, 2:] = np.nan  # padding: allowed
+    X[2, 1, 0] = np.inf  # a valid step of sequence 2
+    with pytest.raises(ValueError, match="X contains infinity"):
+        layer.forward(X, lengths=[5, 2, 3], training=True)
+    assert layer._cache is None
 
 
 @pytest.mark.parametrize(
