@@ -16,7 +16,14 @@ import numpy as np
 from sklearn.utils import check_random_state
 
 from . import _lstm
-from ._arrays import compact_rows, gather_rows, to_batch_first, to_time_major, zero_padding
+from ._arrays import (
+    compact_rows,
+    compact_tokens,
+    gather_rows,
+    to_batch_first,
+    to_time_major,
+    zero_padding,
+)
 from ._container import ModelFileError, read_bool, read_float, read_int, read_object, read_str
 from ._dense import dense_product
 from ._threads import (
@@ -634,16 +641,25 @@ class LSTM:
             raise ValueError(f"a lookup's tokens must be a ({B}, {T}) integer array")
         check_finite(embedding, "the lookup's embedding")
         V = embedding.shape[0]
-        bad = (tokens < 0) | (tokens >= V)  # before the cast to C int, which would wrap
-        if bad.any():
-            b, t = np.argwhere(bad)[0]
-            raise ValueError(f"token {tokens[b, t]} at ({b}, {t}) is not a row of the {V}-row "
-                             "embedding")
+
+        def not_a_row(b, t):
+            return ValueError(f"token {tokens[b, t]} at ({b}, {t}) is not a row of the {V}-row "
+                              "embedding")
+
+        if tokens.dtype != np.int64:  # checked before the cast, which could wrap
+            bad = (tokens < 0) | (tokens >= V)
+            if bad.any():
+                raise not_a_row(*np.argwhere(bad)[0])
+            tokens = tokens.astype(np.int64)
+        # The compact layout of a dense batch is time-major; the ids are checked as
+        # they are copied (NumPy's check and copy had cost more, bench_lm.py).
+        compact = np.empty(B * T, np.intc)
+        at = compact_tokens(tokens, V, compact)
+        if at >= 0:
+            raise not_a_row(*divmod(at, T))
         w_ih = self._params["weight_ih_l0"]
         table = np.empty((V, w_ih.shape[0]), self.dtype)
         dense_product(False, True, embedding, w_ih, 0.0, table)
-        # The compact layout of a dense batch is time-major.
-        compact = np.ascontiguousarray(tokens.T, dtype=np.intc).reshape(-1)
         return table, compact, embedding
 
     def _forward_layers(self, arrays, x, lens_sorted, N, order, bf_rows, h0, c0, h_n, c_n,

@@ -231,6 +231,44 @@ def zero_padding(floating[:, :, ::1] out, const int[::1] lengths):
                 memset(&out[b, lengths[b], 0], 0, (T - lengths[b]) * F * sizeof(floating))
 
 
+def compact_tokens(const int64_t[:, :] tokens, int64_t vocab, int[::1] out):
+    """``out[t * B + b] = tokens[b, t]`` for the (B, T) ``tokens``, each checked to be a
+    row of a ``vocab``-row table first.
+
+    The time-major token ids of a dense batch, as C ints, for a looked-up input
+    projection. Returns -1, or the position ``b * T + t`` of the first token
+    (in row order) outside ``0 .. vocab - 1``, in which case nothing is written.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from pylstm._arrays import compact_tokens
+    >>> out = np.empty(6, np.intc)
+    >>> compact_tokens(np.array([[0, 1, 2], [3, 4, 5]]), 6, out), out.tolist()
+    (-1, [0, 3, 1, 4, 2, 5])
+    >>> compact_tokens(np.array([[0, 1, 2], [3, 9, 5]]), 6, out)
+    4
+    """
+    cdef Py_ssize_t B = tokens.shape[0], T = tokens.shape[1], b, t
+    cdef Py_ssize_t bad = -1
+    if out.shape[0] != B * T:
+        raise ValueError(f"compact_tokens: out has {out.shape[0]} entries for {B} x {T} "
+                         "tokens")
+    with nogil:
+        for b in range(B):
+            for t in range(T):
+                if tokens[b, t] < 0 or tokens[b, t] >= vocab:
+                    bad = b * T + t
+                    break
+            if bad >= 0:
+                break
+        if bad < 0:
+            for t in range(T):
+                for b in range(B):
+                    out[t * B + b] = <int> tokens[b, t]
+    return bad
+
+
 def address(obj):
     """The address of the first byte of a contiguous buffer (a NumPy array).
 

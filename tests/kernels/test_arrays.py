@@ -10,6 +10,7 @@ from pylstm._arrays import (
     address,
     all_finite,
     compact_rows,
+    compact_tokens,
     gather_rows,
     scatter_add_rows,
     sum_squares,
@@ -202,3 +203,29 @@ def test_zero_padding(dtype):
         zero_padding(out, np.array([5, 0, 0], np.intc))
     with pytest.raises(ValueError, match="2 lengths for 3 rows"):
         zero_padding(out, np.array([1, 1], np.intc))
+
+
+@settings(max_examples=40, deadline=None, database=None)
+@given(B=st.integers(1, 6), T=st.integers(1, 7), V=st.integers(1, 9), step=st.integers(1, 3),
+       bad=st.booleans(), seed=st.integers(0, 2**31 - 1))
+def test_compact_tokens_is_time_major_and_checked(B, T, V, step, bad, seed):
+    rng = np.random.default_rng(seed)
+    wide = rng.integers(0, V, size=(B, T * step))
+    tokens = wide[:, ::step]  # a strided view, as a language model's window is
+    if bad:
+        b, t = int(rng.integers(B)), int(rng.integers(T))
+        tokens[b, t] = V if rng.random() < 0.5 else -1
+    out = np.full(B * T, -7, np.intc)
+    at = compact_tokens(tokens, V, out)
+    if bad:
+        first = np.argwhere((tokens < 0) | (tokens >= V))[0]
+        assert at == first[0] * T + first[1]
+        assert (out == -7).all()  # nothing written
+    else:
+        assert at == -1
+        np.testing.assert_array_equal(out, tokens.T.reshape(-1))
+
+
+def test_compact_tokens_checks_its_output():
+    with pytest.raises(ValueError, match="out has 5 entries for 2 x 3 tokens"):
+        compact_tokens(np.zeros((2, 3), np.int64), 4, np.empty(5, np.intc))

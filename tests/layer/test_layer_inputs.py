@@ -622,6 +622,14 @@ def test_lookup_arguments_are_checked():
     wrapped[1, 2] = 2**32 + 1
     with pytest.raises(ValueError, match=r"token 4294967297 at \(1, 2\)"):
         run(lookup=(emb, wrapped))
+    # Other integer types: checked by NumPy, then the same compact copy.
+    for kind in (np.int32, np.uint8):
+        small = tokens.astype(kind)
+        small[0, 1] = 7
+        with pytest.raises(ValueError, match=r"token 7 at \(0, 1\) is not a row of the 5-row"):
+            run(lookup=(emb, small))
+        np.testing.assert_array_equal(run(lookup=(emb, tokens.astype(kind)))[0],
+                                      run(lookup=(emb, tokens))[0])
     with pytest.raises(NonFiniteError, match="the lookup's embedding contains NaN"):
         run(lookup=(np.full((5, 4), np.nan, np.float32), tokens))
     with pytest.raises(ValueError, match="a lookup's tokens must be a 2-D integer array"):
