@@ -322,12 +322,22 @@ def write(path, header, chunks):
             os.chmod(tmp, mode)
         os.replace(tmp, target)
     except BaseException as exc:
-        if tmp is not None:
-            with contextlib.suppress(OSError):
-                os.unlink(tmp)
-        if isinstance(exc, OSError) and exc.errno is not None:
+        # Removed even when a second interrupt comes during the removal, which then
+        # takes the first one's place: a bare removal could be cut short
+        # (tests/threads/test_interrupts.py::test_interrupt_storm_save).
+        error = exc
+        while tmp is not None:
+            try:
+                with contextlib.suppress(OSError):
+                    os.unlink(tmp)
+                tmp = None
+            except KeyboardInterrupt as again:
+                error = again
+        if isinstance(error, OSError) and error.errno is not None:
             # The same error (OSError picks the subclass from errno) about the caller's path.
-            raise OSError(exc.errno, exc.strerror, requested) from None
+            raise OSError(error.errno, error.strerror, requested) from None
+        if error is not exc:  # the second interrupt
+            raise error from None
         raise
     with contextlib.suppress(OSError, AttributeError):  # make the rename durable (POSIX)
         dir_fd = os.open(folder, os.O_RDONLY)

@@ -661,6 +661,34 @@ def test_orphan_of_a_killed_save_is_removed_by_a_later_save(tmp_path):
     assert os.listdir(tmp_path) == ["m.pylstm"]
 
 
+def test_a_second_interrupt_during_the_removal_still_removes_the_temporary(tmp_path,
+                                                                           monkeypatch):
+    """An interrupt (Ctrl-C twice) that comes while the interrupted save removes its
+    temporary file: the removal is made again, and the second interrupt propagates."""
+    path = tmp_path / "m.pylstm"
+    save(LSTM(2, 3, random_state=0), path)
+    before = path.read_bytes()
+    real_unlink, calls = os.unlink, []
+
+    def replace_interrupted(*args, **kwargs):
+        raise KeyboardInterrupt("first")
+
+    def unlink_interrupted_once(name, *args, **kwargs):
+        calls.append(name)
+        if len(calls) == 1:  # the interrupt comes before the file is removed
+            raise KeyboardInterrupt("second")
+        return real_unlink(name, *args, **kwargs)
+
+    monkeypatch.setattr(os, "replace", replace_interrupted)
+    monkeypatch.setattr(os, "unlink", unlink_interrupted_once)
+    with pytest.raises(KeyboardInterrupt, match="second"):
+        save(LSTM(2, 3, random_state=1), path)
+    monkeypatch.undo()
+    assert len(calls) == 2 and calls[0] == calls[1]  # made again
+    assert path.read_bytes() == before
+    assert sorted(os.listdir(tmp_path)) == ["m.pylstm"]  # no temporary file left
+
+
 @pytest.mark.parametrize("failure", ["replace", "fsync", "write"])
 def test_interrupted_save_leaves_the_old_file_intact(tmp_path, monkeypatch, failure):
     path = tmp_path / "m.pylstm"
